@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh machine with only Python 3.11+:
+#   make demo   install everything (incl. the embedded model runtime) and build the demo corpus
+#   make test   install everything and run the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lock lint bench clean-venv browser
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# Headless Chromium renders report.html in one test (Debian's package; root installs it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "warning: could not install chromium; the browser test will be skipped"; }
+
+demo: $(STAMP)
+	$(VENV)/bin/corpus build --config corpus.toml
+
+test: $(STAMP) browser
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check builder tests bench
+	$(VENV)/bin/ruff format --check builder tests bench
+
+# Regenerate the lock file after changing dependencies in pyproject.toml.
+lock:
+	$(PY) -m uv pip compile pyproject.toml --extra embedded --extra dev --python-version 3.11 -o requirements.lock
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,107 @@
+"""The ``corpus`` command: a thin click layer over the library.
+
+Subcommands are imported lazily, so one command's import cost or breakage never slows or
+breaks another (``corpus --help`` imports nothing heavy). Library code raises
+``BuilderError``; only ``main`` turns it into ``file:line: message`` lines and exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from builder.errors import BuilderError
+
+# name -> "module:attribute" of a click command or group.
+COMMANDS: dict[str, str] = {
+    "taxonomy": "builder.cli.taxonomy_group:taxonomy",
+    "syllabus": "builder.cli.syllabus:syllabus",
+    "walk": "builder.cli.walk:walk",
+    "templates": "builder.cli.templates:templates",
+    "generate": "builder.cli.generate:generate",
+    "llm": "builder.cli.llm:llm",
+    "plan": "builder.cli.build:plan",
+    "build": "builder.cli.build:build",
+    "report": "builder.cli.build:report",
+    "dedup": "builder.cli.dedup:dedup",
+    "decontam": "builder.cli.dedup:decontam",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def __init__(self, *args, lazy_subcommands: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_subcommands = dict(lazy_subcommands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy_subcommands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_subcommands:
+            module_name, attr = self.lazy_subcommands[cmd_name].split(":")
+            module = importlib.import_module(module_name)
+            return getattr(module, attr)
+        return super().get_command(ctx, cmd_name)
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("CORPUS_DEBUG", "") not in ("", "0", "false", "no")
+
+
+@click.group(cls=LazyGroup, lazy_subcommands=COMMANDS)
+@click.version_option(package_name="curriculum-corpus-builder")
+@click.option("--debug", is_flag=True, help="Show tracebacks (same as CORPUS_DEBUG=1).")
+def cli(debug: bool) -> None:
+    """Build textbook-style training corpora from a curated discipline taxonomy.
+
+    \b
+    Example:
+      corpus taxonomy validate
+      corpus plan --config corpus.toml
+      corpus build --config corpus.toml --max-cost 5
+    """
+    if debug:
+        os.environ["CORPUS_DEBUG"] = "1"
+
+
+def report_error(exc: BuilderError) -> None:
+    """Print a user error as one line per problem on stderr."""
+    for problem in exc.problems:
+        line = str(problem)
+        if problem.file is None:
+            line = f"error: {line}"
+        click.echo(line, err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``corpus`` console script and of ``python -m builder``."""
+    try:
+        cli.main(args=argv, prog_name="corpus", standalone_mode=False)
+    except BuilderError as exc:
+        if debug_enabled():
+            raise
+        report_error(exc)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("interrupted: finished work is saved; rerun the same command to resume", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        if debug_enabled():
+            raise
+        click.echo("interrupted: finished work is saved; rerun the same command to resume", err=True)
+        sys.exit(130)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(2 if exc.exit_code == 1 else exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        # `corpus walk | head`: the reader went away; that is not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)

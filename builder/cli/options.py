@@ -1,0 +1,35 @@
+"""Option decorators shared by several commands."""
+
+from __future__ import annotations
+
+import click
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Path to corpus.toml (default: ./corpus.toml if present).",
+)
+
+taxonomy_option = click.option(
+    "--taxonomy",
+    "taxonomy_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Taxonomy directory (default: the config's [taxonomy] dir, else taxonomy/).",
+)
+
+cache_dir_option = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="LLM cache directory (else CORPUS_CACHE_DIR, else [llm] cache_dir, else .corpus-cache/).",
+)
+
+max_cost_option = click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Stop launching requests before the running cost would pass this many USD.",
+)

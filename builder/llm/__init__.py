@@ -1,0 +1,1 @@
+"""The LLM engine: cached, retried, budget-capped chat completions (see base.LLM)."""
