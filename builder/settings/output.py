@@ -1,4 +1,4 @@
-"""[output] section: where runs go and how big shards are."""
+"""[output] section: where runs go, how big shards are, and what the dataset card declares."""
 
 from __future__ import annotations
 
@@ -8,8 +8,27 @@ from builder.settings.base import Section
 
 
 class OutputSettings(Section):
+    """Run directory ``<dir>/<run>/`` and the corpus files written into it.
+
+    Shards hold at most ``shard_max_rows`` rows and about ``shard_max_mb`` MB of uncompressed
+    row data (estimated from the text's UTF-8 bytes plus a fixed allowance per row), so the
+    compressed Parquet file is smaller still. The cap of 1024 MB keeps every string column of a
+    shard within one Arrow array (2 GiB offsets), which is what keeps shards readable everywhere.
+    """
+
     dir: str = "outputs"
     run: str = "demo"
     shard_max_rows: int = Field(50_000, ge=1)
-    shard_max_mb: float = Field(256.0, gt=0)
+    shard_max_mb: float = Field(256.0, gt=0, le=1024)
+    # Parquet row groups per shard are this many rows (readers fetch one group at a time).
+    row_group_rows: int = Field(10_000, ge=1)
+    # zstd level for shards: 3 is zstd's default; higher is smaller and slower to write.
+    compression_level: int = Field(3, ge=1, le=22)
+    # Dataset card: an SPDX-style id as Hugging Face expects (e.g. apache-2.0, cc-by-4.0), or
+    # "other" with license_name/license_link saying which terms apply.
     license: str = "other"
+    license_name: str | None = None
+    license_link: str | None = None
+    pretty_name: str | None = None
+    # Words that make up a document's "opener" in the report's repeated-openers table.
+    opener_words: int = Field(4, ge=1, le=20)
