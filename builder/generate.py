@@ -1,0 +1,758 @@
+"""Generation: walker units x templates -> a request plan -> the LLM -> raw document rows.
+
+The plan is deterministic: for each unit, ``documents_per_unit`` (template, audience, style)
+draws seeded by the unit id (not the full cross product), each a ``ChatRequest`` whose id
+is ``sha256(unit_id, template, audience, style, sample_index)`` and whose metadata carries
+the provenance of the document row. Exercises then go through transform templates
+(Evol-Instruct: a harder exercise at the next difficulty level) in further waves, since a
+transform needs its source exercise first.
+
+``generate`` appends one JSON line per result to a JSONL file as results complete: documents
+*and* truncated, invalid or failed results with their error, so nothing is dropped silently
+(builder.filters decides what is kept, and records why the rest is rejected). A rerun reads
+the file first (tolerating a torn last line) and sends only requests that have no finished
+row with the same prompt; the last row of an id wins.
+
+Row fields: the document columns of builder.records.DOCUMENT_COLUMNS (``n_tokens`` and
+``dup_cluster`` are left to later stages) plus
+
+- ``exercise_type``: "code" | "quantitative" | "conceptual" for ``kind == "exercise"``
+- ``structured``: the parsed JSON output of exercise templates, with exactly the fields of
+  builder.templates.REQUIRED_FIELDS: code -> ``problem``, ``signature``, ``tests``
+  (assert-based Python), ``solution`` (reference code); quantitative -> ``problem``,
+  ``worked_solution``, ``final_answer`` (a number or a sympy-parsable expression);
+  conceptual -> ``problem``, ``answer``. ``text`` is the same exercise as Markdown.
+- ``status`` (ok | length | invalid | failed), ``error``, ``request_id``, ``unit_id``,
+  ``sample_index``, ``parent_id``/``evolution_step``/``evolution``/``source_template`` for
+  evolved exercises, ``prompt_sha256`` (what resume compares), ``cost``, ``cached``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from builder.errors import BudgetExceeded, ConfigError, InputError, TemplateError
+from builder.llm.base import LLM
+from builder.records import ChatRequest, ChatResult, Unit, sha256_hex
+from builder.settings.generate import GenerateSettings
+from builder.templates import (
+    Template,
+    TemplateSet,
+    harder,
+    render_structured,
+    seeded_random,
+    structured_problem,
+)
+
+#: Result statuses that are final: a rerun does not resend them (failed ones are retried).
+FINISHED_STATUSES = frozenset({"ok", "length", "invalid"})
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def request_id(unit_id: str, template: str, audience: str, style: str, sample_index: int) -> str:
+    """The stable id of a generation request (what resume keys on)."""
+    key = {"unit": unit_id, "template": template, "audience": audience, "style": style}
+    return sha256_hex({**key, "sample": sample_index})[:24]
+
+
+def transform_request_id(parent_id: str, template: str, step: int) -> str:
+    """The stable id of a transform request applied to document ``parent_id``."""
+    return sha256_hex({"parent": parent_id, "template": template, "step": step})[:24]
+
+
+def document_id(req_id: str, sample_index: int) -> str:
+    """The stable id of the document a request produces."""
+    return hashlib.sha256(f"{req_id}:{sample_index}".encode()).hexdigest()[:32]
+
+
+def sampling_seed(req_id: str, seed: int) -> int:
+    """The sampling seed sent with a request: fixed per request, changes with [generate] seed."""
+    return int(hashlib.sha256(f"{seed}:{req_id}".encode()).hexdigest()[:8], 16) % 2**31
+
+
+def prompt_sha256(request: ChatRequest, model: str) -> str:
+    """Hash of what decides a request's output: model, messages, params, schema, sample."""
+    return sha256_hex(
+        {
+            "model": model,
+            "messages": list(request.messages),
+            "params": request.params,
+            "schema": request.schema,
+            "sample_index": request.sample_index,
+        }
+    )
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def _selected(templates: TemplateSet, settings: GenerateSettings) -> list[Template]:
+    """The templates named in settings (checked), else all of them; system ones excluded."""
+    for name in settings.templates:
+        if name not in templates:
+            raise ConfigError(
+                f"[generate] templates names unknown template '{name}'",
+                hint="known: " + ", ".join(t.name for t in templates if t.kind != "system"),
+            )
+        if templates[name].kind == "system":
+            raise ConfigError(
+                f"[generate] templates lists '{name}', a system template",
+                hint="system templates are used through a template's `system:` key",
+            )
+    for key, known in (("audiences", templates.audiences), ("styles", templates.styles)):
+        for value in getattr(settings, key):
+            if value not in known:
+                raise ConfigError(
+                    f"[generate] {key} names unknown {key[:-1]} '{value}'",
+                    hint=f"known: {', '.join(known)} (add one in {templates.root})",
+                )
+    names = settings.templates or [t.name for t in templates]
+    return [templates[n] for n in names if templates[n].kind != "system"]
+
+
+def _choices(
+    templates: TemplateSet, template: Template, settings: GenerateSettings
+) -> tuple[list[str], list[str]]:
+    """Audiences and styles a template may be drawn with under these settings."""
+    audiences = templates.audiences_for(template)
+    styles = templates.styles_for(template)
+    if settings.audiences:
+        audiences = [a for a in audiences if a in settings.audiences]
+    if settings.styles:
+        styles = [s for s in styles if s in settings.styles]
+    return audiences, styles
+
+
+def _params(template_params: dict[str, Any], settings: GenerateSettings, seed: int) -> dict:
+    params = dict(template_params)
+    for key in ("temperature", "top_p", "max_tokens"):
+        value = getattr(settings, key)
+        if value is not None:
+            params[key] = value
+    params["seed"] = seed
+    return params
+
+
+def _base_metadata(unit: Unit) -> dict[str, Any]:
+    return {
+        "unit_id": unit.unit_id,
+        "discipline": unit.discipline,
+        "subject": unit.subject,
+        "topic": unit.topic,
+        "taxonomy_path": unit.taxonomy_path,
+        "session": unit.session,
+        "concepts": list(unit.concepts),
+        "difficulty": unit.difficulty,
+    }
+
+
+def build_request(
+    templates: TemplateSet,
+    template: Template,
+    unit: Unit,
+    *,
+    audience: str,
+    style: str,
+    sample_index: int,
+    settings: GenerateSettings,
+) -> ChatRequest:
+    """The request of one (unit, template, audience, style, sample) with its provenance."""
+    rid = request_id(unit.unit_id, template.name, audience, style, sample_index)
+    opener = templates.pick_opener(template, rid)
+    rendered = templates.render(
+        template.name,
+        unit,
+        audience=audience,
+        style=style,
+        sample_index=sample_index,
+        opener=opener,
+    )
+    seed = sampling_seed(rid, settings.seed)
+    output, _schema = templates.output_of(template)
+    metadata = {
+        **_base_metadata(unit),
+        "kind": template.kind,
+        "exercise_type": template.exercise_type,
+        "audience": audience,
+        "style": style,
+        "template": template.name,
+        "template_sha256": template.sha256,
+        "source_template": template.name,
+        "output": output,
+        "seed": seed,
+        "sample_index": sample_index,
+        "parent_id": None,
+        "evolution_step": 0,
+        "evolution": None,
+    }
+    return ChatRequest(
+        id=rid,
+        messages=rendered.messages,
+        params=_params(rendered.params, settings, seed),
+        schema=rendered.schema,
+        sample_index=sample_index,
+        metadata=metadata,
+    )
+
+
+def _weighted_order(rng: random.Random, items: list[Template]) -> list[Template]:
+    """A random order where heavier templates tend to come first (Efraimidis-Spirakis)."""
+    keyed = [(rng.random() ** (1.0 / t.front.weight), i, t) for i, t in enumerate(items)]
+    return [t for _k, _i, t in sorted(keyed, key=lambda x: (-x[0], x[1]))]
+
+
+def _draw(rng: random.Random, cycle: list[str], allowed: list[str]) -> str:
+    """Next allowed value of a shuffled cycle, refilled when used up: even coverage."""
+    for i, value in enumerate(cycle):
+        if value in allowed:
+            return cycle.pop(i)
+    fresh = rng.sample(allowed, len(allowed))
+    cycle.extend(fresh[1:])
+    return fresh[0]
+
+
+def plan_unit(
+    unit: Unit, templates: TemplateSet, settings: GenerateSettings, generators: list[Template]
+) -> list[ChatRequest]:
+    """The requests of one unit: ``documents_per_unit`` seeded draws.
+
+    Templates are drawn in rounds without replacement (weighted by front-matter ``weight``),
+    so ``documents_per_unit`` equal to the number of templates uses each once; audience and
+    style are drawn uniformly from what the template and the settings allow. A repeated
+    (template, audience, style) gets the next ``sample_index``.
+    """
+    eligible = []
+    for t in generators:
+        if t.front.disciplines and unit.discipline not in t.front.disciplines:
+            continue
+        audiences, styles = _choices(templates, t, settings)
+        if audiences and styles:
+            eligible.append((t, audiences, styles))
+    if not eligible:
+        return []
+    rng = seeded_random("plan", settings.seed, unit.unit_id, unit.seed)
+    by_name = {t.name: (t, a, s) for t, a, s in eligible}
+    counts: Counter[tuple[str, str, str]] = Counter()
+    requests = []
+    order: list[Template] = []
+    audience_cycle: list[str] = []
+    style_cycle: list[str] = []
+    for _ in range(settings.documents_per_unit):
+        if not order:
+            order = _weighted_order(rng, [t for t, _a, _s in eligible])
+        template = order.pop(0)
+        _t, audiences, styles = by_name[template.name]
+        audience = _draw(rng, audience_cycle, audiences)
+        style = _draw(rng, style_cycle, styles)
+        key = (template.name, audience, style)
+        sample_index = counts[key]
+        counts[key] += 1
+        requests.append(
+            build_request(
+                templates,
+                template,
+                unit,
+                audience=audience,
+                style=style,
+                sample_index=sample_index,
+                settings=settings,
+            )
+        )
+    return requests
+
+
+def plan_requests(
+    units: Iterable[Unit], templates: TemplateSet, settings: GenerateSettings
+) -> list[ChatRequest]:
+    """The first-wave plan: every unit's requests, in unit order (see ``plan_unit``)."""
+    generators = [t for t in _selected(templates, settings) if t.kind != "transform"]
+    if not generators:
+        raise ConfigError(
+            "no generation template selected",
+            hint="[generate] templates must name at least one section or exercise template",
+        )
+    requests: list[ChatRequest] = []
+    n_units = 0
+    for unit in units:
+        n_units += 1
+        requests.extend(plan_unit(unit, templates, settings, generators))
+    if n_units and not requests:
+        raise ConfigError(
+            f"no template can be drawn for any of the {n_units} unit(s)",
+            hint="check [generate] audiences/styles against the templates' audiences, "
+            "styles and disciplines",
+        )
+    return requests
+
+
+def plan_transforms(
+    parents: Iterable[dict[str, Any]],
+    units: dict[str, Unit],
+    templates: TemplateSet,
+    settings: GenerateSettings,
+    step: int,
+) -> list[ChatRequest]:
+    """Requests that evolve each usable exercise row of ``parents`` one step harder.
+
+    A parent qualifies when its status is ok, it is an exercise with valid structured
+    output, it sits at ``step - 1`` (and, past step 1, came from the same transform), and
+    the transform applies to its exercise type for at least ``step`` steps.
+    """
+    if not settings.evolve:
+        return []
+    transforms = [t for t in _selected(templates, settings) if t.kind == "transform"]
+    requests = []
+    for row in parents:
+        if row.get("status") != "ok" or row.get("kind") != "exercise":
+            continue
+        if (row.get("evolution_step") or 0) != step - 1:
+            continue
+        exercise_type = row.get("exercise_type")
+        structured = row.get("structured")
+        if structured_problem(exercise_type, structured) is not None:
+            continue
+        unit = units.get(row.get("unit_id", ""))
+        source = row.get("source_template")
+        if unit is None or source not in templates:
+            continue
+        for t in transforms:
+            spec = t.front.transform_of
+            if spec is None or (spec.exercise_types and exercise_type not in spec.exercise_types):
+                continue
+            steps = settings.evolution_steps if settings.evolution_steps is not None else spec.steps
+            if step > steps or (step > 1 and row.get("template") != t.name):
+                continue
+            requests.append(transform_request(templates, t, row, unit, step, source, settings))
+    return requests
+
+
+def transform_request(
+    templates: TemplateSet,
+    template: Template,
+    parent: dict[str, Any],
+    unit: Unit,
+    step: int,
+    source: str,
+    settings: GenerateSettings,
+) -> ChatRequest:
+    """The request that evolves exercise row ``parent`` (of template ``source``) one step.
+
+    ``parent`` needs id, exercise_type, structured, audience, style and difficulty. The
+    Evol-Instruct operation is drawn from the transform's operations, seeded by the id;
+    the new exercise's difficulty is ``harder(parent difficulty)``.
+    """
+    spec = template.front.transform_of
+    if spec is None:
+        raise TemplateError(f"template '{template.name}' is not a transform", file=template.path)
+    rid = transform_request_id(parent["id"], template.name, step)
+    op_ids = sorted(spec.operations)
+    op = op_ids[seeded_random(rid, "evolution").randrange(len(op_ids))]
+    exercise_type = parent["exercise_type"]
+    structured = dict(parent["structured"])
+    source_difficulty = parent.get("difficulty") or unit.difficulty
+    target = harder(source_difficulty)
+    extra = {
+        "exercise": {**structured, "text": render_structured(exercise_type, structured)},
+        "evolution": {"id": op, "instruction": spec.operations[op]},
+        "step": step,
+        "source_difficulty": source_difficulty,
+        "target_difficulty": target,
+        "exercise_type": exercise_type,
+    }
+    rendered = templates.render(
+        template.name,
+        unit,
+        audience=parent["audience"],
+        style=parent["style"],
+        sample_index=0,
+        extra=extra,
+        source=source,
+    )
+    seed = sampling_seed(rid, settings.seed)
+    output, _schema = templates.output_of(template, templates[source])
+    metadata = {
+        **_base_metadata(unit),
+        "difficulty": target,
+        "kind": "exercise",
+        "exercise_type": exercise_type,
+        "audience": parent["audience"],
+        "style": parent["style"],
+        "template": template.name,
+        "template_sha256": template.sha256,
+        "source_template": source,
+        "output": output,
+        "seed": seed,
+        "sample_index": 0,
+        "parent_id": parent["id"],
+        "evolution_step": step,
+        "evolution": op,
+    }
+    return ChatRequest(
+        id=rid,
+        messages=rendered.messages,
+        params=_params(rendered.params, settings, seed),
+        schema=rendered.schema,
+        sample_index=0,
+        metadata=metadata,
+    )
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _parse_json(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def result_row(request: ChatRequest, result: ChatResult, llm: LLM) -> dict[str, Any]:
+    """The raw document row of one result (failures included, with their error)."""
+    md = request.metadata
+    text = (result.text or "").strip()
+    structured = None
+    if md.get("output") == "json":
+        structured = result.parsed if isinstance(result.parsed, dict) else _parse_json(text)
+        if structured_problem(md.get("exercise_type"), structured) is None:
+            text = render_structured(md["exercise_type"], structured)
+    model = result.model or llm.model_name
+    return {
+        "id": document_id(request.id, request.sample_index),
+        "text": text,
+        "kind": md["kind"],
+        "discipline": md["discipline"],
+        "subject": md["subject"],
+        "topic": md["topic"],
+        "taxonomy_path": md["taxonomy_path"],
+        "session": md["session"],
+        "concepts": list(md["concepts"]),
+        "audience": md["audience"],
+        "style": md["style"],
+        "difficulty": md["difficulty"],
+        "template": md["template"],
+        "template_sha256": md["template_sha256"],
+        "model": model,
+        "seed": md["seed"],
+        "request_sha256": result.request_sha256 or llm.request_sha256(request),
+        "finish_reason": result.finish_reason,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "n_tokens": None,
+        "verified": None,
+        "dup_cluster": None,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "exercise_type": md.get("exercise_type"),
+        "structured": structured,
+        "status": result.status,
+        "error": result.error,
+        "request_id": request.id,
+        "unit_id": md["unit_id"],
+        "sample_index": request.sample_index,
+        "parent_id": md.get("parent_id"),
+        "evolution_step": md.get("evolution_step", 0),
+        "evolution": md.get("evolution"),
+        "source_template": md.get("source_template"),
+        "output": md.get("output"),
+        "prompt_sha256": prompt_sha256(request, llm.model_name),
+        "cost": result.cost,
+        "cached": result.cached,
+    }
+
+
+def _scan(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(byte offset, row)`` of every row of a generation JSONL, in file order.
+
+    A torn last line (a run killed mid-write: no newline, not JSON) ends the scan; a bad
+    line elsewhere is an ``InputError`` naming the file and line.
+    """
+    if not path.exists():
+        return
+    offset = 0
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            start = offset
+            offset += len(raw)
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+                if not isinstance(row, dict) or "request_id" not in row:
+                    raise ValueError("not a generation row")
+            except (ValueError, UnicodeDecodeError) as exc:
+                if not raw.endswith(b"\n"):
+                    return
+                raise InputError(
+                    f"unreadable generation row: {exc}",
+                    file=path,
+                    line=number,
+                    hint="delete that line (or the file to start over) and rerun",
+                ) from None
+            yield start, row
+
+
+def _read_at(path: Path, offsets: Iterable[int]) -> Iterator[dict[str, Any]]:
+    """The rows starting at these byte offsets (from ``_scan``), in the given order."""
+    with path.open("rb") as fh:
+        for offset in offsets:
+            fh.seek(offset)
+            yield json.loads(fh.readline())
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """What resume and the transform waves need to know of a row, without its text."""
+
+    offset: int
+    status: str | None
+    prompt_sha256: str | None
+    kind: str | None
+
+
+def _index(path: Path) -> dict[str, _Entry]:
+    """request id -> the last row of that id (later rows supersede earlier ones)."""
+    index: dict[str, _Entry] = {}
+    for offset, row in _scan(path):
+        index.pop(row["request_id"], None)
+        index[row["request_id"]] = _Entry(
+            offset, row.get("status"), row.get("prompt_sha256"), row.get("kind")
+        )
+    return index
+
+
+def read_generated(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Rows of a generation JSONL by request id (the last row of an id wins), in memory.
+
+    For large files prefer ``iter_generated``, which holds only offsets.
+    """
+    return {row["request_id"]: row for row in iter_generated(path)}
+
+
+def iter_generated(
+    path: str | os.PathLike[str], request_ids: Iterable[str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """The current rows of a generation JSONL: the last row of each request id.
+
+    Rows come in file order, or, with ``request_ids`` (e.g. ``GenerateStats.request_ids``),
+    only the rows of those requests in that order: the documents of one plan, without rows
+    an earlier run with another config left in the same file. Two passes over the file;
+    only byte offsets are held in memory.
+    """
+    p = Path(path)
+    index = _index(p)
+    if request_ids is None:
+        offsets = sorted(e.offset for e in index.values())
+    else:
+        offsets = [index[rid].offset for rid in request_ids if rid in index]
+    yield from _read_at(p, offsets)
+
+
+def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
+    """Write rows as JSONL atomically (temp file + os.replace): never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut a torn last line so that appended rows start on a line of their own."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 1))
+        if fh.read(1) == b"\n":
+            return
+        # Find the start of the last line.
+        block = 1 << 16
+        pos = size
+        start = 0
+        while pos > 0:
+            read_from = max(0, pos - block)
+            fh.seek(read_from)
+            chunk = fh.read(pos - read_from)
+            i = chunk.rfind(b"\n")
+            if i >= 0:
+                start = read_from + i + 1
+                break
+            pos = read_from
+        fh.seek(start)
+        tail = fh.read()
+        try:
+            json.loads(tail)
+            fh.seek(0, os.SEEK_END)
+            fh.write(b"\n")  # a complete row that only lost its newline
+        except ValueError:
+            fh.truncate(start)
+
+
+# --------------------------------------------------------------------------- run
+
+
+@dataclass
+class GenerateStats:
+    """Counts of one ``generate`` call (printed by the CLI, saved by the pipeline)."""
+
+    planned: int = 0
+    reused: int = 0
+    sent: int = 0
+    received: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    by_kind: Counter[str] = field(default_factory=Counter)
+    waves: int = 0
+    cached: int = 0
+    cost: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    #: ids of every request of this run's plan (all waves), in plan order
+    request_ids: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "planned": self.planned,
+            "reused": self.reused,
+            "sent": self.sent,
+            "received": self.received,
+            "by_status": dict(sorted(self.by_status.items())),
+            "by_kind": dict(sorted(self.by_kind.items())),
+            "waves": self.waves,
+            "cached": self.cached,
+            "cost": round(self.cost, 6),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
+
+
+def _is_finished(entry: _Entry | None, request: ChatRequest, model: str) -> bool:
+    return (
+        entry is not None
+        and entry.status in FINISHED_STATUSES
+        and entry.prompt_sha256 == prompt_sha256(request, model)
+    )
+
+
+def _run_wave(
+    requests: list[ChatRequest],
+    llm: LLM,
+    fh: IO[bytes],
+    index: dict[str, _Entry],
+    stats: GenerateStats,
+    max_cost: float | None,
+) -> dict[str, dict[str, Any]]:
+    """Send the unfinished requests of one wave, append their rows; return the new rows."""
+    stats.waves += 1
+    stats.planned += len(requests)
+    stats.request_ids.extend(r.id for r in requests)
+    todo = [r for r in requests if not _is_finished(index.get(r.id), r, llm.model_name)]
+    stats.reused += len(requests) - len(todo)
+    fresh: dict[str, dict[str, Any]] = {}
+    if not todo:
+        return fresh
+    remaining = None
+    if max_cost is not None:
+        remaining = max_cost - stats.cost
+        if remaining <= 0:
+            raise BudgetExceeded(
+                f"--max-cost {max_cost} reached before {len(todo)} request(s) were sent",
+                hint="raise --max-cost and rerun: finished documents are kept",
+            )
+    pending = {r.id: r for r in todo}
+    stats.sent += len(todo)
+    for result in llm.run(todo, max_cost=remaining):
+        request = pending.pop(result.request_id, None)
+        if request is None:
+            raise RuntimeError(f"LLM returned a result for unknown request {result.request_id}")
+        stats.received += 1
+        stats.by_status[result.status] += 1
+        stats.cost += result.cost or 0.0
+        stats.cached += bool(result.cached)
+        stats.prompt_tokens += result.prompt_tokens or 0
+        stats.completion_tokens += result.completion_tokens or 0
+        if result.status == "skipped":
+            continue  # not sent (budget, interrupt): the next run sends it
+        row = result_row(request, result, llm)
+        stats.by_kind[row["kind"]] += 1
+        offset = fh.seek(0, os.SEEK_END)
+        fh.write((json.dumps(row, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
+        fh.flush()
+        index.pop(request.id, None)
+        index[request.id] = _Entry(offset, row["status"], row["prompt_sha256"], row["kind"])
+        fresh[request.id] = row
+    return fresh
+
+
+def generate(
+    units: Iterable[Unit],
+    templates: TemplateSet,
+    llm: LLM,
+    settings: GenerateSettings,
+    out_path: str | os.PathLike[str],
+    *,
+    max_cost: float | None = None,
+    stats: GenerateStats | None = None,
+) -> GenerateStats:
+    """Generate the documents of ``units`` into the JSONL ``out_path``; resumable.
+
+    Wave 0 sends the planned requests; each later wave evolves the previous wave's
+    exercises one step (transform templates). Every result (documents, truncated, invalid
+    and failed ones) is appended as one row as it arrives. Requests that already have a
+    finished row with the same prompt and model are not sent again. ``units`` is consumed
+    (a walk must be bounded). Pass ``stats`` to read the counts even when
+    ``BudgetExceeded`` or Ctrl-C ends the run early.
+    """
+    stats = stats if stats is not None else GenerateStats()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    units_by_id = {u.unit_id: u for u in units}
+    requests = plan_requests(units_by_id.values(), templates, settings)
+    _repair_tail(out)
+    index = _index(out)
+    with out.open("ab") as fh:
+        wave = requests
+        step = 0
+        while wave:
+            fresh = _run_wave(wave, llm, fh, index, stats, max_cost)
+            step += 1
+            if not settings.evolve:
+                break
+            # Parents of the next wave: this wave's exercise rows, new or from the file.
+            stored = [
+                index[r.id].offset
+                for r in wave
+                if r.id not in fresh
+                and r.id in index
+                and index[r.id].status == "ok"
+                and index[r.id].kind == "exercise"
+            ]
+            rows = {row["request_id"]: row for row in _read_at(out, sorted(stored))}
+            rows.update(fresh)
+            parents = [rows[r.id] for r in wave if r.id in rows]  # plan order: stable
+            wave = plan_transforms(parents, units_by_id, templates, settings, step)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return stats

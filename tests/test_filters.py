@@ -1,0 +1,300 @@
+"""Filters: every drop has a stage, a reason and a detail (scripted generation outputs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from builder.filters import (
+    EXTRA_COLUMNS,
+    filter_documents,
+    refusal_match,
+    rejection_counts,
+    repetition_ratio,
+)
+from builder.generate import generate, read_generated
+from builder.llm.fake import ScriptedLLM
+from builder.records import DOCUMENT_COLUMNS, REJECTION_COLUMNS, ChatRequest, ChatResult
+from builder.settings.filters import FilterSettings, VerifySettings
+from builder.settings.generate import GenerateSettings
+from builder.templates import load_templates, sample_units
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = """## Limits
+
+A **limit** describes the value that a function approaches as its input gets closer and
+closer to some point. Limits let us talk precisely about behaviour near a point, even when
+the function is not defined at the point itself.
+
+### Worked example
+
+Consider f(x) = (x^2 - 1) / (x - 1). At x = 1 the formula divides by zero, so f(1) is not
+defined. For every other x we can factor the numerator: (x - 1)(x + 1) / (x - 1) = x + 1.
+As x approaches 1 from either side, x + 1 approaches 2, so the limit of f at 1 is 2.
+
+### A common mistake
+
+Students often think that a limit is the same as the value of the function at the point.
+The example shows why this is wrong: the limit exists even though the value does not.
+When you evaluate a limit, ask what happens near the point, never only at it.
+
+### Summary
+
+A limit captures the trend of a function near a point. Factoring and simplifying often
+reveals it, and it can exist even where the function itself is undefined.
+"""
+
+FRENCH = (
+    "Une limite décrit la valeur dont une fonction s'approche lorsque son argument se "
+    "rapproche d'un point donné. Les limites permettent de parler précisément du "
+    "comportement d'une fonction près d'un point, même lorsque la fonction n'est pas définie "
+    "en ce point. Considérons par exemple la fonction qui à x associe le quotient de x au "
+    "carré moins un par x moins un. En un, la formule divise par zéro, mais pour toutes les "
+    "autres valeurs on peut simplifier et obtenir x plus un, dont la limite vaut deux. "
+    "Une erreur fréquente consiste à croire que la limite est toujours égale à la valeur de "
+    "la fonction au point considéré. L'exemple montre que ce n'est pas le cas : la limite "
+    "existe alors même que la valeur n'existe pas. En résumé, la limite décrit la tendance "
+    "de la fonction au voisinage du point, et non sa valeur en ce point."
+)
+
+LOOP = "The limit is the value. " * 80
+
+EXERCISES = {
+    "code": {
+        "problem": "Write a function that adds two integers and returns the sum.",
+        "signature": 'def add(a: int, b: int) -> int:\n    """Return a + b."""',
+        "tests": "assert add(1, 2) == 3\nassert add(-1, 1) == 0\nassert add(0, 0) == 0",
+        "solution": "def add(a: int, b: int) -> int:\n    return a + b",
+    },
+    "quantitative": {
+        "problem": "A car travels 120 km in 2 hours. What is its average speed in km/h?",
+        "worked_solution": "speed = distance / time\nspeed = 120 / 2\nspeed = 60",
+        "final_answer": "60",
+    },
+    "conceptual": {
+        "problem": "Why can a limit exist at a point where the function is undefined?",
+        "answer": "A limit only looks at values near the point, never at the point itself.",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def tset():
+    return load_templates(ROOT / "templates")
+
+
+def rows_for(tset, tmp_path: Path, reply, template: str = "section", n: int = 1) -> list[dict]:
+    """Generate ``n`` documents of ``template`` whose model replies with ``reply``."""
+    out = tmp_path / f"{template}.jsonl"
+    settings = GenerateSettings(templates=[template], documents_per_unit=1, evolve=False)
+    responder = reply if callable(reply) else (lambda request: reply)
+    generate(sample_units()[:n], tset, ScriptedLLM(responder), settings, out)
+    return list(read_generated(out).values())
+
+
+def run(rows, **overrides):
+    settings = FilterSettings(**overrides)
+    return filter_documents(rows, settings, VerifySettings(enabled=False))
+
+
+def only_rejection(rows, **overrides) -> dict:
+    kept, rejected = run(rows, **overrides)
+    assert kept == [] and len(rejected) == 1
+    return rejected[0]
+
+
+# --------------------------------------------------------------------------- keep
+
+
+def test_good_document_is_kept_with_its_columns(tset, tmp_path: Path) -> None:
+    kept, rejected = run(rows_for(tset, tmp_path, GOOD))
+    assert rejected == []
+    (doc,) = kept
+    assert list(doc)[: len(DOCUMENT_COLUMNS)] == list(DOCUMENT_COLUMNS)
+    assert list(doc)[len(DOCUMENT_COLUMNS) :] == list(EXTRA_COLUMNS)
+    assert doc["n_tokens"] > 150 and doc["verified"] is None and doc["kind"] == "section"
+
+
+# --------------------------------------------------------------------------- each reason
+
+
+def test_truncated(tset, tmp_path: Path) -> None:
+    def cut(request: ChatRequest) -> ChatResult:
+        return ChatResult(
+            request_id=request.id,
+            status="length",
+            text=GOOD[:300],
+            finish_reason="length",
+            completion_tokens=64,
+        )
+
+    rows = rows_for(tset, tmp_path, cut)
+    rej = only_rejection(rows)
+    assert (rej["stage"], rej["reason"]) == ("filter", "truncated")
+    assert "64 tokens" in rej["detail"] and rej["text"] == GOOD[:300].strip()
+    kept, _ = run(rows, drop_truncated=False, min_tokens=0)
+    assert len(kept) == 1
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "I'm sorry, but I can't help with that request.\n\n" + GOOD,
+        "I cannot write this section because it may be harmful.\n" + GOOD,
+        "As an AI language model, I am unable to create textbooks.\n" + GOOD,
+        "Sorry, I am unable to comply with this request. " + GOOD,
+        "Unfortunately, I can't produce that content.\n" + GOOD,
+        "# Note\n\nI\u2019m sorry, but I won\u2019t write that. " + GOOD,
+    ],
+)
+def test_refusals(tset, tmp_path: Path, reply: str) -> None:
+    rows = rows_for(tset, tmp_path, reply)
+    rej = only_rejection(rows)
+    assert (rej["stage"], rej["reason"]) == ("filter", "refusal")
+    assert rej["detail"].startswith("refusal phrase")
+    kept, _ = run(rows, drop_refusals=False)
+    assert len(kept) == 1
+
+
+def test_refusal_patterns_do_not_flag_ordinary_text() -> None:
+    assert refusal_match(GOOD) is None
+    dialogue = "Teacher: What is a limit?\nStudent: I'm sorry, I don't know yet. " + GOOD
+    assert refusal_match(dialogue) is None
+    late = GOOD + "\nI'm sorry, but I can't say more."  # only the start is searched
+    assert refusal_match(late) is None
+    assert refusal_match("Our policy: we decline.", [r"\bwe decline\b"]) == "we decline"
+
+
+def test_too_short_counts_cl100k_tokens(tset, tmp_path: Path) -> None:
+    short = "A limit is the value a function approaches near a point."
+    rows = rows_for(tset, tmp_path, short)
+    rej = only_rejection(rows)
+    assert (rej["stage"], rej["reason"]) == ("filter", "too_short")
+    assert "< min_tokens 150" in rej["detail"]
+    kept, _ = run(rows, min_tokens_by_kind={"section": 5})
+    assert len(kept) == 1 and kept[0]["n_tokens"] == 12
+
+
+def test_repetition(tset, tmp_path: Path) -> None:
+    rows = rows_for(tset, tmp_path, LOOP)
+    rej = only_rejection(rows)
+    assert (rej["stage"], rej["reason"]) == ("filter", "repetition")
+    assert repetition_ratio(LOOP) > 0.9
+    assert repetition_ratio(GOOD) < 0.1
+    kept, _ = run(rows, max_repetition=1.0)
+    assert len(kept) == 1
+
+
+def test_wrong_language(tset, tmp_path: Path) -> None:
+    rows = rows_for(tset, tmp_path, FRENCH)
+    rej = only_rejection(rows)
+    assert (rej["stage"], rej["reason"]) == ("filter", "wrong_language")
+    assert rej["detail"].startswith("detected fr")
+    assert len(run(rows, language=None)[0]) == 1
+    assert len(run(rows, language="fr")[0]) == 1
+
+
+def test_code_is_not_judged_as_prose(tset, tmp_path: Path) -> None:
+    # A section full of code: the prose is English, the code would confuse langdetect and
+    # the repeated assert lines would look like a loop.
+    code = "```python\n" + "assert f(1) == 1\n" * 60 + "```\n"
+    rows = rows_for(tset, tmp_path, GOOD + "\n" + code)
+    kept, rejected = run(rows)
+    assert rejected == [] and len(kept) == 1
+
+
+def test_empty(tset, tmp_path: Path) -> None:
+    rej = only_rejection(rows_for(tset, tmp_path, "   "))
+    assert (rej["stage"], rej["reason"]) == ("filter", "empty")
+
+
+def test_failed_requests_are_rejected_at_generate(tset, tmp_path: Path) -> None:
+    def fail(request: ChatRequest) -> ChatResult:
+        return ChatResult(request_id=request.id, status="failed", error="HTTP 500 x6")
+
+    rej = only_rejection(rows_for(tset, tmp_path, fail))
+    assert (rej["stage"], rej["reason"], rej["detail"]) == ("generate", "failed", "HTTP 500 x6")
+    assert list(rej)[:4] == list(REJECTION_COLUMNS)
+    assert rej["status"] == "failed" and rej["template"] == "section"
+
+
+def test_malformed_structured_output(tset, tmp_path: Path) -> None:
+    rows = rows_for(tset, tmp_path, {"problem": "Add numbers."}, template="exercise_code")
+    rej = only_rejection(rows)
+    assert (rej["stage"], rej["reason"]) == ("filter", "malformed")
+    assert rej["detail"] == "missing field(s): signature, tests, solution"
+    rows = rows_for(tset, tmp_path, "not json at all", template="exercise_quantitative")
+    rej = only_rejection(rows)
+    assert (rej["stage"], rej["reason"]) == ("generate", "malformed")
+    empty = {**EXERCISES["conceptual"], "answer": ""}
+    rows = rows_for(tset, tmp_path, empty, template="exercise_conceptual")
+    assert only_rejection(rows)["detail"] == "empty field(s): answer"
+
+
+def test_exercises_pass_with_a_per_kind_minimum(tset, tmp_path: Path) -> None:
+    rows = []
+    for ex_type, template in (
+        ("code", "exercise_code"),
+        ("quantitative", "exercise_quantitative"),
+        ("conceptual", "exercise_conceptual"),
+    ):
+        rows += rows_for(tset, tmp_path, EXERCISES[ex_type], template=template)
+    kept, rejected = run(rows, min_tokens_by_kind={"exercise": 20})
+    assert rejected == [] and len(kept) == 3
+    assert all(d["structured"] and d["exercise_type"] for d in kept)
+
+
+def test_every_input_row_is_kept_or_rejected(tset, tmp_path: Path) -> None:
+    replies = iter([GOOD, LOOP, FRENCH])
+    rows = rows_for(tset, tmp_path, lambda r: next(replies), n=3)
+    kept, rejected = run(rows)
+    assert len(kept) + len(rejected) == 3
+    assert rejection_counts(rejected) == {"filter/repetition": 1, "filter/wrong_language": 1}
+    assert rows[0]["n_tokens"] is None  # input rows are not modified
+
+
+def test_bad_refusal_pattern_is_a_config_error() -> None:
+    with pytest.raises(ValidationError, match="not a regex"):
+        FilterSettings(refusal_patterns=["(unclosed"])
+
+
+# --------------------------------------------------------------------------- verification
+
+
+@dataclass
+class Verdict:
+    verified: bool | None
+    reason: str | None = None
+    detail: str | None = None
+
+
+def fake_verifier(doc, settings, *, llm=None) -> Verdict:
+    if doc["exercise_type"] == "conceptual":
+        return Verdict(None)
+    if "return a + b" in doc["structured"].get("solution", "") or doc["exercise_type"] != "code":
+        return Verdict(True)
+    return Verdict(False, "tests_failed", "assert add(1, 2) == 3 failed")
+
+
+def test_verification_marks_and_rejects(tset, tmp_path: Path) -> None:
+    wrong = {**EXERCISES["code"], "solution": "def add(a, b):\n    return a - b"}
+    rows = rows_for(tset, tmp_path, EXERCISES["code"], template="exercise_code")
+    rows += rows_for(tset, tmp_path / "w", wrong, template="exercise_code")
+    rows += rows_for(tset, tmp_path, EXERCISES["conceptual"], template="exercise_conceptual")
+    filters = FilterSettings(min_tokens=0)
+    kept, rejected = filter_documents(rows, filters, VerifySettings(), verifier=fake_verifier)
+    assert [d["verified"] for d in kept] == [True, None]
+    (rej,) = rejected
+    assert (rej["stage"], rej["reason"]) == ("verify", "tests_failed")
+    assert rej["detail"] == "assert add(1, 2) == 3 failed"
+    assert rej["verified"] is False
+    keep_all = VerifySettings(drop_unverified=False)
+    kept, rejected = filter_documents(rows, filters, keep_all, verifier=fake_verifier)
+    assert rejected == [] and [d["verified"] for d in kept] == [True, False, None]
+    off = VerifySettings(enabled=False)
+    kept, _ = filter_documents(rows, filters, off, verifier=fake_verifier)
+    assert [d["verified"] for d in kept] == [None, None, None]
