@@ -1,0 +1,476 @@
+"""Run untrusted Python (a generated solution and its tests) in a contained subprocess.
+
+Why a subprocess and not ``exec``: generated code loops, allocates, prints and touches the
+system by accident (and, rarely, on purpose); a separate process can be killed, limited and
+thrown away. The layers, outermost first:
+
+* **Process**: the same interpreter (``sys.executable``) with ``-I -S -B`` (isolated mode: no
+  user site, no current directory on ``sys.path``, ``PYTHON*`` variables ignored; no
+  site-packages; no ``.pyc`` writes), ``cwd`` a fresh empty ``tempfile.mkdtemp()`` holding only
+  ``solution.py`` and ``test_solution.py``, a minimal environment (``PATH`` empty,
+  ``LANG=C.UTF-8``, ``HOME``/``TMPDIR`` = the sandbox dir), stdin ``/dev/null``, every other
+  file descriptor closed, and a new session, so the whole process group is killed at the end.
+* **Kernel, when available** (probed once and cached): ``unshare --net`` puts the child in a
+  new network namespace with only a down loopback (no network at all, not even 127.0.0.1 of
+  the host); ``setpriv`` empties the capability bounding set and sets no-new-privs, so a root
+  child cannot raise its limits back or use root-only syscalls. Both need root (or
+  unprivileged user namespaces, tried with ``--map-root-user``). ``setpriv --pdeathsig`` also
+  kills the child if the builder itself dies; as a last resort the runner arms ``alarm()``
+  at the wall-clock limit plus two seconds.
+* **Resource limits** set by the runner before untrusted code (soft = hard): ``RLIMIT_CPU``
+  (CPU seconds -> SIGXCPU -> ``timeout``), ``RLIMIT_AS`` (memory -> ``MemoryError`` ->
+  ``memory``), ``RLIMIT_FSIZE`` (largest file), ``RLIMIT_NOFILE``, ``RLIMIT_NPROC``,
+  ``RLIMIT_CORE`` = 0. ``RLIMIT_NPROC`` is not enforced for uid 0, so as root the fork
+  barrier is the audit hook.
+* **Audit hook** (PEP 578, installed by the runner; it cannot be removed by the code it
+  guards): the first socket, subprocess, ``os.system``/exec/spawn/fork, ``os.kill``, ctypes,
+  rlimit change, heap introspection, or file access outside the sandbox directory (the
+  standard library may be read) ends the process with a ``forbidden`` result naming the event.
+  Ending at once, rather than raising, means a bare ``except:`` in the tested code cannot
+  swallow the violation, and a fork loop stops at its first fork.
+* **Parent side**: wall-clock deadline (then ``killpg(SIGKILL)`` -> ``timeout``); stdout and
+  stderr are read incrementally and capped (the child is killed when it prints more than the
+  cap -> ``output_limit``), so a print loop costs the parent at most the cap in memory.
+
+The runner writes exactly one line, ``<nonce> <dict literal>``, to a pipe opened for it (not
+stdout), with a random nonce it was given; a missing, extra or unsigned line is not trusted.
+
+Allowed on purpose: creating AF_UNIX sockets (asyncio's self-pipe; connect/bind stay denied),
+threads, reading the standard library and ``/usr/share/zoneinfo``, and writing up to
+``max_files`` files inside the sandbox directory. Only the standard library is importable
+(plus a small ``pytest`` stand-in and the solution as module ``solution``/``main``).
+
+What this cannot stop: the audit hook runs in the same interpreter as the code it guards, so
+code that means harm can walk Python frames to the runner and forge a result, monkeypatch the
+stdlib functions the hook relies on (``os.path.realpath``), or escape through a C extension or a
+memory-corruption bug; ``os.stat`` and other unaudited calls still see the file system
+(metadata only). As root the child keeps uid 0 (without capabilities), so past the hook it
+could write root-owned files; dropping to another uid is not possible here because the
+interpreter lives under ``/root``. Without root or user namespaces there is no network
+namespace and the audit hook alone blocks sockets. The threat model is sloppy or confused
+generated code, not a determined attacker: for hostile input, run the whole builder in a VM
+or a gVisor-class sandbox.
+
+Cost (measured, 2 cores): a passing check takes ~35-45 ms idle (~75 ms on a loaded machine),
+about 2-4x the bare ``python -I -S -B -c pass`` start; see ``bench/bench_verify.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import marshal
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder.errors import BuilderError
+from builder.settings.filters import VerifySettings
+
+RUNNER_PATH = Path(__file__).with_name("_runner.py")
+SANDBOX_USER_ENV = {"PATH": "", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+# Read-only directories the child may open besides the standard library.
+EXTRA_READ_ROOTS = ("/usr/share/zoneinfo",)
+MAX_RESULT_BYTES = 1 << 20
+
+
+class SandboxError(BuilderError):
+    """The sandbox itself could not run (not a verdict on the document)."""
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """What one sandboxed run ended with.
+
+    ``status`` is one of passed, tests_failed, timeout, memory, crashed, syntax_error,
+    no_tests, output_limit, forbidden (and probe for ``probe_sandbox``).
+    """
+
+    status: str
+    detail: str = ""
+    elapsed_s: float = 0.0
+    returncode: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    passed: int = 0
+    failed: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """The command prefix that puts the child into its namespaces, and what it provides."""
+
+    prefix: tuple[str, ...]
+    network_namespace: bool
+    capabilities_dropped: bool
+
+
+# The child runs the runner from a code object compiled once here and passed as marshal data:
+# compiling ~20 KB of source in every child would cost more than starting the interpreter.
+BOOTSTRAP = "import marshal,sys;exec(marshal.loads(bytes.fromhex(sys.argv[1])))"
+
+
+@functools.cache
+def _runner_code_hex() -> str:
+    source = RUNNER_PATH.read_text(encoding="utf-8")
+    return marshal.dumps(compile(source, "<sandbox-runner>", "exec", dont_inherit=True)).hex()
+
+
+def _works(prefix: list[str]) -> bool:
+    try:
+        proc = subprocess.run(
+            [*prefix, sys.executable, "-I", "-S", "-B", "-c", "pass"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return proc.returncode == 0
+
+
+@functools.cache
+def detect_launcher(network: str = "auto", drop_capabilities: bool = True) -> Launcher:
+    """Probe once which isolation the kernel allows here (cached per argument pair)."""
+    unshare = shutil.which("unshare")
+    setpriv = shutil.which("setpriv")
+    nets: list[list[str]] = []
+    if network != "off" and unshare:
+        if os.geteuid() == 0:
+            nets.append([unshare, "--net", "--"])
+        nets.append([unshare, "--net", "--map-root-user", "--"])
+    caps: list[list[str]] = []
+    if drop_capabilities and setpriv:
+        drop = [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs"]
+        # --pdeathsig: the child dies with the builder (kill -9 of the builder leaves no orphan)
+        caps.append([*drop, "--pdeathsig=KILL", "--"])
+        caps.append([*drop, "--"])
+    candidates: list[tuple[list[str], bool, bool]] = []
+    for net in nets:
+        for cap in caps:
+            candidates.append((net + cap, True, True))
+        candidates.append((net, True, False))
+    for cap in caps:
+        candidates.append((cap, False, True))
+    for prefix, has_net, has_caps in candidates:
+        if _works(prefix):
+            return Launcher(tuple(prefix), has_net, has_caps)
+    if network == "require":
+        raise SandboxError(
+            "verification needs a network namespace, but `unshare --net` does not work here",
+            hint="run as root or enable user namespaces, "
+            'or set [verify] network_namespace = "auto"',
+        )
+    return Launcher((), False, False)
+
+
+SANDBOX_PREFIX = "corpus-verify-"
+STALE_AFTER_S = 2 * 3600  # twice the largest allowed timeout_s
+
+
+@functools.cache
+def _sweep_stale(tmp_dir: str | None) -> None:
+    """Once per process: remove sandbox dirs left by a builder that was killed with -9."""
+    root = Path(tmp_dir or tempfile.gettempdir())
+    cutoff = time.time() - STALE_AFTER_S
+    try:
+        candidates = list(root.glob(SANDBOX_PREFIX + "*"))
+    except OSError:
+        return
+    for path in candidates:
+        try:
+            if path.is_dir() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                _remove_tree(str(path))
+        except OSError:
+            continue
+
+
+def has_toplevel_checks(tests: str) -> bool:
+    """True when module-level code of the tests itself checks something (bare asserts, calls)."""
+    try:
+        tree = ast.parse(tests)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Assert):
+                return True
+    return False
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _tail(data: bytes, n: int = 600) -> str:
+    text = data.decode("utf-8", "replace").strip()
+    return text if len(text) <= n else "..." + text[-n:]
+
+
+def run_in_sandbox(
+    solution: str,
+    tests: str,
+    settings: VerifySettings | None = None,
+    *,
+    mode: str = "test",
+    probe_port: int | None = None,
+) -> SandboxResult:
+    """Run ``solution`` then ``tests`` in a fresh sandboxed interpreter and classify the end.
+
+    ``mode="probe"`` runs a trusted self-check instead of the code (limits, interfaces, uid,
+    capabilities, and optionally whether 127.0.0.1:``probe_port`` is reachable): tests use
+    it to show the isolation is real, not just claimed.
+    """
+    settings = settings or VerifySettings()
+    launcher = detect_launcher(settings.network_namespace, settings.drop_capabilities)
+    _sweep_stale(settings.tmp_dir)
+    cap = settings.max_output_kb * 1024
+    sandbox = tempfile.mkdtemp(prefix=SANDBOX_PREFIX, dir=settings.tmp_dir)
+    nonce = secrets.token_hex(16)
+    read_fd, write_fd = os.pipe()
+    started = time.monotonic()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        Path(sandbox, "solution.py").write_text(solution, encoding="utf-8", errors="replace")
+        Path(sandbox, "test_solution.py").write_text(tests, encoding="utf-8", errors="replace")
+        config = {
+            "nonce": nonce,
+            "result_fd": write_fd,
+            "sandbox": sandbox,
+            "mode": mode,
+            "probe_port": probe_port,
+            "cpu_s": settings.cpu_s or settings.timeout_s,
+            "wall_s": settings.timeout_s,
+            "memory_bytes": settings.memory_mb * 1024 * 1024,
+            "fsize_bytes": int(settings.max_file_mb * 1024 * 1024),
+            "nofile": settings.max_open_files,
+            "nproc": settings.max_processes,
+            "max_files": settings.max_files,
+            "toplevel_checks": has_toplevel_checks(tests),
+            "extra_read_roots": list(EXTRA_READ_ROOTS),
+        }
+        env = dict(SANDBOX_USER_ENV, HOME=sandbox, TMPDIR=sandbox)
+        cmd = [
+            *launcher.prefix,
+            sys.executable,
+            "-I",
+            "-S",
+            "-B",
+            "-c",
+            BOOTSTRAP,
+            _runner_code_hex(),
+            marshal.dumps(config).hex(),
+        ]
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=sandbox,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(write_fd,),
+                close_fds=True,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise SandboxError(
+                f"could not start the verification sandbox: {exc}",
+                hint="check that the Python interpreter and /tmp are usable",
+            ) from exc
+        os.close(write_fd)
+        write_fd = -1
+        return _collect(proc, read_fd, settings, cap, nonce, started)
+    finally:
+        if write_fd >= 0:
+            os.close(write_fd)
+        try:
+            os.close(read_fd)
+        except OSError:
+            pass
+        if proc is not None:
+            if proc.returncode is None:  # not reaped yet: the pgid cannot have been reused
+                _kill_group(proc.pid)
+                proc.wait()
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        _remove_tree(sandbox)
+
+
+def _remove_tree(path: str) -> None:
+    """Delete the sandbox directory even if the child made parts of it unreadable."""
+
+    def retry(func: Any, target: str, _exc: BaseException) -> None:
+        try:
+            os.chmod(os.path.dirname(target), 0o700)
+            os.chmod(target, 0o700)
+            func(target)
+        except OSError:
+            pass
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=retry)
+    else:
+        shutil.rmtree(path, onerror=lambda func, target, info: retry(func, target, info[1]))
+
+
+def _collect(
+    proc: subprocess.Popen[bytes],
+    result_fd: int,
+    settings: VerifySettings,
+    cap: int,
+    nonce: str,
+    started: float,
+) -> SandboxResult:
+    """Read the child's pipes with bounded memory until it ends, then classify the outcome."""
+    if proc.stdout is None or proc.stderr is None:  # pragma: no cover - Popen(PIPE) sets them
+        raise SandboxError("the sandbox's output pipes are missing")
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    buffers: dict[int, bytearray] = {
+        out_fd: bytearray(),
+        err_fd: bytearray(),
+        result_fd: bytearray(),
+    }
+    printed = 0
+    timed_out = over_output = over_result = False
+    deadline = started + settings.timeout_s
+    with selectors.DefaultSelector() as sel:
+        for fd in buffers:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map() and not (timed_out or over_output or over_result):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            for key, _events in sel.select(remaining):
+                fd = key.fd
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    sel.unregister(fd)
+                    continue
+                if fd == result_fd:
+                    buffers[fd] += chunk
+                    over_result = len(buffers[fd]) > MAX_RESULT_BYTES
+                    continue
+                printed += len(chunk)
+                room = cap - len(buffers[fd])
+                if room > 0:
+                    buffers[fd] += chunk[:room]
+                if printed > cap:
+                    over_output = True
+                    break
+    if not (timed_out or over_output):
+        # The pipes are closed, but the child may still be running (it can close them).
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+    _kill_group(proc.pid)
+    returncode = proc.wait()
+    elapsed = time.monotonic() - started
+    stdout, stderr = bytes(buffers[out_fd]), bytes(buffers[err_fd])
+
+    def result(status: str, detail: str, **extra: Any) -> SandboxResult:
+        return SandboxResult(
+            status=status,
+            detail=detail,
+            elapsed_s=elapsed,
+            returncode=returncode,
+            stdout=_tail(stdout, 2000),
+            stderr=_tail(stderr, 2000),
+            **extra,
+        )
+
+    if over_output:
+        head = _tail(stdout[:300] or stderr[:300], 300)
+        return result(
+            "output_limit",
+            f"printed more than {settings.max_output_kb} KB (stdout+stderr); first output: "
+            f"{head!r}",
+        )
+    lines = bytes(buffers[result_fd]).splitlines()
+    signed = [ln for ln in lines if ln.startswith(nonce.encode() + b" ")]
+    if over_result or len(lines) > 1 or (lines and not signed):
+        return result("forbidden", "the tested code wrote to the sandbox's result channel")
+    if signed:
+        try:
+            body = ast.literal_eval(signed[0][len(nonce) + 1 :].decode("utf-8", "replace"))
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            body = None
+        if not isinstance(body, dict):
+            return result("forbidden", "the sandbox's result line was corrupted")
+        status = str(body.get("status"))
+        if status == "sandbox_error":
+            raise SandboxError(
+                f"the verification sandbox failed: {body.get('detail')}",
+                hint="set [verify] network_namespace/drop_capabilities or report a bug",
+            )
+        return result(
+            status,
+            str(body.get("detail") or ""),
+            passed=int(body.get("passed") or 0),
+            failed=int(body.get("failed") or 0),
+            info=body.get("info") or {},
+        )
+    if timed_out:
+        return result("timeout", f"wall-clock limit of {settings.timeout_s:g} s exceeded")
+    if returncode is not None and returncode < 0:
+        sig = -returncode
+        name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
+        if sig in (signal.SIGXCPU, signal.SIGKILL):
+            cpu = settings.cpu_s or settings.timeout_s
+            return result("timeout", f"CPU-time limit of {cpu:g} s exceeded ({name})")
+        if sig == signal.SIGXFSZ:
+            return result("output_limit", f"file size limit of {settings.max_file_mb:g} MB")
+        if b"MemoryError" in stderr or b"out of memory" in stderr.lower():
+            return result("memory", f"killed by {name} after running out of memory")
+        return result("crashed", f"killed by signal {name}; stderr: {_tail(stderr, 400)}")
+    if b"MemoryError" in stderr:
+        return result("memory", f"exited with code {returncode}: {_tail(stderr, 400)}")
+    return result(
+        "crashed",
+        f"exited with code {returncode} before the tests finished"
+        + (f"; stderr: {_tail(stderr, 400)}" if stderr.strip() else ""),
+    )
+
+
+def probe_sandbox(
+    settings: VerifySettings | None = None, *, probe_port: int | None = None
+) -> dict[str, Any]:
+    """Describe the sandbox as the child sees it (limits, interfaces, capabilities)."""
+    res = run_in_sandbox("", "", settings, mode="probe", probe_port=probe_port)
+    if res.status != "probe":
+        raise SandboxError(f"sandbox probe failed: {res.status}: {res.detail} {res.stderr}")
+    launcher = detect_launcher(
+        (settings or VerifySettings()).network_namespace,
+        (settings or VerifySettings()).drop_capabilities,
+    )
+    return {
+        **res.info,
+        "network_namespace": launcher.network_namespace,
+        "capabilities_dropped": launcher.capabilities_dropped,
+        "elapsed_s": res.elapsed_s,
+    }
