@@ -1,0 +1,593 @@
+"""Load and validate taxonomy files, reporting every problem at once as ``file:line``.
+
+A taxonomy directory holds one YAML file per discipline at its top level (``*.yaml`` or
+``*.yml``); subdirectories (such as ``<discipline>/syllabi/``) are not node files. Checks:
+YAML syntax, unknown keys (with the closest valid key), wrong types, id slugs, empty names,
+status values, duplicate ids across files, dangling prerequisites, prerequisites on one's own
+ancestor or descendant, and prerequisite cycles (printed as ``a -> b -> a``).
+
+The checks work on texts (``check_texts``) so that the editor can validate an edit before
+writing anything.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder.errors import Problem, TaxonomyError, ValidationError
+from builder.taxonomy.model import DEFAULT_STATUS, STATUSES, Node, Taxonomy
+from builder.taxonomy.parse import YamlSyntaxError, YMap, YSeq, parse_yaml
+
+__all__ = [
+    "NODE_KEYS",
+    "SLUG_RE",
+    "check_taxonomy",
+    "check_texts",
+    "discover_files",
+    "is_slug",
+    "load_taxonomy",
+    "slugify",
+    "validate_taxonomy",
+]
+
+NODE_KEYS = (
+    "id",
+    "name",
+    "description",
+    "level",
+    "weight",
+    "prerequisites",
+    "status",
+    "children",
+)
+_NODE_KEY_SET = frozenset(NODE_KEYS)
+SLUG_RE = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
+_SLUG_RULE = "lowercase letters, digits, '-' or '_', starting with a letter or digit"
+_MAX_SUGGESTIONS = 20  # difflib over every id is O(n); only suggest for the first few errors
+
+
+def is_slug(value: object) -> bool:
+    return isinstance(value, str) and SLUG_RE.match(value) is not None
+
+
+def slugify(text: str) -> str:
+    """A slug id for a name: ASCII-folded, lowercase, words joined by '-'.
+
+    Returns '' when nothing ASCII is left (callers supply a fallback).
+    """
+    import unicodedata
+
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    folded = folded.lower().replace("&", " and ").replace("+", " plus ")
+    return re.sub(r"[^a-z0-9]+", "-", folded).strip("-")
+
+
+def discover_files(root: str | os.PathLike[str]) -> list[Path]:
+    """The discipline files of a taxonomy directory (top level only), sorted by name.
+
+    A path to a single YAML file is accepted too.
+    """
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise TaxonomyError(
+            f"taxonomy directory {root} does not exist",
+            hint="pass --taxonomy DIR, set [taxonomy] dir in corpus.toml, "
+            "or create it with `corpus taxonomy import`",
+        )
+    files = sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    return files
+
+
+def _read_texts(files: list[Path]) -> tuple[dict[Path, str], list[Problem]]:
+    texts: dict[Path, str] = {}
+    problems: list[Problem] = []
+    for f in files:
+        try:
+            texts[f] = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(Problem(f"file is not UTF-8 text ({exc.reason})", f, 1))
+        except OSError as exc:
+            problems.append(Problem(f"cannot read file: {exc.strerror}", f))
+    return texts, problems
+
+
+@dataclass
+class _Raw:
+    """A node as read, before cross-file checks."""
+
+    id: str
+    name: str
+    description: str | None
+    level: str | None
+    weight: float
+    prerequisites: list[str]
+    prerequisite_lines: list[int]
+    status: str
+    parent: str | None
+    depth: int
+    file: Path
+    line: int
+    children: list[str] = field(default_factory=list)
+    valid_id: bool = True
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+class _Checker:
+    """Collects problems while reading files; ``finish`` runs the cross-file checks."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+        self.nodes: list[_Raw] = []  # preorder, file order
+        self.by_id: dict[str, _Raw] = {}
+        self.unreadable: list[str] = []  # files that could not be parsed (for hints)
+        self._synthetic = 0
+
+    def problem(self, message: str, file: Path, line: int | None, hint: str | None = None):
+        self.problems.append(Problem(message, file, line, hint))
+
+    # -- per file -----------------------------------------------------------------------------
+
+    def add_file(self, file: Path, text: str) -> None:
+        try:
+            data, dups = parse_yaml(text)
+        except YamlSyntaxError as exc:
+            self.unreadable.append(str(file))
+            self.problem(exc.message, file, exc.line)
+            return
+        for line, message in dups:
+            self.problem(message, file, line, "keep one of them")
+        if data is None:
+            self.problem(
+                "file is empty",
+                file,
+                1,
+                "a discipline file holds one mapping with at least id and name; delete the "
+                "file if it is not needed",
+            )
+            return
+        if not isinstance(data, YMap):
+            line = getattr(data, "line", 1)
+            self.problem(
+                f"a discipline file must be one mapping (id, name, children...), not "
+                f"{_type_name(data)}",
+                file,
+                line,
+                "put one discipline per file",
+            )
+            return
+        self._walk(data, file)
+
+    def _walk(self, top: YMap, file: Path) -> None:
+        # Iterative preorder; each entry: (mapping, parent raw node or None, depth).
+        stack: list[tuple[YMap, _Raw | None, int]] = [(top, None, 0)]
+        while stack:
+            m, parent, depth = stack.pop()
+            raw, children = self._node(m, parent, depth, file)
+            if parent is not None:
+                parent.children.append(raw.id)
+            for child in reversed(children):
+                stack.append((child, raw, depth + 1))
+
+    def _node(
+        self, m: YMap, parent: _Raw | None, depth: int, file: Path
+    ) -> tuple[_Raw, list[YMap]]:
+        lines = m.key_lines
+        line = m.line
+        for key in m:
+            if key not in _NODE_KEY_SET:
+                self._unknown_key(key, lines[key], file)
+
+        # id
+        node_id = m.get("id")
+        valid_id = True
+        if "id" not in m or node_id is None:
+            valid_id = False
+            name = m.get("name")
+            suggestion = slugify(name) if isinstance(name, str) else ""
+            self.problem(
+                "node has no id",
+                file,
+                line,
+                f"add `id: {suggestion}`" if suggestion else "add a unique slug id",
+            )
+        elif not isinstance(node_id, str):
+            valid_id = False
+            self.problem(
+                f"id must be text, got {_type_name(node_id)}",
+                file,
+                lines["id"],
+                f'quote it: id: "{node_id}"' if not isinstance(node_id, (list, dict)) else None,
+            )
+        elif not SLUG_RE.match(node_id):
+            valid_id = False
+            fix = slugify(node_id)
+            self.problem(
+                f"id {node_id!r} is not a slug ({_SLUG_RULE})",
+                file,
+                lines["id"],
+                f"use {fix!r}" if fix else None,
+            )
+        if not valid_id:
+            self._synthetic += 1
+            node_id = f"<node at {file}:{line}>#{self._synthetic}"
+        label = node_id if valid_id else "node"
+
+        # name
+        name = m.get("name")
+        if "name" not in m:
+            self.problem(
+                f"{label!r} has no name" if valid_id else "node has no name",
+                file,
+                line,
+                "add `name: ...` with a human-readable name",
+            )
+            name = ""
+        elif not isinstance(name, str):
+            self.problem(
+                f"name of {label!r} must be text, got {_type_name(name)}",
+                file,
+                lines["name"],
+                "quote it" if name is not None else "give it a human-readable name",
+            )
+            name = "" if name is None else str(name)
+        elif not name.strip():
+            self.problem(
+                f"name of {label!r} is empty", file, lines["name"], "give it a human-readable name"
+            )
+
+        description = m.get("description")
+        if description is not None and not isinstance(description, str):
+            self.problem(
+                f"description of {label!r} must be text, got {_type_name(description)}",
+                file,
+                lines["description"],
+                "quote it",
+            )
+            description = str(description)
+
+        level = m.get("level")
+        if level is not None and (not isinstance(level, str) or not level.strip()):
+            self.problem(
+                f"level of {label!r} must be a name such as discipline, subject or topic, "
+                f"got {_type_name(level)}",
+                file,
+                lines["level"],
+            )
+            level = None
+
+        weight = m.get("weight", 1.0)
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, (int, float))
+            or not math.isfinite(weight)
+            or weight <= 0
+        ):
+            shown = weight if isinstance(weight, (int, float, str)) else _type_name(weight)
+            self.problem(
+                f"weight of {label!r} must be a number > 0, got {shown!r}",
+                file,
+                lines.get("weight", line),
+                "use e.g. `weight: 2` for twice the default share; omit it for 1",
+            )
+            weight = 1.0
+        weight = float(weight)
+
+        status = m.get("status", DEFAULT_STATUS)
+        if status not in STATUSES:
+            close = difflib.get_close_matches(str(status), STATUSES, n=1)
+            self.problem(
+                f"status {status!r} of {label!r} is not one of {', '.join(STATUSES)}",
+                file,
+                lines.get("status", line),
+                f"did you mean {close[0]!r}?" if close else f"omit it for {DEFAULT_STATUS}",
+            )
+            status = DEFAULT_STATUS
+
+        prerequisites: list[str] = []
+        prerequisite_lines: list[int] = []
+        pre = m.get("prerequisites")
+        if pre is not None:
+            if not isinstance(pre, YSeq):
+                self.problem(
+                    f"prerequisites of {label!r} must be a list of ids, got {_type_name(pre)}",
+                    file,
+                    lines["prerequisites"],
+                    f"write `prerequisites: [{pre}]`" if isinstance(pre, str) else None,
+                )
+            else:
+                seen: set[str] = set()
+                for item, item_line in zip(pre, pre.item_lines, strict=True):
+                    if not isinstance(item, str):
+                        self.problem(
+                            f"prerequisite of {label!r} must be an id, got {_type_name(item)}",
+                            file,
+                            item_line,
+                        )
+                    elif item in seen:
+                        self.problem(
+                            f"prerequisite {item!r} is listed twice in {label!r}",
+                            file,
+                            item_line,
+                            "remove the duplicate",
+                        )
+                    else:
+                        seen.add(item)
+                        prerequisites.append(item)
+                        prerequisite_lines.append(item_line)
+
+        children: list[YMap] = []
+        kids = m.get("children")
+        if kids is not None:
+            if not isinstance(kids, YSeq):
+                self.problem(
+                    f"children of {label!r} must be a list of nodes, got {_type_name(kids)}",
+                    file,
+                    lines["children"],
+                    "write each child as `- id: ...` under `children:`",
+                )
+            else:
+                for item, item_line in zip(kids, kids.item_lines, strict=True):
+                    if isinstance(item, YMap):
+                        children.append(item)
+                    else:
+                        self.problem(
+                            f"child of {label!r} must be a mapping with id and name, got "
+                            f"{_type_name(item)}",
+                            file,
+                            item_line,
+                            "write it as `- {id: ..., name: ...}`",
+                        )
+
+        raw = _Raw(
+            id=node_id,
+            name=name,
+            description=description,
+            level=level,
+            weight=weight,
+            prerequisites=prerequisites,
+            prerequisite_lines=prerequisite_lines,
+            status=status,
+            parent=parent.id if parent is not None else None,
+            depth=depth,
+            file=file,
+            line=line,
+            valid_id=valid_id,
+        )
+        self.nodes.append(raw)
+        if valid_id:
+            first = self.by_id.get(node_id)
+            if first is not None:
+                self.problem(
+                    f"duplicate id {node_id!r} (also at {first.file}:{first.line})",
+                    file,
+                    lines["id"],
+                    "ids must be unique; rename one of them",
+                )
+            else:
+                self.by_id[node_id] = raw
+        return raw, children
+
+    def _unknown_key(self, key: Any, line: int, file: Path) -> None:
+        close = difflib.get_close_matches(str(key), NODE_KEYS, n=1, cutoff=0.5)
+        valid = f"valid keys: {', '.join(NODE_KEYS)}"
+        hint = f"did you mean {close[0]!r}? {valid}" if close else valid
+        self.problem(f"unknown key {key!r}", file, line, hint)
+
+    # -- across files -------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        by_id = self.by_id
+        suggestions = 0
+        edges: list[tuple[str, str, Path, int]] = []  # (prerequisite, node, file, line)
+        for raw in self.nodes:
+            if not raw.valid_id or by_id.get(raw.id) is not raw:
+                continue
+            for pre, line in zip(raw.prerequisites, raw.prerequisite_lines, strict=True):
+                if pre == raw.id:
+                    self.problem(
+                        f"{raw.id!r} lists itself as a prerequisite",
+                        raw.file,
+                        line,
+                        "remove it from prerequisites",
+                    )
+                elif pre not in by_id:
+                    hint = "add it or remove it from prerequisites"
+                    if self.unreadable:
+                        unread = ", ".join(self.unreadable)
+                        hint += f" (it may be in {unread}, which could not be read)"
+                    if suggestions < _MAX_SUGGESTIONS:
+                        suggestions += 1
+                        close = difflib.get_close_matches(pre, by_id, n=1, cutoff=0.75)
+                        if close:
+                            hint = f"did you mean {close[0]!r}? else {hint}"
+                    self.problem(
+                        f"prerequisite {pre!r} of {raw.id!r} is not a node of the taxonomy",
+                        raw.file,
+                        line,
+                        hint,
+                    )
+                elif self._is_ancestor(raw.id, pre):
+                    self.problem(
+                        f"{raw.id!r} lists its own descendant {pre!r} as a prerequisite "
+                        "(a node cannot require part of itself)",
+                        raw.file,
+                        line,
+                        "remove it from prerequisites",
+                    )
+                elif self._is_ancestor(pre, raw.id):
+                    self.problem(
+                        f"{raw.id!r} lists its own ancestor {pre!r} as a prerequisite "
+                        f"(it is part of {pre!r}, so it cannot come after it)",
+                        raw.file,
+                        line,
+                        "remove it from prerequisites",
+                    )
+                else:
+                    edges.append((pre, raw.id, raw.file, line))
+        self._cycles(edges)
+
+    def _is_ancestor(self, ancestor: str, node_id: str) -> bool:
+        p = self.by_id[node_id].parent
+        while p is not None:
+            if p == ancestor:
+                return True
+            p = self.by_id[p].parent if p in self.by_id else None
+        return False
+
+    def _cycles(self, edges: list[tuple[str, str, Path, int]]) -> None:
+        """Report one cycle per strongly connected component of tree + prerequisite edges."""
+        if not edges:
+            return
+        succ: dict[str, list[str]] = {}
+        indeg: dict[str, int] = {}
+        for raw in self.nodes:
+            if raw.valid_id and self.by_id.get(raw.id) is raw:
+                indeg.setdefault(raw.id, 0)
+                if raw.parent is not None and raw.parent in self.by_id:
+                    succ.setdefault(raw.parent, []).append(raw.id)
+                    indeg[raw.id] += 1
+        for pre, node, _, _ in edges:
+            succ.setdefault(pre, []).append(node)
+            indeg[node] += 1
+        ready = [v for v, d in indeg.items() if d == 0]
+        done = 0
+        while ready:
+            v = ready.pop()
+            done += 1
+            for w in succ.get(v, ()):
+                indeg[w] -= 1
+                if indeg[w] == 0:
+                    ready.append(w)
+        if done == len(indeg):
+            return
+        import networkx as nx
+
+        left = {v for v, d in indeg.items() if d > 0}
+        g = nx.DiGraph()
+        for v in left:
+            for w in succ.get(v, ()):
+                if w in left:
+                    g.add_edge(v, w)
+        where = {(pre, node): (file, line) for pre, node, file, line in edges}
+        order = {raw.id: i for i, raw in enumerate(self.nodes)}
+        for comp in nx.strongly_connected_components(g):
+            if len(comp) < 2:
+                continue
+            start = min(comp, key=order.__getitem__)
+            cycle = nx.find_cycle(g.subgraph(comp), source=start)
+            ids = [cycle[0][0]] + [b for _, b in cycle]
+            prereq_edges = [(a, b) for a, b in cycle if (a, b) in where]
+            file, line = where[prereq_edges[0]]
+            self.problem(
+                f"prerequisite cycle: {' -> '.join(ids)}",
+                file,
+                line,
+                "remove one of these prerequisites",
+            )
+
+    # -- result -------------------------------------------------------------------------------
+
+    def sorted_problems(self) -> list[Problem]:
+        return sorted(self.problems, key=lambda p: (str(p.file), p.line or 0))
+
+    def build(self, root: Path, files: list[Path]) -> Taxonomy:
+        nodes = [
+            Node(
+                id=r.id,
+                name=r.name,
+                description=r.description,
+                level=r.level,
+                weight=r.weight,
+                prerequisites=tuple(r.prerequisites),
+                status=r.status,
+                parent=r.parent,
+                children=tuple(r.children),
+                depth=r.depth,
+                file=r.file,
+                line=r.line,
+            )
+            for r in self.nodes
+        ]
+        return Taxonomy(root, nodes, files)
+
+
+def check_texts(
+    texts: Mapping[Path, str], root: str | os.PathLike[str] = "."
+) -> tuple[list[Problem], Taxonomy | None]:
+    """Validate discipline files given as ``{path: text}`` (in file order).
+
+    Returns ``(problems, taxonomy)``; the taxonomy is None when there are problems.
+    """
+    checker = _Checker()
+    for file, text in texts.items():
+        checker.add_file(Path(file), text)
+    checker.finish()
+    problems = checker.sorted_problems()
+    if problems:
+        return problems, None
+    return [], checker.build(Path(root), list(texts))
+
+
+def check_taxonomy(path: str | os.PathLike[str]) -> tuple[list[Problem], Taxonomy | None]:
+    """``(problems, taxonomy)`` for the taxonomy at ``path``; the taxonomy is None on problems.
+
+    One read for callers that want both (``corpus taxonomy validate`` goes on to check
+    syllabi against the loaded taxonomy).
+    """
+    files = discover_files(path)
+    root = Path(path) if Path(path).is_dir() else Path(path).parent
+    if not files:
+        return [
+            Problem(
+                f"no taxonomy files (*.yaml) in {root}",
+                root,
+                None,
+                "add one YAML file per discipline, or run `corpus taxonomy import`",
+            )
+        ], None
+    texts, read_problems = _read_texts(files)
+    problems, tax = check_texts(texts, root)
+    if read_problems:
+        return read_problems + problems, None
+    return problems, tax
+
+
+def validate_taxonomy(path: str | os.PathLike[str] = "taxonomy") -> list[Problem]:
+    """Every problem of the taxonomy at ``path`` (a directory or one file); [] when valid."""
+    return check_taxonomy(path)[0]
+
+
+def load_taxonomy(path: str | os.PathLike[str] = "taxonomy") -> Taxonomy:
+    """Load and validate the taxonomy at ``path`` (a directory, or a single discipline file).
+
+    Raises ``ValidationError`` listing every problem as ``file:line: message (fix)``, or
+    ``TaxonomyError`` if the directory does not exist.
+    """
+    problems, tax = check_taxonomy(path)
+    if problems:
+        raise ValidationError(problems, summary=f"{len(problems)} problem(s) in {path}")
+    return tax  # type: ignore[return-value]  # never None without problems

@@ -1,0 +1,164 @@
+"""`corpus taxonomy validate|show|stats` and the shared --taxonomy resolution
+(builder/cli/taxonomy.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from builder.cli import main
+from builder.cli.taxonomy import resolve_taxonomy_dir
+from builder.errors import Problem
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).parent / "data" / "taxonomy_small"
+COMMANDS = ["validate", "show", "stats", "add", "move", "rename", "remove", "import", "export"]
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def broken(tmp_path: Path) -> Path:
+    root = tmp_path / "taxonomy"
+    shutil.copytree(DATA, root)
+    text = (root / "physics.yaml").read_text()
+    text = text.replace("prerequisites: [calculus]", "prerequisites: [calculas]")
+    text = text.replace("name: Kinematics", "name: ''\n        stauts: proposed")
+    (root / "physics.yaml").write_text(text)
+    return root
+
+
+def test_starter_taxonomy_validates() -> None:
+    code, out, err = run("taxonomy", "validate", "--taxonomy", str(ROOT / "taxonomy"))
+    assert code == 0, err
+    assert out.startswith("ok: ")
+
+
+def test_validate_ok_summary() -> None:
+    code, out, _ = run("taxonomy", "validate", "--taxonomy", str(DATA))
+    assert code == 0
+    assert out.strip() == (f"ok: {DATA}: 2 discipline(s), 12 nodes (1 proposed), 7 leaves, depth 3")
+
+
+def test_validate_broken_lists_every_problem_and_exits_2(broken: Path) -> None:
+    code, out, err = run("taxonomy", "validate", "--taxonomy", str(broken))
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    f = broken / "physics.yaml"
+    assert lines[0].startswith(f"{f}:9: prerequisite 'calculas' of 'mechanics' is not a node")
+    assert "did you mean 'calculus'?" in lines[0]
+    assert lines[1].startswith(f"{f}:12: name of 'kinematics' is empty")
+    assert lines[2].startswith(f"{f}:13: unknown key 'stauts' (did you mean 'status'?")
+    assert lines[3].startswith("error: 3 problem(s) in ")
+    assert len(lines) == 4
+
+
+def test_user_errors_print_no_traceback(broken: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "builder", "taxonomy", "validate", "--taxonomy", str(broken)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert f"{broken / 'physics.yaml'}:9:" in proc.stderr
+
+
+def test_validate_also_checks_syllabi(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+
+    def validate_syllabi(tax):
+        seen.append(len(tax))
+        return [Problem("session 3 has no concepts", DATA / "mathematics/syllabi/calculus.yaml", 7)]
+
+    fake = types.ModuleType("builder.syllabus")
+    fake.validate_syllabi = validate_syllabi
+    monkeypatch.setitem(sys.modules, "builder.syllabus", fake)
+    code, _, err = run("taxonomy", "validate", "--taxonomy", str(DATA))
+    assert seen == [12]
+    assert code == 2 and "calculus.yaml:7: session 3 has no concepts" in err
+
+
+def test_show_tree_and_depth() -> None:
+    code, out, _ = run("taxonomy", "show", "calculus", "--taxonomy", str(DATA))
+    assert code == 0
+    assert out.splitlines() == [
+        "calculus  Calculus  [subject]  requires: algebra",
+        "  limits  Limits and continuity  [topic]",
+        "  derivatives  Derivatives  [topic]  requires: limits",
+        "  integrals  Integrals  [topic]  (proposed)  requires: derivatives",
+    ]
+    code, out, _ = run("taxonomy", "show", "--depth", "1", "--taxonomy", str(DATA))
+    assert out.splitlines() == [
+        "mathematics  Mathematics  [discipline]",
+        "  algebra  Algebra  [subject]  (+2 below)",
+        "  calculus  Calculus  [subject]  requires: algebra  (+3 below)",
+        "physics  Physics  [discipline]",
+        "  mechanics  Classical mechanics  [subject]  requires: calculus  (+2 below)",
+    ]
+    code, _, err = run("taxonomy", "show", "calculos", "--taxonomy", str(DATA))
+    assert code == 2 and "unknown taxonomy id 'calculos'" in err and "calculus" in err
+
+
+def test_stats_text_and_json() -> None:
+    code, out, _ = run("taxonomy", "stats", "--taxonomy", str(DATA))
+    assert code == 0
+    assert "2 discipline(s) in 2 file(s), 12 nodes (11 approved, 1 proposed), 7 leaves" in out
+    assert "  topic             7" in out
+    code, out, _ = run("taxonomy", "stats", "--json", "--taxonomy", str(DATA))
+    data = json.loads(out)
+    assert data["nodes"] == 12 and data["leaves"] == 7 and data["depth"] == 3
+    assert data["per_level"] == {"discipline": 2, "subject": 3, "topic": 7}
+
+
+def test_missing_directory_is_a_user_error(tmp_path: Path) -> None:
+    code, _, err = run("taxonomy", "stats", "--taxonomy", str(tmp_path / "nope"))
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+def test_resolve_taxonomy_dir_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert resolve_taxonomy_dir(None, None) == Path("taxonomy")
+    (tmp_path / "corpus.toml").write_text('[taxonomy]\ndir = "cfg-tax"\n')
+    assert resolve_taxonomy_dir(None, None) == Path("cfg-tax")
+    sub = tmp_path / "proj"
+    sub.mkdir()
+    (sub / "other.toml").write_text('[taxonomy]\ndir = "t"\n')
+    assert resolve_taxonomy_dir(None, str(sub / "other.toml")) == Path("proj/t")
+    monkeypatch.setenv("CORPUS_TAXONOMY_DIR", "env-tax")
+    assert resolve_taxonomy_dir(None, None) == Path("env-tax")
+    assert resolve_taxonomy_dir("flag-tax", None) == Path("flag-tax")
+
+
+def test_config_dir_is_used_by_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.copytree(DATA, tmp_path / "mytax")
+    (tmp_path / "corpus.toml").write_text('[taxonomy]\ndir = "mytax"\n')
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run("taxonomy", "stats", "--json")
+    assert code == 0 and json.loads(out)["nodes"] == 12
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help_with_an_example(name: str) -> None:
+    code, out, _ = run("taxonomy", name, "--help")
+    assert code == 0
+    assert "Example:" in out and "--taxonomy" in out
