@@ -1,0 +1,755 @@
+"""The topic walker: a seeded, weighted, stratified, lazy stream of generation units.
+
+::
+
+    from builder import load_taxonomy, walk_topics
+    tax = load_taxonomy("taxonomy")
+    walk = walk_topics(tax, seed=1, limit=100, subtree=["mathematics"])
+    for unit in walk:                      # builder.records.Unit
+        print(unit.unit_id, unit.taxonomy_path, unit.concepts)
+    print(walk.coverage().table(tax))      # units per node so far
+
+**What is walked.** The walk covers *slots*. A subject with a usable syllabus (approved by
+default, see ``builder.syllabus``) contributes one slot per class session, and its topic
+leaves are not walked separately (the syllabus was written to cover them); every other
+selected leaf is one slot. With ``level``, the nodes of that level are the slots instead of
+the leaves (a subject with a syllabus still contributes its sessions). A node is selected when
+it lies in ``subtree`` (default: everywhere) and it and all its ancestors have a status in
+``statuses``; a selected node whose children are all unselected counts as a leaf.
+
+**Units** follow GLAN's sampling. A session slot gives units made of that session plus, half
+of the time, an adjacent one (``sessions_per_unit`` = 1-2), and 1-5 key concepts drawn from
+them (``concepts_per_unit``), at least one from the slot's own session. A leaf slot gives the
+leaf's name plus 0-4 concepts drawn from its description's phrases (or, for a non-leaf
+``level`` slot, its children's names). ``difficulty`` is the position in the syllabus
+(first third basic, last third advanced), or the node's position among its siblings
+(taxonomies list topics in teaching order).
+
+**Order and weights.** Round 0 covers every slot exactly once, so nothing repeats before
+everything is covered. A slot's weight is the product of ``weight`` along its path (a
+session weighs what its subject weighs). In later rounds the heaviest slots get one unit per
+round and a slot of relative weight ``a`` gets one every ``1/a`` rounds (randomised rounding,
+so after ``R`` rounds each slot has ``1 + floor(R*a + offset)`` units: counts stay within one
+unit of proportional). Inside a round the order is a weighted random permutation
+(Efraimidis-Spirakis keys ``u**(1/w)``) or, with ``order="curriculum"``, the taxonomy's
+curriculum order (prerequisites, with their subtrees, first; sessions in syllabus order).
+
+**Determinism and stability.** Every random choice comes from xxhash of ``(seed, slot,
+occurrence)``, never from Python's ``hash()`` or a shared generator, so the same seed gives
+the same units in every process, and adding a node leaves the units of other slots unchanged
+(only their interleaving moves). ``unit_id`` is the first 16 hex digits of the sha256 of
+``(seed, occurrence, node, sessions, concepts)``.
+
+**Laziness.** Setting up costs one pass over the selected nodes (and one read per usable
+syllabus); units are made one at a time as they are consumed, and later rounds only touch
+the slots they schedule (a heap), so a 100,000-node taxonomy starts yielding at once and an
+unbounded walk (no ``limit``/``token_budget``/``rounds``) is an endless generator.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import heapq
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import xxhash
+
+from builder.errors import TaxonomyError
+from builder.records import Unit
+
+if TYPE_CHECKING:
+    from builder.settings.walk import WalkSettings
+    from builder.syllabus import Syllabus
+    from builder.taxonomy import Node, Taxonomy
+
+__all__ = ["Coverage", "Walk", "coverage", "walk_from_settings", "walk_topics"]
+
+ORDERS = ("random", "curriculum")
+DIFFICULTIES = ("basic", "intermediate", "advanced")
+_TWO64 = float(2**64)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _seed64(seed: int) -> int:
+    """A 64-bit hash seed for a walk seed (any int, negative too)."""
+    return xxhash.xxh64_intdigest(str(seed).encode("utf-8"))
+
+
+def _uniform(seed64: int, text: str) -> float:
+    """A deterministic uniform number in (0, 1) from a walk seed and a text."""
+    return (xxhash.xxh64_intdigest(text.encode("utf-8"), seed=seed64) + 0.5) / _TWO64
+
+
+class _Rng:
+    """A tiny counter-based generator on xxhash: cheap to create (one per unit) and, unlike
+    ``random.Random``'s methods, guaranteed to give the same draws on every Python version."""
+
+    __slots__ = ("_seed", "_n")
+
+    def __init__(self, seed: int) -> None:
+        self._seed = seed & _MASK64
+        self._n = 0
+
+    def _next(self) -> int:
+        self._n += 1
+        return xxhash.xxh64_intdigest(self._n.to_bytes(8, "little"), seed=self._seed)
+
+    def below(self, n: int) -> int:
+        """Uniform in [0, n) (the modulo bias is below 2**-50 for the small n used here)."""
+        return self._next() % n
+
+    def randint(self, a: int, b: int) -> int:
+        return a + self.below(b - a + 1)
+
+    def choice(self, seq: Sequence[Any]) -> Any:
+        return seq[self.below(len(seq))]
+
+    def sample(self, seq: Sequence[Any], k: int) -> list[Any]:
+        pool = list(seq)
+        for i in range(k):
+            j = i + self.below(len(pool) - i)
+            pool[i], pool[j] = pool[j], pool[i]
+        return pool[:k]
+
+
+def _difficulty(index: int, count: int) -> str:
+    if count <= 1:
+        return "intermediate"
+    return DIFFICULTIES[min(2, (3 * index) // count)]
+
+
+_PIECES = re.compile(r"[,;:()\n]|\.(?:\s|$)")
+_CONJUNCTION = re.compile(r"\s+(?:and|or)\s+", re.IGNORECASE)
+_LEADING = re.compile(r"^(?:(?:and|or|including|such as|e\.g\.|the|a|an)\s+)+", re.IGNORECASE)
+_FUNCTION_WORDS = frozenset(
+    "a an the and or of to from in on at by for with into onto than as via".split()
+)
+
+
+def description_phrases(text: str | None, max_words: int = 8) -> list[str]:
+    """Short noun-phrase-like pieces of a description, used as extra concepts of a leaf.
+
+    Descriptions are mostly lists ("Membrane structure, diffusion, osmosis and active
+    transport."): the text is cut at commas, semicolons, colons, brackets and full stops, the
+    last item of a list is cut at "and"/"or", and fragments that end in a function word
+    ("converting to") or run longer than ``max_words`` are dropped.
+    """
+    if not text:
+        return []
+    return list(_phrases(text, max_words))
+
+
+@functools.lru_cache(maxsize=4096)
+def _phrases(text: str, max_words: int) -> tuple[str, ...]:
+    pieces = [p for p in _PIECES.split(text) if p.strip()]
+    if len(pieces) >= 2:
+        last = _CONJUNCTION.split(pieces[-1])
+        if all(part.split() and part.split()[-1].lower() not in _FUNCTION_WORDS for part in last):
+            pieces[-1:] = last
+    out: list[str] = []
+    seen: set[str] = set()
+    for piece in pieces:
+        phrase = _LEADING.sub("", " ".join(piece.split())).strip(" -'\"")
+        words = phrase.split()
+        if len(phrase) < 3 or not words or len(words) > max_words:
+            continue
+        if words[-1].lower() in _FUNCTION_WORDS:
+            continue
+        key = phrase.casefold()
+        if key not in seen:
+            seen.add(key)
+            out.append(phrase)
+    return tuple(out)
+
+
+class _Slot:
+    """One thing to cover: a node, or one session of a subject's syllabus."""
+
+    __slots__ = ("node", "session", "weight", "key")
+
+    def __init__(self, node: str, session: int | None, weight: float) -> None:
+        self.node = node
+        self.session = session
+        self.weight = weight
+        self.key = node if session is None else f"{node}#{session}"
+
+
+@dataclass
+class Coverage:
+    """How many units landed where.
+
+    ``units``: node id -> units whose node (``Unit.topic``) it is; ``subtree``: node id ->
+    units at or below it (rolled up along ``taxonomy_path``); ``sessions``: (subject id,
+    session index) -> units built around that session; ``per_level``: level -> units.
+    ``expected`` lists the nodes the walk selected, so uncovered ones show as zeros.
+    """
+
+    units: Counter[str] = field(default_factory=Counter)
+    subtree: Counter[str] = field(default_factory=Counter)
+    sessions: Counter[tuple[str, int]] = field(default_factory=Counter)
+    per_level: Counter[str] = field(default_factory=Counter)
+    expected: list[str] = field(default_factory=list)
+    total: int = 0
+
+    def add(self, unit: Unit) -> None:
+        self.total += 1
+        self.units[unit.topic] += 1
+        for node_id in unit.taxonomy_path.split("/"):
+            self.subtree[node_id] += 1
+        if unit.session_index is not None:
+            self.sessions[(unit.topic, unit.session_index)] += 1
+        self.per_level[unit.level or "(unset)"] += 1
+
+    @property
+    def uncovered(self) -> list[str]:
+        """Selected nodes without any unit yet."""
+        return [n for n in self.expected if self.units[n] == 0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "units": dict(self.units),
+            "subtree": dict(self.subtree),
+            "sessions": {f"{s}#{i}": n for (s, i), n in sorted(self.sessions.items())},
+            "per_level": dict(self.per_level),
+            "uncovered": self.uncovered,
+        }
+
+    def rows(self, tax: Taxonomy | None = None) -> list[dict[str, Any]]:
+        """One row per node with units at or below it (or selected), in taxonomy order."""
+        ids = set(self.subtree) | set(self.expected)
+        if tax is None:
+            order = sorted(ids)
+            return [{"id": i, "units": self.units[i], "subtree": self.subtree[i]} for i in order]
+        rows = []
+        for node in tax:
+            if node.id in ids:
+                rows.append(
+                    {
+                        "id": node.id,
+                        "name": node.name,
+                        "level": node.level,
+                        "depth": node.depth,
+                        "units": self.units[node.id],
+                        "subtree": self.subtree[node.id],
+                    }
+                )
+        return rows
+
+    def table(self, tax: Taxonomy | None = None) -> str:
+        """A plain-text table: node (indented by depth), level, units at it, units below it."""
+        rows = self.rows(tax)
+        labels = ["  " * r.get("depth", 0) + r["id"] for r in rows]
+        width = max([len("node"), *map(len, labels)])
+        lwidth = max([len("level"), *(len(r.get("level") or "") for r in rows)])
+        lines = [f"{'node':<{width}}  {'level':<{lwidth}}  {'units':>7}  {'subtree':>7}"]
+        for label, r in zip(labels, rows, strict=True):
+            lines.append(
+                f"{label:<{width}}  {(r.get('level') or ''):<{lwidth}}  "
+                f"{r['units']:>7}  {r['subtree']:>7}"
+            )
+        if self.sessions:
+            lines.append("")
+            lines.append("sessions (subject#index: units)")
+            for (subject, index), n in sorted(self.sessions.items()):
+                lines.append(f"  {subject}#{index}: {n}")
+        lines.append("")
+        lines.append(
+            f"total units: {self.total}; selected nodes: {len(self.expected)}; "
+            f"uncovered: {len(self.uncovered)}"
+        )
+        return "\n".join(lines) + "\n"
+
+
+class Walk(Iterator[Unit]):
+    """A lazy iterator of ``Unit``s (see the module docstring); build it with ``walk_topics``.
+
+    Attributes describing the selection are set up front: ``slots`` (how many things one
+    round covers), ``syllabi`` (subject id -> syllabus used), ``ignored_syllabi`` (subjects
+    whose syllabus was skipped for its status). ``coverage()`` reports units yielded so far.
+    """
+
+    def __init__(
+        self,
+        tax: Taxonomy,
+        *,
+        seed: int = 0,
+        limit: int | None = None,
+        token_budget: float | None = None,
+        tokens_per_unit: float | Callable[[Unit], float] = 1500.0,
+        rounds: int | None = None,
+        subtree: Iterable[str] | str | None = None,
+        level: str | None = None,
+        statuses: Sequence[str] = ("approved",),
+        syllabus_statuses: Sequence[str] | None = None,
+        syllabi: Mapping[str, Syllabus] | bool = True,
+        order: str = "random",
+        sessions_per_unit: tuple[int, int] = (1, 2),
+        concepts_per_unit: tuple[int, int] = (1, 5),
+    ) -> None:
+        if order not in ORDERS:
+            raise TaxonomyError(f"unknown walk order {order!r}", hint="use random or curriculum")
+        for name, value in (("limit", limit), ("token_budget", token_budget), ("rounds", rounds)):
+            if value is not None and value < 0:
+                raise TaxonomyError(f"{name} must not be negative (got {value})")
+        for name, (lo, hi) in (
+            ("sessions_per_unit", sessions_per_unit),
+            ("concepts_per_unit", concepts_per_unit),
+        ):
+            if not 1 <= lo <= hi:
+                raise TaxonomyError(f"{name} must be (low, high) with 1 <= low <= high")
+        if isinstance(subtree, str):
+            subtree = [subtree]
+        self.tax = tax
+        self.seed = int(seed)
+        self._seed64 = _seed64(self.seed)
+        self.limit = limit
+        self.token_budget = token_budget
+        self.tokens_per_unit = tokens_per_unit
+        self.rounds = rounds
+        self.order = order
+        self.level = level
+        self.statuses = tuple(statuses)
+        self.syllabus_statuses = tuple(
+            syllabus_statuses if syllabus_statuses is not None else statuses
+        )
+        self.sessions_per_unit = sessions_per_unit
+        self.concepts_per_unit = concepts_per_unit
+        self.subtree_ids = [tax[s].id for s in subtree] if subtree else []
+        self.yielded = 0
+        self.tokens = 0.0
+        self._coverage = Coverage()
+        self._selected: dict[str, bool] = {}
+        self._weights: dict[str, float] = {}
+        self.syllabi: dict[str, Syllabus] = {}
+        self.ignored_syllabi: list[str] = []
+        self._slots: list[_Slot] = self._build_slots(syllabi)
+        self._coverage.expected = list(dict.fromkeys(s.node for s in self._slots))
+        self._subject_cache: dict[str, Node | None] = {}
+        self._positions: dict[str, dict[str, int]] = {}
+        self._contexts: dict[str, tuple[Node, str]] = {}
+        self._gen = self._generate()
+
+    # -- selection ----------------------------------------------------------------------------
+
+    def _select(self) -> list[Node]:
+        tax = self.tax
+        if self.subtree_ids:
+            nodes: list[Node] = []
+            seen: set[str] = set()
+            for sid in self.subtree_ids:
+                for n in tax.subtree(sid):
+                    if n.id not in seen:
+                        seen.add(n.id)
+                        nodes.append(n)
+        else:
+            nodes = list(tax)
+        ok = self._selected
+        weights = self._weights
+        statuses = frozenset(self.statuses)
+        for n in nodes:  # preorder: a parent is decided before its children
+            parent = n.parent
+            if parent is None:
+                parent_ok, parent_w = True, 1.0
+            else:
+                parent_ok = ok.get(parent)
+                if parent_ok is None:  # top of a subtree: look at the ancestors once
+                    above = tax.ancestors(n.id)
+                    parent_ok = all(a.status in statuses for a in above)
+                    parent_w = math.prod(a.weight for a in above)
+                else:
+                    parent_w = weights.get(parent, 0.0)
+            selected = parent_ok and n.status in statuses
+            ok[n.id] = selected
+            if selected:
+                weights[n.id] = parent_w * n.weight
+        return [n for n in nodes if ok[n.id]]
+
+    def _build_slots(self, syllabi: Mapping[str, Syllabus] | bool) -> list[_Slot]:
+        from builder.syllabus import (
+            SUBJECT_LEVEL,
+            SYLLABUS_STATUSES,
+            is_subject,
+            load_syllabi,
+            subject_of,
+            syllabus_files,
+        )
+
+        tax = self.tax
+        selected = self._select()
+        if self.level is not None:
+            candidates = [n for n in selected if n.level == self.level]
+            if not candidates:
+                levels = sorted({n.level for n in tax if n.level})
+                raise TaxonomyError(
+                    f"no selected node has level {self.level!r}",
+                    hint=f"levels in the taxonomy: {', '.join(levels) or '(none set)'}",
+                )
+        else:
+            has_child = {n.parent for n in selected if n.parent is not None}
+            candidates = [n for n in selected if n.id not in has_child]
+
+        # Syllabi of selected subjects, when asked for.
+        usable: dict[str, Syllabus] = {}
+        if syllabi is True:
+            stems = {p.stem for p in syllabus_files(tax)}
+            wanted = [s for s in stems if self._selected.get(s)]
+            loaded = load_syllabi(tax, wanted, statuses=SYLLABUS_STATUSES) if wanted else {}
+            for sid, syl in loaded.items():
+                if syl.status in self.syllabus_statuses:
+                    usable[sid] = syl
+                else:
+                    self.ignored_syllabi.append(sid)
+            self.ignored_syllabi.sort()
+        elif syllabi:
+            usable = {k: v for k, v in syllabi.items() if self._selected.get(k)}
+
+        slots: list[_Slot] = []
+        done_subjects: set[str] = set()
+        parent_subject: dict[str | None, Node | None] = {}
+        for n in candidates:
+            subject: Node | None = None
+            if usable:
+                if self.level is not None:
+                    subject = n if is_subject(tax, n.id) else None
+                elif (n.level or "").lower() == SUBJECT_LEVEL:
+                    subject = n
+                elif not n.children and n.parent is not None:
+                    # Leaves below the subject level share their parent's subject.
+                    if n.parent not in parent_subject:
+                        parent_subject[n.parent] = subject_of(tax, n.id)
+                    subject = parent_subject[n.parent]
+                else:
+                    subject = subject_of(tax, n.id)
+            if subject is not None and subject.id in usable:
+                if subject.id not in done_subjects:
+                    done_subjects.add(subject.id)
+                    syl = usable[subject.id]
+                    self.syllabi[subject.id] = syl
+                    w = self._weights[subject.id]
+                    slots.extend(_Slot(subject.id, j, w) for j in range(len(syl.sessions)))
+                continue
+            slots.append(_Slot(n.id, None, self._weights[n.id]))
+        if not slots:
+            where = f" under {', '.join(self.subtree_ids)}" if self.subtree_ids else ""
+            raise TaxonomyError(
+                f"the walk selects nothing{where} with status {'/'.join(self.statuses)}",
+                hint="approve nodes (`corpus taxonomy review`), pass --include-proposed, or "
+                "check --subtree/--level",
+            )
+        return slots
+
+    @property
+    def slots(self) -> int:
+        """How many slots (leaves or syllabus sessions) one round covers."""
+        return len(self._slots)
+
+    # -- iteration ----------------------------------------------------------------------------
+
+    def __iter__(self) -> Walk:
+        return self
+
+    def __next__(self) -> Unit:
+        return next(self._gen)
+
+    def coverage(self) -> Coverage:
+        """Units per node (and per session, level) of everything yielded so far."""
+        return self._coverage
+
+    def _round_order(self, slots: list[int], round_: int) -> list[int]:
+        if self.order == "curriculum":
+            rank = _curriculum_rank(self.tax)
+            return sorted(
+                slots, key=lambda i: (rank[self._slots[i].node], self._slots[i].session or 0)
+            )
+        keyed = [(self._es_key(i, round_), i) for i in slots]
+        keyed.sort()
+        return [i for _, i in keyed]
+
+    def _es_key(self, i: int, round_: int) -> float:
+        """Efraimidis-Spirakis key, negated so that smaller comes first."""
+        s = self._slots[i]
+        return -math.log(_uniform(self._seed64, f"{s.key}\x1f{round_}")) / s.weight
+
+    def _round0(self) -> Iterator[int]:
+        n = len(self._slots)
+        if self.order == "curriculum":
+            yield from self._round_order(list(range(n)), 0)
+            return
+        # A heap instead of a sort: the first unit comes after O(n), not O(n log n).
+        heap = [(self._es_key(i, 0), i) for i in range(n)]
+        heapq.heapify(heap)
+        while heap:
+            yield heapq.heappop(heap)[1]
+
+    def _generate(self) -> Iterator[Unit]:
+        if self.rounds == 0:
+            return
+        occurrences = [0] * len(self._slots)
+        for i in self._round0():
+            unit = self._emit(i, occurrences)
+            if unit is None:
+                return
+            yield unit
+        if self.rounds is not None and self.rounds <= 1:
+            return
+        w_max = max(s.weight for s in self._slots)
+        rel = [s.weight / w_max for s in self._slots]
+        offset = [_uniform(self._seed64, f"{s.key}\x1foffset") for s in self._slots]
+
+        def round_of(i: int, k: int) -> int:
+            # The round in which slot i gets its k-th extra unit (k >= 1).
+            return max(1, math.ceil((k - offset[i]) / rel[i]))
+
+        heap = [(round_of(i, 1), i) for i in range(len(self._slots))]
+        heapq.heapify(heap)
+        while heap:
+            round_ = heap[0][0]
+            if self.rounds is not None and round_ >= self.rounds:
+                return
+            batch: list[int] = []
+            while heap and heap[0][0] == round_:
+                _, i = heapq.heappop(heap)
+                batch.append(i)
+            for i in batch:
+                heapq.heappush(heap, (round_of(i, occurrences[i] + 1), i))
+            for i in self._round_order(batch, round_):
+                unit = self._emit(i, occurrences)
+                if unit is None:
+                    return
+                yield unit
+
+    def _emit(self, i: int, occurrences: list[int]) -> Unit | None:
+        if self.limit is not None and self.yielded >= self.limit:
+            return None
+        unit = self._make_unit(self._slots[i], occurrences[i])
+        if self.token_budget is not None:
+            cost = (
+                self.tokens_per_unit(unit)
+                if callable(self.tokens_per_unit)
+                else float(self.tokens_per_unit)
+            )
+            if self.tokens + cost > self.token_budget:
+                return None
+            self.tokens += cost
+        occurrences[i] += 1
+        self.yielded += 1
+        self._coverage.add(unit)
+        return unit
+
+    # -- units --------------------------------------------------------------------------------
+
+    def _subject(self, node: Node) -> Node | None:
+        # Leaves below the subject level share their parent's subject: cache by parent.
+        own = (node.level or "").lower() == "subject"
+        below = not node.children and node.parent is not None and not own
+        key = node.parent if below else node.id
+        if key not in self._subject_cache:
+            from builder.syllabus import subject_of
+
+            self._subject_cache[str(key)] = subject_of(self.tax, node.id)
+        return self._subject_cache[str(key)]
+
+    def _where(self, node: Node) -> tuple[Node, str]:
+        """(discipline, taxonomy path) of a node, from a per-parent cache."""
+        parent = node.parent
+        if parent is None:
+            return node, node.id
+        ctx = self._contexts.get(parent)
+        if ctx is None:
+            ctx = (self.tax.discipline_of(parent), self.tax.path_ids(parent))
+            self._contexts[parent] = ctx
+        return ctx[0], f"{ctx[1]}/{node.id}"
+
+    def _position(self, node: Node) -> tuple[int, int]:
+        """(index among its siblings, number of siblings), cached per parent."""
+        parent = str(node.parent)
+        pos = self._positions.get(parent)
+        if pos is None:
+            pos = {c: i for i, c in enumerate(self.tax[parent].children)}
+            self._positions[parent] = pos
+        return pos[node.id], len(pos)
+
+    def _make_unit(self, slot: _Slot, occurrence: int) -> Unit:
+        tax = self.tax
+        rng = _Rng(
+            xxhash.xxh64_intdigest(f"{slot.key}\x1f{occurrence}".encode(), seed=self._seed64)
+        )
+        node = tax[slot.node]
+        discipline, taxonomy_path = self._where(node)
+        c_lo, c_hi = self.concepts_per_unit
+        if slot.session is not None:
+            syl = self.syllabi[slot.node]
+            n = len(syl.sessions)
+            j = slot.session
+            s_lo, s_hi = self.sessions_per_unit
+            count = rng.randint(min(s_lo, n), min(s_hi, n))
+            chosen = [j]
+            while len(chosen) < count:  # extend to adjacent sessions (GLAN: 1-2 sessions)
+                sides = [k for k in (min(chosen) - 1, max(chosen) + 1) if 0 <= k < n]
+                chosen.append(rng.choice(sides))
+            chosen.sort()
+            own = list(syl.sessions[j].concepts)
+            pool: list[str] = []
+            for k in chosen:
+                pool.extend(c for c in syl.sessions[k].concepts if c not in pool)
+            k_concepts = rng.randint(min(c_lo, len(pool)), min(c_hi, len(pool)))
+            first = rng.choice(own)
+            rest = [c for c in pool if c != first]
+            picked = {first, *rng.sample(rest, k_concepts - 1)} if k_concepts > 1 else {first}
+            concepts = tuple(c for c in pool if c in picked)
+            titles = [syl.sessions[k].title for k in chosen]
+            goals = [g for k in chosen for g in syl.sessions[k].goals]
+            subject = node
+            session = "; ".join(titles)
+            topic_name = session
+            description = "; ".join(goals) or None
+            difficulty = _difficulty(max(chosen), n)
+            nodes = (slot.node, tuple(chosen))
+        else:
+            extra = description_phrases(node.description)
+            if node.children:
+                extra += [c.name for c in tax.children(node.id) if self._selected.get(c.id, False)]
+            extra = [e for e in dict.fromkeys(extra) if e.casefold() != node.name.casefold()]
+            available = 1 + len(extra)  # the node's own name always comes first
+            k_concepts = rng.randint(min(c_lo, available), min(c_hi, available))
+            picked = set(rng.sample(extra, k_concepts - 1)) if k_concepts > 1 else set()
+            concepts = (node.name, *(e for e in extra if e in picked))
+            subject = self._subject(node) or node
+            session = None
+            topic_name = node.name
+            description = node.description
+            if node.parent is None:
+                difficulty = _difficulty(0, 1)
+            else:
+                position, count = self._position(node)
+                difficulty = _difficulty(position, count)
+            nodes = (slot.node, ())
+        unit_id = hashlib.sha256(
+            "\x1f".join(
+                (
+                    str(self.seed),
+                    str(occurrence),
+                    nodes[0],
+                    ",".join(map(str, nodes[1])),
+                    "\x1e".join(concepts),
+                )
+            ).encode("utf-8")
+        ).hexdigest()[:16]
+        return Unit(
+            unit_id=unit_id,
+            discipline=discipline.id,
+            subject=subject.id,
+            topic=node.id,
+            taxonomy_path=taxonomy_path,
+            discipline_name=discipline.name,
+            subject_name=subject.name,
+            topic_name=topic_name,
+            concepts=concepts,
+            session=session,
+            session_index=slot.session,
+            difficulty=difficulty,
+            level=node.level,
+            description=description,
+            seed=self.seed,
+        )
+
+
+def _curriculum_rank(tax: Taxonomy) -> dict[str, int]:
+    rank = getattr(tax, "_builder_curriculum_rank", None)
+    if rank is None:
+        rank = {n.id: i for i, n in enumerate(tax.curriculum_order())}
+        try:
+            tax._builder_curriculum_rank = rank  # type: ignore[attr-defined]
+        except AttributeError:  # pragma: no cover
+            pass
+    return rank
+
+
+def walk_topics(
+    tax: Taxonomy,
+    *,
+    seed: int = 0,
+    limit: int | None = None,
+    token_budget: float | None = None,
+    tokens_per_unit: float | Callable[[Unit], float] = 1500.0,
+    rounds: int | None = None,
+    subtree: Iterable[str] | str | None = None,
+    level: str | None = None,
+    statuses: Sequence[str] = ("approved",),
+    syllabus_statuses: Sequence[str] | None = None,
+    syllabi: Mapping[str, Syllabus] | bool = True,
+    order: str = "random",
+    sessions_per_unit: tuple[int, int] = (1, 2),
+    concepts_per_unit: tuple[int, int] = (1, 5),
+) -> Walk:
+    """Walk the taxonomy: a lazy, deterministic stream of generation ``Unit``s.
+
+    Bounded by ``limit`` units, ``token_budget`` (each unit costs ``tokens_per_unit``, a number
+    or a function of the unit) or ``rounds`` (1 = every slot exactly once); with none of them
+    it never ends. ``subtree`` (ids), ``level`` and ``statuses`` select nodes;
+    ``syllabus_statuses`` (default: ``statuses``) selects which syllabi are used, ``syllabi``
+    may be ``False`` (topic leaves only) or a mapping subject id -> ``Syllabus``.
+    ``order`` is ``random`` or ``curriculum``. Raises ``TaxonomyError`` for unknown ids or
+    levels and when the selection is empty, and ``ValidationError`` for an invalid syllabus.
+    See the module docstring for the sampling rules.
+    """
+    return Walk(
+        tax,
+        seed=seed,
+        limit=limit,
+        token_budget=token_budget,
+        tokens_per_unit=tokens_per_unit,
+        rounds=rounds,
+        subtree=subtree,
+        level=level,
+        statuses=statuses,
+        syllabus_statuses=syllabus_statuses,
+        syllabi=syllabi,
+        order=order,
+        sessions_per_unit=sessions_per_unit,
+        concepts_per_unit=concepts_per_unit,
+    )
+
+
+def walk_from_settings(tax: Taxonomy, settings: WalkSettings, **overrides: Any) -> Walk:
+    """``walk_topics`` with the ``[walk]`` section of corpus.toml (keyword overrides win)."""
+    statuses = ("approved", "proposed") if settings.include_proposed else ("approved",)
+    kwargs: dict[str, Any] = {
+        "seed": settings.seed,
+        "limit": settings.limit,
+        "token_budget": settings.token_budget,
+        "tokens_per_unit": settings.tokens_per_unit,
+        "rounds": settings.rounds,
+        "subtree": settings.subtree or None,
+        "level": settings.level,
+        "statuses": statuses,
+        "syllabi": settings.use_syllabi,
+        "order": settings.order,
+        "sessions_per_unit": tuple(settings.sessions_per_unit),
+        "concepts_per_unit": tuple(settings.concepts_per_unit),
+    }
+    kwargs.update({k: v for k, v in overrides.items()})
+    return walk_topics(tax, **kwargs)
+
+
+def coverage(source: Walk | Iterable[Unit]) -> Coverage:
+    """Units per node of a walk (what it has yielded so far) or of any iterable of units.
+
+    An iterable is consumed. Only a ``Walk`` knows which nodes it selected, so only its
+    coverage lists uncovered nodes (as zeros); ``Coverage.table(tax)`` prints either.
+    """
+    if isinstance(source, Walk):
+        return source.coverage()
+    cov = Coverage()
+    for unit in source:
+        cov.add(unit)
+    return cov

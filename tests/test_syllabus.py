@@ -1,0 +1,433 @@
+"""GLAN-style syllabi (builder/syllabus.py) and `corpus syllabus ...` (builder/cli/syllabus.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from builder.cli import main
+from builder.errors import TaxonomyError, ValidationError
+from builder.llm.fake import ScriptedLLM
+from builder.records import ChatRequest, ChatResult
+from builder.settings.syllabus import SyllabusSettings
+from builder.syllabus import (
+    approve_syllabus,
+    generate_syllabi,
+    is_subject,
+    load_syllabus,
+    sessions_sha256,
+    subject_of,
+    subjects,
+    syllabus_path,
+    syllabus_request,
+    validate_syllabi,
+)
+from builder.taxonomy import Taxonomy, load_taxonomy
+
+MATH = """\
+# Mathematics (test taxonomy)
+id: mathematics
+name: Mathematics
+level: discipline
+children:
+  - id: algebra
+    name: Algebra
+    level: subject
+    children:
+      - {id: linear-equations, name: Linear equations, level: topic}
+      - {id: polynomials, name: Polynomials, level: topic}
+  - id: calculus
+    name: Calculus
+    level: subject
+    description: Limits, derivatives and integrals of functions of one variable.
+    prerequisites: [algebra]
+    children:
+      - {id: limits, name: Limits and continuity, level: topic}
+      - {id: derivatives, name: Derivatives, level: topic}
+      - {id: integrals, name: Integrals, level: topic, status: proposed}
+  - id: topology
+    name: Topology
+    level: subject
+    status: proposed
+"""
+
+SETTINGS = SyllabusSettings(sessions=3)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run where no corpus.toml is found, so the project's demo config does not apply."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+
+@pytest.fixture
+def tax_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "taxonomy"
+    root.mkdir()
+    (root / "mathematics.yaml").write_text(MATH, encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def tax(tax_dir: Path) -> Taxonomy:
+    return load_taxonomy(tax_dir)
+
+
+def reply_for(subject: str, n: int = 3, tag: str = "") -> dict:
+    return {
+        "sessions": [
+            {
+                "title": f"{subject} session {i}{tag}",
+                "goals": [f"Explain idea {i}"],
+                "concepts": [f"{subject} concept {i}.{k}" for k in range(3 + i % 2)],
+            }
+            for i in range(n)
+        ]
+    }
+
+
+def scripted(n: int = 3, tag: str = "") -> ScriptedLLM:
+    return ScriptedLLM(lambda req: reply_for(req.metadata["subject"], n, tag))
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+# -- subjects ----------------------------------------------------------------------------------
+
+
+def test_subjects_are_the_subject_level_nodes(tax: Taxonomy) -> None:
+    assert [n.id for n in subjects(tax)] == ["algebra", "calculus", "topology"]
+    assert subject_of(tax, "limits").id == "calculus"
+    assert subject_of(tax, "calculus").id == "calculus"
+    assert subject_of(tax, "mathematics") is None
+    assert not is_subject(tax, "limits")
+
+
+def test_subjects_of_a_taxonomy_without_level_names(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    root.mkdir()
+    (root / "science.yaml").write_text(
+        "id: science\nname: Science\nchildren:\n"
+        "  - id: chem\n    name: Chemistry\n    children:\n"
+        "      - {id: bonding, name: Bonding}\n"
+        "      - id: organic\n        name: Organic\n"
+        "        children: [{id: alkanes, name: Alkanes}]\n"
+    )
+    tax = load_taxonomy(root)
+    assert [n.id for n in subjects(tax)] == ["chem", "organic"]
+    assert subject_of(tax, "alkanes").id == "organic"
+    assert subject_of(tax, "bonding").id == "chem"
+    assert subject_of(tax, "science") is None
+
+
+# -- generation --------------------------------------------------------------------------------
+
+
+def test_request_names_topics_prerequisites_and_bounds(tax: Taxonomy) -> None:
+    req = syllabus_request(tax, "calculus", SETTINGS)
+    prompt = req.messages[-1]["content"]
+    assert "Calculus" in prompt and "Limits and continuity" in prompt and "Derivatives" in prompt
+    assert "Integrals" not in prompt, "proposed topics are left out by default"
+    assert "Algebra" in prompt, "prerequisites are named"
+    assert "exactly 3 class sessions" in prompt
+    sessions = req.schema["properties"]["sessions"]
+    assert sessions["minItems"] == sessions["maxItems"] == 3
+    session_def = next(iter(req.schema["$defs"].values()))
+    assert session_def["properties"]["concepts"]["minItems"] == 3
+    assert session_def["properties"]["concepts"]["maxItems"] == 6
+    assert req.id == "syllabus:calculus:0" and req.metadata["subject"] == "calculus"
+    assert syllabus_request(tax, "calculus", SETTINGS, sample_index=1).sample_index == 1
+
+
+def test_generate_writes_proposed_yaml_that_round_trips(tax: Taxonomy) -> None:
+    llm = scripted()
+    report = generate_syllabi(tax, llm, None, SETTINGS)
+    assert [o.subject for o in report.written] == ["algebra", "calculus"]  # approved only
+    path = syllabus_path(tax, "calculus")
+    assert path == tax.root / "mathematics" / "syllabi" / "calculus.yaml"
+    text = path.read_text()
+    assert text.startswith("# Syllabus of Calculus")
+    syl = load_syllabus(tax, "calculus")
+    assert syl is not None and syl.status == "proposed" and not syl.edited
+    assert syl.discipline == "mathematics"
+    assert [s.to_dict() for s in syl.sessions] == reply_for("calculus")["sessions"]
+    assert syl.content_sha256 == sessions_sha256(syl.sessions)
+    assert syl.generated_by["model"] == "scripted"
+    assert syl.generated_by["request_sha256"] == llm.request_sha256(llm.calls[1])
+    assert syl.generated_by["prompt_version"] == "syllabus-v1"
+    assert validate_syllabi(tax) == []
+
+
+def test_invalid_reply_is_retried_with_a_new_sample(tax: Taxonomy) -> None:
+    bad = {"sessions": [{"title": "Only", "goals": ["g"], "concepts": ["one"]}]}
+
+    def reply(req: ChatRequest):
+        return bad if req.sample_index == 0 else reply_for("calculus")
+
+    llm = ScriptedLLM(reply)
+    report = generate_syllabi(tax, llm, ["calculus"], SETTINGS)
+    assert [o.action for o in report.outcomes] == ["written"]
+    assert [r.sample_index for r in llm.calls] == [0, 1]
+    assert report.outcomes[0].attempts == 2
+
+
+def test_failures_name_the_subject_and_keep_the_others(tax: Taxonomy) -> None:
+    def reply(req: ChatRequest):
+        if req.metadata["subject"] == "algebra":
+            return ChatResult(req.id, "length", text='{"sessions": [', error="cut at max_tokens")
+        return reply_for("calculus")
+
+    with pytest.raises(ValidationError) as info:
+        generate_syllabi(tax, ScriptedLLM(reply), ["algebra", "calculus"], SETTINGS)
+    message = str(info.value)
+    assert "subject 'algebra'" in message and "2 attempt(s)" in message
+    assert "truncated" in message
+    assert syllabus_path(tax, "calculus").exists()
+    assert not syllabus_path(tax, "algebra").exists()
+    report = generate_syllabi(tax, ScriptedLLM(reply), ["algebra"], SETTINGS, strict=False)
+    assert [o.action for o in report.outcomes] == ["failed"]
+
+
+def test_duplicate_concepts_and_session_counts_are_checked(tax: Taxonomy) -> None:
+    dup = reply_for("calculus")
+    dup["sessions"][0]["concepts"] = ["Limit", "limit", " Limit "]
+    llm = ScriptedLLM([dup, reply_for("calculus", n=2)])
+    report = generate_syllabi(tax, llm, ["calculus"], SETTINGS, strict=False)
+    detail = report.failed[0].detail
+    assert "sample 0: session 1 has only 1 distinct concept(s)" in detail
+    assert "sample 1: invalid syllabus at sessions" in detail
+    tolerant = SyllabusSettings(sessions=4, session_tolerance=0.25)  # accepts 3..5
+    report = generate_syllabi(tax, scripted(n=3), ["calculus"], tolerant, force=True)
+    assert report.written
+
+
+def test_regeneration_never_overwrites_edited_or_approved(tax: Taxonomy) -> None:
+    generate_syllabi(tax, scripted(), ["calculus"], SETTINGS)
+    path = syllabus_path(tax, "calculus")
+    # An unedited proposed syllabus is regenerated.
+    report = generate_syllabi(tax, scripted(tag=" v2"), ["calculus"], SETTINGS)
+    assert report.written and "v2" in path.read_text()
+    # A curator edit protects it.
+    edited = path.read_text().replace("calculus concept 0.0", "epsilon-delta definition")
+    path.write_text(edited + "# curator note\n")
+    llm = scripted(tag=" v3")
+    report = generate_syllabi(tax, llm, ["calculus"], SETTINGS)
+    assert [o.action for o in report.outcomes] == ["kept"] and llm.calls == []
+    assert "a curator edited" in str(report.outcomes[0]) and "--force" in str(report.outcomes[0])
+    assert str(path.name) in str(report.outcomes[0])
+    assert path.read_text() == edited + "# curator note\n"
+    # Approval protects it too; --force overrides both.
+    approve_syllabus(tax, "calculus")
+    assert "it is approved" in str(generate_syllabi(tax, llm, ["calculus"], SETTINGS).kept[0])
+    report = generate_syllabi(tax, llm, ["calculus"], SETTINGS, force=True)
+    assert report.written and "v3" in path.read_text()
+    assert load_syllabus(tax, "calculus").status == "proposed"
+
+
+def test_only_missing_and_unreadable_files(tax: Taxonomy) -> None:
+    path = syllabus_path(tax, "calculus")
+    path.parent.mkdir(parents=True)
+    path.write_text("sessions: [unclosed\n")
+    report = generate_syllabi(tax, scripted(), ["calculus", "algebra"], SETTINGS)
+    assert [o.action for o in report.outcomes] == ["kept", "written"]
+    assert "cannot be read" in report.outcomes[0].detail
+    report = generate_syllabi(tax, scripted(), None, SETTINGS, only_missing=True)
+    assert [o.action for o in report.outcomes] == ["kept", "kept"]
+
+
+def test_generate_refuses_non_subjects(tax: Taxonomy) -> None:
+    with pytest.raises(TaxonomyError, match="not a subject") as info:
+        generate_syllabi(tax, scripted(), ["limits"], SETTINGS)
+    assert "its subject is 'calculus'" in str(info.value)
+    with pytest.raises(TaxonomyError, match="did you mean"):
+        generate_syllabi(tax, scripted(), ["calculas"], SETTINGS)
+
+
+# -- validation --------------------------------------------------------------------------------
+
+
+def write(tax: Taxonomy, name: str, text: str, discipline: str = "mathematics") -> Path:
+    path = tax.root / discipline / "syllabi" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+GOOD = """\
+subject: calculus
+status: proposed
+sessions:
+  - title: Limits
+    goals: [Compute limits]
+    concepts: [limit, continuity, squeeze theorem]
+"""
+
+
+def test_validation_reports_file_and_line(tax: Taxonomy) -> None:
+    write(tax, "calculus.yaml", GOOD)
+    assert validate_syllabi(tax) == []
+    bad = GOOD.replace("status: proposed", "status: done\nauthor: me").replace(
+        "concepts: [limit, continuity, squeeze theorem]", "concepts: [limit]"
+    )
+    f = write(tax, "calculus.yaml", bad)
+    problems = validate_syllabi(tax)
+    got = {(p.line, p.message.split(" ")[0]) for p in problems}
+    assert (3, "unknown") in got  # author:
+    assert (2, "status") in got
+    assert (7, "session") in got  # 1 concept where 3-6 are allowed
+    assert all(p.file == f for p in problems)
+    assert "between 3 and 6" in str(problems[-1])
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line", "fragment"),
+    [
+        ("calculus.yaml", "subject: calculus\nsessions: [\n", 3, "YAML syntax error"),
+        ("calculus.yaml", "subject: calculus\nsessions: []\n", 2, "non-empty list of sessions"),
+        ("calculus.yaml", GOOD.replace("calculus", "calculas", 1), 1, "not in the taxonomy"),
+        ("algebra.yaml", GOOD, 1, "must be named calculus.yaml"),
+        ("limits.yaml", GOOD.replace("calculus", "limits", 1), 1, "is not a subject"),
+        (
+            "calculus.yaml",
+            GOOD.replace("  - title: Limits\n", "  - goals: [x]\n    title: ''\n"),
+            4,
+            "needs a non-empty title",
+        ),
+        ("calculus.yaml", "- just\n- a list\n", 1, "must be one mapping"),
+    ],
+)
+def test_validation_problems(tax: Taxonomy, name: str, text: str, line: int, fragment: str) -> None:
+    f = write(tax, name, text)
+    problems = validate_syllabi(tax)
+    assert problems, "the problem is found"
+    assert any(p.line == line and fragment in p.message and p.file == f for p in problems), [
+        str(p) for p in problems
+    ]
+
+
+def test_wrong_discipline_folder(tax: Taxonomy) -> None:
+    write(tax, "calculus.yaml", GOOD, discipline="physics")
+    problems = validate_syllabi(tax)
+    assert any("move the file to mathematics/syllabi/calculus.yaml" in str(p) for p in problems)
+
+
+def test_load_syllabus_raises_for_invalid_files(tax: Taxonomy) -> None:
+    assert load_syllabus(tax, "calculus") is None
+    write(tax, "calculus.yaml", "subject: calculus\nsessions: []\n")
+    with pytest.raises(ValidationError, match="calculus.yaml:2"):
+        load_syllabus(tax, "calculus")
+
+
+def test_taxonomy_validate_includes_syllabi(tax: Taxonomy, tax_dir: Path) -> None:
+    write(tax, "calculus.yaml", GOOD.replace("status: proposed", "status: done"))
+    code, out, err = run_cli("taxonomy", "validate", "--taxonomy", str(tax_dir))
+    assert code == 2
+    assert "calculus.yaml:2: status must be proposed or approved" in err
+
+
+# -- approve and show --------------------------------------------------------------------------
+
+
+def test_approve_keeps_comments_and_edits(tax: Taxonomy, tax_dir: Path) -> None:
+    generate_syllabi(tax, scripted(), ["calculus"], SETTINGS)
+    path = syllabus_path(tax, "calculus")
+    path.write_text(path.read_text().replace("- Explain idea 1", "- Explain idea 1  # mine"))
+    code, out, err = run_cli("syllabus", "approve", "calculus", "--taxonomy", str(tax_dir))
+    assert code == 0, err
+    text = path.read_text()
+    assert "status: approved" in text and "# mine" in text and text.startswith("# Syllabus of")
+    syl = load_syllabus(tax, "calculus")
+    assert syl.status == "approved" and not syl.edited
+    code, _, err = run_cli("syllabus", "approve", "algebra", "--taxonomy", str(tax_dir))
+    assert code == 2 and "has no syllabus" in err and "corpus syllabus generate algebra" in err
+
+
+def test_approve_refuses_invalid_files(tax: Taxonomy) -> None:
+    write(tax, "calculus.yaml", GOOD.replace("squeeze theorem]", "]").replace("continuity, ", ""))
+    with pytest.raises(ValidationError, match="key concept"):
+        approve_syllabus(tax, "calculus")
+
+
+def test_show_and_list(tax: Taxonomy, tax_dir: Path) -> None:
+    generate_syllabi(tax, scripted(), ["calculus"], SETTINGS)
+    code, out, _ = run_cli("syllabus", "show", "calculus", "--taxonomy", str(tax_dir))
+    assert code == 0
+    assert out.startswith("Calculus (mathematics/calculus): 3 sessions [proposed]")
+    assert "1. calculus session 0" in out and "concepts: calculus concept 0.0" in out
+    code, out, _ = run_cli("syllabus", "show", "calculus", "--json", "--taxonomy", str(tax_dir))
+    assert json.loads(out)["sessions"][2]["title"] == "calculus session 2"
+    code, out, _ = run_cli("syllabus", "show", "calculus", "--yaml", "--taxonomy", str(tax_dir))
+    assert out == syllabus_path(tax, "calculus").read_text()
+    code, out, _ = run_cli("syllabus", "list", "--taxonomy", str(tax_dir))
+    assert out.splitlines() == [
+        "mathematics/algebra\tmissing\t0 sessions",
+        "mathematics/calculus\tproposed\t3 sessions",
+        "mathematics/topology\tmissing\t0 sessions",
+    ]
+    code, _, err = run_cli("syllabus", "show", "algebra", "--taxonomy", str(tax_dir))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+# -- the CLI against the fake OpenAI server, and the embedded model ----------------------------
+
+
+def test_cli_generate_against_fake_server(tax: Taxonomy, tax_dir: Path, tmp_path: Path) -> None:
+    from tests.fake_openai_server import FakeOpenAIServer
+
+    def responder(body: dict) -> str:
+        prompt = body["messages"][-1]["content"]
+        subject = "algebra" if "course on Algebra" in prompt else "calculus"
+        return json.dumps(reply_for(subject, n=2))
+
+    with FakeOpenAIServer(responder=responder) as srv:
+        cfg = tmp_path / "corpus.toml"
+        cfg.write_text(
+            f'[llm]\nbase_url = "{srv.base_url}"\nmodel = "fake-model"\n'
+            f'[taxonomy]\ndir = "{tax_dir}"\n[syllabus]\nmin_concepts = 3\n'
+        )
+        code, out, err = run_cli("syllabus", "generate", "--config", str(cfg), "--sessions", "2")
+        assert code == 0, err
+        assert srv.count("chat") == 2
+        assert "2 written, 0 kept, 0 failed" in err
+        # Rerun: answered from the cache, no new HTTP call.
+        code, out, err = run_cli(
+            "syllabus", "generate", "calculus", "--config", str(cfg), "--sessions", "2"
+        )
+        assert code == 0, err
+        assert srv.count("chat") == 2
+    syl = load_syllabus(tax, "algebra")
+    assert syl is not None and syl.generated_by["model"] == "fake-model"
+    assert [s.title for s in syl.sessions] == ["algebra session 0", "algebra session 1"]
+
+
+@pytest.mark.integration
+def test_embedded_model_writes_a_valid_syllabus(tax: Taxonomy, tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    from builder.llm import open_engine
+    from builder.settings.llm import LLMSettings
+
+    # Small on purpose: two short sessions keep generation to a few seconds on 2 cores.
+    small = SyllabusSettings(
+        sessions=2, min_concepts=1, max_concepts=3, max_goals=1, max_tokens=256, retries=1
+    )
+    with open_engine(LLMSettings(), cache_dir=tmp_path / "cache", progress=False) as llm:
+        report = generate_syllabi(tax, llm, ["calculus"], small, strict=False)
+    assert [o.action for o in report.outcomes] == ["written"], report.outcomes
+    assert validate_syllabi(tax, small) == []
+    syl = load_syllabus(tax, "calculus", small)
+    assert len(syl.sessions) == 2 and all(s.concepts for s in syl.sessions)
