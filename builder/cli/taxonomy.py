@@ -58,13 +58,12 @@ def _levels_setting(config_path: str | None) -> list[str]:
     return list(load_config(config_path).taxonomy.levels)
 
 
-def _validate_syllabi(tax) -> list[Problem]:
-    """Syllabus problems, if the syllabus module is installed (it is owned elsewhere)."""
-    try:
-        from builder.syllabus import validate_syllabi
-    except (ImportError, AttributeError):
-        return []
-    return list(validate_syllabi(tax))
+def _validate_syllabi(tax, config_path: str | None = None) -> list[Problem]:
+    """Syllabus problems, judged against the config's [syllabus] bounds."""
+    from builder.config import load_config
+    from builder.syllabus import validate_syllabi
+
+    return list(validate_syllabi(tax, load_config(config_path).syllabus))
 
 
 @click.command("validate")
@@ -87,7 +86,7 @@ def validate_cmd(taxonomy_dir: str | None, config_path: str | None) -> None:
     root = resolve_taxonomy_dir(taxonomy_dir, config_path)
     problems, tax = check_taxonomy(root)
     if tax is not None:
-        problems = _validate_syllabi(tax)
+        problems = _validate_syllabi(tax, config_path)
     if problems:
         raise ValidationError(
             [
