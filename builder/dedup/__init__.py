@@ -1,0 +1,53 @@
+"""Exact and near-duplicate removal (MinHash LSH) for any table with a text column.
+
+Library entry points:
+
+- ``dedup_table(df_or_path, settings)`` -> ``DedupResult`` (kept rows, clusters, removed);
+- ``dedup_files(input, outdir, settings)`` streams inputs of any size to
+  ``outdir/kept.parquet`` and ``outdir/clusters.parquet``;
+- ``MinHasher`` computes signatures (``mode="datasketch"`` matches ``datasketch.MinHash``);
+- ``explain(...)`` prints the S-curve of a bands x rows choice.
+
+See ``engine.py`` for the pipeline and ``normalize.py`` for the exact text definitions.
+"""
+
+from __future__ import annotations
+
+from builder.dedup.engine import (
+    CLUSTER_COLUMNS,
+    DedupResult,
+    DedupStats,
+    dedup_files,
+    dedup_table,
+)
+from builder.dedup.lsh import candidate_probability, explain, optimal_bands_rows, s_curve
+from builder.dedup.minhash import MinHasher, permutations, sha1_hash32
+from builder.dedup.normalize import (
+    exact_key_text,
+    ngram_hashes,
+    normalize_text,
+    shingles,
+    tokenize,
+    words,
+)
+
+__all__ = [
+    "CLUSTER_COLUMNS",
+    "DedupResult",
+    "DedupStats",
+    "MinHasher",
+    "candidate_probability",
+    "dedup_files",
+    "dedup_table",
+    "exact_key_text",
+    "explain",
+    "ngram_hashes",
+    "normalize_text",
+    "optimal_bands_rows",
+    "permutations",
+    "s_curve",
+    "sha1_hash32",
+    "shingles",
+    "tokenize",
+    "words",
+]

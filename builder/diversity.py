@@ -1,0 +1,320 @@
+"""Diversity report: duplicate and contamination rates per taxonomy node, repeated openers,
+cluster sizes.
+
+Synthetic corpora fail quietly by repeating themselves: the same opening sentence in every
+section ("In this section, we will explore..."), whole topics regenerated nearly verbatim,
+benchmark passages echoed back. This module measures that per taxonomy node so a curator
+sees *where* it happens. Inputs are the corpus rows before dedup (a DataFrame or LazyFrame
+with an id and a text column, optionally ``taxonomy_path``), the dedup ``clusters`` table
+and the decontamination ``hits`` table; outputs are small Polars tables written as Parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from builder.io_tables import write_parquet_atomic
+
+ALL_NODE = "(all)"
+_FIRST_CHARS = 400  # openers are taken from the first characters only (cheap on big texts)
+
+
+def opener_exprs(text_column: str = "text", words: int = 5) -> list[pl.Expr]:
+    """Expressions for ``first_words`` (first ``words`` normalised words) and
+    ``first_sentence`` (lowercased, whitespace collapsed, up to the first . ! ? or newline,
+    at most 200 characters). Empty texts give nulls."""
+    head = pl.col(text_column).fill_null("").str.slice(0, _FIRST_CHARS).str.to_lowercase()
+    first_words = head.str.extract_all(r"\w+").list.head(words).list.join(" ").alias("first_words")
+    sentence = (
+        head.str.strip_chars()
+        .str.extract(r"^([^\n]*?[.!?])(?:\s|$)", 1)
+        .fill_null(head.str.strip_chars().str.extract(r"^([^\n]*)", 1))
+        .str.replace_all(r"\s+", " ")
+        .str.slice(0, 200)
+        .alias("first_sentence")
+    )
+    return [
+        pl.when(first_words == "").then(None).otherwise(first_words).alias("first_words"),
+        pl.when(sentence == "").then(None).otherwise(sentence).alias("first_sentence"),
+    ]
+
+
+def expand_nodes(frame: pl.DataFrame, path_column: str = "taxonomy_path") -> pl.DataFrame:
+    """One row per (row, node) for every ancestor-or-self node of each row's taxonomy path,
+    plus the ``(all)`` node. Node names are path prefixes such as ``math/calculus``."""
+    base = frame.with_columns(pl.lit(ALL_NODE).alias("node"), pl.lit(0).alias("depth"))
+    if path_column not in frame.columns:
+        return base
+    parts = frame.with_columns(
+        pl.col(path_column).cast(pl.String).str.strip_chars("/").str.split("/").alias("_parts")
+    ).filter(pl.col("_parts").is_not_null() & (pl.col("_parts").list.len() > 0))
+    parts = parts.filter(pl.col("_parts").list.first() != "")
+    if parts.height == 0:
+        return base
+    deep = (
+        parts.with_columns(pl.int_ranges(1, pl.col("_parts").list.len() + 1).alias("depth"))
+        .explode("depth")
+        .with_columns(pl.col("_parts").list.head(pl.col("depth")).list.join("/").alias("node"))
+        .drop("_parts")
+        .with_columns(pl.col("depth").cast(pl.Int32))
+    )
+    return pl.concat(
+        [base.with_columns(pl.col("depth").cast(pl.Int32)), deep], how="diagonal_relaxed"
+    )
+
+
+def node_rates(
+    rows: pl.DataFrame, flags: list[str], *, path_column: str = "taxonomy_path"
+) -> pl.DataFrame:
+    """Per node: ``docs`` and, for each boolean column in ``flags``, its count and rate."""
+    expanded = expand_nodes(
+        rows.select([c for c in (path_column, *flags) if c in rows.columns]), path_column
+    )
+    aggs: list[pl.Expr] = [pl.len().alias("docs")]
+    for f in flags:
+        aggs.append(pl.col(f).fill_null(False).sum().cast(pl.Int64).alias(f))
+    out = expanded.group_by("node", "depth").agg(aggs)
+    out = out.with_columns(
+        [(pl.col(f) / pl.col("docs")).round(4).alias(f"{f}_rate") for f in flags]
+    )
+    return out.sort("depth", "node")
+
+
+@dataclass
+class DiversityReport:
+    """The report's tables plus a one-level summary (what the run report shows)."""
+
+    nodes: pl.DataFrame
+    openers: pl.DataFrame
+    cluster_sizes: pl.DataFrame
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, outdir: str | os.PathLike[str], prefix: str = "diversity") -> dict[str, Path]:
+        """Write ``<prefix>_nodes|openers|clusters.parquet`` and ``<prefix>_summary.json``."""
+        out = Path(outdir)
+        paths = {
+            "nodes": write_parquet_atomic(self.nodes, out / f"{prefix}_nodes.parquet"),
+            "openers": write_parquet_atomic(self.openers, out / f"{prefix}_openers.parquet"),
+            "clusters": write_parquet_atomic(
+                self.cluster_sizes, out / f"{prefix}_clusters.parquet"
+            ),
+        }
+        summary_path = out / f"{prefix}_summary.json"
+        tmp = summary_path.with_name(f".{summary_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.summary, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, summary_path)
+        paths["summary"] = summary_path
+        return paths
+
+    def to_markdown(self, max_nodes: int = 15, max_openers: int = 10) -> str:
+        """A short Markdown summary: overall rates, worst nodes, top openers, cluster sizes."""
+        s = self.summary
+        lines = [
+            "### Diversity",
+            "",
+            f"- documents: {s.get('docs', 0)}",
+            f"- duplicate rate: {s.get('dup_rate', 0):.2%} "
+            f"(exact {s.get('exact_dups', 0)}, near {s.get('near_dups', 0)})",
+            f"- contamination rate: {s.get('contamination_rate', 0):.2%} "
+            f"({s.get('contaminated', 0)} documents)",
+            f"- documents sharing their first {s.get('opener_words', 5)} words with another: "
+            f"{s.get('opener_repeat_rate', 0):.2%}; sharing their first sentence: "
+            f"{s.get('sentence_repeat_rate', 0):.2%}",
+            f"- duplicate clusters: {s.get('clusters', 0)} (largest {s.get('largest_cluster', 0)})",
+        ]
+        nodes = self.nodes.filter(pl.col("node") != ALL_NODE)
+        if nodes.height:
+            worst = nodes.sort(["dup_rate", "docs"], descending=True).head(max_nodes)
+            lines += [
+                "",
+                "| node | docs | dup rate | contamination | opener repeats |",
+                "| --- | ---: | ---: | ---: | ---: |",
+            ]
+            for r in worst.iter_rows(named=True):
+                lines.append(
+                    f"| {r['node']} | {r['docs']} | {r['dup_rate']:.2%} | "
+                    f"{r['contaminated_rate']:.2%} | {r['opener_repeat_rate']:.2%} |"
+                )
+        if self.openers.height:
+            lines += ["", "| repeated opener | kind | docs |", "| --- | --- | ---: |"]
+            for r in self.openers.head(max_openers).iter_rows(named=True):
+                text = str(r["opener"]).replace("|", "\\|")
+                lines.append(f"| {text} | {r['kind']} | {r['count']} |")
+        if self.cluster_sizes.height:
+            sizes = ", ".join(
+                f"{r['size']}: {r['clusters']}" for r in self.cluster_sizes.iter_rows(named=True)
+            )
+            lines += ["", f"Cluster sizes (size: clusters): {sizes}"]
+        return "\n".join(lines)
+
+
+def _flag_frame(
+    base: pl.DataFrame, clusters: pl.DataFrame | None, hits: pl.DataFrame | None, id_column: str
+) -> pl.DataFrame:
+    ids = base.select(pl.col(id_column).alias("_id"))
+    out = base
+    if clusters is not None and clusters.height:
+        removed = clusters.filter(pl.col("removed")).select(
+            pl.col("id").alias("_id"),
+            (pl.col("kind") == "exact").alias("exact_dup"),
+            (pl.col("kind") == "near").alias("near_dup"),
+        )
+        removed = removed.with_columns(pl.col("_id").cast(ids.schema["_id"]))
+        out = out.with_columns(ids["_id"]).join(removed, on="_id", how="left").drop("_id")
+    for col in ("exact_dup", "near_dup"):
+        if col not in out.columns:
+            out = out.with_columns(pl.lit(False).alias(col))
+    out = out.with_columns(
+        pl.col("exact_dup").fill_null(False),
+        pl.col("near_dup").fill_null(False),
+    ).with_columns((pl.col("exact_dup") | pl.col("near_dup")).alias("dup"))
+    if hits is not None and hits.height:
+        bad = (
+            hits.select(pl.col("id").alias("_id"))
+            .unique()
+            .with_columns(pl.lit(True).alias("contaminated"))
+        )
+        bad = bad.with_columns(pl.col("_id").cast(ids.schema["_id"]))
+        out = out.with_columns(ids["_id"]).join(bad, on="_id", how="left").drop("_id")
+    if "contaminated" not in out.columns:
+        out = out.with_columns(pl.lit(False).alias("contaminated"))
+    return out.with_columns(pl.col("contaminated").fill_null(False))
+
+
+def diversity_report(
+    data: pl.DataFrame | pl.LazyFrame,
+    clusters: pl.DataFrame | None = None,
+    hits: pl.DataFrame | None = None,
+    *,
+    text_column: str = "text",
+    id_column: str = "id",
+    opener_words: int = 5,
+    top: int = 50,
+) -> DiversityReport:
+    """Build the diversity tables from corpus rows (before dedup) and the stage outputs.
+
+    ``data`` may be a LazyFrame over large Parquet files: only the id, taxonomy path and
+    the first characters of each text are materialised.
+    """
+    lazy = data.lazy() if isinstance(data, pl.DataFrame) else data
+    names = lazy.collect_schema().names()
+    keep = [c for c in (id_column, "taxonomy_path") if c in names]
+    base = lazy.select([*[pl.col(c) for c in keep], *opener_exprs(text_column, opener_words)])
+    base = base.collect()
+    if id_column not in base.columns:
+        base = base.with_row_index(id_column).with_columns(pl.col(id_column).cast(pl.String))
+    return diversity_from_openers(
+        base, clusters, hits, id_column=id_column, opener_words=opener_words, top=top
+    )
+
+
+def diversity_from_openers(
+    base: pl.DataFrame,
+    clusters: pl.DataFrame | None = None,
+    hits: pl.DataFrame | None = None,
+    *,
+    id_column: str = "id",
+    opener_words: int = 5,
+    top: int = 50,
+) -> DiversityReport:
+    """``diversity_report`` from rows already reduced to id, taxonomy_path (optional),
+    ``first_words`` and ``first_sentence`` (see ``opener_exprs``)."""
+    flagged = _flag_frame(base, clusters, hits, id_column)
+
+    # Opener repeats within each node (the (all) node = the whole corpus).
+    expanded = expand_nodes(flagged)
+    rep = []
+    for kind in ("first_words", "first_sentence"):
+        counts = (
+            expanded.filter(pl.col(kind).is_not_null())
+            .group_by("node", kind)
+            .agg(pl.len().alias("_n"))
+        )
+        col = "opener_repeat" if kind == "first_words" else "sentence_repeat"
+        rep.append(
+            expanded.join(counts, on=["node", kind], how="left")
+            .group_by("node")
+            .agg((pl.col("_n").fill_null(0) >= 2).sum().cast(pl.Int64).alias(col))
+        )
+    nodes = node_rates(flagged, ["exact_dup", "near_dup", "dup", "contaminated"])
+    for r in rep:
+        nodes = nodes.join(r, on="node", how="left")
+    nodes = nodes.with_columns(
+        (pl.col("opener_repeat") / pl.col("docs")).round(4).alias("opener_repeat_rate"),
+        (pl.col("sentence_repeat") / pl.col("docs")).round(4).alias("sentence_repeat_rate"),
+    ).sort("depth", "node")
+
+    openers = pl.concat(
+        [
+            flagged.filter(pl.col(kind).is_not_null())
+            .group_by(kind)
+            .agg(pl.len().alias("count"))
+            .filter(pl.col("count") >= 2)
+            .select(pl.lit(kind).alias("kind"), pl.col(kind).alias("opener"), "count")
+            for kind in ("first_words", "first_sentence")
+        ]
+    )
+    total = max(flagged.height, 1)
+    openers = (
+        openers.with_columns((pl.col("count") / total).round(4).alias("share"))
+        .sort(["count", "kind", "opener"], descending=[True, False, False])
+        .head(top)
+    )
+
+    if clusters is not None and clusters.height:
+        per = clusters.group_by("cluster_id").agg(pl.len().alias("size"))
+        sizes = (
+            per.group_by("size")
+            .agg(pl.len().alias("clusters"))
+            .with_columns((pl.col("size") * pl.col("clusters")).alias("documents"))
+            .sort("size")
+        )
+    else:
+        sizes = pl.DataFrame(
+            schema={"size": pl.UInt32, "clusters": pl.UInt32, "documents": pl.UInt32}
+        )
+
+    allrow = nodes.filter(pl.col("node") == ALL_NODE).to_dicts()[0]
+    summary = {
+        "docs": int(allrow["docs"]),
+        "exact_dups": int(allrow["exact_dup"]),
+        "near_dups": int(allrow["near_dup"]),
+        "dup_rate": float(allrow["dup_rate"]),
+        "contaminated": int(allrow["contaminated"]),
+        "contamination_rate": float(allrow["contaminated_rate"]),
+        "opener_words": opener_words,
+        "opener_repeat_rate": float(allrow["opener_repeat_rate"]),
+        "sentence_repeat_rate": float(allrow["sentence_repeat_rate"]),
+        "clusters": int(sizes["clusters"].sum()) if sizes.height else 0,
+        "largest_cluster": int(sizes["size"].max()) if sizes.height else 0,  # type: ignore[arg-type]
+        "nodes": int(nodes.height - 1),
+    }
+    return DiversityReport(nodes=nodes, openers=openers, cluster_sizes=sizes, summary=summary)
+
+
+def format_node_rates(nodes: pl.DataFrame, rate_columns: list[str], *, limit: int = 25) -> str:
+    """Plain-text table of per-node rates for the CLI (worst first when there are many)."""
+    rows = nodes.filter(pl.col("node") != ALL_NODE)
+    if rows.height == 0:
+        return ""
+    if rows.height > limit:
+        rows = rows.sort([rate_columns[0], "docs"], descending=True).head(limit)
+        title = f"per taxonomy node (top {limit} of {nodes.height - 1} by {rate_columns[0]}):"
+    else:
+        title = "per taxonomy node:"
+    width = max(12, min(48, max(len(str(n)) for n in rows["node"].to_list())))
+    header = f"  {'node':<{width}} {'docs':>7} " + " ".join(f"{c:>14}" for c in rate_columns)
+    lines = [title, header]
+    for r in rows.iter_rows(named=True):
+        node = str(r["node"])
+        if len(node) > width:
+            node = "..." + node[-(width - 3) :]
+        vals = " ".join(f"{r[c]:>14.2%}" for c in rate_columns)
+        lines.append(f"  {node:<{width}} {r['docs']:>7} {vals}")
+    return "\n".join(lines)

@@ -1,0 +1,179 @@
+"""Decontamination: planted benchmark passages found (also edited), unrelated text kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from builder.cli import cli
+from builder.decontam import HIT_COLUMNS, build_index, decontaminate, decontaminate_files
+from builder.dedup.synthetic import Vocabulary, synthetic_corpus
+from builder.errors import InputError
+from builder.settings.dedup import DecontamSettings
+
+
+@pytest.fixture(scope="module")
+def vocab() -> Vocabulary:
+    return Vocabulary.make(size=4000, seed=11)
+
+
+def _passage(vocab: Vocabulary, seed: int, n: int = 60) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return vocab.spellings[0, vocab.sample(rng, n)].tolist()
+
+
+def _edit_every(words: list[str], k: int, tag: str) -> list[str]:
+    return [f"{tag}{i}" if i % k == k - 1 else w for i, w in enumerate(words)]
+
+
+@pytest.fixture(scope="module")
+def setup(vocab: Vocabulary, tmp_path_factory):
+    """A corpus where a few documents embed benchmark passages, verbatim or edited."""
+    tmp = tmp_path_factory.mktemp("decontam")
+    corpus = synthetic_corpus(120, seed=5, exact_frac=0, near_frac=0, vocab=vocab, words=(150, 250))
+    texts = corpus["text"].to_list()
+    items = [" ".join(_passage(vocab, 100 + i)) for i in range(6)]
+    # doc 3: item 0 verbatim but shouted, with punctuation
+    texts[3] = texts[3] + " " + items[0].upper().replace(" ", ", ", 5) + "! " + texts[4][:200]
+    # doc 7: item 1 with a word changed every 15 words (13-word runs survive)
+    texts[7] = texts[7][:300] + " " + " ".join(_edit_every(items[1].split(), 15, "edx")) + " end"
+    # doc 9: item 2 with a word changed every 10 words (no 13-word run survives)
+    texts[9] = " ".join(_edit_every(items[2].split(), 10, "edy")) + " " + texts[9]
+    corpus = corpus.with_columns(pl.Series("text", texts))
+    bench = tmp / "bench.jsonl"
+    with bench.open("w") as fh:
+        for i, item in enumerate(items[:3]):
+            fh.write(json.dumps({"question": item, "answer": str(i)}) + "\n")
+    # a Parquet benchmark with one item used verbatim in doc 20, and a text benchmark whose
+    # second paragraph is a short (10-word) item that doc 30 quotes.
+    texts[20] = texts[20] + " " + items[3]
+    short = " ".join(_passage(vocab, 999, 10))
+    texts[30] = short + ". " + texts[30]
+    corpus = corpus.with_columns(pl.Series("text", texts))
+    pq = tmp / "other.parquet"
+    pl.DataFrame({"prompt": [items[4], items[3]], "id": [0, 1]}).write_parquet(pq)
+    txt = tmp / "notes.txt"
+    txt.write_text(f"{items[5]}\n\n{short}\n\ntoo short item\n")
+    return corpus, [bench, pq, txt], tmp
+
+
+def test_planted_passages_found_unrelated_kept(setup):
+    corpus, files, _ = setup
+    res = decontaminate(corpus, files, DecontamSettings(), workers=1)
+    hits = res.hits
+    assert tuple(hits.columns) == HIT_COLUMNS
+    flagged = set(hits["id"].to_list())
+    ids = corpus["id"].to_list()
+    assert {ids[3], ids[7], ids[20], ids[30]} <= flagged
+    assert ids[9] not in flagged  # edited every 10 words: only the fuzzy check can see it
+    assert len(flagged) == 4  # nothing unrelated
+    assert res.clean.height == corpus.height - 4
+    assert set(res.contaminated["id"].to_list()) == flagged
+    assert (res.contaminated["stage"] == "decontam").all()
+
+    by_id = {r["id"]: r for r in hits.iter_rows(named=True)}
+    h3 = by_id[ids[3]]
+    assert h3["benchmark"].endswith("bench.jsonl") and h3["item"] == 0
+    assert len(h3["ngram"].split()) == 13 and h3["ngram"] in " ".join(
+        corpus["text"][3].lower().replace(",", "").split()
+    )
+    h20 = by_id[ids[20]]
+    assert h20["benchmark"].endswith("other.parquet") and h20["item"] == 1
+    h30 = by_id[ids[30]]
+    assert h30["benchmark"].endswith("notes.txt") and h30["item"] == 1
+    assert h30["method"] == "short" and h30["ngram_words"] == 10
+    assert res.stats.items_too_short == 1  # "too short item"
+    assert by_id[ids[7]]["matches"] >= 1
+
+
+def test_fuzzy_check_catches_lightly_edited_passage(setup):
+    corpus, files, _ = setup
+    res = decontaminate(corpus, files, DecontamSettings(fuzzy=True), workers=1)
+    ids = corpus["id"].to_list()
+    flagged = set(res.hits["id"].to_list())
+    assert ids[9] in flagged
+    assert {ids[3], ids[7], ids[20], ids[30]} <= flagged and len(flagged) == 5
+    row = res.hits.filter(pl.col("id") == ids[9]).row(0, named=True)
+    assert row["method"] == "fuzzy" and row["fuzzy_score"] >= 85
+    exact = res.hits.filter(pl.col("id") == ids[3]).row(0, named=True)
+    assert exact["fuzzy_score"] == pytest.approx(100.0)
+
+
+def test_files_api_matches_in_memory_and_writes_outputs(setup, tmp_path: Path):
+    corpus, files, _ = setup
+    src = tmp_path / "corpus.jsonl"
+    corpus.write_ndjson(src)
+    mem = decontaminate(corpus, files, workers=1)
+    res = decontaminate_files(
+        src, files, tmp_path / "out", DecontamSettings(partition_size=50), workers=1
+    )
+    assert res.hits.equals(mem.hits)
+    clean = pl.read_parquet(tmp_path / "out" / "clean.parquet")
+    assert clean["id"].to_list() == mem.clean["id"].to_list()
+    rejected = pl.read_parquet(tmp_path / "out" / "rejected.parquet")
+    assert set(rejected["id"].to_list()) == set(mem.hits["id"].to_list())
+    assert {"stage", "reason", "detail"} <= set(rejected.columns)
+    assert pl.read_parquet(tmp_path / "out" / "hits.parquet").equals(mem.hits)
+
+
+def test_index_counts_items_per_file(setup):
+    _, files, _ = setup
+    index = build_index(files, DecontamSettings())
+    assert index.items_per_file == [3, 2, 3]
+    assert index.n_items == 8 and len(index.keys) > 0
+
+
+def test_benchmark_errors(tmp_path: Path, setup):
+    corpus, _, _ = setup
+    j = tmp_path / "b.jsonl"
+    j.write_text('{"q": "some text"}\n')
+    with pytest.raises(InputError, match=r"no text field found \(columns: q\)"):
+        decontaminate(corpus, [j])
+    with pytest.raises(InputError, match="no column 'nope'"):
+        decontaminate(corpus, [j], field="nope")
+    t = tmp_path / "b.txt"
+    t.write_bytes(b"fine line\nbad \xff line\n")
+    with pytest.raises(InputError) as err:
+        decontaminate(corpus, [t])
+    assert err.value.problem.line == 2
+    with pytest.raises(InputError, match="benchmark file not found"):
+        decontaminate(corpus, [tmp_path / "missing.jsonl"])
+    with pytest.raises(InputError, match="no column 'body'"):
+        decontaminate(corpus, [j], text_column="body", field="q")
+
+
+def test_cli_decontam_several_files_after_against(setup, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no corpus.toml here: nothing configured
+    corpus, files, _ = setup
+    paths = ["bio/cells", "bio/genes", "chem/acids"]
+    src = tmp_path / "c.parquet"
+    corpus.with_columns(
+        pl.Series("taxonomy_path", [paths[i % 3] for i in range(corpus.height)])
+    ).write_parquet(src)
+    out = tmp_path / "out"
+    args = [
+        "decontam",
+        str(src),
+        "--against",
+        str(files[0]),
+        str(files[1]),
+        str(files[2]),
+        "-o",
+        str(out),
+        "--workers",
+        "1",
+    ]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert "4 contaminated" in r.output and "per taxonomy node" in r.output
+    assert "bio/genes" in r.output
+    hits = pl.read_parquet(out / "hits.parquet")
+    assert hits.height >= 4
+    r2 = CliRunner().invoke(cli, ["decontam", str(src), "-o", str(out)])
+    assert r2.exit_code != 0  # no benchmarks at all
+    assert "no benchmark files given" in str(r2.exception)

@@ -1,0 +1,59 @@
+"""Diversity report: per-node duplicate/contamination rates, openers, cluster sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from builder.dedup import dedup_table
+from builder.diversity import ALL_NODE, diversity_report, format_node_rates
+
+
+def _corpus() -> pl.DataFrame:
+    base = " ".join(f"word{i}" for i in range(60))
+    rows = [
+        ("a1", "math/algebra", "In this section we will learn. " + base),
+        ("a2", "math/algebra", "In this section we will learn. " + base),  # exact dup of a1
+        ("a3", "math/algebra", "Groups are sets with an operation. " + base[::-1]),
+        ("c1", "math/calculus", "In this section we will study limits closely. x y z w"),
+        ("c2", "math/calculus", "Limits describe values near a point. p q r s t u"),
+        ("p1", "physics", "Waves carry energy through a medium. m n o"),
+    ]
+    return pl.DataFrame(rows, schema=["id", "taxonomy_path", "text"], orient="row")
+
+
+def test_rates_openers_and_cluster_sizes(tmp_path: Path):
+    df = _corpus()
+    res = dedup_table(df, workers=1)
+    hits = pl.DataFrame({"id": ["c2"], "benchmark": ["b.jsonl"], "item": [0], "ngram": ["x"]})
+    rep = diversity_report(df, res.clusters, hits, opener_words=5)
+    nodes = {r["node"]: r for r in rep.nodes.iter_rows(named=True)}
+    assert nodes[ALL_NODE]["docs"] == 6
+    assert nodes["math"]["docs"] == 5 and nodes["math/algebra"]["docs"] == 3
+    assert nodes["math/algebra"]["exact_dup"] == 1
+    assert nodes["math/algebra"]["dup_rate"] == round(1 / 3, 4)
+    assert nodes["math/calculus"]["contaminated_rate"] == 0.5
+    assert nodes["physics"]["dup_rate"] == 0
+    # first 5 words "in this section we will" open a1, a2 and c1
+    assert nodes[ALL_NODE]["opener_repeat"] == 3
+    assert nodes["math/algebra"]["opener_repeat"] == 2  # within the node: a1, a2
+    top = rep.openers.row(0, named=True)
+    assert top["opener"] == "in this section we will" and top["count"] == 3
+    assert rep.cluster_sizes.to_dicts() == [{"size": 2, "clusters": 1, "documents": 2}]
+    assert rep.summary["dup_rate"] == round(1 / 6, 4) and rep.summary["contaminated"] == 1
+
+    paths = rep.write(tmp_path)
+    assert pl.read_parquet(paths["nodes"]).height == rep.nodes.height
+    md = rep.to_markdown()
+    assert "math/algebra" in md and "in this section we will" in md
+    table = format_node_rates(rep.nodes, ["dup_rate", "contaminated_rate"])
+    assert "math/calculus" in table and "50.00%" in table
+
+
+def test_without_taxonomy_or_clusters():
+    df = _corpus().drop("taxonomy_path")
+    rep = diversity_report(df)
+    assert rep.nodes["node"].to_list() == [ALL_NODE]
+    assert rep.summary["dup_rate"] == 0 and rep.cluster_sizes.height == 0
+    assert format_node_rates(rep.nodes, ["dup_rate"]) == ""
