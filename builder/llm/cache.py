@@ -1,0 +1,425 @@
+"""The LLM response cache: one SQLite file (WAL) under the cache directory.
+
+Why SQLite: one file, safe with several processes writing at once (WAL + busy timeout),
+atomic per transaction (a kill -9 loses at most the transaction being written, never
+corrupts earlier rows), and a primary-key lookup costs microseconds, so a warm rerun of a
+whole corpus makes zero HTTP requests and little CPU.
+
+What is stored, by cache key (``sha256`` of the canonical JSON of everything that is sent,
+see ``builder.llm.endpoint``): the request body as sent (never the API key or any header),
+the full response body, the outcome (``ok``, ``length`` or ``invalid``: all model outputs,
+deterministic for a seed), usage, cost and timing. Failures (transport errors, HTTP 4xx/5xx
+after retries) are never stored: a rerun tries them again.
+
+Batch API jobs are recorded here too (``batches`` / ``batch_items``) the moment they are
+submitted, so a killed process resumes polling instead of paying twice.
+
+The schema carries a version; ``MIGRATIONS`` upgrades older files in place (simonw/llm's
+``migrations.py`` pattern). A file from a newer builder, a corrupt file or a lock held too
+long is a ``CacheError`` that says which file and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from builder.errors import CacheError
+
+CACHE_FILE = "llm-cache.sqlite3"
+SCHEMA_VERSION = 1
+
+# Each entry upgrades the schema from version i to i+1 (index 0 creates it).
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS responses (
+        key TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        base_url TEXT NOT NULL,
+        model TEXT NOT NULL,
+        status TEXT NOT NULL,
+        text TEXT,
+        parsed TEXT,
+        finish_reason TEXT,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        cost REAL NOT NULL DEFAULT 0,
+        latency_s REAL NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 1,
+        error TEXT,
+        request TEXT NOT NULL,
+        response TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS batches (
+        batch_id TEXT PRIMARY KEY,
+        base_url TEXT NOT NULL,
+        input_file_id TEXT,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        n_items INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS batch_items (
+        key TEXT NOT NULL,
+        batch_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (key, batch_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS batch_items_batch ON batch_items (batch_id);
+    """,
+]
+
+_RESPONSE_COLUMNS = (
+    "key",
+    "created_at",
+    "base_url",
+    "model",
+    "status",
+    "text",
+    "parsed",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost",
+    "latency_s",
+    "attempts",
+    "error",
+    "request",
+    "response",
+)
+_INSERT = (
+    f"INSERT OR IGNORE INTO responses ({', '.join(_RESPONSE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _RESPONSE_COLUMNS)})"
+)
+_SELECT = (
+    "SELECT key, base_url, model, status, text, parsed, finish_reason, prompt_tokens, "
+    "completion_tokens, cost, latency_s, error FROM responses WHERE key = ?"
+)
+
+#: outcomes that are model outputs and therefore cached; anything else is never stored
+CACHEABLE_STATUSES = frozenset({"ok", "length", "invalid"})
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    """One cached outcome (what a ``ChatResult`` needs; the raw bodies are fetched on demand)."""
+
+    key: str
+    base_url: str
+    model: str
+    status: str
+    text: str | None
+    parsed: Any
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    latency_s: float
+    error: str | None
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """A new outcome to store (see ``Cache.put_many``). ``request``/``response`` are JSON text."""
+
+    key: str
+    base_url: str
+    model: str
+    status: str
+    text: str | None
+    parsed: Any
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    latency_s: float
+    attempts: int
+    error: str | None
+    request: str
+    response: str
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+class Cache:
+    """The cache file of one directory. Thread-safe: one connection per thread.
+
+    ``get`` is a primary-key lookup; ``put_many`` writes a batch of outcomes in one
+    transaction (the engine writes every completed batch before yielding it).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / CACHE_FILE
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(
+                f"cannot create the LLM cache directory: {exc.strerror}",
+                file=self.directory,
+                hint="pass --cache-dir or set CORPUS_CACHE_DIR to a writable directory",
+            ) from None
+        self._migrate(self._conn())
+
+    # -- connections -------------------------------------------------------------------
+    def _fail(self, exc: sqlite3.Error) -> CacheError:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return CacheError(
+                f"the LLM cache is locked by another process ({text})",
+                file=self.path,
+                hint="wait for the other run to finish, or point --cache-dir elsewhere",
+            )
+        return CacheError(
+            f"the LLM cache is unreadable ({text})",
+            file=self.path,
+            hint=f"delete the cache directory {self.directory} and try again",
+        )
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA busy_timeout = 30000")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.DatabaseError(f"cannot switch to WAL mode (got {mode})")
+            # NORMAL in WAL mode: a power cut may lose the last transactions, never corrupt.
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from None
+        self._local.conn = conn
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
+            row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise CacheError(
+                    f"the LLM cache was written by a newer builder (schema {version}, "
+                    f"this one reads up to {SCHEMA_VERSION})",
+                    file=self.path,
+                    hint="upgrade the builder, or use another --cache-dir",
+                )
+            while version < SCHEMA_VERSION:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in MIGRATIONS[version].split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    version += 1
+                    conn.execute(
+                        "INSERT OR REPLACE INTO meta (name, value) VALUES ('schema_version', ?)",
+                        (str(version),),
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from None
+
+    def close(self) -> None:
+        """Close every connection this object opened (from any thread)."""
+        with self._lock:
+            conns, self._connections = self._connections, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+        self._local = threading.local()
+
+    # -- responses ---------------------------------------------------------------------
+    def get(self, key: str) -> CachedResponse | None:
+        """The cached outcome for ``key``, or None."""
+        try:
+            row = self._conn().execute(_SELECT, (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from None
+        if row is None:
+            return None
+        parsed = json.loads(row[5]) if row[5] is not None else None
+        return CachedResponse(row[0], row[1], row[2], row[3], row[4], parsed, *row[6:])  # type: ignore[arg-type]
+
+    def get_any(self, keys: Sequence[str]) -> CachedResponse | None:
+        """The first of ``keys`` that is cached (several endpoints: one key per endpoint)."""
+        for key in keys:
+            hit = self.get(key)
+            if hit is not None:
+                return hit
+        return None
+
+    def contains(self, key: str) -> bool:
+        try:
+            row = self._conn().execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from None
+        return row is not None
+
+    def raw(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The request body as sent and the full response body stored under ``key``."""
+        try:
+            row = (
+                self._conn()
+                .execute("SELECT request, response FROM responses WHERE key = ?", (key,))
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from None
+        if row is None:
+            return None
+        return json.loads(row[0]), json.loads(row[1])
+
+    def put_many(self, entries: Iterable[CacheEntry]) -> int:
+        """Store outcomes in one transaction; returns how many rows were new.
+
+        Only ``CACHEABLE_STATUSES`` are stored; anything else raises ``ValueError`` (a
+        failure must never reach the cache). An existing key is kept (first writer wins:
+        the same key means the same request, and keeping the first answer keeps reruns
+        stable even against a non-deterministic server).
+        """
+        rows = []
+        now = time.time()
+        for e in entries:
+            if e.status not in CACHEABLE_STATUSES:
+                raise ValueError(f"refusing to cache a {e.status!r} outcome")
+            rows.append(
+                (
+                    e.key,
+                    now,
+                    e.base_url,
+                    e.model,
+                    e.status,
+                    e.text,
+                    _json_or_none(e.parsed),
+                    e.finish_reason,
+                    e.prompt_tokens,
+                    e.completion_tokens,
+                    e.cost,
+                    e.latency_s,
+                    e.attempts,
+                    e.error,
+                    e.request,
+                    e.response,
+                )
+            )
+        if not rows:
+            return 0
+        conn = self._conn()
+        try:
+            before = conn.total_changes
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_INSERT, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return conn.total_changes - before
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from None
+
+    def count(self) -> int:
+        try:
+            return int(self._conn().execute("SELECT count(*) FROM responses").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from None
+
+    # -- batch jobs --------------------------------------------------------------------
+    def add_batch(
+        self,
+        batch_id: str,
+        base_url: str,
+        input_file_id: str | None,
+        items: Sequence[tuple[str, str]],
+    ) -> None:
+        """Record a submitted batch and its items ``(key, body JSON)`` at once (before any
+        polling), so a later process can judge the answers without the original requests."""
+        now = time.time()
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (batch_id, base_url, input_file_id, "submitted", now, now, len(items)),
+                )
+                conn.executemany(
+                    "INSERT OR IGNORE INTO batch_items (key, batch_id, body) VALUES (?, ?, ?)",
+                    [(k, batch_id, body) for k, body in items],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from None
+
+    def set_batch_status(self, batch_id: str, status: str) -> None:
+        try:
+            self._conn().execute(
+                "UPDATE batches SET status = ?, updated_at = ? WHERE batch_id = ?",
+                (status, time.time(), batch_id),
+            )
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from None
+
+    def open_batches(self, base_url: str | None = None) -> list[tuple[str, str, str]]:
+        """(batch_id, base_url, status) of batches not yet ingested, oldest first."""
+        sql = "SELECT batch_id, base_url, status FROM batches WHERE status NOT IN ('ingested')"
+        args: tuple[Any, ...] = ()
+        if base_url is not None:
+            sql += " AND base_url = ?"
+            args = (base_url,)
+        try:
+            return [tuple(r) for r in self._conn().execute(sql + " ORDER BY created_at", args)]
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from None
+
+    def batch_of(self, key: str) -> str | None:
+        """The open batch that ``key`` was submitted in, if any."""
+        try:
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT b.batch_id FROM batch_items i JOIN batches b USING (batch_id) "
+                    "WHERE i.key = ? AND b.status != 'ingested' ORDER BY b.created_at DESC LIMIT 1",
+                    (key,),
+                )
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from None
+        return row[0] if row else None
+
+    def batch_items(self, batch_id: str) -> dict[str, str]:
+        """key -> request body JSON of every item of a batch."""
+        try:
+            return dict(
+                self._conn().execute(
+                    "SELECT key, body FROM batch_items WHERE batch_id = ?", (batch_id,)
+                )
+            )
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from None
