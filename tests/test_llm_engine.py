@@ -238,6 +238,27 @@ def test_structured_output_is_sent_in_each_backends_form_and_validated(srv):
     assert srv.requests[1]["response_format"] == {"type": "json_object", "schema": SCHEMA}
 
 
+def test_schema_fields_are_sent_in_schema_order_and_keys_ignore_order(srv):
+    # Grammar-constrained decoders write fields in schema order: "problem" must come before
+    # "final_answer", so the body keeps the schema's order; the cache key does not depend on it.
+    ordered = {
+        "title": "Exercise",
+        "type": "object",
+        "properties": {"problem": {"type": "string"}, "final_answer": {"type": "string"}},
+        "required": ["problem", "final_answer"],
+    }
+    reordered = {**ordered, "properties": dict(reversed(list(ordered["properties"].items())))}
+    srv.responder = lambda body: '{"problem": "p", "final_answer": "1"}'
+    results, _ = run_all(settings_for(srv, kind="llama.cpp"), [req(0, schema=ordered)])
+    assert results[0].ok
+    sent = srv.requests[0]["response_format"]["schema"]["properties"]
+    assert list(sent) == ["problem", "final_answer"]
+    with open_engine(settings_for(srv, kind="llama.cpp"), progress=False) as engine:
+        assert engine.request_sha256(req(0, schema=ordered)) == engine.request_sha256(
+            req(0, schema=reordered)
+        )
+
+
 def test_invalid_output_gets_one_repair_retry(srv):
     replies = iter(['{"answer": "x"}', '```json\n{"answer": "y", "score": 2}\n```'])
     srv.responder = lambda body: next(replies)

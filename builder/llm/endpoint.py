@@ -238,21 +238,27 @@ class Prepared:
     """A request ready to send: per endpoint, the body JSON and the cache key."""
 
     request: ChatRequest
-    bodies: list[str]
-    keys: list[str]
+    bodies: list[str]  # what is POSTed: keys in the order built (schema fields in schema order)
+    keys: list[str]  # cache keys: over the canonical (sorted) form of the same body
 
 
 def prepare(endpoints: list[Endpoint], request: ChatRequest, settings: LLMSettings) -> Prepared:
     """Bodies and keys of ``request`` for every endpoint (shared when kind and model match)."""
     bodies: list[str] = []
     keys: list[str] = []
-    seen: dict[tuple[str, str], str] = {}
+    seen: dict[tuple[str, str], tuple[str, str]] = {}
     for ep in endpoints:
         sig = (ep.kind, ep.model)
-        body_json = seen.get(sig)
-        if body_json is None:
-            body_json = canonical_json(request_body(ep, request, settings))
-            seen[sig] = body_json
-        bodies.append(body_json)
-        keys.append(cache_key(ep, body_json, request.sample_index))
+        pair = seen.get(sig)
+        if pair is None:
+            body = request_body(ep, request, settings)
+            # Send the body in its own key order: grammar-constrained decoders (llama.cpp,
+            # OpenAI strict mode) generate object fields in schema order, and a sorted schema
+            # would make the model write "final_answer" before "problem". The cache key
+            # hashes the canonical (sorted) form, so it does not depend on that order.
+            sent = json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=str)
+            pair = (sent, canonical_json(body))
+            seen[sig] = pair
+        bodies.append(pair[0])
+        keys.append(cache_key(ep, pair[1], request.sample_index))
     return Prepared(request, bodies, keys)

@@ -978,7 +978,15 @@ class Engine:
                     if exhausted:
                         break
                     continue
-                outcomes = outq.get()
+                # Wait in short slices: a blocking get() would keep Ctrl-C (delivered to the
+                # main thread only between bytecodes) waiting for the next result, which can
+                # be minutes away on a slow endpoint.
+                while True:
+                    try:
+                        outcomes = outq.get(timeout=0.2)
+                        break
+                    except queue.Empty:
+                        continue
                 while len(outcomes) < 1024:
                     try:
                         outcomes = outcomes + outq.get_nowait()
