@@ -416,7 +416,7 @@ def _parse_json(text: str | None) -> Any:
     if not text:
         return None
     try:
-        return json.loads(text)
+        return json.loads(text, strict=False)  # as the engine: raw newlines in strings are fine
     except json.JSONDecodeError:
         return None
 

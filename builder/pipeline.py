@@ -551,7 +551,7 @@ def walk_units(tax: Taxonomy, config: CorpusConfig) -> tuple[Walk, list[Unit]]:
     }
     if w.limit is None and w.token_budget is None and w.rounds is None:
         overrides["rounds"] = 1  # every selected slot once: a build must end
-    walk = walk_from_settings(tax, w, **overrides)
+    walk = walk_from_settings(tax, w, config.syllabus, **overrides)
     return walk, list(walk)
 
 

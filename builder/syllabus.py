@@ -836,6 +836,14 @@ def _dedupe(items: Iterable[str]) -> list[str]:
     return out
 
 
+def _looks_like_words(text: str) -> bool:
+    """A title or concept must be mostly letters (small models leak JSON punctuation such as
+    ``]},{`` into strings; such a syllabus would steer generation with noise)."""
+    stripped = text.strip()
+    letters = sum(ch.isalpha() for ch in stripped)
+    return letters >= 2 and letters >= 0.6 * sum(not ch.isspace() for ch in stripped)
+
+
 def parse_reply(result: ChatResult, settings: SyllabusSettings) -> tuple[list[Session], str | None]:
     """Sessions from a structured result, or ``([], reason)`` when it is not a valid syllabus.
 
@@ -861,6 +869,9 @@ def parse_reply(result: ChatResult, settings: SyllabusSettings) -> tuple[list[Se
     for i, raw in enumerate(reply.sessions, 1):  # type: ignore[attr-defined]
         concepts = _dedupe(raw.concepts)
         goals = _dedupe(raw.goals)
+        junk = [t for t in (raw.title, *concepts) if not _looks_like_words(t)]
+        if junk:
+            return [], f"session {i} has text that is not words: {junk[0][:40]!r}"
         if len(concepts) < settings.min_concepts:
             return [], f"session {i} has only {len(concepts)} distinct concept(s)"
         if len(goals) < settings.min_goals:

@@ -64,6 +64,7 @@ from builder.errors import TaxonomyError
 from builder.records import Unit
 
 if TYPE_CHECKING:
+    from builder.settings.syllabus import SyllabusSettings
     from builder.settings.walk import WalkSettings
     from builder.syllabus import Syllabus
     from builder.taxonomy import Node, Taxonomy
@@ -294,6 +295,7 @@ class Walk(Iterator[Unit]):
         order: str = "random",
         sessions_per_unit: tuple[int, int] = (1, 2),
         concepts_per_unit: tuple[int, int] = (1, 5),
+        syllabus_settings: SyllabusSettings | None = None,
     ) -> None:
         if order not in ORDERS:
             raise TaxonomyError(f"unknown walk order {order!r}", hint="use random or curriculum")
@@ -323,6 +325,7 @@ class Walk(Iterator[Unit]):
         )
         self.sessions_per_unit = sessions_per_unit
         self.concepts_per_unit = concepts_per_unit
+        self.syllabus_settings = syllabus_settings
         self.subtree_ids = [tax[s].id for s in subtree] if subtree else []
         self.yielded = 0
         self.tokens = 0.0
@@ -402,7 +405,11 @@ class Walk(Iterator[Unit]):
         if syllabi is True:
             stems = {p.stem for p in syllabus_files(tax)}
             wanted = [s for s in stems if self._selected.get(s)]
-            loaded = load_syllabi(tax, wanted, statuses=SYLLABUS_STATUSES) if wanted else {}
+            loaded = (
+                load_syllabi(tax, wanted, self.syllabus_settings, statuses=SYLLABUS_STATUSES)
+                if wanted
+                else {}
+            )
             for sid, syl in loaded.items():
                 if syl.status in self.syllabus_statuses:
                     usable[sid] = syl
@@ -690,6 +697,7 @@ def walk_topics(
     order: str = "random",
     sessions_per_unit: tuple[int, int] = (1, 2),
     concepts_per_unit: tuple[int, int] = (1, 5),
+    syllabus_settings: SyllabusSettings | None = None,
 ) -> Walk:
     """Walk the taxonomy: a lazy, deterministic stream of generation ``Unit``s.
 
@@ -698,9 +706,10 @@ def walk_topics(
     it never ends. ``subtree`` (ids), ``level`` and ``statuses`` select nodes;
     ``syllabus_statuses`` (default: ``statuses``) selects which syllabi are used, ``syllabi``
     may be ``False`` (topic leaves only) or a mapping subject id -> ``Syllabus``.
-    ``order`` is ``random`` or ``curriculum``. Raises ``TaxonomyError`` for unknown ids or
-    levels and when the selection is empty, and ``ValidationError`` for an invalid syllabus.
-    See the module docstring for the sampling rules.
+    ``order`` is ``random`` or ``curriculum``. ``syllabus_settings`` (the ``[syllabus]``
+    section) sets the bounds syllabus files are validated against. Raises ``TaxonomyError``
+    for unknown ids or levels and when the selection is empty, and ``ValidationError`` for an
+    invalid syllabus. See the module docstring for the sampling rules.
     """
     return Walk(
         tax,
@@ -717,11 +726,18 @@ def walk_topics(
         order=order,
         sessions_per_unit=sessions_per_unit,
         concepts_per_unit=concepts_per_unit,
+        syllabus_settings=syllabus_settings,
     )
 
 
-def walk_from_settings(tax: Taxonomy, settings: WalkSettings, **overrides: Any) -> Walk:
-    """``walk_topics`` with the ``[walk]`` section of corpus.toml (keyword overrides win)."""
+def walk_from_settings(
+    tax: Taxonomy,
+    settings: WalkSettings,
+    syllabus_settings: SyllabusSettings | None = None,
+    **overrides: Any,
+) -> Walk:
+    """``walk_topics`` with the ``[walk]`` (and ``[syllabus]``) sections of corpus.toml
+    (keyword overrides win)."""
     statuses = ("approved", "proposed") if settings.include_proposed else ("approved",)
     kwargs: dict[str, Any] = {
         "seed": settings.seed,
@@ -736,6 +752,7 @@ def walk_from_settings(tax: Taxonomy, settings: WalkSettings, **overrides: Any) 
         "order": settings.order,
         "sessions_per_unit": tuple(settings.sessions_per_unit),
         "concepts_per_unit": tuple(settings.concepts_per_unit),
+        "syllabus_settings": syllabus_settings,
     }
     kwargs.update({k: v for k, v in overrides.items()})
     return walk_topics(tax, **kwargs)

@@ -259,6 +259,13 @@ def test_schema_fields_are_sent_in_schema_order_and_keys_ignore_order(srv):
         )
 
 
+def test_raw_newlines_inside_json_strings_are_accepted(srv):
+    srv.responder = lambda body: '{"answer": "two\nlines", "score": 1}'
+    results, _ = run_all(settings_for(srv), [req(0, schema=SCHEMA)])
+    assert results[0].ok and results[0].parsed == {"answer": "two\nlines", "score": 1}
+    assert srv.count("chat") == 1  # no repair retry was needed
+
+
 def test_invalid_output_gets_one_repair_retry(srv):
     replies = iter(['{"answer": "x"}', '```json\n{"answer": "y", "score": 2}\n```'])
     srv.responder = lambda body: next(replies)

@@ -186,6 +186,18 @@ def test_invalid_reply_is_retried_with_a_new_sample(tax: Taxonomy) -> None:
     assert report.outcomes[0].attempts == 2
 
 
+def test_punctuation_leaked_into_concepts_is_rejected(tax: Taxonomy) -> None:
+    # Small models leak JSON punctuation into strings; such a syllabus would steer generation
+    # with noise, so it is retried and then reported, never written.
+    junk = reply_for("calculus")
+    junk["sessions"][1]["concepts"][0] = "]},{"
+
+    with pytest.raises(ValidationError) as info:
+        generate_syllabi(tax, ScriptedLLM(lambda req: junk), ["calculus"], SETTINGS)
+    assert "not words" in str(info.value) and "subject 'calculus'" in str(info.value)
+    assert not syllabus_path(tax, "calculus").exists()
+
+
 def test_failures_name_the_subject_and_keep_the_others(tax: Taxonomy) -> None:
     def reply(req: ChatRequest):
         if req.metadata["subject"] == "algebra":

@@ -49,6 +49,9 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
+INTERRUPTED = "interrupted: finished work is saved; rerun the same command to resume"
+
+
 def debug_enabled() -> bool:
     return os.environ.get("CORPUS_DEBUG", "") not in ("", "0", "false", "no")
 
@@ -88,12 +91,12 @@ def main(argv: list[str] | None = None) -> None:
         report_error(exc)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
-        click.echo("interrupted: finished work is saved; rerun the same command to resume", err=True)
+        click.echo(INTERRUPTED, err=True)
         sys.exit(130)
     except KeyboardInterrupt:
         if debug_enabled():
             raise
-        click.echo("interrupted: finished work is saved; rerun the same command to resume", err=True)
+        click.echo(INTERRUPTED, err=True)
         sys.exit(130)
     except click.exceptions.ClickException as exc:
         exc.show()

@@ -22,16 +22,15 @@ def walk_units(cfg: CorpusConfig, *, subtree: list[str] | None = None) -> Iterat
     Like ``corpus walk``: with none of limit, token_budget or rounds set, one round (every
     selected topic or session once), so that generation always ends.
     """
+    from builder.pipeline import walk_units as build_walk_units
     from builder.taxonomy import load_taxonomy
-    from builder.walk import walk_from_settings
 
     tax = load_taxonomy(cfg.path(cfg.taxonomy.dir))
-    overrides: dict = {}
     if subtree is not None:
-        overrides["subtree"] = subtree
-    if cfg.walk.limit is None and cfg.walk.token_budget is None and cfg.walk.rounds is None:
-        overrides["rounds"] = 1
-    yield from walk_from_settings(tax, cfg.walk, **overrides)
+        cfg = cfg.model_copy(update={"walk": cfg.walk.model_copy(update={"subtree": subtree})})
+    # The same walk as `corpus build` (statuses, syllabi and bounds), so both make the same units.
+    _walk, units = build_walk_units(tax, cfg)
+    yield from units
 
 
 def find_unit(

@@ -9,9 +9,7 @@ from builder.cli import LazyGroup
 SUBCOMMANDS = {
     name: f"builder.cli.taxonomy:{name}_cmd"
     for name in ("validate", "show", "stats", "add", "move", "rename", "remove", "import", "export")
-} | {
-    name: f"builder.cli.growth:{name}_cmd" for name in ("expand", "review", "approve", "reject")
-}
+} | {name: f"builder.cli.growth:{name}_cmd" for name in ("expand", "review", "approve", "reject")}
 
 
 @click.group(cls=LazyGroup, lazy_subcommands=SUBCOMMANDS)

@@ -117,7 +117,7 @@ def walk(
     )
     if not bounded:
         overrides["rounds"] = 1
-    walker = walk_from_settings(tax, settings, **overrides)
+    walker = walk_from_settings(tax, settings, cfg.syllabus, **overrides)
     if walker.ignored_syllabi:
         ignored = walker.ignored_syllabi
         shown = ", ".join(ignored[:5]) + (

@@ -75,7 +75,9 @@ def extract_json(text: str) -> Any:
     if m:
         candidate = m.group(1)
     try:
-        return json.loads(candidate)
+        # strict=False accepts raw newlines and tabs inside strings: small models (and
+        # llama.cpp's JSON grammar) emit them, and the content is what we want.
+        return json.loads(candidate, strict=False)
     except json.JSONDecodeError as exc:
         raise ValueError(
             f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
