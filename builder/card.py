@@ -290,6 +290,25 @@ def render_card(
     cfg_walk = {
         k: v for k, v in config.walk.model_dump(mode="json").items() if v not in (None, [], {})
     }
+    f = config.filters
+    dropped = [
+        name
+        for name, on in (
+            ("truncated", f.drop_truncated),
+            ("refused", f.drop_refusals),
+            (f"too short (< {f.min_tokens} tokens)", f.min_tokens > 0),
+            ("repetitive", f.max_repetition < 1),
+            (f"not in language '{f.language}'", bool(f.language)),
+        )
+        if on
+    ]
+    filters_line = (
+        f"6. **Filters**: {', '.join(dropped)} answers are dropped"
+        + ("" if f.drop_truncated else "; truncated prose is kept (`finish_reason` = length)")
+        + "."
+        if dropped
+        else "6. **Filters**: none enabled."
+    )
     parts += [
         "## How it was made",
         "",
@@ -304,8 +323,7 @@ def render_card(
         "sections, exercises, solutions) for several audiences and styles.",
         "5. **Teacher model**: an OpenAI-compatible endpoint answers every request (see "
         "below); answers are cached by a hash of everything sent.",
-        "6. **Filters**: truncated, refused, too short, repetitive or wrong-language answers "
-        "are dropped.",
+        filters_line,
         "7. **Verification**: code exercises are executed in a sandbox and answers checked "
         "where possible (`verified` column: true, false, or null when not checkable).",
         "8. **Deduplication**: exact and MinHash-LSH near-duplicate removal.",
