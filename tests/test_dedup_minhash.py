@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datasketch  # noqa: E402
 import numpy as np
 import polars as pl
 import pytest
@@ -12,8 +13,6 @@ from builder.dedup import MinHasher, dedup_table, shingles
 from builder.dedup.lsh import bucket_pairs, candidate_probability, explain, unique_pairs
 from builder.dedup.normalize import ngram_hashes, ngram_texts, tokenize
 from builder.settings.dedup import DedupSettings
-
-datasketch = pytest.importorskip("datasketch")
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog, again and again and again!",

@@ -291,7 +291,6 @@ def test_build_with_scripted_llm_and_no_benchmarks(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_build_on_the_embedded_model(tmp_path: Path) -> None:
     """One short section from the real embedded model (SmolLM2 via llama.cpp), end to end."""
-    pytest.importorskip("llama_cpp")
     config_path = make_project(tmp_path / "p", "unused", {})
     text = config_path.read_text(encoding="utf-8")
     # The embedded model: no base_url, no model, no price.

@@ -429,7 +429,6 @@ def test_cli_generate_against_fake_server(tax: Taxonomy, tax_dir: Path, tmp_path
 
 @pytest.mark.integration
 def test_embedded_model_writes_a_valid_syllabus(tax: Taxonomy, tmp_path: Path) -> None:
-    pytest.importorskip("llama_cpp")
     from builder.llm import open_engine
     from builder.settings.llm import LLMSettings
 

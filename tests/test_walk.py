@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -195,7 +196,7 @@ def test_units_carry_the_contract_fields(tax: Taxonomy) -> None:
         d = u.to_dict()
         for key in ("unit_id", "discipline", "subject", "topic", "taxonomy_path", "concepts"):
             assert d[key], key
-        assert len(u.unit_id) == 16 and int(u.unit_id, 16) >= 0
+        assert re.fullmatch(r"[0-9a-f]{16}", u.unit_id), u.unit_id
         assert u.taxonomy_path == tax.path_ids(u.topic)
         assert u.taxonomy_path.startswith(f"{u.discipline}/{u.subject}")
         assert u.concepts[0] == tax[u.topic].name
