@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import io
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,17 +155,13 @@ def _uses_subject_level(tax: Taxonomy, discipline_id: str) -> bool:
     return cache[discipline_id]
 
 
+# Memo per taxonomy (taxonomies are immutable once loaded), held beside the caller's object
+# rather than on it, so the O(nodes) scan happens once per discipline however many nodes ask.
+_SUBJECT_LEVEL: weakref.WeakKeyDictionary[Taxonomy, dict[str, bool]] = weakref.WeakKeyDictionary()
+
+
 def _subject_level_cache(tax: Taxonomy) -> dict[str, bool]:
-    # Stored on the taxonomy object (taxonomies are immutable once loaded), so the O(nodes)
-    # scan happens once per discipline however many nodes ask.
-    cache = getattr(tax, "_builder_subject_level", None)
-    if cache is None:
-        cache = {}
-        try:
-            tax._builder_subject_level = cache  # type: ignore[attr-defined]
-        except AttributeError:  # pragma: no cover - a taxonomy class with __slots__
-            pass
-    return cache
+    return _SUBJECT_LEVEL.setdefault(tax, {})
 
 
 def is_subject(tax: Taxonomy, node_id: str) -> bool:

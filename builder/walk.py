@@ -53,6 +53,7 @@ import hashlib
 import heapq
 import math
 import re
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -670,14 +671,15 @@ class Walk(Iterator[Unit]):
         )
 
 
+# Per-taxonomy memo, held beside (not on) the caller's object and dropped with it.
+_RANKS: weakref.WeakKeyDictionary[Taxonomy, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
 def _curriculum_rank(tax: Taxonomy) -> dict[str, int]:
-    rank = getattr(tax, "_builder_curriculum_rank", None)
+    rank = _RANKS.get(tax)
     if rank is None:
         rank = {n.id: i for i, n in enumerate(tax.curriculum_order())}
-        try:
-            tax._builder_curriculum_rank = rank  # type: ignore[attr-defined]
-        except AttributeError:  # pragma: no cover
-            pass
+        _RANKS[tax] = rank
     return rank
 
 
