@@ -7,6 +7,8 @@
    which runs as a separate process so its CPU is not counted as the client's:
    - engine: ``open_engine(LLMSettings(base_url=..., max_concurrency=C))`` with a fresh
      cache (so every request is sent, and results are written to the cache as in real use);
+   - engine_openai: the same engine with ``transport="openai"`` (requests go through
+     ``openai.AsyncOpenAI`` + ``DefaultAioHttpClient``; ``builder/llm/transport_openai.py``);
    - baseline: ``AsyncOpenAI()`` with its defaults, ``asyncio.gather`` under a semaphore;
    - openai_aiohttp: the same with ``http_client=DefaultAioHttpClient()`` (the SDK's cheaper
      transport; it shows why the engine speaks HTTP itself).
@@ -47,13 +49,17 @@ def _cpu() -> float:
 
 
 # -- workers (each in its own process) -------------------------------------------------------
-def worker_engine(base_url: str, n: int, c: int) -> dict:
+def worker_engine(base_url: str, n: int, c: int, transport: str = "aiohttp") -> dict:
     from builder.llm import open_engine
     from builder.records import ChatRequest
     from builder.settings.llm import LLMSettings
 
     settings = LLMSettings(
-        base_url=base_url, model="fake-model", max_concurrency=c, read_timeout_s=60
+        base_url=base_url,
+        model="fake-model",
+        max_concurrency=c,
+        read_timeout_s=60,
+        transport=transport,
     )
     requests = (
         ChatRequest(id=f"r{i}", messages=({"role": "user", "content": f"{PROMPT} #{i}"},))
@@ -198,8 +204,16 @@ def worker_openai_aiohttp(base_url: str, n: int, c: int) -> dict:
     return worker_baseline(base_url, n, c, aiohttp_transport=True)
 
 
+def worker_engine_openai(base_url: str, n: int, c: int) -> dict:
+    return worker_engine(base_url, n, c, transport="openai")
+
+
+#: throughput clients, in the order they run
+CLIENTS = ("engine", "engine_openai", "baseline", "openai_aiohttp")
+
 WORKERS = {
     "engine": worker_engine,
+    "engine_openai": worker_engine_openai,
     "baseline": worker_baseline,
     "openai_aiohttp": worker_openai_aiohttp,
     "inprocess": worker_inprocess,
@@ -262,7 +276,7 @@ def throughput(kind: str, srv: FakeServer, n: int, c: int, latency: float) -> di
         req_per_s=round(n / r["wall_s"], 1),
     )
     print(
-        f"{kind:9s} latency={latency:g}s C={c:5d} N={n:5d}: {r['wall_s']:.2f}s "
+        f"{kind:14s} latency={latency:g}s C={c:5d} N={n:5d}: {r['wall_s']:.2f}s "
         f"({r['req_per_s']} req/s, {r['pct_ideal']}% of ideal), "
         f"{r['cpu_ms_per_req']} ms CPU/req, ok={r['ok']}",
         flush=True,
@@ -306,7 +320,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         kind, *rest = args.worker
-        if kind in ("engine", "baseline", "openai_aiohttp"):
+        if kind in CLIENTS:
             result = WORKERS[kind](rest[0], int(rest[1]), int(rest[2]))
         else:
             result = WORKERS[kind](int(rest[0]), int(rest[1]))
@@ -321,7 +335,7 @@ def main() -> None:
     figures: dict = {"cpu_count": os.cpu_count(), "load_avg_before": os.getloadavg()[0]}
     slow, fast = FakeServer(1.0), FakeServer(0.0)
     try:
-        for kind in ("engine", "baseline", "openai_aiohttp"):
+        for kind in CLIENTS:
             r256 = throughput(kind, slow, n256, 256, 1.0)
             r1024 = throughput(kind, slow, n1024, 1024, 1.0)
             r0 = throughput(kind, fast, n0, 64, 0.0)

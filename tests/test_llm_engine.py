@@ -60,6 +60,12 @@ def srv():
         yield server
 
 
+@pytest.fixture(params=["aiohttp", "openai"])
+def transport(request) -> str:
+    """The fault-injection tests run on both transports: raw aiohttp and the openai client."""
+    return request.param
+
+
 def test_engine_satisfies_the_llm_protocol_and_answers_every_request(srv):
     requests = [req(i, metadata={"unit": i}) for i in range(20)]
     with open_engine(settings_for(srv), progress=False) as engine:
@@ -80,11 +86,11 @@ def test_engine_satisfies_the_llm_protocol_and_answers_every_request(srv):
     assert srv.count() == 21
 
 
-def test_warm_rerun_makes_zero_http_requests(srv):
+def test_warm_rerun_makes_zero_http_requests(srv, transport):
     requests = [req(i) for i in range(30)]
-    first, _ = run_all(settings_for(srv), requests)
+    first, _ = run_all(settings_for(srv, transport=transport), requests)
     sent = srv.count("all")
-    second, stats = run_all(settings_for(srv), requests)
+    second, stats = run_all(settings_for(srv, transport=transport), requests)
     assert srv.count("all") == sent
     assert all(r.cached for r in second) and stats.cached == 30 and stats.http_requests == 0
     assert {(r.request_id, r.text) for r in first} == {(r.request_id, r.text) for r in second}
@@ -124,16 +130,20 @@ def test_cache_key_is_sha256_of_canonical_json_of_what_is_sent():
     "fault",
     ["429", "500", "503", "502", "408", "409", "reset", "malformed", "truncate", "hang"],
 )
-def test_each_transient_fault_is_retried_until_it_succeeds(srv, fault):
+def test_each_transient_fault_is_retried_until_it_succeeds(srv, fault, transport):
     srv.faults = [fault, fault]
-    results, stats = run_all(settings_for(srv, read_timeout_s=0.3, max_concurrency=1), [req(0)])
+    results, stats = run_all(
+        settings_for(srv, transport=transport, read_timeout_s=0.3, max_concurrency=1), [req(0)]
+    )
     assert results[0].status == "ok", results[0].error
     assert srv.count() == 3 and stats.retries == 2
 
 
-def test_truncated_stream_is_retried_in_stream_mode(srv):
+def test_truncated_stream_is_retried_in_stream_mode(srv, transport):
     srv.faults = ["truncate", "malformed"]
-    results, stats = run_all(settings_for(srv, stream=True, max_concurrency=1), [req(0)])
+    results, stats = run_all(
+        settings_for(srv, transport=transport, stream=True, max_concurrency=1), [req(0)]
+    )
     assert results[0].status == "ok"
     assert results[0].text == "Echo: question 0 (seed=0)"
     assert srv.requests[-1]["stream"] is True and srv.count() == 3
@@ -162,16 +172,16 @@ def test_retry_time_cap(srv):
     assert srv.count() <= 3
 
 
-def test_retry_after_is_honoured(srv):
+def test_retry_after_is_honoured(srv, transport):
     srv.faults = [Fault("429", retry_after=0.3)]
-    results, _ = run_all(settings_for(srv, max_concurrency=1), [req(0)])
+    results, _ = run_all(settings_for(srv, transport=transport, max_concurrency=1), [req(0)])
     assert results[0].ok
     assert srv.arrivals[1] - srv.arrivals[0] >= 0.3  # backoff alone would be ~0.01 s
 
 
-def test_400_fails_fast_for_that_request_only(srv):
+def test_400_fails_fast_for_that_request_only(srv, transport):
     srv.faults = lambda i, body: "400" if body["messages"][0]["content"] == "question 2" else None
-    results, stats = run_all(settings_for(srv), [req(i) for i in range(5)])
+    results, stats = run_all(settings_for(srv, transport=transport), [req(i) for i in range(5)])
     bad = [r for r in results if r.status == "failed"]
     assert [r.request_id for r in bad] == ["r2"] and "HTTP 400" in bad[0].error
     assert srv.count() == 5  # not retried
@@ -180,9 +190,9 @@ def test_400_fails_fast_for_that_request_only(srv):
 @pytest.mark.parametrize(
     ("fault", "error"), [("401", AuthError), ("quota", QuotaError), ("404", LLMError)]
 )
-def test_auth_quota_and_wrong_url_stop_the_run_with_one_clear_error(srv, fault, error):
+def test_auth_quota_and_wrong_url_stop_the_run_with_one_clear_error(srv, fault, error, transport):
     srv.faults = lambda i, body: fault if i >= 3 else None
-    s = settings_for(srv, max_concurrency=1)
+    s = settings_for(srv, transport=transport, max_concurrency=1)
     got = []
     with pytest.raises(error) as exc_info:
         with open_engine(s, progress=False) as engine:
@@ -193,11 +203,11 @@ def test_auth_quota_and_wrong_url_stop_the_run_with_one_clear_error(srv, fault, 
     assert srv.base_url in str(exc_info.value)
 
 
-def test_api_key_is_sent_but_never_written(srv, tmp_path, monkeypatch, capfd):
+def test_api_key_is_sent_but_never_written(srv, tmp_path, monkeypatch, capfd, transport):
     key = "sk-test-SECRET-0123456789abcdef"
     monkeypatch.setenv("MY_KEY", key)
     srv.api_key = key
-    s = settings_for(srv, api_key_env="MY_KEY", max_concurrency=1)
+    s = settings_for(srv, transport=transport, api_key_env="MY_KEY", max_concurrency=1)
     results, _ = run_all(s, [req(i) for i in range(3)])
     assert all(r.ok for r in results)
     assert srv.headers[0]["Authorization"] == f"Bearer {key}"
@@ -219,22 +229,22 @@ def test_missing_key_variable_is_a_config_error(srv):
         Engine(settings_for(srv, api_key_env="NOT_SET_ANYWHERE"))
 
 
-def test_length_finish_is_a_recorded_failure_class_and_cached(srv):
+def test_length_finish_is_a_recorded_failure_class_and_cached(srv, transport):
     srv.faults = ["length"]
-    results, _ = run_all(settings_for(srv, max_concurrency=1), [req(0)])
+    results, _ = run_all(settings_for(srv, transport=transport, max_concurrency=1), [req(0)])
     assert results[0].status == "length" and results[0].finish_reason == "length"
-    again, _ = run_all(settings_for(srv), [req(0)])
+    again, _ = run_all(settings_for(srv, transport=transport), [req(0)])
     assert again[0].cached and again[0].status == "length" and srv.count() == 1
 
 
-def test_structured_output_is_sent_in_each_backends_form_and_validated(srv):
+def test_structured_output_is_sent_in_each_backends_form_and_validated(srv, transport):
     r = req(0, schema=SCHEMA)
-    results, _ = run_all(settings_for(srv), [r])
+    results, _ = run_all(settings_for(srv, transport=transport), [r])
     assert results[0].ok and results[0].parsed == {"answer": "x", "score": 1}
     rf = srv.requests[0]["response_format"]
     assert rf["type"] == "json_schema" and rf["json_schema"]["strict"] is True
     assert rf["json_schema"]["schema"] == SCHEMA and rf["json_schema"]["name"] == "Answer"
-    run_all(settings_for(srv, kind="llama.cpp"), [r])
+    run_all(settings_for(srv, transport=transport, kind="llama.cpp"), [r])
     assert srv.requests[1]["response_format"] == {"type": "json_object", "schema": SCHEMA}
 
 
@@ -266,10 +276,10 @@ def test_raw_newlines_inside_json_strings_are_accepted(srv):
     assert srv.count("chat") == 1  # no repair retry was needed
 
 
-def test_invalid_output_gets_one_repair_retry(srv):
+def test_invalid_output_gets_one_repair_retry(srv, transport):
     replies = iter(['{"answer": "x"}', '```json\n{"answer": "y", "score": 2}\n```'])
     srv.responder = lambda body: next(replies)
-    results, stats = run_all(settings_for(srv), [req(0, schema=SCHEMA)])
+    results, stats = run_all(settings_for(srv, transport=transport), [req(0, schema=SCHEMA)])
     assert results[0].ok and results[0].parsed == {"answer": "y", "score": 2}
     assert stats.repairs == 1 and srv.count() == 2
     repair = srv.requests[1]["messages"]
@@ -297,11 +307,11 @@ def test_truncated_structured_output_is_repaired_then_recorded_as_length(srv):
     assert "cut off" in srv.requests[1]["messages"][-1]["content"]
 
 
-def test_aimd_backs_off_on_429_and_everything_completes(srv):
+def test_aimd_backs_off_on_429_and_everything_completes(srv, transport):
     srv.max_inflight = 4
     srv.retry_after = 0.02
     srv.latency = 0.02
-    s = settings_for(srv, max_concurrency=32, max_attempts=30)
+    s = settings_for(srv, transport=transport, max_concurrency=32, max_attempts=30)
     with open_engine(s, progress=False) as engine:
         results = list(engine.run([req(i) for i in range(200)]))
         limiter = engine.limiters[0]
@@ -558,8 +568,8 @@ def test_breaking_out_of_a_run_keeps_finished_work(srv):
     assert stored <= 1 + 4 + 8  # what was in flight may have finished; nothing else was sent
 
 
-def test_stored_response_is_the_full_body(srv):
-    with open_engine(settings_for(srv), progress=False) as engine:
+def test_stored_response_is_the_full_body(srv, transport):
+    with open_engine(settings_for(srv, transport=transport), progress=False) as engine:
         r = engine.complete(req(0))
         request, responses = engine.cache.raw(r.request_sha256)
     assert request["messages"][0]["content"] == "question 0"

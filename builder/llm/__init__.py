@@ -6,7 +6,7 @@
             ...
 
 Modules: ``engine`` (Engine, open_engine, the run loop), ``endpoint`` (what is sent, cache
-keys), ``transport`` (aiohttp), ``control`` (AIMD, backoff), ``cache`` (SQLite), ``budget``
+keys), ``transport`` (aiohttp, or the openai client in ``transport_openai``), ``control`` (AIMD, backoff), ``cache`` (SQLite), ``budget``
 (prices, tokens), ``schema`` (structured output), ``embedded`` (llama.cpp server),
 ``progress``, ``batch`` (Batch API mode), ``jobfile`` (``corpus llm run``), ``check``.
 Names are imported lazily so ``import builder.llm`` stays cheap.

@@ -47,6 +47,9 @@ class Endpoint:
     embedded: bool = False
     cache_url: str = ""
     api_key: str | None = field(default=None, repr=False)
+    transport: str = "aiohttp"  # a key of builder.llm.transport.TRANSPORTS
+    api_version: str | None = None  # Azure OpenAI's api-version (transport "azure")
+    headers: dict[str, str] = field(default_factory=dict)  # extra headers on every request
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/")
@@ -95,6 +98,9 @@ def endpoints_from_settings(settings: LLMSettings) -> list[Endpoint]:
                 kind=settings.kind,
                 max_concurrency=settings.max_concurrency,
                 api_key_env=settings.api_key_env,
+                transport=settings.transport,
+                api_version=settings.api_version,
+                headers=dict(settings.default_headers),
             )
         )
     for e in settings.endpoints:
@@ -105,6 +111,9 @@ def endpoints_from_settings(settings: LLMSettings) -> list[Endpoint]:
                 kind=e.kind,
                 max_concurrency=e.max_concurrency or settings.max_concurrency,
                 api_key_env=e.api_key_env,
+                transport=e.transport or settings.transport,
+                api_version=e.api_version or settings.api_version,
+                headers={**settings.default_headers, **(e.default_headers or {})},
             )
         )
     for ep in eps:
@@ -131,6 +140,9 @@ def embedded_endpoint(settings: LLMSettings) -> Endpoint:
         max_concurrency=settings.embedded_concurrency,
         embedded=True,
         cache_url=EMBEDDED_URL,
+        transport=settings.transport,
+        api_version=settings.api_version,
+        headers=dict(settings.default_headers),
     )
 
 

@@ -68,7 +68,7 @@ from builder.llm.endpoint import (
 )
 from builder.llm.progress import NoProgress, Progress, Snapshot, make_progress
 from builder.llm.schema import check_output, repair_messages
-from builder.llm.transport import AttemptError, Reply, Transport
+from builder.llm.transport import AttemptError, Reply, Transport, make_transport
 from builder.records import ChatRequest, ChatResult
 from builder.settings.llm import LLMSettings
 
@@ -852,7 +852,7 @@ class Engine:
     def _io_thread(self) -> _LoopThread:
         if self._io is None:
             self._io = _LoopThread()
-            self._transports = [Transport(ep, self.settings) for ep in self.endpoints]
+            self._transports = [make_transport(ep, self.settings) for ep in self.endpoints]
         return self._io
 
     def close(self) -> None:
@@ -1057,7 +1057,7 @@ class Engine:
                 if to_send:
                     if dispatch is None:
                         await asyncio.to_thread(self._ensure_started)
-                        transports = [Transport(ep, self.settings) for ep in self.endpoints]
+                        transports = [make_transport(ep, self.settings) for ep in self.endpoints]
                         dispatch = _Dispatch(self, transports, outq.put_nowait)
                         dispatch.start()
                     dispatch.submit(to_send)

@@ -13,6 +13,13 @@ Every failed attempt becomes an ``AttemptError`` whose ``kind`` tells the engine
 (this request is bad: 400/413/422/...; record it and go on), ``auth`` (401/403), ``quota``
 (402, or 429 ``insufficient_quota``) and ``endpoint`` (404: wrong URL or model). The last three
 stop the run with one clear message. Messages never contain the API key.
+
+``[llm] transport`` picks the class per endpoint from ``TRANSPORTS`` (``make_transport``):
+``aiohttp`` (this module, the default), ``openai`` (the official ``openai.AsyncOpenAI`` client,
+``builder.llm.transport_openai``) or ``azure`` (``openai.AsyncAzureOpenAI``). All share the
+``chat``/``request_json``/``close`` interface, the ``Reply`` they return and the
+``AttemptError`` classification, so the engine's retries, AIMD and fail-fast do not depend on
+the choice; the cache key does not either (it hashes the body, which is the same).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,7 +161,7 @@ class Transport:
         self._session: aiohttp.ClientSession | None = None
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        headers = {"User-Agent": USER_AGENT, **self.ep.headers, "Content-Type": "application/json"}
         if self.ep.api_key:
             headers["Authorization"] = f"Bearer {self.ep.api_key}"
         return headers
@@ -201,7 +209,7 @@ class Transport:
                     raise await self._status_error(resp)
                 raw_text = None
                 if stream:
-                    body = await _read_stream(resp)
+                    body = await assemble_stream(resp.content)
                 else:
                     raw = await resp.read()
                     try:
@@ -275,8 +283,9 @@ class Transport:
             raise AttemptError("retry", f"malformed JSON from {path}") from None
 
 
-async def _read_stream(resp: aiohttp.ClientResponse) -> dict[str, Any]:
-    """Assemble a server-sent-events stream into a non-streaming completion body.
+async def assemble_stream(lines: AsyncIterable[bytes] | AsyncIterable[str]) -> dict[str, Any]:
+    """Assemble a server-sent-events stream (its lines, bytes or str) into a non-streaming
+    completion body.
 
     A stream that ends without ``[DONE]`` or without a ``finish_reason`` was cut (a llama.cpp
     server with ``--interrupt_requests True`` does this silently): that is a retry, not text.
@@ -286,8 +295,8 @@ async def _read_stream(resp: aiohttp.ClientResponse) -> dict[str, Any]:
     usage = None
     meta: dict[str, Any] = {}
     done = False
-    async for line in resp.content:
-        line = line.strip()
+    async for raw_line in lines:
+        line = (raw_line.encode() if isinstance(raw_line, str) else raw_line).strip()
         if not line.startswith(b"data:"):
             continue
         payload = line[5:].strip()
@@ -334,3 +343,33 @@ async def _read_stream(resp: aiohttp.ClientResponse) -> dict[str, Any]:
     if "system_fingerprint" in meta:
         body["system_fingerprint"] = meta["system_fingerprint"]
     return body
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing the transport
+
+
+def _openai_transport() -> type:
+    from builder.llm.transport_openai import OpenAITransport
+
+    return OpenAITransport
+
+
+def _azure_transport() -> type:
+    from builder.llm.transport_openai import AzureOpenAITransport
+
+    return AzureOpenAITransport
+
+
+#: ``[llm] transport`` name -> the class (imported on first use: ``import openai`` alone costs
+#: ~0.6 s, which runs that never use the SDK should not pay).
+TRANSPORTS: dict[str, Callable[[], type]] = {
+    "aiohttp": lambda: Transport,
+    "openai": _openai_transport,
+    "azure": _azure_transport,
+}
+
+
+def make_transport(ep: Endpoint, settings: LLMSettings) -> Any:
+    """The transport ``ep.transport`` names, for ``ep`` (``Transport`` or an SDK transport)."""
+    return TRANSPORTS[ep.transport]()(ep, settings)
