@@ -167,6 +167,74 @@ def test_api_key_is_written_nowhere(built: dict[str, Any]) -> None:
     assert checked > 10
 
 
+def test_edited_syllabus_resends_only_the_edited_subjects_prompts(
+    built: dict[str, Any], tmp_path: Path
+) -> None:
+    """A curator edits one session of one subject's syllabus: the rebuild sends exactly the
+    requests of the units that changed (plus evolutions of their exercises); every other
+    request is answered from the cache."""
+    from builder.generate import read_generated
+    from builder.pipeline import walk_units
+    from builder.syllabus import syllabus_files
+    from builder.taxonomy import load_taxonomy
+
+    project = tmp_path / "project"
+    shutil.copytree(built["config"].parent, project)
+    cache = tmp_path / "cache"
+    shutil.copytree(built["cache"], cache)
+    config_path = project / "corpus.toml"
+    cfg = _load(config_path)
+    tax = load_taxonomy(project / "taxonomy")
+    _walk, before_units = walk_units(tax, cfg)
+    run_dir = project / built["summary"].run_dir.relative_to(built["config"].parent)
+    rows_before = read_generated(run_dir / "work" / "generated.jsonl")
+
+    files = syllabus_files(tax)
+    assert files, "the first build generated syllabi"
+    edited = files[0]
+    subject = edited.stem
+    # Reword every key concept of the subject (as a curator would, by hand in the YAML).
+    lines, concepts_indent = [], None
+    for line in edited.read_text(encoding="utf-8").splitlines():
+        indent = len(line) - len(line.lstrip())
+        if line.strip() == "concepts:":
+            concepts_indent = indent
+        elif concepts_indent is not None and indent > concepts_indent and "- " in line:
+            line = line.replace("- ", "- revised ", 1)
+        else:
+            concepts_indent = None
+        lines.append(line)
+    edited.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    _walk, after_units = walk_units(load_taxonomy(project / "taxonomy"), cfg)
+    changed_units = {u.unit_id for u in after_units} - {u.unit_id for u in before_units}
+    assert changed_units, "the edit changes some units"
+    assert all(u.subject == subject for u in after_units if u.unit_id in changed_units), (
+        "only the edited subject's units change"
+    )
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(KEY_ENV, API_KEY)
+        server: FakeOpenAIServer = built["server"]
+        server.reset_counts()
+        summary = build(_load(config_path), cache_dir=str(cache), progress=False)
+    rows_after = read_generated(run_dir / "work" / "generated.jsonl")
+    retried = {k for k, r in rows_before.items() if r["status"] == "failed"}
+    new_rows = {k: r for k, r in rows_after.items() if k not in rows_before or k in retried}
+    assert new_rows, "the edited units were generated"
+    # Every request sent belongs to a changed unit (or retries an earlier failure) ...
+    assert all(r["unit_id"] in changed_units or k in retried for k, r in new_rows.items())
+    # ... and exactly those were sent: one HTTP call per new row, plus the independent
+    # second answers that verify the new quantitative exercises; the rest are cache hits.
+    from builder.verify.quant import SECOND_SAMPLE_SYSTEM
+
+    second = [b for b in server.requests if b["messages"][0]["content"] == SECOND_SAMPLE_SYSTEM]
+    new_quant = [r for r in new_rows.values() if r.get("exercise_type") == "quantitative"]
+    assert len(second) <= len(new_quant)
+    assert server.count("chat") == len(new_rows) + len(second) == summary.requests_sent
+    assert summary.requests_cached > 0
+
+
 def test_edited_template_resends_only_changed_prompts(
     built: dict[str, Any], tmp_path: Path
 ) -> None:
