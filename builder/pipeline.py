@@ -39,6 +39,7 @@ import json
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from builder.config import CorpusConfig
-from builder.errors import BudgetExceeded, BuilderError, ConfigError, InputError
+from builder.errors import BudgetExceeded, BuilderError, ConfigError, InputError, LLMError
 from builder.records import ChatRequest, ChatResult, Unit, canonical_json, sha256_hex
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -883,7 +884,22 @@ def _stage_generate(
         # The rows of this plan only (last row per request id, plan order): rows that an
         # earlier config left in the file (edited prompts, units no longer walked) are ignored.
         rows = list(iter_generated(path, stats.request_ids))
+    _fail_if_nothing_answered(rows, stats, llm)
     return rows, stats
+
+
+def _fail_if_nothing_answered(rows: list[dict[str, Any]], stats: GenerateStats, llm: Any) -> None:
+    """Stop when every request of this build failed: a wrong base_url, a stopped server or a
+    model name the endpoint does not serve must not end in an empty corpus and exit 0."""
+    if not stats.received or any(r.get("status") != "failed" for r in rows):
+        return
+    errors = Counter(str(r.get("error") or "unknown error") for r in rows)
+    first, count = errors.most_common(1)[0]
+    raise LLMError(
+        f"all {len(rows)} generation request(s) failed (most often: {first} [{count}x])",
+        hint="check [llm] base_url and model with `corpus llm check --chat`; finished work "
+        "is kept and a rerun retries only the failures",
+    )
 
 
 # -- 4. filter + verify -----------------------------------------------------------------------

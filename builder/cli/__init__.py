@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from builder import __version__
 from builder.errors import BuilderError
 
 # name -> "module:attribute" of a click command or group.
@@ -57,7 +58,7 @@ def debug_enabled() -> bool:
 
 
 @click.group(cls=LazyGroup, lazy_subcommands=COMMANDS)
-@click.version_option(package_name="curriculum-corpus-builder")
+@click.version_option(version=__version__, prog_name="corpus")
 @click.option("--debug", is_flag=True, help="Show tracebacks (same as CORPUS_DEBUG=1).")
 def cli(debug: bool) -> None:
     """Build textbook-style training corpora from a curated discipline taxonomy.
@@ -84,7 +85,10 @@ def report_error(exc: BuilderError) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``corpus`` console script and of ``python -m builder``."""
     try:
-        cli.main(args=argv, prog_name="corpus", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="corpus", standalone_mode=False)
+        # Without standalone mode click *returns* the code of a `raise Exit(n)`.
+        if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0:
+            sys.exit(rc)
     except BuilderError as exc:
         if debug_enabled():
             raise
@@ -108,3 +112,13 @@ def main(argv: list[str] | None = None) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(0)
+    except OSError as exc:
+        # A path the user gave that cannot be read or written (permissions, not a directory,
+        # disk full...): one line naming it, not a traceback. Other OS errors are bugs.
+        if debug_enabled() or not exc.filename:
+            raise
+        click.echo(
+            f"{exc.filename}: {exc.strerror or exc} (check the path and its permissions)",
+            err=True,
+        )
+        sys.exit(2)
