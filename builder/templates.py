@@ -614,11 +614,21 @@ def _load_personas(path: Path, problems: list[Problem]) -> dict[str, Persona]:
             )
         )
         return {}
+    before = len(problems)
     data = _load_yaml(path.read_text(encoding="utf-8"), path, 1, problems)
-    if data is None:
-        return {}
+    if data is None and len(problems) > before:
+        return {}  # a YAML error, already reported with its line
     if not isinstance(data, Mapping) or not data:
-        problems.append(Problem("expected a mapping of id -> {name, description, guidance}", path))
+        problems.append(
+            Problem(
+                "empty shared file: expected a mapping of id -> {name, description, guidance}"
+                if data is None
+                else "expected a mapping of id -> {name, description, guidance}",
+                path,
+                1,
+                hint="add at least one entry; see templates/README.md",
+            )
+        )
         return {}
     out: dict[str, Persona] = {}
     for key, value in data.items():
@@ -1032,5 +1042,6 @@ def load_templates(directory: str | Path) -> TemplateSet:
             p = problems[0]
             raise TemplateError(p.message, file=p.file, line=p.line, hint=p.hint)
         raise BuilderValidationError(problems, summary=f"{len(problems)} template problem(s)")
-    assert tset is not None  # no problems implies a set
+    if tset is None:  # check_templates reports why; this is a bug if it did not
+        raise TemplateError("templates could not be loaded", file=directory)
     return tset

@@ -194,3 +194,50 @@ def test_templates_render_errors(project) -> None:
     with pytest.raises(SystemExit) as info:
         main(["templates", "render", "section", "--unit", "zzz", "--config", str(config)])
     assert info.value.code == 2
+
+
+def test_path_flags_resolve_against_the_current_directory(
+    project, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--templates/--taxonomy are relative to the cwd; config values to the config's folder."""
+    root, config, _server = project
+    cfg_dir = root / "cfg"
+    cfg_dir.mkdir()
+    moved = cfg_dir / "x.toml"
+    moved.write_text(config.read_text().replace('dir = "taxonomy"', 'dir = "../taxonomy"'))
+    monkeypatch.chdir(root)
+    import shutil
+
+    shutil.copytree(ROOT / "templates", root / "tpl")
+    args = ["templates", "render", "section", "--topic", "limits", "--config", "cfg/x.toml"]
+    result = CliRunner().invoke(cli, [*args, "--templates", "tpl", "--taxonomy", "taxonomy"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["metadata"]["topic"] == "limits"
+
+    from builder.cli import main
+
+    for argv in (
+        [*args, "--templates", "tpl/undef"],
+        ["generate", "--config", "cfg/x.toml", "--templates", "tpl/undef"],
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{root / 'tpl' / 'undef'}: templates directory not found" in err
+        assert "cfg/tpl" not in err
+
+
+def test_unknown_topic_blames_the_flag_and_suggests(
+    project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _root, config, _server = project
+    from builder.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["templates", "render", "section", "--topic", "limts", "--config", str(config)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--topic limts: unknown taxonomy id" in err
+    assert "did you mean limits" in err
+    assert "[walk]" not in err and "corpus.toml" not in err

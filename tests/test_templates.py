@@ -481,3 +481,27 @@ def test_jinja_globals_are_allowed_and_sandboxed(tdir: Path) -> None:
     )
     problems = problems_of(tdir)
     assert len(problems) == 1 and "escape.j2:5: unsafe access in template" in problems[0]
+
+
+@pytest.mark.parametrize("shared", ["_audiences.yaml", "_styles.yaml"])
+def test_cli_empty_shared_file_is_a_file_line_error(
+    tdir: Path, shared: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty _audiences.yaml used to end in an AssertionError traceback."""
+    from builder.cli import main
+
+    (tdir / shared).write_text("", encoding="utf-8")
+    taxonomy = str(ROOT / "taxonomy")
+    for argv in (
+        ["templates", "check", "--templates", str(tdir)],
+        ["templates", "render", "section", "--topic", "calculus", "--templates", str(tdir)]
+        + ["--taxonomy", taxonomy],
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "AssertionError" not in err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1
+        assert lines[0].startswith(f"{tdir / shared}:1: empty shared file")

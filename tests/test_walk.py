@@ -638,3 +638,43 @@ def test_walk_from_config(tax_dir: Path, tmp_path: Path) -> None:
         u.unit_id for u in walk_topics(load_taxonomy(tax_dir), seed=4, limit=6, order="curriculum")
     ]
     assert [json.loads(line)["unit_id"] for line in out.splitlines()] == expected
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+
+
+def _corpus(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "builder", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
+
+
+def test_walk_into_a_closed_pipe_exits_0(tmp_path: Path) -> None:
+    """`corpus walk | head -1`: the reader leaving early is not an error."""
+    taxonomy = Path(__file__).resolve().parents[1] / "taxonomy"
+    proc = _corpus("walk", "--limit", "2000", "--taxonomy", str(taxonomy), cwd=tmp_path)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, stderr
+    assert json.loads(first)["unit_id"]
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+def test_walk_limit_zero_is_refused() -> None:
+    from click.testing import CliRunner
+
+    from builder.cli import cli
+
+    result = CliRunner().invoke(cli, ["walk", "--limit", "0"], prog_name="corpus")
+    assert result.exit_code == 2
+    assert "--limit" in result.output
+    result = CliRunner().invoke(cli, ["walk", "--token-budget", "0"], prog_name="corpus")
+    assert result.exit_code == 2

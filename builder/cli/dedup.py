@@ -2,13 +2,112 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from builder.cli.options import config_option
+from builder.errors import BuilderError, ConfigError, Problem, ValidationError
+
+# Settings fields whose flag is not simply --field-name.
+_FLAG_NAMES = {"text_field": "--field", "exact": "--no-exact", "near": "--no-near"}
+_BOUNDS = {
+    "greater than or equal to": ">=",
+    "less than or equal to": "<=",
+    "greater than": ">",
+    "less than": "<",
+}
+
+
+def _flag(field: str) -> str:
+    return _FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def _short_message(msg: str) -> str:
+    """Pydantic's "Input should be less than or equal to 1" -> "must be <= 1"."""
+    msg = msg.removeprefix("Value error, ")
+    m = re.fullmatch(r"Input should be (.+?) (-?[\d.e+]+)", msg)
+    if m and m.group(1) in _BOUNDS:
+        return f"must be {_BOUNDS[m.group(1)]} {m.group(2)}"
+    return msg[:1].lower() + msg[1:].replace("Input should be", "must be")
+
+
+def _banding_hint(values: dict[str, Any]) -> str:
+    """Values of --bands/--rows/--num-perm that satisfy bands x rows <= num_perm."""
+    bands, rows, num_perm = values.get("bands"), values.get("rows"), values.get("num_perm")
+    if not all(isinstance(v, int) and v >= 1 for v in (bands, rows, num_perm)):
+        return "bands x rows must not exceed num_perm; see `corpus dedup --explain`"
+    options = []
+    if num_perm // bands >= 1:
+        options.append(f"--rows {num_perm // bands}")
+    if num_perm // rows >= 1:
+        options.append(f"--bands {num_perm // rows}")
+    if bands * rows <= 1024:
+        options.append(f"--num-perm {bands * rows}")
+    return "use " + " or ".join(options) + "; see `corpus dedup --explain`"
+
+
+def settings_error(
+    exc: Any, section: str, flags: dict[str, Any], values: dict[str, Any], source: str | None
+) -> BuilderError:
+    """One user error per bad option of a pydantic ``ValidationError`` from flags + config.
+
+    ``flags`` are the values given on the command line (field -> value, None = not given);
+    a bad value that came from the config names ``[section] field`` in the config file instead.
+    ``values`` are the merged settings values (for the bands x rows hint).
+    """
+    problems: list[Problem] = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        msg = _short_message(str(err.get("msg", "invalid value")))
+        if not loc:  # a whole-model check: bands x rows vs num_perm, scheme vs mode
+            if "bands x rows" in msg:
+                where = " ".join(
+                    f"{_flag(f)} {flags[f]}"
+                    for f in ("bands", "rows", "num_perm")
+                    if flags.get(f) is not None
+                )
+                problems.append(
+                    Problem(f"{where + ': ' if where else ''}{msg}", hint=_banding_hint(values))
+                )
+            elif "scheme 'legacy'" in msg:
+                problems.append(Problem(msg, hint="add --mode datasketch, or --scheme affine32"))
+            else:
+                problems.append(Problem(msg, hint=f"see `corpus {section} --help`"))
+            continue
+        field = loc[0]
+        value = err.get("input")
+        if isinstance(value, float):
+            value = f"{value:g}"
+        if flags.get(field) is not None:
+            problems.append(Problem(f"{_flag(field)} {value}: {msg}"))
+        else:
+            problems.append(
+                Problem(
+                    f"[{section}] {field} = {value}: {msg}",
+                    file=source,
+                    hint=f"fix it in the config or override it with {_flag(field)}",
+                )
+            )
+    if len(problems) == 1:
+        p = problems[0]
+        return ConfigError(p.message, file=p.file, line=p.line, hint=p.hint)
+    return ValidationError(problems, summary=f"{len(problems)} invalid {section} option(s)")
+
+
+def _with_overrides(section: str, base: Any, source: str | None, **flags: Any) -> Any:
+    """``base.with_overrides(**flags)``, pydantic errors turned into per-flag user errors."""
+    from pydantic import ValidationError as PydanticValidationError
+
+    try:
+        return base.with_overrides(**flags)
+    except PydanticValidationError as exc:
+        values = {**base.model_dump(), **{k: v for k, v in flags.items() if v is not None}}
+        raise settings_error(exc, section, flags, values, source) from None
 
 
 def _progress(label: str):
@@ -116,30 +215,24 @@ def dedup(
     from builder.config import load_config
     from builder.dedup import dedup_files
     from builder.dedup import explain as explain_text
-    from builder.errors import ConfigError
 
     cfg = load_config(config_path)
-    try:
-        settings = cfg.dedup.with_overrides(
-            threshold=threshold,
-            num_perm=num_perm,
-            bands=bands,
-            rows=rows,
-            shingle_size=shingle_size,
-            seed=seed,
-            mode=mode,
-            scheme=scheme,
-            exact=False if no_exact else None,
-            near=False if no_near else None,
-            workers=workers,
-        )
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        msg = str(exc).splitlines()
-        detail = next((m.strip() for m in msg[1:] if m.strip() and not m.startswith(" ")), "")
-        raise ConfigError(
-            f"invalid dedup parameters: {detail or msg[0]}",
-            hint="see `corpus dedup --explain` for how bands, rows and num_perm relate",
-        ) from None
+    settings = _with_overrides(
+        "dedup",
+        cfg.dedup,
+        cfg.source,
+        threshold=threshold,
+        num_perm=num_perm,
+        bands=bands,
+        rows=rows,
+        shingle_size=shingle_size,
+        seed=seed,
+        mode=mode,
+        scheme=scheme,
+        exact=False if no_exact else None,
+        near=False if no_near else None,
+        workers=workers,
+    )
     if explain:
         click.echo(
             explain_text(
@@ -252,7 +345,7 @@ def decontam(
     """
     from builder.config import load_config
     from builder.decontam import decontaminate_files
-    from builder.errors import ConfigError, InputError
+    from builder.errors import InputError
 
     cfg = load_config(config_path)
     files = [*against, *more_benchmarks]
@@ -265,17 +358,17 @@ def decontam(
             "no benchmark files given",
             hint="pass --against FILE..., or set [decontam] benchmarks in corpus.toml",
         )
-    try:
-        settings = cfg.decontam.with_overrides(
-            ngram=ngram,
-            min_words=min_words,
-            fuzzy=fuzzy,
-            fuzzy_threshold=fuzzy_threshold,
-            text_field=field,
-            workers=workers,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"invalid decontam parameters: {exc}") from None
+    settings = _with_overrides(
+        "decontam",
+        cfg.decontam,
+        cfg.source,
+        ngram=ngram,
+        min_words=min_words,
+        fuzzy=fuzzy,
+        fuzzy_threshold=fuzzy_threshold,
+        text_field=field,
+        workers=workers,
+    )
     result = decontaminate_files(
         input_path,
         files,

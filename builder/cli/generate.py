@@ -14,9 +14,12 @@ from builder.cli.options import cache_dir_option, config_option, max_cost_option
 if TYPE_CHECKING:  # pragma: no cover
     from builder.config import CorpusConfig
     from builder.records import Unit
+    from builder.taxonomy import Taxonomy
 
 
-def walk_units(cfg: CorpusConfig, *, subtree: list[str] | None = None) -> Iterator[Unit]:
+def walk_units(
+    cfg: CorpusConfig, *, subtree: list[str] | None = None, tax: Taxonomy | None = None
+) -> Iterator[Unit]:
     """The units of the config's walk ([walk] and [taxonomy] sections).
 
     Like ``corpus walk``: with none of limit, token_budget or rounds set, one round (every
@@ -25,7 +28,8 @@ def walk_units(cfg: CorpusConfig, *, subtree: list[str] | None = None) -> Iterat
     from builder.pipeline import walk_units as build_walk_units
     from builder.taxonomy import load_taxonomy
 
-    tax = load_taxonomy(cfg.path(cfg.taxonomy.dir))
+    if tax is None:
+        tax = load_taxonomy(cfg.path(cfg.taxonomy.dir))
     if subtree is not None:
         cfg = cfg.model_copy(update={"walk": cfg.walk.model_copy(update={"subtree": subtree})})
     # The same walk as `corpus build` (statuses, syllabi and bounds), so both make the same units.
@@ -36,8 +40,15 @@ def walk_units(cfg: CorpusConfig, *, subtree: list[str] | None = None) -> Iterat
 def find_unit(
     cfg: CorpusConfig, *, unit_id: str | None = None, topic_id: str | None = None
 ) -> Unit:
-    """A unit of the config's walk by id, or the first unit the walker makes for a node."""
+    """A unit of the config's walk by id, or the first unit the walker makes for a node.
+
+    An unknown ``topic_id`` is reported as the --topic flag's mistake (with the closest
+    taxonomy ids), not as a bad ``[walk] subtree`` in the config.
+    """
+    import difflib
+
     from builder.errors import InputError
+    from builder.taxonomy import load_taxonomy
 
     if unit_id is not None:
         for unit in walk_units(cfg):
@@ -47,8 +58,17 @@ def find_unit(
             f"unit '{unit_id}' is not in this config's walk",
             hint="`corpus walk --config ...` lists the unit ids; or use --topic ID",
         )
-    assert topic_id is not None  # the command checks that one of the two is given
-    for unit in walk_units(cfg, subtree=[topic_id]):
+    if topic_id is None:
+        raise InputError("give --unit UNIT_ID or --topic ID")
+    tax = load_taxonomy(cfg.path(cfg.taxonomy.dir))
+    if topic_id not in tax:
+        ids = [node.id for node in tax]
+        close = difflib.get_close_matches(topic_id, ids, n=3)
+        hint = (
+            f"did you mean {', '.join(close)}?" if close else "`corpus taxonomy show` lists the ids"
+        )
+        raise InputError(f"--topic {topic_id}: unknown taxonomy id", hint=hint)
+    for unit in walk_units(cfg, subtree=[topic_id], tax=tax):
         if topic_id in (unit.topic, unit.subject, unit.discipline) or topic_id in (
             unit.taxonomy_path.split("/")
         ):
@@ -99,18 +119,22 @@ def generate(
       corpus generate --config corpus.toml --max-cost 2
       corpus generate --config corpus.toml --out run/generated.jsonl --no-filter
     """
+    from builder.cli.templates import flag_path, load_template_set
     from builder.config import load_config
     from builder.errors import BudgetExceeded
     from builder.filters import filter_documents, rejection_counts
     from builder.generate import GenerateStats, iter_generated, write_jsonl
     from builder.generate import generate as run_generate
     from builder.llm import open_engine, resolve_cache_dir
-    from builder.templates import load_templates
 
     cfg = load_config(
-        config_path, {"taxonomy.dir": taxonomy_dir, "generate.templates_dir": templates_dir}
+        config_path,
+        {
+            "taxonomy.dir": flag_path(taxonomy_dir),
+            "generate.templates_dir": flag_path(templates_dir),
+        },
     )
-    tset = load_templates(cfg.path(cfg.generate.templates_dir))
+    tset = load_template_set(cfg.path(cfg.generate.templates_dir))
     units = list(walk_units(cfg))
     out_path = (
         Path(out)

@@ -98,6 +98,9 @@ def review_cmd(as_json: bool, config_path: str | None, taxonomy_dir: str | None)
     Example:
       corpus taxonomy review
       corpus taxonomy approve topology && corpus taxonomy reject numerology
+
+    (topology, numerology: ids of proposed nodes, as `corpus taxonomy review` lists them
+    after `corpus taxonomy expand mathematics`.)
     """
     from builder.growth import proposed_nodes
 
@@ -158,8 +161,10 @@ def approve_cmd(
 
     \b
     Example:
-      corpus taxonomy approve topology number-theory
+      corpus taxonomy approve topology mathematical-logic
       corpus taxonomy approve --under mathematics
+
+    (topology, mathematical-logic: ids of proposed nodes from `corpus taxonomy review`.)
     """
     from builder.growth import approve_nodes
 
@@ -191,6 +196,8 @@ def reject_cmd(
     \b
     Example:
       corpus taxonomy reject numerology
+
+    (numerology: the id of a proposed node from `corpus taxonomy review`.)
     """
     from builder.growth import reject_nodes
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from builder.cli.options import config_option, taxonomy_option
+from builder.cli.walk import echo_lines
 from builder.errors import Problem, ValidationError
 
 __all__ = [
@@ -152,7 +153,7 @@ def show_cmd(
             if depth is not None and rel == depth and node.children:
                 parts.append(f"(+{len(tax.subtree(node)) - 1} below)")
             lines.append("  ".join(parts))
-    click.echo("\n".join(lines))
+    echo_lines(lines)
 
 
 @click.command("stats")
@@ -265,8 +266,8 @@ def add_cmd(
 
     \b
     Example:
-      corpus taxonomy add calculus --id series --name "Infinite series"
-      corpus taxonomy add - --id chemistry --name Chemistry --level discipline
+      corpus taxonomy add calculus --id calculus-parametric-curves --name "Parametric curves"
+      corpus taxonomy add - --id astronomy --name Astronomy --level discipline
     """
     from builder.taxonomy import slugify
 
@@ -297,7 +298,7 @@ def move_cmd(
 
     \b
     Example:
-      corpus taxonomy move probability --to statistics
+      corpus taxonomy move probability --to mathematics
     """
     editor = _editor(taxonomy_dir, config_path)
     editor.move_node(node_id, None if to == "-" else to)
@@ -317,7 +318,7 @@ def rename_cmd(
 
     \b
     Example:
-      corpus taxonomy rename limits --name "Limits and continuity"
+      corpus taxonomy rename calculus-limits-and-continuity --name "Limits"
     """
     editor = _editor(taxonomy_dir, config_path)
     editor.rename_node(node_id, name)
@@ -342,7 +343,7 @@ def remove_cmd(
 
     \b
     Example:
-      corpus taxonomy remove series
+      corpus taxonomy remove calculus-infinite-series
       corpus taxonomy remove calculus --cascade
     """
     editor = _editor(taxonomy_dir, config_path)
@@ -447,4 +448,4 @@ def export_cmd(
         atomic_write_text(output, text)
         click.echo(f"wrote {output} ({fmt})", err=True)
     else:
-        click.echo(text, nl=False)
+        echo_lines([text], nl=False)

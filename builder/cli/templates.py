@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from builder.cli.options import config_option, taxonomy_option
+
+if TYPE_CHECKING:  # pragma: no cover
+    from builder.templates import TemplateSet
 
 templates_dir_option = click.option(
     "--templates",
@@ -18,6 +22,66 @@ templates_dir_option = click.option(
 )
 
 
+def flag_path(value: str | None) -> str | None:
+    """A path flag made absolute against the current directory.
+
+    Config-file paths resolve against the config's folder (``cfg.path``); a flag the user
+    typed must resolve against where they typed it, so it is made absolute before it
+    overrides the config value.
+    """
+    return str(Path(value).resolve()) if value else None
+
+
+def _has_content(path: Path) -> bool:
+    """Whether a YAML file has anything besides blank lines, comments and ``---``."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return any(
+        ln.strip() and not ln.lstrip().startswith("#") and ln.strip() not in ("---", "...")
+        for ln in text.splitlines()
+    )
+
+
+def load_template_set(directory: Path) -> TemplateSet:
+    """Load and check the templates of ``directory``; raise every problem as a user error.
+
+    Unlike an ``assert``, a set that cannot be built without a reported problem (e.g. an
+    empty ``_audiences.yaml``) is still turned into a file:line error naming the file.
+    """
+    from builder.errors import Problem, TemplateError, ValidationError
+    from builder.templates import AUDIENCES_FILE, STYLES_FILE, check_templates
+
+    tset, problems = check_templates(directory)
+    if problems:
+        if len(problems) == 1:
+            p = problems[0]
+            raise TemplateError(p.message, file=p.file, line=p.line, hint=p.hint)
+        raise ValidationError(problems, summary=f"{len(problems)} template problem(s)")
+    if tset is None:
+        empty = [
+            Problem(
+                "empty shared file: expected a mapping of id -> {name, description, guidance}",
+                directory / name,
+                1,
+                hint="add at least one entry; see templates/README.md",
+            )
+            for name in (AUDIENCES_FILE, STYLES_FILE)
+            if (directory / name).exists() and not _has_content(directory / name)
+        ]
+        if len(empty) > 1:
+            raise ValidationError(empty, summary=f"{len(empty)} template problem(s)")
+        p = (
+            empty[0]
+            if empty
+            else Problem(
+                "templates could not be loaded",
+                directory,
+                hint=f"check {AUDIENCES_FILE} and {STYLES_FILE}",
+            )
+        )
+        raise TemplateError(p.message, file=p.file, line=p.line, hint=p.hint)
+    return tset
+
+
 @click.group()
 def templates() -> None:
     """Check prompt templates, or print the exact messages one would send.
@@ -25,7 +89,7 @@ def templates() -> None:
     \b
     Example:
       corpus templates check
-      corpus templates render section --topic limits --audience college
+      corpus templates render section --topic calculus-limits-and-continuity --audience college
     """
 
 
@@ -44,15 +108,10 @@ def check_cmd(templates_dir: str | None, config_path: str | None) -> None:
       corpus templates check --templates templates/
     """
     from builder.config import load_config
-    from builder.errors import ValidationError
-    from builder.templates import check_templates
 
-    cfg = load_config(config_path, {"generate.templates_dir": templates_dir})
+    cfg = load_config(config_path, {"generate.templates_dir": flag_path(templates_dir)})
     directory = Path(templates_dir) if templates_dir else cfg.path(cfg.generate.templates_dir)
-    tset, problems = check_templates(directory)
-    if problems:
-        raise ValidationError(problems, summary=f"{len(problems)} template problem(s)")
-    assert tset is not None  # check_templates returns a set when there are no problems
+    tset = load_template_set(directory)
     kinds: dict[str, int] = {}
     for t in tset:
         kinds[t.kind] = kinds.get(t.kind, 0) + 1
@@ -103,21 +162,25 @@ def render_cmd(
 
     \b
     Example:
-      corpus templates render section --topic limits --audience high_school --style textbook
-      corpus templates render evolve_exercise --topic limits --exercise ex.json
+      corpus templates render section --topic calculus --audience high_school --style textbook
+      corpus templates render evolve_exercise --topic calculus-derivatives --exercise ex.json
     """
     from builder.cli.generate import find_unit
     from builder.config import load_config
     from builder.errors import InputError
     from builder.generate import build_request, transform_request
-    from builder.templates import SAMPLE_EXERCISES, load_templates, seeded_random
+    from builder.templates import SAMPLE_EXERCISES, seeded_random
 
     if (unit_id is None) == (topic_id is None):
         raise click.UsageError("give exactly one of --unit UNIT_ID or --topic ID")
     cfg = load_config(
-        config_path, {"generate.templates_dir": templates_dir, "taxonomy.dir": taxonomy_dir}
+        config_path,
+        {
+            "generate.templates_dir": flag_path(templates_dir),
+            "taxonomy.dir": flag_path(taxonomy_dir),
+        },
     )
-    tset = load_templates(cfg.path(cfg.generate.templates_dir))
+    tset = load_template_set(cfg.path(cfg.generate.templates_dir))
     template = tset[name]
     if template.kind == "system":
         raise click.UsageError(f"'{name}' is a system template: render a template that uses it")

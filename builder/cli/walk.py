@@ -3,20 +3,40 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+from collections.abc import Iterable
 
 import click
 
 from builder.cli.options import config_option, taxonomy_option
 
 
+def echo_lines(lines: Iterable[str], *, nl: bool = True) -> None:
+    """Print lines to stdout; stop quietly (exit 0) when the reader closes the pipe.
+
+    ``corpus walk | head -1`` closes stdout early: the remaining output is unwanted, not an
+    error, so stdout is pointed at os.devnull (so Python's exit-time flush cannot fail again)
+    and the command returns normally.
+    """
+    try:
+        for line in lines:
+            click.echo(line, nl=nl)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 @click.command()
 @config_option
 @taxonomy_option
 @click.option("--seed", type=int, default=None, help="Walk seed (default: [walk] seed, 0).")
-@click.option("--limit", type=click.IntRange(min=0), default=None, help="Stop after K units.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after K units.")
 @click.option(
     "--token-budget",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=1),
     default=None,
     help="Stop before the estimated tokens (units x --tokens-per-unit) pass this.",
 )
@@ -137,5 +157,4 @@ def walk(
         else:
             click.echo(cov.table(tax), nl=False)
         return
-    for unit in walker:
-        click.echo(json.dumps(unit.to_dict(), ensure_ascii=False))
+    echo_lines(json.dumps(unit.to_dict(), ensure_ascii=False) for unit in walker)

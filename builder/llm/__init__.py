@@ -6,9 +6,10 @@
             ...
 
 Modules: ``engine`` (Engine, open_engine, the run loop), ``endpoint`` (what is sent, cache
-keys), ``transport`` (aiohttp, or the openai client in ``transport_openai``), ``control`` (AIMD, backoff), ``cache`` (SQLite), ``budget``
-(prices, tokens), ``schema`` (structured output), ``embedded`` (llama.cpp server),
-``progress``, ``batch`` (Batch API mode), ``jobfile`` (``corpus llm run``), ``check``.
+keys), ``transport`` (raw aiohttp, the default) and ``transport_openai`` (through the openai
+client), ``control`` (AIMD, backoff), ``cache`` (SQLite), ``budget`` (prices, tokens),
+``schema`` (structured output), ``embedded`` (llama.cpp server), ``progress``, ``batch``
+(Batch API mode), ``jobfile`` (``corpus llm run``), ``check``.
 Names are imported lazily so ``import builder.llm`` stays cheap.
 """
 
