@@ -19,13 +19,11 @@ n-gram hashes are looked up with ``np.searchsorted``, in worker processes over p
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +54,7 @@ from builder.io_tables import (
     table_format,
     write_parquet_atomic,
 )
+from builder.parallel import process_map
 from builder.settings.dedup import DecontamSettings
 
 DEFAULT_FIELDS = ("text", "question", "prompt", "input", "content", "problem", "passage")
@@ -493,21 +492,9 @@ def _run_all(tasks: list[_Task], index: BenchmarkIndex, workers: int) -> Iterato
         for t in tasks:
             yield _run(t, index)
         return
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_init_decontam_worker, initargs=(index,)
+    yield from process_map(
+        _run, tasks, workers, initializer=_init_decontam_worker, initargs=(index,)
     )
-    try:
-        queue = list(tasks)
-        pending: set = set()
-        while queue or pending:
-            while queue and len(pending) < workers * 2:
-                pending.add(pool.submit(_run, queue.pop(0)))
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                yield fut.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- Results and public API --------------------------------------------------------------------

@@ -22,14 +22,12 @@ computed per row, and ties are broken by id.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +54,7 @@ from builder.io_tables import (
     require_text_column,
     write_parquet_atomic,
 )
+from builder.parallel import process_map
 from builder.settings.dedup import DedupSettings
 
 ProgressFn = Callable[[int, int], None]
@@ -300,20 +299,7 @@ def _map_tasks(tasks: Sequence[_Task], workers: int) -> Iterator[_TaskResult]:
         for task in tasks:
             yield _run_task(task)
         return
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
-    try:
-        pending = set()
-        queue = list(tasks)
-        # Keep a few tasks in flight per worker so in-memory texts are not all pickled at once.
-        while queue or pending:
-            while queue and len(pending) < workers * 2:
-                pending.add(pool.submit(_run_task, queue.pop(0)))
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                yield fut.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    yield from process_map(_run_task, tasks, workers, initializer=_init_worker)
 
 
 # -- Parent side: from per-row arrays to clusters -------------------------------------------
