@@ -487,8 +487,13 @@ def write_parquet_atomic(df: pl.DataFrame | pa.Table, path: str | os.PathLike[st
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     table = df.to_arrow() if isinstance(df, pl.DataFrame) else df
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, p)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())  # the rename must not outlive the data on a crash
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
     return p
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import time
 from collections import Counter
@@ -50,6 +49,7 @@ import polars as pl
 from builder.config import CorpusConfig
 from builder.errors import BudgetExceeded, BuilderError, ConfigError, InputError, LLMError
 from builder.records import ChatRequest, ChatResult, Unit, canonical_json, sha256_hex
+from builder.taxonomy.files import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from builder.generate import GenerateStats
@@ -75,31 +75,11 @@ def _noop(_: str) -> None:
 # --------------------------------------------------------------------------- files
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file + fsync + rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _write_parquet(df: pl.DataFrame, path: Path) -> None:
+    # io_tables pulls in pyarrow: import it when a stage writes, not when the CLI starts.
+    from builder.io_tables import write_parquet_atomic
 
-
-def atomic_write_parquet(df: pl.DataFrame, path: Path) -> None:
-    """Write ``df`` as Parquet via a temp file + fsync + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        df.write_parquet(tmp, compression="zstd", statistics=True)
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_parquet_atomic(df, path)
 
 
 def file_sha256(path: Path) -> str:
@@ -925,8 +905,8 @@ def _stage_filter(ctx: _Context, rows: list[dict[str, Any]], llm: MeteredLLM) ->
             return kept_path, rej_path
         ctx.markers.clear("filter")
         kept, rejected = filter_documents(rows, config.filters, config.verify, llm=llm)
-        atomic_write_parquet(rows_frame(kept), kept_path)
-        atomic_write_parquet(rows_frame(rejected), rej_path)
+        _write_parquet(rows_frame(kept), kept_path)
+        _write_parquet(rows_frame(rejected), rej_path)
         reasons = rejection_counts(rejected)
         verified = sum(1 for d in kept if d.get("verified") is True)
         ctx.markers.mark(
@@ -985,9 +965,9 @@ def _stage_dedup(ctx: _Context, kept_path: Path) -> dict[str, Path]:
             stats.pop("settings", None)
         else:
             kept, clusters, removed = docs, _empty_clusters(), pl.DataFrame()
-        atomic_write_parquet(kept, paths["kept"])
-        atomic_write_parquet(clusters, paths["clusters"])
-        atomic_write_parquet(removed, paths["removed"])
+        _write_parquet(kept, paths["kept"])
+        _write_parquet(clusters, paths["clusters"])
+        _write_parquet(removed, paths["removed"])
         ctx.markers.mark("dedup", fingerprint, stats=stats)
         ctx.did_work = True
         ctx.log(f"[dedup] kept {kept.height}, removed {removed.height} duplicate(s)")
@@ -1049,9 +1029,9 @@ def _stage_decontam(ctx: _Context, kept_path: Path, bench: list[Path]) -> dict[s
             hits = pl.DataFrame(schema=dict.fromkeys(HIT_COLUMNS, pl.String))
             if not bench:
                 stats["note"] = "no benchmark files configured"
-        atomic_write_parquet(clean, paths["clean"])
-        atomic_write_parquet(hits, paths["hits"])
-        atomic_write_parquet(removed, paths["removed"])
+        _write_parquet(clean, paths["clean"])
+        _write_parquet(hits, paths["hits"])
+        _write_parquet(removed, paths["removed"])
         ctx.markers.mark("decontam", fingerprint, stats=stats)
         ctx.did_work = True
         ctx.log(f"[decontam] clean {clean.height}, contaminated {removed.height}")
