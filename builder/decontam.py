@@ -540,6 +540,31 @@ class DecontamResult:
         return self.contaminated
 
 
+def _stats(
+    n: int,
+    bad: np.ndarray,
+    hits: pl.DataFrame,
+    index: BenchmarkIndex,
+    nworkers: int,
+    t0: float,
+    settings: DecontamSettings,
+) -> DecontamStats:
+    """The counters of one decontamination run (in memory or file to file)."""
+    return DecontamStats(
+        rows_in=n,
+        rows_out=int((~bad).sum()),
+        contaminated=int(bad.sum()),
+        hits=hits.height,
+        benchmark_files=len(index.files),
+        benchmark_items=index.n_items,
+        items_too_short=index.skipped_short,
+        index_ngrams=len(index.keys),
+        workers=nworkers,
+        seconds=time.perf_counter() - t0,
+        settings=_settings_dict(settings),
+    )
+
+
 def _nodes(paths: pl.Series | None, bad: np.ndarray) -> pl.DataFrame | None:
     if paths is None:
         return None
@@ -647,19 +672,7 @@ def decontaminate(
             how="left",
             maintain_order="left",
         )
-    stats = DecontamStats(
-        rows_in=n,
-        rows_out=int((~bad).sum()),
-        contaminated=int(bad.sum()),
-        hits=hits.height,
-        benchmark_files=len(index.files),
-        benchmark_items=index.n_items,
-        items_too_short=index.skipped_short,
-        index_ngrams=len(index.keys),
-        workers=nworkers,
-        seconds=time.perf_counter() - t0,
-        settings=_settings_dict(settings),
-    )
+    stats = _stats(n, bad, hits, index, nworkers, t0, settings)
     nodes = _nodes(frame["taxonomy_path"] if "taxonomy_path" in frame.columns else None, bad)
     return DecontamResult(frame.filter(pl.Series(~bad)), hits, contaminated, stats, nodes=nodes)
 
@@ -727,19 +740,7 @@ def decontaminate_files(
             source, out, bad, ids, has_ids, id_column, reasons
         )
         contaminated = pl.read_parquet(paths["rejected"])
-        stats = DecontamStats(
-            rows_in=n,
-            rows_out=int((~bad).sum()),
-            contaminated=int(bad.sum()),
-            hits=hits.height,
-            benchmark_files=len(index.files),
-            benchmark_items=index.n_items,
-            items_too_short=index.skipped_short,
-            index_ngrams=len(index.keys),
-            workers=nworkers,
-            seconds=time.perf_counter() - t0,
-            settings=_settings_dict(settings),
-        )
+        stats = _stats(n, bad, hits, index, nworkers, t0, settings)
         tax = None
         if "taxonomy_path" in source.columns:
             tax = source.read_columns(["taxonomy_path"])["taxonomy_path"]
