@@ -3,7 +3,7 @@
     .venv/bin/python bench/llm_engine.py            # everything (~3-5 min on 2 cores)
     .venv/bin/python bench/llm_engine.py --quick    # smaller runs, no embedded comparison
 
-1. Throughput and client CPU against the fake OpenAI server (tests/fake_openai_server.py),
+1. Throughput and client CPU against the fake OpenAI server (tests/support/fake_openai_server.py),
    which runs as a separate process so its CPU is not counted as the client's:
    - engine: ``open_engine(LLMSettings(base_url=..., max_concurrency=C))`` with a fresh
      cache (so every request is sent, and results are written to the cache as in real use);
@@ -247,7 +247,7 @@ class FakeServer:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                str(ROOT / "tests" / "fake_openai_server.py"),
+                str(ROOT / "tests" / "support" / "fake_openai_server.py"),
                 "--latency",
                 str(latency),
             ],

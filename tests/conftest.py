@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from fake_openai_server import fake_openai, fake_openai_factory  # noqa: F401  (shared fixtures)
+from tests.support.fake_openai_server import fake_openai, fake_openai_factory  # noqa: F401  (shared fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 

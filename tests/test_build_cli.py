@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from builder.cli import main
-from tests.fake_openai_server import FakeOpenAIServer
+from tests.support.fake_openai_server import FakeOpenAIServer
 from tests.test_pipeline_helpers import make_project, responder
 
 SMALL: dict[str, dict[str, Any]] = {

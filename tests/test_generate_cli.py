@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from builder.cli import cli
 from builder.generate import read_generated
-from tests.fake_openai_server import FakeOpenAIServer
+from tests.support.fake_openai_server import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -274,7 +274,7 @@ def test_reject_refuses_a_prerequisite(tax: Taxonomy, tax_dir: Path) -> None:
 
 
 def test_cli_expand_against_fake_server(tax_dir: Path, tmp_path: Path) -> None:
-    from tests.fake_openai_server import FakeOpenAIServer
+    from tests.support.fake_openai_server import FakeOpenAIServer
 
     reply = json.dumps(proposals("Topology", "Calculus"))
     with FakeOpenAIServer(responder=lambda body: reply) as srv:

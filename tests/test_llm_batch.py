@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_openai_server import FakeOpenAIServer
+from tests.support.fake_openai_server import FakeOpenAIServer
 
 from builder.errors import BudgetExceeded, ConfigError
 from builder.llm import open_engine

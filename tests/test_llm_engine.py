@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from fake_openai_server import FakeOpenAIServer, FakeReply, Fault
+from tests.support.fake_openai_server import FakeOpenAIServer, FakeReply, Fault
 
 from builder.errors import AuthError, BudgetExceeded, CacheError, ConfigError, LLMError, QuotaError
 from builder.llm import Engine, open_engine, resolve_cache_dir

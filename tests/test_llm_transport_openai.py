@@ -10,7 +10,7 @@ import typing
 
 import pytest
 from aiohttp import web
-from fake_openai_server import FakeOpenAIServer
+from tests.support.fake_openai_server import FakeOpenAIServer
 from pydantic import ValidationError
 
 from builder.errors import ConfigError

@@ -25,7 +25,7 @@ from typing import Any
 
 import polars as pl
 
-from tests.fake_openai_server import FakeReply
+from tests.support.fake_openai_server import FakeReply
 
 ROOT = Path(__file__).resolve().parent.parent
 

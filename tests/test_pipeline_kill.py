@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 
 from builder.assemble import verify_run
-from tests.fake_openai_server import FakeOpenAIServer
+from tests.support.fake_openai_server import FakeOpenAIServer
 from tests.test_pipeline_helpers import ROOT, ids_and_texts, make_project, responder
 
 OVERRIDES: dict[str, dict[str, Any]] = {

@@ -399,7 +399,7 @@ def test_show_and_list(tax: Taxonomy, tax_dir: Path) -> None:
 
 
 def test_cli_generate_against_fake_server(tax: Taxonomy, tax_dir: Path, tmp_path: Path) -> None:
-    from tests.fake_openai_server import FakeOpenAIServer
+    from tests.support.fake_openai_server import FakeOpenAIServer
 
     def responder(body: dict) -> str:
         prompt = body["messages"][-1]["content"]

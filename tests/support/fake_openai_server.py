@@ -1,6 +1,6 @@
 """A loopback fake of an OpenAI-compatible server, for tests and benchmarks.
 
-    from tests.fake_openai_server import FakeOpenAIServer
+    from tests.support.fake_openai_server import FakeOpenAIServer
     with FakeOpenAIServer(responder=lambda body: "hello", faults=["429", None, "500"]) as srv:
         settings = LLMSettings(base_url=srv.base_url, model="fake-model")
         ...
@@ -25,7 +25,7 @@ flight gets 429 with ``Retry-After``. ``latency`` delays every chat answer.
 Fixtures for other test modules (import them in conftest.py or a test module):
 ``fake_openai`` (a running server) and ``fake_openai_factory`` (start several).
 
-Run it as a separate process (benchmarks): ``python tests/fake_openai_server.py --latency 1``
+Run it as a separate process (benchmarks): ``python tests/support/fake_openai_server.py --latency 1``
 prints ``PORT <n>`` and serves until stdin closes or it gets SIGTERM.
 """
 
