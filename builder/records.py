@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
+
+import pyarrow as pa
 
 
 def canonical_json(obj: Any) -> str:
@@ -143,3 +146,154 @@ DOCUMENT_COLUMNS: tuple[str, ...] = (
 
 # Columns of rejected.parquet: the document columns that exist plus where and why it was dropped.
 REJECTION_COLUMNS: tuple[str, ...] = ("id", "stage", "reason", "detail")
+
+
+# --------------------------------------------------------------------------- documents
+
+
+class ResultStatus(StrEnum):
+    """What became of one generation request (``ChatResult.status``, the ``status`` column)."""
+
+    OK = "ok"
+    LENGTH = "length"  # cut off by max_tokens
+    INVALID = "invalid"  # structured output that did not validate after the repair retry
+    FAILED = "failed"  # kept failing, or a fatal 4xx
+    SKIPPED = "skipped"  # not sent (budget cap or interrupt): never stored
+
+
+class RejectStage(StrEnum):
+    """The stage that dropped a document (the ``stage`` column of rejected rows)."""
+
+    GENERATE = "generate"
+    FILTER = "filter"
+    VERIFY = "verify"
+    DEDUP = "dedup"
+    DECONTAM = "decontam"
+
+
+class RejectReason(StrEnum):
+    """Why a document was dropped, for the filter and generation stages (the ``reason``
+    column). The verify stage records its verifier's reason and dedup/decontam theirs."""
+
+    FAILED = "failed"
+    MALFORMED = "malformed"
+    TRUNCATED = "truncated"
+    EMPTY = "empty"
+    REFUSAL = "refusal"
+    TOO_SHORT = "too_short"
+    REPETITION = "repetition"
+    WRONG_LANGUAGE = "wrong_language"
+
+
+#: Provenance and verification columns that follow ``DOCUMENT_COLUMNS`` in documents.
+EXTRA_COLUMNS: tuple[str, ...] = (
+    "exercise_type",
+    "structured",
+    "unit_id",
+    "request_id",
+    "sample_index",
+    "parent_id",
+    "evolution_step",
+    "evolution",
+    "source_template",
+)
+#: Columns only generation rows carry (engine outcome and resume keys).
+GENERATION_ONLY_COLUMNS: tuple[str, ...] = (
+    "status",
+    "error",
+    "output",
+    "prompt_sha256",
+    "cost",
+    "cached",
+)
+
+_TYPES: dict[str, pa.DataType] = {
+    "concepts": pa.list_(pa.string()),
+    "seed": pa.int64(),
+    "prompt_tokens": pa.int64(),
+    "completion_tokens": pa.int64(),
+    "n_tokens": pa.int64(),
+    "verified": pa.bool_(),
+    "sample_index": pa.int64(),
+    "evolution_step": pa.int64(),
+    "cost": pa.float64(),
+    "cached": pa.bool_(),
+}
+
+
+def _schema(columns: tuple[str, ...]) -> pa.Schema:
+    return pa.schema([pa.field(c, _TYPES.get(c, pa.string())) for c in columns])
+
+
+#: One Arrow schema for a document row: what generation writes (plus the generation-only
+#: columns), what filter/verify keep, and what dedup, decontamination and assembly read.
+#: ``structured`` holds the exercise's JSON as canonical text.
+GENERATED_SCHEMA: pa.Schema = _schema((*DOCUMENT_COLUMNS, *EXTRA_COLUMNS, *GENERATION_ONLY_COLUMNS))
+DOCUMENT_SCHEMA: pa.Schema = _schema((*DOCUMENT_COLUMNS, *EXTRA_COLUMNS))
+REJECTED_SCHEMA: pa.Schema = _schema(
+    (*REJECTION_COLUMNS, *DOCUMENT_COLUMNS[1:], *EXTRA_COLUMNS, "status", "error")
+)
+
+
+@dataclass
+class Document:
+    """One document row (DESIGN.md "Document row") as Python sees it between stages.
+
+    Stages read and write these as Arrow tables with ``GENERATED_SCHEMA`` /
+    ``DOCUMENT_SCHEMA``; ``from_row``/``to_row`` convert one row, turning the nested
+    ``structured`` object into canonical JSON text and back.
+    """
+
+    id: str
+    text: str
+    kind: str
+    status: ResultStatus = ResultStatus.OK
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Document:
+        rest = {k: v for k, v in row.items() if k not in ("id", "text", "kind", "status")}
+        if isinstance(rest.get("structured"), str):
+            try:
+                rest["structured"] = json.loads(rest["structured"], strict=False)
+            except ValueError:
+                pass
+        return cls(
+            id=str(row["id"]),
+            text=row.get("text") or "",
+            kind=str(row.get("kind") or ""),
+            status=ResultStatus(row.get("status") or "ok"),
+            fields=rest,
+        )
+
+    def to_row(self) -> dict[str, Any]:
+        row = {"id": self.id, "text": self.text, "kind": self.kind, **self.fields}
+        row["status"] = str(self.status)
+        return row
+
+
+def encode_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row ready for an Arrow table: nested ``structured`` becomes canonical JSON text."""
+    s = row.get("structured")
+    if s is not None and not isinstance(s, str):
+        row = {**row, "structured": canonical_json(s)}
+    return row
+
+
+def decode_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of ``encode_row``: ``structured`` JSON text back to an object."""
+    s = row.get("structured")
+    if isinstance(s, str):
+        try:
+            row["structured"] = json.loads(s, strict=False)
+        except ValueError:
+            pass
+    return row
+
+
+def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Row dicts as an Arrow table of ``schema`` (missing columns are null, extras dropped)."""
+    names = schema.names
+    return pa.Table.from_pylist(
+        [{c: r.get(c) for c in names} for r in map(encode_row, rows)], schema=schema
+    )

@@ -173,7 +173,7 @@ def test_edited_syllabus_resends_only_the_edited_subjects_prompts(
     """A curator edits one session of one subject's syllabus: the rebuild sends exactly the
     requests of the units that changed (plus evolutions of their exercises); every other
     request is answered from the cache."""
-    from builder.generate import read_generated
+    from builder.stages.generate import read_run_generated
     from builder.pipeline import walk_units
     from builder.syllabus import syllabus_files
     from builder.taxonomy import load_taxonomy
@@ -187,7 +187,7 @@ def test_edited_syllabus_resends_only_the_edited_subjects_prompts(
     tax = load_taxonomy(project / "taxonomy")
     _walk, before_units = walk_units(tax, cfg)
     run_dir = project / built["summary"].run_dir.relative_to(built["config"].parent)
-    rows_before = read_generated(run_dir / "work" / "generated.jsonl")
+    rows_before = read_run_generated(run_dir)
 
     files = syllabus_files(tax)
     assert files, "the first build generated syllabi"
@@ -218,7 +218,7 @@ def test_edited_syllabus_resends_only_the_edited_subjects_prompts(
         server: FakeOpenAIServer = built["server"]
         server.reset_counts()
         summary = build(_load(config_path), cache_dir=str(cache), progress=False)
-    rows_after = read_generated(run_dir / "work" / "generated.jsonl")
+    rows_after = read_run_generated(run_dir)
     retried = {k for k, r in rows_before.items() if r["status"] == "failed"}
     new_rows = {k: r for k, r in rows_after.items() if k not in rows_before or k in retried}
     assert new_rows, "the edited units were generated"
@@ -238,7 +238,8 @@ def test_edited_syllabus_resends_only_the_edited_subjects_prompts(
 def test_edited_template_resends_only_changed_prompts(
     built: dict[str, Any], tmp_path: Path
 ) -> None:
-    from builder.generate import plan_requests, read_generated
+    from builder.generate import plan_requests
+    from builder.stages.generate import read_run_generated
     from builder.pipeline import walk_units
     from builder.taxonomy import load_taxonomy
     from builder.templates import load_templates
@@ -266,7 +267,7 @@ def test_edited_template_resends_only_changed_prompts(
     changed = sum(1 for r in new if old.get(r.id) != r.messages)
     failed = sum(
         1
-        for row in read_generated(built["summary"].run_dir / "work" / "generated.jsonl").values()
+        for row in read_run_generated(built["summary"].run_dir).values()
         if row["status"] == "failed"
     )
     expected = changed + failed

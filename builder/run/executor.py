@@ -1,0 +1,70 @@
+"""Executors: run a list of stages over a run directory.
+
+``LocalExecutor`` runs them in order in this process, skipping a stage whose marker holds
+the fingerprint it would have now and whose outputs exist. It is the one place that knows
+about markers: a stage's marker is cleared before it runs and written after its outputs are
+in place, with its counters. A stage that always runs (fingerprint ``None``) is marked with
+a digest of its output files, so the stages after it see whether anything changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from builder.errors import InputError
+from builder.stages.base import RunContext, Stage, digest_files
+
+
+def _files(paths: list) -> list:
+    out = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(
+                sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+            )
+        elif p.exists():
+            out.append(p)
+    return out
+
+
+class LocalExecutor:
+    """Run stages one after another in this process (see the module docstring)."""
+
+    name = "local"
+
+    def run_stage(self, stage: Stage, ctx: RunContext) -> dict[str, Any]:
+        """Run one stage unless it is up to date; return its counters."""
+        markers = ctx.markers
+        with ctx.timed(stage.name):
+            fingerprint = stage.fingerprint(ctx)
+            outputs = stage.outputs(ctx)
+            if fingerprint is not None and markers.done(stage.name, fingerprint, outputs):
+                ctx.log(f"[{stage.name}] up to date")
+                counters = markers.read(stage.name).get("counters") or {}
+                ctx.counters[stage.name] = counters
+                return counters
+            missing = [p for p in stage.inputs(ctx) if not p.exists()]
+            if missing:
+                raise InputError(
+                    f"stage {stage.name} needs {missing[0]}, which does not exist",
+                    hint="run the stages before it first (`corpus build` runs them all)",
+                )
+            markers.clear(stage.name)
+            counters = stage.run(ctx)
+            if fingerprint is None:
+                fingerprint = digest_files(_files(stage.outputs(ctx)))
+            else:
+                ctx.did_work = True
+            markers.mark(stage.name, fingerprint, counters=counters)
+            ctx.counters[stage.name] = counters
+            return counters
+
+    def run(self, stages: Sequence[Stage], ctx: RunContext) -> None:
+        """Run ``stages`` in order over ``ctx``'s run directory."""
+        for stage in stages:
+            self.run_stage(stage, ctx)
+
+
+#: Executors by name (``--executor``); a Ray executor registers itself here.
+EXECUTORS: dict[str, type[LocalExecutor]] = {"local": LocalExecutor}

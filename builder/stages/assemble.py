@@ -1,0 +1,208 @@
+"""Stages ``assemble`` (shards, ``rejected.parquet``, ``manifest.json``, the card) and
+``report`` (``report.html`` with coverage, quality and diversity).
+
+Both read only files: the decontaminated documents, the rejections of every stage, the
+walk's coverage and the markers' counters. ``corpus assemble|report --run DIR`` run them
+alone with the same code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from builder.records import sha256_hex
+from builder.stages.base import RunContext, Stage, upstream
+from builder.stages.walk import load_coverage
+from builder.util.partitions import list_parts
+
+#: The stages whose seconds a build's stats report (ledger keys), in order.
+STAGE_NAMES = ("syllabi", "walk", "generate", "filter", "dedup", "decontam", "assemble", "report")
+
+
+def _scan(paths: list[Path]) -> pl.LazyFrame | None:
+    paths = [p for p in paths if p.exists()]
+    if not paths:
+        return None
+    return pl.concat([pl.scan_parquet(p) for p in paths], how="diagonal_relaxed")
+
+
+def rejected_frame(ctx: RunContext) -> pl.LazyFrame | None:
+    """Every dropped document with its stage and reason, as a lazy scan.
+
+    Dedup's records are joined with the documents they drop (the cluster's ``kind``
+    becomes ``dup_kind`` so ``kind`` stays the document's kind).
+    """
+    work = ctx.paths.work
+    frames: list[pl.LazyFrame] = []
+    filt = _scan(list_parts(work / "filter" / "rejected"))
+    if filt is not None:
+        frames.append(filt)
+    removed_path = work / "dedup" / "removed.parquet"
+    kept = _scan(list_parts(work / "filter" / "kept"))
+    if removed_path.exists() and kept is not None:
+        removed = pl.scan_parquet(removed_path)
+        names = removed.collect_schema().names()
+        if "stage" in names:
+            if "kind" in names:
+                removed = removed.rename({"kind": "dup_kind"})
+            removed = removed.with_columns(pl.col("id").cast(pl.String))
+            fields = kept.drop(["stage", "reason", "detail", "dup_cluster"], strict=False)
+            joined = removed.join(fields, on="id", how="left", maintain_order="left")
+            if "cluster_id" in names:
+                joined = joined.with_columns(
+                    pl.col("cluster_id").cast(pl.String).alias("dup_cluster")
+                )
+            frames.append(joined)
+    contaminated = work / "decontam" / "rejected.parquet"
+    if contaminated.exists():
+        scan = pl.scan_parquet(contaminated)
+        if "stage" in scan.collect_schema().names():
+            frames.append(scan)
+    if not frames:
+        return None
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def build_stats(ctx: RunContext) -> dict[str, Any]:
+    """The ``stats`` the manifest, card and report show (see ``builder.card``): totals over
+    every build into this run (the ledger) plus this call, and each stage's counters."""
+    ledger = ctx.ledger
+    meter = ctx.llm_opened
+    prior = ledger.stage_seconds if ledger is not None else {}
+    seconds = {
+        st: prior.get(st, 0.0) + ctx.seconds.get(st, 0.0)
+        for st in STAGE_NAMES
+        if st in prior or st in ctx.seconds
+    }
+    markers = ctx.markers
+
+    def counters(stage: str) -> dict[str, Any]:
+        if stage in ctx.counters:
+            return dict(ctx.counters[stage])
+        return dict(markers.read(stage).get("counters") or {})
+
+    gen = counters("generate")
+    filt = counters("filter")
+    stages: dict[str, dict[str, Any]] = {st: {"seconds": round(v, 3)} for st, v in seconds.items()}
+    stages.setdefault("generate", {})["requests"] = gen.get("planned", 0)
+    walk = counters("walk")
+    return {
+        "cost_usd": round((ledger.cost_usd if ledger else 0.0) + (meter.cost if meter else 0.0), 6),
+        "seconds": round(sum(seconds.values()), 3),
+        "requests_sent": (ledger.requests_sent if ledger else 0) + (meter.sent if meter else 0),
+        "requests_cached": (ledger.requests_cached if ledger else 0)
+        + (meter.cached if meter else 0),
+        "builds": (ledger.builds if ledger else 0) + 1,
+        "units": walk.get("units", 0),
+        "syllabi_used": walk.get("syllabi_used", 0),
+        "stages": stages,
+        "generate": gen,
+        "filter": {
+            k: filt[k] for k in ("rows_in", "kept", "rejected", "verified", "reasons") if k in filt
+        },
+        "dedup": counters("dedup").get("stats") or {},
+        "decontam": counters("decontam").get("stats") or {},
+    }
+
+
+class AssembleStage(Stage):
+    """Shards of bounded size sorted by id, ``rejected.parquet``, manifest and card."""
+
+    name = "assemble"
+
+    def inputs(self, ctx: RunContext) -> list[Path]:
+        return [ctx.paths.stage_dir("decontam") / "clean.parquet"]
+
+    def outputs(self, ctx: RunContext) -> list[Path]:
+        return [ctx.paths.manifest, ctx.paths.card]
+
+    def fingerprint(self, ctx: RunContext) -> str | None:
+        from builder.assemble import verify_run
+
+        try:
+            problems = verify_run(ctx.paths.root) if ctx.paths.manifest.exists() else []
+        except Exception as exc:  # noqa: BLE001 - a damaged run directory is rebuilt
+            problems = [str(exc)]
+        return sha256_hex(
+            {
+                "upstream": upstream(ctx, "walk", "filter", "decontam"),
+                "config": ctx.config.config_hash(),
+                "damaged": problems,  # a damaged corpus never matches: it is rebuilt
+            }
+        )
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        from builder.assemble import assemble
+        from builder.card import write_card
+
+        config = ctx.config
+        ctx.log("[assemble] writing shards, manifest, card and report")
+        stats = build_stats(ctx)
+        result = assemble(
+            self.inputs(ctx)[0],
+            rejected_frame(ctx),
+            ctx.paths.root,
+            config=config,
+            extra_manifest={"stats": stats},
+        )
+        write_card(
+            ctx.paths.root,
+            config=config,
+            manifest=result.manifest,
+            stats=stats,
+            taxonomy=ctx.taxonomy(),
+        )
+        ctx.log(
+            f"[assemble] {result.documents} document(s), {result.tokens} tokens in "
+            f"{len(result.shards)} shard(s); {result.rejected} rejected"
+        )
+        return {"documents": result.documents, "tokens": result.tokens}
+
+
+class ReportStage(Stage):
+    """``report.html``: coverage per taxonomy node, quality, diversity (openers, clusters,
+    contamination) from the run's files; the opener tables are computed by a scan that
+    reads only each text's first characters."""
+
+    name = "report"
+
+    def inputs(self, ctx: RunContext) -> list[Path]:
+        return [ctx.paths.manifest]
+
+    def outputs(self, ctx: RunContext) -> list[Path]:
+        return [ctx.paths.report]
+
+    def fingerprint(self, ctx: RunContext) -> str | None:
+        return sha256_hex({"upstream": upstream(ctx, "assemble", "dedup", "decontam")})
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        from builder.assemble import read_manifest
+        from builder.diversity import diversity_report
+        from builder.report import write_report
+
+        work = ctx.paths.work
+        manifest = read_manifest(ctx.paths.root)
+        before_dedup = _scan(list_parts(work / "filter" / "kept"))
+        diversity = None
+        if before_dedup is not None and before_dedup.select(pl.len()).collect().item():
+            clusters = work / "dedup" / "clusters.parquet"
+            hits = work / "decontam" / "hits.parquet"
+            diversity = diversity_report(
+                before_dedup,
+                pl.read_parquet(clusters) if clusters.exists() else None,
+                pl.read_parquet(hits) if hits.exists() else None,
+                opener_words=ctx.config.dedup.opener_words,
+            )
+            diversity.write(self.out_dir(ctx))
+        write_report(
+            ctx.paths.root,
+            diversity=diversity,
+            coverage=load_coverage(ctx),
+            taxonomy=ctx.taxonomy(),
+            stats=manifest.get("stats"),
+            manifest=manifest,
+        )
+        return {}

@@ -1,0 +1,215 @@
+"""The stage contract: what every step of a build is, and the context it runs in.
+
+A **stage** is a small class with
+
+- ``name``: its marker (``work/_done/<name>.json``) and output folder (``work/<name>/``);
+- ``inputs(ctx)`` / ``outputs(ctx)``: the run-directory paths it reads and writes;
+- ``fingerprint(ctx)``: a hash of everything that determines its outputs (its settings and
+  its inputs' fingerprints, read from the upstream markers), or ``None`` for a stage that
+  always runs because it resumes itself at a finer grain (walk, generate);
+- ``run(ctx)``: do the work, return its counters (a JSON-able dict, saved in the marker);
+- ``plan(ctx)``: what it would do, sending and writing nothing (for ``corpus plan``).
+
+A stage holds no global state and never the whole corpus: partitioned stages
+(``PartitionStage``) implement ``run_partition`` over one bounded table and the base class
+streams the input partitions through it. The executor (``builder.run.executor``) runs a list
+of stages over a run directory and skips a stage whose marker holds the same fingerprint
+and whose outputs exist. Stages talk only through files of the run directory, so
+``corpus <stage> --run DIR`` runs one of them with the same code as ``corpus build``.
+
+To add a stage: subclass ``Stage`` (or ``PartitionStage``) in ``builder/stages/<name>.py``,
+and put an instance in the list in ``builder.stages.build_stages``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pyarrow as pa
+
+from builder.config import CorpusConfig
+from builder.records import sha256_hex, to_table
+from builder.run.markers import Markers
+from builder.run.paths import RunDir
+from builder.util.files import file_sha256
+
+if TYPE_CHECKING:  # pragma: no cover
+    from builder.run.ledger import Ledger, MeteredLLM
+    from builder.taxonomy import Taxonomy
+
+Log = Callable[[str], None]
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+@dataclass
+class RunContext:
+    """What a stage gets: the config, the run directory, its markers, a log, the model.
+
+    ``llm()`` opens the configured engine on first use (wrapped in the build's metered,
+    budget-capped ``MeteredLLM``); stages that never call it never start a model server.
+    ``taxonomy()`` loads the taxonomy once per build; a stage that writes taxonomy files
+    (syllabi) calls ``reload_taxonomy()``. ``did_work`` turns true when a stage recomputed
+    something; ``seconds`` and ``counters`` collect this call's figures per stage.
+    """
+
+    config: CorpusConfig
+    paths: RunDir
+    log: Log = _noop
+    open_llm: Callable[[], MeteredLLM] | None = None
+    ledger: Ledger | None = None
+    did_work: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _llm: MeteredLLM | None = None
+    _taxonomy: Taxonomy | None = None
+
+    @property
+    def markers(self) -> Markers:
+        return Markers(self.paths.markers)
+
+    def llm(self) -> MeteredLLM:
+        if self._llm is None:
+            if self.open_llm is None:
+                raise RuntimeError("this run context has no model (open_llm not given)")
+            self._llm = self.open_llm()
+        return self._llm
+
+    @property
+    def llm_opened(self) -> MeteredLLM | None:
+        return self._llm
+
+    def taxonomy(self) -> Taxonomy:
+        if self._taxonomy is None:
+            from builder.taxonomy import load_taxonomy
+
+            self._taxonomy = load_taxonomy(self.config.path(self.config.taxonomy.dir))
+        return self._taxonomy
+
+    def reload_taxonomy(self) -> None:
+        self._taxonomy = None
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+class Stage(ABC):
+    """One step of a build over a run directory (see the module docstring)."""
+
+    name: ClassVar[str]
+    #: True when ``run`` may call ``ctx.llm()`` (the executor closes the engine after the
+    #: last such stage, so a model server never outlives the stages that need it).
+    uses_llm: ClassVar[bool] = False
+
+    def inputs(self, ctx: RunContext) -> list[Path]:
+        """Run-directory paths this stage reads (checked to exist before it runs)."""
+        return []
+
+    @abstractmethod
+    def outputs(self, ctx: RunContext) -> list[Path]:
+        """Run-directory paths this stage writes (all must exist after it ran)."""
+
+    @abstractmethod
+    def fingerprint(self, ctx: RunContext) -> str | None:
+        """Hash of everything its outputs depend on; None: run every time."""
+
+    @abstractmethod
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        """Do the work; return counters (JSON-able), saved in the stage's marker."""
+
+    def plan(self, ctx: RunContext) -> dict[str, Any]:
+        """What ``run`` would do, without doing it (default: whether it is up to date)."""
+        fp = self.fingerprint(ctx)
+        up_to_date = fp is not None and ctx.markers.done(self.name, fp, self.outputs(ctx))
+        return {"stage": self.name, "up_to_date": up_to_date}
+
+    def out_dir(self, ctx: RunContext) -> Path:
+        """``work/<name>/``."""
+        return ctx.paths.stage_dir(self.name)
+
+
+def digest_files(paths: list[Path]) -> str:
+    """A fingerprint of output files: their names and contents."""
+    return sha256_hex([[p.name, file_sha256(p)] for p in paths])
+
+
+def upstream(ctx: RunContext, *stages: str) -> list[str | None]:
+    """The fingerprints the named stages finished with (part of a downstream fingerprint)."""
+    return [ctx.markers.fingerprint(s) for s in stages]
+
+
+class PartitionStage(Stage):
+    """A stage that maps ``run_partition`` over bounded input partitions.
+
+    Subclasses give ``input_parts`` (the Parquet files to read), ``sinks`` (output name ->
+    Arrow schema; each becomes ``work/<name>/<sink>/part-*.parquet``) and
+    ``run_partition(ctx, table) -> {sink: rows}``. ``run`` reads at most
+    ``[run] partition_rows`` rows at a time and writes each sink through a
+    ``PartitionWriter``, so memory is bounded by one partition whatever the corpus size.
+    ``max_rows_seen`` records the largest batch handed to ``run_partition`` (tests assert it).
+    """
+
+    max_rows_seen: int = 0
+
+    @abstractmethod
+    def input_parts(self, ctx: RunContext) -> list[Path]: ...
+
+    @abstractmethod
+    def sinks(self) -> dict[str, pa.Schema]: ...
+
+    @abstractmethod
+    def run_partition(self, ctx: RunContext, table: pa.Table) -> dict[str, list[dict[str, Any]]]:
+        """Process one bounded batch of input rows; return the rows for each sink."""
+
+    def finish(self, ctx: RunContext, counters: dict[str, Any]) -> None:
+        """Called after the last partition (e.g. to log a summary); default: nothing."""
+
+    def sink_dir(self, ctx: RunContext, sink: str) -> Path:
+        return self.out_dir(ctx) / sink
+
+    def outputs(self, ctx: RunContext) -> list[Path]:
+        return [self.sink_dir(ctx, s) for s in self.sinks()]
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        from builder.util.partitions import PartitionWriter, iter_batches
+
+        settings = ctx.config.run
+        writers = {
+            name: PartitionWriter(
+                self.sink_dir(ctx, name),
+                schema,
+                max_rows=settings.partition_rows,
+                max_bytes=settings.partition_bytes,
+            )
+            for name, schema in self.sinks().items()
+        }
+        counters: dict[str, Any] = {"rows_in": 0, "partitions_in": 0}
+        self.max_rows_seen = 0
+        for table in iter_batches(self.input_parts(ctx), batch_rows=settings.partition_rows):
+            self.max_rows_seen = max(self.max_rows_seen, table.num_rows)
+            counters["rows_in"] += table.num_rows
+            counters["partitions_in"] += 1
+            for name, rows in self.run_partition(ctx, table).items():
+                writers[name].write(to_table(rows, writers[name].schema))
+        for name, writer in writers.items():
+            writer.close()
+            counters[f"rows_{name}"] = writer.rows
+            counters[f"parts_{name}"] = len(writer.parts)
+        counters["max_rows_held"] = max(
+            [self.max_rows_seen, *(w.max_rows_held for w in writers.values())]
+        )
+        self.finish(ctx, counters)
+        return counters

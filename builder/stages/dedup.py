@@ -1,0 +1,151 @@
+"""Stages ``dedup`` and ``decontam``: file-to-file algorithms over the run's partitions.
+
+``dedup`` reads ``work/filter/kept/`` and writes ``work/dedup/kept.parquet`` (survivors,
+``dup_cluster`` set), ``clusters.parquet`` and ``removed.parquet`` (one rejection record per
+removed document). ``decontam`` reads ``work/dedup/kept.parquet`` and writes
+``work/decontam/clean.parquet``, ``hits.parquet`` and ``rejected.parquet``. Both stream
+their input (signatures and n-gram keys are arrays; texts are read batch by batch), so
+memory does not grow with the texts. A run killed mid-stage leaves no marker: the stage
+reruns from its inputs and gives the same result.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from builder.records import sha256_hex
+from builder.run.inputs import benchmark_files
+from builder.stages.base import RunContext, Stage, upstream
+from builder.util.files import file_sha256
+from builder.util.partitions import list_parts, write_table
+
+
+def copy_parts(sources: list[Path], dest: Path, batch_rows: int) -> int:
+    """Stream Parquet files into one file at ``dest`` (atomically); return the rows."""
+    from builder.io_tables import ParquetSink
+
+    schema = pq.read_schema(sources[0])
+    rows = 0
+    with ParquetSink(dest, schema) as sink:
+        for src in sources:
+            for batch in pq.ParquetFile(src).iter_batches(batch_size=batch_rows):
+                sink.write(pa.Table.from_batches([batch], schema=schema))
+                rows += batch.num_rows
+    return rows
+
+
+def _clean_scratch(out: Path) -> None:
+    """Remove temp folders a killed run left (the algorithms' ``.dedup-work-*`` etc.)."""
+    if out.is_dir():
+        for p in out.iterdir():
+            if p.name.startswith(".") and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _stats(result: Any) -> dict[str, Any]:
+    stats = result.stats.to_dict()
+    stats.pop("settings", None)
+    return stats
+
+
+class DedupStage(Stage):
+    """Exact and MinHash-LSH near-duplicate removal (``builder.dedup``)."""
+
+    name = "dedup"
+
+    def inputs(self, ctx: RunContext) -> list[Path]:
+        return [ctx.paths.stage_dir("filter") / "kept"]
+
+    def outputs(self, ctx: RunContext) -> list[Path]:
+        out = self.out_dir(ctx)
+        return [out / "kept.parquet", out / "clusters.parquet", out / "removed.parquet"]
+
+    def fingerprint(self, ctx: RunContext) -> str | None:
+        return sha256_hex(
+            {
+                "filter": upstream(ctx, "filter"),
+                "dedup": ctx.config.dedup.model_dump(mode="json"),
+            }
+        )
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        from builder.dedup import dedup_files
+
+        config = ctx.config
+        out = self.out_dir(ctx)
+        _clean_scratch(out)
+        kept, clusters, removed = self.outputs(ctx)
+        parts = list_parts(self.inputs(ctx)[0])
+        n = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+        stats: dict[str, Any] = {"rows_in": n, "rows_out": n}
+        if config.dedup.enabled and n:
+            result = dedup_files(self.inputs(ctx)[0], out, config.dedup)
+            write_table(result.removed.to_arrow(), removed)
+            stats = _stats(result)
+            n_removed = result.removed.height
+        else:
+            copy_parts(parts, kept, config.run.partition_rows)
+            from builder.dedup import CLUSTER_COLUMNS
+
+            types = {"removed": pl.Boolean, "cluster_size": pl.Int64, "jaccard": pl.Float64}
+            types["matched_jaccard"] = pl.Float64
+            empty = pl.DataFrame(schema={c: types.get(c, pl.String) for c in CLUSTER_COLUMNS})
+            write_table(empty.to_arrow(), clusters)
+            write_table(pa.table({"id": pa.array([], pa.string())}), removed)
+            n_removed = 0
+        ctx.log(f"[dedup] kept {n - n_removed}, removed {n_removed} duplicate(s)")
+        return {"stats": stats}
+
+
+class DecontamStage(Stage):
+    """N-gram decontamination against the [decontam] benchmark files (``builder.decontam``)."""
+
+    name = "decontam"
+
+    def inputs(self, ctx: RunContext) -> list[Path]:
+        return [ctx.paths.stage_dir("dedup") / "kept.parquet"]
+
+    def outputs(self, ctx: RunContext) -> list[Path]:
+        out = self.out_dir(ctx)
+        return [out / "clean.parquet", out / "hits.parquet", out / "rejected.parquet"]
+
+    def fingerprint(self, ctx: RunContext) -> str | None:
+        bench = benchmark_files(ctx.config)
+        return sha256_hex(
+            {
+                "dedup": upstream(ctx, "dedup"),
+                "decontam": ctx.config.decontam.model_dump(mode="json"),
+                "benchmarks": [[str(p), file_sha256(p)] for p in bench],
+            }
+        )
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        from builder.decontam import HIT_COLUMNS, decontaminate_files
+
+        config = ctx.config
+        out = self.out_dir(ctx)
+        _clean_scratch(out)
+        clean, hits, rejected = self.outputs(ctx)
+        source = self.inputs(ctx)[0]
+        n = pq.ParquetFile(source).metadata.num_rows
+        bench = benchmark_files(config)
+        stats: dict[str, Any] = {"rows_in": n, "rows_out": n}
+        if bench and n:
+            result = decontaminate_files(source, bench, out, config.decontam)
+            stats = _stats(result)
+            n_bad = result.contaminated.height
+        else:
+            copy_parts([source], clean, config.run.partition_rows)
+            write_table(pa.table({c: pa.array([], pa.string()) for c in HIT_COLUMNS}), hits)
+            write_table(pa.table({"id": pa.array([], pa.string())}), rejected)
+            n_bad = 0
+            if not bench:
+                stats["note"] = "no benchmark files configured"
+        ctx.log(f"[decontam] clean {n - n_bad}, contaminated {n_bad}")
+        return {"stats": stats}

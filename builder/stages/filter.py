@@ -1,0 +1,89 @@
+"""Stage ``filter``: quality filters and verification over each generation partition.
+
+Reads ``work/generate/part-*.parquet`` in batches of at most ``[run] partition_rows`` rows
+and writes ``work/filter/kept/part-*.parquet`` (``DOCUMENT_SCHEMA``) and
+``work/filter/rejected/part-*.parquet`` (``REJECTED_SCHEMA``), in input order.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from builder.records import DOCUMENT_SCHEMA, REJECTED_SCHEMA, decode_row, sha256_hex
+from builder.stages.base import PartitionStage, RunContext, upstream
+from builder.stages.generate import generated_parts
+
+
+class FilterStage(PartitionStage):
+    """Filters (cheapest first) and verification of exercises (see ``builder.filters``)."""
+
+    name = "filter"
+    uses_llm = True  # second samples of quantitative exercises
+
+    def __init__(self) -> None:
+        self._reasons: Counter[str] = Counter()
+        self._verified = 0
+
+    def inputs(self, ctx: RunContext) -> list[Path]:
+        return [ctx.paths.stage_dir("generate")]
+
+    def input_parts(self, ctx: RunContext) -> list[Path]:
+        return generated_parts(ctx)
+
+    def sinks(self) -> dict[str, pa.Schema]:
+        return {"kept": DOCUMENT_SCHEMA, "rejected": REJECTED_SCHEMA}
+
+    def fingerprint(self, ctx: RunContext) -> str | None:
+        config = ctx.config
+        needs_model = config.verify.enabled and config.verify.second_sample
+        return sha256_hex(
+            {
+                "generate": upstream(ctx, "generate"),
+                "filters": config.filters.model_dump(mode="json"),
+                "verify": config.verify.model_dump(mode="json"),
+                # second samples come from the model: another model, other verdicts
+                "model": ctx.llm().model_name if needs_model else None,
+                "partition_rows": config.run.partition_rows,
+            }
+        )
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        self._reasons = Counter()
+        self._verified = 0
+        return super().run(ctx)
+
+    def run_partition(self, ctx: RunContext, table: pa.Table) -> dict[str, list[dict[str, Any]]]:
+        from builder.filters import filter_documents
+
+        config = ctx.config
+        rows = [decode_row(r) for r in table.to_pylist()]
+        llm = ctx.llm() if config.verify.enabled and config.verify.second_sample else None
+        kept, rejected = filter_documents(rows, config.filters, config.verify, llm=llm)
+        self._reasons.update(f"{r['stage']}/{r['reason']}" for r in rejected)
+        self._verified += sum(1 for d in kept if d.get("verified") is True)
+        return {"kept": kept, "rejected": rejected}
+
+    def finish(self, ctx: RunContext, counters: dict[str, Any]) -> None:
+        reasons = dict(sorted(self._reasons.items()))
+        counters.update(
+            rows_in=counters["rows_in"],
+            kept=counters["rows_kept"],
+            rejected=counters["rows_rejected"],
+            verified=self._verified,
+            reasons=reasons,
+        )
+        ctx.log(
+            f"[filter] kept {counters['kept']} ({self._verified} verified), rejected "
+            f"{counters['rejected']}"
+            + (f": {', '.join(f'{k} {v}' for k, v in reasons.items())}" if reasons else "")
+        )
+
+
+def kept_parts(ctx: RunContext) -> list[Path]:
+    from builder.util.partitions import list_parts
+
+    return list_parts(ctx.paths.stage_dir("filter") / "kept")

@@ -1,0 +1,252 @@
+"""Stage ``generate``: the units of each walk partition -> requests -> the engine -> one
+generation partition ``work/generate/part-NNNNN.parquet`` per unit partition.
+
+Partition ``k`` holds the rows of unit partition ``k``'s plan (all evolution waves) in plan
+order, so the corpus order never depends on completion order. While a partition is being
+generated its results are journaled to ``work/generate/_journal/NNNNN-MMMMM.parquet``
+every ``[run] flush_rows`` results (or every few seconds); once the partition is written,
+its journal is removed.
+Resume: a request with a finished row (same prompt and model) in the partition or its
+journal is not sent again; results a ``kill -9`` lost before their journal flush are
+answered by the LLM cache. Memory holds one unit partition's rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.parquet as pq
+
+from builder.errors import BudgetExceeded, LLMError
+from builder.records import GENERATED_SCHEMA, ChatRequest, decode_row, to_table
+from builder.stages.base import RunContext, Stage
+from builder.stages.walk import read_units, unit_parts
+from builder.util.partitions import list_parts, part_name, write_table
+
+if TYPE_CHECKING:  # pragma: no cover
+    from builder.generate import GenerateStats
+    from builder.templates import TemplateSet
+
+JOURNAL = "_journal"
+FLUSH_S = 5.0
+
+
+class _Journal:
+    """Results of one partition in flight, saved in small atomic Parquet files."""
+
+    def __init__(self, directory: Path, part: int, flush_rows: int) -> None:
+        self.directory = directory
+        self.part = part
+        self.flush_rows = flush_rows
+        self.rows: list[dict[str, Any]] = []
+        self.seq = len(self.files())
+        self.last = time.monotonic()
+
+    def files(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(self.directory.glob(f"{self.part:05d}-*.parquet"))
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.flush_rows or time.monotonic() - self.last >= FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last = time.monotonic()
+        if not self.rows:
+            return
+        path = self.directory / f"{self.part:05d}-{self.seq:05d}.parquet"
+        write_table(to_table(self.rows, GENERATED_SCHEMA), path)
+        self.seq += 1
+        self.rows = []
+
+    def clear(self) -> None:
+        for f in self.files():
+            f.unlink()
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    return pq.read_table(path).to_pylist()
+
+
+class GenerateStage(Stage):
+    """Send the requests of every unit partition and save their results (see module doc)."""
+
+    name = "generate"
+    uses_llm = True
+
+    def __init__(self) -> None:
+        self.stats: GenerateStats | None = None
+
+    def inputs(self, ctx: RunContext) -> list[Path]:
+        return [ctx.paths.stage_dir("walk")]
+
+    def outputs(self, ctx: RunContext) -> list[Path]:
+        return [self.out_dir(ctx)]
+
+    def fingerprint(self, ctx: RunContext) -> str | None:
+        return None  # resumes per request: always looks for unfinished work
+
+    def templates(self, ctx: RunContext) -> TemplateSet:
+        from builder.templates import load_templates
+
+        return load_templates(ctx.config.path(ctx.config.generate.templates_dir))
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        from builder.generate import GenerateStats
+
+        stats = self.stats = GenerateStats()
+        templates = self.templates(ctx)
+        out = self.out_dir(ctx)
+        out.mkdir(parents=True, exist_ok=True)
+        failures: Counter[str] = Counter()
+        answered = [0, 0]  # rows stored, of which failed
+        parts = unit_parts(ctx)
+        try:
+            for k, upath in enumerate(parts):
+                self._partition(ctx, k, upath, templates, stats, failures, answered)
+        finally:
+            if stats.sent:
+                ctx.did_work = True
+        keep = {part_name(k) for k in range(len(parts))}
+        for p in list_parts(out):
+            if p.name not in keep:
+                p.unlink()
+        journal = out / JOURNAL
+        if journal.is_dir():
+            for f in journal.iterdir():
+                if f.name[:5].isdigit() and int(f.name[:5]) >= len(parts):
+                    f.unlink()
+        ctx.log(
+            f"[generate] {stats.planned} request(s) in {stats.waves} wave(s): "
+            f"{stats.reused} already done, {stats.sent - stats.cached} sent, "
+            f"{stats.cached} from the cache"
+        )
+        if stats.received and answered[0] and answered[0] == answered[1]:
+            first, count = failures.most_common(1)[0]
+            raise LLMError(
+                f"all {answered[0]} generation request(s) failed (most often: {first} [{count}x])",
+                hint="check [llm] base_url and model with `corpus llm check --chat`; finished "
+                "work is kept and a rerun retries only the failures",
+            )
+        return stats.to_dict()
+
+    def _partition(
+        self,
+        ctx: RunContext,
+        k: int,
+        upath: Path,
+        templates: TemplateSet,
+        stats: GenerateStats,
+        failures: Counter[str],
+        answered: list[int],
+    ) -> None:
+        from builder.generate import (
+            FINISHED_STATUSES,
+            plan_requests,
+            plan_transforms,
+            prompt_sha256,
+            result_row,
+        )
+
+        settings = ctx.config.generate
+        llm = ctx.llm()
+        model = llm.model_name
+        out = self.out_dir(ctx)
+        target = out / part_name(k)
+        journal = _Journal(out / JOURNAL, k, ctx.config.run.flush_rows)
+        prior: dict[str, dict[str, Any]] = {}
+        old_order: list[str] = []
+        if target.exists():
+            for row in _read_rows(target):
+                prior[row["request_id"]] = row
+                old_order.append(row["request_id"])
+        for f in journal.files():
+            for row in _read_rows(f):
+                prior[row["request_id"]] = row  # later rows supersede earlier ones
+        units = read_units(upath)
+        units_by_id = {u.unit_id: u for u in units}
+        rows: dict[str, dict[str, Any] | None] = {}
+        fresh = 0
+        wave: list[ChatRequest] = plan_requests(units, templates, settings)
+        step = 0
+        while wave:
+            stats.waves = max(stats.waves, step + 1)
+            stats.planned += len(wave)
+            todo = []
+            for r in wave:
+                old = prior.get(r.id)
+                if (
+                    old is not None
+                    and old.get("status") in FINISHED_STATUSES
+                    and old.get("prompt_sha256") == prompt_sha256(r, model)
+                ):
+                    rows[r.id] = decode_row(old)
+                else:
+                    rows[r.id] = None
+                    todo.append(r)
+            stats.reused += len(wave) - len(todo)
+            if todo:
+                remaining = llm.remaining()
+                if remaining is not None and remaining <= 0:
+                    journal.flush()
+                    raise BudgetExceeded(
+                        f"budget reached before {len(todo)} request(s) were sent",
+                        hint="raise --max-cost and rerun: finished documents are kept",
+                    )
+                pending = {r.id: r for r in todo}
+                stats.sent += len(todo)
+                try:
+                    for result in llm.run(todo):
+                        request = pending.pop(result.request_id)
+                        stats.received += 1
+                        stats.by_status[result.status] += 1
+                        stats.cost += result.cost or 0.0
+                        stats.cached += bool(result.cached)
+                        stats.prompt_tokens += result.prompt_tokens or 0
+                        stats.completion_tokens += result.completion_tokens or 0
+                        if result.status == "skipped":
+                            continue  # not sent (budget, interrupt): the next run sends it
+                        row = result_row(request, result, llm)
+                        stats.by_kind[row["kind"]] += 1
+                        journal.add(row)
+                        rows[request.id] = row
+                        fresh += 1
+                finally:
+                    journal.flush()
+            step += 1
+            if not settings.evolve:
+                break
+            parents = [row for r in wave if (row := rows.get(r.id)) is not None]
+            wave = plan_transforms(parents, units_by_id, templates, settings, step)
+        done = [row for row in rows.values() if row is not None]
+        answered[0] += len(done)
+        for row in done:
+            if row.get("status") == "failed":
+                answered[1] += 1
+                failures[str(row.get("error") or "unknown error")] += 1
+        if fresh or [r["request_id"] for r in done] != old_order:
+            write_table(to_table(done, GENERATED_SCHEMA), target)
+        journal.clear()
+
+
+def generated_parts(ctx: RunContext) -> list[Path]:
+    """The generation partitions of a run, in walk order."""
+    return list_parts(ctx.paths.stage_dir(GenerateStage.name))
+
+
+def read_run_generated(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Every generation row of a run directory by request id (partitions, then journals;
+    a later row of an id supersedes an earlier one). For inspection and tests: it holds all
+    rows in memory."""
+    gen = Path(run_dir) / "work" / GenerateStage.name
+    files = [*list_parts(gen), *sorted((gen / JOURNAL).glob("*.parquet"))]
+    rows: dict[str, dict[str, Any]] = {}
+    for f in files:
+        for row in _read_rows(f):
+            rows[row["request_id"]] = decode_row(row)
+    return rows

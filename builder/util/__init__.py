@@ -1,0 +1,1 @@
+"""Small shared helpers with one rule each: atomic files, Parquet partitions."""

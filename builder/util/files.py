@@ -1,0 +1,120 @@
+"""Writing files so that a crash, Ctrl-C or ``kill -9`` never leaves a half-written one.
+
+The one place for atomic writes: data goes to a temp file in the same directory, is
+fsynced, then renamed over the target (``os.replace``), and the directory is fsynced so the
+rename itself survives a power cut. Readers see the old file or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "file_sha256",
+    "fsync_dir",
+]
+
+
+def _new_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a directory so that renames into it are durable (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` to fill a temp file, fsync it and rename it to ``path``.
+
+    For writers that want a path (pyarrow, numpy). The temp file is removed on any error.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _new_file_mode())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
+    return target
+
+
+def _write_via(path: Path, mode: str, fill: Callable[[IO], None], **kw: str) -> None:
+    if path.is_symlink():
+        # Write through a link (as `>` would) instead of replacing the link with a file.
+        path = path.resolve()
+    if path.exists() and not path.is_file():
+        # A FIFO, a device or /dev/stdout: rename cannot replace it, so write straight in.
+        with path.open(mode, **kw) as fh:
+            fill(fh)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **kw) as fh:
+            fill(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        except FileNotFoundError:
+            os.chmod(tmp, _new_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (temp file, fsync, ``os.replace``).
+
+    An existing file's permission bits are kept; a symlink is written through (its target
+    is replaced), and a FIFO or device (``-o /dev/stdout``) is written to directly.
+    """
+    _write_via(Path(path), "w", lambda fh: fh.write(text), encoding="utf-8", newline="")
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (as ``atomic_write_text``)."""
+    _write_via(Path(path), "wb", lambda fh: fh.write(data))
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
