@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from builder.errors import BuilderError, InputError
 from builder.records import DOCUMENT_COLUMNS, REJECTION_COLUMNS, canonical_json
 from builder.tokens import ENCODING_LABEL, ENCODING_NAME, count_tokens
+from builder.util.faults import fault_point
 
 if TYPE_CHECKING:  # pragma: no cover
     from builder.config import CorpusConfig
@@ -760,6 +761,7 @@ def _assemble_locked(
         shards.append(
             _write_shard(df, run, i, arrow_schema, out.row_group_rows, out.compression_level)
         )
+        fault_point("assemble.shard")
         counts.add(df)
     if not shards:  # an empty corpus still loads: one shard with the schema and no rows
         empty = pl.DataFrame(schema=schema)
@@ -803,6 +805,7 @@ def _assemble_locked(
     _clean_scratch(scratch)
     manifest_path = run / MANIFEST_NAME
     atomic_write_bytes(manifest_path, _manifest_bytes(manifest))
+    fault_point("assemble.manifest")
     return AssemblyResult(
         run_dir=run,
         shards=tuple(shards),

@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from test_assemble_data import make_config, make_rejected, make_rows
+from tests.test_assemble_data import make_config, make_rejected, make_rows
 
 from builder.assemble import (
     DOCUMENT_TYPES,

@@ -1,8 +1,10 @@
 """``corpus build`` killed (kill -9, Ctrl-C) at awkward moments, then rerun: the final corpus
 is the same as an uninterrupted build's (same ids and texts, nothing duplicated or missing).
 
-Builds run as subprocesses (``python -m builder build``) against the loopback fake server,
-which runs in the test process and answers slowly enough to be caught mid-generation.
+Builds run as subprocesses (``python -m builder build``) against the loopback fake server.
+Kills land at deterministic points: ``CORPUS_FAULT=<point>:<n>`` (``builder.util.faults``)
+makes the build SIGKILL itself the n-th time it passes a named point, and Ctrl-C is sent once
+the build has journaled results (polling the run directory, no sleeps).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from builder.assemble import verify_run
@@ -31,24 +34,40 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "walk": {"subtree": ["algorithms", "arithmetic"]},
     "generate": {"documents_per_unit": 3},
     "output": {"shard_max_rows": 5},  # several shards: more files for a kill to land between
+    # Small partitions and journal flushes: several files for a kill to land between.
+    "run": {"units_per_partition": 3, "flush_rows": 2, "partition_rows": 7},
 }
 DEADLINE_S = 120
 
 
-def _env(cache: Path) -> dict[str, str]:
+def _env(cache: Path, fault: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORPUS_")}
     env["CORPUS_CACHE_DIR"] = str(cache)
+    if fault:
+        env["CORPUS_FAULT"] = fault
     return env
+
+
+def generated_rows(run: Path) -> int:
+    """Rows the generation stage has saved so far (partitions and journal files)."""
+    gen = run / "work" / "generate"
+    total = 0
+    for f in [*gen.glob("part-*.parquet"), *gen.glob("_journal/*.parquet")]:
+        try:
+            total += pq.ParquetFile(f).metadata.num_rows
+        except FileNotFoundError:  # a journal file removed once its partition was written
+            continue
+    return total
 
 
 class Build:
     """``python -m builder build`` in a subprocess, its stderr read line by line."""
 
-    def __init__(self, config: Path, cache: Path) -> None:
+    def __init__(self, config: Path, cache: Path, fault: str | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "builder", "build", "--config", str(config), "--no-progress"],
             cwd=ROOT,
-            env=_env(cache),
+            env=_env(cache, fault),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -79,11 +98,11 @@ class Build:
                 return True
         raise AssertionError(f"no {text!r} within {timeout} s; stderr: {''.join(self.stderr)}")
 
-    def wait_for_rows(self, path: Path, rows: int, timeout: float = DEADLINE_S) -> None:
-        """Wait until the JSONL file at ``path`` has at least ``rows`` lines."""
+    def wait_for_rows(self, run: Path, rows: int, timeout: float = DEADLINE_S) -> None:
+        """Wait until the run's generation stage has saved at least ``rows`` rows."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if path.exists() and path.read_bytes().count(b"\n") >= rows:
+            if generated_rows(run) >= rows:
                 return
             if self.proc.poll() is not None:
                 raise AssertionError(f"build ended before {rows} rows: {''.join(self.stderr)}")
@@ -94,6 +113,12 @@ class Build:
         self.proc.kill()  # SIGKILL: no cleanup of any kind
         self.proc.wait(DEADLINE_S)
         self._reader.join(10)
+
+    def killed_by_fault(self) -> None:
+        """Wait for the build to SIGKILL itself at its CORPUS_FAULT point."""
+        self.proc.wait(DEADLINE_S)
+        self._reader.join(10)
+        assert self.proc.returncode == -signal.SIGKILL, "".join(self.stderr)
 
     def finish(self) -> tuple[int, str, str]:
         assert self.proc.stdout is not None
@@ -154,23 +179,22 @@ def test_ctrl_c_and_kill_9_during_generation_then_resume(
     config = make_project(tmp_path / "project", server.base_url, OVERRIDES)
     cache = tmp_path / "cache"
     run = tmp_path / "project" / "outputs" / "test"
-    generated = run / "work" / "generated.jsonl"
 
     # Ctrl-C: a clean stop with exit code 130, one line, no traceback.
     build = Build(config, cache)
-    build.wait_for_rows(generated, 5)
+    build.wait_for_rows(run, 4)
     build.proc.send_signal(signal.SIGINT)
     code, _out, err = build.finish()
     assert code == 130, err
     assert "Traceback" not in err
     assert "interrupted" in err and "rerun" in err
-    rows_at_stop = generated.read_bytes().count(b"\n")
+    rows_at_stop = generated_rows(run)
 
-    # kill -9 of the resumed build, a few results later.
-    build = Build(config, cache)
-    build.wait_for_rows(generated, rows_at_stop + 5)
-    build.kill()
-    rows_at_kill = generated.read_bytes().count(b"\n")
+    # kill -9 of the resumed build, right after its third journal flush.
+    build = Build(config, cache, fault="generate.journal:3")
+    build.killed_by_fault()
+    rows_at_kill = generated_rows(run)
+    assert rows_at_kill > rows_at_stop
     assert not (run / "manifest.json").exists()
 
     server.reset_counts()
@@ -178,38 +202,47 @@ def test_ctrl_c_and_kill_9_during_generation_then_resume(
     _assert_same(run, reference)
     assert "up to date" not in out
     # The last build did not redo what the interrupted ones had finished.
-    final_rows = generated.read_bytes().count(b"\n")
-    assert rows_at_kill < final_rows
+    assert rows_at_kill < generated_rows(run)
     assert server.count("chat") < len(reference["docs"]) + len(reference["rejected"])
     assert "is up to date" in _complete(config, cache)
 
 
+@pytest.mark.parametrize(
+    "fault",
+    ["assemble.shard:1", "assemble.shard:3", "assemble.manifest:1", "stage.marked:7"],
+)
 def test_kill_9_during_assembly_then_resume(
+    server: FakeOpenAIServer, reference: dict, tmp_path: Path, fault: str
+) -> None:
+    """Killed after the first shard, mid-shards, after the manifest (card and report not
+    written) and after assembly's marker (report not written): the rerun completes the
+    same corpus and leaves no temporary file."""
+    config = make_project(tmp_path / "project", server.base_url, OVERRIDES)
+    cache = tmp_path / "cache"
+    run = tmp_path / "project" / "outputs" / "test"
+    build = Build(config, cache, fault=fault)
+    build.killed_by_fault()
+    assert not (run / "report.html").exists()
+    _complete(config, cache)
+    _assert_same(run, reference)
+    assert (run / "report.html").exists()
+    assert not list(run.rglob(".*.tmp*"))  # no temporary file left behind
+    assert not (run / ".assemble").exists()
+
+
+def test_kill_9_during_dedup_then_resume(
     server: FakeOpenAIServer, reference: dict, tmp_path: Path
 ) -> None:
     config = make_project(tmp_path / "project", server.base_url, OVERRIDES)
     cache = tmp_path / "cache"
     run = tmp_path / "project" / "outputs" / "test"
-    states = []
-    for delay in (0.0, 0.15, 0.5, 1.2):
-        build = Build(config, cache)
-        if not build.wait_for_line("[assemble] writing"):
-            break  # an earlier kill landed after assembly had finished: nothing left to do
-        time.sleep(delay)
-        if build.proc.poll() is not None:
-            break
-        build.kill()
-        manifest = run / "manifest.json"
-        states.append(
-            "no manifest"
-            if not manifest.exists()
-            else "no report"
-            if not (run / "report.html").exists()
-            else "complete"
-        )
-    assert len(states) >= 2
-    assert "no manifest" in states  # at least one kill left a half-assembled run
-    _complete(config, cache)
+    build = Build(config, cache, fault="dedup.signatures:1")
+    build.killed_by_fault()
+    assert (run / "work" / "_done" / "filter.json").exists()
+    assert not (run / "work" / "_done" / "dedup.json").exists()
+    server.reset_counts()
+    out = _complete(config, cache)
+    assert server.count("chat") == 0  # generation and filtering were not redone
+    assert "documents:" in out
     _assert_same(run, reference)
-    assert not list(run.rglob(".*.tmp-*"))  # no temporary file left behind
-    assert not (run / ".assemble").exists()
+    assert not [p for p in (run / "work" / "dedup").iterdir() if p.name.startswith(".")]

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_assemble_data import (
+from tests.test_assemble_data import (
     EMPTY_TOPICS,
     STATS,
     make_config,

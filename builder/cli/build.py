@@ -50,6 +50,8 @@ def plan(
     cfg = _config(config_path)
     summary = run_plan(cfg, run=run_name, cache_dir=cache_dir)
     data = summary.to_dict()
+    for warning in summary.warnings:
+        click.echo(warning, err=True)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

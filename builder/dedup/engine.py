@@ -56,6 +56,7 @@ from builder.io_tables import (
 )
 from builder.parallel import process_map
 from builder.settings.dedup import DedupSettings
+from builder.util.faults import fault_point
 
 ProgressFn = Callable[[int, int], None]
 
@@ -922,6 +923,7 @@ def dedup_files(
         t_sig = time.perf_counter()
         rows = _collect(tasks, n, settings, nworkers, not has_ids, progress)
         sig_seconds = time.perf_counter() - t_sig
+        fault_point("dedup.signatures")
 
         t_plan = time.perf_counter()
         small = source.read_columns(

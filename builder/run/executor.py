@@ -14,6 +14,7 @@ from typing import Any
 
 from builder.errors import InputError
 from builder.stages.base import RunContext, Stage, digest_files
+from builder.util.faults import fault_point
 
 
 def _files(paths: list) -> list:
@@ -57,6 +58,7 @@ class LocalExecutor:
             else:
                 ctx.did_work = True
             markers.mark(stage.name, fingerprint, counters=counters)
+            fault_point("stage.marked")
             ctx.counters[stage.name] = counters
             return counters
 

@@ -24,6 +24,7 @@ from builder.errors import BudgetExceeded, LLMError
 from builder.records import GENERATED_SCHEMA, ChatRequest, decode_row, to_table
 from builder.stages.base import RunContext, Stage
 from builder.stages.walk import read_units, unit_parts
+from builder.util.faults import fault_point
 from builder.util.partitions import list_parts, part_name, write_table
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,6 +64,7 @@ class _Journal:
         write_table(to_table(self.rows, GENERATED_SCHEMA), path)
         self.seq += 1
         self.rows = []
+        fault_point("generate.journal")
 
     def clear(self) -> None:
         for f in self.files():

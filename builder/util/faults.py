@@ -1,0 +1,32 @@
+"""Named fault points: a deterministic place for tests to kill a build.
+
+``CORPUS_FAULT=<point>:<n>`` makes the process SIGKILL itself the ``n``-th time it passes
+``fault_point("<point>")`` (as ``kill -9`` would: no cleanup of any kind). Kill tests use it
+instead of sleeping and hoping the signal lands mid-stage. Unset (always, outside those
+tests), a fault point is one dictionary lookup.
+
+Points: ``generate.journal`` (after a journal file of results is written),
+``dedup.signatures`` (signatures computed, nothing written), ``assemble.shard`` (after a
+shard is written), ``assemble.manifest`` (manifest written, card not yet),
+``stage.marked`` (after any stage's marker is written).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_seen: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """SIGKILL this process here if ``CORPUS_FAULT`` names this point and count."""
+    spec = os.environ.get("CORPUS_FAULT")
+    if not spec:
+        return
+    point, _, count = spec.partition(":")
+    if point != name:
+        return
+    _seen[name] = _seen.get(name, 0) + 1
+    if _seen[name] == int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
