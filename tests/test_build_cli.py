@@ -224,8 +224,10 @@ def test_bad_config_gives_one_line_and_exit_2(
     if case == "missing benchmark" and command == "plan":
         # A dry run warns and goes on: the plan does not depend on benchmark files.
         assert code == 0, (out, err)
-        assert _lines(err) == [f"warning: [decontam] {expected} (looked at "
-                               f"{config.parent / 'benchmarks' / 'missing.jsonl'})"]
+        assert _lines(err) == [
+            f"warning: [decontam] {expected} (looked at "
+            f"{config.parent / 'benchmarks' / 'missing.jsonl'})"
+        ]
         assert "TOTAL" in out
         return
     assert code == 2, (out, err)

@@ -173,8 +173,8 @@ def test_edited_syllabus_resends_only_the_edited_subjects_prompts(
     """A curator edits one session of one subject's syllabus: the rebuild sends exactly the
     requests of the units that changed (plus evolutions of their exercises); every other
     request is answered from the cache."""
-    from builder.stages.generate import read_run_generated
     from builder.pipeline import walk_units
+    from builder.stages.generate import read_run_generated
     from builder.syllabus import syllabus_files
     from builder.taxonomy import load_taxonomy
 
@@ -239,8 +239,8 @@ def test_edited_template_resends_only_changed_prompts(
     built: dict[str, Any], tmp_path: Path
 ) -> None:
     from builder.generate import plan_requests
-    from builder.stages.generate import read_run_generated
     from builder.pipeline import walk_units
+    from builder.stages.generate import read_run_generated
     from builder.taxonomy import load_taxonomy
     from builder.templates import load_templates
 
