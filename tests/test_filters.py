@@ -199,7 +199,7 @@ def test_wrong_language(tset, tmp_path: Path) -> None:
 
 
 def test_code_is_not_judged_as_prose(tset, tmp_path: Path) -> None:
-    # A section full of code: the prose is English, the code would confuse langdetect and
+    # A section full of code: the prose is English, the code would confuse the language detector and
     # the repeated assert lines would look like a loop.
     code = "```python\n" + "assert f(1) == 1\n" * 60 + "```\n"
     rows = rows_for(tset, tmp_path, GOOD + "\n" + code)

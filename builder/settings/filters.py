@@ -29,7 +29,7 @@ class FilterSettings(Section):
     repetition_ngram: int = Field(3, ge=1, le=10)
     #: texts with fewer words than this are not checked for repetition
     repetition_min_words: int = Field(50, ge=1)
-    #: expected language (ISO 639-1, langdetect's codes); None disables the check
+    #: expected language (ISO 639-1, CLD2's codes); None disables the check
     language: str | None = "en"
     #: prose shorter than this (code and formulas removed) is not language-checked
     language_min_chars: int = Field(200, ge=1)
