@@ -66,11 +66,32 @@ REFUSAL_PATTERNS: tuple[str, ...] = (
     r"programming|content policy)\b",
 )
 
+#: Words one of which every pattern of REFUSAL_PATTERNS needs (checked before the regex).
+_REFUSAL_KEYWORDS: tuple[str, ...] = (
+    "sorry",
+    "apologi",
+    "unfortunately",
+    "regrettably",
+    "i can",
+    "i won",
+    "i will",
+    "i am",
+    "i'm",
+    "as an ai",
+    "decline",
+    "refuse",
+    "cannot",
+    "can't",
+    "against",
+    "violat",
+)
+
 _CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)", re.S)
 _INLINE_CODE = re.compile(r"`[^`\n]*`")
 _MATH = re.compile(r"\$\$.*?\$\$|\$[^$\n]*\$|\\\(.*?\\\)|\\\[.*?\\\]", re.S)
 _URL = re.compile(r"https?://\S+")
 _WORD = re.compile(r"\w+", re.U)
+_SPACES = re.compile(r"[ \t]{2,}|\t")
 
 Verifier = Callable[..., Any]
 
@@ -79,19 +100,20 @@ Verifier = Callable[..., Any]
 
 
 @cache
-def _compiled(extra: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
-    return tuple(re.compile(p, re.I | re.M) for p in (*REFUSAL_PATTERNS, *extra))
+def _compiled(extra: tuple[str, ...]) -> re.Pattern[str]:
+    # One alternation: one scan of the head instead of one per pattern (a hot path).
+    return re.compile("|".join(f"(?:{p})" for p in (*REFUSAL_PATTERNS, *extra)), re.I | re.M)
 
 
 def refusal_match(text: str, extra_patterns: Iterable[str] = ()) -> str | None:
     """The refusal phrase at the start of ``text``, or None if it does not refuse."""
     head = text.strip()[:400].replace("\u2019", "'").replace("\u2018", "'").lower()
-    head = re.sub(r"^[#>*_\s]+", "", head)  # a heading or quote marker before the words
-    for pattern in _compiled(tuple(extra_patterns)):
-        m = pattern.search(head)
-        if m:
-            return m.group(0).strip()
-    return None
+    head = head.lstrip("#>*_ \t\r\n\f\v")  # a heading or quote marker before the words
+    extra = tuple(extra_patterns)
+    if not extra and not any(k in head for k in _REFUSAL_KEYWORDS):
+        return None  # every built-in pattern needs one of these words (a hot path)
+    m = _compiled(extra).search(head)
+    return m.group(0).strip() if m else None
 
 
 def repetition_ratio(text: str, n: int = 3, min_words: int = 1) -> float:
@@ -99,11 +121,15 @@ def repetition_ratio(text: str, n: int = 3, min_words: int = 1) -> float:
 
     Texts with fewer than ``min_words`` words score 0 (too little to judge).
     """
-    words = _WORD.findall(text.lower())
+    return _repetition(_WORD.findall(text.lower()), n, min_words)
+
+
+def _repetition(words: list[str], n: int, min_words: int) -> float:
     if len(words) < max(min_words, n):
         return 0.0
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    return 1.0 - len(set(grams)) / len(grams)
+    total = len(words) - n + 1
+    grams = set(zip(*(words[i:] for i in range(n)), strict=False))
+    return 1.0 - len(grams) / total
 
 
 def prose_of(row: dict[str, Any]) -> str:
@@ -122,9 +148,16 @@ def prose_of(row: dict[str, Any]) -> str:
         text = "\n\n".join(structured_field(structured, f) for f in fields)
     else:
         text = row.get("text") or ""
-    for pattern in (_CODE_BLOCK, _INLINE_CODE, _MATH, _URL):
-        text = pattern.sub(" ", text)
-    return re.sub(r"[ \t]+", " ", text).strip()
+    # Each pattern only where its marker occurs: most prose has none (a hot path).
+    if "`" in text:
+        text = _INLINE_CODE.sub(" ", _CODE_BLOCK.sub(" ", text))
+    if "$" in text or "\\" in text:
+        text = _MATH.sub(" ", text)
+    if "://" in text:
+        text = _URL.sub(" ", text)
+    if "  " in text or "\t" in text:
+        text = _SPACES.sub(" ", text)
+    return text.strip()
 
 
 def detect_language(text: str) -> tuple[str, float] | None:
@@ -163,7 +196,8 @@ def count_tokens(text: str) -> int:
 def check_row(row: dict[str, Any], settings: FilterSettings) -> tuple[str, str, str] | None:
     """The first (stage, reason, detail) that rejects ``row``, or None if it passes.
 
-    Also sets ``row["n_tokens"]`` once the text has been counted.
+    Sets ``row["n_tokens"]`` when the text had to be counted (fewer words than
+    ``min_tokens``); otherwise it stays None and assembly counts it.
     """
     status = row.get("status", "ok")
     if status == "failed":
@@ -187,15 +221,21 @@ def check_row(row: dict[str, Any], settings: FilterSettings) -> tuple[str, str, 
         match = refusal_match(text, settings.refusal_patterns)
         if match:
             return "filter", "refusal", f"refusal phrase: {match[:120]!r}"
-    n_tokens = count_tokens(text)
-    row["n_tokens"] = n_tokens
     minimum = settings.min_tokens_by_kind.get(row.get("kind") or "", settings.min_tokens)
-    if n_tokens < minimum:
-        return "filter", "too_short", f"{n_tokens} tokens < min_tokens {minimum}"
+    # cl100k never joins two whitespace-separated words into one token, so a text with at
+    # least ``minimum`` words has at least ``minimum`` tokens: encode only when that does not
+    # settle it (assembly counts every kept document's tokens exactly).
+    if len(text.split()) < minimum:
+        n_tokens = count_tokens(text)
+        row["n_tokens"] = n_tokens
+        if n_tokens < minimum:
+            return "filter", "too_short", f"{n_tokens} tokens < min_tokens {minimum}"
     prose = prose_of(row)
     if settings.max_repetition < 1:
-        basis = prose if len(_WORD.findall(prose)) >= settings.repetition_min_words else text
-        ratio = repetition_ratio(basis, settings.repetition_ngram, settings.repetition_min_words)
+        words = _WORD.findall(prose.lower())
+        if len(words) < settings.repetition_min_words:
+            words = _WORD.findall(text.lower())
+        ratio = _repetition(words, settings.repetition_ngram, settings.repetition_min_words)
         if ratio > settings.max_repetition:
             return (
                 "filter",
@@ -204,7 +244,7 @@ def check_row(row: dict[str, Any], settings: FilterSettings) -> tuple[str, str, 
                 f"(max_repetition {settings.max_repetition})",
             )
     if settings.language and len(prose) >= settings.language_min_chars:
-        found = detect_language(prose)
+        found = detect_language(prose[: settings.language_max_chars])
         if found is not None and found[0] != settings.language:
             return (
                 "filter",

@@ -33,6 +33,9 @@ class FilterSettings(Section):
     language: str | None = "en"
     #: prose shorter than this (code and formulas removed) is not language-checked
     language_min_chars: int = Field(200, ge=1)
+    #: the language check reads at most this many characters of prose (CLD2's cost grows
+    #: with the text; the first 1,000 characters settle the language of a textbook section)
+    language_max_chars: int = Field(1000, ge=1)
     #: drop exercises whose structured output is missing, not an object, or lacks fields
     drop_malformed: bool = True
 
