@@ -621,11 +621,20 @@ def test_cli_user_errors_are_one_line(tax_dir: Path) -> None:
     assert len(err.strip().splitlines()) == 1 and "did you mean" in err
 
 
-def test_cli_notes_ignored_proposed_syllabi(tax_dir: Path) -> None:
+def test_cli_notes_ignored_proposed_syllabi(tax_dir: Path, tmp_path: Path) -> None:
+    """Approved-only configs ([syllabus] generate_missing = false) leave proposed syllabi
+    out and say so; by default `corpus walk` walks them, as `corpus build` does."""
     write_syllabus(tax_dir, "proposed")
-    code, out, err = run_cli("walk", "--taxonomy", str(tax_dir))
+    cfg = tmp_path / "approved-only.toml"
+    cfg.write_text("[syllabus]\ngenerate_missing = false\n")
+    code, out, err = run_cli("walk", "--config", str(cfg), "--taxonomy", str(tax_dir))
     assert code == 0 and "proposed syllabi not used: calculus" in err
-    code, out, _ = run_cli("walk", "--taxonomy", str(tax_dir), "--include-proposed")
+    assert all(json.loads(line)["session_index"] is None for line in out.splitlines())
+    args = ("walk", "--config", str(cfg), "--taxonomy", str(tax_dir), "--include-proposed")
+    code, out, _ = run_cli(*args)
+    assert any(json.loads(line)["session_index"] is not None for line in out.splitlines())
+    code, out, err = run_cli("walk", "--taxonomy", str(tax_dir))
+    assert code == 0 and "not used" not in err
     assert any(json.loads(line)["session_index"] is not None for line in out.splitlines())
 
 

@@ -176,10 +176,12 @@ def build(
 @click.option("--run", "run_name", default=None, help="Run name (default: [output] run).")
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
 def report(config_path: str | None, run_name: str | None, run_dir: str | None) -> None:
-    """Re-render the dataset card (README.md) and report.html of a finished run.
+    """Write report.html of a run: the build's report stage, or a re-render of a copied run.
 
-    Reads only the run directory (its manifest, shards and rejected.parquet), so it works on a
-    copied run too. Give the run directory, or --config/--run to find it.
+    With --config/--run: the report stage of that run (coverage, quality, diversity from
+    its files; skipped when up to date). With a RUN_DIR argument: re-render the dataset card
+    (README.md) and report.html from the directory alone (manifest, shards,
+    rejected.parquet), so it works on a copied run too.
 
     \b
     Example:
@@ -191,11 +193,14 @@ def report(config_path: str | None, run_name: str | None, run_dir: str | None) -
     from builder.report import write_report
 
     if run_dir is None:
-        from builder.pipeline import run_dir as find_run_dir
+        # The build's report stage over the config's run (skipped when up to date).
+        from builder.run.build import run_named
 
-        run_path = find_run_dir(_config(config_path), run_name)
-    else:
-        run_path = Path(run_dir)
+        summary = run_named(_config(config_path), ["report"], run_name, progress=False, log=_log)
+        click.echo(f"card:    {summary.card}")
+        click.echo(f"report:  {summary.report}")
+        return
+    run_path = Path(run_dir)
     read_manifest(run_path)  # an InputError naming the file when the run is not finished
     click.echo(f"card:    {write_card(run_path)}")
     click.echo(f"report:  {write_report(run_path)}")

@@ -125,6 +125,18 @@ def _progress(label: str):
     return report
 
 
+def _run_stage(name: str, cfg: Any, run_name: str) -> None:
+    """Run the build's ``name`` stage on a run directory (``corpus <name> --run RUN``)."""
+    import json
+
+    from builder.run.build import run_named
+
+    summary = run_named(
+        cfg, [name], run_name, progress=False, log=lambda m: click.echo(m, err=True)
+    )
+    click.echo(json.dumps({"run_dir": str(summary.run_dir), **summary.counters}, indent=2))
+
+
 def _echo_nodes(nodes, columns: list[str]) -> None:
     from builder.diversity import format_node_rates
 
@@ -137,6 +149,12 @@ def _echo_nodes(nodes, columns: list[str]) -> None:
 
 @click.command()
 @click.argument("input_path", metavar="[INPUT]", required=False, type=click.Path())
+@click.option(
+    "--run",
+    "run_name",
+    default=None,
+    help="Dedup a run's filtered documents instead (run name or directory; the build's stage).",
+)
 @click.option(
     "-o", "--output", "outdir", type=click.Path(file_okay=False), help="Output directory."
 )
@@ -176,6 +194,7 @@ def _echo_nodes(nodes, columns: list[str]) -> None:
 )
 def dedup(
     input_path: str | None,
+    run_name: str | None,
     outdir: str | None,
     config_path: str | None,
     text_column: str,
@@ -246,6 +265,11 @@ def dedup(
         if input_path is None:
             return
         click.echo("")
+    if run_name is not None:
+        if input_path is not None or outdir is not None:
+            raise click.UsageError("give INPUT -o OUTDIR, or --run RUN, not both")
+        _run_stage("dedup", cfg.model_copy(update={"dedup": settings}), run_name)
+        return
     if input_path is None:
         raise click.UsageError("missing INPUT (a Parquet/JSONL file, directory or glob)")
     if outdir is None:
@@ -289,15 +313,21 @@ def dedup(
 
 
 @click.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.argument("input_path", metavar="[INPUT]", required=False, type=click.Path())
 @click.argument("more_benchmarks", metavar="[BENCHMARK...]", nargs=-1, type=click.Path())
+@click.option(
+    "--run",
+    "run_name",
+    default=None,
+    help="Decontaminate a run's deduplicated documents instead (run name or directory).",
+)
 @click.option(
     "--against",
     multiple=True,
     type=click.Path(),
     help="Benchmark file (JSONL, Parquet or plain text), directory or glob; repeatable.",
 )
-@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False))
+@click.option("-o", "--output", "outdir", default=None, type=click.Path(file_okay=False))
 @config_option
 @click.option("--text-column", default="text", show_default=True, help="Column with the text.")
 @click.option("--id-column", default="id", show_default=True, help="Column with unique ids.")
@@ -316,8 +346,9 @@ def dedup(
 @click.option("--fuzzy-threshold", type=float, help="Fuzzy score (0-100) that flags a passage.")
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes (default: cores).")
 def decontam(
-    input_path: str,
+    input_path: str | None,
     more_benchmarks: tuple[str, ...],
+    run_name: str | None,
     against: tuple[str, ...],
     outdir: str,
     config_path: str | None,
@@ -348,6 +379,28 @@ def decontam(
     from builder.errors import InputError
 
     cfg = load_config(config_path)
+    if run_name is not None:
+        if input_path is not None or outdir is not None or against or more_benchmarks:
+            raise click.UsageError(
+                "--run uses the config's [decontam] benchmarks: give no INPUT, -o or --against"
+            )
+        settings = _with_overrides(
+            "decontam",
+            cfg.decontam,
+            cfg.source,
+            ngram=ngram,
+            min_words=min_words,
+            fuzzy=fuzzy,
+            fuzzy_threshold=fuzzy_threshold,
+            text_field=field,
+            workers=workers,
+        )
+        _run_stage("decontam", cfg.model_copy(update={"decontam": settings}), run_name)
+        return
+    if input_path is None:
+        raise click.UsageError("missing INPUT (a Parquet/JSONL file, directory or glob)")
+    if outdir is None:
+        raise click.UsageError("missing -o/--output OUTDIR")
     files = [*against, *more_benchmarks]
     if more_benchmarks and not against:
         raise click.UsageError("benchmark files go after --against (e.g. --against a.jsonl b.txt)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 config_option = click.option(
@@ -33,3 +35,13 @@ max_cost_option = click.option(
     default=None,
     help="Stop launching requests before the running cost would pass this many USD.",
 )
+
+
+def flag_path(value: str | None) -> str | None:
+    """A path flag made absolute against the current directory.
+
+    Config-file paths resolve against the config's folder (``cfg.path``); a flag the user
+    typed must resolve against where they typed it, so it is made absolute before it
+    overrides the config value.
+    """
+    return str(Path(value).resolve()) if value else None

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from builder.cli.options import config_option, taxonomy_option
+from builder.cli.options import config_option, flag_path, taxonomy_option
 
 if TYPE_CHECKING:  # pragma: no cover
     from builder.templates import TemplateSet
@@ -20,16 +20,6 @@ templates_dir_option = click.option(
     default=None,
     help="Templates directory (default: the config's [generate] templates_dir, else templates/).",
 )
-
-
-def flag_path(value: str | None) -> str | None:
-    """A path flag made absolute against the current directory.
-
-    Config-file paths resolve against the config's folder (``cfg.path``); a flag the user
-    typed must resolve against where they typed it, so it is made absolute before it
-    overrides the config value.
-    """
-    return str(Path(value).resolve()) if value else None
 
 
 def _has_content(path: Path) -> bool:
@@ -165,10 +155,10 @@ def render_cmd(
       corpus templates render section --topic calculus --audience high_school --style textbook
       corpus templates render evolve_exercise --topic calculus-derivatives --exercise ex.json
     """
-    from builder.cli.generate import find_unit
     from builder.config import load_config
     from builder.errors import InputError
     from builder.generate import build_request, transform_request
+    from builder.run.inputs import find_unit
     from builder.templates import SAMPLE_EXERCISES, seeded_random
 
     if (unit_id is None) == (topic_id is None):

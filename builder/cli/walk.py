@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 import click
 
@@ -103,16 +104,11 @@ def walk(
       corpus walk --subtree mathematics --order curriculum
       corpus walk --rounds 3 --coverage
     """
-    from builder.cli.taxonomy import resolve_taxonomy_dir
     from builder.config import load_config
+    from builder.run.inputs import open_walk
     from builder.taxonomy import load_taxonomy
-    from builder.walk import walk_from_settings
 
-    cfg = load_config(config_path)
-    settings = cfg.walk
-    tax = load_taxonomy(resolve_taxonomy_dir(taxonomy_dir, config_path))
-    proposed = include_proposed or settings.include_proposed or cfg.taxonomy.include_proposed
-    overrides = {
+    flags = {
         "seed": seed,
         "limit": limit,
         "token_budget": token_budget,
@@ -121,23 +117,17 @@ def walk(
         "subtree": list(subtree) or None,
         "level": level,
         "order": order,
+        "include_proposed": True if include_proposed else None,
+        "use_syllabi": False if no_syllabi else None,
     }
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if proposed:
-        overrides["statuses"] = ("approved", "proposed")
-    if no_syllabi:
-        overrides["syllabi"] = False
-    bounded = any(
-        v is not None
-        for v in (
-            overrides.get("limit", settings.limit),
-            overrides.get("token_budget", settings.token_budget),
-            overrides.get("rounds", settings.rounds),
-        )
-    )
-    if not bounded:
-        overrides["rounds"] = 1
-    walker = walk_from_settings(tax, settings, cfg.syllabus, **overrides)
+    # Flags override corpus.toml (one precedence: flag > env > corpus.toml > default).
+    overrides = {f"walk.{k}": v for k, v in flags.items()}
+    overrides["taxonomy.dir"] = str(Path(taxonomy_dir).resolve()) if taxonomy_dir else None
+    cfg = load_config(config_path, overrides)
+    tax = load_taxonomy(cfg.path(cfg.taxonomy.dir))
+    # The one rule of which units a config walks (builder.run.inputs.open_walk): exactly the
+    # units `corpus build --config` walks with the same flags set in its [walk] section.
+    walker = open_walk(tax, cfg)
     if walker.ignored_syllabi:
         ignored = walker.ignored_syllabi
         shown = ", ".join(ignored[:5]) + (

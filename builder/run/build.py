@@ -70,6 +70,7 @@ class BuildSummary:
     syllabi_failed: list[str] = field(default_factory=list)
     units: int = 0
     total_cost: float = 0.0  # this run directory over all its builds
+    counters: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage, this call
 
     @property
     def card(self) -> Path:
@@ -186,6 +187,8 @@ def run_stages(
     caps what this call may spend in USD over every stage: when reached, finished work is
     saved and ``BudgetExceeded`` is raised; rerunning resumes. ``progress`` is passed to the
     engine (None: bar on a TTY, False: silent). ``log`` gets one line per stage event.
+    A stage whose inputs are missing (``corpus filter`` before ``corpus generate``) is an
+    ``InputError`` saying to run the stages before it first.
     """
     config = with_run(config, run)
     # Everything that can be wrong with the inputs is checked before anything is written.
@@ -203,6 +206,7 @@ def run_stages(
             stack=engine_stack,
         )
         summary = BuildSummary(run=config.output.run, run_dir=ctx.paths.root)
+        summary.counters = ctx.counters
         ctx.paths.work.mkdir(parents=True, exist_ok=True)
         last_llm = max((i for i, s in enumerate(stages) if s.uses_llm), default=-1)
         with run_lock(ctx.paths.work):
@@ -249,6 +253,20 @@ def build(
         progress=progress,
         log=log,
     )
+
+
+def run_named(
+    config: CorpusConfig, names: Sequence[str], run: str | None = None, **kwargs: Any
+) -> BuildSummary:
+    """Run the build's stages called ``names`` (``corpus filter`` ...) over a run directory.
+
+    ``run`` is a run name or a run directory path; other keywords as ``run_stages``.
+    """
+    from builder.run.paths import config_for_run
+    from builder.stages import stage_named
+
+    config, run = config_for_run(config, run)
+    return run_stages(config, [stage_named(n) for n in names], run=run, **kwargs)
 
 
 def _sync(summary: BuildSummary, ctx: RunContext) -> None:

@@ -4,7 +4,7 @@ files, and the one rule for which subjects, syllabi and units a config selects."
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -193,3 +193,63 @@ def check_inputs(
         line = _config_line(config, "generate", key.group(1))
         raise ConfigError(p.message, file=config.source, line=line, hint=p.hint) from None
     return tax, templates, benchmark_files(config, strict=strict, log=log)
+
+
+def config_units(
+    cfg: CorpusConfig, *, subtree: list[str] | None = None, tax: Taxonomy | None = None
+) -> Iterator[Unit]:
+    """The units of the config's walk ([walk] and [taxonomy] sections).
+
+    Like ``corpus walk``: with none of limit, token_budget or rounds set, one round (every
+    selected topic or session once), so that generation always ends.
+    """
+    from builder.taxonomy import load_taxonomy
+
+    if tax is None:
+        tax = load_taxonomy(cfg.path(cfg.taxonomy.dir))
+    if subtree is not None:
+        cfg = cfg.model_copy(update={"walk": cfg.walk.model_copy(update={"subtree": subtree})})
+    # The same walk as `corpus build` (statuses, syllabi and bounds), so both make the same units.
+    yield from open_walk(tax, cfg)
+
+
+def find_unit(
+    cfg: CorpusConfig, *, unit_id: str | None = None, topic_id: str | None = None
+) -> Unit:
+    """A unit of the config's walk by id, or the first unit the walker makes for a node.
+
+    An unknown ``topic_id`` is reported as the --topic flag's mistake (with the closest
+    taxonomy ids), not as a bad ``[walk] subtree`` in the config.
+    """
+    import difflib
+
+    from builder.errors import InputError
+    from builder.taxonomy import load_taxonomy
+
+    if unit_id is not None:
+        for unit in config_units(cfg):
+            if unit.unit_id == unit_id:
+                return unit
+        raise InputError(
+            f"unit '{unit_id}' is not in this config's walk",
+            hint="`corpus walk --config ...` lists the unit ids; or use --topic ID",
+        )
+    if topic_id is None:
+        raise InputError("give --unit UNIT_ID or --topic ID")
+    tax = load_taxonomy(cfg.path(cfg.taxonomy.dir))
+    if topic_id not in tax:
+        ids = [node.id for node in tax]
+        close = difflib.get_close_matches(topic_id, ids, n=3)
+        hint = (
+            f"did you mean {', '.join(close)}?" if close else "`corpus taxonomy show` lists the ids"
+        )
+        raise InputError(f"--topic {topic_id}: unknown taxonomy id", hint=hint)
+    for unit in config_units(cfg, subtree=[topic_id], tax=tax):
+        if topic_id in (unit.topic, unit.subject, unit.discipline) or topic_id in (
+            unit.taxonomy_path.split("/")
+        ):
+            return unit
+    raise InputError(
+        f"the walker makes no unit for node '{topic_id}'",
+        hint="check the id with `corpus taxonomy show`, and that the node is approved",
+    )

@@ -80,3 +80,17 @@ def run_dir(config: CorpusConfig, run: str | None = None) -> Path:
     """The run directory ``<output.dir>/<run>`` of a config (``run`` defaults to [output] run)."""
     cfg = with_run(config, run)
     return cfg.path(cfg.output.dir) / cfg.output.run
+
+
+def config_for_run(config: CorpusConfig, run: str | None) -> tuple[CorpusConfig, str | None]:
+    """``(config, run name)`` for a ``--run`` value that is a run name or a run directory.
+
+    A value with a path separator (``outputs/v1``) names the directory itself: ``[output]
+    dir`` becomes its parent and the run its name.
+    """
+    if run is None or ("/" not in run and "\\" not in run):
+        return config, run
+    path = Path(run).resolve()
+    copy = config.model_copy(deep=True)
+    copy.output = copy.output.model_copy(update={"dir": str(path.parent), "run": path.name})
+    return copy, path.name
