@@ -1,0 +1,237 @@
+"""The stage contract (builder.stages.base), its executor, and the one-stage commands.
+
+Builds run through the real engine against the loopback fake server (tests/support), on the
+small project of tests/test_pipeline_helpers.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from builder.cli import main
+from builder.config import load_config
+from builder.run.build import run_stages
+from builder.stages import STAGES, Stage, build_stages
+from builder.stages.base import PartitionStage, RunContext
+from builder.util.partitions import list_parts
+from tests.support.fake_openai_server import FakeOpenAIServer
+from tests.test_pipeline_helpers import ids_and_texts, make_project, responder
+
+SMALL: dict[str, dict[str, Any]] = {
+    "walk": {"subtree": ["algorithms", "arithmetic"]},
+    "generate": {"documents_per_unit": 2},
+    # Tiny partitions: every stage must work a few rows at a time.
+    "run": {"partition_rows": 3, "units_per_partition": 2, "flush_rows": 2},
+}
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def server() -> Any:
+    with FakeOpenAIServer(responder=responder) as srv:
+        yield srv
+
+
+def run_files(run: Path) -> list[str]:
+    """Every file of a run directory (relative), without the lock file."""
+    return sorted(
+        str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and p.name != ".build.lock"
+    )
+
+
+def untimed(value: Any) -> Any:
+    """Counters without timings and cache hits (which differ between any two runs)."""
+    if isinstance(value, dict):
+        return {
+            k: untimed(v)
+            for k, v in value.items()
+            if "seconds" not in k and "per_s" not in k and k not in ("workers", "cached")
+        }
+    return value
+
+
+def test_build_is_the_list_of_stages_in_order() -> None:
+    assert STAGES == (
+        "syllabi",
+        "walk",
+        "generate",
+        "filter",
+        "dedup",
+        "decontam",
+        "assemble",
+        "report",
+    )
+    assert all(isinstance(s, Stage) for s in build_stages())
+
+
+def test_stages_hold_one_bounded_partition(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    """With partition_rows = 3, no stage ever holds more than 3 rows of a partition, and
+    every intermediate partition file has at most 3 rows: memory is bounded by the
+    partition size, not the corpus size."""
+    config = load_config(make_project(tmp_path / "p", server.base_url, SMALL))
+    stages = build_stages()
+    summary = run_stages(config, stages, progress=False)
+    filt = next(s for s in stages if s.name == "filter")
+    assert isinstance(filt, PartitionStage)
+    rows_in = summary.counters["filter"]["rows_in"]
+    assert rows_in > 20  # far more rows than one partition
+    assert filt.max_rows_seen == 3
+    assert summary.counters["filter"]["max_rows_held"] <= 3
+    assert summary.counters["filter"]["partitions_in"] >= rows_in // 3
+    work = summary.run_dir / "work"
+    for sink in ("kept", "rejected"):
+        parts = list_parts(work / "filter" / sink)
+        assert parts and all(pq.ParquetFile(p).metadata.num_rows <= 3 for p in parts)
+    units = list_parts(work / "walk")
+    assert len(units) >= 3
+    assert all(pq.ParquetFile(p).metadata.num_rows <= 2 for p in units)
+    # One generation partition per unit partition, nothing left in the journal.
+    assert len(list_parts(work / "generate")) == len(units)
+    assert not list((work / "generate" / "_journal").glob("*.parquet"))
+    assert summary.documents > 0
+
+
+class CountRows(Stage):
+    """A stage added from outside the package: counts the kept documents per kind."""
+
+    name = "count"
+    runs = 0
+
+    def inputs(self, ctx: RunContext) -> list[Path]:
+        return [ctx.paths.stage_dir("filter") / "kept"]
+
+    def outputs(self, ctx: RunContext) -> list[Path]:
+        return [self.out_dir(ctx) / "counts.parquet"]
+
+    def fingerprint(self, ctx: RunContext) -> str | None:
+        return str(ctx.markers.fingerprint("filter"))
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        CountRows.runs += 1
+        frame = pl.scan_parquet(list_parts(self.inputs(ctx)[0])).group_by("kind").len()
+        out = self.outputs(ctx)[0]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.collect().sort("kind").write_parquet(out)
+        return {"kinds": frame.collect().height}
+
+
+def test_a_new_stage_runs_once_and_is_skipped_when_up_to_date(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    config = load_config(make_project(tmp_path / "p", server.base_url, SMALL))
+    stages = [*build_stages()[:4], CountRows()]
+    CountRows.runs = 0
+    first = run_stages(config, stages, progress=False)
+    assert CountRows.runs == 1 and first.counters["count"]["kinds"] == 2
+    marker = json.loads((first.run_dir / "work" / "_done" / "count.json").read_text())
+    assert marker["counters"] == {"kinds": 2}
+    second = run_stages(config, [*build_stages()[:4], CountRows()], progress=False)
+    assert CountRows.runs == 1  # skipped: same fingerprint, outputs exist
+    assert second.up_to_date
+    (first.run_dir / "work" / "count" / "counts.parquet").unlink()
+    run_stages(config, [*build_stages()[:4], CountRows()], progress=False)
+    assert CountRows.runs == 2  # an output went missing: run again
+
+
+def test_one_stage_commands_leave_exactly_the_files_of_the_build(
+    server: FakeOpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    built = make_project(tmp_path / "a", server.base_url, SMALL)
+    code, _out, err = run_cli(capsys, "build", "--config", str(built), "--run", "r")
+    assert code == 0, err
+    staged = make_project(tmp_path / "b", server.base_url, SMALL)
+    run_b = tmp_path / "outputs" / "s"
+    code, _out, err = run_cli(capsys, "filter", "--config", str(staged), "--run", "s")
+    assert code == 2 and "run the stages before it first" in err  # nothing generated yet
+    for argv in (
+        ["generate", "--config", str(staged), "--run", "s"],
+        ["filter", "--config", str(staged), "--run", str(run_b)],  # a run directory path
+        ["dedup", "--config", str(staged), "--run", "s"],
+        ["decontam", "--config", str(staged), "--run", "s"],
+        ["assemble", "--config", str(staged), "--run", "s"],
+        ["report", "--config", str(staged), "--run", "s"],
+    ):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 0, (argv, err)
+        assert "Traceback" not in err
+    run_a = tmp_path / "outputs" / "r"
+    assert run_files(run_b) == run_files(run_a)
+    assert ids_and_texts(run_b) == ids_and_texts(run_a)
+    # Every stage finished in both and counted the same (timings aside).
+    for stage in STAGES:
+        a = json.loads((run_a / "work" / "_done" / f"{stage}.json").read_text())
+        b = json.loads((run_b / "work" / "_done" / f"{stage}.json").read_text())
+        assert untimed(a["counters"]) == untimed(b["counters"]), stage
+    # And a build over the staged run has nothing left to do.
+    code, out, err = run_cli(capsys, "build", "--config", str(staged), "--run", "s")
+    assert code == 0 and "is up to date" in out, err
+
+
+def test_corpus_walk_prints_the_units_the_build_walked(
+    server: FakeOpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a build generated proposed syllabi (and walked their sessions), `corpus walk
+    --config` prints exactly the build's units, in order."""
+    config = make_project(tmp_path / "p", server.base_url, SMALL)
+    code, _out, err = run_cli(capsys, "build", "--config", str(config))
+    assert code == 0, err
+    assert "[syllabi] written" in err  # proposed syllabi were written by this build
+    run = tmp_path / "outputs" / "test"
+    built = [
+        row["unit_id"]
+        for part in list_parts(run / "work" / "walk")
+        for row in pq.read_table(part).to_pylist()
+    ]
+    code, out, err = run_cli(capsys, "walk", "--config", str(config))
+    assert code == 0, err
+    walked = [json.loads(line)["unit_id"] for line in out.splitlines()]
+    assert walked == built
+    assert any(
+        "#" in u or json.loads(line)["session"]
+        for u, line in zip(walked, out.splitlines(), strict=True)
+    )
+
+
+def test_unit_partitions_are_rewritten_only_when_the_walk_changes(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    config = load_config(make_project(tmp_path / "p", server.base_url, SMALL))
+    first = run_stages(config, build_stages()[:3], progress=False)
+    parts = list_parts(first.run_dir / "work" / "walk")
+    stamps = [p.stat().st_mtime_ns for p in parts]
+    again = run_stages(config, build_stages()[:3], progress=False)
+    assert again.counters["walk"]["rewritten"] == 0
+    assert [p.stat().st_mtime_ns for p in parts] == stamps
+    assert again.requests_sent == 0
+
+
+def test_generated_rows_have_the_one_arrow_schema(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    from builder.records import DOCUMENT_SCHEMA, GENERATED_SCHEMA, REJECTED_SCHEMA
+
+    config = load_config(make_project(tmp_path / "p", server.base_url, SMALL))
+    summary = run_stages(config, build_stages()[:4], progress=False)
+    work = summary.run_dir / "work"
+    for directory, schema in (
+        (work / "generate", GENERATED_SCHEMA),
+        (work / "filter" / "kept", DOCUMENT_SCHEMA),
+        (work / "filter" / "rejected", REJECTED_SCHEMA),
+    ):
+        for part in list_parts(directory):
+            assert pq.read_schema(part).remove_metadata() == schema, part
+    assert pa.types.is_list(GENERATED_SCHEMA.field("concepts").type)
