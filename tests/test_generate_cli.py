@@ -6,11 +6,13 @@ import json
 import textwrap
 from pathlib import Path
 
+import polars as pl
 import pytest
 from click.testing import CliRunner
 
 from builder.cli import cli
-from builder.generate import read_generated
+from builder.stages.generate import read_run_generated
+from builder.util.partitions import list_parts
 from tests.support.fake_openai_server import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,6 +101,9 @@ def project(tmp_path: Path):
                 [taxonomy]
                 dir = "taxonomy"
 
+                [syllabus]
+                generate_missing = false
+
                 [walk]
                 seed = 3
                 limit = 3
@@ -124,6 +129,8 @@ def project(tmp_path: Path):
 
 
 def test_generate_command_end_to_end_and_resume(project, monkeypatch) -> None:
+    """`corpus generate` writes the run's generation partitions; `corpus filter` splits them
+    into kept and rejected partitions; rerunning sends nothing."""
     root, config, server = project
     monkeypatch.delenv("CORPUS_OUTPUT_DIR")  # use the config's [output] dir
     runner = CliRunner()
@@ -132,20 +139,25 @@ def test_generate_command_end_to_end_and_resume(project, monkeypatch) -> None:
     summary = json.loads(result.output[result.output.index("{") :])
     assert summary["units"] == 3
     gen = summary["generate"]
-    assert gen["planned"] == gen["sent"] == gen["received"] == server.count("chat")
-    out = root / "out" / "e2e" / "generate" / "generated.jsonl"
-    assert Path(summary["out"]) == out
-    rows = read_generated(out)
-    assert len(rows) == gen["planned"] >= 9
+    assert gen["planned"] == gen["sent"] == gen["received"] == server.count("chat") >= 9
+    run = root / "out" / "e2e"
+    assert Path(summary["run_dir"]) == run
+    rows = read_run_generated(run)
+    assert len(rows) == gen["planned"]
     kinds = {(r["kind"], r["exercise_type"]) for r in rows.values()}
-    assert ("section", None) in kinds
-    kept = [json.loads(x) for x in Path(summary["kept_path"]).read_text().splitlines()]
-    rejected = [json.loads(x) for x in Path(summary["rejected_path"]).read_text().splitlines()]
+    assert ("section", None) in kinds and ("exercise", "code") in kinds
+
+    result = runner.invoke(cli, ["filter", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    counters = json.loads(result.output[result.output.index("{") :])["filter"]
+    kept = pl.read_parquet(list_parts(run / "work" / "filter" / "kept")).to_dicts()
+    rejected = pl.read_parquet(list_parts(run / "work" / "filter" / "rejected")).to_dicts()
+    assert counters["kept"] == len(kept) > 0 and counters["rejected"] == len(rejected)
     assert len(kept) + len(rejected) == len(rows)
     assert all(r["stage"] and r["reason"] for r in rejected)
-    assert summary["verified"] == sum(1 for d in kept if d["verified"] is True)
+    assert counters["verified"] == sum(1 for d in kept if d["verified"] is True)
     code = [d for d in kept if d["exercise_type"] == "code"]
-    assert all(d["verified"] is True for d in code)
+    assert code and all(d["verified"] is True for d in code)
     assert all(d["model"] == "fake-model" and d["taxonomy_path"] for d in kept)
     # Request bodies carry the template's schema as structured output, and seeds.
     bodies = server.requests
@@ -156,7 +168,35 @@ def test_generate_command_end_to_end_and_resume(project, monkeypatch) -> None:
     assert again.exit_code == 0, again.output
     summary2 = json.loads(again.output[again.output.index("{") :])
     assert summary2["generate"]["sent"] == 0
+    assert summary2["generate"]["reused"] == gen["planned"]
     assert server.count("chat") == gen["sent"]
+
+
+def test_generate_max_cost_stops_with_exit_3_and_resumes(project, monkeypatch) -> None:
+    """--max-cost caps what `corpus generate` spends: it stops with exit code 3 and a line
+    saying what was spent; rerunning without the cap finishes, resending nothing paid."""
+    root, config, server = project
+    monkeypatch.delenv("CORPUS_OUTPUT_DIR")
+    text = config.read_text()
+    config.write_text(
+        text.replace(
+            'model = "fake-model"',
+            'model = "fake-model"\nmax_concurrency = 1\n'
+            '[llm.prices."fake-model"]\ninput = 100.0\noutput = 100.0',
+        )
+    )
+    from builder.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "--config", str(config), "--max-cost", "0.2"])
+    assert info.value.code == 3
+    paid = server.count("chat")
+    assert 0 < paid < 9
+    result = CliRunner().invoke(cli, ["generate", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    gen = json.loads(result.output[result.output.index("{") :])["generate"]
+    assert gen["reused"] >= 1  # what the capped run finished was kept
+    assert server.count("chat") == paid + gen["sent"] - gen["cached"]
 
 
 def test_templates_render_prints_the_exact_request(project) -> None:
