@@ -732,7 +732,7 @@ def _assemble_locked(
     # corpus of this run is touched.
     sorted_path = scratch / "sorted.parquet"
     try:
-        docs_lf.sort("id").sink_parquet(sorted_path, compression="lz4")
+        sort_by_id(docs_lf, sorted_path, scratch, max_rows=config.run.partition_rows)
         rej_df = rej_lf.sort(
             "id", "stage", "reason", "detail", nulls_last=True, maintain_order=True
         ).collect()
@@ -816,6 +816,61 @@ def _assemble_locked(
         tokens=counts.tokens,
         rejected=rej_df.height,
     )
+
+
+def sort_by_id(lf: pl.LazyFrame, dest: Path, scratch: Path, *, max_rows: int) -> int:
+    """Write ``lf`` to ``dest`` sorted by id, holding about ``max_rows`` rows at a time.
+
+    An external sort: the rows are streamed once into range buckets of about ``max_rows``
+    rows each (split points from a sample of the ids), then each bucket is sorted alone and
+    appended; buckets cover ascending id ranges, so the result is sorted. Small inputs are
+    sorted in one go. Returns the number of rows.
+    """
+    unsorted = scratch / "unsorted.parquet"
+    lf.sink_parquet(unsorted, compression="lz4")
+    pf = pq.ParquetFile(unsorted)
+    n = pf.metadata.num_rows
+    if n <= max_rows:
+        pl.scan_parquet(unsorted).sort("id").sink_parquet(dest, compression="lz4")
+        unsorted.unlink()
+        return n
+    step = max(1, n // 20_000)
+    sample: list[str] = []
+    seen = 0
+    for batch in pf.iter_batches(batch_size=max_rows, columns=["id"]):
+        ids = batch.column(0).to_pylist()
+        first = (-seen) % step
+        sample.extend(ids[first::step])
+        seen += len(ids)
+    sample.sort()
+    buckets = max(2, -(-2 * n // max_rows))  # about half max_rows each: room for skew
+    splits = np.array(
+        sorted({sample[len(sample) * i // buckets] for i in range(1, buckets)}), dtype=object
+    )
+    paths = [scratch / f"bucket-{i:05d}.parquet" for i in range(len(splits) + 1)]
+    writers: dict[int, pq.ParquetWriter] = {}
+    try:
+        for batch in pf.iter_batches(batch_size=max_rows):
+            table = pa.Table.from_batches([batch])
+            ids = np.array(table.column("id").to_pylist(), dtype=object)
+            which = np.searchsorted(splits, ids, side="right")
+            for b in np.unique(which):
+                part = table.filter(pa.array(which == b))
+                if b not in writers:
+                    writers[b] = pq.ParquetWriter(paths[b], table.schema, compression="lz4")
+                writers[b].write_table(part)
+    finally:
+        for w in writers.values():
+            w.close()
+    unsorted.unlink()
+    schema = pf.schema_arrow
+    with pq.ParquetWriter(dest, schema, compression="lz4") as out:
+        for b, path in enumerate(paths):
+            if b not in writers:
+                continue
+            out.write_table(pq.read_table(path).sort_by("id"))
+            path.unlink()
+    return n
 
 
 def _manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
