@@ -55,7 +55,7 @@ SEED = 20240601
 
 def _gen_part(args: tuple[int, int, str]) -> str:
     from builder.dedup.normalize import ngram_hashes, tokenize
-    from builder.dedup.synthetic import Vocabulary, synthetic_corpus
+    from tests.support.synthetic import Vocabulary, synthetic_corpus
 
     index, n, out = args
     vocab = Vocabulary.make(size=20_000, seed=SEED)

@@ -192,10 +192,6 @@ class AssemblyResult:
     tokens: int
     rejected: int
 
-    @property
-    def shard_paths(self) -> list[Path]:
-        return [self.run_dir / s.path for s in self.shards]
-
 
 # ---------------------------------------------------------------------------------------------
 # Reading inputs

