@@ -43,8 +43,11 @@ from builder.io_tables import (
     ParquetSink,
     Partition,
     TableSource,
+    _is_table_file,
     arrow_mask,
     check_text_dtype,
+    compression_of,
+    decompressed,
     open_table,
     read_jsonl,
     read_parquet,
@@ -91,7 +94,7 @@ def benchmark_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
                 f
                 for f in p.iterdir()
                 if f.is_file()
-                and f.suffix.lower() in PARQUET_SUFFIXES + JSONL_SUFFIXES + TEXT_SUFFIXES
+                and _is_table_file(f, PARQUET_SUFFIXES + JSONL_SUFFIXES + TEXT_SUFFIXES)
             )
             if not found:
                 raise InputError(
@@ -153,6 +156,14 @@ def load_benchmark_items(path: str | os.PathLike[str], field: str | None = None)
     per paragraph (blank-line separated), or per line when the file has no blank lines.
     """
     p = Path(path)
+    if compression_of(p) is not None:  # HumanEval.jsonl.gz as published: read it as is
+        with tempfile.TemporaryDirectory(prefix="corpus-bench-") as tmp:
+            plain = decompressed(p, tmp)
+            try:
+                return load_benchmark_items(plain, field)
+            except InputError as exc:
+                first = exc.problems[0]  # name the file the user gave (line: of its content)
+                raise InputError(first.message, file=p, line=first.line, hint=first.hint) from None
     fmt = table_format(p)
     if fmt == "text":
         return _text_items(p)

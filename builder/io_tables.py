@@ -29,8 +29,61 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 
 
+#: Compressed files are read transparently (by suffix, else by their magic bytes).
+COMPRESSION_SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"))
+
+
+def compression_of(path: str | os.PathLike[str]) -> str | None:
+    """``gzip`` | ``zstd`` for a compressed file, else None."""
+    p = Path(path)
+    codec = COMPRESSION_SUFFIXES.get(p.suffix.lower())
+    if codec is not None:
+        return codec
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return None
+    return next((c for magic, c in _MAGIC if head.startswith(magic)), None)
+
+
+def decompressed(path: str | os.PathLike[str], workdir: str | os.PathLike[str]) -> Path:
+    """``path`` itself, or, when it is gzip/zstd-compressed, its contents decompressed into
+    ``workdir`` (streamed, any size) under its name without the compression suffix."""
+    p = Path(path)
+    codec = compression_of(p)
+    if codec is None:
+        return p
+    name = p.stem if p.suffix.lower() in COMPRESSION_SUFFIXES else p.name + ".out"
+    dest = Path(workdir) / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with pa.CompressedInputStream(pa.OSFile(str(p)), codec) as src, open(dest, "wb") as out:
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(
+            f"cannot decompress ({codec}): {exc}".splitlines()[0],
+            file=p,
+            hint="check that the file is complete (re-download it), or decompress it yourself",
+        ) from None
+    return dest
+
+
+def _is_table_file(path: Path, suffixes: tuple[str, ...]) -> bool:
+    """A file whose suffix (ignoring a compression suffix) is one of ``suffixes``."""
+    names = [s.lower() for s in path.suffixes[-2:]]
+    if names and names[-1] in COMPRESSION_SUFFIXES:
+        names = names[:-1]
+    return bool(names) and names[-1] in suffixes
+
+
 def table_format(path: str | os.PathLike[str]) -> str:
-    """``parquet`` | ``jsonl`` | ``text`` by suffix, else by sniffing the first bytes."""
+    """``parquet`` | ``jsonl`` | ``text`` by suffix, else by sniffing the first bytes.
+
+    A compressed file must be decompressed first (``decompressed``): its bytes say nothing.
+    """
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix in PARQUET_SUFFIXES:
@@ -60,7 +113,7 @@ def resolve_inputs(path: str | os.PathLike[str], *, what: str = "input") -> list
         files = sorted(
             f
             for f in p.iterdir()
-            if f.is_file() and f.suffix.lower() in PARQUET_SUFFIXES + JSONL_SUFFIXES
+            if f.is_file() and _is_table_file(f, PARQUET_SUFFIXES + JSONL_SUFFIXES)
         )
         if not files:
             raise InputError(
@@ -428,7 +481,12 @@ def open_table(
     schemas: list[pa.Schema] = []
     counts: list[int] = []
     work = Path(workdir) if workdir is not None else None
-    for f in originals:
+    for original in originals:
+        f = original
+        if compression_of(f) is not None:
+            if work is None:
+                work = Path(tempfile.mkdtemp(prefix="corpus-table-"))
+            f = decompressed(f, work / f"z{len(files):05d}")
         fmt = table_format(f)
         if fmt == "jsonl":
             if work is None:
@@ -447,7 +505,7 @@ def open_table(
             )
         pf = _parquet_file(target)
         schema = pf.schema_arrow
-        display = f
+        display = original
         require_text_column(schema.names, text_column, file=display, option=option)
         check_text_dtype(schema.field(text_column).type, text_column, file=display)
         files.append(target)

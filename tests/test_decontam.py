@@ -176,7 +176,45 @@ def test_cli_decontam_several_files_after_against(setup, tmp_path: Path, monkeyp
     assert hits.height >= 4
     r2 = CliRunner().invoke(cli, ["decontam", str(src), "-o", str(out)])
     # No benchmarks at all: the library's InputError (a user error), not a crash.
-    from builder.errors import InputError
-
     assert isinstance(r2.exception, InputError), r2.exception
     assert "no benchmark files given" in str(r2.exception)
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+def test_compressed_benchmark_and_input_files_are_read_as_they_are(
+    tmp_path: Path, codec: str
+) -> None:
+    """`corpus decontam x.jsonl.gz --against HumanEval.jsonl.gz`: compressed inputs and
+    benchmarks (as benchmarks publish them) are read transparently, gzip and zstd."""
+    import pyarrow as pa
+
+    item = (
+        "Write a function that returns the largest prime factor of a positive integer n, "
+        "assuming n is greater than one and is not itself a prime number at all."
+    )
+    suffix = {"gzip": ".gz", "zstd": ".zst"}[codec]
+
+    def write(path: Path, rows: list[dict]) -> Path:
+        data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        with pa.CompressedOutputStream(str(path), codec) as out:
+            out.write(data)
+        return path
+
+    bench = write(tmp_path / f"HumanEval.jsonl{suffix}", [{"task_id": "t1", "prompt": item}])
+    docs = [
+        {"id": "a", "text": "Intro. " + item + " Then more words follow here."},
+        {"id": "b", "text": "A clean document about fractions and ratios in daily life."},
+    ]
+    src = write(tmp_path / f"docs.jsonl{suffix}", docs)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["decontam", str(src), "--against", str(bench), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "1 contaminated" in r.output
+    assert pl.read_parquet(out / "clean.parquet")["id"].to_list() == ["b"]
+    # A damaged compressed file: one line naming it, no traceback, no wrong UTF-8 hint.
+    broken = tmp_path / f"broken.jsonl{suffix}"
+    broken.write_bytes(bench.read_bytes()[:12])
+    r = CliRunner().invoke(cli, ["decontam", str(src), "--against", str(broken), "-o", str(out)])
+    assert isinstance(r.exception, InputError), r.exception
+    assert str(broken) in str(r.exception) and "decompress" in str(r.exception)
+    assert "UTF-8" not in str(r.exception)
