@@ -51,9 +51,16 @@ def expand_nodes(frame: pl.DataFrame, path_column: str = "taxonomy_path") -> pl.
     base = frame.with_columns(pl.lit(ALL_NODE).alias("node"), pl.lit(0).alias("depth"))
     if path_column not in frame.columns:
         return base
-    parts = frame.with_columns(
-        pl.col(path_column).cast(pl.String).str.strip_chars("/").str.split("/").alias("_parts")
-    ).filter(pl.col("_parts").is_not_null() & (pl.col("_parts").list.len() > 0))
+    column = pl.col(path_column)
+    dtype = frame.schema[path_column]
+    if isinstance(dtype, pl.List | pl.Array):
+        # A path given as a list of names (["Physics", "Mechanics"]): one path, "/"-joined.
+        column = column.cast(pl.List(pl.String)).list.join("/")
+    elif dtype != pl.String:
+        column = column.cast(pl.String)
+    parts = frame.with_columns(column.str.strip_chars("/").str.split("/").alias("_parts")).filter(
+        pl.col("_parts").is_not_null() & (pl.col("_parts").list.len() > 0)
+    )
     parts = parts.filter(pl.col("_parts").list.first() != "")
     if parts.height == 0:
         return base

@@ -306,3 +306,25 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path):
 
     assert isinstance(bad.exception, ConfigError), bad.exception
     assert "must not exceed num_perm" in str(bad.exception)
+
+
+def test_list_valued_taxonomy_path_is_joined(tmp_path: Path) -> None:
+    """`corpus dedup` on JSONL whose taxonomy_path is a list of names (a common shape): the
+    per-node report joins it with '/' instead of crashing."""
+    text = "Forces change the motion of bodies; Newton's second law says F equals m a. " * 6
+    rows = [
+        {"id": "a", "text": text, "taxonomy_path": ["Physics", "Mechanics"]},
+        {"id": "b", "text": text, "taxonomy_path": ["Physics", "Mechanics"]},
+        {
+            "id": "c",
+            "text": "Waves carry energy; light is an electromagnetic wave. " * 8,
+            "taxonomy_path": ["Physics", "Optics"],
+        },
+    ]
+    src = tmp_path / "corpus.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["dedup", str(src), "-o", str(out)])
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "Physics/Mechanics" in r.output
+    assert sorted(pl.read_parquet(out / "kept.parquet")["id"].to_list()) == ["a", "c"]
