@@ -88,12 +88,48 @@ def _opener_expr(words: int) -> pl.Expr:
     )
 
 
+#: Path part of a syllabus session under its subject in the coverage tree.
+SESSION_PREFIX = "session: "
+
+
+def _path_expr(schema: pl.Schema) -> pl.Expr:
+    """A row's coverage path: its taxonomy_path, and for a unit built around a syllabus
+    session (GLAN) one level more, ``<subject path>/session: <title>``, so documents written
+    from sessions show where they belong instead of only on the subject."""
+    path = _col(schema, "taxonomy_path", pl.String).fill_null(UNKNOWN_PATH)
+    if "session" not in schema:
+        return path.alias("taxonomy_path")
+    session = pl.col("session").cast(pl.String).str.replace_all("/", "\u2215")
+    return (
+        pl.when(session.is_not_null() & (session.str.strip_chars() != ""))
+        .then(path + pl.lit("/" + SESSION_PREFIX) + session)
+        .otherwise(path)
+        .alias("taxonomy_path")
+    )
+
+
+def _is_session(path: str) -> bool:
+    return path.rpartition("/")[2].startswith(SESSION_PREFIX)
+
+
+def _leaves(nodes: Mapping[str, Any]) -> list[Any]:
+    """Taxonomy leaves: nodes without children other than sessions (a subject walked by its
+    syllabus sessions is still the leaf its topics hang under); sessions are not leaves."""
+    return [
+        n
+        for n in nodes.values()
+        if not _is_session(n.path) and not any(not _is_session(c) for c in n.children)
+    ]
+
+
 def document_facts(documents: pl.LazyFrame, opener_words: int = 4) -> pl.DataFrame:
-    """Per document: path, kind, tokens, words and opener (the text itself is not kept)."""
+    """Per document: path, kind, tokens, words and opener (the text itself is not kept).
+
+    Documents of syllabus sessions get their session as a path level (``_path_expr``)."""
     schema = documents.collect_schema()
     exprs = [
         _col(schema, "id", pl.String),
-        _col(schema, "taxonomy_path", pl.String).fill_null(UNKNOWN_PATH),
+        _path_expr(schema),
         _col(schema, "kind", pl.String).fill_null("(none)"),
         _col(schema, "n_tokens", pl.Int64),
         pl.col("text").str.count_matches(r"\S+").cast(pl.Int64).alias("words"),
@@ -126,7 +162,7 @@ def rejection_facts(rejected: pl.LazyFrame | None) -> pl.DataFrame:
         return empty
     schema = rejected.collect_schema()
     return rejected.select(
-        _col(schema, "taxonomy_path", pl.String).fill_null(UNKNOWN_PATH),
+        _path_expr(schema),
         _col(schema, "stage", pl.String).fill_null("(none)"),
         _col(schema, "reason", pl.String).fill_null("(none)"),
     ).collect()
@@ -374,7 +410,7 @@ def plot_coverage(nodes: Mapping[str, TreeNode], *, planned: bool) -> bytes:
     if not roots or (not planned and not any(n.documents for n in roots)):
         _no_data(ax, "no documents and no taxonomy")
         return _png(fig)
-    leaves = [n for n in nodes.values() if not n.children]
+    leaves = _leaves(nodes)
     max_docs = max((n.documents for n in leaves), default=0)
     cmap = colormaps["viridis"]
     nonzero = [n.documents for n in leaves if n.documents]
@@ -938,7 +974,7 @@ def write_report(
     n_docs = facts.height
     n_tokens = int(facts["n_tokens"].sum() or 0)
     n_rej = rejections.height
-    leaves = [n for n in nodes.values() if not n.children]
+    leaves = _leaves(nodes)
     covered = sum(1 for n in leaves if n.documents)
     total_dups = int((rejections["stage"].str.starts_with(DUP_STAGE_PREFIX)).sum())
     total_con = int((rejections["stage"].str.starts_with(CONTAM_STAGE_PREFIX)).sum())

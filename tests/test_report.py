@@ -249,3 +249,26 @@ def test_pipeline_inputs_diversity_and_walker_coverage(run: Path, data, tmp_path
     assert "Diversity summary (dedup stage)" in html
     assert (out / "report" / "stages.png").exists()
     assert "$0.5000" in html
+
+
+def test_session_documents_show_under_their_session() -> None:
+    """Documents written from syllabus sessions (taxonomy_path = the subject) appear in the
+    coverage tree as sessions under their subject, with their counts, not as zeros."""
+    docs = pl.LazyFrame(
+        {
+            "id": ["a", "b", "c"],
+            "text": ["Loops repeat work.", "A for loop walks a list.", "Lists hold items."],
+            "taxonomy_path": ["cs/python", "cs/python", "cs/python/lists"],
+            "session": ["Loops and iteration", "Loops and iteration", None],
+            "n_tokens": [4, 6, 4],
+        }
+    )
+    facts = document_facts(docs)
+    nodes = node_table(
+        facts,
+        pl.DataFrame(schema={"taxonomy_path": pl.String, "stage": pl.String, "reason": pl.String}),
+    )
+    session = nodes["cs/python/session: Loops and iteration"]
+    assert session.documents == 2 and session.parent == "cs/python"
+    assert session.name == "session: Loops and iteration"
+    assert nodes["cs/python"].documents == 3 and nodes["cs/python/lists"].documents == 1
