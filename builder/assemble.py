@@ -23,7 +23,6 @@ while the scratch file is written, before the previous corpus of the run is touc
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -44,6 +43,8 @@ from builder.errors import BuilderError, InputError
 from builder.records import DOCUMENT_COLUMNS, REJECTION_COLUMNS, canonical_json
 from builder.tokens import ENCODING_LABEL, ENCODING_NAME, count_tokens
 from builder.util.faults import fault_point
+from builder.util.files import atomic_write, atomic_write_bytes, file_sha256, fsync_dir
+from builder.util.memory import release_memory
 
 if TYPE_CHECKING:  # pragma: no cover
     from builder.config import CorpusConfig
@@ -437,48 +438,11 @@ def _small_types(t: pa.DataType) -> pa.DataType:
 # Atomic files
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file + fsync + ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _write_parquet(table: pa.Table, path: Path, *, row_group_rows: int, level: int) -> None:
     """Write one Parquet file atomically with fixed, deterministic writer options."""
-    tmp = _tmp_name(path)
-    try:
-        pq.write_table(
+    atomic_write(
+        path,
+        lambda tmp: pq.write_table(
             table,
             tmp,
             row_group_size=row_group_rows,
@@ -488,13 +452,8 @@ def _write_parquet(table: pa.Table, path: Path, *, row_group_rows: int, level: i
             write_statistics=True,
             version="2.6",
             data_page_version="1.0",
-        )
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        ),
+    )
 
 
 def _clean_scratch(scratch: Path) -> None:
@@ -538,7 +497,7 @@ def _locked(scratch: Path) -> Iterator[None]:
 def _clean_run_dir(run_dir: Path) -> None:
     """Remove what an earlier (complete or interrupted) assembly wrote, manifest first."""
     (run_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     for pattern in (f".{MANIFEST_NAME}.tmp-*", f".{REJECTED_NAME}.tmp-*"):
         for p in run_dir.glob(pattern):
             p.unlink(missing_ok=True)
@@ -747,8 +706,8 @@ def _assemble_locked(
     shards: list[ShardInfo] = []
 
     def batches() -> Iterator[pl.DataFrame]:
-        pf = pq.ParquetFile(sorted_path)
-        for rb in pf.iter_batches(batch_size=READ_BATCH_ROWS):
+        pf = pq.ParquetFile(sorted_path, pre_buffer=False)
+        for rb in pf.iter_batches(batch_size=READ_BATCH_ROWS, use_threads=False):
             yield pl.from_arrow(rb)  # type: ignore[misc]
 
     max_bytes = int(out.shard_max_mb * 1024 * 1024)
@@ -758,6 +717,7 @@ def _assemble_locked(
             _write_shard(df, run, i, arrow_schema, out.row_group_rows, out.compression_level)
         )
         fault_point("assemble.shard")
+        release_memory()
         counts.add(df)
     if not shards:  # an empty corpus still loads: one shard with the schema and no rows
         empty = pl.DataFrame(schema=schema)
@@ -771,9 +731,9 @@ def _assemble_locked(
         rej_table, rej_path, row_group_rows=out.row_group_rows, level=out.compression_level
     )
     rejected_info = ShardInfo(
-        REJECTED_NAME, rej_df.height, rej_path.stat().st_size, _sha256_file(rej_path)
+        REJECTED_NAME, rej_df.height, rej_path.stat().st_size, file_sha256(rej_path)
     )
-    _fsync_dir(run / DOCUMENTS_DIR)
+    fsync_dir(run / DOCUMENTS_DIR)
 
     from builder import __version__
 
@@ -823,17 +783,20 @@ def sort_by_id(lf: pl.LazyFrame, dest: Path, scratch: Path, *, max_rows: int) ->
     sorted in one go. Returns the number of rows.
     """
     unsorted = scratch / "unsorted.parquet"
-    lf.sink_parquet(unsorted, compression="lz4")
-    pf = pq.ParquetFile(unsorted)
+    # Polars' sink buffers a whole row group (default ~250k rows): bound it.
+    group = max(1, min(max_rows, 10_000))
+    lf.sink_parquet(unsorted, compression="lz4", row_group_size=group)
+    pf = pq.ParquetFile(unsorted, pre_buffer=False)
     n = pf.metadata.num_rows
     if n <= max_rows:
-        pl.scan_parquet(unsorted).sort("id").sink_parquet(dest, compression="lz4")
+        table = pq.read_table(unsorted).sort_by("id")
+        pq.write_table(table, dest, compression="lz4", row_group_size=group)
         unsorted.unlink()
         return n
     step = max(1, n // 20_000)
     sample: list[str] = []
     seen = 0
-    for batch in pf.iter_batches(batch_size=max_rows, columns=["id"]):
+    for batch in pf.iter_batches(batch_size=max_rows, columns=["id"], use_threads=False):
         ids = batch.column(0).to_pylist()
         first = (-seen) % step
         sample.extend(ids[first::step])
@@ -846,7 +809,7 @@ def sort_by_id(lf: pl.LazyFrame, dest: Path, scratch: Path, *, max_rows: int) ->
     paths = [scratch / f"bucket-{i:05d}.parquet" for i in range(len(splits) + 1)]
     writers: dict[int, pq.ParquetWriter] = {}
     try:
-        for batch in pf.iter_batches(batch_size=max_rows):
+        for batch in pf.iter_batches(batch_size=max_rows, use_threads=False):
             table = pa.Table.from_batches([batch])
             ids = np.array(table.column("id").to_pylist(), dtype=object)
             which = np.searchsorted(splits, ids, side="right")
@@ -864,7 +827,7 @@ def sort_by_id(lf: pl.LazyFrame, dest: Path, scratch: Path, *, max_rows: int) ->
         for b, path in enumerate(paths):
             if b not in writers:
                 continue
-            out.write_table(pq.read_table(path).sort_by("id"))
+            out.write_table(pq.read_table(path).sort_by("id"), row_group_size=group)
             path.unlink()
     return n
 
@@ -909,7 +872,7 @@ def _write_shard(
         rel,
         df.height,
         path.stat().st_size,
-        _sha256_file(path),
+        file_sha256(path),
         ids[0] if df.height else None,
         ids[-1] if df.height else None,
     )
@@ -958,7 +921,7 @@ def verify_run(run_dir: str | os.PathLike[str]) -> list[str]:
         if not path.exists():
             problems.append(f"{entry['path']}: missing")
             continue
-        if _sha256_file(path) != entry["sha256"]:
+        if file_sha256(path) != entry["sha256"]:
             problems.append(f"{entry['path']}: sha256 differs from the manifest")
         rows = pq.ParquetFile(path).metadata.num_rows
         if rows != entry["rows"]:

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from builder.assemble import atomic_write_bytes, read_manifest
+from builder.assemble import read_manifest
+from builder.util.files import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from builder.config import CorpusConfig

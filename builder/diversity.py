@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from builder.io_tables import write_parquet_atomic
+from builder.util.files import atomic_write_text
 
 ALL_NODE = "(all)"
 _FIRST_CHARS = 400  # openers are taken from the first characters only (cheap on big texts)
@@ -113,9 +114,7 @@ class DiversityReport:
             ),
         }
         summary_path = out / f"{prefix}_summary.json"
-        tmp = summary_path.with_name(f".{summary_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.summary, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, summary_path)
+        atomic_write_text(summary_path, json.dumps(self.summary, indent=2, sort_keys=True) + "\n")
         paths["summary"] = summary_path
         return paths
 
@@ -213,7 +212,7 @@ def diversity_report(
     names = lazy.collect_schema().names()
     keep = [c for c in (id_column, "taxonomy_path") if c in names]
     base = lazy.select([*[pl.col(c) for c in keep], *opener_exprs(text_column, opener_words)])
-    base = base.collect()
+    base = base.collect(engine="streaming")  # never all texts at once
     if id_column not in base.columns:
         base = base.with_row_index(id_column).with_columns(pl.col(id_column).cast(pl.String))
     return diversity_from_openers(

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from builder.errors import InputError
+from builder.util.files import atomic_write, fsync_dir
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -541,18 +542,8 @@ def arrow_mask(mask) -> pa.BooleanArray:
 
 def write_parquet_atomic(df: pl.DataFrame | pa.Table, path: str | os.PathLike[str]) -> Path:
     """Write a table to ``path`` via a temporary file and ``os.replace`` (no half files)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     table = df.to_arrow() if isinstance(df, pl.DataFrame) else df
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())  # the rename must not outlive the data on a crash
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return p
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 class ParquetSink:
@@ -579,7 +570,10 @@ class ParquetSink:
 
     def close(self) -> Path:
         self._writer.close()
+        with open(self.tmp, "rb") as fh:
+            os.fsync(fh.fileno())  # the rename must not outlive the data on a crash
         os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
         return self.path
 
     def abort(self) -> None:

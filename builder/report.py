@@ -37,11 +37,11 @@ from builder.assemble import (
     REJECTED_NAME,
     SHARD_GLOB,
     Source,
-    atomic_write_bytes,
     to_lazy,
 )
 from builder.card import stage_result, stage_rows, stat_totals
 from builder.tokens import count_tokens
+from builder.util.files import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -137,7 +137,7 @@ def document_facts(documents: pl.LazyFrame, opener_words: int = 4) -> pl.DataFra
     ]
     if "text" in schema and "n_tokens" not in schema:
         exprs.append(pl.col("text"))
-    facts = documents.select(exprs).collect()
+    facts = documents.select(exprs).collect(engine="streaming")  # never all texts at once
     if facts.height and facts["n_tokens"].null_count():
         # Frames from before assembly have no counts yet: count them here.
         missing = facts["n_tokens"].is_null()

@@ -234,7 +234,7 @@ KILL_SCRIPT = textwrap.dedent(
         calls.append(path)
         if len(calls) > after:
             if mode == "mid-file":  # leave a half-written temp file behind, then die
-                tmp = A._tmp_name(path)
+                tmp = path.with_name("." + path.name + ".x1y2z3.tmp")  # as util.files names them
                 tmp.write_bytes(b"PAR1" + b"\\0" * 1000)
             os.kill(os.getpid(), signal.SIGKILL)
         real(table, path, **kw)

@@ -15,6 +15,7 @@ from typing import Any
 from builder.errors import InputError
 from builder.stages.base import RunContext, Stage, digest_files
 from builder.util.faults import fault_point
+from builder.util.memory import release_memory
 
 
 def _files(paths: list) -> list:
@@ -59,6 +60,7 @@ class LocalExecutor:
                 ctx.did_work = True
             markers.mark(stage.name, fingerprint, counters=counters)
             fault_point("stage.marked")
+            release_memory()  # the next stage starts from a low RSS, not this one's peak
             ctx.counters[stage.name] = counters
             return counters
 

@@ -43,19 +43,23 @@ def rejected_frame(ctx: RunContext) -> pl.LazyFrame | None:
     removed_path = work / "dedup" / "removed.parquet"
     kept = _scan(list_parts(work / "filter" / "kept"))
     if removed_path.exists() and kept is not None:
-        removed = pl.scan_parquet(removed_path)
-        names = removed.collect_schema().names()
-        if "stage" in names:
-            if "kind" in names:
+        removed = pl.read_parquet(removed_path)  # one small record per removed document
+        if "stage" in removed.columns and removed.height:
+            if "kind" in removed.columns:
                 removed = removed.rename({"kind": "dup_kind"})
             removed = removed.with_columns(pl.col("id").cast(pl.String))
-            fields = kept.drop(["stage", "reason", "detail", "dup_cluster"], strict=False)
+            # Only the removed documents' rows are read (a streaming filter), never all texts.
+            fields = (
+                kept.filter(pl.col("id").is_in(removed["id"].implode()))
+                .drop(["stage", "reason", "detail", "dup_cluster"], strict=False)
+                .collect(engine="streaming")
+            )
             joined = removed.join(fields, on="id", how="left", maintain_order="left")
-            if "cluster_id" in names:
+            if "cluster_id" in joined.columns:
                 joined = joined.with_columns(
                     pl.col("cluster_id").cast(pl.String).alias("dup_cluster")
                 )
-            frames.append(joined)
+            frames.append(joined.lazy())
     contaminated = work / "decontam" / "rejected.parquet"
     if contaminated.exists():
         scan = pl.scan_parquet(contaminated)
