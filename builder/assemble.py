@@ -498,12 +498,13 @@ def _clean_run_dir(run_dir: Path) -> None:
     """Remove what an earlier (complete or interrupted) assembly wrote, manifest first."""
     (run_dir / MANIFEST_NAME).unlink(missing_ok=True)
     fsync_dir(run_dir)
-    for pattern in (f".{MANIFEST_NAME}.tmp-*", f".{REJECTED_NAME}.tmp-*"):
+    # Temp files of builder.util.files writers: ".<name>.<random>.tmp".
+    for pattern in (f".{MANIFEST_NAME}.*.tmp", f".{REJECTED_NAME}.*.tmp"):
         for p in run_dir.glob(pattern):
             p.unlink(missing_ok=True)
     docs = run_dir / DOCUMENTS_DIR
     if docs.is_dir():
-        for p in [*docs.glob(SHARD_GLOB), *docs.glob(f".{SHARD_GLOB}.tmp-*")]:
+        for p in [*docs.glob(SHARD_GLOB), *docs.glob(f".{SHARD_GLOB}.*.tmp")]:
             p.unlink(missing_ok=True)
 
 
