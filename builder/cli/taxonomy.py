@@ -12,8 +12,7 @@ from pathlib import Path
 
 import click
 
-from builder.cli.options import config_option, taxonomy_option
-from builder.cli.walk import echo_lines
+from builder.cli.options import config_option, echo_lines, taxonomy_option
 from builder.errors import Problem, ValidationError
 
 __all__ = [

@@ -3,31 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
-from collections.abc import Iterable
 from pathlib import Path
 
 import click
 
-from builder.cli.options import config_option, taxonomy_option
-
-
-def echo_lines(lines: Iterable[str], *, nl: bool = True) -> None:
-    """Print lines to stdout; stop quietly (exit 0) when the reader closes the pipe.
-
-    ``corpus walk | head -1`` closes stdout early: the remaining output is unwanted, not an
-    error, so stdout is pointed at os.devnull (so Python's exit-time flush cannot fail again)
-    and the command returns normally.
-    """
-    try:
-        for line in lines:
-            click.echo(line, nl=nl)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+from builder.cli.options import config_option, echo_lines, taxonomy_option
 
 
 @click.command()
