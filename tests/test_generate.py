@@ -1,28 +1,22 @@
-"""Generation: request plan, provenance rows, resume, transforms (with a scripted LLM)."""
+"""Generation: request plan, provenance rows, resume, transforms (the generate stage through
+the real engine on the loopback fake server)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
-from builder.errors import BudgetExceeded, ConfigError, InputError
-from builder.generate import (
-    GenerateStats,
-    generate,
-    iter_generated,
-    plan_requests,
-    read_generated,
-    request_id,
-)
-from builder.llm.fake import ScriptedLLM
-from builder.records import DOCUMENT_COLUMNS, ChatRequest, ChatResult, Unit
+from builder.errors import ConfigError, LLMError
+from builder.generate import plan_requests, request_id
+from builder.records import DOCUMENT_COLUMNS, ChatRequest, Unit
 from builder.settings.generate import GenerateSettings
 from builder.templates import REQUIRED_FIELDS, load_templates, sample_units
+from tests.support.fake_openai_server import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "templates"
@@ -148,18 +142,88 @@ def test_settings_override_sampling_params(tset) -> None:
 # --------------------------------------------------------------------------- rows
 
 
-def test_generate_writes_rows_with_full_provenance(tset, tmp_path: Path) -> None:
-    out = tmp_path / "gen.jsonl"
-    llm = ScriptedLLM(reply)
-    settings = GenerateSettings(documents_per_unit=4, evolve=False)
-    stats = generate(units(2), tset, llm, settings, out)
-    assert stats.sent == 8 and stats.by_status["ok"] == 8
-    rows = list(read_generated(out).values())
+# --------------------------------------------------------------------------- the stage
+# Generation runs as the build's generate stage, through the real engine (open_engine) on the
+# loopback fake server: cache keys, schemas, retries and the budget are the real ones.
+
+
+def fake_reply(body: dict) -> str:
+    """The fake server's reply: a valid exercise for schema requests, else a section."""
+    rf = body.get("response_format") or {}
+    schema = rf.get("schema") or (rf.get("json_schema") or {}).get("schema") or {}
+    props = set(schema.get("properties") or ())
+    if "tests" in props:
+        return json.dumps(REPLIES["code"])
+    if "final_answer" in props:
+        return json.dumps(REPLIES["quantitative"])
+    if "answer" in props:
+        return json.dumps(REPLIES["conceptual"])
+    return SECTION
+
+
+class Project:
+    """A run directory whose walk partition holds the given units (the generate stage's
+    input), with the fake server as the endpoint."""
+
+    def __init__(self, root: Path, base_url: str, units: list[Unit], **generate: object) -> None:
+        from builder.config import CorpusConfig
+        from builder.stages.walk import UNIT_SCHEMA
+        from builder.util.partitions import write_table
+
+        (root / "taxonomy").mkdir(parents=True, exist_ok=True)
+        (root / "taxonomy" / "mathematics.yaml").write_text(
+            "id: mathematics\nname: Mathematics\nlevel: discipline\n"
+        )
+        self.root = root
+        self.config = CorpusConfig.model_validate(
+            {
+                "llm": {"base_url": base_url, "model": "fake-model", "max_concurrency": 2},
+                "taxonomy": {"dir": str(root / "taxonomy")},
+                "generate": {"templates_dir": str(root / "templates"), **generate},
+                "output": {"dir": str(root / "out"), "run": "t"},
+            }
+        )
+        if not (root / "templates").exists():
+            shutil.copytree(SHIPPED, root / "templates")
+        self.run = root / "out" / "t"
+        rows = [u.to_dict() for u in units]
+        write_table(
+            pa.Table.from_pylist(rows, schema=UNIT_SCHEMA),
+            self.run / "work" / "walk" / "part-00000.parquet",
+        )
+
+    def generate(self, **kwargs: object) -> dict:
+        from builder.run.build import run_stages
+        from builder.stages.generate import GenerateStage
+
+        cache = str(self.root / "cache")  # each project its own LLM cache
+        summary = run_stages(
+            self.config, [GenerateStage()], progress=False, cache_dir=cache, **kwargs
+        )
+        return summary.counters["generate"]
+
+    def rows(self) -> dict[str, dict]:
+        from builder.stages.generate import read_run_generated
+
+        return read_run_generated(self.run)
+
+
+@pytest.fixture
+def server():
+    with FakeOpenAIServer(responder=fake_reply) as srv:
+        yield srv
+
+
+def test_generate_writes_rows_with_full_provenance(tset, tmp_path: Path, server) -> None:
+    project = Project(tmp_path, server.base_url, units(2), documents_per_unit=4, evolve=False)
+    stats = project.generate()
+    assert stats["sent"] == 8 == server.count("chat") and stats["by_status"] == {"ok": 8}
+    rows = list(project.rows().values())
     assert len(rows) == 8
     for row in rows:
         for column in DOCUMENT_COLUMNS:
             assert column in row
-        assert row["model"] == "scripted" and row["request_sha256"]
+        assert row["model"] == "fake-model" and row["request_sha256"]
         assert row["template_sha256"] == tset[row["template"]].sha256
         assert row["taxonomy_path"].count("/") == 2
         if row["kind"] == "exercise":
@@ -172,99 +236,90 @@ def test_generate_writes_rows_with_full_provenance(tset, tmp_path: Path) -> None
     assert len({r["id"] for r in rows}) == 8
 
 
-def test_resume_sends_nothing_for_finished_requests(tset, tmp_path: Path) -> None:
-    out = tmp_path / "gen.jsonl"
-    settings = GenerateSettings(documents_per_unit=2)
-    first = ScriptedLLM(reply)
-    generate(units(3), tset, first, settings, out)
-    before = read_generated(out)
-    second = ScriptedLLM(reply)
-    stats = generate(units(3), tset, second, settings, out)
-    assert second.calls == []
-    assert stats.reused == stats.planned and stats.sent == 0
-    after = read_generated(out)
-    assert {k: v["created_at"] for k, v in after.items()} == {
+def test_resume_sends_nothing_for_finished_requests(tmp_path: Path, server) -> None:
+    project = Project(tmp_path, server.base_url, units(3), documents_per_unit=2)
+    first = project.generate()
+    before = project.rows()
+    part = project.run / "work" / "generate" / "part-00000.parquet"
+    stamp = part.stat().st_mtime_ns
+    second = project.generate()
+    assert server.count("chat") == first["sent"] > 0
+    assert second["reused"] == second["planned"] == first["planned"] and second["sent"] == 0
+    assert {k: v["created_at"] for k, v in project.rows().items()} == {
         k: v["created_at"] for k, v in before.items()
     }
+    assert part.stat().st_mtime_ns == stamp  # nothing new: the partition is not rewritten
 
 
-def test_torn_last_line_is_tolerated_and_redone(tset, tmp_path: Path) -> None:
-    out = tmp_path / "gen.jsonl"
-    settings = GenerateSettings(documents_per_unit=2, evolve=False)
-    generate(units(2), tset, ScriptedLLM(reply), settings, out)
-    data = out.read_bytes()
-    out.write_bytes(data[: len(data) - 40])  # a kill in the middle of the last row
-    assert len(read_generated(out)) == 3
-    llm = ScriptedLLM(reply)
-    generate(units(2), tset, llm, settings, out)
-    assert len(llm.calls) == 1
-    lines = out.read_text().splitlines()
-    assert all(json.loads(line) for line in lines)  # the torn fragment is gone
-    assert len(read_generated(out)) == 4
+def test_journaled_results_are_kept_when_the_partition_was_not_written(
+    tmp_path: Path, server
+) -> None:
+    """Results journaled before a stop (the partition file not written yet) are reused."""
+    project = Project(tmp_path, server.base_url, units(2), documents_per_unit=2, evolve=False)
+    project.generate()
+    gen = project.run / "work" / "generate"
+    journal = gen / "_journal"
+    journal.mkdir(exist_ok=True)
+    # As a kill would leave it: the finished rows in the journal, no partition file.
+    (gen / "part-00000.parquet").rename(journal / "00000-00000.parquet")
+    server.reset_counts()
+    stats = project.generate()
+    assert server.count("chat") == 0 and stats["reused"] == 4
+    assert (gen / "part-00000.parquet").exists() and not list(journal.glob("*.parquet"))
 
 
-def test_bad_line_in_the_middle_is_an_input_error(tset, tmp_path: Path) -> None:
-    out = tmp_path / "gen.jsonl"
-    generate(units(1), tset, ScriptedLLM(reply), GenerateSettings(evolve=False), out)
-    out.write_text("{not json\n" + out.read_text())
-    with pytest.raises(InputError) as info:
-        read_generated(out)
-    assert info.value.problem.line == 1
-
-
-def test_failures_are_recorded_then_retried(tset, tmp_path: Path) -> None:
-    out = tmp_path / "gen.jsonl"
-    settings = GenerateSettings(templates=["section"], documents_per_unit=1)
-
-    def failing(request: ChatRequest) -> ChatResult:
-        return ChatResult(request_id=request.id, status="failed", error="HTTP 503 after 6 tries")
-
-    generate(units(2), tset, ScriptedLLM(failing), settings, out)
-    rows = list(read_generated(out).values())
+def test_failures_are_recorded_then_retried(tmp_path: Path, server) -> None:
+    project = Project(
+        tmp_path, server.base_url, units(2), templates=["section"], documents_per_unit=1
+    )
+    server.faults = lambda i, body: "400"  # a fatal client error: no retry
+    with pytest.raises(LLMError, match="all 2 generation request"):
+        project.generate()  # every request failed: the build stops with the cause
+    rows = list(project.rows().values())
     assert [r["status"] for r in rows] == ["failed", "failed"]
-    assert rows[0]["error"] == "HTTP 503 after 6 tries"
-    llm = ScriptedLLM(reply)
-    generate(units(2), tset, llm, settings, out)
-    assert len(llm.calls) == 2
-    assert [r["status"] for r in read_generated(out).values()] == ["ok", "ok"]
+    assert "400" in rows[0]["error"]
+    server.faults = None
+    server.reset_counts()
+    project.generate()
+    assert server.count("chat") == 2
+    assert [r["status"] for r in project.rows().values()] == ["ok", "ok"]
 
 
-def test_changed_template_is_regenerated(tset, tmp_path: Path) -> None:
-    tdir = tmp_path / "templates"
-    shutil.copytree(SHIPPED, tdir)
-    out = tmp_path / "gen.jsonl"
-    settings = GenerateSettings(templates=["section"], documents_per_unit=1)
-    generate(units(2), load_templates(tdir), ScriptedLLM(reply), settings, out)
-    path = tdir / "section.j2"
+def test_changed_template_is_regenerated(tmp_path: Path, server) -> None:
+    project = Project(
+        tmp_path, server.base_url, units(2), templates=["section"], documents_per_unit=1
+    )
+    project.generate()
+    path = tmp_path / "templates" / "section.j2"
     path.write_text(path.read_text() + "Use British spelling.\n")
-    changed = load_templates(tdir)
-    llm = ScriptedLLM(reply)
-    generate(units(2), changed, llm, settings, out)
-    assert len(llm.calls) == 2
-    assert "British spelling" in llm.calls[0].messages[-1]["content"]
-    rows = list(read_generated(out).values())
+    changed = load_templates(tmp_path / "templates")
+    server.reset_counts()
+    project.generate()
+    assert server.count("chat") == 2
+    assert "British spelling" in server.requests[-1]["messages"][-1]["content"]
+    rows = list(project.rows().values())
     assert len(rows) == 2 and all(r["template_sha256"] == changed["section"].sha256 for r in rows)
 
 
 # --------------------------------------------------------------------------- transforms
 
 
-def test_exercises_are_evolved_to_harder_levels(tset, tmp_path: Path) -> None:
-    out = tmp_path / "gen.jsonl"
-    settings = GenerateSettings(
+def test_exercises_are_evolved_to_harder_levels(tset, tmp_path: Path, server) -> None:
+    project = Project(
+        tmp_path,
+        server.base_url,
+        units(2),
         templates=["exercise_code", "exercise_quantitative", "evolve_exercise"],
         documents_per_unit=2,
         evolution_steps=2,
     )
-    llm = ScriptedLLM(reply)
-    stats = generate(units(2), tset, llm, settings, out)
-    rows = read_generated(out)
-    by_id = {r["id"]: r for r in rows.values()}
+    stats = project.generate()
+    by_id = {r["id"]: r for r in project.rows().values()}
     base = [r for r in by_id.values() if r["evolution_step"] == 0]
     step1 = [r for r in by_id.values() if r["evolution_step"] == 1]
     step2 = [r for r in by_id.values() if r["evolution_step"] == 2]
     assert len(base) == len(step1) == len(step2) == 4
-    assert stats.waves == 3
+    assert stats["waves"] == 3
     ladder = ["basic", "intermediate", "advanced", "expert"]
     for row in step1 + step2:
         parent = by_id[row["parent_id"]]
@@ -276,81 +331,49 @@ def test_exercises_are_evolved_to_harder_levels(tset, tmp_path: Path) -> None:
         assert row["difficulty"] != parent["difficulty"]
         assert row["evolution"] in tset["evolve_exercise"].front.transform_of.operations
     # The transform saw the parent exercise and kept its schema.
-    evolve_calls = [c for c in llm.calls if c.metadata["template"] == "evolve_exercise"]
-    assert all(c.schema is not None for c in evolve_calls)
+    evolve = [b for b in server.requests if "How to make it harder" in json.dumps(b["messages"])]
+    assert evolve and all((b.get("response_format") or {}).get("type") for b in evolve)
     parent = by_id[step1[0]["parent_id"]]
-    call = next(c for c in evolve_calls if c.metadata["parent_id"] == parent["id"])
-    assert parent["structured"]["problem"] in call.messages[-1]["content"]
+    assert any(parent["structured"]["problem"] in b["messages"][-1]["content"] for b in evolve)
     # Resume covers the later waves too.
-    again = ScriptedLLM(reply)
-    generate(units(2), tset, again, settings, out)
-    assert again.calls == []
+    server.reset_counts()
+    project.generate()
+    assert server.count("chat") == 0
 
 
-def test_evolve_off_and_invalid_parents_are_not_evolved(tset, tmp_path: Path) -> None:
-    settings = GenerateSettings(templates=["exercise_code", "evolve_exercise"], evolve=False)
-    generate(units(2), tset, ScriptedLLM(reply), settings, tmp_path / "a.jsonl")
-    assert all(r["evolution_step"] == 0 for r in read_generated(tmp_path / "a.jsonl").values())
-    settings = GenerateSettings(templates=["exercise_code", "evolve_exercise"])
-    broken = ScriptedLLM(lambda r: {"problem": "no other fields"})
-    generate(units(2), tset, broken, settings, tmp_path / "b.jsonl")
-    assert len(broken.calls) == 2  # nothing to evolve from malformed exercises
+def test_evolve_off_and_invalid_parents_are_not_evolved(tmp_path: Path, server) -> None:
+    off = Project(
+        tmp_path / "a",
+        server.base_url,
+        units(2),
+        templates=["exercise_code", "evolve_exercise"],
+        evolve=False,
+    )
+    off.generate()
+    assert all(r["evolution_step"] == 0 for r in off.rows().values())
+    server.responder = lambda body: json.dumps({"problem": "no other fields"})
+    broken = Project(
+        tmp_path / "b", server.base_url, units(2), templates=["exercise_code", "evolve_exercise"]
+    )
+    server.reset_counts()
+    broken.generate()
+    rows = broken.rows().values()
+    assert len(rows) == 2 and all(r["evolution_step"] == 0 for r in rows)
+    assert all(r["status"] == "invalid" for r in rows)  # nothing to evolve from malformed
 
 
-# --------------------------------------------------------------------------- budget
-
-
-class BudgetLLM:
-    """Yields ``allowed`` results at 1 USD each, then stops like the engine's budget cap."""
-
-    model_name = "budget"
-
-    def __init__(self, allowed: int) -> None:
-        self.allowed = allowed
-        self.inner = ScriptedLLM(reply, model_name="budget")
-
-    def request_sha256(self, request: ChatRequest) -> str:
-        return self.inner.request_sha256(request)
-
-    def complete(self, request: ChatRequest) -> ChatResult:
-        return self.inner.complete(request)
-
-    def run(
-        self, requests: Iterable[ChatRequest], *, max_cost: float | None = None
-    ) -> Iterator[ChatResult]:
-        for i, request in enumerate(requests):
-            if i >= self.allowed:
-                raise BudgetExceeded("budget reached")
-            result = self.inner.complete(request)
-            yield ChatResult(**{**result.__dict__, "cost": 1.0})
-
-
-def test_budget_stop_keeps_finished_rows_and_stats(tset, tmp_path: Path) -> None:
-    out = tmp_path / "gen.jsonl"
-    settings = GenerateSettings(templates=["section"], documents_per_unit=1)
-    stats = GenerateStats()
-    with pytest.raises(BudgetExceeded):
-        generate(units(4), tset, BudgetLLM(2), settings, out, max_cost=2.0, stats=stats)
-    assert stats.received == 2 and stats.cost == 2.0
-    assert len(read_generated(out)) == 2
-    rest = ScriptedLLM(reply, model_name="budget")
-    generate(units(4), tset, rest, settings, out)
-    assert len(rest.calls) == 2
-    # Another model is another prompt: everything is generated again with it.
-    other = ScriptedLLM(reply, model_name="other")
-    generate(units(4), tset, other, settings, out)
-    assert len(other.calls) == 4
-
-
-def test_rows_of_this_plan_exclude_older_runs(tset, tmp_path: Path) -> None:
-    out = tmp_path / "gen.jsonl"
-    settings = GenerateSettings(templates=["section"], documents_per_unit=1)
-    generate(units(4), tset, ScriptedLLM(reply), settings, out)
-    stats = generate(units(2), tset, ScriptedLLM(reply), settings, out)
-    assert stats.sent == 0 and len(stats.request_ids) == 2
-    rows = list(iter_generated(out, stats.request_ids))
-    assert [r["request_id"] for r in rows] == stats.request_ids
-    assert len(list(iter_generated(out))) == 4
+def test_another_model_regenerates_everything(tmp_path: Path, server) -> None:
+    """A result is reused only for the same prompt and model."""
+    project = Project(
+        tmp_path, server.base_url, units(2), templates=["section"], documents_per_unit=1
+    )
+    project.generate()
+    project.config = project.config.model_copy(
+        update={"llm": project.config.llm.model_copy(update={"model": "other-model"})}
+    )
+    server.reset_counts()
+    stats = project.generate()
+    assert stats["reused"] == 0 and server.count("chat") == 2
 
 
 def test_a_plan_that_draws_nothing_is_a_config_error(tset) -> None:
@@ -358,14 +381,3 @@ def test_a_plan_that_draws_nothing_is_a_config_error(tset) -> None:
     settings = GenerateSettings(templates=["exercise_code"], styles=["socratic_dialogue"])
     with pytest.raises(ConfigError, match="no template can be drawn"):
         plan_requests(units(2), tset, settings)
-
-
-def test_complete_last_row_without_newline_is_kept(tset, tmp_path: Path) -> None:
-    out = tmp_path / "gen.jsonl"
-    settings = GenerateSettings(templates=["section"], documents_per_unit=1)
-    generate(units(2), tset, ScriptedLLM(reply), settings, out)
-    out.write_bytes(out.read_bytes().rstrip(b"\n"))
-    llm = ScriptedLLM(reply)
-    generate(units(3), tset, llm, settings, out)
-    assert len(llm.calls) == 1
-    assert [len(json.loads(line)) > 0 for line in out.read_text().splitlines()] == [True] * 3
