@@ -25,7 +25,8 @@ flight gets 429 with ``Retry-After``. ``latency`` delays every chat answer.
 Fixtures for other test modules (import them in conftest.py or a test module):
 ``fake_openai`` (a running server) and ``fake_openai_factory`` (start several).
 
-Run it as a separate process (benchmarks): ``python tests/support/fake_openai_server.py --latency 1``
+Run it as a separate process (benchmarks):
+``python tests/support/fake_openai_server.py --latency 1``
 prints ``PORT <n>`` and serves until stdin closes or it gets SIGTERM.
 """
 
