@@ -10,7 +10,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from tests.support.fake_openai_server import FakeOpenAIServer, FakeReply, Fault
 
 from builder.errors import AuthError, BudgetExceeded, CacheError, ConfigError, LLMError, QuotaError
 from builder.llm import Engine, open_engine, resolve_cache_dir
@@ -20,6 +19,7 @@ from builder.llm.endpoint import CACHE_FORMAT, Endpoint, cache_key, request_body
 from builder.llm.progress import LogProgress, Snapshot
 from builder.records import ChatRequest, canonical_json, sha256_hex
 from builder.settings.llm import LLMSettings
+from tests.support.fake_openai_server import FakeOpenAIServer, FakeReply, Fault
 
 SCHEMA = {
     "title": "Answer",
