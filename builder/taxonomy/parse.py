@@ -340,6 +340,14 @@ def parse_yaml(text: str) -> tuple[Any, list[tuple[int, str]]]:
             elif cls is stream_end:
                 break
     except Exception as exc:
+        if type(exc).__name__ == "ReaderError" and hasattr(exc, "position"):
+            # A control character or bad byte (ruamel's and PyYAML's reader): no mark, a position.
+            line = text.count("\n", 0, max(0, int(exc.position))) + 1
+            raise YamlSyntaxError(
+                f"YAML syntax error: unacceptable character #x{exc.character:04x}; "
+                "remove it (control characters and binary data are not allowed in YAML)",
+                line,
+            ) from None
         if not _is_marked_error(exc):
             raise
         message, line = _syntax_message(exc)
