@@ -15,7 +15,6 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from test_assemble_data import make_config, make_rejected, make_rows
 
 from builder.assemble import (
     DOCUMENT_TYPES,
@@ -28,6 +27,7 @@ from builder.assemble import (
 from builder.errors import InputError
 from builder.records import DOCUMENT_COLUMNS, REJECTION_COLUMNS
 from builder.tokens import count_tokens
+from tests.test_assemble_data import make_config, make_rejected, make_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 

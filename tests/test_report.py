@@ -15,14 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_assemble_data import (
-    EMPTY_TOPICS,
-    STATS,
-    make_config,
-    make_rejected,
-    make_rows,
-    taxonomy,
-)
 
 from builder.assemble import assemble
 from builder.report import (
@@ -34,6 +26,14 @@ from builder.report import (
     write_report,
 )
 from builder.tokens import count_tokens
+from tests.test_assemble_data import (
+    EMPTY_TOPICS,
+    STATS,
+    make_config,
+    make_rejected,
+    make_rows,
+    taxonomy,
+)
 
 PLOTS = ("coverage", "tokens", "rejections", "duplicates", "openers", "stages")
 
