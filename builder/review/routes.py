@@ -268,7 +268,7 @@ async def flag_confirm_page(request: Request) -> Response:
             "filter": filt,
             "filter_items": filt.query(),
             "count": len(ids),
-            "reason": (params.get("reason") or "").strip(),
+            "note": (params.get("note") or "").strip(),
         },
     )
 
@@ -343,7 +343,8 @@ async def flag_route(request: Request) -> Response:
     """
     form = await checked_form(request)
     run = _run(request)
-    reason = str(form.get("reason") or "").strip()
+    # The curator's reason is the form's ``note``: ``reason`` filters by rejection reason.
+    reason = str(form.get("note") or "").strip()
     if not reason:
         raise HTTPException(400, "give a reason: it goes to rejected.parquet with the document")
     if form.get("mode") == "filter":
@@ -351,7 +352,7 @@ async def flag_route(request: Request) -> Response:
         ids = run.matching_ids(filt)
         expected = _int(form, "expected")
         if len(ids) != expected:
-            back = "/flags/confirm?" + urlencode({**filt.query(), "reason": reason})
+            back = "/flags/confirm?" + urlencode({**filt.query(), "note": reason})
             raise HTTPException(
                 409,
                 f"the filter now matches {len(ids)} documents, not {expected}: "
