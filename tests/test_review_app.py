@@ -21,8 +21,8 @@ from tests.test_pipeline_helpers import responder
 from tests.test_review_helpers import (  # noqa: F401  (fixtures)
     PROPOSED_COMMENT,
     ReviewProject,
-    built_project,
-    project,
+    built_project_fixture,
+    project_fixture,
 )
 
 BASE = "http://127.0.0.1"
@@ -148,7 +148,12 @@ def test_documents_pages_through_in_id_order(project: ReviewProject) -> None:
 
 @pytest.mark.parametrize(
     "params",
-    [{"status": "everything"}, {"node": "no-such-node"}, {"verified": "maybe"}, {"kept_offset": "-1"}],
+    [
+        {"status": "everything"},
+        {"node": "no-such-node"},
+        {"verified": "maybe"},
+        {"kept_offset": "-1"},
+    ],
 )
 def test_documents_refuses_bad_filter_values(client: TestClient, params: dict[str, str]) -> None:
     r = client.get("/documents", params=params)
@@ -166,7 +171,10 @@ def test_document_page_shows_text_provenance_and_verification(
     assert _unescape(re.search(r'id="doc-text">(.*?)</pre>', r.text, re.S).group(1)) == row["text"]
     assert 'id="provenance-source">cache' in r.text
     request, _ = Cache(project.cache).raw(row["request_sha256"])
-    sent = [_unescape(m) for m in re.findall(r'<div class="role">[^<]*</div><pre>(.*?)</pre>', r.text, re.S)]
+    sent = [
+        _unescape(m)
+        for m in re.findall(r'<div class="role">[^<]*</div><pre>(.*?)</pre>', r.text, re.S)
+    ]
     assert sent == [m["content"] for m in request["messages"]]
     assert "verified: <strong>True</strong>" in r.text
     assert 'id="flag-form"' in r.text
@@ -182,7 +190,9 @@ def test_provenance_is_re_rendered_when_the_cache_is_gone(
 ) -> None:
     row = project.corpus().row(0, named=True)
     with_cache = make_client(project).get(f"/documents/{row['id']}").text
-    without = make_client(project, cache_dir=tmp_path / "empty-cache").get(f"/documents/{row['id']}")
+    without = make_client(project, cache_dir=tmp_path / "empty-cache").get(
+        f"/documents/{row['id']}"
+    )
     assert 'id="provenance-source">re-rendered' in without.text
 
     def messages(page: str) -> list[str]:
@@ -285,7 +295,9 @@ def test_flag_by_filter_states_the_count_then_checks_it(
     r = post(client, "/flags", {**form, "expected": str(sections.height)})
     assert r.status_code == 200
     flags = load_flags(project.run_dir)
-    assert set(flags) == set(sections["id"]) and {f.reason for f in flags.values()} == {"too chatty"}
+    assert set(flags) == set(sections["id"]) and {f.reason for f in flags.values()} == {
+        "too chatty"
+    }
     page = client.get("/flags").text
     assert all(i in page for i in sections["id"])
 
@@ -337,7 +349,9 @@ def test_post_without_csrf_token_is_refused(client: TestClient, project: ReviewP
     before = project.computing_yaml.read_text(encoding="utf-8")
     r = client.post("/proposals/nodes", data={"action": "approve", "ids": ["graphs"]})
     assert r.status_code == 403 and "CSRF" in r.text
-    r = client.post("/proposals/nodes", data={"action": "approve", "ids": ["graphs"], "csrf_token": "x"})
+    r = client.post(
+        "/proposals/nodes", data={"action": "approve", "ids": ["graphs"], "csrf_token": "x"}
+    )
     assert r.status_code == 403
     assert project.computing_yaml.read_text(encoding="utf-8") == before
     doc_id = project.corpus()["id"][0]

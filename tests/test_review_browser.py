@@ -17,9 +17,9 @@ from tests.test_review_helpers import (  # noqa: F401  (fixtures)
     PROPOSED_COMMENT,
     ReviewProject,
     ReviewServer,
-    built_project,
-    project,
-    review_server,
+    built_project_fixture,
+    project_fixture,
+    review_server_fixture,
     start_review,
     stop_review,
 )

@@ -120,13 +120,13 @@ def make_built_project(root: Path) -> ReviewProject:
     return project
 
 
-@pytest.fixture(scope="module")
-def built_project(tmp_path_factory: pytest.TempPathFactory) -> ReviewProject:
+@pytest.fixture(scope="module", name="built_project")
+def built_project_fixture(tmp_path_factory: pytest.TempPathFactory) -> ReviewProject:
     return make_built_project(tmp_path_factory.mktemp("review") / "project")
 
 
-@pytest.fixture
-def project(built_project: ReviewProject, tmp_path: Path) -> ReviewProject:
+@pytest.fixture(name="project")
+def project_fixture(built_project: ReviewProject, tmp_path: Path) -> ReviewProject:
     """A private copy of the built project for one test."""
     return built_project.copy(tmp_path / "project")
 
@@ -177,8 +177,8 @@ def _env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def review_server(project: ReviewProject) -> Iterator[ReviewServer]:
+@pytest.fixture(name="review_server")
+def review_server_fixture(project: ReviewProject) -> Iterator[ReviewServer]:
     server = start_review(project)
     yield server
     stop_review(server)

@@ -21,8 +21,12 @@ from builder.cli.options import cache_dir_option, config_option, taxonomy_option
 @config_option
 @cache_dir_option
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, help="Port (0: any free one).")
-@click.option("--host", default="127.0.0.1", help="Address to listen on; any but loopback needs --token.")
-@click.option("--token", default=None, help="Secret every request must carry (required off loopback).")
+@click.option(
+    "--host", default="127.0.0.1", help="Address to listen on; any but loopback needs --token."
+)
+@click.option(
+    "--token", default=None, help="Secret every request must carry (required off loopback)."
+)
 @click.option("--read-only", is_flag=True, help="Browse only: refuse every write.")
 def review(
     run: str | None,

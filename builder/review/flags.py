@@ -104,7 +104,9 @@ def load_flags(run_dir: str | os.PathLike[str]) -> dict[str, Flag]:
     flags: dict[str, Flag] = {}
     for event in _events(_path(run_dir)):
         if event["action"] == "flag":
-            flags[event["id"]] = Flag(event["id"], str(event.get("reason") or ""), event.get("at", ""))
+            flags[event["id"]] = Flag(
+                event["id"], str(event.get("reason") or ""), event.get("at", "")
+            )
         else:
             flags.pop(event["id"], None)
     return flags

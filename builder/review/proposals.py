@@ -176,7 +176,9 @@ def edit_node(tax: Any, node_id: str, values: dict[str, str], levels: Any = None
         )
     unknown = sorted(set(values) - set(EDITABLE_FIELDS))
     if unknown:
-        raise TaxonomyError(f"cannot edit {', '.join(unknown)}", hint="editable: name, description, level, weight")
+        raise TaxonomyError(
+            f"cannot edit {', '.join(unknown)}", hint="editable: name, description, level, weight"
+        )
     editor = TaxonomyEditor(tax.root, **({"levels": levels} if levels else {}))
     name = values.get("name")
     if name is not None and name.strip() != node.name:
@@ -208,7 +210,9 @@ def approve_syllabi(tax: Any, ids: list[str], settings: Any = None) -> list[str]
     """Approve syllabi (``corpus syllabus approve``); returns one message per file."""
     from builder.syllabus import approve_syllabus
 
-    return [f"approved {approve_syllabus(tax, sid, settings)}" for sid in _known(tax, ids, "subject")]
+    return [
+        f"approved {approve_syllabus(tax, sid, settings)}" for sid in _known(tax, ids, "subject")
+    ]
 
 
 def reject_syllabi(tax: Any, ids: list[str]) -> list[str]:

@@ -201,7 +201,9 @@ async def documents_page(request: Request) -> Response:
             pages["previous"] = filt.query(**{f"{which}_offset": max(0, offset - size)})
         if offset + size < page.total:
             pages["next"] = filt.query(**{f"{which}_offset": offset + size})
-        sides.append({"which": which, "page": page, "links": {k: urlencode(v) for k, v in pages.items()}})
+        sides.append(
+            {"which": which, "page": page, "links": {k: urlencode(v) for k, v in pages.items()}}
+        )
     return _render(
         request,
         "documents.html",
@@ -256,7 +258,7 @@ async def flags_page(request: Request) -> Response:
 
 
 async def flag_confirm_page(request: Request) -> Response:
-    """"Flag N documents matching ...?": the count is stated before anything is written."""
+    """The flag confirmation: states how many documents match before anything is written."""
     params = request.query_params
     filt = parse_filter(request, params)
     ids = _run(request).matching_ids(filt)
@@ -365,7 +367,9 @@ async def flag_route(request: Request) -> Response:
             raise HTTPException(400, "not a document id")
         found = run.document(doc_id)
         if found is None or found[0] != "kept":
-            raise HTTPException(400, f"{doc_id} is not in the corpus (only kept documents are flagged)")
+            raise HTTPException(
+                400, f"{doc_id} is not in the corpus (only kept documents are flagged)"
+            )
         ids, back = [doc_id], f"/documents/{doc_id}"
     n = flag_store.append_flags(run.run_dir, ids, "flag", reason)
     return _done(

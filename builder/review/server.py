@@ -41,9 +41,7 @@ def url_of(settings: ReviewSettings, sock: socket.socket) -> str:
     return f"{url}?token={settings.token}" if settings.token else url
 
 
-def serve(
-    settings: ReviewSettings, port: int, on_ready: Callable[[str], None] = print
-) -> None:
+def serve(settings: ReviewSettings, port: int, on_ready: Callable[[str], None] = print) -> None:
     """Serve the app until interrupted; ``on_ready`` gets the URL once the socket listens."""
     import uvicorn
 
