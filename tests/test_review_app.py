@@ -135,6 +135,31 @@ def test_documents_filters_match_a_direct_polars_query(
     assert _total(r.text, "kept") == corpus.filter(pl.col("template") == template).height
 
 
+def test_quality_scores_are_shown_and_filterable(project: ReviewProject) -> None:
+    """A run with a score column (what quality gates add) gets a score filter and per-node
+    means on the taxonomy page."""
+    for shard in (project.run_dir / "documents").glob("part-*.parquet"):
+        df = pl.read_parquet(shard)
+        scores = [round((i * 37 % 100) / 100, 2) for i in range(df.height)]
+        df.with_columns(pl.Series("quality_score", scores)).write_parquet(shard)
+    corpus = project.corpus()
+    client = make_client(project)
+    r = client.get("/documents", params={"score": "quality_score", "min_score": "0.5"})
+    assert _total(r.text, "kept") == corpus.filter(pl.col("quality_score") >= 0.5).height
+    r = client.get("/documents", params={"score": "quality_score", "max_score": "0.2"})
+    assert _total(r.text, "kept") == corpus.filter(pl.col("quality_score") <= 0.2).height
+    assert client.get("/documents", params={"score": "nope", "min_score": "1"}).status_code == 400
+    assert (
+        client.get("/documents", params={"score": "quality_score", "min_score": "x"}).status_code
+        == 400
+    )
+    page = client.get("/taxonomy").text
+    assert "<th>quality_score</th>" in page
+    row = re.search(r'data-id="computing">(.*?)</tr>', page, re.S)
+    cells = re.findall(r'<td class="n">([^<]*)</td>', row.group(1))
+    assert cells[5] == f"{corpus['quality_score'].mean():.3f}"
+
+
 def test_documents_pages_through_in_id_order(project: ReviewProject) -> None:
     client = make_client(project, page_size=5)
     ids = sorted(project.corpus()["id"].to_list())
@@ -307,6 +332,9 @@ def test_flag_one_and_unflag(client: TestClient, project: ReviewProject) -> None
     r = post(client, "/flags", {"mode": "one", "id": doc_id, "note": "wrong answer"})
     assert r.status_code == 200 and set(load_flags(project.run_dir)) == {doc_id}
     assert 'id="doc-flag">flagged: wrong answer' in client.get(f"/documents/{doc_id}").text
+    topic = project.corpus().filter(pl.col("id") == doc_id)["topic"][0]
+    row = re.search(rf'data-id="{topic}">(.*?)</tr>', client.get("/taxonomy").text, re.S)
+    assert row and re.findall(r'<td class="n">([^<]*)</td>', row.group(1))[4] == "1"
     r = post(client, "/flags", {"mode": "one", "id": doc_id, "note": ""})
     assert r.status_code == 400  # a reason is required
     rejected_id = project.rejected()["id"][0]
