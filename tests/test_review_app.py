@@ -342,6 +342,14 @@ def test_flag_one_and_unflag(client: TestClient, project: ReviewProject) -> None
     assert r.status_code == 400
     r = post(client, "/flags/unflag", {"ids": [doc_id]})
     assert r.status_code == 200 and load_flags(project.run_dir) == {}
+    ids = project.corpus()["id"].to_list()[:3]
+    for i in ids:
+        post(client, "/flags", {"mode": "one", "id": i, "note": "x"})
+    assert 'id="flag-total">3<' in client.get("/flags").text
+    r = post(client, "/flags/unflag", {"all": "1", "expected": "2"})
+    assert r.status_code == 409 and len(load_flags(project.run_dir)) == 3
+    r = post(client, "/flags/unflag", {"all": "1", "expected": "3"})
+    assert r.status_code == 200 and load_flags(project.run_dir) == {}
 
 
 def test_flagged_documents_are_dropped_by_the_next_build(project: ReviewProject) -> None:
@@ -425,6 +433,13 @@ def test_token_is_required_off_loopback(project: ReviewProject) -> None:
     fresh = make_client(project, host="0.0.0.0", token="s3cret")
     assert fresh.get("/taxonomy", headers={"authorization": "Bearer s3cret"}).status_code == 200
     assert fresh.get("/taxonomy", headers={"host": "0.0.0.0"}).status_code == 401
+    # A remote curator reaches the machine by its own name: the token, not the name, decides.
+    named = {"host": "review.example:8765"}
+    assert fresh.get("/taxonomy", headers=named).status_code == 401
+    assert (
+        fresh.get("/taxonomy", headers={**named, "authorization": "Bearer s3cret"}).status_code
+        == 200
+    )
 
 
 # -- the command ------------------------------------------------------------------------------

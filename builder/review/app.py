@@ -6,8 +6,10 @@ JavaScript (``static/review.js``); there is no build step.
 
 Security, in the order a request meets it:
 
-1. **Host**: only the address the app listens on, ``127.0.0.1`` and ``localhost`` are
-   accepted (a DNS-rebinding page cannot reach the app under another name).
+1. **Host**: without a token, only ``127.0.0.1`` and ``localhost`` (and the address the app
+   listens on) are accepted as ``Host``, so a DNS-rebinding page cannot reach the app under
+   another name. With a token any name is (remote curators use the machine's own name);
+   the token is what a rebinding page cannot know.
 2. **Token**: with ``settings.token`` (required for any host but loopback), every request
    must carry it: ``Authorization: Bearer T``, or ``?token=T`` once (which sets an HttpOnly,
    SameSite=Strict cookie), or that cookie.
@@ -47,6 +49,8 @@ TOKEN_COOKIE = "corpus_review_token"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+#: Form fields accepted in one POST (ticking every row of a long flags page).
+MAX_FORM_FIELDS = 100_000
 
 
 @dataclass
@@ -90,7 +94,7 @@ class _Guard:
             return
         request = Request(scope)
         hostname = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
-        if hostname not in self.hosts:
+        if hostname not in self.hosts and not self.settings.token:
             await PlainTextResponse("unknown host", status_code=400)(scope, receive, send)
             return
         token = self.settings.token
@@ -136,7 +140,7 @@ async def checked_form(request: Request) -> Any:
     settings: ReviewSettings = request.app.state.settings
     if settings.read_only:
         raise HTTPException(403, "read-only: this review app was started with --read-only")
-    form = await request.form()
+    form = await request.form(max_fields=MAX_FORM_FIELDS)
     given = str(form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or "")
     if not given or not hmac.compare_digest(given.encode(), settings.csrf_token.encode()):
         raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")

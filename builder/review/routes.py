@@ -251,10 +251,15 @@ async def document_page(request: Request) -> Response:
     )
 
 
+#: Flags listed on the Flags page (newest first); "unflag all" covers the rest.
+FLAGS_SHOWN = 1000
+
+
 async def flags_page(request: Request) -> Response:
     run = _run(request)
     current = sorted(flag_store.load_flags(run.run_dir).values(), key=lambda f: (f.at, f.id))
-    return _render(request, "flags.html", {"title": "Flags", "flags": current})
+    shown = current[::-1][:FLAGS_SHOWN]
+    return _render(request, "flags.html", {"title": "Flags", "flags": shown, "total": len(current)})
 
 
 async def flag_confirm_page(request: Request) -> Response:
@@ -381,12 +386,18 @@ async def flag_route(request: Request) -> Response:
 
 
 async def unflag_route(request: Request) -> Response:
+    """Unflag the ticked documents, or every flag with ``all`` (stated count ``expected``)."""
     form = await checked_form(request)
-    ids = _ids(form)
+    run = _run(request)
+    current = flag_store.load_flags(run.run_dir)
+    if form.get("all"):
+        if _int(form, "expected") != len(current):
+            raise HTTPException(409, f"there are now {len(current)} flags: reload the page")
+        ids = list(current)
+    else:
+        ids = _ids(form)
     for i in ids:
         if not flag_store.valid_document_id(i):
             raise HTTPException(400, "not a document id")
-    run = _run(request)
-    current = flag_store.load_flags(run.run_dir)
     n = flag_store.append_flags(run.run_dir, [i for i in ids if i in current], "unflag")
     return _done(request, "Unflagged", [f"unflagged {n} document(s)"], "/flags")
