@@ -426,6 +426,9 @@ def render_card(
         "",
     ]
     by_sr = rejected.get("by_stage_reason", {})
+    curator = by_sr.get("review", {}).get("curator", 0)  # flags from `corpus review`
+    if curator:
+        parts += [f"{curator:,} of them were flagged by a curator (`corpus review`).", ""]
     if by_sr:
         parts += [
             md_table(

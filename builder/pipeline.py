@@ -1055,6 +1055,7 @@ def _stage_assemble(
     from builder.assemble import assemble, verify_run
     from builder.card import write_card
     from builder.report import write_report
+    from builder.review.flags import flags_fingerprint
 
     config = ctx.config
     summary = ctx.summary
@@ -1063,6 +1064,7 @@ def _stage_assemble(
             "decontam": ctx.markers.read("decontam").get("fingerprint"),
             "units": file_sha256(ctx.work / "units.jsonl"),
             "config": config.config_hash(),
+            "flags": flags_fingerprint(ctx.run_dir),  # curator flags (builder.review.flags)
         }
     )
     outputs = [summary.manifest, summary.card, summary.report]
