@@ -1229,6 +1229,12 @@ def plan(
         groups = [(d, by_disc[d]) for d in sorted(by_disc)]
         if syllabus_reqs:
             groups.append(("(syllabi)", syllabus_reqs))
+        # -- quality gates: the educational-value judge (builder.quality.hooks) --
+        from builder.quality.hooks import plan_judge
+
+        judge_reqs = plan_judge(config, [*requests, *later])
+        if judge_reqs:
+            groups.append(("(judge)", judge_reqs))
         rows: list[PlanRow] = []
         unpriced: set[str] = set()
         for name, reqs in groups:

@@ -936,9 +936,7 @@ def write_report(
             )
         quality_html = _frame_table(quality.nodes)
         if quality.summary:
-            flat = {
-                k: v for k, v in quality.summary.items() if k not in ("embedder_terms",)
-            }
+            flat = {k: v for k, v in quality.summary.items() if k not in ("embedder_terms",)}
             quality_html = (
                 html_table(["gate", "value"], [[k, v] for k, v in flat.items()]) + quality_html
             )

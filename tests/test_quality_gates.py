@@ -94,7 +94,11 @@ def test_fast_pooling_equals_wordllama_embed(embedder: WordLlamaEmbedder) -> Non
 
 def test_relevance_separates_the_king_story(embedder: WordLlamaEmbedder) -> None:
     frame = pl.DataFrame(
-        {"id": ["king", "good", "orphan"], "text": [KING, ON_TOPIC, KING], "unit_id": ["u", "u", "?"]}
+        {
+            "id": ["king", "good", "orphan"],
+            "text": [KING, ON_TOPIC, KING],
+            "unit_id": ["u", "u", "?"],
+        }
     )
     scored = add_relevance(frame, {"u": unit_query(UNIT)}, embedder)
     rel = dict(zip(scored["id"], scored["relevance"], strict=True))

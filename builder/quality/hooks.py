@@ -378,3 +378,25 @@ def quality_summary(ctx: _Context, clean_path: Path) -> Any:
     result = QualitySummary(nodes=nodes, map=emap, summary=summary)
     result.write(ctx.work / "diversity")
     return result
+
+
+def plan_judge(config: Any, requests: list[Any]) -> list[Any]:
+    """Stand-in judge requests for ``corpus plan``: one per generated document, with a text
+    of the size the teacher is expected to write (an upper bound: filters drop some first)."""
+    if not config.judge.enabled:
+        return []
+    from builder.quality.judge import judge_request, load_judge_template
+
+    template = load_judge_template(config.path(config.judge.template))
+    fraction = config.llm.expected_output_fraction
+    out = []
+    for r in requests:
+        words = int((r.params.get("max_tokens") or config.llm.max_tokens) * fraction * 0.75)
+        doc = {
+            "id": f"plan:{r.id}",
+            "text": " x" * words,
+            "kind": r.metadata.get("kind"),
+            "discipline": r.metadata.get("discipline"),
+        }
+        out.append(judge_request(doc, template, config.judge))
+    return out
