@@ -172,3 +172,39 @@ def test_report_map_renders_in_headless_chromium(built: dict[str, Any], tmp_path
     assert fig is not None
     assert int(re.search(r'data-natural-width="(\d+)"', fig.group(0)).group(1)) >= 800
     assert "<th>vendi</th>" in dom and "<th>distinct_2</th>" in dom
+
+
+@pytest.mark.integration
+def test_judge_on_the_embedded_model(tmp_path: Path) -> None:
+    """Mechanics only (the tiny model's grades change with the CPU): each document gets a
+    0-5 score or a recorded error, the judge model is named, the server stops."""
+    from builder.llm import open_engine
+    from builder.quality.judge import judge_frame, load_judge_template
+    from builder.settings.llm import LLMSettings
+    from builder.settings.quality import JudgeSettings
+    from tests.test_llm_embedded import _wait_gone
+
+    root = Path(__file__).resolve().parent.parent
+    template = load_judge_template(root / "templates" / "judge" / "edu_value.j2")
+    frame = pl.DataFrame(
+        {
+            "id": ["a", "b"],
+            "kind": ["section", "exercise"],
+            "topic": ["fractions", "fractions"],
+            "text": [
+                "A fraction names equal parts of a whole: 3/4 is three of four equal parts.",
+                "Compute 1/2 + 1/4. Solution: 1/2 = 2/4, so the sum is 3/4.",
+            ],
+        }
+    )
+    settings = JudgeSettings(enabled=True, max_tokens=60)
+    with open_engine(LLMSettings(temperature=0.0), cache_dir=tmp_path / "c", progress=False) as e:
+        judged, stats = judge_frame(frame, e, template, settings)
+        pid = e.embedded.proc.pid
+    assert stats.documents == 2 and stats.judged + stats.failed == 2
+    for row in judged.iter_rows(named=True):
+        assert (row["edu_score"] is not None and 0 <= row["edu_score"] <= 5) != (
+            row["judge_error"] is not None
+        )
+        assert row["judge_model"] == "SmolLM2-135M-Instruct.Q4_1"
+    assert _wait_gone(pid), "the embedded server outlived the engine"
