@@ -208,3 +208,29 @@ def test_judge_on_the_embedded_model(tmp_path: Path) -> None:
         )
         assert row["judge_model"] == "SmolLM2-135M-Instruct.Q4_1"
     assert _wait_gone(pid), "the embedded server outlived the engine"
+
+
+def test_judge_respects_the_budget_and_resumes(tmp_path: Path, capsys) -> None:
+    no_judge = {**SMALL, "judge": {"enabled": False}, "filters": {}}
+    with FakeOpenAIServer(responder=judging_responder) as server:
+        config = make_project(tmp_path / "p", server.base_url, no_judge)
+        code, _, err = run_cli(capsys, "build", "--config", str(config), "--no-progress")
+        assert code == 0, err
+        judged_config = make_project(tmp_path / "p", server.base_url, SMALL)
+        before = server.count("chat")
+        # A judge request's worst case (prompt + 300 tokens, plus a repair retry) is ~$0.0033
+        # at the test prices; each costs ~$0.0007: the cap lets one or two through.
+        code, out, err = run_cli(
+            capsys, "build", "--config", str(judged_config), "--no-progress", "--max-cost", "0.0036"
+        )
+        assert code == 3 and "--max-cost $0.0036 reached" in err and "Traceback" not in err
+        sent = server.count("chat") - before
+        assert 0 < sent < 5, err  # the generation came from the cache; the cap stopped the judge
+        code, out, err = run_cli(capsys, "build", "--config", str(judged_config), "--no-progress")
+        assert code == 0, err
+        # the rerun sends only what the capped run did not: finished verdicts were cached
+        assert server.count("chat") - before == 5
+    docs = pl.read_parquet(tmp_path / "outputs" / "test" / "documents" / "*.parquet")
+    assert docs["edu_score"].drop_nulls().len() + docs["judge_error"].drop_nulls().len() == (
+        docs.height
+    )
