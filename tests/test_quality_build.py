@@ -133,3 +133,35 @@ def test_drop_code_errors(tmp_path: Path) -> None:
     bad = rejected.filter(pl.col("reason") == "code_error")
     assert bad["text"].to_list() == [FUNCTIONS_WRONG.strip()]
     assert bad["stage"].to_list() == ["quality"]
+
+
+def test_embeddings_endpoint_in_a_build(tmp_path: Path) -> None:
+    """[embeddings] naming an endpoint: relevance comes from /v1/embeddings (cached)."""
+    with FakeOpenAIServer(responder=fresh_reply()) as server:
+        overrides = {
+            **OVERRIDES,
+            "embeddings": {"base_url": server.base_url, "model": "fake-embed"},
+            "filters": {"min_tokens": 40, "min_relevance": -1},
+        }
+        config = make_project(tmp_path / "p", server.base_url, overrides)
+        for _ in range(2):
+            try:
+                main(["build", "--config", str(config), "--no-progress"])
+            except SystemExit as exc:
+                assert not exc.code
+        calls = server.count("embeddings")
+        assert calls >= 1
+        marker = tmp_path / "outputs" / "test" / "work" / "_done" / "quality.json"
+        first = json.loads(marker.read_text())["fingerprint"]
+        # a different threshold recomputes the gate, and every vector comes from the cache
+        config.write_text(config.read_text().replace("min_relevance = -1", "min_relevance = 0"))
+        try:
+            main(["build", "--config", str(config), "--no-progress"])
+        except SystemExit as exc:
+            assert not exc.code
+        assert server.count("embeddings") == calls
+        assert json.loads(marker.read_text())["fingerprint"] != first
+    docs = pl.read_parquet(tmp_path / "outputs" / "test" / "documents" / "*.parquet")
+    assert docs["relevance"].null_count() == 0 and (docs["relevance"] >= 0).all()
+    stats = json.loads((tmp_path / "outputs" / "test" / "manifest.json").read_text())["stats"]
+    assert stats["quality"]["relevance"]["embedder"] == "fake-embed"
