@@ -16,7 +16,7 @@ and counted, never dropped silently, and a document that could not be judged is 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from builder.errors import TemplateError
-from builder.records import ChatRequest, ChatResult, canonical_json
+from builder.records import ChatRequest, ChatResult
 from builder.settings.quality import JudgeSettings
 
 STAGE = "quality"
@@ -249,17 +249,3 @@ def split_low_value(
         ).alias("detail"),
     )
     return frame.filter(~low), rejected
-
-
-def plan_judge_requests(
-    docs: Iterable[Mapping[str, Any]], template: JudgeTemplate, settings: JudgeSettings
-) -> list[ChatRequest]:
-    """Judge requests for ``corpus plan`` (one per expected document, stand-in texts)."""
-    return [judge_request(d, template, settings) for d in docs]
-
-
-def template_fingerprint(template: JudgeTemplate, settings: JudgeSettings, model: str) -> str:
-    """What determines the judge's output (for the stage's completion marker)."""
-    return canonical_json(
-        {"template": template.sha256, "settings": settings.model_dump(mode="json"), "model": model}
-    )
