@@ -1237,8 +1237,13 @@ def plan(
             groups.append(("(judge)", judge_reqs))
         rows: list[PlanRow] = []
         unpriced: set[str] = set()
+        from builder.quality.hooks import estimate_judge  # quality gates
+
         for name, reqs in groups:
-            est = engine.estimate(reqs)
+            if name == "(judge)":  # quality gates: the judge may have its own endpoint
+                est = estimate_judge(config, reqs, engine, cache_dir)
+            else:
+                est = engine.estimate(reqs)
             unpriced.update(est.unpriced)
             rows.append(
                 PlanRow(

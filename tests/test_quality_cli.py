@@ -234,3 +234,22 @@ def test_judge_respects_the_budget_and_resumes(tmp_path: Path, capsys) -> None:
     assert docs["edu_score"].drop_nulls().len() + docs["judge_error"].drop_nulls().len() == (
         docs.height
     )
+
+
+def test_plan_prices_a_separate_judge_endpoint(tmp_path: Path, capsys) -> None:
+    """A judge with its own endpoint and model is priced by that model; nothing is sent
+    (the judge's URL has no server: any request would fail)."""
+    closed = "http://127.0.0.1:9/v1"
+    judge = {"enabled": True, "base_url": closed, "model": "judge-model"}
+    config = make_project(tmp_path / "p", closed, {**SMALL, "judge": judge})
+    code, out, err = run_cli(capsys, "plan", "--config", str(config), "--json")
+    assert code == 0, err
+    row = {r["discipline"]: r for r in json.loads(out)["per_discipline"]}["(judge)"]
+    assert row["requests"] > 0 and row["cost_usd"] is None  # judge-model has no price
+    assert "judge-model" in json.loads(out)["unpriced_models"]
+    text = config.read_text() + '\n[llm.prices."judge-model"]\ninput = 100.0\noutput = 0.0\n'
+    config.write_text(text, encoding="utf-8")
+    code, out, err = run_cli(capsys, "plan", "--config", str(config), "--json")
+    assert code == 0, err
+    row = {r["discipline"]: r for r in json.loads(out)["per_discipline"]}["(judge)"]
+    assert row["cost_usd"] == pytest.approx(row["input_tokens"] * 100.0 / 1e6, rel=1e-3)

@@ -59,28 +59,49 @@ def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
-def _judge_engine(ctx: _Context, llm: Any) -> Any:
-    """The judge's own engine when ``[judge]`` names an endpoint, else None (use ``llm``)."""
-    j = ctx.config.judge
+def judge_llm_settings(config: Any, *, keyless: bool = False) -> Any:
+    """The ``[llm]`` settings of the judge's own endpoint (None: the judge uses ``[llm]``).
+    ``keyless`` drops the API key variable (``corpus plan`` needs none)."""
+    j = config.judge
     if not j.base_url:
         return None
-    from builder.llm import open_engine, resolve_cache_dir
-
-    settings = ctx.config.llm.model_copy(
+    return config.llm.model_copy(
         update={
             "base_url": j.base_url,
             "model": j.model,
-            "api_key_env": j.api_key_env,
+            "api_key_env": None if keyless else j.api_key_env,
             "kind": j.kind,
             "endpoints": [],
             "embedded": False,
         }
     )
+
+
+def _judge_engine(ctx: _Context, llm: Any) -> Any:
+    """The judge's own engine when ``[judge]`` names an endpoint, else None (use ``llm``)."""
+    settings = judge_llm_settings(ctx.config)
+    if settings is None:
+        return None
+    from builder.llm import open_engine, resolve_cache_dir
+
     return open_engine(
         settings,
         cache_dir=resolve_cache_dir(None, ctx.config.llm, root=ctx.config.root),
         progress=False,
     )
+
+
+def estimate_judge(config: Any, requests: list[Any], engine: Any, cache_dir: Any = None) -> Any:
+    """``corpus plan``'s estimate of the judge requests: priced and cache-checked by the
+    judge's own endpoint when ``[judge]`` names one, else by the teacher's ``engine``."""
+    settings = judge_llm_settings(config, keyless=True)
+    if settings is None:
+        return engine.estimate(requests)
+    from builder.llm import open_engine, resolve_cache_dir
+
+    directory = resolve_cache_dir(cache_dir, config.llm, root=config.root)
+    with open_engine(settings, cache_dir=directory, progress=False) as judge:
+        return judge.estimate(requests)
 
 
 def stage_quality(
