@@ -241,6 +241,7 @@ def render_card(
     manifest: Mapping[str, Any],
     stats: Mapping[str, Any] | None = None,
     taxonomy: Any = None,
+    quality: Any = None,
 ) -> str:
     """The dataset card as a string (see ``write_card``)."""
     stats = dict(stats if stats is not None else manifest.get("stats") or {})
@@ -456,6 +457,10 @@ def render_card(
             "",
         ]
 
+    # Quality gates and diversity (builder.quality.summary.QualitySummary)
+    if quality is not None:
+        parts += [quality.to_markdown(), ""]
+
     # Cost and time
     stages = stage_rows(stats)
     totals = stat_totals(stats)
@@ -540,6 +545,7 @@ def write_card(
     manifest: Mapping[str, Any] | None = None,
     stats: Mapping[str, Any] | None = None,
     taxonomy: Any = None,
+    quality: Any = None,
 ) -> Path:
     """Write ``<run_dir>/README.md`` atomically and return its path.
 
@@ -553,7 +559,9 @@ def write_card(
         from builder.config import CorpusConfig
 
         config = CorpusConfig.model_validate(manifest.get("config") or {})
-    text = render_card(config=config, manifest=manifest, stats=stats, taxonomy=taxonomy)
+    text = render_card(
+        config=config, manifest=manifest, stats=stats, taxonomy=taxonomy, quality=quality
+    )
     path = run / CARD_NAME
     atomic_write_bytes(path, text.encode("utf-8"))
     return path

@@ -24,6 +24,7 @@ from builder.settings.filters import FilterSettings, VerifySettings
 from builder.settings.generate import GenerateSettings
 from builder.settings.llm import LLMSettings
 from builder.settings.output import OutputSettings
+from builder.settings.quality import EmbeddingSettings, JudgeSettings
 from builder.settings.syllabus import SyllabusSettings
 from builder.settings.taxonomy import TaxonomySettings
 from builder.settings.walk import WalkSettings
@@ -53,6 +54,8 @@ class CorpusConfig(Section):
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     decontam: DecontamSettings = Field(default_factory=DecontamSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
 
     # Not keys of the file: where it was read from, and the directory paths are relative to.
     source: str | None = Field(None, exclude=True)

@@ -61,7 +61,17 @@ if TYPE_CHECKING:  # pragma: no cover
 Log = Callable[[str], None]
 
 #: The stages of a build, in order (keys of ``BuildSummary.stage_seconds``).
-STAGES = ("syllabi", "walk", "generate", "filter", "dedup", "decontam", "assemble")
+STAGES = (
+    "syllabi",
+    "walk",
+    "generate",
+    "filter",
+    "quality",  # quality gates (builder.quality.hooks)
+    "dedup",
+    "semdedup",  # quality gates (builder.quality.hooks)
+    "decontam",
+    "assemble",
+)
 WORK_DIR = "work"
 LEDGER_NAME = "ledger.json"
 #: Seconds between ledger writes while requests complete (bounds what kill -9 forgets).
@@ -697,8 +707,14 @@ def build(
                 walk, units = _stage_walk(ctx, tax)
                 rows, gstats = _stage_generate(ctx, units, templates, meter)
                 kept_path, rej_path = _stage_filter(ctx, rows, meter)
+                # -- quality gates: code checks, relevance, judge (builder.quality.hooks) --
+                from builder.quality.hooks import stage_quality, stage_semdedup
+
+                kept_path, rej_path = stage_quality(ctx, units, kept_path, rej_path, meter)
             _sync(summary, meter)
             d_paths = _stage_dedup(ctx, kept_path)
+            # -- quality gates: semantic near-duplicates after MinHash (builder.quality.hooks) --
+            d_paths = stage_semdedup(ctx, d_paths)
             c_paths = _stage_decontam(ctx, d_paths["kept"], bench)
             _stage_assemble(ctx, tax, walk, units, gstats, kept_path, rej_path, d_paths, c_paths)
         finally:
@@ -944,6 +960,7 @@ def _stage_dedup(ctx: _Context, kept_path: Path) -> dict[str, Path]:
     fingerprint = sha256_hex(
         {
             "filter": ctx.markers.read("filter").get("fingerprint"),
+            "quality": ctx.markers.read("quality").get("fingerprint"),  # quality gates
             "dedup": config.dedup.model_dump(mode="json"),
         }
     )
@@ -1003,6 +1020,7 @@ def _stage_decontam(ctx: _Context, kept_path: Path, bench: list[Path]) -> dict[s
     fingerprint = sha256_hex(
         {
             "dedup": ctx.markers.read("dedup").get("fingerprint"),
+            "semdedup": ctx.markers.read("semdedup").get("fingerprint"),  # quality gates
             "decontam": config.decontam.model_dump(mode="json"),
             "benchmarks": [[str(p), file_sha256(p)] for p in bench],
         }
@@ -1091,7 +1109,18 @@ def _stage_assemble(
             config=config,
             extra_manifest={"stats": stats},
         )
-        write_card(ctx.run_dir, config=config, manifest=result.manifest, stats=stats, taxonomy=tax)
+        # -- quality gates: diversity per node and the embedding map (builder.quality.hooks) --
+        from builder.quality.hooks import quality_summary
+
+        quality = quality_summary(ctx, c_paths["clean"])
+        write_card(
+            ctx.run_dir,
+            config=config,
+            manifest=result.manifest,
+            stats=stats,
+            taxonomy=tax,
+            quality=quality,
+        )
         from builder.diversity import diversity_report
 
         before_dedup = pl.read_parquet(kept_path)
@@ -1111,6 +1140,7 @@ def _stage_assemble(
             taxonomy=tax,
             stats=stats,
             manifest=result.manifest,
+            quality=quality,  # quality gates
         )
         ctx.markers.mark("assemble", fingerprint, documents=result.documents, tokens=result.tokens)
         ctx.did_work = True
@@ -1153,6 +1183,8 @@ def _stats(ctx: _Context, walk: Walk, units: list[Unit], gstats: GenerateStats) 
         "filter": filt,
         "dedup": ctx.markers.read("dedup").get("stats") or {},
         "decontam": ctx.markers.read("decontam").get("stats") or {},
+        "quality": ctx.markers.read("quality").get("stats") or {},  # quality gates
+        "semdedup": ctx.markers.read("semdedup").get("stats") or {},  # quality gates
     }
 
 
@@ -1199,10 +1231,21 @@ def plan(
         groups = [(d, by_disc[d]) for d in sorted(by_disc)]
         if syllabus_reqs:
             groups.append(("(syllabi)", syllabus_reqs))
+        # -- quality gates: the educational-value judge (builder.quality.hooks) --
+        from builder.quality.hooks import plan_judge
+
+        judge_reqs = plan_judge(config, [*requests, *later])
+        if judge_reqs:
+            groups.append(("(judge)", judge_reqs))
         rows: list[PlanRow] = []
         unpriced: set[str] = set()
+        from builder.quality.hooks import estimate_judge  # quality gates
+
         for name, reqs in groups:
-            est = engine.estimate(reqs)
+            if name == "(judge)":  # quality gates: the judge may have its own endpoint
+                est = estimate_judge(config, reqs, engine, cache_dir)
+            else:
+                est = engine.estimate(reqs)
             unpriced.update(est.unpriced)
             rows.append(
                 PlanRow(

@@ -6,7 +6,8 @@
         ...
         assert srv.count("chat") == 4
 
-It speaks ``GET /v1/models``, ``POST /v1/chat/completions`` (plain and streamed) and the
+It speaks ``GET /v1/models``, ``POST /v1/chat/completions`` (plain and streamed),
+``POST /v1/embeddings`` (deterministic bag-of-words vectors) and the
 Batch API (``POST /v1/files``, ``GET /v1/files/{id}/content``, ``POST /v1/batches``,
 ``GET /v1/batches/{id}``), records every request, counts HTTP calls, tracks peak
 concurrency, and injects faults into chat completions:
@@ -267,11 +268,52 @@ class FakeOpenAIServer:
         self.chat_index = 0
         self.peak_inflight = 0
 
+    # -- embeddings --------------------------------------------------------------------
+    embedding_faults: list[str | None] | None = None  # per /v1/embeddings call: "500", ...
+
+    @staticmethod
+    def embedding_for(text: str, dim: int = 64) -> list[float]:
+        """A deterministic bag-of-words vector: texts sharing words point the same way."""
+        import hashlib
+
+        vec = [0.0] * dim
+        for word in text.lower().split():
+            h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=4).digest(), "big")
+            vec[h % dim] += 1.0
+        return vec
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        index = self.counts["embeddings"]
+        self.counts["embeddings"] += 1
+        if not self._authorized(request):
+            return self._unauthorized()
+        body = json.loads(await request.read())
+        faults = self.embedding_faults or []
+        if index < len(faults) and faults[index]:
+            return self._error(int(faults[index]), f"injected {faults[index]}")
+        inputs = body.get("input")
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        dim = int(body.get("dimensions") or 64)
+        data = [
+            {"object": "embedding", "index": i, "embedding": self.embedding_for(t, dim)}
+            for i, t in enumerate(inputs)
+        ]
+        tokens = sum(_words(t) for t in inputs)
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model") or self.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
     # -- app -----------------------------------------------------------------------------
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/v1/files", self._upload)
         app.router.add_get("/v1/files/{file_id}/content", self._file_content)
         app.router.add_post("/v1/batches", self._create_batch)
