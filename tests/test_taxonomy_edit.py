@@ -161,26 +161,29 @@ def test_move_that_creates_a_cycle_is_refused(root: Path) -> None:
 
 
 def test_move_across_files_keeps_comments(root: Path) -> None:
+    # (Moving derivatives instead would be refused: integrals, still in calculus, needs it,
+    # and mechanics needs all of calculus first.)
     math_before = (root / "mathematics.yaml").read_text()
     editor = TaxonomyEditor(root)
-    assert editor.move_node("derivatives", "mechanics") == root / "physics.yaml"
+    assert editor.move_node("integrals", "mechanics") == root / "physics.yaml"
     tax = editor.save()
-    assert tax["derivatives"].parent == "mechanics"
-    assert tax["derivatives"].file == root / "physics.yaml"
-    assert tax["derivatives"].prerequisites == ("limits",)
+    assert tax["integrals"].parent == "mechanics"
+    assert tax["integrals"].file == root / "physics.yaml"
+    assert tax["integrals"].prerequisites == ("derivatives",)
     math_after = (root / "mathematics.yaml").read_text()
     removed, added = changed_lines(math_before, math_after)
     assert added == [] and [r.strip() for r in removed] == [
-        "- id: derivatives",
-        "name: Derivatives",
+        "- id: integrals",
+        "name: Integrals",
         "level: topic",
-        "prerequisites: [limits]",
+        "status: proposed",
+        "prerequisites: [derivatives]",
     ]
     physics = (root / "physics.yaml").read_text()
     assert comments(physics) == [" Physics (test fixture)", " cross-file prerequisite"]
     assert physics.endswith(
-        "      - id: derivatives\n        name: Derivatives\n        level: topic\n"
-        "        prerequisites: [limits]\n"
+        "      - id: integrals\n        name: Integrals\n        level: topic\n"
+        "        status: proposed\n        prerequisites: [derivatives]\n"
     )
 
 

@@ -59,12 +59,21 @@ def _levels_setting(config_path: str | None) -> list[str]:
     return list(load_config(config_path).taxonomy.levels)
 
 
-def _validate_syllabi(tax, config_path: str | None = None) -> list[Problem]:
-    """Syllabus problems, judged against the config's [syllabus] bounds."""
+def _validate_syllabi(tax, config_path: str | None = None) -> tuple[list[Problem], str]:
+    """Syllabus problems, judged against the config's [syllabus] bounds, and a summary such
+    as ``3 syllabi (1 approved, 2 proposed)``."""
     from builder.config import load_config
-    from builder.syllabus import validate_syllabi
+    from builder.syllabus import load_syllabi, validate_syllabi
 
-    return list(validate_syllabi(tax, load_config(config_path).syllabus))
+    settings = load_config(config_path).syllabus
+    problems = list(validate_syllabi(tax, settings))
+    if problems:
+        return problems, ""
+    loaded = load_syllabi(tax, None, settings)
+    approved = sum(1 for s in loaded.values() if s.status == "approved")
+    noun = "syllabus" if len(loaded) == 1 else "syllabi"
+    summary = f"{len(loaded)} {noun} ({approved} approved, {len(loaded) - approved} proposed)"
+    return [], summary
 
 
 @click.command("validate")
@@ -73,9 +82,11 @@ def _validate_syllabi(tax, config_path: str | None = None) -> list[Problem]:
 def validate_cmd(taxonomy_dir: str | None, config_path: str | None) -> None:
     """Check the taxonomy and its syllabi; list every problem as file:line (exit code 2).
 
-    Checks YAML syntax, unknown keys and wrong types, id slugs, empty names, status values,
+    Checks YAML syntax (reported first), unknown keys and wrong types, id slugs, empty
+    names, level names ([taxonomy] levels; a typo gets a did-you-mean), status values,
     duplicate ids across files, dangling prerequisites, prerequisites on one's own ancestor
-    or descendant, and prerequisite cycles (printed as a -> b -> a).
+    or descendant, and prerequisite cycles (every edge named with its file:line). Levels
+    that do not fit their depth are printed as warnings (exit code 0).
 
     \b
     Example:
@@ -85,9 +96,10 @@ def validate_cmd(taxonomy_dir: str | None, config_path: str | None) -> None:
     from builder.taxonomy import check_taxonomy
 
     root = resolve_taxonomy_dir(taxonomy_dir, config_path)
-    problems, tax = check_taxonomy(root)
+    problems, tax = check_taxonomy(root, levels=_levels_setting(config_path))
+    syllabi = ""
     if tax is not None:
-        problems = _validate_syllabi(tax, config_path)
+        problems, syllabi = _validate_syllabi(tax, config_path)
     if problems:
         raise ValidationError(
             [
@@ -98,17 +110,21 @@ def validate_cmd(taxonomy_dir: str | None, config_path: str | None) -> None:
                 ),
             ]
         )
+    for warning in tax.warnings:
+        click.echo(f"warning: {warning}", err=True)
     s = tax.stats()
     click.echo(
         f"ok: {root}: {s['disciplines']} discipline(s), {s['nodes']} nodes "
-        f"({s['proposed']} proposed), {s['leaves']} leaves, depth {s['depth']}"
+        f"({s['proposed']} proposed), {s['leaves']} leaves, depth {s['depth']}, {syllabi}"
     )
 
 
 def _load(taxonomy_dir: str | None, config_path: str | None):
     from builder.taxonomy import load_taxonomy
 
-    return load_taxonomy(resolve_taxonomy_dir(taxonomy_dir, config_path))
+    return load_taxonomy(
+        resolve_taxonomy_dir(taxonomy_dir, config_path), levels=_levels_setting(config_path)
+    )
 
 
 @click.command("show")

@@ -32,6 +32,7 @@ from ruamel.yaml.util import load_yaml_guess_indent
 
 from builder.errors import Problem, TaxonomyError, ValidationError
 from builder.taxonomy import comments as cm
+from builder.taxonomy.crosscheck import DEFAULT_LEVELS
 from builder.taxonomy.files import atomic_write_text
 from builder.taxonomy.model import STATUSES, Taxonomy, UnknownNodeError
 from builder.taxonomy.parse import YamlSyntaxError, parse_yaml
@@ -39,7 +40,6 @@ from builder.taxonomy.validate import SLUG_RE, check_texts, discover_files, slug
 
 __all__ = ["DEFAULT_LEVELS", "NEW_DISCIPLINE", "TaxonomyEditor"]
 
-DEFAULT_LEVELS = ("discipline", "subject", "topic")
 # The parent to give ``add``/``move`` for a new top-level discipline (its own file).
 NEW_DISCIPLINE = "-"
 _LIST_LIMIT = 8  # how many ids to name in a refusal before "and N more"
@@ -612,7 +612,7 @@ class TaxonomyEditor:
 
     def check(self) -> tuple[list[Problem], Taxonomy | None]:
         """Validate the edited taxonomy without writing."""
-        return check_texts(self._result_texts(), self.root)
+        return check_texts(self._result_texts(), self.root, levels=self.levels)
 
     def save(self) -> Taxonomy:
         """Validate the edited taxonomy, then write the changed files atomically.
@@ -621,7 +621,7 @@ class TaxonomyEditor:
         Returns the new taxonomy.
         """
         texts = self._result_texts()
-        problems, tax = check_texts(texts, self.root)
+        problems, tax = check_texts(texts, self.root, levels=self.levels)
         if problems or tax is None:
             raise ValidationError(
                 [

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import InputError, Problem, TaxonomyError, ValidationError
+from builder.taxonomy.crosscheck import DEFAULT_LEVELS
 from builder.taxonomy.files import atomic_write_text
 from builder.taxonomy.model import STATUSES, Taxonomy
 from builder.taxonomy.parse import _resolve_plain
@@ -544,7 +545,12 @@ def import_taxonomy(
             texts[p] = p.read_text(encoding="utf-8")
     texts.update(new_texts)
     texts = dict(sorted(texts.items()))
-    problems, tax = check_texts(texts, into)
+    known = list(DEFAULT_LEVELS)
+    for root in roots:
+        for node, _ in root.walk():
+            if node.level and node.level not in known:
+                known.append(node.level)
+    problems, tax = check_texts(texts, into, levels=known)
     if problems or tax is None:
         raise ValidationError(
             [
