@@ -40,10 +40,16 @@ the same units in every process, and adding a node leaves the units of other slo
 (only their interleaving moves). ``unit_id`` is the first 16 hex digits of the sha256 of
 ``(seed, occurrence, node, sessions, concepts)``.
 
+**Bounds.** ``limit`` units, a ``token_budget`` or ``rounds``; with none of them a walk is
+one round (every slot once), as ``corpus walk`` and builds do. ``endless=True`` lifts that
+default: the walk then goes on until the caller stops.
+
+**Iterating.** A ``Walk`` is re-iterable: each ``for`` loop (each ``iter(walk)``) starts the
+same deterministic walk from its first unit, and ``coverage()`` counts the latest pass.
+
 **Laziness.** Setting up costs one pass over the selected nodes (and one read per usable
 syllabus); units are made one at a time as they are consumed, and later rounds only touch
-the slots they schedule (a heap), so a 100,000-node taxonomy starts yielding at once and an
-unbounded walk (no ``limit``/``token_budget``/``rounds``) is an endless generator.
+the slots they schedule (a heap), so a 100,000-node taxonomy starts yielding at once.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ import functools
 import hashlib
 import heapq
 import math
+import os
 import re
 import weakref
 from collections import Counter
@@ -271,8 +278,9 @@ class Coverage:
         return "\n".join(lines) + "\n"
 
 
-class Walk(Iterator[Unit]):
-    """A lazy iterator of ``Unit``s (see the module docstring); build it with ``walk_topics``.
+class Walk(Iterable[Unit]):
+    """A lazy, re-iterable stream of ``Unit``s (see the module docstring); build it with
+    ``walk_topics``. Each iteration starts from the first unit.
 
     Attributes describing the selection are set up front: ``slots`` (how many things one
     round covers), ``syllabi`` (subject id -> syllabus used), ``ignored_syllabi`` (subjects
@@ -288,6 +296,7 @@ class Walk(Iterator[Unit]):
         token_budget: float | None = None,
         tokens_per_unit: float | Callable[[Unit], float] = 1500.0,
         rounds: int | None = None,
+        endless: bool = False,
         subtree: Iterable[str] | str | None = None,
         level: str | None = None,
         statuses: Sequence[str] = ("approved",),
@@ -311,6 +320,8 @@ class Walk(Iterator[Unit]):
                 raise TaxonomyError(f"{name} must be (low, high) with 1 <= low <= high")
         if isinstance(subtree, str):
             subtree = [subtree]
+        if rounds is None and limit is None and token_budget is None and not endless:
+            rounds = 1  # the one default, shared with `corpus walk` and builds
         self.tax = tax
         self.seed = int(seed)
         self._seed64 = _seed64(self.seed)
@@ -340,7 +351,6 @@ class Walk(Iterator[Unit]):
         self._subject_cache: dict[str, Node | None] = {}
         self._positions: dict[str, dict[str, int]] = {}
         self._contexts: dict[str, tuple[Node, str]] = {}
-        self._gen = self._generate()
 
     # -- selection ----------------------------------------------------------------------------
 
@@ -399,7 +409,12 @@ class Walk(Iterator[Unit]):
                 )
         else:
             has_child = {n.parent for n in selected if n.parent is not None}
-            candidates = [n for n in selected if n.id not in has_child]
+            # A discipline with nothing under it is an empty file, not a topic to write about.
+            candidates = [
+                n
+                for n in selected
+                if n.id not in has_child and not (n.parent is None and not n.children)
+            ]
 
         # Syllabi of selected subjects, when asked for.
         usable: dict[str, Syllabus] = {}
@@ -462,11 +477,13 @@ class Walk(Iterator[Unit]):
 
     # -- iteration ----------------------------------------------------------------------------
 
-    def __iter__(self) -> Walk:
-        return self
-
-    def __next__(self) -> Unit:
-        return next(self._gen)
+    def __iter__(self) -> Iterator[Unit]:
+        """A new pass from the first unit (counters and coverage start again)."""
+        self.yielded = 0
+        self.tokens = 0.0
+        expected = self._coverage.expected
+        self._coverage = Coverage(expected=expected)
+        return self._generate()
 
     def coverage(self) -> Coverage:
         """Units per node (and per session, level) of everything yielded so far."""
@@ -684,13 +701,14 @@ def _curriculum_rank(tax: Taxonomy) -> dict[str, int]:
 
 
 def walk_topics(
-    tax: Taxonomy,
+    tax: Taxonomy | str | os.PathLike[str],
     *,
     seed: int = 0,
     limit: int | None = None,
     token_budget: float | None = None,
     tokens_per_unit: float | Callable[[Unit], float] = 1500.0,
     rounds: int | None = None,
+    endless: bool = False,
     subtree: Iterable[str] | str | None = None,
     level: str | None = None,
     statuses: Sequence[str] = ("approved",),
@@ -703,9 +721,11 @@ def walk_topics(
 ) -> Walk:
     """Walk the taxonomy: a lazy, deterministic stream of generation ``Unit``s.
 
-    Bounded by ``limit`` units, ``token_budget`` (each unit costs ``tokens_per_unit``, a number
-    or a function of the unit) or ``rounds`` (1 = every slot exactly once); with none of them
-    it never ends. ``subtree`` (ids), ``level`` and ``statuses`` select nodes;
+    ``tax`` is a loaded ``Taxonomy`` or the path of a taxonomy directory (or file). Bounded by
+    ``limit`` units, ``token_budget`` (each unit costs ``tokens_per_unit``, a number or a
+    function of the unit) or ``rounds`` (1 = every slot exactly once); with none of them, one
+    round, unless ``endless`` (then it never ends). Iterating the returned ``Walk`` again
+    starts it again. ``subtree`` (ids), ``level`` and ``statuses`` select nodes;
     ``syllabus_statuses`` (default: ``statuses``) selects which syllabi are used, ``syllabi``
     may be ``False`` (topic leaves only) or a mapping subject id -> ``Syllabus``.
     ``order`` is ``random`` or ``curriculum``. ``syllabus_settings`` (the ``[syllabus]``
@@ -713,6 +733,14 @@ def walk_topics(
     for unknown ids or levels and when the selection is empty, and ``ValidationError`` for an
     invalid syllabus. See the module docstring for the sampling rules.
     """
+    from builder.taxonomy import Taxonomy as _Taxonomy
+
+    if not isinstance(tax, _Taxonomy):
+        if not isinstance(tax, (str, os.PathLike)):
+            raise TypeError(f"walk_topics needs a Taxonomy or a path, not {type(tax).__name__}")
+        from builder.taxonomy import load_taxonomy
+
+        tax = load_taxonomy(tax)
     return Walk(
         tax,
         seed=seed,
@@ -720,6 +748,7 @@ def walk_topics(
         token_budget=token_budget,
         tokens_per_unit=tokens_per_unit,
         rounds=rounds,
+        endless=endless,
         subtree=subtree,
         level=level,
         statuses=statuses,
