@@ -21,6 +21,7 @@ __all__ = [
     "export_cmd",
     "import_cmd",
     "move_cmd",
+    "prereq_cmd",
     "remove_cmd",
     "rename_cmd",
     "resolve_taxonomy_dir",
@@ -364,6 +365,68 @@ def remove_cmd(
     """
     editor = _editor(taxonomy_dir, config_path)
     editor.remove_node(node_id, cascade=cascade)
+    _finish(editor, dry_run)
+
+
+@click.group("prereq")
+def prereq_cmd() -> None:
+    """Add or remove prerequisites of an existing node (comments and layout are kept).
+
+    The edit is validated first (unknown ids, cycles, prerequisites on one's own ancestor or
+    descendant are refused with nothing written); --dry-run prints the diff.
+
+    \b
+    Example:
+      corpus taxonomy prereq add calculus-integrals calculus-limits
+      corpus taxonomy prereq remove calculus-integrals calculus-limits --dry-run
+    """
+
+
+@prereq_cmd.command("add")
+@click.argument("node_id", metavar="ID")
+@click.argument("prerequisites", nargs=-1, required=True, metavar="PREREQ...")
+@dry_run_option
+@taxonomy_option
+@config_option
+def prereq_add_cmd(
+    node_id: str,
+    prerequisites: tuple[str, ...],
+    dry_run: bool,
+    taxonomy_dir: str | None,
+    config_path: str | None,
+) -> None:
+    """Make ID require each PREREQ (appended to its prerequisites list).
+
+    \b
+    Example:
+      corpus taxonomy prereq add calculus-integrals calculus-limits
+    """
+    editor = _editor(taxonomy_dir, config_path)
+    editor.add_prerequisites(node_id, prerequisites)
+    _finish(editor, dry_run)
+
+
+@prereq_cmd.command("remove")
+@click.argument("node_id", metavar="ID")
+@click.argument("prerequisites", nargs=-1, required=True, metavar="PREREQ...")
+@dry_run_option
+@taxonomy_option
+@config_option
+def prereq_remove_cmd(
+    node_id: str,
+    prerequisites: tuple[str, ...],
+    dry_run: bool,
+    taxonomy_dir: str | None,
+    config_path: str | None,
+) -> None:
+    """Drop each PREREQ from ID's prerequisites.
+
+    \b
+    Example:
+      corpus taxonomy prereq remove calculus-integrals calculus-limits
+    """
+    editor = _editor(taxonomy_dir, config_path)
+    editor.remove_prerequisites(node_id, prerequisites)
     _finish(editor, dry_run)
 
 
