@@ -464,7 +464,8 @@ def import_cmd(
     """Import a CSV (one column per level, optional description/weight columns) or a nested
     JSON outline ({name, children: [...]}, or `export --format json` output) as one YAML
     file per top-level node. Ids are stable slugs of the names; nothing is written unless
-    the result validates.
+    the result validates. Without --levels a JSON outline's levels are [taxonomy] levels
+    when it is no deeper, else level1..levelN. --dry-run prints the files as a diff.
 
     \b
     Example:
@@ -475,12 +476,28 @@ def import_cmd(
 
     level_list = [lv.strip() for lv in levels.split(",") if lv.strip()] if levels else None
     target = Path(into) if into else resolve_taxonomy_dir(taxonomy_dir, config_path)
-    if level_list is None and Path(file).suffix.lower() == ".json":
-        level_list = _levels_setting(config_path)
-    result = import_taxonomy(file, target, levels=level_list, force=force, dry_run=dry_run)
+    result = import_taxonomy(
+        file,
+        target,
+        levels=level_list,
+        default_levels=_levels_setting(config_path),
+        force=force,
+        dry_run=dry_run,
+    )
+    if dry_run:
+        click.echo(result.diff(), nl=False)
     verb = "would write" if dry_run else "wrote"
     counts = ", ".join(f"{n} {lv}" for lv, n in result.per_level.items())
-    click.echo(f"{verb} {len(result.files)} file(s) in {target}: {result.nodes} nodes ({counts})")
+    click.echo(
+        f"{verb} {len(result.files)} file(s) in {target}: {result.nodes} nodes ({counts})",
+        err=dry_run,
+    )
+    if level_list is None and "level1" in result.per_level:
+        click.echo(
+            f"note: the outline is {len(result.per_level)} levels deep, more than [taxonomy] "
+            "levels names: levels are named level1..levelN (name them with --levels)",
+            err=True,
+        )
 
 
 @click.command("export")
