@@ -48,6 +48,7 @@ __all__ = [
     "expand_node",
     "expansion_request",
     "find_duplicate",
+    "malformed",
     "normalise_name",
     "proposed_nodes",
     "reject_nodes",
@@ -97,13 +98,36 @@ def find_duplicate(
 
 @dataclass(frozen=True)
 class Proposal:
-    """One child the model proposed: ``added`` (with its new id) or a ``duplicate`` of one."""
+    """One child the model proposed: ``added`` (with its new id), a ``duplicate`` of an
+    existing name, or ``refused`` (malformed: ``reason`` says why)."""
 
     name: str
     description: str | None
-    action: str  # added | duplicate
+    action: str  # added | duplicate | refused
     id: str | None = None
     duplicate_of: str | None = None
+    reason: str | None = None
+
+
+_PLACEHOLDER = re.compile(r"[<>\[\]{}]|\.\.\.|\bTODO\b|\bN/A\b", re.IGNORECASE)
+_NAME_CHARS = re.compile(r"[^\W_](?:[\w\s'’,.&/()+:-]*[\w)’'.])?")
+
+
+def malformed(name: str, description: str | None) -> str | None:
+    """Why a proposed child cannot be a taxonomy node, or None when it can.
+
+    Small models echo template syntax (``<n1>``, ``{subject}``) or make up codes
+    (``math_20-35``); such names would become ids and prompts, so they are refused.
+    """
+    if _PLACEHOLDER.search(name):
+        return "has brackets or a placeholder"
+    if not _NAME_CHARS.fullmatch(name) or "_" in name:
+        return "has stray punctuation"
+    if sum(ch.isalpha() for ch in name) < 2:
+        return "is not words"
+    if description and _PLACEHOLDER.search(description):
+        return "its description has brackets or a placeholder"
+    return None
 
 
 @dataclass
@@ -115,6 +139,7 @@ class ExpandReport:
     proposals: list[Proposal] = field(default_factory=list)
     file: Path | None = None
     taxonomy: Taxonomy | None = None
+    asked: int = 0
 
     @property
     def added(self) -> list[Proposal]:
@@ -123,6 +148,23 @@ class ExpandReport:
     @property
     def duplicates(self) -> list[Proposal]:
         return [p for p in self.proposals if p.action == "duplicate"]
+
+    @property
+    def refused(self) -> list[Proposal]:
+        return [p for p in self.proposals if p.action == "refused"]
+
+    def summary(self) -> str:
+        """``asked 5, got 2 usable (3 refused: '<n1>' has brackets or a placeholder; ...)``."""
+        parts: list[str] = []
+        if self.refused:
+            why = "; ".join(f"{p.name!r} {p.reason}" for p in self.refused)
+            parts.append(f"{len(self.refused)} refused: {why}")
+        if self.duplicates:
+            parts.append(f"{len(self.duplicates)} duplicate(s)")
+        if len(self.proposals) < self.asked:
+            parts.append(f"the model proposed {len(self.proposals)}")
+        detail = f" ({'; '.join(parts)})" if parts else ""
+        return f"asked {self.asked}, got {len(self.added)} usable under {self.node}{detail}"
 
 
 def _reply_model(count: int) -> type[BaseModel]:
@@ -269,12 +311,16 @@ def expand_node(
     for n in tax:
         existing.setdefault(normalise_name(n.name), n.id)
     taken = set(tax.ids())
-    report = ExpandReport(node=node.id, model=model_name)
+    report = ExpandReport(node=node.id, model=model_name, asked=count)
     date = _dt.date.today().isoformat()
     editor = None if dry_run else TaxonomyEditor(tax.root)
     for child in reply.children:  # type: ignore[attr-defined]
         name = " ".join(child.name.split())
         description = " ".join(child.description.split()) or None
+        why = malformed(name, description)
+        if why is not None:
+            report.proposals.append(Proposal(name, description, "refused", reason=why))
+            continue
         dup = find_duplicate(name, existing, threshold)
         if dup is not None:
             report.proposals.append(Proposal(name, description, "duplicate", duplicate_of=dup))

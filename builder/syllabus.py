@@ -281,6 +281,16 @@ def _string_list(
         if not isinstance(item, str) or not item.strip():
             problems.append(Problem(f"{what} item {i + 1} must be non-empty text", file, item_line))
             continue
+        if not _looks_like_words(item):
+            problems.append(
+                Problem(
+                    f"{what} item {i + 1} is not words: {item.strip()[:40]!r}",
+                    file,
+                    item_line,
+                    "write it in words (at least one letter)",
+                )
+            )
+            continue
         out.append(item.strip())
     return out
 
@@ -739,10 +749,13 @@ def _reply_model(settings: SyllabusSettings, lo: int, hi: int) -> type[BaseModel
 
 
 def reply_schema(settings: SyllabusSettings) -> dict[str, Any]:
-    """The JSON schema sent with a syllabus request (asks for exactly ``settings.sessions``)."""
+    """The JSON schema sent with a syllabus request. The prompt asks for exactly
+    ``settings.sessions``; the schema accepts the tolerated range (``session_bounds``), since
+    the engine refuses (and repairs) replies outside the schema before ``parse_reply`` sees
+    them."""
     from builder.llm.schema import schema_for
 
-    return schema_for(_reply_model(settings, settings.sessions, settings.sessions))
+    return schema_for(_reply_model(settings, *settings.session_bounds()))
 
 
 def _prompt(
@@ -834,11 +847,15 @@ def _dedupe(items: Iterable[str]) -> list[str]:
 
 
 def _looks_like_words(text: str) -> bool:
-    """A title or concept must be mostly letters (small models leak JSON punctuation such as
-    ``]},{`` into strings; such a syllabus would steer generation with noise)."""
+    """The one check for titles, goals and concepts, generated or hand-written: at least one
+    letter, and mostly letters or digits (small models leak JSON punctuation such as ``]},{``
+    or ``'], ['`` into strings; such a syllabus would steer generation with noise). ``C``,
+    ``3D`` and ``pH`` pass; ``1`` and ``], [`` do not."""
     stripped = text.strip()
-    letters = sum(ch.isalpha() for ch in stripped)
-    return letters >= 2 and letters >= 0.6 * sum(not ch.isspace() for ch in stripped)
+    if not any(ch.isalpha() for ch in stripped):
+        return False
+    wordy = sum(ch.isalnum() for ch in stripped)
+    return wordy >= 0.6 * sum(not ch.isspace() for ch in stripped)
 
 
 def parse_reply(result: ChatResult, settings: SyllabusSettings) -> tuple[list[Session], str | None]:
@@ -866,7 +883,7 @@ def parse_reply(result: ChatResult, settings: SyllabusSettings) -> tuple[list[Se
     for i, raw in enumerate(reply.sessions, 1):  # type: ignore[attr-defined]
         concepts = _dedupe(raw.concepts)
         goals = _dedupe(raw.goals)
-        junk = [t for t in (raw.title, *concepts) if not _looks_like_words(t)]
+        junk = [t for t in (raw.title, *goals, *concepts) if not _looks_like_words(t)]
         if junk:
             return [], f"session {i} has text that is not words: {junk[0][:40]!r}"
         if len(concepts) < settings.min_concepts:
@@ -900,6 +917,8 @@ class SyllabusReport:
     """Outcomes of ``generate_syllabi``, in the order the subjects were asked for."""
 
     outcomes: list[SyllabusOutcome] = field(default_factory=list)
+    # The first sample index not tried yet: a rerun without it is answered from the cache.
+    next_sample: int = 0
 
     def _with(self, action: str) -> list[SyllabusOutcome]:
         return [o for o in self.outcomes if o.action == action]
@@ -922,8 +941,9 @@ class SyllabusReport:
             Problem(
                 f"no valid syllabus for subject {o.subject!r} after {o.attempts} attempt(s): "
                 f"{o.detail}",
-                hint="rerun to try new samples, raise [syllabus] max_tokens, or write the file "
-                "by hand",
+                hint=f"replies are cached, so a plain rerun repeats this one: rerun with "
+                f"`--sample {self.next_sample}` to ask for new samples, raise [syllabus] "
+                "max_tokens or retries, or write the file by hand",
             )
             for o in self.failed
         ]
@@ -1064,6 +1084,7 @@ def generate_syllabi(
             sid, "failed", syllabus_path(tax, sid), detail, attempts[sid]
         )
     report.outcomes = [outcomes[sid] for sid in chosen]
+    report.next_sample = sample + settings.retries + 1
     if strict and report.failed:
         raise ValidationError(report.problems())
     return report
