@@ -120,13 +120,13 @@ def malformed(name: str, description: str | None) -> str | None:
     (``math_20-35``); such names would become ids and prompts, so they are refused.
     """
     if _PLACEHOLDER.search(name):
-        return "has brackets or a placeholder"
+        return "the name has brackets or a placeholder"
     if not _NAME_CHARS.fullmatch(name) or "_" in name:
-        return "has stray punctuation"
+        return "the name has stray punctuation"
     if sum(ch.isalpha() for ch in name) < 2:
-        return "is not words"
+        return "the name is not words"
     if description and _PLACEHOLDER.search(description):
-        return "its description has brackets or a placeholder"
+        return "the description has brackets or a placeholder"
     return None
 
 
@@ -154,10 +154,10 @@ class ExpandReport:
         return [p for p in self.proposals if p.action == "refused"]
 
     def summary(self) -> str:
-        """``asked 5, got 2 usable (3 refused: '<n1>' has brackets or a placeholder; ...)``."""
+        """``asked 5, got 2 usable under x (3 refused: '<n1>': the name has brackets ...)``."""
         parts: list[str] = []
         if self.refused:
-            why = "; ".join(f"{p.name!r} {p.reason}" for p in self.refused)
+            why = "; ".join(f"{p.name!r}: {p.reason}" for p in self.refused)
             parts.append(f"{len(self.refused)} refused: {why}")
         if self.duplicates:
             parts.append(f"{len(self.duplicates)} duplicate(s)")

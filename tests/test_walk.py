@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import json
 import math
@@ -20,71 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from builder import walk_topics
-from builder.cli import main
 from builder.errors import TaxonomyError, ValidationError
 from builder.syllabus import Session, Syllabus
 from builder.taxonomy import Node, Taxonomy, load_taxonomy
 from builder.walk import Walk, coverage, description_phrases
+from tests.support.taxonomies import MATH, PHYSICS, run_cli, write_syllabus, write_taxonomy
 
 ROOT = Path(__file__).resolve().parent.parent
-
-MATH = """\
-# Mathematics (test taxonomy)
-id: mathematics
-name: Mathematics
-level: discipline
-children:
-  - id: algebra
-    name: Algebra
-    level: subject
-    children:
-      - id: linear-equations
-        name: Linear equations
-        level: topic
-        description: Solving linear equations, systems and matrices.
-      - {id: polynomials, name: Polynomials, level: topic}
-  - id: calculus
-    name: Calculus
-    level: subject
-    weight: 2
-    prerequisites: [algebra]
-    children:
-      - {id: limits, name: Limits and continuity, level: topic}
-      - {id: derivatives, name: Derivatives, level: topic}
-      - {id: integrals, name: Integrals, level: topic, status: proposed}
-  - id: topology
-    name: Topology
-    level: subject
-    status: proposed
-    children:
-      - {id: open-sets, name: Open sets, level: topic}
-"""
-
-PHYSICS = """\
-id: physics
-name: Physics
-level: discipline
-children:
-  - id: mechanics
-    name: Mechanics
-    level: subject
-    prerequisites: [calculus]
-    children:
-      - {id: kinematics, name: Kinematics, level: topic}
-      - {id: dynamics, name: Dynamics, level: topic, prerequisites: [kinematics]}
-  - id: waves
-    name: Waves
-    level: subject
-    children:
-      - {id: oscillations, name: Oscillations, level: topic}
-"""
-
-
-def write_taxonomy(root: Path, files: dict[str, str] | None = None) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for name, text in (files or {"mathematics": MATH, "physics": PHYSICS}).items():
-        (root / f"{name}.yaml").write_text(text, encoding="utf-8")
-    return root
 
 
 @pytest.fixture(autouse=True)
@@ -111,32 +51,6 @@ def calculus_syllabus(status: str = "approved", n: int = 6) -> Syllabus:
         for i in range(n)
     )
     return Syllabus("calculus", "mathematics", status, sessions)
-
-
-def write_syllabus(tax_dir: Path, status: str, n: int = 6) -> Path:
-    path = tax_dir / "mathematics" / "syllabi" / "calculus.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["subject: calculus", "discipline: mathematics", f"status: {status}", "sessions:"]
-    for i in range(n):
-        concepts = ", ".join(f"c{i}-{k}" for k in range(4))
-        lines += [
-            f"  - title: Session {i}",
-            f"    goals: [goal {i}]",
-            f"    concepts: [{concepts}]",
-        ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def run_cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 # -- in-memory taxonomies for property tests ----------------------------------------------------
@@ -381,7 +295,11 @@ def test_filters_subtree_level_status(tax: Taxonomy) -> None:
     assert sorted(u.topic for u in subjects) == ["algebra", "calculus", "mechanics", "waves"]
     calc = next(u for u in subjects if u.topic == "calculus")
     assert calc.subject == "calculus" and calc.concepts[0] == "Calculus"
-    assert set(calc.concepts[1:]) <= {"Limits and continuity", "Derivatives"}
+    # Its approved children's names (not the proposed "Integrals") and description phrases.
+    phrases = description_phrases(tax["calculus"].description)
+    assert phrases == ["Limits", "derivatives", "integrals of functions of one variable"]
+    assert set(calc.concepts[1:]) <= {"Limits and continuity", "Derivatives", *phrases}
+    assert "Integrals" not in calc.concepts
     with pytest.raises(TaxonomyError, match="no selected node has level 'chapter'"):
         walk_topics(tax, level="chapter")
     with pytest.raises(TaxonomyError, match="did you mean"):
@@ -713,3 +631,28 @@ def test_walk_limit_zero_is_refused() -> None:
     assert "--limit" in result.output
     result = CliRunner().invoke(cli, ["walk", "--token-budget", "0"], prog_name="corpus")
     assert result.exit_code == 2
+
+
+def test_config_key_typo_gets_a_did_you_mean_and_the_sections_keys(tmp_path: Path) -> None:
+    cfg = tmp_path / "corpus.toml"
+    cfg.write_text("[walk]\nseed = 1\nlimt = 3\n")
+    code, out, err = run_cli("walk", "--config", str(cfg))
+    assert code == 2 and out == ""
+    assert err.strip().startswith(f"{cfg}:3: unknown key 'walk.limt' (did you mean 'limit'? ")
+    assert "valid keys of [walk]: seed, limit, token_budget" in err
+    assert "corpus --help" not in err
+
+
+def test_include_proposed_has_one_place(tmp_path: Path, tax_dir: Path) -> None:
+    cfg = tmp_path / "corpus.toml"
+    cfg.write_text(f'[taxonomy]\ndir = "{tax_dir}"\ninclude_proposed = true\n')
+    code, out, err = run_cli("walk", "--config", str(cfg))
+    assert code == 2 and out == ""
+    assert err.strip() == (
+        f"{cfg}:3: 'taxonomy.include_proposed' moved: it is [walk] include_proposed now "
+        "(one place for it) (write `include_proposed = ...` under [walk] instead)"
+    )
+    cfg.write_text(f'[taxonomy]\ndir = "{tax_dir}"\n[walk]\ninclude_proposed = true\n')
+    code, out, err = run_cli("walk", "--config", str(cfg))
+    assert code == 0, err
+    assert {"integrals", "open-sets"} <= {json.loads(line)["topic"] for line in out.splitlines()}

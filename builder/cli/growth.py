@@ -77,7 +77,7 @@ def expand_cmd(
         if p.action == "added":
             click.echo(f"{verb} {p.id}: {p.name}")
         elif p.action == "refused":
-            click.echo(f"refused {p.name!r}: it {p.reason}")
+            click.echo(f"refused {p.name!r}: {p.reason}")
         else:
             click.echo(f"duplicate {p.name!r} (of {p.duplicate_of}), skipped")
     click.echo(report.summary(), err=True)
