@@ -408,12 +408,12 @@ class Walk(Iterable[Unit]):
                     hint=f"levels in the taxonomy: {', '.join(levels) or '(none set)'}",
                 )
         else:
-            has_child = {n.parent for n in selected if n.parent is not None}
+            has_child = {n.parent for n in selected}
             # A discipline with nothing under it is an empty file, not a topic to write about.
             candidates = [
                 n
                 for n in selected
-                if n.id not in has_child and not (n.parent is None and not n.children)
+                if n.id not in has_child and (n.parent is not None or n.children)
             ]
 
         # Syllabi of selected subjects, when asked for.
@@ -435,7 +435,12 @@ class Walk(Iterable[Unit]):
         elif syllabi:
             usable = {k: v for k, v in syllabi.items() if self._selected.get(k)}
 
-        slots: list[_Slot] = []
+        weights = self._weights
+        if not usable:  # no syllabus anywhere: one slot per candidate (the common fast path)
+            slots = [_Slot(n.id, None, weights[n.id]) for n in candidates]
+            candidates = []
+        else:
+            slots = []
         done_subjects: set[str] = set()
         parent_subject: dict[str | None, Node | None] = {}
         for n in candidates:
@@ -510,7 +515,12 @@ class Walk(Iterable[Unit]):
             yield from self._round_order(list(range(n)), 0)
             return
         # A heap instead of a sort: the first unit comes after O(n), not O(n log n).
-        heap = [(self._es_key(i, 0), i) for i in range(n)]
+        # (``_es_key`` inlined: this loop is most of the time to the first unit.)
+        digest, log, seed, two64 = xxhash.xxh64_intdigest, math.log, self._seed64, _TWO64
+        heap = [
+            (-log((digest(f"{s.key}\x1f0".encode(), seed=seed) + 0.5) / two64) / s.weight, i)
+            for i, s in enumerate(self._slots)
+        ]
         heapq.heapify(heap)
         while heap:
             yield heapq.heappop(heap)[1]

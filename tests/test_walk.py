@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import json
 import math
@@ -656,3 +658,16 @@ def test_include_proposed_has_one_place(tmp_path: Path, tax_dir: Path) -> None:
     code, out, err = run_cli("walk", "--config", str(cfg))
     assert code == 0, err
     assert {"integrals", "open-sets"} <= {json.loads(line)["topic"] for line in out.splitlines()}
+
+
+def test_the_readme_walker_snippet_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## The walker (for programmers)", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "walk_topics" in snippet
+    monkeypatch.chdir(ROOT)  # the snippet loads ./taxonomy
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(snippet, "README.md", "exec"), {})  # noqa: S102 - our own README
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 100 and all(" mathematics/" in line for line in lines)

@@ -64,6 +64,7 @@ def check_levels(
                 )
             )
     warnings: list[Problem] = []
+    kid_levels: dict[str, Counter[str | None]] = {}  # parent id -> levels of its children
     for n in nodes:
         if n.level is None or verdict.get(n.level) is not None:
             continue
@@ -85,12 +86,14 @@ def check_levels(
             parent = by_id.get(n.parent) if n.parent is not None else None
             if parent is None:
                 continue
-            sibling_levels = Counter(
-                by_id[c].level for c in parent.children if c != n.id and c in by_id
-            )
-            if len(sibling_levels) == 1 and sum(sibling_levels.values()) >= 2:
-                usual = next(iter(sibling_levels))
-                if usual is not None and usual != n.level:
+            levels = kid_levels.get(parent.id)
+            if levels is None:
+                levels = Counter(by_id[c].level for c in parent.children if c in by_id)
+                kid_levels[parent.id] = levels
+            # Every sibling (two or more) agrees on one level, and this node has another.
+            if len(levels) == 2 and levels[n.level] == 1:
+                usual = next(k for k in levels if k != n.level)
+                if usual is not None and levels[usual] >= 2:
                     warnings.append(
                         Problem(
                             f"level {n.level!r} of {n.id!r} differs from its siblings' "
@@ -114,43 +117,45 @@ def find_cycles(
     """
     if not edges:
         return []
-    succ: dict[Any, list[Any]] = {}
-    indeg: Counter[Any] = Counter()
     ids = [n.id for n in nodes if by_id.get(n.id) is n]
-
-    def edge(a: Any, b: Any) -> None:
-        succ.setdefault(a, []).append(b)
-        indeg[b] += 1
-
-    for node_id in ids:
-        edge((node_id, 0), (node_id, 1))
+    index = {node_id: i for i, node_id in enumerate(ids)}
+    # Vertex 2*i is the start of node i, 2*i+1 the end of its subtree.
+    size = 2 * len(ids)
+    succ: list[list[int]] = [[] for _ in range(size)]
+    indeg = [0] * size
+    for i, node_id in enumerate(ids):
+        succ[2 * i].append(2 * i + 1)
+        indeg[2 * i + 1] += 1
         parent = by_id[node_id].parent
-        if parent is not None and parent in by_id:
-            edge((parent, 0), (node_id, 0))
-            edge((node_id, 1), (parent, 1))
+        p = index.get(parent) if parent is not None else None
+        if p is not None:
+            succ[2 * p].append(2 * i)
+            succ[2 * i + 1].append(2 * p + 1)
+            indeg[2 * i] += 1
+            indeg[2 * p + 1] += 1
     for pre, node_id, _, _ in edges:
-        edge((pre, 1), (node_id, 0))
-    vertices = [(i, k) for i in ids for k in (0, 1)]
-    ready = [v for v in vertices if indeg[v] == 0]
-    left = dict(indeg)
+        a, b = 2 * index[pre] + 1, 2 * index[node_id]
+        succ[a].append(b)
+        indeg[b] += 1
+    ready = [v for v in range(size) if indeg[v] == 0]
     done = 0
     while ready:
         v = ready.pop()
         done += 1
-        for w in succ.get(v, ()):
-            left[w] -= 1
-            if left[w] == 0:
+        for w in succ[v]:
+            indeg[w] -= 1
+            if indeg[w] == 0:
                 ready.append(w)
-    if done == len(vertices):
+    if done == size:
         return []
     import networkx as nx
 
-    stuck = {v for v in vertices if left.get(v, 0) > 0}
+    stuck = {v for v in range(size) if indeg[v] > 0}
     g = nx.DiGraph()
     for v in stuck:
-        for w in succ.get(v, ()):
+        for w in succ[v]:
             if w in stuck:
-                g.add_edge(v, w)
+                g.add_edge((ids[v // 2], v % 2), (ids[w // 2], w % 2))
     where = {(pre, node): (file, line) for pre, node, file, line in edges}
     order = {node_id: i for i, node_id in enumerate(ids)}
     problems: list[Problem] = []
