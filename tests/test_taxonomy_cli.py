@@ -219,3 +219,22 @@ def test_every_command_has_help_with_an_example(name: str) -> None:
     code, out, _ = run("taxonomy", name, "--help")
     assert code == 0
     assert "Example:" in out and "--taxonomy" in out
+
+
+def test_show_and_validate_put_a_syntax_error_first(tmp_path: Path) -> None:
+    root = tmp_path / "taxonomy"
+    shutil.copytree(DATA, root)
+    math = root / "mathematics.yaml"
+    math.write_text(math.read_text().replace("name: Algebra", "name: Algebra: the basics"))
+    for command in ("show", "validate", "stats"):
+        code, out, err = run("taxonomy", command, "--taxonomy", str(root))
+        assert code == 2 and out == ""
+        lines = err.splitlines()
+        assert lines[0].startswith(f"{math}:8: YAML syntax error: mapping values are not allowed")
+        assert "quote values that contain ': '" in lines[0]
+        # physics.yaml's two prerequisites into the unreadable file: one line, not two.
+        assert lines[1].startswith(
+            f"{root / 'physics.yaml'}:9: 2 prerequisite(s) could not be checked because "
+            f"{math} could not be read (first: 'calculus' of 'mechanics' and 1 more)"
+        )
+        assert len([line for line in lines if "prerequisite" in line]) == 1
