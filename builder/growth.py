@@ -270,7 +270,7 @@ def expand_node(
     With ``dry_run`` nothing is written. An invalid reply is retried ``retries`` times with a
     new sample; then ``LLMError`` names the node.
     """
-    from builder.taxonomy.edit import TaxonomyEditor
+    from builder.taxonomy.edit import DEFAULT_LEVELS, TaxonomyEditor
 
     if count < 1:
         raise TaxonomyError(f"--count must be at least 1 (got {count})")
@@ -313,7 +313,7 @@ def expand_node(
     taken = set(tax.ids())
     report = ExpandReport(node=node.id, model=model_name, asked=count)
     date = _dt.date.today().isoformat()
-    editor = None if dry_run else TaxonomyEditor(tax.root)
+    editor = None if dry_run else TaxonomyEditor(tax.root, levels=tax.levels or DEFAULT_LEVELS)
     for child in reply.children:  # type: ignore[attr-defined]
         name = " ".join(child.name.split())
         description = " ".join(child.description.split()) or None
@@ -363,7 +363,7 @@ def approve_nodes(tax: Taxonomy, ids: Iterable[str]) -> tuple[list[str], Taxonom
     Nodes that are already approved are reported, not an error. A node whose ancestor stays
     proposed is approved but still unused by builds until the ancestor is; the messages say so.
     """
-    from builder.taxonomy.edit import TaxonomyEditor
+    from builder.taxonomy.edit import DEFAULT_LEVELS, TaxonomyEditor
 
     wanted = _expand_ids(tax, ids)
     messages: list[str] = []
@@ -371,7 +371,7 @@ def approve_nodes(tax: Taxonomy, ids: Iterable[str]) -> tuple[list[str], Taxonom
     messages.extend(f"{i}: already approved" for i in wanted if i not in to_approve)
     if not to_approve:
         return messages, tax
-    editor = TaxonomyEditor(tax.root)
+    editor = TaxonomyEditor(tax.root, levels=tax.levels or DEFAULT_LEVELS)
     editor.set_status(to_approve, "approved")
     new_tax = editor.save()
     approved = set(to_approve)
@@ -394,7 +394,7 @@ def reject_nodes(tax: Taxonomy, ids: Sequence[str]) -> tuple[list[str], Taxonomy
     never deleted.
     """
     from builder.syllabus import syllabus_path
-    from builder.taxonomy.edit import TaxonomyEditor
+    from builder.taxonomy.edit import DEFAULT_LEVELS, TaxonomyEditor
 
     wanted = _expand_ids(tax, ids)
     problems: list[Problem] = []
@@ -439,7 +439,7 @@ def reject_nodes(tax: Taxonomy, ids: Sequence[str]) -> tuple[list[str], Taxonomy
         from builder.errors import ValidationError
 
         raise ValidationError(problems)
-    editor = TaxonomyEditor(tax.root)
+    editor = TaxonomyEditor(tax.root, levels=tax.levels or DEFAULT_LEVELS)
     messages: list[str] = []
     for i in wanted:
         if i not in editor:  # already gone with an ancestor rejected earlier in this call

@@ -303,3 +303,26 @@ def test_cli_expand_against_fake_server(tax_dir: Path, tmp_path: Path) -> None:
     ]
     assert err.splitlines()[0] == "asked 2, got 1 usable under mathematics (1 duplicate(s))"
     assert "proposed by fake-model on" in (tax_dir / "mathematics.yaml").read_text()
+
+
+def test_expand_validates_with_the_configured_level_names(tmp_path: Path) -> None:
+    # "subjects" is close to the default "subject": only [taxonomy] levels makes it valid,
+    # and the edit that expand saves is validated with the same names.
+    from tests.support.taxonomies import MATH
+
+    tax_dir = write_taxonomy(
+        tmp_path / "taxonomy", {"mathematics": MATH.replace("level: subject", "level: subjects")}
+    )
+    with FakeOpenAIServer(responder=json_reply(lambda b: proposals("Geometry"))) as srv:
+        cfg = config_for(
+            srv,
+            tmp_path / "corpus.toml",
+            '[taxonomy]\nlevels = ["discipline", "subjects", "topic"]\n',
+        )
+        code, out, err = run_cli("taxonomy", "expand", "mathematics", "--count", "1",
+                                 "--config", str(cfg), "--taxonomy", str(tax_dir))  # fmt: skip
+    assert code == 0, err
+    assert out.strip() == "proposed geometry: Geometry"
+    assert load_taxonomy(tax_dir, levels=["discipline", "subjects", "topic"])["geometry"].level == (
+        "subjects"
+    )

@@ -15,7 +15,7 @@ def _context(taxonomy_dir: str | None, config_path: str | None):
     from builder.taxonomy import load_taxonomy
 
     cfg = load_config(config_path)
-    tax = load_taxonomy(resolve_taxonomy_dir(taxonomy_dir, config_path))
+    tax = load_taxonomy(resolve_taxonomy_dir(taxonomy_dir, config_path), levels=cfg.taxonomy.levels)
     return cfg, tax
 
 

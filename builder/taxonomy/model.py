@@ -97,6 +97,7 @@ class Taxonomy:
         *,
         warnings: Iterable[Any] = (),
         external_prerequisites: dict[str, tuple[str, ...]] | None = None,
+        levels: Iterable[str] = (),
     ) -> None:
         self.root = Path(root)
         self.files: tuple[Path, ...] = tuple(files)
@@ -105,6 +106,8 @@ class Taxonomy:
         self.warnings: list[Any] = list(warnings)
         # A single-file load: node id -> its prerequisites that live in other files.
         self.external_prerequisites: dict[str, tuple[str, ...]] = dict(external_prerequisites or {})
+        # The known level names it was validated with (edits of it use the same).
+        self.levels: tuple[str, ...] = tuple(levels)
         self._order: list[Node] = list(nodes)
         self._nodes: dict[str, Node] = {n.id: n for n in self._order}
         self._index: dict[str, int] = {n.id: i for i, n in enumerate(self._order)}

@@ -531,7 +531,14 @@ class _Checker:
         if only is not None:
             warnings = [w for w in warnings if w.file == only]
             files = [only]
-        return Taxonomy(root, nodes, files, warnings=warnings, external_prerequisites=external)
+        return Taxonomy(
+            root,
+            nodes,
+            files,
+            warnings=warnings,
+            external_prerequisites=external,
+            levels=self.levels,
+        )
 
 
 def check_texts(
