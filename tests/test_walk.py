@@ -1,4 +1,4 @@
-"""The topic walker (builder/walk.py) and `corpus walk` (builder/cli/walk.py)."""
+"""The topic walker (builder/walk/) and `corpus walk` (builder/cli/walk.py)."""
 
 from __future__ import annotations
 
