@@ -1,4 +1,4 @@
-"""GLAN-style syllabi (builder/syllabus.py) and `corpus syllabus ...` (builder/cli/syllabus.py)."""
+"""GLAN-style syllabi (builder/syllabus/) and `corpus syllabus ...` (builder/cli/syllabus.py)."""
 
 from __future__ import annotations
 
