@@ -225,6 +225,7 @@ def _syntax_message(exc: Any) -> tuple[str, int]:
 
 
 _HINTS = (
+    ("tab character", "indent with spaces, not tabs"),
     ("mapping values are not allowed", "quote values that contain ': ' or fix the indentation"),
     ("cannot start any token", "use spaces, not tabs, and quote values starting with @ or `"),
     ("expected '-' indicator", "every item of a list starts with '- ' at the same indentation"),
@@ -351,10 +352,14 @@ def parse_yaml(text: str) -> tuple[Any, list[tuple[int, str]]]:
         if not _is_marked_error(exc):
             raise
         message, line = _syntax_message(exc)
-        for needle, hint in _HINTS:
-            if needle in message:
-                message += f"; {hint}"
-                break
+        lines = text.splitlines()
+        if 0 < line <= len(lines) and "\t" in lines[line - 1]:
+            message += f"; line {line} has a tab character: indent with spaces, not tabs"
+        else:
+            for needle, hint in _HINTS:
+                if needle in message:
+                    message += f"; {hint}"
+                    break
         raise YamlSyntaxError(message, line) from None
     finally:
         close()
