@@ -86,6 +86,9 @@ class VerifySettings(Section):
     network_namespace: Literal["auto", "require", "off"] = "auto"
     #: drop every capability (setpriv) before the child runs, when running as root
     drop_capabilities: bool = True
+    #: run checks as children forked from pre-started sandbox servers (~1-2 ms to start a
+    #: check) rather than one fresh interpreter per check (~40-80 ms); same isolation
+    sandbox_pool: bool = True
     #: where the per-run empty directories are made (default: the system temp dir)
     tmp_dir: str | None = None
     #: parallel sandboxes in ``verify_documents`` (default: min(2, CPU count))

@@ -27,9 +27,17 @@ from builder.llm.base import LLM
 from builder.records import ChatResult
 from builder.settings.filters import VerifySettings
 from builder.verify.code import verify_code
+from builder.verify.errors import SandboxError
+from builder.verify.pool import shutdown_pools
 from builder.verify.quant import second_sample_request, verify_quantitative
-from builder.verify.sandbox import SandboxError, detect_launcher, probe_sandbox, run_in_sandbox
-from builder.verify.verdict import FAILURE_REASONS, REASONS, Verdict, unchecked
+from builder.verify.sandbox import (
+    detect_launcher,
+    probe_sandbox,
+    run_in_sandbox,
+    run_quant_in_sandbox,
+    sandbox_pools,
+)
+from builder.verify.verdict import FAILURE_REASONS, REASONS, Verdict, failed, unchecked
 
 __all__ = [
     "FAILURE_REASONS",
@@ -39,6 +47,8 @@ __all__ = [
     "detect_launcher",
     "probe_sandbox",
     "run_in_sandbox",
+    "sandbox_pools",
+    "shutdown_pools",
     "verify_document",
     "verify_documents",
 ]
@@ -71,7 +81,23 @@ def _verify(
         return unchecked("the document has no structured exercise to check")
     if kind == "code":
         return verify_code(structured, settings)
-    return verify_quantitative(doc, settings, sample=sample, llm=llm)
+    if not settings.sandbox_pool:
+        return verify_quantitative(doc, settings, sample=sample, llm=llm)
+    if sample is None and llm is not None and settings.second_sample:
+        sample = llm.complete(second_sample_request(doc, settings))
+    return _quantitative_in_sandbox(doc, settings, sample)
+
+
+def _quantitative_in_sandbox(
+    doc: dict[str, Any], settings: VerifySettings, sample: ChatResult | None
+) -> Verdict:
+    """The sympy comparison in a sandbox child: a hostile answer that slips past the parser's
+    bounds costs a timeout or memory verdict, not a hung or bloated builder."""
+    res = run_quant_in_sandbox(doc, settings, sample)
+    if res.status == "verdict":
+        return Verdict(**res.info["verdict"])
+    reason = res.status if res.status in FAILURE_REASONS else "crashed"
+    return failed(reason, f"the answer check did not finish: {res.detail}", "sympy")
 
 
 def verify_document(
