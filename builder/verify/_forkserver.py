@@ -239,9 +239,7 @@ def _forget_server_state():
         del sys.modules[name]
     for name in [m for m in sys.modules if m in ("_ctypes",)]:
         del sys.modules[name]
-    random = sys.modules.get("random")
-    if random is not None:
-        random.seed()  # a forked child would otherwise repeat the server's sequence
+    # (``random`` reseeds itself in a forked child: it registers an at-fork hook)
 
 
 def _run_code(job):

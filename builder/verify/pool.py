@@ -86,6 +86,7 @@ class PoolCheck:
         self._pool = pool
         self._server = server
         self.pid = pid
+        self.server_pid: int | None = server.pid
         self.returncode: int | None = None
         self._done = False
 

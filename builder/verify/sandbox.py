@@ -84,6 +84,7 @@ from typing import Any
 from builder.records import ChatResult
 from builder.settings.filters import VerifySettings
 from builder.verify.errors import SandboxError
+from builder.verify.launcher import Launcher, detect_launcher
 from builder.verify.pool import PoolCheck, SandboxPool, ServerLost, get_pool
 
 HERE = Path(__file__).parent
@@ -112,15 +113,10 @@ class SandboxResult:
     passed: int = 0
     failed: int = 0
     info: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Launcher:
-    """The command prefix that puts the child into its namespaces, and what it provides."""
-
-    prefix: tuple[str, ...]
-    network_namespace: bool
-    capabilities_dropped: bool
+    #: the process that ran the check, and the fork server it came from (None: a fresh
+    #: interpreter, ``sandbox_pool = false``)
+    pid: int | None = None
+    server_pid: int | None = None
 
 
 # The child runs the runner from a code object compiled once here and passed as marshal data:
@@ -139,56 +135,6 @@ def _program_hex() -> str:
         + "\n_entry()\n"
     )
     return marshal.dumps(compile(source, "<sandbox-runner>", "exec", dont_inherit=True)).hex()
-
-
-def _works(prefix: list[str]) -> bool:
-    try:
-        proc = subprocess.run(
-            [*prefix, sys.executable, "-I", "-S", "-B", "-c", "pass"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=20,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return proc.returncode == 0
-
-
-@functools.cache
-def detect_launcher(network: str = "auto", drop_capabilities: bool = True) -> Launcher:
-    """Probe once which isolation the kernel allows here (cached per argument pair)."""
-    unshare = shutil.which("unshare")
-    setpriv = shutil.which("setpriv")
-    nets: list[list[str]] = []
-    if network != "off" and unshare:
-        if os.geteuid() == 0:
-            nets.append([unshare, "--net", "--"])
-        nets.append([unshare, "--net", "--map-root-user", "--"])
-    caps: list[list[str]] = []
-    if drop_capabilities and setpriv:
-        drop = [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs"]
-        # --pdeathsig: the child dies with the builder (kill -9 of the builder leaves no orphan)
-        caps.append([*drop, "--pdeathsig=KILL", "--"])
-        caps.append([*drop, "--"])
-    candidates: list[tuple[list[str], bool, bool]] = []
-    for net in nets:
-        for cap in caps:
-            candidates.append((net + cap, True, True))
-        candidates.append((net, True, False))
-    for cap in caps:
-        candidates.append((cap, False, True))
-    for prefix, has_net, has_caps in candidates:
-        if _works(prefix):
-            return Launcher(tuple(prefix), has_net, has_caps)
-    if network == "require":
-        raise SandboxError(
-            "verification needs a network namespace, but `unshare --net` does not work here",
-            hint="run as root or enable user namespaces, "
-            'or set [verify] network_namespace = "auto"',
-        )
-    return Launcher((), False, False)
 
 
 SANDBOX_PREFIX = "corpus-verify-"
@@ -468,6 +414,7 @@ class _FreshChild:
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.pid = proc.pid
+        self.server_pid: int | None = None
 
     def wait(self, timeout: float | None) -> int | None:
         try:
@@ -566,6 +513,8 @@ def _collect(
             returncode=returncode,
             stdout=_tail(stdout, 2000),
             stderr=_tail(stderr, 2000),
+            pid=child.pid,
+            server_pid=child.server_pid,
             **extra,
         )
 
