@@ -13,7 +13,6 @@ import resource
 import shutil
 import socket
 import sys
-import tempfile
 import textwrap
 import time
 
@@ -22,7 +21,13 @@ import pytest
 
 from builder.settings.filters import VerifySettings
 from builder.verify.pool import pools
-from builder.verify.sandbox import SANDBOX_PREFIX, detect_launcher, probe_sandbox, run_in_sandbox
+from builder.verify.sandbox import (
+    SANDBOX_PREFIX,
+    detect_launcher,
+    probe_sandbox,
+    run_in_sandbox,
+    sandbox_root,
+)
 
 FAST = VerifySettings(timeout_s=1.5, memory_mb=256, max_output_kb=16)
 CALL = "def test_call():\n    assert f() is not None\n"
@@ -131,7 +136,7 @@ def test_the_sandbox_directory_is_removed_even_when_locked():
     )
     assert res.status == "tests_failed"
     cwd = res.detail.rsplit("CWD=", 1)[1].split()[0]
-    assert cwd.startswith(tempfile.gettempdir())
+    assert cwd.startswith(sandbox_root() + os.sep)
     assert not os.path.exists(cwd)
 
 
@@ -397,6 +402,8 @@ def test_pytest_style_tests_run():
             (tmp_path / "x.txt").write_text("hi")
             assert (tmp_path / "x.txt").read_text() == "hi"
 
+        # runs inside the sandbox runner (this is a string), not in our suite: the runner
+        # must skip it, or its `assert False` fails the check (6 passed, not 7)
         @pytest.mark.skip(reason="not today")
         def test_skipped():
             assert False

@@ -6,10 +6,11 @@ thrown away. The layers, outermost first:
 
 * **Process**: the same interpreter (``sys.executable``) with ``-I -S -B`` (isolated mode: no
   user site, no current directory on ``sys.path``, ``PYTHON*`` variables ignored; no
-  site-packages; no ``.pyc`` writes), ``cwd`` a fresh empty ``tempfile.mkdtemp()`` holding only
-  ``solution.py`` and ``test_solution.py``, a minimal environment (``PATH`` empty,
-  ``LANG=C.UTF-8``, ``HOME``/``TMPDIR`` = the sandbox dir), stdin ``/dev/null``, every other
-  file descriptor closed, and a new session, so the whole process group is killed at the end.
+  site-packages; no ``.pyc`` writes), ``cwd`` a fresh empty directory (``sandbox_root()``,
+  tmpfs when available) holding only ``solution.py`` and ``test_solution.py``, a minimal
+  environment (``PATH`` empty, ``LANG=C.UTF-8``, ``HOME``/``TMPDIR`` = the sandbox dir), stdin
+  ``/dev/null``, every other file descriptor closed, and a new session, so the whole process
+  group is killed at the end.
   By default (``[verify] sandbox_pool = true``) that interpreter is a pre-started fork server
   (``builder.verify.pool``, ``_forkserver.py``) already inside the namespaces below, and each
   check is a fresh child forked from it: same flags, limits, hook and directory, ~1-2 ms to
@@ -141,10 +142,34 @@ SANDBOX_PREFIX = "corpus-verify-"
 STALE_AFTER_S = 2 * 3600  # twice the largest allowed timeout_s
 
 
+SHM = "/dev/shm"
+SHM_MIN_FREE = 1 << 30  # a container's 64 MB /dev/shm would make checks fail for want of room
+
+
 @functools.cache
-def _sweep_stale(tmp_dir: str | None) -> None:
+def sandbox_root(tmp_dir: str | None = None) -> str:
+    """Where sandbox directories are made: ``tmp_dir`` if set, else ``/dev/shm`` when it is a
+    writable memory file system with >= 1 GiB free, else the system temp dir.
+
+    Why memory: creating, filling and removing a directory costs ~3 ms on a disk file system
+    (ext4 with ``discard`` here) and ~0.1 ms on tmpfs, a fifth of a check on the pool. What a
+    check may write is bounded by ``max_files`` x ``max_file_mb``.
+    """
+    if tmp_dir:
+        return tmp_dir
+    try:
+        st = os.statvfs(SHM)
+        if os.access(SHM, os.W_OK | os.X_OK) and st.f_bavail * st.f_frsize >= SHM_MIN_FREE:
+            return SHM
+    except OSError:
+        pass
+    return tempfile.gettempdir()
+
+
+@functools.cache
+def _sweep_stale(root_dir: str) -> None:
     """Once per process: remove sandbox dirs left by a builder that was killed with -9."""
-    root = Path(tmp_dir or tempfile.gettempdir())
+    root = Path(root_dir)
     cutoff = time.time() - STALE_AFTER_S
     try:
         candidates = list(root.glob(SANDBOX_PREFIX + "*"))
@@ -255,7 +280,7 @@ def run_in_sandbox(
     just claimed.
     """
     settings = settings or VerifySettings()
-    _sweep_stale(settings.tmp_dir)
+    _sweep_stale(sandbox_root(settings.tmp_dir))
     if not settings.sandbox_pool:
         return _run_code_once(solution, tests, settings, mode, probe_port, None)
     pool = _code_pool(settings)
@@ -279,7 +304,7 @@ def _run_code_once(
     probe_port: int | None,
     pool: SandboxPool | None,
 ) -> SandboxResult:
-    sandbox = tempfile.mkdtemp(prefix=SANDBOX_PREFIX, dir=settings.tmp_dir)
+    sandbox = tempfile.mkdtemp(prefix=SANDBOX_PREFIX, dir=sandbox_root(settings.tmp_dir))
     nonce = secrets.token_hex(16)
     try:
         Path(sandbox, "solution.py").write_text(solution, encoding="utf-8", errors="replace")
