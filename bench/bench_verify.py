@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -59,16 +60,44 @@ def code_doc(i: int) -> dict:
     }
 
 
-QUANT = {
-    "id": "q",
-    "kind": "exercise",
-    "exercise_type": "quantitative",
-    "structured": {
-        "problem": "A car travels 150 km in 2.5 h. Average speed?",
-        "worked_solution": r"v = \frac{150}{2.5} = 60 km/h. The answer is $\boxed{60}$.",
-        "final_answer": "60 km/h",
-    },
-}
+def quant_doc(i: int) -> dict:
+    """Distinct answers, so that neither side is served from sympy's cache."""
+    km = 150 + i
+    return {
+        "id": f"q{i}",
+        "kind": "exercise",
+        "exercise_type": "quantitative",
+        "structured": {
+            "problem": f"A car travels {km} km in 2.5 h. Average speed?",
+            "worked_solution": rf"v = \frac{{{km}}}{{2.5}} = {km / 2.5:g} km/h. "
+            rf"The answer is $\boxed{{{km / 2.5:g}}}$.",
+            "final_answer": f"{km / 2.5:g} km/h",
+        },
+    }
+
+
+def cpu_s(pid: int, children: bool) -> float:
+    """CPU seconds of a process (or of its reaped children) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[13]) + int(fields[14]) if children else int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_check(settings: VerifySettings, make: Callable[[int], dict], n: int) -> float:
+    """CPU seconds one check costs everywhere: this process, its reaped children (fresh
+    interpreters) and, on the pool, the servers and the children they reaped."""
+    servers = [pid for p in sandbox_pools(settings).values() for pid in p.server_pids()]
+
+    def total() -> float:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        pool = sum(cpu_s(pid, False) + cpu_s(pid, True) for pid in servers)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime + pool
+
+    before = total()
+    for i in range(n):
+        verify_document(make(i), settings)
+    return (total() - before) / n
 
 
 def timed(fn: Callable[[int], object], n: int) -> list[float]:
@@ -101,7 +130,7 @@ def main() -> None:
     assert verify_document(code_doc(0), pool).verified  # starts the code server
     pool_start = time.perf_counter() - t
     t = time.perf_counter()
-    assert verify_document(QUANT, pool).verified  # starts the quantitative server (sympy)
+    assert verify_document(quant_doc(0), pool).verified  # starts the quantitative server
     quant_start = time.perf_counter() - t
     for i in range(3):  # warm caches (launcher probe, file system) on both paths
         assert verify_document(code_doc(i), fresh).verified
@@ -116,8 +145,11 @@ def main() -> None:
     rate_pool = batch_rate(pool, n)
     rate_fresh = batch_rate(fresh, n)
     rate_pool = max(rate_pool, batch_rate(pool, n))  # best of two: the pool is also warm here
-    quant_pool = timed(lambda _i: verify_document(QUANT, pool), n)
-    quant_inproc = timed(lambda _i: verify_document(QUANT, fresh), n)
+    quant_pool = timed(lambda i: verify_document(quant_doc(1000 + i), pool), n)
+    quant_inproc = timed(lambda i: verify_document(quant_doc(2000 + i), fresh), n)
+    cpu_pool = cpu_per_check(pool, code_doc, n)
+    cpu_fresh = cpu_per_check(fresh, code_doc, n)
+    cpu_quant_pool = cpu_per_check(pool, lambda i: quant_doc(3000 + i), n)
     servers = {k: len(p.server_pids()) for k, p in sandbox_pools(pool).items()}
     shutdown_pools()
 
@@ -132,8 +164,11 @@ def main() -> None:
         ("batch of N, 2 workers, one interpreter per check", f"{rate_fresh:8.1f} checks/s"),
         ("batch of N, 2 workers, pool", f"{rate_pool:8.1f} checks/s"),
         ("  speedup (batch)", f"{speedup_batch:8.1f} x"),
+        ("CPU per code check, one interpreter per check", f"{cpu_fresh * 1000:8.1f} ms"),
+        ("CPU per code check, pool (builder+server+child)", f"{cpu_pool * 1000:8.1f} ms"),
         ("quantitative check, pool (forked, limits)", f"{med(quant_pool) * 1000:8.1f} ms"),
         ("quantitative check, in process (no isolation)", f"{med(quant_inproc) * 1000:8.1f} ms"),
+        ("CPU per quantitative check, pool", f"{cpu_quant_pool * 1000:8.1f} ms"),
         ("code server start (once per worker)", f"{pool_start * 1000:8.1f} ms"),
         ("quantitative server start (once per worker)", f"{quant_start * 1000:8.1f} ms"),
     ]
@@ -157,7 +192,11 @@ def main() -> None:
                 "batch_fresh_checks_per_s": round(rate_fresh, 1),
                 "batch_pool_checks_per_s": round(rate_pool, 1),
                 "speedup_batch": round(speedup_batch, 2),
+                "cpu_per_check_fresh_ms": round(cpu_fresh * 1000, 2),
+                "cpu_per_check_pool_ms": round(cpu_pool * 1000, 2),
+                "cpu_speedup": round(cpu_fresh / cpu_pool, 2),
                 "quant_check_pool_ms": round(med(quant_pool) * 1000, 2),
+                "cpu_per_quant_check_pool_ms": round(cpu_quant_pool * 1000, 2),
                 "quant_check_in_process_ms": round(med(quant_inproc) * 1000, 2),
                 "code_server_start_ms": round(pool_start * 1000, 1),
                 "quant_server_start_ms": round(quant_start * 1000, 1),

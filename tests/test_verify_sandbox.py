@@ -234,8 +234,10 @@ def test_probe_reports_the_configured_limits():
     assert tuple(info["limits"]["RLIMIT_AS"]) == (200 * 1024 * 1024,) * 2
     assert tuple(info["limits"]["RLIMIT_FSIZE"]) == (2 * 1024 * 1024,) * 2
     assert info["limits"]["RLIMIT_CPU"][0] == 3
-    if info["capabilities_dropped"]:
-        assert int(info["cap_eff"], 16) == 0
+    assert info["capabilities_dropped"], (
+        "setpriv (util-linux) is missing: apt-get install util-linux"
+    )
+    assert int(info["cap_eff"], 16) == 0
 
 
 FORK_LOOP = """
