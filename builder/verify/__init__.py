@@ -3,10 +3,12 @@
 * Code exercises: the reference solution runs against the generated tests in a sandboxed
   subprocess (``builder.verify.sandbox``: CPU/wall/memory/file/output limits, no network, an
   empty temporary directory, an audit hook that ends the run on file access outside it,
-  sockets, fork or subprocesses).
+  sockets, fork or subprocesses). The subprocess is a child forked from a pre-started sandbox
+  server (``builder.verify.pool``), so a check costs a fork, not an interpreter start.
 * Quantitative exercises: the final answer is parsed and compared with sympy against the
   value the worked solution ends on and, when a model is given, an independent second sample
-  (``builder.verify.quant``).
+  (``builder.verify.quant``). The comparison runs in a child of a sandbox server that has
+  sympy loaded, under the same wall/CPU/memory limits; the model is asked from this process.
 * Anything else (conceptual exercises, sections) is not checkable: ``verified`` None.
 
 Every document gets a ``Verdict``; a failure always carries a reason from
@@ -144,7 +146,8 @@ def verify_documents(
 
     Documents are taken in chunks of 64: the chunk's second-sample requests go to the model
     together (so a concurrent engine overlaps them), then its checks run on a thread pool
-    (each code check waits on its own subprocess, so threads are enough).
+    (each check waits on its own sandboxed process, so threads are enough; each thread keeps
+    one pool server busy, so ``workers`` checks run at once).
     """
     n = workers or settings.workers or min(2, os.cpu_count() or 1)
     iterator = iter(docs)

@@ -1,13 +1,15 @@
 """The program that runs inside the sandbox (trusted part; run by ``python -I -S -B``).
 
-It is not imported by the builder: ``builder.verify.sandbox`` compiles this file once and
-passes the code object (marshal, hex-encoded) to a fresh interpreter, with its configuration
-(limits, paths, the result fd and a nonce) as a second marshal argument. It imports only the
+It is not imported by the builder: ``builder.verify.sandbox`` joins this file with
+``_pytest_shim.py`` and ``_forkserver.py`` into one program, compiles it once and passes the
+code object (marshal, hex-encoded) to the interpreter. ``run_check(cfg)`` runs one check with
+its configuration (limits, paths, the result fd and a nonce): either in a fresh interpreter,
+or in a child forked from a pre-started fork server (``_forkserver.py``). It imports only the
 standard library, so it works under ``-I -S`` (no site-packages).
 
 Order of events, before any untrusted code runs:
 
-1. read the configuration and forget ``sys.argv``;
+1. read the configuration (the caller has already forgotten ``sys.argv``);
 2. set resource limits (soft = hard, so they cannot be raised again);
 3. install an audit hook (PEP 578) that ends the process with a ``forbidden`` result on
    sockets, subprocesses, fork/exec, signals to other processes, ctypes, rlimit changes,
