@@ -120,6 +120,7 @@ def _serve(cfg):  # noqa: C901 - the server loop, kept in one place
             except ImportError:
                 pass
         _shim_code()  # noqa: F821 - defined by _runner.py in the same program
+        _resolved_roots(tuple(sys.path) + tuple(cfg["extra_read_roots"]))  # noqa: F821
     import ctypes
 
     prctl = ctypes.CDLL(None, use_errno=True).prctl

@@ -228,6 +228,7 @@ def _code_pool(settings: VerifySettings) -> SandboxPool:
             program_hex=_program_hex(),
             env=dict(SANDBOX_USER_ENV),
             python_flags=("-I", "-S", "-B"),
+            extra={"extra_read_roots": list(EXTRA_READ_ROOTS)},
         ),
     )
 
