@@ -93,6 +93,30 @@ def test_a_check_cannot_poison_the_next_one():
     assert first.pid != second.pid
 
 
+FRAME_WALK = """
+import sys
+def f():
+    found = []
+    frame = sys._getframe()
+    while frame is not None:
+        for name, value in list(frame.f_locals.items()):
+            holder = isinstance(value, dict) and 'prctl' in value
+            if name in ('prctl', 'ctypes') or holder:
+                found.append(name)
+        frame = frame.f_back
+    return found
+"""
+
+
+def test_the_servers_own_tools_are_out_of_reach_of_a_check():
+    """The server used ctypes (prctl); a check walking its frames finds none of it, and
+    importing ctypes again is denied as in a fresh interpreter."""
+    res = run(FRAME_WALK, "def test_nothing_found():\n    assert f() == []\n")
+    assert res.status == "passed", res
+    res = run("import ctypes\ndef f():\n    return 1\n", "assert f()\n")
+    assert res.status == "forbidden" and "ctypes" in res.detail
+
+
 def test_each_check_gets_its_own_random_state():
     """Forked children would all repeat the server's random sequence unless reseeded."""
     code = (

@@ -123,7 +123,9 @@ def _serve(cfg):  # noqa: C901 - the server loop, kept in one place
         _resolved_roots(tuple(sys.path) + tuple(cfg["extra_read_roots"]))  # noqa: F821
     import ctypes
 
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    # in a holder the child empties, so no frame of a check can reach it
+    tools = {"prctl": ctypes.CDLL(None, use_errno=True).prctl}
+    del ctypes
     server_pid = os.getpid()
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 1)
@@ -159,7 +161,7 @@ def _serve(cfg):  # noqa: C901 - the server loop, kept in one place
             os._exit(0)
         pid = os.fork()
         if pid == 0:
-            _child(kind, body, fds, sock, prctl, server_pid)
+            _child(kind, body, fds, sock, tools, server_pid)
         for fd in fds:
             os.close(fd)
         _send_frame(sock, _TAG_STARTED, pid)
@@ -197,7 +199,7 @@ def _serve(cfg):  # noqa: C901 - the server loop, kept in one place
             os._exit(0)
 
 
-def _child(kind, body, fds, sock, prctl, server_pid):
+def _child(kind, body, fds, sock, tools, server_pid):
     """In the forked child: take the job's pipes, cut every tie to the server, run the job."""
     import fcntl
     import os
@@ -205,8 +207,10 @@ def _child(kind, body, fds, sock, prctl, server_pid):
 
     try:
         os.setsid()
+        prctl = tools.pop("prctl")
         if prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != server_pid:
             os._exit(70)
+        del prctl
         sock.detach()  # the fd is closed below; the object must not close a reused number
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in fds]
         stdin = os.open(os.devnull, os.O_RDONLY)
