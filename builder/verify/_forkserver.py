@@ -204,6 +204,7 @@ def _child(kind, body, fds, sock, tools, server_pid):
     import fcntl
     import os
     import signal
+    import sys
 
     try:
         os.setsid()
@@ -228,7 +229,13 @@ def _child(kind, body, fds, sock, tools, server_pid):
         else:
             _run_code(job)
     except BaseException:  # noqa: B036 - nothing may return into the server's loop
-        os._exit(71)
+        try:
+            import traceback
+
+            traceback.print_exc()  # to the job's stderr pipe: the parent shows its tail
+            sys.stderr.flush()
+        finally:
+            os._exit(71)
     os._exit(72)
 
 

@@ -191,12 +191,17 @@ class SandboxPool:
         return server
 
     def _acquire(self) -> _Server:
-        with self._lock:
-            if self._closed:
-                raise SandboxError("the verification sandbox pool is shut down")
-            if self._idle:
-                return self._idle.pop()
-        return self._start()
+        """An idle live server, or a new one (servers that died while idle are dropped)."""
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise SandboxError("the verification sandbox pool is shut down")
+                server = self._idle.pop() if self._idle else None
+            if server is None:
+                return self._start()
+            if server.proc.poll() is None:
+                return server
+            self._discard(server)
 
     def _release(self, server: _Server, *, healthy: bool) -> None:
         server.child = None
