@@ -202,16 +202,20 @@ doc = {"kind": "exercise", "exercise_type": "code",
        "structured": {"solution": "def f():\\n    return 1\\n", "tests": "assert f() == 1\\n"}}
 out["verdict"] = verify_document(doc, s).verified
 out["after_check"] = len(me.children())
+out["servers"] = [c.pid for c in me.children()]
 print(json.dumps(out))
 """
 
 
-def test_the_pool_starts_only_when_a_check_needs_it(project_root):
+def test_the_pool_starts_only_when_a_check_needs_it_and_ends_with_the_builder(project_root):
     proc = subprocess.run(
         [sys.executable, "-c", LAZY], cwd=project_root, capture_output=True, text=True, check=True
     )
     out = __import__("json").loads(proc.stdout.strip().splitlines()[-1])
+    servers = out.pop("servers")
     assert out == {"after_import": 0, "after_uncheckable": 0, "verdict": True, "after_check": 1}
+    # the builder exited normally: its server is stopped with it, nothing is orphaned
+    wait_until(lambda: gone(servers[0]), "the server of an exited builder to exit")
 
 
 QUANT = {
