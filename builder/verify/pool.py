@@ -36,7 +36,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from builder.verify.errors import SandboxError
@@ -282,12 +282,13 @@ _POOLS: dict[tuple[object, ...], SandboxPool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def get_pool(key: tuple[object, ...], make: object) -> SandboxPool:
-    """The pool for ``key`` in this process, made by ``make()`` the first time."""
+def get_pool(key: tuple[object, ...], make: Callable[[], SandboxPool]) -> SandboxPool:
+    """The pool for ``key`` in this process, made by ``make()`` the first time (no server
+    starts until its first check)."""
     with _POOLS_LOCK:
         pool = _POOLS.get(key)
         if pool is None:
-            pool = make()  # type: ignore[operator]
+            pool = make()
             _POOLS[key] = pool
         return pool
 
