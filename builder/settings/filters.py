@@ -97,7 +97,11 @@ class VerifySettings(Section):
     network_namespace: Literal["auto", "require", "off"] = "auto"
     #: drop every capability (setpriv) before the child runs, when running as root
     drop_capabilities: bool = True
-    #: where the per-run empty directories are made (default: the system temp dir)
+    #: run checks as children forked from pre-started sandbox servers (~1-2 ms to start a
+    #: check) rather than one fresh interpreter per check (~40-80 ms); same isolation
+    sandbox_pool: bool = True
+    #: where the per-check empty directories are made (default: /dev/shm when it is a tmpfs
+    #: with >= 1 GiB free, else the system temp dir)
     tmp_dir: str | None = None
     #: parallel sandboxes in ``verify_documents`` (default: min(2, CPU count))
     workers: int | None = Field(None, ge=1, le=64)
