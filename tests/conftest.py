@@ -13,12 +13,20 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support.fake_openai_server import fake_openai, fake_openai_factory  # noqa: F401
 from tests.support.netguard import install_network_guard
 from tests.support.prerequisites import missing_prerequisites
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# Property tests explore the same examples on every machine and run: a new counterexample is
+# found by a developer (HYPOTHESIS_PROFILE=explore), never by chance in CI.
+settings.register_profile("repeatable", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -379,6 +379,9 @@ def _parse_one(text: str) -> sympy.Expr:
         raise AnswerParseError(f"cannot parse {s!r}: {type(exc).__name__}") from exc
     if not isinstance(expr, sympy.Expr):
         raise AnswerParseError(f"{s!r} is not a value")
+    # `{)-i` parses to an Add holding a Tuple: no value, and sympy fails on it later.
+    if not all(isinstance(node, sympy.Expr) for node in sympy.preorder_traversal(expr)):
+        raise AnswerParseError(f"{s!r} is not a value")
     _check_size(expr)
     return expr
 
