@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "report": "builder.cli.build:report",
     "dedup": "builder.cli.dedup:dedup",
     "decontam": "builder.cli.dedup:decontam",
+    "export": "builder.cli.export:export",
 }
 
 
