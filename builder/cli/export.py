@@ -22,18 +22,14 @@ def _kinds(value: str | None) -> tuple[str, ...]:
     type=click.Path(file_okay=False, exists=True),
     help="The run directory to export (outputs/<run>/).",
 )
-@click.option(
-    "--format", "fmt", required=True, type=click.Choice(FORMAT_NAMES), help="Row format."
-)
+@click.option("--format", "fmt", required=True, type=click.Choice(FORMAT_NAMES), help="Row format.")
 @click.option(
     "--kinds",
     default=None,
     help="Comma-separated document kinds (default: exercise; text: section).",
 )
 @click.option("--verified-only", is_flag=True, help="Only exercises whose check passed.")
-@click.option(
-    "--min-edu-score", type=float, default=None, help="Only rows with edu_score >= this."
-)
+@click.option("--min-edu-score", type=float, default=None, help="Only rows with edu_score >= this.")
 @click.option(
     "--split-by",
     type=click.Choice(["node"]),
@@ -64,9 +60,7 @@ def _kinds(value: str | None) -> tuple[str, ...]:
 @click.option("--jsonl", is_flag=True, help="Write JSONL shards instead of Parquet.")
 @click.option("--system", default=None, help="A system message (chat and sharegpt).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option(
-    "-o", "--out", required=True, type=click.Path(), help="Output dataset directory."
-)
+@click.option("-o", "--out", required=True, type=click.Path(), help="Output dataset directory.")
 def export(
     run_dir: str,
     fmt: str,
