@@ -217,3 +217,28 @@ def test_user_errors_are_one_line_exit_2(
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_explanation_style_template_is_opt_in_and_exports(tmp_path: Path) -> None:
+    from builder.templates import check_templates
+
+    shipped = Path(__file__).resolve().parent.parent / "templates"
+    tset, problems = check_templates(shipped)
+    assert not problems and tset is not None and "exercise_explained" not in tset
+    small = {
+        "walk": {"subtree": ["arithmetic"], "limit": 2},
+        "generate": {"templates": ["exercise_explained"], "evolve": False},
+    }
+    with FakeOpenAIServer(responder=responder) as srv:
+        config = make_project(tmp_path / "p", srv.base_url, small)
+        optional = tmp_path / "p" / "templates" / "optional" / "exercise_explained.j2"
+        (tmp_path / "p" / "templates" / "exercise_explained.j2").write_text(optional.read_text())
+        assert _cli("build", "--config", str(config), "--no-progress") == 0
+        prompts = [m["content"] for b in srv.requests for m in b["messages"]]
+    assert any("say why this step is the right thing to do now" in p for p in prompts)
+    out = tmp_path / "chat"
+    summary = export_run(tmp_path / "outputs" / "test", out, ExportOptions(format="chat"))
+    rows = _load(out, tmp_path)["train"]
+    assert rows.num_rows == summary.counts["train"] > 0
+    assert set(rows["template"]) == {"exercise_explained"}
+    assert all(v is True for v in rows["verified"])  # checked by sympy like any quantitative
