@@ -99,6 +99,8 @@ def test_chat_export_loads_with_roles_and_provenance(
         for col in ("taxonomy_path", "template", "model", "verified", "parent_id"):
             assert row[col] == doc[col], col
     assert any(r["parent_id"] for r in train)  # Evol-Instruct children keep their parent
+    card = (out / "README.md").read_text()
+    assert "Teacher model(s): `fake-model`" in card and "config_name: default" in card
 
 
 def test_alpaca_and_sharegpt_fields(run_dir: Path, docs: pl.DataFrame, tmp_path: Path) -> None:
@@ -154,6 +156,32 @@ def test_split_by_node_never_shares_a_node(
         assert ds["train"].num_rows + ds["test"].num_rows == _exercises(docs).height
         card = (out / "README.md").read_text()
         assert "split: test" in card and "path: data/test-*.parquet" in card
+        marker = json.loads((out / "export.json").read_text())
+        assert f"{len(marker['test_nodes'])} of {marker['nodes']} node(s)" in card
+        assert set(marker["test_nodes"]) == test
+
+
+def test_scores_filter_and_absent_optional_columns(
+    run_dir: Path, docs: pl.DataFrame, tmp_path: Path
+) -> None:
+    # a run as a later stage could leave it: scores added, optional columns absent
+    run = tmp_path / "scored"
+    (run / "documents").mkdir(parents=True)
+    scored = docs.with_columns(
+        edu_score=(pl.col("id").str.slice(0, 2).str.to_integer(base=16) % 6).cast(pl.Float64),
+        relevance=pl.lit(0.5),
+    ).drop("reasoning", "reasoning_tokens", "parent_id", strict=False)
+    scored.write_parquet(run / "documents" / "part-00000.parquet")
+    out = tmp_path / "out"
+    summary = export_run(
+        run, out, ExportOptions(format="chat", min_edu_score=3, reasoning="include")
+    )
+    expected = _exercises(scored).filter(pl.col("edu_score") >= 3)
+    assert 0 < summary.counts["train"] == expected.height < _exercises(scored).height
+    rows = _load(out, tmp_path)["train"]
+    assert min(rows["edu_score"]) >= 3 and set(rows["relevance"]) == {0.5}
+    assert "parent_id" not in rows.column_names and "reasoning" not in rows.column_names
+    assert not any("<think>" in r["messages"][-1]["content"] for r in rows)
 
 
 @settings(max_examples=200, deadline=None)

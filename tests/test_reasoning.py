@@ -67,6 +67,18 @@ def test_engine_splits_reasoning_and_a_cache_hit_splits_the_same(
     assert hit.request_sha256 == fresh.request_sha256
 
 
+def test_batch_mode_splits_reasoning_like_online_mode(tmp_path: Path) -> None:
+    answer = json.dumps({"answer": 4})
+    with FakeOpenAIServer(responder=lambda body: FakeReply(answer, reasoning=TRACE)) as srv:
+        batch = _ask(_settings(srv, batch=True, batch_poll_s=0.02), tmp_path / "c", schema=SCHEMA)
+        assert srv.count("batches") == 1 and srv.count("chat") == 0
+        online = _ask(_settings(srv), tmp_path / "c", schema=SCHEMA)
+        assert srv.count("chat") == 0  # answered from what the batch stored
+    assert batch.ok and batch.parsed == {"answer": 4}
+    assert (batch.text, batch.reasoning) == (answer, TRACE)
+    assert online.cached and (online.text, online.reasoning) == (answer, TRACE)
+
+
 def test_cache_key_does_not_depend_on_reasoning(tmp_path: Path) -> None:
     with FakeOpenAIServer(responder=lambda body: FakeReply("4", reasoning=TRACE)) as srv:
         with_trace = _ask(_settings(srv), tmp_path / "a")

@@ -24,12 +24,12 @@ COMMANDS: dict[str, str] = {
     "templates": "builder.cli.templates:templates",
     "generate": "builder.cli.generate:generate",
     "llm": "builder.cli.llm:llm",
+    "export": "builder.cli.export:export",
     "plan": "builder.cli.build:plan",
     "build": "builder.cli.build:build",
     "report": "builder.cli.build:report",
     "dedup": "builder.cli.dedup:dedup",
     "decontam": "builder.cli.dedup:decontam",
-    "export": "builder.cli.export:export",
 }
 
 

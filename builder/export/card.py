@@ -40,6 +40,8 @@ def card_text(
     files: dict[str, list[str]],
     counts: dict[str, int],
     skipped: dict[str, int],
+    models: list[str],
+    nodes: tuple[int, int],
     source: dict[str, Any],
     license_id: str | None,
 ) -> str:
@@ -75,6 +77,13 @@ def card_text(
         "`model`, `verified`, scores when the run has them, `parent_id` for Evol-Instruct "
         "chains)."
     )
+    if models:
+        lines += [
+            "",
+            f"Teacher model(s): {', '.join(f'`{m}`' for m in models)}. Every row was written "
+            "by a language model; the source run's card states the model terms and how the "
+            "corpus was built, filtered and deduplicated.",
+        ]
     lines += ["", "## Fields", "", _FIELDS[opts.format], "", _REASONING[opts.reasoning], ""]
     lines += ["## Splits", "", "| split | rows | files |", "|---|---:|---:|"]
     for split, names in files.items():
@@ -84,7 +93,7 @@ def card_text(
         lines.append(
             f"No taxonomy node at level `{opts.split_level}` has rows in more than one split: "
             f"a node goes to `test` when a sha256 of it (seed {opts.seed}) falls below "
-            f"{opts.test_fraction:g}, so about that fraction of the nodes is held out."
+            f"{opts.test_fraction:g}: {nodes[0]} of {nodes[1]} node(s) are held out."
         )
         lines.append("")
     lines += ["## Selection", "", f"- kinds: {', '.join(opts.kinds)}"]

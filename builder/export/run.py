@@ -70,6 +70,8 @@ class ExportSummary:
     skipped: dict[str, int] = field(default_factory=dict)
     files: dict[str, list[str]] = field(default_factory=dict)
     test_nodes: list[str] = field(default_factory=list)
+    nodes: int = 0  # split nodes in the selection (with --split-by)
+    models: list[str] = field(default_factory=list)  # teacher models of the exported rows
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +80,8 @@ class ExportSummary:
             "skipped": self.skipped,
             "files": self.files,
             "test_nodes": self.test_nodes,
+            "nodes": self.nodes,
+            "models": self.models,
         }
 
 
@@ -161,14 +165,17 @@ def export_run(
     key_expr = node_key_expr(opts.split_depth()).alias(_KEY)
 
     test_nodes: frozenset[str] = frozenset()
+    n_nodes = 0
     if opts.split_by:
         nodes = lf_all.filter(keep).select(key_expr).unique().collect(engine="streaming")
+        n_nodes = nodes.height
         test_nodes = assign_test(nodes[_KEY].to_list(), opts.test_fraction, opts.seed)
 
     out_schema = _output_schema(opts, pq.read_schema(shards[0]))
     build, _ = FORMATS[opts.format]
-    summary = ExportSummary(out=target, test_nodes=sorted(test_nodes))
+    summary = ExportSummary(out=target, test_nodes=sorted(test_nodes), nodes=n_nodes)
     skipped: Counter[str] = Counter()
+    models: set[str] = set()
     writer = ExportWriter(target, jsonl=opts.jsonl)
     try:
         for shard in shards:
@@ -185,6 +192,8 @@ def export_run(
                 if opts.reasoning == "as-field":
                     built["reasoning"] = row.get("reasoning") or None
                 built.update({n: row[n] for n in PROVENANCE if n in out_schema.names})
+                if row.get("model"):
+                    models.add(row["model"])
                 split = "test" if row.get(_KEY) in test_nodes else "train"
                 rows[split].append(built)
             for split, split_rows in rows.items():
@@ -194,13 +203,18 @@ def export_run(
                 f"{run}: no document matches the export's selection "
                 f"(kinds {', '.join(opts.kinds)}"
                 + (", verified only" if opts.verified_only else "")
-                + (f", edu_score >= {opts.min_edu_score:g}" if opts.min_edu_score else "")
+                + (
+                    f", edu_score >= {opts.min_edu_score:g}"
+                    if opts.min_edu_score is not None
+                    else ""
+                )
                 + ")",
                 hint="widen --kinds or drop a filter",
             )
         summary.files = writer.finish_names()
         summary.counts = dict(writer.rows)
         summary.skipped = dict(sorted(skipped.items()))
+        summary.models = sorted(models)
         source, license_id = _source_info(run)
         writer.write_text(
             "README.md",
@@ -209,6 +223,8 @@ def export_run(
                 files=summary.files,
                 counts=summary.counts,
                 skipped=summary.skipped,
+                models=summary.models,
+                nodes=(len(summary.test_nodes), summary.nodes),
                 source=source,
                 license_id=license_id,
             ),
