@@ -59,6 +59,8 @@ PROVENANCE: tuple[str, ...] = (
 #: Columns the row builders read (besides provenance).
 _INPUTS: tuple[str, ...] = ("text", "structured", "reasoning")
 _KEY = "__split_node"
+#: Rows built and written at a time (one Parquet row group each).
+SLICE_ROWS = 4096
 
 
 @dataclass
@@ -183,21 +185,23 @@ def export_run(
             if opts.split_by:
                 lf = lf.with_columns(key_expr)
             df = lf.select([*columns, *([_KEY] if opts.split_by else [])]).collect()
-            rows: dict[str, list[dict[str, Any]]] = {s: [] for s in opts.splits}
-            for row in df.iter_rows(named=True):
-                built = build(row, opts)
-                if isinstance(built, str):
-                    skipped[built] += 1
-                    continue
-                if opts.reasoning == "as-field":
-                    built["reasoning"] = row.get("reasoning") or None
-                built.update({n: row[n] for n in PROVENANCE if n in out_schema.names})
-                if row.get("model"):
-                    models.add(row["model"])
-                split = "test" if row.get(_KEY) in test_nodes else "train"
-                rows[split].append(built)
-            for split, split_rows in rows.items():
-                writer.write(split, pa.Table.from_pylist(split_rows, schema=out_schema))
+            for part in df.iter_slices(SLICE_ROWS):
+                rows: dict[str, list[dict[str, Any]]] = {s: [] for s in opts.splits}
+                for row in part.iter_rows(named=True):
+                    built = build(row, opts)
+                    if isinstance(built, str):
+                        skipped[built] += 1
+                        continue
+                    if opts.reasoning == "as-field":
+                        built["reasoning"] = row.get("reasoning") or None
+                    built.update({n: row[n] for n in PROVENANCE if n in out_schema.names})
+                    if row.get("model"):
+                        models.add(row["model"])
+                    split = "test" if row.get(_KEY) in test_nodes else "train"
+                    rows[split].append(built)
+                for split, split_rows in rows.items():
+                    writer.write(split, pa.Table.from_pylist(split_rows, schema=out_schema))
+            writer.end_shard()
         if not writer.parts:
             raise InputError(
                 f"{run}: no document matches the export's selection "

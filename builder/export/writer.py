@@ -1,5 +1,7 @@
 """Writing an export directory: shards into a staging directory, then one swap into place.
 
+Each input shard's rows are appended, a few thousand at a time, to at most one open file
+per split, so memory holds one slice of rows, not a shard's worth of built rows.
 An export is a directory (``data/<split>-NNNNN-of-NNNNN.parquet|jsonl``, ``README.md``,
 ``export.json``). It is built whole in ``.<name>.export-tmp`` next to the target and moved
 in with renames at the end, so a reader (or ``datasets.load_dataset``) never sees a mix of
@@ -18,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from builder.errors import InputError
-from builder.io_tables import write_parquet_atomic
 from builder.taxonomy.files import atomic_write_text
 
 MARKER = "export.json"
@@ -46,6 +48,7 @@ class ExportWriter:
         self.old = out.parent / f".{out.name}.export-old"
         self.parts: dict[str, list[Path]] = {}
         self.rows: dict[str, int] = {}
+        self._open: dict[str, Any] = {}  # split -> open ParquetWriter or text file
         self._check_target()
         for leftover in (self.staging, self.old):
             if leftover.exists():
@@ -63,18 +66,33 @@ class ExportWriter:
             )
 
     def write(self, split: str, table: pa.Table) -> None:
-        """Add one shard of ``split`` (skipped when empty)."""
+        """Append rows to ``split``'s shard for the current input shard (opened on first
+        rows, so an input shard with none for a split makes no file)."""
         if table.num_rows == 0:
             return
-        parts = self.parts.setdefault(split, [])
-        path = self.staging / DATA_DIR / f".{split}-{len(parts):05d}.{self.ext}"
+        sink = self._open.get(split)
+        if sink is None:
+            parts = self.parts.setdefault(split, [])
+            path = self.staging / DATA_DIR / f".{split}-{len(parts):05d}.{self.ext}"
+            parts.append(path)
+            if self.ext == "parquet":
+                sink = pq.ParquetWriter(path, table.schema, compression="zstd")
+            else:
+                sink = open(path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+            self._open[split] = sink
         if self.ext == "parquet":
-            write_parquet_atomic(table, path)
+            sink.write_table(table)
         else:
-            lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in table.to_pylist()]
-            atomic_write_text(path, "".join(lines))
-        parts.append(path)
+            sink.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in table.to_pylist()))
         self.rows[split] = self.rows.get(split, 0) + table.num_rows
+
+    def end_shard(self) -> None:
+        """Close the shards of the current input shard (data synced to disk)."""
+        for split, sink in self._open.items():
+            sink.close()
+            with open(self.parts[split][-1], "rb") as f:
+                os.fsync(f.fileno())
+        self._open = {}
 
     def finish_names(self) -> dict[str, list[str]]:
         """Give every shard its final ``split-NNNNN-of-NNNNN`` name; returns them per split
@@ -107,4 +125,8 @@ class ExportWriter:
             shutil.rmtree(self.old)
 
     def abort(self) -> None:
+        for sink in self._open.values():
+            with contextlib.suppress(Exception):
+                sink.close()
+        self._open = {}
         shutil.rmtree(self.staging, ignore_errors=True)
