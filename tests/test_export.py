@@ -233,6 +233,7 @@ def test_rerun_is_byte_identical_and_replaces_only_exports(run_dir: Path, tmp_pa
         (["--format", "alpaca", "--kinds", "section"], "cannot export kind(s) section"),
         (["--format", "chat", "--split-by", "node", "--split-level", "x"], "--split-level"),
         (["--format", "text", "--system", "hi"], "--system applies"),
+        (["--format", "text", "--kinds", "solution"], "no document matches"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(
@@ -244,7 +245,7 @@ def test_user_errors_are_one_line_exit_2(
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert not out.exists()
+    assert not out.exists() and not list(tmp_path.glob(".out.export-*"))  # nothing left
 
 
 def test_explanation_style_template_is_opt_in_and_exports(tmp_path: Path) -> None:

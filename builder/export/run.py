@@ -151,6 +151,72 @@ def _source_info(run: Path) -> tuple[dict[str, Any], str | None]:
     return info, license_id if isinstance(license_id, str) else None
 
 
+def _no_match(run: Path, opts: ExportOptions) -> InputError:
+    what = [f"kinds {', '.join(opts.kinds)}"]
+    if opts.verified_only:
+        what.append("verified only")
+    if opts.min_edu_score is not None:
+        what.append(f"edu_score >= {opts.min_edu_score:g}")
+    return InputError(
+        f"{run}: no document matches the export's selection ({', '.join(what)})",
+        hint="widen --kinds or drop a filter",
+    )
+
+
+@dataclass
+class _Rows:
+    """Turns document rows into export rows per split, counting what it skips."""
+
+    opts: ExportOptions
+    names: frozenset[str]  # provenance columns the output carries
+    test_nodes: frozenset[str]
+    skipped: Counter[str] = field(default_factory=Counter)
+    models: set[str] = field(default_factory=set)
+
+    def convert(self, part: pl.DataFrame) -> dict[str, list[dict[str, Any]]]:
+        build, _ = FORMATS[self.opts.format]
+        rows: dict[str, list[dict[str, Any]]] = {s: [] for s in self.opts.splits}
+        for row in part.iter_rows(named=True):
+            built = build(row, self.opts)
+            if isinstance(built, str):
+                self.skipped[built] += 1
+                continue
+            if self.opts.reasoning == "as-field":
+                built["reasoning"] = row.get("reasoning") or None
+            built.update({n: row[n] for n in PROVENANCE if n in self.names})
+            if row.get("model"):
+                self.models.add(row["model"])
+            rows["test" if row.get(_KEY) in self.test_nodes else "train"].append(built)
+        return rows
+
+
+def _finish(writer: ExportWriter, run: Path, opts: ExportOptions, summary: ExportSummary) -> None:
+    """Final shard names, the card and export.json, then the swap into place."""
+    summary.files = writer.finish_names()
+    summary.counts = dict(writer.rows)
+    source, license_id = _source_info(run)
+    card = card_text(
+        opts,
+        files=summary.files,
+        counts=summary.counts,
+        skipped=summary.skipped,
+        models=summary.models,
+        nodes=(len(summary.test_nodes), summary.nodes),
+        source=source,
+        license_id=license_id,
+    )
+    writer.write_text("README.md", card)
+    writer.write_marker(
+        {
+            "export_format": EXPORT_FORMAT_VERSION,
+            "options": opts.describe(),
+            "source": {k: v for k, v in source.items() if k != "path"},
+            **{k: v for k, v in summary.to_dict().items() if k != "out"},
+        }
+    )
+    writer.commit()
+
+
 def export_run(
     run_dir: str | os.PathLike[str], out: str | os.PathLike[str], opts: ExportOptions
 ) -> ExportSummary:
@@ -165,6 +231,8 @@ def export_run(
     if "taxonomy_path" not in schema and opts.split_by:
         raise InputError(f"{run}: the documents have no 'taxonomy_path' column for --split-by")
     key_expr = node_key_expr(opts.split_depth()).alias(_KEY)
+    if opts.split_by:
+        columns.append(_KEY)
 
     test_nodes: frozenset[str] = frozenset()
     n_nodes = 0
@@ -174,74 +242,27 @@ def export_run(
         test_nodes = assign_test(nodes[_KEY].to_list(), opts.test_fraction, opts.seed)
 
     out_schema = _output_schema(opts, pq.read_schema(shards[0]))
-    build, _ = FORMATS[opts.format]
-    summary = ExportSummary(out=target, test_nodes=sorted(test_nodes), nodes=n_nodes)
-    skipped: Counter[str] = Counter()
-    models: set[str] = set()
+    convert = _Rows(opts, frozenset(out_schema.names), test_nodes)
     writer = ExportWriter(target, jsonl=opts.jsonl)
     try:
         for shard in shards:
             lf = pl.scan_parquet(shard).filter(keep)
             if opts.split_by:
                 lf = lf.with_columns(key_expr)
-            df = lf.select([*columns, *([_KEY] if opts.split_by else [])]).collect()
-            for part in df.iter_slices(SLICE_ROWS):
-                rows: dict[str, list[dict[str, Any]]] = {s: [] for s in opts.splits}
-                for row in part.iter_rows(named=True):
-                    built = build(row, opts)
-                    if isinstance(built, str):
-                        skipped[built] += 1
-                        continue
-                    if opts.reasoning == "as-field":
-                        built["reasoning"] = row.get("reasoning") or None
-                    built.update({n: row[n] for n in PROVENANCE if n in out_schema.names})
-                    if row.get("model"):
-                        models.add(row["model"])
-                    split = "test" if row.get(_KEY) in test_nodes else "train"
-                    rows[split].append(built)
-                for split, split_rows in rows.items():
-                    writer.write(split, pa.Table.from_pylist(split_rows, schema=out_schema))
+            for part in lf.select(columns).collect().iter_slices(SLICE_ROWS):
+                for split, rows in convert.convert(part).items():
+                    writer.write(split, pa.Table.from_pylist(rows, schema=out_schema))
             writer.end_shard()
         if not writer.parts:
-            raise InputError(
-                f"{run}: no document matches the export's selection "
-                f"(kinds {', '.join(opts.kinds)}"
-                + (", verified only" if opts.verified_only else "")
-                + (
-                    f", edu_score >= {opts.min_edu_score:g}"
-                    if opts.min_edu_score is not None
-                    else ""
-                )
-                + ")",
-                hint="widen --kinds or drop a filter",
-            )
-        summary.files = writer.finish_names()
-        summary.counts = dict(writer.rows)
-        summary.skipped = dict(sorted(skipped.items()))
-        summary.models = sorted(models)
-        source, license_id = _source_info(run)
-        writer.write_text(
-            "README.md",
-            card_text(
-                opts,
-                files=summary.files,
-                counts=summary.counts,
-                skipped=summary.skipped,
-                models=summary.models,
-                nodes=(len(summary.test_nodes), summary.nodes),
-                source=source,
-                license_id=license_id,
-            ),
+            raise _no_match(run, opts)
+        summary = ExportSummary(
+            out=target,
+            skipped=dict(sorted(convert.skipped.items())),
+            test_nodes=sorted(test_nodes),
+            nodes=n_nodes,
+            models=sorted(convert.models),
         )
-        writer.write_marker(
-            {
-                "export_format": EXPORT_FORMAT_VERSION,
-                "options": opts.describe(),
-                "source": {k: v for k, v in source.items() if k != "path"},
-                **{k: v for k, v in summary.to_dict().items() if k != "out"},
-            }
-        )
-        writer.commit()
+        _finish(writer, run, opts, summary)
     except BaseException:
         writer.abort()
         raise
