@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "templates": "builder.cli.templates:templates",
     "generate": "builder.cli.generate:generate",
     "llm": "builder.cli.llm:llm",
+    "export": "builder.cli.export:export",
     "plan": "builder.cli.build:plan",
     "build": "builder.cli.build:build",
     "report": "builder.cli.build:report",

@@ -69,6 +69,7 @@ from builder.llm.endpoint import (
 from builder.llm.progress import NoProgress, Progress, Snapshot, make_progress
 from builder.llm.schema import check_output, repair_messages
 from builder.llm.transport import AttemptError, Reply, Transport, make_transport
+from builder.reasoning import message_text
 from builder.records import ChatRequest, ChatResult
 from builder.settings.llm import LLMSettings
 
@@ -417,7 +418,7 @@ def assess(request: ChatRequest, body: dict[str, Any]) -> Assessment:
     filter stop, or (schema requests) output that is not JSON matching the schema."""
     choice = body["choices"][0]
     message = choice.get("message") or {}
-    text = message.get("content")
+    text = message_text(message)  # reasoning kept as a <think> prefix; split on read
     finish = choice.get("finish_reason")
     refusal = message.get("refusal")
     if refusal:

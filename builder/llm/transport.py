@@ -291,6 +291,7 @@ async def assemble_stream(lines: AsyncIterable[bytes] | AsyncIterable[str]) -> d
     server with ``--interrupt_requests True`` does this silently): that is a retry, not text.
     """
     parts: list[str] = []
+    thinking: list[str] = []  # reasoning_content deltas (DeepSeek, vLLM reasoning parsers)
     finish_reason = None
     usage = None
     meta: dict[str, Any] = {}
@@ -321,6 +322,10 @@ async def assemble_stream(lines: AsyncIterable[bytes] | AsyncIterable[str]) -> d
             delta = choice.get("delta") or {}
             if delta.get("content"):
                 parts.append(delta["content"])
+            for name in ("reasoning_content", "reasoning"):
+                if isinstance(delta.get(name), str):
+                    thinking.append(delta[name])
+                    break
             if choice.get("finish_reason"):
                 finish_reason = choice["finish_reason"]
     if not done or finish_reason is None:
@@ -338,6 +343,8 @@ async def assemble_stream(lines: AsyncIterable[bytes] | AsyncIterable[str]) -> d
             }
         ],
     }
+    if thinking:
+        body["choices"][0]["message"]["reasoning_content"] = "".join(thinking)
     if usage is not None:
         body["usage"] = usage
     if "system_fingerprint" in meta:

@@ -72,6 +72,7 @@ class FakeReply:
     finish_reason: str = "stop"
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning: str | None = None  # sent as message.reasoning_content (DeepSeek/vLLM style)
 
 
 FaultSpec = Fault | str | None
@@ -377,6 +378,9 @@ class FakeOpenAIServer:
             if reply.completion_tokens is not None
             else _words(reply.content)
         )
+        message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        if reply.reasoning is not None:
+            message["reasoning_content"] = reply.reasoning
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
             "object": "chat.completion",
@@ -385,7 +389,7 @@ class FakeOpenAIServer:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": reply.content},
+                    "message": message,
                     "finish_reason": reply.finish_reason,
                 }
             ],
@@ -520,6 +524,11 @@ class FakeOpenAIServer:
         pieces = [text[i : i + 16] for i in range(0, len(text), 16)] or [""]
         if truncate:
             pieces = pieces[: max(1, len(pieces) // 2)]
+        thinking = choice["message"].get("reasoning_content") or ""
+        for i in range(0, len(thinking), 16):
+            delta = {"reasoning_content": thinking[i : i + 16]}
+            chunk = dict(base, choices=[{"index": 0, "delta": delta, "finish_reason": None}])
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
         for piece in pieces:
             chunk = dict(
                 base, choices=[{"index": 0, "delta": {"content": piece}, "finish_reason": None}]
