@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.support.fake_openai_server import FakeOpenAIServer
 
 from builder.errors import BudgetExceeded, ConfigError
 from builder.llm import open_engine
 from builder.records import ChatRequest
 from builder.settings.llm import LLMSettings
+from tests.support.fake_openai_server import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = {

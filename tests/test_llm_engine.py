@@ -10,7 +10,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from tests.support.fake_openai_server import FakeOpenAIServer, FakeReply, Fault
 
 from builder.errors import AuthError, BudgetExceeded, CacheError, ConfigError, LLMError, QuotaError
 from builder.llm import Engine, open_engine, resolve_cache_dir
@@ -20,6 +19,7 @@ from builder.llm.endpoint import CACHE_FORMAT, Endpoint, cache_key, request_body
 from builder.llm.progress import LogProgress, Snapshot
 from builder.records import ChatRequest, canonical_json, sha256_hex
 from builder.settings.llm import LLMSettings
+from tests.support.fake_openai_server import FakeOpenAIServer, FakeReply, Fault
 
 SCHEMA = {
     "title": "Answer",
@@ -307,18 +307,21 @@ def test_truncated_structured_output_is_repaired_then_recorded_as_length(srv):
     assert "cut off" in srv.requests[1]["messages"][-1]["content"]
 
 
-def test_aimd_backs_off_on_429_and_everything_completes(srv, transport):
+def test_window_finds_a_server_limit_and_everything_completes(srv, transport):
     srv.max_inflight = 4
     srv.retry_after = 0.02
     srv.latency = 0.02
     s = settings_for(srv, transport=transport, max_concurrency=32, max_attempts=30)
     with open_engine(s, progress=False) as engine:
         results = list(engine.run([req(i) for i in range(200)]))
-        limiter = engine.limiters[0]
-        assert all(r.ok for r in results)
-        assert limiter.decreases >= 1 and limiter.limit < 32
+        window = engine.limiters[0].controller
+    assert sorted(r.request_id for r in results) == sorted(f"r{i}" for i in range(200))
+    assert all(r.ok for r in results)
+    assert window.cuts >= 1 and window.window <= 8  # near the server's limit of 4
     rejected = srv.count() - 200
-    assert rejected < 200  # without AIMD ~28 of every 32 attempts would be rejected
+    assert rejected == window.refused_total
+    # without the window ~28 of every 32 attempts would be refused; with it, a few per round
+    assert rejected < 100, rejected
 
 
 def test_budget_stops_before_the_cap_and_a_rerun_resumes(srv):

@@ -57,7 +57,7 @@ from builder.llm.budget import (
     require_price,
 )
 from builder.llm.cache import Cache, CachedResponse, CacheEntry
-from builder.llm.control import AIMDLimiter, JobQueue, backoff_delay
+from builder.llm.control import EndpointLimiter, JobQueue, backoff_delay, outcome_of
 from builder.llm.embedded import EmbeddedServer
 from builder.llm.endpoint import (
     Endpoint,
@@ -69,6 +69,7 @@ from builder.llm.endpoint import (
 from builder.llm.progress import NoProgress, Progress, Snapshot, make_progress
 from builder.llm.schema import check_output, repair_messages
 from builder.llm.transport import AttemptError, Reply, Transport, make_transport
+from builder.llm.window import ERROR, OK, RateLimitInfo
 from builder.records import ChatRequest, ChatResult
 from builder.settings.llm import LLMSettings
 
@@ -265,11 +266,16 @@ class _Dispatch:
     async def _worker(self, i: int) -> None:
         limiter = self.engine.limiters[i]
         while not self.stopped:
-            generation = await limiter.acquire()
+            await limiter.acquire()
+            ticket: int | None = None
+            outcome, latency, ratelimit = ERROR, 0.0, None
             try:
                 job = await self.queue.get()
                 try:
-                    await self._attempt(i, job, generation)
+                    if limiter.pacer.active:
+                        await limiter.pace(_tokens_estimate(job.prep.bodies[i]))
+                    ticket = limiter.launch()
+                    outcome, latency, ratelimit = await self._attempt(i, job)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a bug must not leave the caller waiting forever
@@ -284,11 +290,11 @@ class _Dispatch:
                         )
                     )
             finally:
-                limiter.release()
+                limiter.release(ticket, outcome, latency, ratelimit)
 
-    async def _attempt(self, i: int, job: _Job, generation: int) -> None:
+    async def _attempt(self, i: int, job: _Job) -> tuple[str, float, RateLimitInfo | None]:
+        """Send ``job`` once; returns what the concurrency window needs to know."""
         engine = self.engine
-        engine.endpoints[i]
         stats = engine.stats
         if job.attempts == 0 and job.repair is None:
             job.t_start = time.perf_counter()
@@ -306,12 +312,12 @@ class _Dispatch:
         try:
             reply = await self.transports[i].chat(body_json.encode(), stream=stream)
         except AttemptError as err:
-            self._failed_attempt(i, job, err, generation)
-            return
-        engine.limiters[i].on_success()
+            self._failed_attempt(i, job, err)
+            return outcome_of(err.status, False), 0.0, err.ratelimit
         self._judge(i, job, reply)
+        return OK, reply.latency_s, reply.ratelimit
 
-    def _failed_attempt(self, i: int, job: _Job, err: AttemptError, generation: int) -> None:
+    def _failed_attempt(self, i: int, job: _Job, err: AttemptError) -> None:
         engine = self.engine
         ep = engine.endpoints[i]
         key = job.prep.keys[i]
@@ -326,8 +332,6 @@ class _Dispatch:
         if err.kind == "request":
             self.deliver(_Outcome(job, "failed", key, i, error=f"{reason} (not retried)"))
             return
-        if err.overload:
-            engine.limiters[i].on_overload(generation)
         s = engine.settings
         elapsed = time.perf_counter() - job.t_start
         if job.attempts >= s.max_attempts:
@@ -443,6 +447,13 @@ def assess(request: ChatRequest, body: dict[str, Any]) -> Assessment:
     return Assessment("invalid", text, None, finish, reason, True)
 
 
+def _tokens_estimate(body_json: str) -> float:
+    """Tokens a request counts against a tokens-per-minute limit, as OpenAI estimates them:
+    the prompt (about 4 bytes per token) plus ``max_tokens``."""
+    body = json.loads(body_json)
+    return len(body_json) / 4 + (max_output_tokens(body) or 0)
+
+
 def usage_of(body: dict[str, Any], messages: Any, text: str | None) -> tuple[int, int]:
     """(prompt, completion) tokens from the body's usage, estimated when a server omits it."""
     usage = body.get("usage") or {}
@@ -532,7 +543,6 @@ class _Driver:
         self.budget.reserve(token, worst)
         self.followers[prep.keys[0]] = []
         self.outstanding += 1
-        self.snap.in_flight = self.outstanding
         return _Job(prep, token, worst)
 
     def retry_held(self) -> _Job | None:
@@ -685,9 +695,26 @@ class _Driver:
                     cached=True,
                 )
                 results.append((copy, o.job.bodies or None) if self.raw else copy)
-        self.snap.in_flight = self.outstanding
+        self.refresh_snap()
         self.progress.update(self.snap)
         return results
+
+    def refresh_snap(self) -> Snapshot:
+        """Fill the progress counters that live with the endpoints: requests being served
+        (sent, not answered), the rest of what is outstanding (queued for a slot, a rate
+        limit or a retry), the windows and their last move."""
+        snap = self.snap
+        limiters = self.engine.limiters
+        serving = sum(lim.in_flight for lim in limiters)
+        snap.in_flight = min(serving, self.outstanding)
+        snap.queued = max(0, self.outstanding - snap.in_flight)
+        snap.window = sum(lim.window for lim in limiters)
+        now = time.monotonic()
+        snap.refused_last_minute = sum(lim.controller.refused_since(now - 60.0) for lim in limiters)
+        snap.window_reason = "; ".join(
+            lim.controller.reason for lim in limiters if lim.controller.reason
+        )
+        return snap
 
     def finish(self) -> None:
         """Raise what stopped the run early (after every finished result was yielded)."""
@@ -766,7 +793,13 @@ class Engine:
             self.embedded = EmbeddedServer(self.cache_dir, settings.embedded_start_timeout_s)
         self.endpoints: list[Endpoint] = eps
         self.limiters = [
-            AIMDLimiter(ep.max_concurrency, settings.min_concurrency) for ep in self.endpoints
+            EndpointLimiter(
+                ep.max_concurrency,
+                settings.min_concurrency,
+                requests_per_minute=ep.max_requests_per_minute,
+                tokens_per_minute=ep.max_tokens_per_minute,
+            )
+            for ep in self.endpoints
         ]
         self.prices: list[Price | None] = [
             price_for(settings, ep.model, embedded=ep.embedded) for ep in self.endpoints
@@ -974,7 +1007,7 @@ class Engine:
                     elif got is not None:
                         flush()  # keep the I/O side busy while the caller handles a hit
                         yield got
-                        drv.progress.update(drv.snap)
+                        drv.progress.update(drv.refresh_snap())
                 flush()
                 if drv.fatal is not None:
                     break
@@ -1013,7 +1046,7 @@ class Engine:
                 if leftovers:  # finished but not yet yielded: keep them in the cache
                     with contextlib.suppress(BuilderError):
                         drv.complete(leftovers)
-            drv.progress.close(drv.snap)
+            drv.progress.close(drv.refresh_snap())
         drv.finish()
 
     # -- asynchronous runs ---------------------------------------------------------------
@@ -1086,7 +1119,7 @@ class Engine:
                         drv.complete(leftovers)
             for t in transports:
                 await t.close()
-            drv.progress.close(drv.snap)
+            drv.progress.close(drv.refresh_snap())
         drv.finish()
 
     async def acomplete(self, request: ChatRequest) -> ChatResult:
