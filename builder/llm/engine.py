@@ -1146,7 +1146,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
-        raise Interrupted("terminated (SIGTERM): finished work is saved; rerun to resume")
+        exc = Interrupted("terminated (SIGTERM): finished work is saved; rerun to resume")
+        exc.exit_code = 128 + signal.SIGTERM  # 143, the shell's convention (Ctrl-C: 130)
+        raise exc
 
     signal.signal(signal.SIGTERM, handler)
     try:
