@@ -124,15 +124,18 @@ def test_configured_requests_per_minute_paces_an_endpoint_without_headers():
 
 
 def test_pacer_pauses_every_launch_when_nothing_is_left():
-    p = RatePacer()
-    p.observe(0.0, RateLimitInfo(limit_requests=600, remaining_requests=0, reset_requests_s=7))
-    assert p.delay(0.0, 1) == pytest.approx(7.0)
+    p = RatePacer()  # "nothing left" with no limit to pace by: a global pause until the reset
+    p.observe(0.0, RateLimitInfo(remaining_requests=0, reset_requests_s=7))
+    assert p.active and p.delay(0.0, 1) == pytest.approx(7.0)
     assert "paused" in p.reason
     assert p.delay(7.0, 1) == 0.0
-    p = RatePacer(tpm=6000)  # 100 tokens per second
-    assert p.delay(0.0, 100) == 0.0
-    p.take(0.0, 100)
-    assert p.delay(0.0, 50) == pytest.approx(0.5)
+    p = RatePacer()  # with the limit, the bucket paces: the next request in 1/rate
+    p.observe(0.0, RateLimitInfo(limit_requests=600, remaining_requests=0, reset_requests_s=7))
+    assert p.delay(0.0, 1) == pytest.approx(1 / (10 * 0.97))
+    p = RatePacer(tpm=6000)  # 100 tokens per second (paced at 97%)
+    assert p.delay(0.0, 90) == 0.0
+    p.take(0.0, 90)
+    assert p.delay(0.0, 50) == pytest.approx((50 - 7) / 97)
 
 
 def test_parse_rate_limit_headers():

@@ -98,7 +98,7 @@ def test_embedded_server_end_to_end(tmp_path):
     with open_engine(settings, progress=False) as engine:
         again = {r.request_id: r for r in engine.run(requests)}
         assert engine.embedded.proc is None and engine.stats.http_requests == 0
-    assert all(r.cached for r in again.values())
+    assert set(again) == {"plain", "json"} and all(r.cached for r in again.values())
     assert again["plain"].text == plain.text  # what was stored is what comes back
 
 

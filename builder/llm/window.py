@@ -16,8 +16,8 @@ its slot at once, the next request takes it and is refused again, a storm of 429
   so an excess slot costs one 429 per round trip, not one per loopback turn.
 - **Judges once per round trip** (``round``: one smoothed latency of successful requests): a
   round whose 429s exceed what the background rate explains (``R > E + 2 sqrt(E) + 0.5``
-  with ``E = background x replies``) cuts the window once, to the larger of ``beta x window``
-  and ``window - R`` (the number of requests that were accepted together).
+  with ``E = background x replies``) cuts the window once, to ``window - R``: the requests
+  that were accepted together (a pause, where every request is refused: the floor).
 - **Learns the background rate** of 429s that do not rise with load from the round right
   after a cut: if lowering the load did not lower the 429 share, those 429s are sporadic, and
   later rounds tolerate that share. A share above a quarter is never background.
@@ -72,13 +72,11 @@ class WindowController:
         *,
         now: float = 0.0,
         ramp_step_s: float = 0.01,
-        beta: float = 0.7,
         default_rtt_s: float = 1.0,
         min_round_s: float = 0.05,
     ) -> None:
         self.cap = max(1, cap)
         self.floor = max(1, min(floor, self.cap))
-        self.beta = beta
         self.ramp_step_s = ramp_step_s
         self.min_round_s = min_round_s
         start = max(self.floor, min(self.cap, self.RAMP_START))
@@ -102,6 +100,7 @@ class WindowController:
         self.reason = "ramp: start" if self.ramping else "start at max_concurrency"
         self._ramp_next = now + ramp_step_s
         self._ramp_step = Round()
+        self._ramp_total = Round()
         self._refused_times: deque[float] = deque()
 
     # -- what the event loop asks -------------------------------------------------------
@@ -195,7 +194,14 @@ class WindowController:
     # -- the ramp -------------------------------------------------------------------------
     def _ramp_tick(self) -> None:
         step, self._ramp_step = self._ramp_step, Round()
-        if step.refused >= 2 and step.refused * 2 >= max(1, step.launched):
+        total = self._ramp_total
+        total.launched += step.launched
+        total.refused += step.refused
+        # most of this step's new requests refused, or (answers can lag the steps on a busy
+        # machine) a quarter of all the ramp's requests
+        if (step.refused >= 2 and step.refused * 2 >= max(1, step.launched)) or (
+            total.refused >= 4 and total.refused * 4 >= total.launched
+        ):
             accepted = self.in_flight  # the requests the endpoint took (refused ones are back)
             before = int(self.limit)
             self.limit = float(max(self.floor, accepted))
@@ -225,7 +231,7 @@ class WindowController:
         self.round_start = now
         self.parked = 0
         answered = r.ok + r.refused
-        if answered == 0 or (self.after_cut and answered < max(4, self.window // 4)):
+        if answered == 0 or (self.after_cut and answered < max(1, self.window // 4)):
             # idle, or too few answers to requests sent since the cut: nothing to learn yet
             if answered:
                 self.round = r  # keep counting into the next round
@@ -251,7 +257,8 @@ class WindowController:
             # refill to when it is over
             self.w_max = max(self.w_max, before) if r.ok == 0 else float(before)
             self._cut_share = share
-            self.limit = max(float(self.floor), self.beta * before, float(before - r.refused))
+            # the requests that were accepted together (a pause: down to the floor)
+            self.limit = float(max(self.floor, before - r.refused))
             self.probe_step = 1.0
             self.reason = (
                 f"cut {before} -> {self.window}: {r.refused} of {answered} answers were 429"
@@ -373,17 +380,20 @@ def parse_ratelimit(headers: Mapping[str, str]) -> RateLimitInfo | None:
 
 
 class _Bucket:
-    """A token bucket holding one second's worth of a per-minute limit."""
+    """A token bucket holding one second's worth of a per-minute limit, refilled at
+    ``SAFETY`` of the limit's rate: the endpoint counts a request when it arrives, a moment
+    after we send it, and the margin keeps those moments from adding up to a 429."""
 
-    def __init__(self, per_minute: float, now: float) -> None:
+    SAFETY = 0.97
+
+    def __init__(self, per_minute: float, now: float, level: float | None = None) -> None:
         self.set_limit(per_minute)
-        self.level = self.capacity
+        self.level = self.capacity if level is None else level
         self.t = now
-        self.paused_until = 0.0
 
     def set_limit(self, per_minute: float) -> None:
         self.per_minute = per_minute
-        self.rate = per_minute / 60.0
+        self.rate = self.SAFETY * per_minute / 60.0
         self.capacity = max(1.0, self.rate)
 
     def _refill(self, now: float) -> None:
@@ -392,8 +402,6 @@ class _Bucket:
             self.t = now
 
     def delay(self, now: float, amount: float) -> float:
-        if now < self.paused_until:
-            return self.paused_until - now
         self._refill(now)
         need = min(amount, self.capacity) - self.level
         return 0.0 if need <= 1e-9 else need / self.rate
@@ -404,14 +412,13 @@ class _Bucket:
 
     def observe(
         self, now: float, limit: float | None, remaining: float | None, reset_s: float | None
-    ):
+    ) -> None:
+        """Adopt the endpoint's figures: its limit, and never more left than it says."""
         if limit is not None and limit > 0 and limit != self.per_minute:
             self.set_limit(limit)
         self._refill(now)
         if remaining is not None:
             self.level = min(self.level, remaining)
-            if remaining <= 0 and reset_s:
-                self.paused_until = max(self.paused_until, now + reset_s)
 
 
 class RatePacer:
@@ -422,15 +429,16 @@ class RatePacer:
         self.requests = _Bucket(rpm, now) if rpm else None
         self.tokens = _Bucket(tpm, now) if tpm else None
         self.paused_s = 0.0  # total time launches waited for the rate limits
+        self.paused_until = 0.0  # nothing left and no limit known: wait for the reset
         self.reason = ""
 
     @property
     def active(self) -> bool:
-        return self.requests is not None or self.tokens is not None
+        return self.requests is not None or self.tokens is not None or self.paused_until > 0
 
     def delay(self, now: float, tokens: float) -> float:
         """Seconds to wait before a request of ``tokens`` estimated tokens may go."""
-        d = 0.0
+        d = max(0.0, self.paused_until - now)
         if self.requests is not None:
             d = max(d, self.requests.delay(now, 1.0))
         if self.tokens is not None:
@@ -447,16 +455,23 @@ class RatePacer:
         """Adopt what the endpoint said about its limits."""
         if info is None:
             return
+        # A bucket learnt from an answer starts empty: requests sent since that answer left
+        # the endpoint are not counted in its ``remaining`` yet.
         if self.requests is None and info.limit_requests:
-            self.requests = _Bucket(info.limit_requests, now)
+            self.requests = _Bucket(info.limit_requests, now, level=0.0)
         if self.tokens is None and info.limit_tokens:
-            self.tokens = _Bucket(info.limit_tokens, now)
+            self.tokens = _Bucket(info.limit_tokens, now, level=0.0)
         if self.requests is not None:
             self.requests.observe(
                 now, info.limit_requests, info.remaining_requests, info.reset_requests_s
             )
         if self.tokens is not None:
             self.tokens.observe(now, info.limit_tokens, info.remaining_tokens, info.reset_tokens_s)
-        for name, b in (("requests", self.requests), ("tokens", self.tokens)):
-            if b is not None and b.paused_until > now:
-                self.reason = f"paused {b.paused_until - now:.1f} s: no {name} left until reset"
+        for name, bucket, remaining, reset_s in (
+            ("requests", self.requests, info.remaining_requests, info.reset_requests_s),
+            ("tokens", self.tokens, info.remaining_tokens, info.reset_tokens_s),
+        ):
+            if bucket is None and remaining is not None and remaining <= 0 and reset_s:
+                # the endpoint says "nothing left" without a limit to pace by: a global pause
+                self.paused_until = max(self.paused_until, now + reset_s)
+                self.reason = f"paused {reset_s:.1f} s: no {name} left until the reset"

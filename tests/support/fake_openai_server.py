@@ -21,11 +21,12 @@ at finish_reason=length), ``"slow"`` (adds ``Fault.delay`` seconds).
 
 ``max_inflight`` makes it a concurrency-limited server: a request arriving while that many
 are in flight gets 429 at once, with ``Retry-After``. ``rpm`` / ``tpm`` make it a rate-limited
-one (requests / tokens per minute, enforced per second as OpenAI does; tokens counted as prompt
-bytes / 4 + max_tokens): over the limit, 429 at once; with ``ratelimit_headers`` every chat
-answer carries ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``. ``latency`` delays
-every chat answer. ``sporadic_429(p)`` and ``fault_mix(...)`` build seeded fault functions
-(429s that do not depend on the load; the mix of the engine's benchmark). Every 429 sent is
+one (requests / tokens per minute as token buckets of one second's worth, replenished
+continuously, as OpenAI enforces them; tokens counted as prompt bytes / 4 + max_tokens): over
+the limit, 429 at once; with ``ratelimit_headers`` every chat answer carries
+``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``. ``latency`` delays every chat
+answer. ``sporadic_429(p)`` and ``fault_mix(...)`` build seeded fault functions (429s that do
+not depend on the load; the mix of the engine's benchmark). Every 429 sent is
 counted in ``count("429")``.
 
 Fixtures for other test modules (import them in conftest.py or a test module):
@@ -187,32 +188,41 @@ def fault_mix(
 
 
 class _RateWindow:
-    """A per-minute limit enforced per second (``limit / 60`` per wall-clock second)."""
+    """A per-minute limit as a token bucket holding one second's worth (``limit / 60``),
+    replenished continuously, as OpenAI enforces its limits."""
 
     def __init__(self, per_minute: float) -> None:
         self.per_minute = per_minute
-        self.per_second = per_minute / 60.0
-        self.second = -1
-        self.used = 0.0
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate)
+        self.level = self.capacity
+        self.t = time.monotonic()
 
-    def _roll(self, now: float) -> None:
-        second = int(now)
-        if second != self.second:
-            self.second, self.used = second, 0.0
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.t) * self.rate)
+        self.t = now
 
-    def take(self, now: float, amount: float) -> bool:
-        self._roll(now)
-        if self.used + amount > self.per_second and self.used > 0:
+    def take(self, amount: float) -> bool:
+        self._refill()
+        if self.level < min(amount, self.capacity):
             return False
-        self.used += amount
+        self.level -= amount
         return True
 
-    def headers(self, now: float, name: str) -> dict[str, str]:
-        self._roll(now)
+    def refund(self, amount: float) -> None:
+        self.level = min(self.capacity, self.level + amount)
+
+    def wait_s(self, amount: float) -> float:
+        return max(0.0, (min(amount, self.capacity) - self.level) / self.rate)
+
+    def headers(self, name: str) -> dict[str, str]:
+        self._refill()
+        full_in = (self.capacity - self.level) / self.rate
         return {
             f"x-ratelimit-limit-{name}": f"{self.per_minute:g}",
-            f"x-ratelimit-remaining-{name}": f"{max(0, int(self.per_second - self.used))}",
-            f"x-ratelimit-reset-{name}": f"{max(0.001, 1.0 - (now - self.second)):.3f}s",
+            f"x-ratelimit-remaining-{name}": f"{max(0, int(self.level))}",
+            f"x-ratelimit-reset-{name}": f"{max(0.001, full_in):.3f}s",
         }
 
 
@@ -267,6 +277,7 @@ class FakeOpenAIServer:
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self._expired_once = False
+        self._presented = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -374,7 +385,9 @@ class FakeOpenAIServer:
             self.headers.append(dict(request.headers))
         if self.api_key is None:
             return True
-        return request.headers.get("Authorization") == f"Bearer {self.api_key}"
+        presented = request.headers.get("Authorization", "")
+        self._presented = presented.removeprefix("Bearer ")
+        return presented == f"Bearer {self.api_key}"
 
     @staticmethod
     def _error(status: int, message: str, code: str | None = None, **headers: str):
@@ -382,38 +395,43 @@ class FakeOpenAIServer:
         return web.json_response(body, status=status, headers=headers or None)
 
     def _unauthorized(self) -> web.Response:
-        return self._error(401, "Incorrect API key provided.", "invalid_api_key")
+        # like some servers, it quotes the key it got: the engine must not repeat it
+        return self._error(
+            401, f"Incorrect API key provided: {self._presented}.", "invalid_api_key"
+        )
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response({"counts": dict(self.counts), "peak_inflight": self.peak_inflight})
 
-    def _rate_headers(self, now: float) -> dict[str, str]:
+    def _rate_headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
         if self.ratelimit_headers:
             if self.rpm is not None:
-                headers.update(self.rpm.headers(now, "requests"))
+                headers.update(self.rpm.headers("requests"))
             if self.tpm is not None:
-                headers.update(self.tpm.headers(now, "tokens"))
+                headers.update(self.tpm.headers("tokens"))
         return headers
 
     def _over_rate(self, raw: bytes, body: dict[str, Any]) -> web.Response | None:
         """429 when the request would pass ``rpm`` or ``tpm`` (None: it may go)."""
-        now = time.time()
         tokens = len(raw) / 4 + int(body.get("max_tokens") or 0)
-        ok = self.rpm is None or self.rpm.take(now, 1.0)
-        if ok and self.tpm is not None and not self.tpm.take(now, tokens):
+        ok = self.rpm is None or self.rpm.take(1.0)
+        if ok and self.tpm is not None and not self.tpm.take(tokens):
             ok = False
             if self.rpm is not None:
-                self.rpm.used -= 1.0
+                self.rpm.refund(1.0)
         if ok:
             return None
         self.counts["429"] += 1
-        wait = 1.0 - (now - int(now))
+        wait = max(
+            self.rpm.wait_s(1.0) if self.rpm is not None else 0.0,
+            self.tpm.wait_s(tokens) if self.tpm is not None else 0.0,
+        )
         return self._error(
             429,
             "Rate limit reached",
             "rate_limit_exceeded",
-            **{"Retry-After": f"{wait:.3f}", **self._rate_headers(now)},
+            **{"Retry-After": f"{wait:.3f}", **self._rate_headers()},
         )
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -587,7 +605,7 @@ class FakeOpenAIServer:
             return web.Response(
                 body=data,
                 content_type="application/json",
-                headers=self._rate_headers(time.time()) or None,
+                headers=self._rate_headers() or None,
             )
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         resp.content_length = len(data)
