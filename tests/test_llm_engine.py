@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -553,7 +554,33 @@ def test_log_progress_lines():
     p.close(Snapshot(done=10, cached=2, failed=1, completion_tokens=90, cost=0.9, total=10))
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
-    assert "5/10 done (2 cached, 1 failed" in lines[0] and "$0.5000" in lines[0]
+    assert "5/10 done (2 cached, 1 failed)" in lines[0] and "$0.5000" in lines[0]
+
+
+def test_the_closing_progress_line_is_not_a_repeat():
+    """An update right before the close (one slow request) used to print the line twice."""
+    out = io.StringIO()
+    p = LogProgress("llm", interval_s=0.0, stream=out)
+    p.start(1)
+    snap = Snapshot(done=1, completion_tokens=9, total=1, window=1, window_reason="start")
+    p.update(snap)
+    p.close(snap)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and "1/1 done" in lines[0] and "[window: start]" in lines[0]
+
+
+def test_progress_shows_requests_served_and_queued_honestly(srv):
+    srv.latency = 0.01
+    out = io.StringIO()
+    s = settings_for(srv, max_concurrency=1)
+    with open_engine(s, progress=LogProgress("llm", interval_s=0.0, stream=out)) as engine:
+        results = list(engine.run([req(i) for i in range(12)]))
+    assert len(results) == 12
+    found = re.findall(r"(\d+) sending, (\d+) queued, window (\d+)", out.getvalue())
+    assert len(found) >= 2, out.getvalue()
+    assert all(int(sending) <= 1 and window == "1" for sending, _, window in found)
+    assert max(int(queued) for _, queued, _ in found) >= 2  # admitted, waiting for the slot
+    assert found[-1][:2] == ("0", "0")  # the closing line: nothing left
 
 
 def test_results_are_written_to_the_cache_before_they_are_yielded(srv):

@@ -7,7 +7,7 @@ Shape of a run (``Engine.run``)::
     pull requests lazily from the iterable
     prepare body + cache key, look up cache ──hit──▶ yield at once (no HTTP)
     reserve budget, submit in batches  ─────────────▶ JobQueue ─▶ per-endpoint workers
-                                                       (AIMD limiter, aiohttp, retries,
+                                                       (window limiter, aiohttp, retries,
                                                         schema check + one repair)
     write finished outcomes to the cache ◀──────────── SimpleQueue of outcomes
     (one transaction per batch), then yield
@@ -770,7 +770,7 @@ class _LoopThread:
 
 class Engine:
     """Chat completions through the configured endpoints (or the embedded model), with the
-    cache, retries, AIMD concurrency, budget and progress described in this package.
+    cache, retries, concurrency window, budget and progress described in this package.
 
     Satisfies ``builder.llm.base.LLM``. Use it through ``open_engine`` (which stops the
     embedded server and closes connections on exit). One run at a time per engine.

@@ -18,7 +18,7 @@ stop the run with one clear message. Messages never contain the API key.
 ``aiohttp`` (this module, the default), ``openai`` (the official ``openai.AsyncOpenAI`` client,
 ``builder.llm.transport_openai``) or ``azure`` (``openai.AsyncAzureOpenAI``). All share the
 ``chat``/``request_json``/``close`` interface, the ``Reply`` they return and the
-``AttemptError`` classification, so the engine's retries, AIMD and fail-fast do not depend on
+``AttemptError`` classification, so the engine's retries, window and fail-fast do not depend on
 the choice; the cache key does not either (it hashes the body, which is the same).
 """
 

@@ -4,7 +4,7 @@ or ``"azure"``).
 Same interface and meaning as ``builder.llm.transport.Transport``: ``chat(body_bytes,
 stream=...) -> Reply`` with the full response body, and every failure an ``AttemptError`` of
 the same ``kind`` (``classify_status`` for HTTP errors; timeouts, resets, truncated or
-malformed bodies are ``retry``), so the engine's retries, Retry-After, AIMD and fail-fast
+malformed bodies are ``retry``), so the engine's retries, Retry-After, window and fail-fast
 behave the same. What the SDK adds: its authentication (``Authorization`` or Azure's
 ``api-key``), Azure OpenAI (``openai.AsyncAzureOpenAI`` with ``api-version``), its
 ``OpenAI-Organization``/``OpenAI-Project`` headers (from OPENAI_ORG_ID / OPENAI_PROJECT_ID, the
