@@ -9,7 +9,8 @@ its slot at once, the next request takes it and is refused again, a storm of 429
 (bench/RESULTS.md, "Under 429s"). This controller:
 
 - **Starts with a quick ramp** (``ramp``): from 16 (or the cap, if lower) the window grows by
-  a quarter every ``ramp_step_s``; a step in which most new requests came back 429 at once
+  a quarter every ``ramp_step_s`` (20 ms, or later when the event loop is late); a step in
+  which most new requests came back 429 at once, or a quarter of the ramp's requests refused,
   ends the ramp at the number of requests the endpoint accepted. Without that, a run would
   open with ``max_concurrency`` requests and a limit of 64 would refuse all the others.
 - **Parks refused slots**: a slot whose request got 429 is not reused before the round ends,
@@ -71,7 +72,7 @@ class WindowController:
         floor: int = 1,
         *,
         now: float = 0.0,
-        ramp_step_s: float = 0.01,
+        ramp_step_s: float = 0.02,
         default_rtt_s: float = 1.0,
         min_round_s: float = 0.05,
     ) -> None:
@@ -182,9 +183,12 @@ class WindowController:
     def tick(self, now: float) -> None:
         """Advance the ramp and close rounds that are due (idempotent)."""
         if self.ramping:
-            while self.ramping and now >= self._ramp_next:
+            if now >= self._ramp_next:
+                # One step per call, the next one a full step later: when the event loop runs
+                # late, the ramp waits for it (and for the 429s it has not read yet) instead of
+                # catching up several steps blind.
                 self._ramp_tick()
-                self._ramp_next += self.ramp_step_s
+                self._ramp_next = now + self.ramp_step_s
             if self.ramping:
                 return
             self.round_start = now
@@ -219,8 +223,7 @@ class WindowController:
         self.limit = min(float(self.cap), max(self.limit + 1, self.limit * self.RAMP_FACTOR))
         self.peak = max(self.peak, int(self.limit))
         if self.limit >= self.cap:
-            self.ramping = False
-            self.round = Round()
+            self.ramping = False  # the ramp's answers count in the first round
             self.reason = f"ramp reached max_concurrency {self.cap}"
         else:
             self.reason = f"ramp: {int(self.limit)}"
@@ -257,7 +260,7 @@ class WindowController:
             # refill to when it is over
             self.w_max = max(self.w_max, before) if r.ok == 0 else float(before)
             self._cut_share = share
-            # the requests that were accepted together (a pause: down to the floor)
+            # the requests that were accepted together (a pause, all refused: the floor)
             self.limit = float(max(self.floor, before - r.refused))
             self.probe_step = 1.0
             self.reason = (
