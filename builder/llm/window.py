@@ -30,8 +30,10 @@ its slot at once, the next request takes it and is refused again, a storm of 429
 
 Rate limits (``RatePacer``): ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``
 headers (OpenAI and many gateways) and ``[llm] max_requests_per_minute`` /
-``max_tokens_per_minute`` feed token buckets that delay launches before a 429 happens;
-``remaining = 0`` pauses every launch until the reset.
+``max_tokens_per_minute`` feed token buckets (one second's worth, refilled at 97% of the
+limit) that delay launches before a 429 happens; an endpoint that says ``remaining = 0``
+without a limit to pace by pauses every launch until its reset. Retry-After, by contrast,
+delays only the request that got it (``control.backoff_delay``, with jitter).
 """
 
 from __future__ import annotations
@@ -111,9 +113,6 @@ class WindowController:
 
     def can_launch(self) -> bool:
         return self.in_flight + self.parked < self.window
-
-    def free_slots(self) -> int:
-        return max(0, self.window - self.in_flight - self.parked)
 
     def next_deadline(self) -> float:
         """When ``tick`` has something to do (the ramp's next step or the round's end)."""
