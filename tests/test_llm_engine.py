@@ -174,10 +174,29 @@ def test_retry_time_cap(srv):
 
 
 def test_retry_after_is_honoured(srv, transport):
-    srv.faults = [Fault("429", retry_after=0.3)]
-    results, _ = run_all(settings_for(srv, transport=transport, max_concurrency=1), [req(0)])
-    assert results[0].ok
-    assert srv.arrivals[1] - srv.arrivals[0] >= 0.3  # backoff alone would be ~0.01 s
+    # Retry-After: 1000 s with max_retry_time_s = 60: a client that waits as told can only
+    # give up, at once; one that ignored it would retry after its ~0.01 s backoff and succeed.
+    srv.faults = [Fault("429", retry_after=1000)]
+    s = settings_for(srv, transport=transport, max_concurrency=1, max_retry_time_s=60)
+    results, _ = run_all(s, [req(0)])
+    assert results[0].status == "failed" and "max_retry_time_s=60" in results[0].error
+    assert srv.count() == 1
+    srv.faults = [Fault("429", retry_after=0.05)]  # a short one is waited out, then it works
+    srv.reset_counts()
+    results, _ = run_all(s, [req(1)])
+    assert results[0].ok and srv.count() == 2
+
+
+def test_retry_after_delays_only_the_request_that_got_it(srv):
+    # r0 is told to come back in 1000 s; the others go on meanwhile (no global pause)
+    srv.faults = lambda i, body: (
+        Fault("429", retry_after=1000) if body["messages"][0]["content"] == "question 0" else None
+    )
+    s = settings_for(srv, max_concurrency=2, max_retry_time_s=60)
+    results, _ = run_all(s, [req(i) for i in range(10)])
+    by_id = {r.request_id: r for r in results}
+    assert len(by_id) == 10 and by_id["r0"].status == "failed"
+    assert all(by_id[f"r{i}"].ok for i in range(1, 10))
 
 
 def test_400_fails_fast_for_that_request_only(srv, transport):
