@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ import pytest
 from builder.llm import open_engine
 from builder.records import ChatRequest
 from builder.settings.llm import LLMSettings
+from tests.support.processes import alive, children, wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,34 +30,6 @@ SCHEMA = {
     "required": ["name", "age"],
     "additionalProperties": False,
 }
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _wait_until(predicate, timeout: float) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes (a bound, not an ordering)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
 
 
 def test_embedded_server_end_to_end(tmp_path):
@@ -75,10 +47,10 @@ def test_embedded_server_end_to_end(tmp_path):
         assert engine.embedded is not None and not engine.embedded.running  # started lazily
         results = {r.request_id: r for r in engine.run(requests)}
         pid = engine.embedded.proc.pid
-        assert _alive(pid)
+        assert alive(pid)
         log = engine.embedded.log_path
         sent = engine.stats.http_requests
-    assert _wait_until(lambda: not _alive(pid), 5.0), "the embedded server outlived the engine"
+    assert wait_until(lambda: not alive(pid), 5.0), "the embedded server outlived the engine"
     assert set(results) == {"plain", "json"}
     assert sent >= 2  # both requests reached the server (a repair retry may add one)
     plain, structured = results["plain"], results["json"]
@@ -128,11 +100,11 @@ def test_no_orphan_server_after_ctrl_c_sigterm_or_kill_9(tmp_path, sig):
         line = proc.stdout.readline()
         assert line.strip().isdigit(), proc.stderr.read()
         server_pid = int(line)
-        assert _alive(server_pid)
+        assert alive(server_pid)
         os.kill(proc.pid, sig)
         proc.wait(timeout=20)
         # kill -9 gives the builder no chance to clean up: the watchdog pipe does it
-        assert _wait_until(lambda: not _alive(server_pid), 5.0), (
+        assert wait_until(lambda: not alive(server_pid), 5.0), (
             f"server {server_pid} survived {sig.name}"
         )
     finally:
@@ -168,15 +140,15 @@ def test_corpus_llm_run_on_the_embedded_model_stops_promptly_on_a_signal(tmp_pat
         servers: list[int] = []
 
         def serving() -> bool:
-            servers[:] = _children(proc.pid)
+            servers[:] = children(proc.pid)
             return bool(servers) and log.exists() and "POST" in log.read_text(errors="replace")
 
-        assert _wait_until(serving, 120), proc.stderr.read() if proc.poll() is not None else ""
+        assert wait_until(serving, 120), proc.stderr.read() if proc.poll() is not None else ""
         os.kill(proc.pid, sig)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == code, err
         assert "Traceback" not in err and ("interrupt" in err.lower() or "SIGTERM" in err)
-        assert servers and not any(_alive(p) for p in servers)  # stopped before the exit
+        assert servers and not any(alive(p) for p in servers)  # stopped before the exit
         out = tmp_path / "out.jsonl"
         done = [json.loads(x)["custom_id"] for x in out.read_text().splitlines()]
         assert len(done) < 3  # stopped mid-run; what was written is whole lines

@@ -182,7 +182,7 @@ def test_judge_on_the_embedded_model(tmp_path: Path) -> None:
     from builder.quality.judge import judge_frame, load_judge_template
     from builder.settings.llm import LLMSettings
     from builder.settings.quality import JudgeSettings
-    from tests.test_llm_embedded import _wait_gone
+    from tests.support.processes import wait_gone
 
     root = Path(__file__).resolve().parent.parent
     template = load_judge_template(root / "templates" / "judge" / "edu_value.j2")
@@ -207,7 +207,7 @@ def test_judge_on_the_embedded_model(tmp_path: Path) -> None:
             row["judge_error"] is not None
         )
         assert row["judge_model"] == "SmolLM2-135M-Instruct.Q4_1"
-    assert _wait_gone(pid), "the embedded server outlived the engine"
+    assert wait_gone(pid), "the embedded server outlived the engine"
 
 
 def test_judge_respects_the_budget_and_resumes(tmp_path: Path, capsys) -> None:
