@@ -15,9 +15,9 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Headless Chromium renders report.html in one test (Debian's package; root installs it).
+# Headless Chromium for the browser tests (Debian's package; root installs it). Never optional.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "warning: could not install chromium; the browser test will be skipped"; }
+	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || { echo "error: could not install chromium (Debian's package; run as root or install it yourself): the browser tests need it" >&2; exit 1; }; }
 
 demo: $(STAMP)
 	$(VENV)/bin/corpus build --config corpus.toml

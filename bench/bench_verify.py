@@ -1,28 +1,42 @@
-"""How long one verification takes, against the bare cost of starting the interpreter.
+"""Checks per second on the sandbox pool against one fresh interpreter per check, same run.
 
-Baseline: ``python -I -S -B -c pass`` (what any subprocess-based check must pay). Measured:
-one sandboxed code check (namespace + capability drop + limits + audit hook + tests), the
-same with ``network_namespace="off"``, a batch on 2 workers, and one quantitative check.
+Baseline: ``[verify] sandbox_pool = false``, one ``python -I -S -B`` (inside ``unshare`` and
+``setpriv``) per check, which is what every check cost before the pool. Measured, with the
+same settings, namespace and limits:
+
+* one code check at a time (median latency, and checks per second);
+* a batch of N code checks through ``verify_documents`` on 2 workers (checks per second);
+* one quantitative check at a time: on the pool (sympy in a forked child, under limits) and
+  in the builder's own process (``sandbox_pool = false``, no isolation);
+* the bare interpreter start (``python -I -S -B -c pass``), for scale.
 
     .venv/bin/python bench/bench_verify.py [N]
 
-Prints a table, then one JSON line last.
+Prints a table, then one JSON line last. Target: code checks >= 4x faster on the pool.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from builder.settings.filters import VerifySettings  # noqa: E402
-from builder.verify import detect_launcher, verify_document, verify_documents  # noqa: E402
+from builder.verify import (  # noqa: E402
+    detect_launcher,
+    sandbox_pools,
+    shutdown_pools,
+    verify_document,
+    verify_documents,
+)
 
 SOLUTION = "def add(a, b):\n    return a + b\n"
 TESTS = (
@@ -41,73 +55,154 @@ def code_doc(i: int) -> dict:
             "problem": "add",
             "signature": "add(a, b)",
             "solution": SOLUTION,
-            "tests": TESTS,
+            "tests": TESTS + f"\ndef test_{i}():\n    assert add({i}, 1) == {i + 1}\n",
         },
     }
 
 
-QUANT = {
-    "id": "q",
-    "kind": "exercise",
-    "exercise_type": "quantitative",
-    "structured": {
-        "problem": "A car travels 150 km in 2.5 h. Average speed?",
-        "worked_solution": r"v = \frac{150}{2.5} = 60 km/h. The answer is $\boxed{60}$.",
-        "final_answer": "60 km/h",
-    },
-}
+def quant_doc(i: int) -> dict:
+    """Distinct answers, so that neither side is served from sympy's cache."""
+    km = 150 + i
+    return {
+        "id": f"q{i}",
+        "kind": "exercise",
+        "exercise_type": "quantitative",
+        "structured": {
+            "problem": f"A car travels {km} km in 2.5 h. Average speed?",
+            "worked_solution": rf"v = \frac{{{km}}}{{2.5}} = {km / 2.5:g} km/h. "
+            rf"The answer is $\boxed{{{km / 2.5:g}}}$.",
+            "final_answer": f"{km / 2.5:g} km/h",
+        },
+    }
 
 
-def timed(fn, n: int) -> list[float]:
+def cpu_s(pid: int, children: bool) -> float:
+    """CPU seconds of a process (or of its reaped children) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[13]) + int(fields[14]) if children else int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_check(settings: VerifySettings, make: Callable[[int], dict], n: int) -> float:
+    """CPU seconds one check costs everywhere: this process, its reaped children (fresh
+    interpreters) and, on the pool, the servers and the children they reaped."""
+    servers = [pid for p in sandbox_pools(settings).values() for pid in p.server_pids()]
+
+    def total() -> float:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        pool = sum(cpu_s(pid, False) + cpu_s(pid, True) for pid in servers)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime + pool
+
+    before = total()
+    for i in range(n):
+        verify_document(make(i), settings)
+    return (total() - before) / n
+
+
+def timed(fn: Callable[[int], object], n: int) -> list[float]:
     out = []
-    for _ in range(n):
+    for i in range(n):
         t = time.perf_counter()
-        fn()
+        fn(i)
         out.append(time.perf_counter() - t)
     return out
 
 
-def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 40
-    settings = VerifySettings()
-    off = VerifySettings(network_namespace="off", drop_capabilities=False)
-    launcher = detect_launcher(settings.network_namespace, settings.drop_capabilities)
-    base = timed(
-        lambda: subprocess.run([sys.executable, "-I", "-S", "-B", "-c", "pass"], check=True), n
-    )
-    for _ in range(3):  # warm caches (launcher probe, file system)
-        verify_document(code_doc(0), settings)
-    full = timed(lambda: verify_document(code_doc(0), settings), n)
-    plain = timed(lambda: verify_document(code_doc(0), off), n)
-    quant = timed(lambda: verify_document(QUANT, settings), n)
+def batch_rate(settings: VerifySettings, n: int) -> float:
+    """Checks per second of ``verify_documents`` over n distinct code documents, 2 workers."""
     t = time.perf_counter()
     results = list(verify_documents((code_doc(i) for i in range(n)), settings, workers=2))
-    batch_per_doc = (time.perf_counter() - t) / n
-    assert all(v.verified for _d, v in results)
+    elapsed = time.perf_counter() - t
+    assert all(v.verified for _d, v in results), [v for _d, v in results if not v.verified]
+    return n / elapsed
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 60
+    pool = VerifySettings()
+    fresh = VerifySettings(sandbox_pool=False)
+    launcher = detect_launcher(pool.network_namespace, pool.drop_capabilities)
+    cmd = [sys.executable, "-I", "-S", "-B", "-c", "pass"]
+    base = timed(lambda _i: subprocess.run(cmd, check=True), n)
+
+    t = time.perf_counter()
+    assert verify_document(code_doc(0), pool).verified  # starts the code server
+    pool_start = time.perf_counter() - t
+    t = time.perf_counter()
+    assert verify_document(quant_doc(0), pool).verified  # starts the quantitative server
+    quant_start = time.perf_counter() - t
+    for i in range(3):  # warm caches (launcher probe, file system) on both paths
+        assert verify_document(code_doc(i), fresh).verified
+        assert verify_document(code_doc(i), pool).verified
+
+    # interleaved, so that load from other processes hits both sides alike
+    one_pool: list[float] = []
+    one_fresh: list[float] = []
+    for i in range(n):
+        one_pool += timed(lambda _i, i=i: verify_document(code_doc(i), pool), 1)
+        one_fresh += timed(lambda _i, i=i: verify_document(code_doc(i), fresh), 1)
+    rate_pool = batch_rate(pool, n)
+    rate_fresh = batch_rate(fresh, n)
+    rate_pool = max(rate_pool, batch_rate(pool, n))  # best of two: the pool is also warm here
+    quant_pool = timed(lambda i: verify_document(quant_doc(1000 + i), pool), n)
+    quant_inproc = timed(lambda i: verify_document(quant_doc(2000 + i), fresh), n)
+    cpu_pool = cpu_per_check(pool, code_doc, n)
+    cpu_fresh = cpu_per_check(fresh, code_doc, n)
+    cpu_quant_pool = cpu_per_check(pool, lambda i: quant_doc(3000 + i), n)
+    servers = {k: len(p.server_pids()) for k, p in sandbox_pools(pool).items()}
+    shutdown_pools()
+
     med = statistics.median
+    speedup_one = med(one_fresh) / med(one_pool)
+    speedup_batch = rate_pool / rate_fresh
     rows = [
-        ("interpreter start (baseline)", med(base)),
-        ("code check, full sandbox", med(full)),
-        ("code check, no namespace/caps", med(plain)),
-        ("code check, batch of N on 2 workers (per doc)", batch_per_doc),
-        ("quantitative check", med(quant)),
+        ("interpreter start, python -I -S -B -c pass", f"{med(base) * 1000:8.1f} ms"),
+        ("code check, one interpreter per check", f"{med(one_fresh) * 1000:8.1f} ms"),
+        ("code check, pool", f"{med(one_pool) * 1000:8.1f} ms"),
+        ("  speedup (one at a time)", f"{speedup_one:8.1f} x"),
+        ("batch of N, 2 workers, one interpreter per check", f"{rate_fresh:8.1f} checks/s"),
+        ("batch of N, 2 workers, pool", f"{rate_pool:8.1f} checks/s"),
+        ("  speedup (batch)", f"{speedup_batch:8.1f} x"),
+        ("CPU per code check, one interpreter per check", f"{cpu_fresh * 1000:8.1f} ms"),
+        ("CPU per code check, pool (builder+server+child)", f"{cpu_pool * 1000:8.1f} ms"),
+        ("quantitative check, pool (forked, limits)", f"{med(quant_pool) * 1000:8.1f} ms"),
+        ("quantitative check, in process (no isolation)", f"{med(quant_inproc) * 1000:8.1f} ms"),
+        ("CPU per quantitative check, pool", f"{cpu_quant_pool * 1000:8.1f} ms"),
+        ("code server start (once per worker)", f"{pool_start * 1000:8.1f} ms"),
+        ("quantitative server start (once per worker)", f"{quant_start * 1000:8.1f} ms"),
     ]
-    print(f"n={n} cpus={os.cpu_count()} launcher={' '.join(launcher.prefix) or '(none)'}")
+    load = os.getloadavg()[0]
+    print(
+        f"n={n} cpus={os.cpu_count()} load1={load:.1f} "
+        f"launcher={' '.join(launcher.prefix) or '(none)'} servers={servers}"
+    )
     for name, value in rows:
-        print(f"  {name:48s} {value * 1000:8.1f} ms")
+        print(f"  {name:52s} {value}")
     print(
         json.dumps(
             {
                 "bench": "verify",
                 "n": n,
+                "load1": round(load, 2),
                 "baseline_start_ms": round(med(base) * 1000, 2),
-                "code_check_ms": round(med(full) * 1000, 2),
-                "code_check_no_ns_ms": round(med(plain) * 1000, 2),
-                "batch_2_workers_per_doc_ms": round(batch_per_doc * 1000, 2),
-                "quant_check_ms": round(med(quant) * 1000, 2),
-                "overhead_vs_baseline": round(med(full) / med(base), 2),
+                "code_check_fresh_ms": round(med(one_fresh) * 1000, 2),
+                "code_check_pool_ms": round(med(one_pool) * 1000, 2),
+                "speedup_one_at_a_time": round(speedup_one, 2),
+                "batch_fresh_checks_per_s": round(rate_fresh, 1),
+                "batch_pool_checks_per_s": round(rate_pool, 1),
+                "speedup_batch": round(speedup_batch, 2),
+                "cpu_per_check_fresh_ms": round(cpu_fresh * 1000, 2),
+                "cpu_per_check_pool_ms": round(cpu_pool * 1000, 2),
+                "cpu_speedup": round(cpu_fresh / cpu_pool, 2),
+                "quant_check_pool_ms": round(med(quant_pool) * 1000, 2),
+                "cpu_per_quant_check_pool_ms": round(cpu_quant_pool * 1000, 2),
+                "quant_check_in_process_ms": round(med(quant_inproc) * 1000, 2),
+                "code_server_start_ms": round(pool_start * 1000, 1),
+                "quant_server_start_ms": round(quant_start * 1000, 1),
                 "network_namespace": launcher.network_namespace,
                 "capabilities_dropped": launcher.capabilities_dropped,
+                "target_met": speedup_one >= 4 and speedup_batch >= 4,
             }
         )
     )

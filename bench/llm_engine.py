@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/llm_engine.py            # everything (~3-5 min on 2 cores)
     .venv/bin/python bench/llm_engine.py --quick    # smaller runs, no embedded comparison
+    .venv/bin/python bench/llm_engine.py --only-429 # the 429 scenarios alone (~4 min)
 
 1. Throughput and client CPU against the fake OpenAI server (tests/support/fake_openai_server.py),
    which runs as a separate process so its CPU is not counted as the client's:
@@ -19,6 +20,13 @@
    Runs: 1 s latency at C=256 and C=1,024, and zero latency (pure client overhead).
 2. Tokens/s of the engine on the embedded llama.cpp server vs ``llama_cpp.Llama`` in-process
    on the same prompts, threads and sampling parameters (and the same outputs).
+3. Under 429s (``--only-429`` runs just these): the engine and ``AsyncOpenAI`` behind a
+   semaphore (its own retries, ``max_retries=5``), C=256, 1 s latency, max_tokens 600, each on
+   a fresh fake server process: no fault (the reference), sporadic 5% 429 with
+   ``Retry-After: 1`` (answered at once, whatever the load), a server limit of 64 concurrent
+   requests (429 above it), and the fault mix (5% 429, 5% 500, 1% reset, 1% malformed, 0.4%
+   answers that hang 20 s). Figures: wall time, requests/s, % of the no-fault throughput,
+   429s the server sent, ids answered exactly once.
 
 The last line printed is one JSON object with every figure.
 """
@@ -49,6 +57,77 @@ def _cpu() -> float:
 
 
 # -- workers (each in its own process) -------------------------------------------------------
+def worker_engine_429(base_url: str, n: int, c: int) -> dict:
+    """The engine as ``corpus llm run`` uses it, for the 429 scenarios: every id counted."""
+    from collections import Counter
+
+    from builder.llm import open_engine
+    from builder.records import ChatRequest
+    from builder.settings.llm import LLMSettings
+
+    settings = LLMSettings(base_url=base_url, model="fake-model", max_concurrency=c)
+    requests = (
+        ChatRequest(
+            id=f"r{i}",
+            messages=({"role": "user", "content": f"{PROMPT} #{i}"},),
+            params={"max_tokens": 600},
+        )
+        for i in range(n)
+    )
+    ids: Counter[str] = Counter()
+    with tempfile.TemporaryDirectory() as cache:
+        with open_engine(settings, cache_dir=cache, progress=False) as engine:
+            cpu0, t0 = _cpu(), time.perf_counter()
+            ok = 0
+            for r in engine.run(requests):
+                ids[r.request_id] += 1
+                ok += r.ok
+            wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
+            window = engine.limiters[0].controller
+            extra = {
+                "window_final": window.window,
+                "window_peak": window.peak,
+                "cuts": window.cuts,
+                "background_429": round(window.background, 4),
+                "refused_seen": window.refused_total,
+                "reason": window.reason,
+            }
+    once = len(ids) == n and all(v == 1 for v in ids.values())
+    return {"ok": ok, "wall_s": wall, "cpu_s": cpu, "exactly_once": once, **extra}
+
+
+def worker_baseline_429(base_url: str, n: int, c: int) -> dict:
+    """``AsyncOpenAI`` behind a semaphore with its own retries (5; it honours Retry-After)."""
+    from collections import Counter
+
+    from openai import AsyncOpenAI
+
+    async def main() -> dict:
+        client = AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=5)
+        sem = asyncio.Semaphore(c)
+        ids: Counter[str] = Counter()
+
+        async def one(i: int) -> bool:
+            async with sem:
+                r = await client.chat.completions.create(
+                    model="fake-model",
+                    messages=[{"role": "user", "content": f"{PROMPT} #{i}"}],
+                    max_tokens=600,
+                    seed=0,
+                )
+                ids[f"r{i}"] += 1
+                return bool(r.choices[0].message.content)
+
+        cpu0, t0 = _cpu(), time.perf_counter()
+        results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+        wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
+        await client.close()
+        ok = sum(r is True for r in results)
+        return {"ok": ok, "wall_s": wall, "cpu_s": cpu, "exactly_once": ok == n}
+
+    return asyncio.run(main())
+
+
 def worker_engine(base_url: str, n: int, c: int, transport: str = "aiohttp") -> dict:
     from builder.llm import open_engine
     from builder.records import ChatRequest
@@ -210,10 +289,13 @@ def worker_engine_openai(base_url: str, n: int, c: int) -> dict:
 
 #: throughput clients, in the order they run
 CLIENTS = ("engine", "engine_openai", "baseline", "openai_aiohttp")
+CLIENTS_429 = ("engine_429", "baseline_429")
 
 WORKERS = {
     "engine": worker_engine,
     "engine_openai": worker_engine_openai,
+    "engine_429": worker_engine_429,
+    "baseline_429": worker_baseline_429,
     "baseline": worker_baseline,
     "openai_aiohttp": worker_openai_aiohttp,
     "inprocess": worker_inprocess,
@@ -243,13 +325,14 @@ def _child(kind: str, *args: object) -> dict:
 
 
 class FakeServer:
-    def __init__(self, latency: float) -> None:
+    def __init__(self, latency: float, *flags: str) -> None:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 str(ROOT / "tests" / "support" / "fake_openai_server.py"),
                 "--latency",
                 str(latency),
+                *flags,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -259,9 +342,81 @@ class FakeServer:
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
         self.base_url = f"http://127.0.0.1:{int(line.split()[1])}/v1"
 
+    def stats(self) -> dict:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.base_url}/_stats", timeout=10) as resp:
+            return json.loads(resp.read())["counts"]
+
     def close(self) -> None:
         self.proc.stdin.close()  # type: ignore[union-attr]
         self.proc.wait(timeout=30)
+
+
+#: name -> (requests, fake server flags)
+SCENARIOS_429 = {
+    "no_fault": (5120, ()),
+    "sporadic": (5120, ("--sporadic-429", "0.05", "--retry-after", "1")),
+    "limit64": (1000, ("--max-inflight", "64", "--retry-after", "1")),
+    "mix": (2000, ("--fault-mix", "--retry-after", "1", "--hang-s", "20")),
+}
+
+
+def under_429s(c: int = 256, only: set[str] | None = None) -> dict:
+    """Each scenario on a fresh server, each client in turn; figures for the JSON line."""
+    figures: dict = {}
+    rows: dict = {}
+    for name, (n, flags) in SCENARIOS_429.items():
+        if only and name not in only:
+            continue
+        for kind in CLIENTS_429:
+            srv = FakeServer(1.0, *flags)
+            try:
+                r = _child(kind, srv.base_url, n, c)
+                counts = srv.stats()
+            finally:
+                srv.close()
+            r.update(
+                n=n,
+                req_per_s=round(n / r["wall_s"], 1),
+                sent=counts.get("chat", 0),
+                answered_429=counts.get("429", 0),
+                cpu_ms_per_req=round(1000 * r["cpu_s"] / n, 3),
+            )
+            r["pct_429"] = round(100 * r["answered_429"] / n, 1)
+            rows[(name, kind)] = r
+            print(
+                f"{name:9s} {kind:13s} N={n}: {r['wall_s']:.1f}s ({r['req_per_s']} req/s), "
+                f"ok={r['ok']}, once={r['exactly_once']}, 429s={r['answered_429']} "
+                f"({r['pct_429']}% of requests), sent={r['sent']}"
+                + (
+                    f", window {r['window_final']} (peak {r['window_peak']}, cuts {r['cuts']}, "
+                    f"background {r['background_429']}): {r['reason']}"
+                    if "window_final" in r
+                    else ""
+                ),
+                flush=True,
+            )
+            short = kind.removesuffix("_429")
+            for key in ("wall_s", "req_per_s", "ok", "exactly_once", "answered_429", "pct_429"):
+                figures[f"{name}_{short}_{key}"] = (
+                    round(r[key], 2) if isinstance(r[key], float) else r[key]
+                )
+            if "window_final" in r:
+                figures[f"{name}_{short}_window_final"] = r["window_final"]
+    for short in ("engine", "baseline"):
+        if f"sporadic_{short}_req_per_s" in figures and f"no_fault_{short}_req_per_s" in figures:
+            figures[f"sporadic_{short}_pct_of_no_fault"] = round(
+                100
+                * figures[f"sporadic_{short}_req_per_s"]
+                / figures[f"no_fault_{short}_req_per_s"],
+                1,
+            )
+        if f"limit64_{short}_req_per_s" in figures:
+            figures[f"limit64_{short}_pct_of_64_per_s"] = round(
+                100 * figures[f"limit64_{short}_req_per_s"] / 64, 1
+            )
+    return figures
 
 
 def throughput(kind: str, srv: FakeServer, n: int, c: int, latency: float) -> dict:
@@ -317,10 +472,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-embedded", action="store_true")
     parser.add_argument("--only-embedded", action="store_true")
+    parser.add_argument("--only-429", action="store_true")
+    parser.add_argument("--no-429", action="store_true")
+    parser.add_argument("--scenarios", help="comma-separated 429 scenarios to run")
     args = parser.parse_args()
     if args.worker:
         kind, *rest = args.worker
-        if kind in CLIENTS:
+        if kind in CLIENTS or kind in CLIENTS_429:
             result = WORKERS[kind](rest[0], int(rest[1]), int(rest[2]))
         else:
             result = WORKERS[kind](int(rest[0]), int(rest[1]))
@@ -328,6 +486,10 @@ def main() -> None:
         return
 
     q = args.quick
+    if args.only_429:
+        only = set(args.scenarios.split(",")) if args.scenarios else None
+        print(json.dumps({"load_avg_before": os.getloadavg()[0], **under_429s(only=only)}))
+        return
     if args.only_embedded:
         print(json.dumps({"load_avg_before": os.getloadavg()[0], **embedded_vs_inprocess(5)}))
         return
@@ -349,6 +511,8 @@ def main() -> None:
     finally:
         slow.close()
         fast.close()
+    if not q and not args.no_429:
+        figures.update(under_429s())
     if not q and not args.no_embedded:
         figures.update(embedded_vs_inprocess(rounds=5))
     figures["load_avg_after"] = os.getloadavg()[0]

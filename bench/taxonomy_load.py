@@ -1,8 +1,13 @@
-"""Benchmark: load + validate a generated 100,000-node taxonomy.
+"""Benchmark: load + validate a generated 100,000-node taxonomy, then walk it.
 
 Baseline, in the same run: ruamel.yaml's own safe loader on the same files (C parser when
 ruamel.yaml.clib is installed), which builds plain dicts without line numbers and without
 any validation. ``load_taxonomy`` must do more (lines, checks, Node records) in less time.
+
+The walker's first unit is timed against its baseline in the same run, one whole round
+(every one of the ~99,000 leaves once): laziness means the first costs a small fraction.
+The 1-minute load average is printed too: the machine is shared, and absolute times move
+with it (see bench/RESULTS.md).
 
     .venv/bin/python bench/taxonomy_load.py [--nodes 100000] [--repeat 3]
 
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -87,6 +93,10 @@ def main() -> None:
         assert len(tax) == n
         graph_s = best_of(1, lambda: tax.graph)
         order_s = best_of(1, tax.curriculum_order)
+        from builder.walk import walk_topics
+
+        first_s = best_of(args.repeat, lambda: next(iter(walk_topics(tax, seed=1))))
+        round_s = best_of(1, lambda: sum(1 for _ in walk_topics(tax, seed=1)))
     result = {
         "bench": "taxonomy_load",
         "nodes": n,
@@ -96,6 +106,10 @@ def main() -> None:
         "speedup": round(base_s / ours_s, 2),
         "graph_build_s": round(graph_s, 3),
         "curriculum_order_s": round(order_s, 3),
+        "walk_first_unit_s": round(first_s, 3),
+        "walk_one_round_s": round(round_s, 3),
+        "first_unit_share_of_round": round(first_s / round_s, 3),
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(result))
 

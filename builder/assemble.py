@@ -666,6 +666,10 @@ def assemble(
         if rej_lf is not None
         else pl.LazyFrame(schema={c: pl.String for c in REJECTION_COLUMNS})
     )
+    # Curator flags (``corpus review``): flagged documents move to rejected (review/curator).
+    from builder.review.flags import drop_flagged
+
+    docs_lf, rej_lf = drop_flagged(docs_lf, rej_lf, run)
     _check_ids(docs_lf)
 
     scratch = run / SCRATCH_DIR

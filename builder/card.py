@@ -242,6 +242,7 @@ def render_card(
     manifest: Mapping[str, Any],
     stats: Mapping[str, Any] | None = None,
     taxonomy: Any = None,
+    quality: Any = None,
 ) -> str:
     """The dataset card as a string (see ``write_card``)."""
     stats = dict(stats if stats is not None else manifest.get("stats") or {})
@@ -427,6 +428,9 @@ def render_card(
         "",
     ]
     by_sr = rejected.get("by_stage_reason", {})
+    curator = by_sr.get("review", {}).get("curator", 0)  # flags from `corpus review`
+    if curator:
+        parts += [f"{curator:,} of them were flagged by a curator (`corpus review`).", ""]
     if by_sr:
         parts += [
             md_table(
@@ -453,6 +457,10 @@ def render_card(
             + ": this corpus may contain benchmark test items.",
             "",
         ]
+
+    # Quality gates and diversity (builder.quality.summary.QualitySummary)
+    if quality is not None:
+        parts += [quality.to_markdown(), ""]
 
     # Cost and time
     stages = stage_rows(stats)
@@ -538,6 +546,7 @@ def write_card(
     manifest: Mapping[str, Any] | None = None,
     stats: Mapping[str, Any] | None = None,
     taxonomy: Any = None,
+    quality: Any = None,
 ) -> Path:
     """Write ``<run_dir>/README.md`` atomically and return its path.
 
@@ -551,7 +560,9 @@ def write_card(
         from builder.config import CorpusConfig
 
         config = CorpusConfig.model_validate(manifest.get("config") or {})
-    text = render_card(config=config, manifest=manifest, stats=stats, taxonomy=taxonomy)
+    text = render_card(
+        config=config, manifest=manifest, stats=stats, taxonomy=taxonomy, quality=quality
+    )
     path = run / CARD_NAME
     atomic_write_bytes(path, text.encode("utf-8"))
     return path

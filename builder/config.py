@@ -25,6 +25,8 @@ from builder.settings.generate import GenerateSettings
 from builder.settings.llm import LLMSettings
 from builder.settings.output import OutputSettings
 from builder.settings.run import RunSettings
+
+from builder.settings.quality import EmbeddingSettings, JudgeSettings
 from builder.settings.syllabus import SyllabusSettings
 from builder.settings.taxonomy import TaxonomySettings
 from builder.settings.walk import WalkSettings
@@ -55,6 +57,9 @@ class CorpusConfig(Section):
     decontam: DecontamSettings = Field(default_factory=DecontamSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     run: RunSettings = Field(default_factory=RunSettings)
+
+    embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
 
     # Not keys of the file: where it was read from, and the directory paths are relative to.
     source: str | None = Field(None, exclude=True)
@@ -90,7 +95,40 @@ def _key_line(text: str, loc: tuple[Any, ...]) -> int | None:
             continue
         if current == section and keyre.match(line):
             return i
+    if not section:  # an unknown section: the line of its [header]
+        for i, line in enumerate(lines, 1):
+            m = header.match(line)
+            if m and m.group(1).split(".")[0].strip().strip('"') == key:
+                return i
     return section_line
+
+
+def _key_hint(loc: tuple[Any, ...]) -> str:
+    """A did-you-mean and the valid keys of the section that holds an unknown key."""
+    import difflib
+
+    model: Any = CorpusConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, Section)):
+            model = None
+            break
+        model = annotation
+    if model is None:
+        return "check the spelling; the settings modules (builder/settings/*.py) list the keys"
+    valid = [k for k, f in model.model_fields.items() if not f.exclude]
+    where = f"[{'.'.join(str(p) for p in loc[:-1])}]" if len(loc) > 1 else "sections"
+    close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+    listed = (
+        f"valid {where}: {', '.join(valid)}"
+        if len(loc) == 1
+        else f"valid keys of {where}: {', '.join(valid)}"
+    )
+    return f"did you mean '{close[0]}'? {listed}" if close else listed
+
+
+_MOVED = {("taxonomy", "include_proposed"): "[walk] include_proposed"}
 
 
 def _apply(data: dict[str, Any], section: str, key: str, value: Any) -> None:
@@ -146,6 +184,14 @@ def load_config(
         section, _, key = dotted.partition(".")
         _apply(data, section, key, value)
 
+    for (section, key), new in _MOVED.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            raise ConfigError(
+                f"'{section}.{key}' moved: it is {new} now (one place for it)",
+                file=cfg_path,
+                line=_key_line(text, (section, key)) if text else None,
+                hint=f"write `{new.split()[1]} = ...` under {new.split()[0]} instead",
+            )
     root = str(cfg_path.parent.resolve()) if cfg_path.exists() else str(Path.cwd())
     try:
         cfg = CorpusConfig.model_validate(data)
@@ -156,7 +202,7 @@ def load_config(
             dotted = ".".join(str(p) for p in loc)
             if err["type"] == "extra_forbidden":
                 msg = f"unknown key '{dotted}'"
-                hint = "check the spelling; `corpus --help` and examples/ list the valid keys"
+                hint = _key_hint(loc)
             else:
                 msg = f"bad value for '{dotted}': {err['msg']}"
                 hint = None

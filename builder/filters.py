@@ -47,6 +47,8 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "evolution_step",
     "evolution",
     "source_template",
+    "reasoning",  # a reasoning model's trace, apart from text/structured (builder.reasoning)
+    "reasoning_tokens",
 )
 #: Extra fields of rejected rows (what the generation stage knew about the failure).
 REJECTED_EXTRA_COLUMNS: tuple[str, ...] = ("status", "error")

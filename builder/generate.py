@@ -25,6 +25,8 @@ Row fields: the document columns of builder.records.DOCUMENT_COLUMNS (``n_tokens
 - ``status`` (ok | length | invalid | failed), ``error``, ``request_id``, ``unit_id``,
   ``sample_index``, ``parent_id``/``evolution_step``/``evolution``/``source_template`` for
   evolved exercises, ``prompt_sha256`` (what resume compares), ``cost``, ``cached``.
+- ``reasoning`` / ``reasoning_tokens`` (cl100k): a reasoning model's trace, apart from
+  ``text`` and ``structured`` (which hold the answer only); None and 0 when there is none.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from builder.templates import (
     seeded_random,
     structured_problem,
 )
+from builder.tokens import count_tokens_one
 
 #: Result statuses that are final: a rerun does not resend them (failed ones are retried).
 FINISHED_STATUSES = frozenset({"ok", "length", "invalid"})
@@ -471,6 +474,9 @@ def result_row(request: ChatRequest, result: ChatResult, llm: LLM) -> dict[str, 
         "prompt_sha256": prompt_sha256(request, llm.model_name),
         "cost": result.cost,
         "cached": result.cached,
+        # the model's reasoning trace, kept apart from the answer (builder.reasoning)
+        "reasoning": result.reasoning,
+        "reasoning_tokens": count_tokens_one(result.reasoning) if result.reasoning else 0,
     }
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "expand_node",
     "expansion_request",
     "find_duplicate",
+    "malformed",
     "normalise_name",
     "proposed_nodes",
     "reject_nodes",
@@ -97,13 +98,36 @@ def find_duplicate(
 
 @dataclass(frozen=True)
 class Proposal:
-    """One child the model proposed: ``added`` (with its new id) or a ``duplicate`` of one."""
+    """One child the model proposed: ``added`` (with its new id), a ``duplicate`` of an
+    existing name, or ``refused`` (malformed: ``reason`` says why)."""
 
     name: str
     description: str | None
-    action: str  # added | duplicate
+    action: str  # added | duplicate | refused
     id: str | None = None
     duplicate_of: str | None = None
+    reason: str | None = None
+
+
+_PLACEHOLDER = re.compile(r"[<>\[\]{}]|\.\.\.|\bTODO\b|\bN/A\b", re.IGNORECASE)
+_NAME_CHARS = re.compile(r"[^\W_](?:[\w\s'’,.&/()+:-]*[\w)’'.])?")
+
+
+def malformed(name: str, description: str | None) -> str | None:
+    """Why a proposed child cannot be a taxonomy node, or None when it can.
+
+    Small models echo template syntax (``<n1>``, ``{subject}``) or make up codes
+    (``math_20-35``); such names would become ids and prompts, so they are refused.
+    """
+    if _PLACEHOLDER.search(name):
+        return "the name has brackets or a placeholder"
+    if not _NAME_CHARS.fullmatch(name) or "_" in name:
+        return "the name has stray punctuation"
+    if sum(ch.isalpha() for ch in name) < 2:
+        return "the name is not words"
+    if description and _PLACEHOLDER.search(description):
+        return "the description has brackets or a placeholder"
+    return None
 
 
 @dataclass
@@ -115,6 +139,7 @@ class ExpandReport:
     proposals: list[Proposal] = field(default_factory=list)
     file: Path | None = None
     taxonomy: Taxonomy | None = None
+    asked: int = 0
 
     @property
     def added(self) -> list[Proposal]:
@@ -123,6 +148,23 @@ class ExpandReport:
     @property
     def duplicates(self) -> list[Proposal]:
         return [p for p in self.proposals if p.action == "duplicate"]
+
+    @property
+    def refused(self) -> list[Proposal]:
+        return [p for p in self.proposals if p.action == "refused"]
+
+    def summary(self) -> str:
+        """``asked 5, got 2 usable under x (3 refused: '<n1>': the name has brackets ...)``."""
+        parts: list[str] = []
+        if self.refused:
+            why = "; ".join(f"{p.name!r}: {p.reason}" for p in self.refused)
+            parts.append(f"{len(self.refused)} refused: {why}")
+        if self.duplicates:
+            parts.append(f"{len(self.duplicates)} duplicate(s)")
+        if len(self.proposals) < self.asked:
+            parts.append(f"the model proposed {len(self.proposals)}")
+        detail = f" ({'; '.join(parts)})" if parts else ""
+        return f"asked {self.asked}, got {len(self.added)} usable under {self.node}{detail}"
 
 
 def _reply_model(count: int) -> type[BaseModel]:
@@ -228,7 +270,7 @@ def expand_node(
     With ``dry_run`` nothing is written. An invalid reply is retried ``retries`` times with a
     new sample; then ``LLMError`` names the node.
     """
-    from builder.taxonomy.edit import TaxonomyEditor
+    from builder.taxonomy.edit import DEFAULT_LEVELS, TaxonomyEditor
 
     if count < 1:
         raise TaxonomyError(f"--count must be at least 1 (got {count})")
@@ -269,12 +311,16 @@ def expand_node(
     for n in tax:
         existing.setdefault(normalise_name(n.name), n.id)
     taken = set(tax.ids())
-    report = ExpandReport(node=node.id, model=model_name)
+    report = ExpandReport(node=node.id, model=model_name, asked=count)
     date = _dt.date.today().isoformat()
-    editor = None if dry_run else TaxonomyEditor(tax.root)
+    editor = None if dry_run else TaxonomyEditor(tax.root, levels=tax.levels or DEFAULT_LEVELS)
     for child in reply.children:  # type: ignore[attr-defined]
         name = " ".join(child.name.split())
         description = " ".join(child.description.split()) or None
+        why = malformed(name, description)
+        if why is not None:
+            report.proposals.append(Proposal(name, description, "refused", reason=why))
+            continue
         dup = find_duplicate(name, existing, threshold)
         if dup is not None:
             report.proposals.append(Proposal(name, description, "duplicate", duplicate_of=dup))
@@ -317,7 +363,7 @@ def approve_nodes(tax: Taxonomy, ids: Iterable[str]) -> tuple[list[str], Taxonom
     Nodes that are already approved are reported, not an error. A node whose ancestor stays
     proposed is approved but still unused by builds until the ancestor is; the messages say so.
     """
-    from builder.taxonomy.edit import TaxonomyEditor
+    from builder.taxonomy.edit import DEFAULT_LEVELS, TaxonomyEditor
 
     wanted = _expand_ids(tax, ids)
     messages: list[str] = []
@@ -325,7 +371,7 @@ def approve_nodes(tax: Taxonomy, ids: Iterable[str]) -> tuple[list[str], Taxonom
     messages.extend(f"{i}: already approved" for i in wanted if i not in to_approve)
     if not to_approve:
         return messages, tax
-    editor = TaxonomyEditor(tax.root)
+    editor = TaxonomyEditor(tax.root, levels=tax.levels or DEFAULT_LEVELS)
     editor.set_status(to_approve, "approved")
     new_tax = editor.save()
     approved = set(to_approve)
@@ -348,7 +394,7 @@ def reject_nodes(tax: Taxonomy, ids: Sequence[str]) -> tuple[list[str], Taxonomy
     never deleted.
     """
     from builder.syllabus import syllabus_path
-    from builder.taxonomy.edit import TaxonomyEditor
+    from builder.taxonomy.edit import DEFAULT_LEVELS, TaxonomyEditor
 
     wanted = _expand_ids(tax, ids)
     problems: list[Problem] = []
@@ -393,7 +439,7 @@ def reject_nodes(tax: Taxonomy, ids: Sequence[str]) -> tuple[list[str], Taxonomy
         from builder.errors import ValidationError
 
         raise ValidationError(problems)
-    editor = TaxonomyEditor(tax.root)
+    editor = TaxonomyEditor(tax.root, levels=tax.levels or DEFAULT_LEVELS)
     messages: list[str] = []
     for i in wanted:
         if i not in editor:  # already gone with an ancestor rejected earlier in this call

@@ -16,6 +16,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from builder.reasoning import split_reasoning
+
 
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: the form every hash in the builder is over."""
@@ -93,6 +95,11 @@ class ChatResult:
     ``status`` is ``ok`` | ``length`` (truncated) | ``invalid`` (structured output that did
     not validate after the repair retry) | ``failed`` (kept failing, or a fatal 4xx) |
     ``skipped`` (not sent: budget cap or interrupt). Failures are records, never ``None``.
+
+    ``text`` is the answer; ``reasoning`` is the model's reasoning trace when it returned
+    one (``reasoning_content``, or a ``<think>`` block). The engine stores a reply as one
+    string with the trace as a ``<think>`` prefix; building the result splits it
+    (``builder.reasoning``), so fresh, cached and batch results split the same way.
     """
 
     request_id: str
@@ -110,6 +117,14 @@ class ChatResult:
     request_sha256: str | None = None
     error: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    reasoning: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.reasoning is None and self.text is not None:
+            reasoning, answer = split_reasoning(self.text)
+            if reasoning is not None:
+                object.__setattr__(self, "reasoning", reasoning)
+                object.__setattr__(self, "text", answer)
 
     @property
     def ok(self) -> bool:

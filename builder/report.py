@@ -693,6 +693,11 @@ nodes (documents and tokens include every descendant; red rows have no documents
 {{ figure("openers") }}
 {{ opener_html }}
 
+{% if quality_html %}<h2 id="quality">Quality gates and diversity</h2>
+<p>{{ quality_note }}</p>
+{% if has_map %}{{ figure("map") }}{% endif %}
+{{ quality_html }}{% endif %}
+
 <h2 id="cost">Cost and time per stage</h2>
 {% if has_stages %}{{ figure("stages") }}{% endif %}
 {{ cost_html }}
@@ -818,8 +823,12 @@ def write_report(
     stats: Mapping[str, Any] | None = None,
     manifest: Mapping[str, Any] | None = None,
     opener_words: int | None = None,
+    quality: Any = None,
 ) -> Path:
     """Write ``<run_dir>/report.html`` and the PNG plots in ``<run_dir>/report/``.
+
+    ``quality`` (``builder.quality.summary.QualitySummary``) adds a diversity table per node
+    and a 2-D map of the document embeddings coloured by discipline.
 
     ``documents`` / ``rejected`` default to the run's shards and ``rejected.parquet``;
     ``stats`` and ``manifest`` default to the run's ``manifest.json`` (and its ``stats``).
@@ -949,6 +958,24 @@ def write_report(
             ),
             "Wall time of each stage in this build (cached work takes little time).",
         )
+
+    # Quality gates and diversity (builder.quality)
+    quality_html = ""
+    if quality is not None:
+        if quality.map.height:
+            plots["map"] = _Plot(
+                "map",
+                quality.map_png(),
+                "Each dot is a document, placed by the first two principal components of its "
+                "embedding and coloured by discipline: tight clumps are documents that say "
+                "the same thing.",
+            )
+        quality_html = _frame_table(quality.nodes)
+        if quality.summary:
+            flat = {k: v for k, v in quality.summary.items() if k not in ("embedder_terms",)}
+            quality_html = (
+                html_table(["gate", "value"], [[k, v] for k, v in flat.items()]) + quality_html
+            )
 
     # PNG copies
     plots_dir = run / PLOTS_DIR
@@ -1106,6 +1133,14 @@ def write_report(
             )
         ),
         has_stages="stages" in plots,
+        has_map="map" in plots,
+        quality_html=Markup(quality_html),
+        quality_note=(
+            "Diversity per taxonomy node: compression ratio (higher = more repetitive), "
+            "distinct-n (share of distinct word n-grams), mean pairwise embedding similarity "
+            "and the Vendi score (effective number of distinct documents); semantic_dups "
+            "counts semantic near-duplicates found after MinHash."
+        ),
         cost_html=Markup("".join(cost_parts)),
     )
     path = run / REPORT_NAME

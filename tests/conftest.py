@@ -1,4 +1,11 @@
-"""Shared fixtures: every test runs with cache and outputs under its own tmp_path."""
+"""Shared fixtures and the suite's strict mode.
+
+Every test runs with cache and outputs under its own tmp_path. The suite is strict: before
+any test runs, the prerequisites the locked install provides (the embedded model runtime,
+Chromium, a usable network namespace, the fast YAML parsers...) are checked and a missing one
+stops the run with the fix; a test that skips anyway is reported as a failure; and no test can
+open a connection outside the loopback range.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,51 @@ import os
 from pathlib import Path
 
 import pytest
-from tests.support.fake_openai_server import fake_openai, fake_openai_factory  # noqa: F401  (shared fixtures)
+from hypothesis import settings
+
+from tests.support.fake_openai_server import fake_openai, fake_openai_factory  # noqa: F401
+from tests.support.netguard import install_network_guard
+from tests.support.prerequisites import missing_prerequisites
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# Property tests explore the same examples on every machine and run: a new counterexample is
+# found by a developer (HYPOTHESIS_PROFILE=explore), never by chance in CI.
+settings.register_profile("repeatable", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Libraries that fetch models or datasets from a hub must find them locally or fail.
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+    install_network_guard()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    problems = missing_prerequisites()
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise pytest.UsageError(
+            "the test suite needs the full locked install and runs nothing without it "
+            f"(strict mode; `make test` installs everything):\n{lines}"
+        )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """A skip is a failure: under `make test` a missing dependency must not hide a test."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under the strict suite (a skip hides a test): {reason}"
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +73,3 @@ def _isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def project_root() -> Path:
     return ROOT
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,23 +1,29 @@
-"""Generation -> filters -> real verification: hostile scripted exercises are contained.
+"""Generation -> filters -> real verification: hostile exercises are contained.
 
-A scripted model returns exercises whose reference solutions are wrong, loop forever, print
-without end, read files, open sockets or fork repeatedly. Each one must end up in rejected
-with stage "verify" and a reason; correct exercises are kept with ``verified = True``.
+The real engine (``open_engine``) asks the loopback fake OpenAI server, which answers with
+exercises whose reference solutions are wrong, loop forever, print without end, read files,
+open sockets or fork repeatedly. Each one must end up in rejected with stage "verify" and a
+reason; correct exercises are kept with ``verified = True``.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from builder.filters import filter_documents, rejection_counts
 from builder.generate import generate, read_generated
-from builder.llm.fake import ScriptedLLM
-from builder.records import ChatRequest, Unit
+from builder.llm import open_engine
+from builder.records import Unit
 from builder.settings.filters import FilterSettings, VerifySettings
 from builder.settings.generate import GenerateSettings
-from builder.templates import load_templates
+from builder.settings.llm import LLMSettings
+from builder.templates import TemplateSet, load_templates
+from tests.support.fake_openai_server import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,9 +79,17 @@ def unit(name: str) -> Unit:
     )
 
 
-def reply(request: ChatRequest) -> dict:
-    name = request.metadata["unit_id"].removeprefix("unit-")
-    if request.metadata["exercise_type"] == "quantitative":
+def _prompt(body: dict[str, Any]) -> str:
+    return "\n".join(str(m.get("content")) for m in body["messages"])
+
+
+def reply(body: dict[str, Any]) -> dict:
+    """The fake model's answer, chosen by the unit named in the rendered prompt."""
+    prompt = _prompt(body)
+    found = re.search(r"Functions \((\w+)\)", prompt)
+    assert found, prompt[:500]
+    name = found.group(1)
+    if "final_answer" in str(body.get("response_format")) or "final answer" in prompt.lower():
         answer = "60" if name == "correct" else "61"
         return {
             "problem": "A car travels 120 km in 2 hours. What is its average speed in km/h?",
@@ -95,13 +109,28 @@ def tset():
     return load_templates(ROOT / "templates")
 
 
-def test_hostile_solutions_are_contained_and_recorded(tset, tmp_path: Path) -> None:
-    out = tmp_path / "gen.jsonl"
+def run_generate(
+    srv: FakeOpenAIServer,
+    responder: Callable[[dict[str, Any]], Any],
+    units: list[Unit],
+    tset: TemplateSet,
+    settings: GenerateSettings,
+    out: Path,
+) -> list[dict[str, Any]]:
+    """Generate through the real engine on the fake server; the rows written to ``out``."""
+    srv.responder = responder
+    llm_settings = LLMSettings(base_url=srv.base_url, model="fake-model", max_attempts=1)
+    with open_engine(llm_settings, cache_dir=out.parent / "cache", progress=False) as llm:
+        generate(units, tset, llm, settings, out)
+    return list(read_generated(out).values())
+
+
+def test_hostile_solutions_are_contained_and_recorded(fake_openai, tset, tmp_path: Path) -> None:
     settings = GenerateSettings(templates=["exercise_code"], evolve=False)
     units = [unit(name) for name in SOLUTIONS]
-    generate(units, tset, ScriptedLLM(reply), settings, out)
-    rows = list(read_generated(out).values())
+    rows = run_generate(fake_openai, reply, units, tset, settings, tmp_path / "gen.jsonl")
     assert len(rows) == len(SOLUTIONS)
+    assert fake_openai.count("chat") == len(SOLUTIONS)
     verify = VerifySettings(timeout_s=2.0, max_output_kb=16)
     kept, rejected = filter_documents(rows, FilterSettings(min_tokens=20), verify)
     assert [d["unit_id"] for d in kept] == ["unit-correct"]
@@ -117,11 +146,11 @@ def test_hostile_solutions_are_contained_and_recorded(tset, tmp_path: Path) -> N
     assert rejection_counts(rejected)["verify/forbidden"] == 3
 
 
-def test_quantitative_answers_are_checked(tset, tmp_path: Path) -> None:
-    out = tmp_path / "gen.jsonl"
+def test_quantitative_answers_are_checked(fake_openai, tset, tmp_path: Path) -> None:
     settings = GenerateSettings(templates=["exercise_quantitative"], evolve=False)
-    generate([unit("correct"), unit("wrong")], tset, ScriptedLLM(reply), settings, out)
-    rows = list(read_generated(out).values())
+    units = [unit("correct"), unit("wrong")]
+    rows = run_generate(fake_openai, reply, units, tset, settings, tmp_path / "gen.jsonl")
+    assert sorted(r["structured"]["final_answer"] for r in rows) == ["60", "61"]
     verify = VerifySettings(second_sample=False)
     kept, rejected = filter_documents(rows, FilterSettings(min_tokens=20), verify)
     assert [(d["unit_id"], d["verified"]) for d in kept] == [("unit-correct", True)]
@@ -129,12 +158,11 @@ def test_quantitative_answers_are_checked(tset, tmp_path: Path) -> None:
     assert (rej["stage"], rej["reason"]) == ("verify", "answer_mismatch")
 
 
-def test_huge_model_reply_is_recorded_and_rejected(tset, tmp_path: Path) -> None:
-    out = tmp_path / "gen.jsonl"
+def test_huge_model_reply_is_recorded_and_rejected(fake_openai, tset, tmp_path: Path) -> None:
     settings = GenerateSettings(templates=["section"], evolve=False)
     huge = "All work and no play makes a dull textbook. " * 100_000  # ~4.4 MB
-    generate([unit("huge")], tset, ScriptedLLM(lambda r: huge), settings, out)
-    (row,) = read_generated(out).values()
+    out = tmp_path / "gen.jsonl"
+    (row,) = run_generate(fake_openai, lambda body: huge, [unit("huge")], tset, settings, out)
     assert len(row["text"]) > 4_000_000
     kept, rejected = filter_documents([row], FilterSettings(), VerifySettings())
     assert kept == [] and rejected[0]["reason"] == "repetition"

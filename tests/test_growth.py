@@ -3,61 +3,30 @@ expand|review|approve|reject` (builder/cli/growth.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from builder import walk_topics
-from builder.cli import main
 from builder.errors import LLMError, ValidationError
 from builder.growth import (
     approve_nodes,
     expand_node,
     expansion_request,
     find_duplicate,
+    malformed,
     normalise_name,
     proposed_nodes,
     reject_nodes,
 )
-from builder.llm.fake import ScriptedLLM
-from builder.records import ChatResult
 from builder.taxonomy import Taxonomy, load_taxonomy, validate_taxonomy
-
-MATH = """\
-# Mathematics: curated by hand.
-id: mathematics
-name: Mathematics
-level: discipline
-children:
-  - id: algebra
-    name: Algebra
-    level: subject  # the first subject
-    children:
-      - {id: polynomials, name: Polynomials, level: topic}
-  - id: calculus
-    name: Calculus
-    level: subject
-    prerequisites: [algebra]
-    children:
-      - {id: limits, name: Limits, level: topic}
-"""
-
-PHYSICS = """\
-id: physics
-name: Physics
-level: discipline
-children:
-  - id: thermodynamics
-    name: Thermodynamics
-    level: subject
-    children:
-      - {id: heat, name: Heat, level: topic}
-"""
+from tests.support.engine import config_for, fake_engine, is_repair, json_reply, prompt_of
+from tests.support.fake_openai_server import FakeOpenAIServer
+from tests.support.taxonomies import run_cli, write_taxonomy
 
 
 @pytest.fixture(autouse=True)
@@ -70,11 +39,7 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def tax_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "taxonomy"
-    root.mkdir()
-    (root / "mathematics.yaml").write_text(MATH, encoding="utf-8")
-    (root / "physics.yaml").write_text(PHYSICS, encoding="utf-8")
-    return root
+    return write_taxonomy(tmp_path / "taxonomy")
 
 
 @pytest.fixture
@@ -86,15 +51,11 @@ def proposals(*names: str) -> dict:
     return {"children": [{"name": n, "description": f"About {n.lower()}."} for n in names]}
 
 
-def run_cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
+def expand(tax: Taxonomy, tmp_path: Path, node: str, *names: str, **kwargs: Any):
+    """expand_node through the real engine on a fake server that proposes ``names``."""
+    reply = json_reply(lambda body: proposals(*names))
+    with FakeOpenAIServer(responder=reply) as srv, fake_engine(srv, tmp_path) as llm:
+        return expand_node(tax, llm, node, **kwargs)
 
 
 # -- names and duplicates ----------------------------------------------------------------------
@@ -114,8 +75,8 @@ def test_normalise_name() -> None:
         ("Algebras", "algebra"),
         ("ALGEBRA.", "algebra"),
         ("Calculus", "calculus"),
-        ("Thermodynamic", "thermodynamics"),
-        ("Thermodinamics", "thermodynamics"),  # typo
+        ("Oscillation", "oscillations"),
+        ("Oscilations", "oscillations"),  # typo
         ("Linear Algebra", None),  # a subset of words is not a duplicate
         ("Number Theory", None),
         ("Heat transfer", None),
@@ -129,48 +90,42 @@ def test_find_duplicate(tax: Taxonomy, name: str, duplicate_of: str | None) -> N
 @given(st.text(alphabet=st.characters(categories=["Lu", "Ll", "Zs", "Po"]), min_size=1))
 def test_a_name_duplicates_its_own_variants(name: str) -> None:
     key = normalise_name(name)
-    if not key:
-        return
+    assume(key)  # punctuation or stop words only: nothing to compare
     existing = {key: "x"}
     assert find_duplicate(name.casefold(), existing) == "x"
     assert find_duplicate(f"  {name}!! ", existing) == "x"
 
 
-# -- expand ------------------------------------------------------------------------------------
+# -- expand (the real engine against the loopback fake server) -------------------------------
 
 
 def test_request_lists_existing_children(tax: Taxonomy) -> None:
     req = expansion_request(tax, "mathematics", 5)
     prompt = req.messages[-1]["content"]
-    assert "Mathematics" in prompt and "Algebra; Calculus" in prompt and "5 more subjects" in prompt
+    assert "Mathematics" in prompt and "Algebra; Calculus; Topology" in prompt
+    assert "5 more subjects" in prompt
     assert req.schema["properties"]["children"]["maxItems"] == 5
 
 
-def test_expand_adds_new_children_as_proposed(tax: Taxonomy, tax_dir: Path) -> None:
-    llm = ScriptedLLM(
-        [
-            proposals(
-                "Linear Algebra",
-                "algebra",
-                "Number Theory",
-                "Theory of Numbers",
-                "Thermodynamics",
-                "Topology",
-                "Topologies",
-            )
-        ],
-        model_name="teacher-1",
-    )
-    report = expand_node(tax, llm, "mathematics", count=7)
-    assert [p.id for p in report.added] == ["linear-algebra", "number-theory", "topology"]
+def test_expand_adds_new_children_as_proposed(tax: Taxonomy, tax_dir: Path, tmp_path: Path) -> None:
+    names = ("Linear Algebra", "algebra", "Number Theory", "Theory of Numbers", "Waves",
+             "Geometry", "Geometries")  # fmt: skip
+    with FakeOpenAIServer(
+        responder=json_reply(lambda b: proposals(*names)), model="teacher-1"
+    ) as srv:
+        with fake_engine(srv, tmp_path) as llm:
+            report = expand_node(tax, llm, "mathematics", count=7)
+    assert srv.count("chat") == 1 and "more subjects of Mathematics" in prompt_of(srv.requests[0])
+    assert [p.id for p in report.added] == ["linear-algebra", "number-theory", "geometry"]
     assert {p.name: p.duplicate_of for p in report.duplicates} == {
         "algebra": "algebra",
         "Theory of Numbers": "number-theory",
-        "Thermodynamics": "thermodynamics",
-        "Topologies": "topology",
+        "Waves": "waves",
+        "Geometries": "geometry",
     }
+    assert report.summary() == "asked 7, got 3 usable under mathematics (4 duplicate(s))"
     text = (tax_dir / "mathematics.yaml").read_text()
-    assert text.startswith("# Mathematics: curated by hand.")
+    assert text.startswith("# Mathematics (shared test taxonomy): curated by hand.")
     assert "level: subject  # the first subject" in text
     assert "status: proposed  # proposed by teacher-1 on " in text
     assert validate_taxonomy(tax_dir) == []
@@ -178,7 +133,58 @@ def test_expand_adds_new_children_as_proposed(tax: Taxonomy, tax_dir: Path) -> N
     assert new["number-theory"].status == "proposed"
     assert new["number-theory"].level == "subject"
     assert new["number-theory"].description == "About number theory."
-    assert [n.id for n in proposed_nodes(new)] == ["linear-algebra", "number-theory", "topology"]
+    assert [n.id for n in proposed_nodes(new)] == [
+        "integrals", "topology", "linear-algebra", "number-theory", "geometry"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "description", "reason"),
+    [
+        ("<n1>", "A node.", "the name has brackets or a placeholder"),
+        ("<n2", "A node.", "the name has brackets or a placeholder"),
+        ("math_20-35", "A node.", "the name has stray punctuation"),
+        ("Graph theory", "In {subject}.", "the description has brackets or a placeholder"),
+        ("Sets -", "A node.", "the name has stray punctuation"),
+        ("X", "A node.", "the name is not words"),
+        ("Number Theory", "Integers.", None),
+        ("Probability (discrete)", "Counting.", None),
+        ("C++ for scientists", "Programming.", None),
+    ],
+)
+def test_malformed_names(name: str, description: str, reason: str | None) -> None:
+    assert malformed(name, description) == reason
+
+
+def test_expand_refuses_malformed_names_and_says_how_many_are_usable(
+    tax_dir: Path, tmp_path: Path
+) -> None:
+    reply = {
+        "children": [
+            {"name": "<n1>", "description": "First."},
+            {"name": "Number Theory", "description": "Integers."},
+            {"name": "math_20-35", "description": "Ages."},
+            {"name": "Geometry", "description": "Shapes in {subject}."},
+        ]
+    }
+    with FakeOpenAIServer(responder=json_reply(lambda b: reply)) as srv:
+        cfg = config_for(srv, tmp_path / "corpus.toml")
+        code, out, err = run_cli("taxonomy", "expand", "mathematics", "--count", "5",
+                                 "--config", str(cfg), "--taxonomy", str(tax_dir))  # fmt: skip
+    assert code == 0, err
+    assert out.splitlines() == [
+        "refused '<n1>': the name has brackets or a placeholder",
+        "proposed number-theory: Number Theory",
+        "refused 'math_20-35': the name has stray punctuation",
+        "refused 'Geometry': the description has brackets or a placeholder",
+    ]
+    assert err.splitlines()[0] == (
+        "asked 5, got 1 usable under mathematics (3 refused: '<n1>': the name has brackets "
+        "or a placeholder; 'math_20-35': the name has stray punctuation; 'Geometry': the "
+        "description has brackets or a placeholder; the model proposed 4)"
+    )
+    new = load_taxonomy(tax_dir)
+    assert "number-theory" in new and "n1" not in new and "math-20-35" not in new
 
 
 def test_expand_makes_unique_ids(tmp_path: Path) -> None:
@@ -189,57 +195,65 @@ def test_expand_makes_unique_ids(tmp_path: Path) -> None:
         "    children: [{id: x, name: X}]\n"
     )
     tax = load_taxonomy(root)
-    report = expand_node(tax, ScriptedLLM([proposals("Rings")]), "m", count=1)
+    report = expand(tax, tmp_path, "m", "Rings", count=1)
     assert [p.id for p in report.added] == ["rings-2"]
 
 
-def test_dry_run_writes_nothing(tax: Taxonomy, tax_dir: Path) -> None:
+def test_dry_run_writes_nothing(tax: Taxonomy, tax_dir: Path, tmp_path: Path) -> None:
     before = (tax_dir / "mathematics.yaml").read_text()
-    report = expand_node(tax, ScriptedLLM([proposals("Topology")]), "mathematics", dry_run=True)
-    assert [p.id for p in report.added] == ["topology"]
+    report = expand(tax, tmp_path, "mathematics", "Geometry", dry_run=True)
+    assert [p.id for p in report.added] == ["geometry"]
     assert (tax_dir / "mathematics.yaml").read_text() == before
 
 
-def test_invalid_replies_are_retried_then_reported(tax: Taxonomy) -> None:
-    bad = ChatResult("x", "invalid", text="{", error="not valid JSON")
-    llm = ScriptedLLM([bad, proposals("Topology")])
-    assert [p.id for p in expand_node(tax, llm, "mathematics").added] == ["topology"]
-    assert [r.sample_index for r in llm.calls] == [0, 1]
-    with pytest.raises(LLMError, match="'calculus' after 2 attempt"):
-        expand_node(tax, ScriptedLLM([bad, {"children": []}]), "calculus")
+def test_invalid_replies_are_repaired_retried_then_reported(tax: Taxonomy, tmp_path: Path) -> None:
+    def reply(body: dict[str, Any]) -> str:
+        # Sample 0 (seed 0) answers broken JSON, also to the engine's repair retry.
+        return "{" if body["seed"] == 0 else json.dumps(proposals("Geometry"))
+
+    with FakeOpenAIServer(responder=reply) as srv, fake_engine(srv, tmp_path) as llm:
+        assert [p.id for p in expand_node(tax, llm, "mathematics").added] == ["geometry"]
+        assert [(b["seed"], is_repair(b)) for b in srv.requests] == [
+            (0, False),
+            (0, True),
+            (1, False),
+        ]
+        srv.responder = json_reply(lambda b: {"children": []})
+        with pytest.raises(LLMError, match="'calculus' after 2 attempt"):
+            expand_node(tax, llm, "calculus")
 
 
 # -- review, approve, reject -------------------------------------------------------------------
 
 
-def test_builds_use_approved_nodes_only(tax: Taxonomy, tax_dir: Path) -> None:
-    report = expand_node(tax, ScriptedLLM([proposals("Topology")]), "mathematics")
-    grown = report.taxonomy
-    assert "topology" not in {u.topic for u in walk_topics(grown, rounds=1)}
-    _, approved = approve_nodes(grown, ["topology"])
-    assert "topology" in {u.topic for u in walk_topics(approved, rounds=1)}
+def test_builds_use_approved_nodes_only(tax: Taxonomy, tmp_path: Path) -> None:
+    grown = expand(tax, tmp_path, "mathematics", "Geometry").taxonomy
+    assert grown is not None
+    assert "geometry" not in {u.topic for u in walk_topics(grown, rounds=1)}
+    _, approved = approve_nodes(grown, ["geometry"])
+    assert "geometry" in {u.topic for u in walk_topics(approved, rounds=1)}
 
 
-def test_review_approve_reject_cli(tax: Taxonomy, tax_dir: Path) -> None:
-    expand_node(tax, ScriptedLLM([proposals("Topology", "Number Theory")]), "mathematics")
-    expand_node(load_taxonomy(tax_dir), ScriptedLLM([proposals("Open sets")]), "topology", count=1)
+def test_review_approve_reject_cli(tax: Taxonomy, tax_dir: Path, tmp_path: Path) -> None:
+    expand(tax, tmp_path / "a", "mathematics", "Geometry", "Number Theory")
+    expand(load_taxonomy(tax_dir), tmp_path / "b", "geometry", "Euclidean plane", count=1)
     code, out, err = run_cli("taxonomy", "review", "--taxonomy", str(tax_dir))
-    assert code == 0 and "3 proposed node(s)" in err
+    assert code == 0 and "5 proposed node(s)" in err  # integrals and topology were already
     lines = out.splitlines()
     f = tax_dir / "mathematics.yaml"
-    assert lines[0].startswith(f"{f}:") and "topology (under mathematics) Topology" in lines[0]
-    assert "open-sets (under topology) Open sets - About open sets." in lines[1]  # file order
+    assert lines[2].startswith(f"{f}:") and "geometry (under mathematics) Geometry" in lines[2]
+    assert "euclidean-plane (under geometry) Euclidean plane - About euclidean plane." in lines[3]
     code, out, _ = run_cli("taxonomy", "review", "--json", "--taxonomy", str(tax_dir))
-    assert json.loads(out.splitlines()[1])["path"] == "mathematics/topology/open-sets"
+    assert json.loads(out.splitlines()[3])["path"] == "mathematics/geometry/euclidean-plane"
 
-    code, out, err = run_cli("taxonomy", "approve", "open-sets", "--taxonomy", str(tax_dir))
+    code, out, err = run_cli("taxonomy", "approve", "euclidean-plane", "--taxonomy", str(tax_dir))
     assert code == 0, err
-    assert "approved open-sets" in out and "stays unused until topology is approved" in out
+    assert "approved euclidean-plane" in out and "stays unused until geometry is approved" in out
 
-    # Rejecting topology would drop an approved descendant: refused, nothing written.
+    # Rejecting geometry would drop an approved descendant: refused, nothing written.
     before = f.read_text()
-    code, out, err = run_cli("taxonomy", "reject", "topology", "--taxonomy", str(tax_dir))
-    assert code == 2 and "approved descendants: open-sets" in err and f.read_text() == before
+    code, out, err = run_cli("taxonomy", "reject", "geometry", "--taxonomy", str(tax_dir))
+    assert code == 2 and "approved descendants: euclidean-plane" in err and f.read_text() == before
     # Rejecting an approved node is refused.
     code, _, err = run_cli("taxonomy", "reject", "calculus", "--taxonomy", str(tax_dir))
     assert code == 2 and "corpus taxonomy remove calculus" in err
@@ -247,39 +261,36 @@ def test_review_approve_reject_cli(tax: Taxonomy, tax_dir: Path) -> None:
     code, out, _ = run_cli("taxonomy", "reject", "number-theory", "--taxonomy", str(tax_dir))
     assert code == 0 and out.startswith("rejected number-theory")
     code, out, _ = run_cli("taxonomy", "approve", "--all", "--taxonomy", str(tax_dir))
-    assert "approved topology" in out
+    assert "approved geometry" in out
     final = load_taxonomy(tax_dir)
     assert proposed_nodes(final) == [] and "number-theory" not in final
-    assert "# proposed by scripted on" in f.read_text()  # the comment stays after approval
+    assert "# proposed by fake-model on" in f.read_text()  # the comment stays after approval
 
 
-def test_reject_removes_proposed_subtrees(tax: Taxonomy, tax_dir: Path) -> None:
-    grown = expand_node(tax, ScriptedLLM([proposals("Topology")]), "mathematics").taxonomy
-    grown = expand_node(grown, ScriptedLLM([proposals("Open sets")]), "topology").taxonomy
-    messages, after = reject_nodes(grown, ["topology", "open-sets"])
+def test_reject_removes_proposed_subtrees(tax: Taxonomy, tax_dir: Path, tmp_path: Path) -> None:
+    grown = expand(tax, tmp_path / "a", "mathematics", "Geometry").taxonomy
+    grown = expand(grown, tmp_path / "b", "geometry", "Euclidean plane").taxonomy
+    messages, after = reject_nodes(grown, ["geometry", "euclidean-plane"])
     assert messages == [
-        f"rejected topology and 1 proposed descendant(s) ({grown['topology'].location})"
+        f"rejected geometry and 1 proposed descendant(s) ({grown['geometry'].location})"
     ]
-    assert "topology" not in after and "open-sets" not in after
+    assert "geometry" not in after and "euclidean-plane" not in after
     assert load_taxonomy(tax_dir).ids() == tax.ids()
 
 
-def test_reject_refuses_a_prerequisite(tax: Taxonomy, tax_dir: Path) -> None:
-    grown = expand_node(tax, ScriptedLLM([proposals("Topology")]), "mathematics").taxonomy
+def test_reject_refuses_a_prerequisite(tax: Taxonomy, tax_dir: Path, tmp_path: Path) -> None:
+    grown = expand(tax, tmp_path, "mathematics", "Geometry").taxonomy
+    assert grown is not None and "geometry" in grown
     f = tax_dir / "mathematics.yaml"
-    f.write_text(f.read_text().replace("prerequisites: [algebra]", "prerequisites: [topology]"))
+    f.write_text(f.read_text().replace("prerequisites: [algebra]", "prerequisites: [geometry]"))
     with pytest.raises(ValidationError, match="prerequisite of calculus"):
-        reject_nodes(load_taxonomy(tax_dir), ["topology"])
-    assert grown is not None
+        reject_nodes(load_taxonomy(tax_dir), ["geometry"])
 
 
 def test_cli_expand_against_fake_server(tax_dir: Path, tmp_path: Path) -> None:
-    from tests.support.fake_openai_server import FakeOpenAIServer
-
-    reply = json.dumps(proposals("Topology", "Calculus"))
+    reply = json.dumps(proposals("Geometry", "Calculus"))
     with FakeOpenAIServer(responder=lambda body: reply) as srv:
-        cfg = tmp_path / "corpus.toml"
-        cfg.write_text(f'[llm]\nbase_url = "{srv.base_url}"\nmodel = "fake-model"\n')
+        cfg = config_for(srv, tmp_path / "corpus.toml")
         code, out, err = run_cli(
             "taxonomy", "expand", "mathematics", "--count", "2", "--config", str(cfg),
             "--taxonomy", str(tax_dir),
@@ -287,7 +298,31 @@ def test_cli_expand_against_fake_server(tax_dir: Path, tmp_path: Path) -> None:
         assert code == 0, err
         assert srv.count("chat") == 1
     assert out.splitlines() == [
-        "proposed topology: Topology",
+        "proposed geometry: Geometry",
         "duplicate 'Calculus' (of calculus), skipped",
     ]
+    assert err.splitlines()[0] == "asked 2, got 1 usable under mathematics (1 duplicate(s))"
     assert "proposed by fake-model on" in (tax_dir / "mathematics.yaml").read_text()
+
+
+def test_expand_validates_with_the_configured_level_names(tmp_path: Path) -> None:
+    # "subjects" is close to the default "subject": only [taxonomy] levels makes it valid,
+    # and the edit that expand saves is validated with the same names.
+    from tests.support.taxonomies import MATH
+
+    tax_dir = write_taxonomy(
+        tmp_path / "taxonomy", {"mathematics": MATH.replace("level: subject", "level: subjects")}
+    )
+    with FakeOpenAIServer(responder=json_reply(lambda b: proposals("Geometry"))) as srv:
+        cfg = config_for(
+            srv,
+            tmp_path / "corpus.toml",
+            '[taxonomy]\nlevels = ["discipline", "subjects", "topic"]\n',
+        )
+        code, out, err = run_cli("taxonomy", "expand", "mathematics", "--count", "1",
+                                 "--config", str(cfg), "--taxonomy", str(tax_dir))  # fmt: skip
+    assert code == 0, err
+    assert out.strip() == "proposed geometry: Geometry"
+    assert load_taxonomy(tax_dir, levels=["discipline", "subjects", "topic"])["geometry"].level == (
+        "subjects"
+    )

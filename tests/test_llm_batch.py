@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.support.fake_openai_server import FakeOpenAIServer
 
 from builder.errors import BudgetExceeded, ConfigError
 from builder.llm import open_engine
 from builder.records import ChatRequest
 from builder.settings.llm import LLMSettings
+from tests.support.fake_openai_server import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = {
@@ -57,7 +57,7 @@ def test_batch_mode_runs_everything_through_one_batch_and_caches_it():
         # the same requests online: all cached
         with open_engine(settings_for(srv, batch=False), progress=False) as engine:
             again = list(engine.run(requests))
-        assert all(r.cached for r in again) and srv.count("chat") == 0
+        assert len(again) == 11 and all(r.cached for r in again) and srv.count("chat") == 0
 
 
 def test_expired_items_are_resubmitted():

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tests.support.fake_openai_server import FakeOpenAIServer
 
 from builder.cli import cli
+from builder.llm.cache import Cache
+from tests.support.fake_openai_server import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = {
@@ -102,7 +103,9 @@ def test_llm_run_writes_batch_output_once_per_custom_id(tmp_path):
 
 
 def test_llm_run_survives_kill_9_and_completes_on_rerun(tmp_path):
-    with FakeOpenAIServer(latency=0.05) as srv:
+    # The first 20 requests are answered; every later one hangs at the server, so the run is
+    # killed at a known point: 20 answered, 4 (max_concurrency) in flight, nothing else sent.
+    with FakeOpenAIServer(faults=lambda i, body: "hang" if i >= 20 else None) as srv:
         cfg = write_config(tmp_path / "corpus.toml", srv)
         ids = write_requests(tmp_path / "req.jsonl", 60)
         out = tmp_path / "out.jsonl"
@@ -115,15 +118,18 @@ def test_llm_run_survives_kill_9_and_completes_on_rerun(tmp_path):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 30
-        while srv.count() < 20 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        cache = Cache(tmp_path / "cache")  # the conftest points CORPUS_CACHE_DIR here
+        deadline = time.monotonic() + 60
+        while (srv.count() < 24 or cache.count() < 20) and time.monotonic() < deadline:
+            time.sleep(0.02)  # poll for the known point (bounded), not a timed kill
+        assert srv.count() == 24 and cache.count() == 20
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        assert srv.count() < 60  # it was killed mid-run
+        assert srv.count() == 24  # killed mid-run: 36 requests were never sent
         # simulate the worst moment: a half-written last line
         with open(out, "a") as f:
             f.write('{"id": "batch_req_x", "custom_id": "c5')
+        srv.faults = None
         result = corpus_main(
             "llm", "run", "req.jsonl", "-o", "out.jsonl", "--config", str(cfg), cwd=tmp_path
         )
@@ -132,8 +138,9 @@ def test_llm_run_survives_kill_9_and_completes_on_rerun(tmp_path):
         got = [x["custom_id"] for x in lines]
         assert sorted(got) == sorted(ids)  # each custom_id exactly once, none lost
         assert all(x["error"] is None for x in lines)
-        # finished work was reused: at most the requests in flight at the kill were resent
-        assert srv.count() <= 60 + 4 + 8
+        # finished work was reused: only the 40 not answered before the kill were sent again
+        assert srv.count() == 24 + 40
+        cache.close()
 
 
 def test_failed_requests_are_written_and_retried_on_request(tmp_path):

@@ -1,40 +1,173 @@
-"""AIMD limiter, job queue and backoff (builder.llm.control)."""
+"""The concurrency window on a simulated clock, rate-limit pacing, the endpoint limiter, the job
+queue and backoff (builder.llm.window, builder.llm.control)."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from builder.llm.control import AIMDLimiter, JobQueue, backoff_delay
+from builder.llm.control import EndpointLimiter, JobQueue, backoff_delay, outcome_of
 from builder.llm.transport import parse_retry_after
+from builder.llm.window import (
+    ERROR,
+    OK,
+    REFUSED,
+    RateLimitInfo,
+    RatePacer,
+    WindowController,
+    parse_duration,
+    parse_ratelimit,
+)
+from tests.support.window_sim import Endpoint, Simulation
+
+# -- the window on a simulated clock (deterministic: seeded, no event loop, no wall clock) --
 
 
-def test_aimd_halves_once_per_generation_and_recovers_additively():
-    lim = AIMDLimiter(32, min_limit=2)
-
-    async def main():
-        gens = [await lim.acquire() for _ in range(10)]
-        for g in gens:  # ten 429s from requests launched together: one decrease
-            lim.on_overload(g)
-        assert lim.current == 16 and lim.decreases == 1
-        lim.on_overload(await lim.acquire())  # a request launched after the decrease
-        assert lim.current == 8
-        for _ in range(11):
-            lim.release()
-        for _ in range(1000):  # +1/limit each: about +1 per round of `limit` requests
-            lim.on_success()
-        assert lim.current == 32  # back to the cap, never above
-        for _ in range(20):
-            lim.on_overload(lim.generation)
-        assert lim.current == 2  # never below min_concurrency
-
-    asyncio.run(main())
+def test_no_fault_ramps_to_max_concurrency_at_once():
+    sim = Simulation(WindowController(256), Endpoint(latency=1.0), 2560).run()
+    assert sim.refused == 0 and sim.c.window == 256
+    assert sim.window_at(0.4) == 256  # the ramp takes well under one round trip
+    assert sim.finish_time < 10.5  # ideal: 10 rounds of 1 s
 
 
-def test_limiter_blocks_at_the_limit_and_wakes_waiters():
-    lim = AIMDLimiter(2)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_converges_near_a_fixed_concurrency_limit_with_few_429s(seed):
+    sim = Simulation(WindowController(256), Endpoint(limit=64), 2000, seed=seed).run()
+    windows_late = [w for t, w in sim.windows if t > 5]
+    assert windows_late and all(60 <= w <= 70 for w in windows_late), sim.windows
+    assert sim.max_window < 100  # the ramp stopped soon after the limit
+    assert sim.refused <= 0.05 * 2000
+    assert sim.finish_time <= 2000 / 64 / 0.9  # >= 90% of the limit's throughput
+    assert sim.c.cuts >= 2 and sim.c.background == 0.0
+
+
+def test_ignores_sporadic_429s_that_do_not_rise_with_load():
+    sim = Simulation(WindowController(256), Endpoint(sporadic=0.05), 5000, seed=3).run()
+    assert min(w for t, w in sim.windows if t > 1.5) >= 200  # never collapses
+    assert sim.c.window == 256
+    assert 0.02 <= sim.c.background <= 0.1  # learnt: these 429s are not the load's
+    assert sim.c.cuts <= 3
+    clean = Simulation(WindowController(256), Endpoint(), 5000).run()
+    assert clean.finish_time / sim.finish_time >= 0.8  # >= 80% of the no-fault throughput
+
+
+def test_sporadic_429s_answered_after_the_latency_are_ignored_too():
+    ep = Endpoint(sporadic=0.05, refuse_latency=1.0)
+    sim = Simulation(WindowController(256), ep, 5000, seed=4).run()
+    assert min(w for t, w in sim.windows if t > 1.5) >= 200
+    assert sim.c.background > 0.02
+
+
+def test_a_plain_aimd_would_collapse_where_this_window_does_not():
+    """The same sporadic 429s with background learning disabled: the window falls, which
+    shows that the learning is what keeps it up (the test above is not vacuous)."""
+
+    class NoLearning(WindowController):
+        BG_MAX = 0.0
+
+    sim = Simulation(NoLearning(256), Endpoint(sporadic=0.05), 5000, seed=3).run()
+    assert sim.c.cuts > 5 and min(w for t, w in sim.windows if t > 1.5) < 200
+
+
+def test_recovers_quickly_after_a_burst_of_429s():
+    ep = Endpoint(limit=100, burst=(10.0, 15.0))
+    sim = Simulation(WindowController(256), ep, 5000).run()
+    assert sim.window_at(9.5) >= 95
+    assert sim.window_at(14.9) <= 20  # cut once per round during the burst
+    assert min(w for t, w in sim.windows if 10 < t < 15) >= 1
+    assert sim.window_at(15 + 5.5) >= 90  # back near the limit within a few round trips
+    assert sim.done == 5000
+
+
+def test_floor_keeps_probing_and_the_cap_holds():
+    ep = Endpoint(burst=(0.0, 30.0))
+    sim = Simulation(WindowController(64, floor=4), ep, 10).run(until=29.0)
+    assert sim.c.window == 4 and min(w for _, w in sim.windows) == 4
+    assert sim.attempts > 4 * 20  # the floor kept sending every round
+    sim = Simulation(WindowController(8), Endpoint(), 100).run()
+    assert sim.max_window == 8
+
+
+def test_decreases_at_most_once_per_round_trip():
+    c = WindowController(100)
+    c.ramping, c.limit = False, 100.0
+    tickets = [c.on_launch(0.0) for _ in range(100)]
+    for t in tickets[:30]:
+        c.on_result(0.5, REFUSED, 0.0, t)
+    for t in tickets[30:]:
+        c.on_result(1.0, OK, 1.0, t)
+    c.tick(1.01)
+    assert c.cuts == 1 and c.window == 70  # 30 429s in one round: one cut
+    late = c.on_launch(1.02)
+    c.on_result(1.03, REFUSED, 0.0, tickets[0])  # from before the cut: parked, no evidence
+    assert c.cuts == 1 and c.parked == 1
+    c.on_result(1.04, OK, 1.0, late)
+    assert c.round.ok == 1 and c.round.refused == 0
+
+
+def test_rate_limit_headers_pace_requests_before_any_429():
+    ep = Endpoint(rpm=3000, send_headers=True)
+    sim = Simulation(WindowController(256), ep, 1000, pacer=RatePacer()).run()
+    assert sim.refused == 0 and sim.done == 1000
+    assert 1000 / 50 <= sim.finish_time < 1000 / 50 + 2  # 50 requests/s, as the headers said
+    blind = Simulation(WindowController(256), Endpoint(rpm=3000), 1000).run()
+    assert blind.refused > 0  # without the headers the limit is only found by 429s
+
+
+def test_configured_requests_per_minute_paces_an_endpoint_without_headers():
+    sim = Simulation(WindowController(256), Endpoint(), 600, pacer=RatePacer(rpm=1200)).run()
+    assert sim.refused == 0
+    assert sim.finish_time >= 600 / 20 - 1  # 20 requests/s
+
+
+def test_pacer_pauses_every_launch_when_nothing_is_left():
+    p = RatePacer()  # "nothing left" with no limit to pace by: a global pause until the reset
+    p.observe(0.0, RateLimitInfo(remaining_requests=0, reset_requests_s=7))
+    assert p.active and p.delay(0.0, 1) == pytest.approx(7.0)
+    assert "paused" in p.reason
+    assert p.delay(7.0, 1) == 0.0
+    p = RatePacer()  # with the limit, the bucket paces: the next request in 1/rate
+    p.observe(0.0, RateLimitInfo(limit_requests=600, remaining_requests=0, reset_requests_s=7))
+    assert p.delay(0.0, 1) == pytest.approx(1 / (10 * 0.97))
+    p = RatePacer(tpm=6000)  # 100 tokens per second (paced at 97%)
+    assert p.delay(0.0, 90) == 0.0
+    p.take(0.0, 90)
+    assert p.delay(0.0, 50) == pytest.approx((50 - 7) / 97)
+
+
+def test_parse_rate_limit_headers():
+    info = parse_ratelimit(
+        {
+            "x-ratelimit-limit-requests": "10000",
+            "x-ratelimit-remaining-requests": "9999",
+            "x-ratelimit-reset-requests": "6ms",
+            "x-ratelimit-limit-tokens": "2000000",
+            "x-ratelimit-remaining-tokens": "1999000",
+            "x-ratelimit-reset-tokens": "1m30.5s",
+        }
+    )
+    assert info == RateLimitInfo(10000, 9999, 0.006, 2_000_000, 1_999_000, 90.5)
+    assert parse_ratelimit({"content-type": "application/json"}) is None
+    assert parse_duration("1h2m3s") == 3723 and parse_duration("2") == 2
+    assert parse_duration("soon") is None and parse_duration("") is None
+    assert parse_duration("1700000060", now_epoch=1700000000) == 60
+
+
+def test_outcome_of_an_attempt():
+    assert outcome_of(429, False) == REFUSED
+    assert outcome_of(500, False) == OK  # answered, just not well: no load signal
+    assert outcome_of(None, False) == ERROR
+    assert outcome_of(None, True) == OK
+
+
+# -- the limiter on an event loop ------------------------------------------------------------
+
+
+def test_limiter_blocks_at_the_window_and_wakes_waiters():
+    lim = EndpointLimiter(2, 1)
 
     async def main():
         await lim.acquire()
@@ -42,16 +175,35 @@ def test_limiter_blocks_at_the_limit_and_wakes_waiters():
         waiter = asyncio.ensure_future(lim.acquire())
         await asyncio.sleep(0)
         assert not waiter.done()
-        lim.release()
+        ticket = lim.launch()
+        lim.release(ticket, OK, 0.01)
         await asyncio.wait_for(waiter, 1)
-        assert lim.in_flight == 2
+        assert lim.held == 2
         cancelled = asyncio.ensure_future(lim.acquire())
         await asyncio.sleep(0)
         cancelled.cancel()
         await asyncio.gather(cancelled, return_exceptions=True)
-        lim.release()
-        lim.release()
-        assert lim.in_flight == 0
+        lim.release(None)
+        lim.release(None)
+        assert lim.held == 0 and lim.in_flight == 0
+
+    asyncio.run(main())
+
+
+def test_a_refused_slot_is_parked_until_the_round_ends():
+    clock = [0.0]
+    lim = EndpointLimiter(1, 1, clock=lambda: clock[0])
+
+    async def main():
+        await lim.acquire()
+        lim.release(lim.launch(), REFUSED)
+        waiter = asyncio.ensure_future(lim.acquire())
+        await asyncio.sleep(0)
+        assert not waiter.done() and lim.controller.parked == 1
+        clock[0] = 2.0  # past the round's end (default round trip: 1 s)
+        lim._on_timer()
+        await asyncio.wait_for(waiter, 1)
+        assert lim.controller.parked == 0 and lim.held == 1
 
     asyncio.run(main())
 
@@ -61,9 +213,10 @@ def test_job_queue_puts_retries_in_front():
         q = JobQueue()
         q.put("a")
         q.put("b")
-        q.put_later("retry", 0.01)
+        q.put_later("retry", 0)
         assert q.delayed == 1
-        await asyncio.sleep(0.05)
+        while q.delayed:  # let the loop fire the timer (no wall-clock wait)
+            await asyncio.sleep(0)
         got = [await q.get() for _ in range(3)]
         assert got == ["retry", "a", "b"]
         q.put_later("dropped", 10)

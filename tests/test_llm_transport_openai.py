@@ -10,7 +10,6 @@ import typing
 
 import pytest
 from aiohttp import web
-from tests.support.fake_openai_server import FakeOpenAIServer
 from pydantic import ValidationError
 
 from builder.errors import ConfigError
@@ -21,6 +20,7 @@ from builder.llm.transport import TRANSPORTS, Transport, make_transport
 from builder.llm.transport_openai import AzureOpenAITransport, OpenAITransport
 from builder.records import ChatRequest
 from builder.settings.llm import LLMSettings, TransportName
+from tests.support.fake_openai_server import FakeOpenAIServer
 
 
 def req(i: int, **kw) -> ChatRequest:

@@ -129,7 +129,8 @@ def base_config(base_url: str, run: str = "test") -> dict[str, dict[str, Any]]:
         "syllabus": {"sessions": 3, "retries": 0, "max_tokens": 400},
         "walk": {"seed": 3, "order": "curriculum"},
         "generate": {"templates_dir": "templates", "documents_per_unit": 4},
-        "filters": {"min_tokens": 40},
+        # The fake texts are random words about a topic: no relevance cut (builder.quality).
+        "filters": {"min_tokens": 40, "min_relevance": -1},
         "verify": {"workers": 2, "timeout_s": 20},
         "dedup": {"threshold": 0.8, "workers": 1},
         "decontam": {"benchmarks": ["benchmarks/bench.jsonl"], "workers": 1},

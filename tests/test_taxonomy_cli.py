@@ -52,7 +52,62 @@ def test_starter_taxonomy_validates() -> None:
 def test_validate_ok_summary() -> None:
     code, out, _ = run("taxonomy", "validate", "--taxonomy", str(DATA))
     assert code == 0
-    assert out.strip() == (f"ok: {DATA}: 2 discipline(s), 12 nodes (1 proposed), 7 leaves, depth 3")
+    assert out.strip() == (
+        f"ok: {DATA}: 2 discipline(s), 12 nodes (1 proposed), 7 leaves, depth 3, "
+        "0 syllabi (0 approved, 0 proposed)"
+    )
+
+
+SYLLABUS = """\
+subject: {subject}
+status: {status}
+sessions:
+  - title: Basics
+    goals: [Know the basics]
+    concepts: [first idea, second idea, third idea]
+"""
+
+
+def test_validate_counts_proposed_syllabi_and_prints_level_warnings(tmp_path: Path) -> None:
+    root = tmp_path / "taxonomy"
+    shutil.copytree(DATA, root)
+    syllabi = root / "mathematics" / "syllabi"
+    syllabi.mkdir(parents=True)
+    (syllabi / "algebra.yaml").write_text(SYLLABUS.format(subject="algebra", status="approved"))
+    (syllabi / "calculus.yaml").write_text(SYLLABUS.format(subject="calculus", status="proposed"))
+    math = root / "mathematics.yaml"
+    math.write_text(
+        math.read_text().replace(
+            "name: Limits and continuity\n        level: topic",
+            "name: Limits and continuity\n        level: subject",
+        )
+    )
+    code, out, err = run("taxonomy", "validate", "--taxonomy", str(root))
+    assert code == 0, err
+    assert out.strip().endswith(", 2 syllabi (1 approved, 1 proposed)")
+    assert err.splitlines() == [
+        f"warning: {math}:23: level 'subject' of 'limits' is also the level of its ancestor "
+        "'calculus': levels go one step down per depth (fix the level or remove it)"
+    ]
+
+
+def test_validate_refuses_a_level_typo_at_its_line(tmp_path: Path) -> None:
+    root = tmp_path / "taxonomy"
+    shutil.copytree(DATA, root)
+    math = root / "mathematics.yaml"
+    math.write_text(
+        math.read_text().replace(
+            "name: Algebra\n    level: subject", "name: Algebra\n    level: subjet"
+        )
+    )
+    code, out, err = run("taxonomy", "validate", "--taxonomy", str(root))
+    assert code == 2 and out == ""
+    assert err.splitlines()[0] == (
+        f"{math}:9: unknown level 'subjet' of 'algebra' (did you mean 'subject'? known "
+        "levels: discipline, subject, topic (add others to [taxonomy] levels))"
+    )
+    code, _, err = run("taxonomy", "stats", "--taxonomy", str(root))
+    assert code == 2 and "unknown level 'subjet'" in err
 
 
 def test_validate_broken_lists_every_problem_and_exits_2(broken: Path) -> None:
@@ -164,3 +219,22 @@ def test_every_command_has_help_with_an_example(name: str) -> None:
     code, out, _ = run("taxonomy", name, "--help")
     assert code == 0
     assert "Example:" in out and "--taxonomy" in out
+
+
+def test_show_and_validate_put_a_syntax_error_first(tmp_path: Path) -> None:
+    root = tmp_path / "taxonomy"
+    shutil.copytree(DATA, root)
+    math = root / "mathematics.yaml"
+    math.write_text(math.read_text().replace("name: Algebra", "name: Algebra: the basics"))
+    for command in ("show", "validate", "stats"):
+        code, out, err = run("taxonomy", command, "--taxonomy", str(root))
+        assert code == 2 and out == ""
+        lines = err.splitlines()
+        assert lines[0].startswith(f"{math}:8: YAML syntax error: mapping values are not allowed")
+        assert "quote values that contain ': '" in lines[0]
+        # physics.yaml's two prerequisites into the unreadable file: one line, not two.
+        assert lines[1].startswith(
+            f"{root / 'physics.yaml'}:9: 2 prerequisite(s) could not be checked because "
+            f"{math} could not be read (first: 'calculus' of 'mechanics' and 1 more)"
+        )
+        assert len([line for line in lines if "prerequisite" in line]) == 1

@@ -161,26 +161,29 @@ def test_move_that_creates_a_cycle_is_refused(root: Path) -> None:
 
 
 def test_move_across_files_keeps_comments(root: Path) -> None:
+    # (Moving derivatives instead would be refused: integrals, still in calculus, needs it,
+    # and mechanics needs all of calculus first.)
     math_before = (root / "mathematics.yaml").read_text()
     editor = TaxonomyEditor(root)
-    assert editor.move_node("derivatives", "mechanics") == root / "physics.yaml"
+    assert editor.move_node("integrals", "mechanics") == root / "physics.yaml"
     tax = editor.save()
-    assert tax["derivatives"].parent == "mechanics"
-    assert tax["derivatives"].file == root / "physics.yaml"
-    assert tax["derivatives"].prerequisites == ("limits",)
+    assert tax["integrals"].parent == "mechanics"
+    assert tax["integrals"].file == root / "physics.yaml"
+    assert tax["integrals"].prerequisites == ("derivatives",)
     math_after = (root / "mathematics.yaml").read_text()
     removed, added = changed_lines(math_before, math_after)
     assert added == [] and [r.strip() for r in removed] == [
-        "- id: derivatives",
-        "name: Derivatives",
+        "- id: integrals",
+        "name: Integrals",
         "level: topic",
-        "prerequisites: [limits]",
+        "status: proposed",
+        "prerequisites: [derivatives]",
     ]
     physics = (root / "physics.yaml").read_text()
     assert comments(physics) == [" Physics (test fixture)", " cross-file prerequisite"]
     assert physics.endswith(
-        "      - id: derivatives\n        name: Derivatives\n        level: topic\n"
-        "        prerequisites: [limits]\n"
+        "      - id: integrals\n        name: Integrals\n        level: topic\n"
+        "        status: proposed\n        prerequisites: [derivatives]\n"
     )
 
 
@@ -249,6 +252,15 @@ def test_remove_cascade_drops_subtree_and_references(root: Path) -> None:
     assert "# Physics (test fixture)" in physics
     math = (root / "mathematics.yaml").read_text()
     assert "# Algebra comes first." in math and "calculus" not in math
+    assert "Calculus needs algebra" not in math, "the removed node's comment goes with it"
+
+
+def test_cli_remove_cascade_takes_the_comment_above_the_node(root: Path) -> None:
+    code, out, err = run("taxonomy", "remove", "calculus", "--cascade", "--taxonomy", str(root))
+    assert code == 0, err
+    math = (root / "mathematics.yaml").read_text()
+    assert "# Calculus needs algebra." not in math
+    assert "# Algebra comes first." in math and "# the discipline" in math
 
 
 def test_remove_a_whole_discipline_deletes_its_file(root: Path) -> None:
@@ -418,16 +430,17 @@ def test_moving_the_last_item_leaves_comments_after_the_list(tmp_path: Path) -> 
     assert sorted(comments(text)) == sorted(comments(COMMENTED))
 
 
-def test_removed_items_leave_their_comments(tmp_path: Path) -> None:
+def test_removed_items_take_their_comment_and_leave_the_next_ones(tmp_path: Path) -> None:
     root = commented(tmp_path)
     editor = TaxonomyEditor(root)
     editor.remove_node("d")
     editor.remove_node("a", cascade=True)
     editor.save()
     text = (root / "m.yaml").read_text()
-    assert block_of(text, "b") == ["# before a", "", "# before b"]
-    assert block_of(text, "e") == ["# before d", "# before e"]
-    assert sorted(comments(text)) == sorted(comments(COMMENTED))
+    assert block_of(text, "b") == ["", "# before b"]
+    assert block_of(text, "e") == ["# before e"]
+    gone = [" before a", " before d"]
+    assert sorted(comments(text)) == sorted(c for c in comments(COMMENTED) if c not in gone)
 
 
 def test_emptied_children_list_keeps_the_comments_below_it(tmp_path: Path) -> None:
@@ -456,3 +469,90 @@ def test_line_endings_and_bom_are_kept(tmp_path: Path) -> None:
     editor.save()
     data = (root / "a.yaml").read_bytes()
     assert data == (original + "  - {id: c, name: C}\r\n").encode("utf-8")
+
+
+# -- prerequisites of an existing node -------------------------------------------------------
+
+
+def test_cli_prereq_add_and_remove_keep_comments(root: Path) -> None:
+    math = root / "mathematics.yaml"
+    before = math.read_text()
+    code, out, err = run("taxonomy", "prereq", "add", "integrals", "limits", "--dry-run",
+                         "--taxonomy", str(root))  # fmt: skip
+    assert code == 0, err
+    assert (
+        "-        prerequisites: [derivatives]\n+        prerequisites: [derivatives, limits]"
+        in out
+    )
+    assert "would: 'integrals' now requires 'limits'" in err
+    assert math.read_text() == before, "--dry-run writes nothing"
+
+    code, out, err = run(
+        "taxonomy", "prereq", "add", "integrals", "limits", "--taxonomy", str(root)
+    )
+    assert code == 0, err
+    assert load_taxonomy(root)["integrals"].prerequisites == ("derivatives", "limits")
+    removed, added = changed_lines(before, math.read_text())
+    assert [r.strip() for r in removed] == ["prerequisites: [derivatives]"]
+    assert [a.strip() for a in added] == ["prerequisites: [derivatives, limits]"]
+    assert comments(math.read_text()) == comments(before)
+
+    # A block-style node without prerequisites gets a flow list before its children.
+    code, _, err = run(
+        "taxonomy", "prereq", "add", "algebra", "kinematics", "--taxonomy", str(root)
+    )
+    assert code == 2 and "prerequisite cycle" in err  # mechanics needs calculus needs algebra
+    code, _, err = run(
+        "taxonomy", "prereq", "add", "kinematics", "algebra", "--taxonomy", str(root)
+    )
+    assert code == 0, err
+    assert "        prerequisites: [algebra]\n" in (root / "physics.yaml").read_text()
+
+    for pre in ("derivatives", "limits"):
+        code, out, err = run(
+            "taxonomy", "prereq", "remove", "integrals", pre, "--taxonomy", str(root)
+        )
+        assert code == 0, err
+        assert out.strip() == f"'integrals' no longer requires {pre!r} ({math})"
+    assert load_taxonomy(root)["integrals"].prerequisites == ()
+    assert "prerequisites: [derivatives" not in math.read_text()
+    assert comments(math.read_text()) == comments(before)
+
+
+def test_cli_prereq_refusals_are_one_clear_message(root: Path) -> None:
+    before = snapshot(root)
+    code, out, err = run(
+        "taxonomy", "prereq", "add", "limits", "derivatives", "--taxonomy", str(root)
+    )
+    assert code == 2 and out == ""
+    math = root / "mathematics.yaml"
+    cycle = next(line for line in err.splitlines() if "prerequisite cycle" in line)
+    assert cycle.startswith(f"{math}:24: prerequisite cycle: limits -> derivatives -> limits")
+    assert f"'limits' requires 'derivatives' ({math}:24)" in cycle, "the edge just added"
+    assert f"'derivatives' requires 'limits' ({math}:28)" in cycle
+    code, _, err = run("taxonomy", "prereq", "add", "limits", "derivativs", "--taxonomy", str(root))
+    assert (
+        code == 2
+        and "unknown taxonomy id 'derivativs'" in err
+        and "did you mean derivatives" in err
+    )
+    # Never the node itself as a suggestion.
+    code, _, err = run("taxonomy", "prereq", "add", "limits", "limitz", "--taxonomy", str(root))
+    assert code == 2 and "did you mean limits" not in err
+    code, _, err = run("taxonomy", "prereq", "add", "limits", "limits", "--taxonomy", str(root))
+    assert code == 2 and "cannot be its own prerequisite" in err
+    code, _, err = run(
+        "taxonomy", "prereq", "remove", "derivatives", "algebra", "--taxonomy", str(root)
+    )
+    assert code == 2
+    assert err.strip() == (
+        "error: 'algebra' is not a prerequisite of 'derivatives' (its prerequisites are 'limits')"
+    )
+    assert snapshot(root) == before
+
+
+def test_cli_add_with_a_typo_prerequisite_never_suggests_the_new_node(root: Path) -> None:
+    code, _, err = run("taxonomy", "add", "calculus", "--id", "calculus-series", "--name", "Series",
+                       "-p", "calculus-seris", "--taxonomy", str(root))  # fmt: skip
+    assert code == 2 and "prerequisite 'calculus-seris' of 'calculus-series' is not a node" in err
+    assert "did you mean 'calculus-series'" not in err

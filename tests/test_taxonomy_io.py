@@ -52,14 +52,16 @@ def four_level_rows(n: int, seed: int = 0) -> list[list[str]]:
         d = rng.randrange(3)
         f = rng.randrange(6)
         s = rng.randrange(8)
+        t = i % 40  # the same topic names recur under many subfields
         rows.append(
             [
                 f"Domain {d}",
                 f"Field {d}.{f}",
                 f"Subfield {d}.{f}.{s}",
-                f"Topic {i % 40}",  # the same topic names recur under many subfields
-                f"Description of row {i}" if i % 3 == 0 else "",
-                "2" if i % 5 == 0 else "",
+                f"Topic {t}",
+                # A repeated path repeats its description and weight (else it is refused).
+                f"Topic {t} of subfield {d}.{f}.{s}" if t % 3 == 0 else "",
+                "2" if t % 5 == 0 else "",
             ]
         )
     return rows
@@ -93,7 +95,7 @@ def test_csv_import_validates_and_counts_match(tmp_path: Path) -> None:
         for n in tax.leaves()
         if n.name == first[3] and tax[n.parent].name == first[2] and tax.path(n)[1].name == first[1]
     )
-    assert leaf.level == "topic" and leaf.description == "Description of row 0"
+    assert leaf.level == "topic" and leaf.description == first[4] and first[4]
     assert leaf.weight == 2.0
     assert tax.path(leaf)[0].level == "domain"
 
@@ -213,15 +215,6 @@ def test_json_import(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("data", "needle"),
     [
-        (
-            {
-                "name": "A",
-                "children": [
-                    {"name": "B", "children": [{"name": "C", "children": [{"name": "D"}]}]}
-                ],
-            },
-            "nested 4 levels deep",
-        ),
         ({"name": "A", "children": [{"title": "B"}]}, "$.children[0]: unknown key(s) 'title'"),
         ({"name": "A", "children": [{"name": ""}]}, "needs a non-empty 'name'"),
         ({"name": "A", "weight": -1}, "'weight' must be a number > 0"),
@@ -331,8 +324,144 @@ def test_export_mermaid_and_dot(tmp_path: Path) -> None:
     assert '"algebra" -> "calculus" [style=dashed' in dot
     assert '"calculus" [label="Calculus\\n(subject)"];' in dot
     assert dot.count("->") == 16
-    sub = export_taxonomy(tax, "mermaid", subtree="calculus")
-    assert "n_algebra" not in sub and "n_derivatives --> " not in sub
+    sub = export_taxonomy(tax, "mermaid", subtree="calculus").splitlines()
+    assert "    n_mechanics" not in "\n".join(sub) and "n_derivatives --> " not in "\n".join(sub)
+    # The edge leaving the subtree stays, to a node marked external.
+    assert "    n_algebra -.->|prerequisite| n_calculus" in sub
+    assert "    class n_algebra external" in sub
+
+
+def test_subtree_export_keeps_prerequisites_that_leave_it(tmp_path: Path) -> None:
+    out = tmp_path / "physics.json"
+    code, _, err = run("taxonomy", "export", "--subtree", "physics", "-o", str(out),
+                       "--taxonomy", str(DATA))  # fmt: skip
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    external = {n["id"] for n in data["nodes"] if n.get("external")}
+    assert external == {"calculus", "derivatives"}
+    edges = {(e["source"], e["target"]) for e in data["edges"] if e["kind"] == "prerequisite"}
+    assert edges == {
+        ("calculus", "mechanics"),
+        ("kinematics", "dynamics"),
+        ("derivatives", "dynamics"),
+    }
+    # Imported next to mathematics the subtree is whole again, prerequisites included.
+    into = tmp_path / "tax"
+    into.mkdir()
+    (into / "mathematics.yaml").write_text((DATA / "mathematics.yaml").read_text())
+    import_taxonomy(out, into)
+    back = load_taxonomy(into)
+    assert back["dynamics"].prerequisites == ("kinematics", "derivatives")
+    assert back["mechanics"].prerequisites == ("calculus",)
+    assert sorted(p.name for p in into.iterdir()) == ["mathematics.yaml", "physics.yaml"]
+    dot = export_taxonomy(load_taxonomy(DATA), "dot", subtree="physics")
+    assert '"calculus" [label="Calculus\\n(subject)", color=gray60' in dot
+
+
+def test_csv_unterminated_quote_is_reported_with_its_row(tmp_path: Path) -> None:
+    src = tmp_path / "o.csv"
+    src.write_text(
+        "discipline,subject,topic,description\n"
+        'Math,Algebra,Groups,"Symmetry, abstractly\n'
+        "Math,Algebra,Rings,Addition and multiplication\n"
+        "Math,Algebra,Fields,Division too\n"
+    )
+    code, out, err = run("taxonomy", "import", str(src), "--into", str(tmp_path / "t"))
+    assert code == 2 and out == ""
+    assert err.strip() == (
+        f"{src}:2: not valid CSV (unexpected end of data) (a quote opened here is never closed)"
+    )
+    # A quote that closes later swallows rows in between: refused, not merged.
+    src.write_text(
+        "discipline,subject,topic,description\n"
+        'Math,Algebra,Groups,"Symmetry\n'
+        'Math,Algebra,Rings,Addition"\n'
+        "Math,Algebra,Fields,Division too\n"
+    )
+    code, out, err = run("taxonomy", "import", str(src), "--into", str(tmp_path / "t"))
+    assert code == 2 and f"{src}:2: row 2: a quoted value runs over lines 2-3" in err
+    assert not (tmp_path / "t").exists()
+
+
+def test_csv_conflicting_duplicate_rows_are_refused(tmp_path: Path) -> None:
+    rows = [
+        ["discipline", "subject", "topic", "description"],
+        ["Math", "Algebra", "Groups", "Symmetry."],
+        ["Math", "Algebra", "Rings", "Two operations."],
+        ["Math", "Algebra", "Groups", "Symmetry."],  # an exact repeat: fine
+        ["Math", "Algebra", "Groups", "Something else."],
+    ]
+    src = write_csv(tmp_path / "o.csv", rows)
+    with pytest.raises(InputError) as info:
+        read_csv_outline(src)
+    p = info.value.problem
+    assert (p.line, p.message) == (
+        5,
+        "row 5 repeats row 2 (Math > Algebra > Groups) with another description",
+    )
+    rows.pop()
+    roots = read_csv_outline(write_csv(tmp_path / "ok.csv", rows))
+    assert [t.name for t in roots[0].children[0].children] == ["Groups", "Rings"]
+
+
+def test_cli_import_dry_run_prints_the_diff(tmp_path: Path) -> None:
+    src = write_csv(tmp_path / "o.csv", [["discipline", "subject"], ["Math", "Algebra"]])
+    into = tmp_path / "t"
+    code, out, err = run("taxonomy", "import", str(src), "--into", str(into), "--dry-run")
+    assert code == 0, err
+    assert out.startswith(f"--- /dev/null\n+++ b/{into / 'math.yaml'}\n")
+    assert "+id: math\n" in out and "+  - id: algebra\n" in out
+    assert err.startswith(f"would write 1 file(s) in {into}: 2 nodes")
+    assert not into.exists()
+    run("taxonomy", "import", str(src), "--into", str(into))
+    src2 = write_csv(tmp_path / "o2.csv", [["discipline", "subject"], ["Math", "Geometry"]])
+    code, out, err = run(
+        "taxonomy", "import", str(src2), "--into", str(into), "--dry-run", "--force"
+    )
+    assert code == 0, err
+    assert f"--- a/{into / 'math.yaml'}" in out
+    assert "-  - id: algebra\n" in out and "+  - id: geometry\n" in out
+
+
+def nested_outline(depth: int, width: int) -> dict:
+    def node(name: str, level: int) -> dict:
+        if level == depth:
+            return {"name": name}
+        return {"name": name, "children": [node(f"{name}.{i}", level + 1) for i in range(width)]}
+
+    return node("Root", 1)
+
+
+def test_nested_json_infers_its_depth(tmp_path: Path) -> None:
+    src = tmp_path / "outline.json"
+    src.write_text(json.dumps(nested_outline(4, 16)))  # 1 + 16 + 256 + 4096 = 4369 nodes
+    into = tmp_path / "t"
+    code, out, err = run("taxonomy", "import", str(src), "--into", str(into))
+    assert code == 0, err
+    assert out.strip() == (
+        f"wrote 1 file(s) in {into}: 4369 nodes (1 level1, 16 level2, 256 level3, 4096 level4)"
+    )
+    assert "levels are named level1..levelN (name them with --levels)" in err
+    assert load_taxonomy(into).stats()["per_level"] == {
+        "level1": 1, "level2": 16, "level3": 256, "level4": 4096
+    }  # fmt: skip
+    # No deeper than [taxonomy] levels: those names.
+    src.write_text(json.dumps(nested_outline(3, 2)))
+    code, out, err = run("taxonomy", "import", str(src), "--into", str(tmp_path / "t3"))
+    assert code == 0 and "(1 discipline, 2 subject, 4 topic)" in out and err == ""
+
+
+def test_too_few_levels_is_one_line_with_a_count(tmp_path: Path) -> None:
+    src = tmp_path / "outline.json"
+    src.write_text(json.dumps(nested_outline(4, 16)))
+    code, out, err = run("taxonomy", "import", str(src), "--into", str(tmp_path / "t"),
+                         "--levels", "a,b,c")  # fmt: skip
+    assert code == 2 and out == ""
+    assert err.strip() == (
+        f"{src}: a node nested 4 levels deep but only 3 level name(s) given (a, b, c) "
+        "(4,096 times, first at $.children[0].children[0].children[0]) (pass --levels with "
+        "one name per level, top first, or leave --levels out to name them level1..levelN)"
+    )
 
 
 def test_cli_import_stats_export_round_trip(tmp_path: Path) -> None:

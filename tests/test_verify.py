@@ -1,25 +1,57 @@
-"""The verification API the generation stage calls: verify_document / verify_documents."""
+"""The verification API the generation stage calls: verify_document / verify_documents.
+
+Where a model is involved (the quantitative second sample) it is the real engine
+(``open_engine``) talking to the loopback fake OpenAI server, so the request the verifier
+builds, the cache and the retries are the real ones.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builder.llm.fake import ScriptedLLM
-from builder.records import ChatResult
+from builder.llm import open_engine
+from builder.llm.engine import Engine
 from builder.settings.filters import VerifySettings
+from builder.settings.llm import LLMSettings
 from builder.verify import (
     FAILURE_REASONS,
     REASONS,
     Verdict,
+    sandbox_pools,
     verify_document,
     verify_documents,
 )
+from tests.support.fake_openai_server import FakeOpenAIServer
 
 FAST = VerifySettings(timeout_s=1.5, memory_mb=256, max_output_kb=16)
+
+
+@contextmanager
+def engine_for(srv: FakeOpenAIServer, cache: Path) -> Iterator[Engine]:
+    """The real engine on the fake server, failing fast (one attempt, tiny backoff)."""
+    llm = LLMSettings(
+        base_url=srv.base_url,
+        model="fake-model",
+        max_attempts=1,
+        backoff_base_s=0.01,
+        backoff_max_s=0.02,
+    )
+    with open_engine(llm, cache_dir=cache, progress=False) as engine:
+        yield engine
+
+
+def user_messages(srv: FakeOpenAIServer) -> list[str]:
+    return [body["messages"][-1]["content"] for body in srv.requests]
 
 
 def code_doc(solution: str, tests: str, doc_id: str = "c1") -> dict:
@@ -149,44 +181,76 @@ def test_worked_solution_without_a_final_value_is_unchecked_not_rejected():
     assert "no final value" in v.detail
 
 
-def test_second_sample_agreeing_verifies():
-    llm = ScriptedLLM(["42"])
+def test_second_sample_agreeing_verifies(fake_openai, tmp_path):
+    fake_openai.responder = lambda body: "42"
     doc = quant_doc("42", "Multiply six by seven, and you are done.", problem="What is 6*7?")
-    v = verify_document(doc, FAST, llm=llm)
+    with engine_for(fake_openai, tmp_path / "cache") as llm:
+        v = verify_document(doc, FAST, llm=llm)
     assert (v.verified, v.reason, v.checker) == (True, "ok", "sympy+second_sample")
-    (request,) = llm.calls
-    assert request.messages[-1]["content"] == "What is 6*7?"
-    assert "42" not in str(request.messages)  # the model never sees the worked answer
-    assert request.params["temperature"] == FAST.second_sample_temperature
+    (body,) = fake_openai.requests
+    assert body["messages"][-1] == {"role": "user", "content": "What is 6*7?"}
+    assert "Multiply" not in str(body["messages"])  # the model never sees the worked solution
+    assert body["temperature"] == FAST.second_sample_temperature
 
 
-def test_second_sample_disagreeing_rejects_even_when_worked_solution_agrees():
-    llm = ScriptedLLM(["The answer is 48."])
+def test_second_sample_is_cached_across_runs(fake_openai, tmp_path):
+    fake_openai.responder = lambda body: "42"
+    doc = quant_doc("42", "Multiply six by seven.", problem="What is 6*7?")
+    for _ in range(2):
+        with engine_for(fake_openai, tmp_path / "cache") as llm:
+            assert verify_document(doc, FAST, llm=llm).checker == "sympy+second_sample"
+    assert fake_openai.count("chat") == 1
+
+
+def test_second_sample_disagreeing_rejects_even_when_worked_solution_agrees(fake_openai, tmp_path):
+    fake_openai.responder = lambda body: "The answer is 48."
     doc = quant_doc("42", "6 * 7 = 42", problem="What is 6*8?")
-    v = verify_document(doc, FAST, llm=llm)
+    with engine_for(fake_openai, tmp_path / "cache") as llm:
+        v = verify_document(doc, FAST, llm=llm)
     assert (v.verified, v.reason, v.checker) == (False, "answer_mismatch", "sympy+second_sample")
     assert "second sample" in v.detail and "48" in v.detail
 
 
-def test_second_sample_in_latex_matches_a_decimal_answer():
-    llm = ScriptedLLM([r"$\boxed{\frac{3}{4}}$"])
-    v = verify_document(quant_doc("0.75", "3/4 = 0.75"), FAST, llm=llm)
-    assert v.verified is True
+def test_second_sample_in_latex_matches_a_decimal_answer(fake_openai, tmp_path):
+    fake_openai.responder = lambda body: r"$\boxed{\frac{3}{4}}$"
+    with engine_for(fake_openai, tmp_path / "cache") as llm:
+        v = verify_document(quant_doc("0.75", "3/4 = 0.75"), FAST, llm=llm)
+    assert (v.verified, v.checker) == (True, "sympy+second_sample")
 
 
-def test_failed_second_sample_falls_back_to_the_worked_solution():
-    failure = ChatResult(request_id="x", status="failed", error="server down")
-    llm = ScriptedLLM([failure])
-    v = verify_document(quant_doc("42", "6 * 7 = 42"), FAST, llm=llm)
+def test_failed_second_sample_falls_back_to_the_worked_solution(fake_openai, tmp_path):
+    fake_openai.faults = lambda i, body: "500"
+    with engine_for(fake_openai, tmp_path / "cache") as llm:
+        v = verify_document(quant_doc("42", "6 * 7 = 42"), FAST, llm=llm)
+    assert fake_openai.count("chat") >= 1
     assert (v.verified, v.checker) == (True, "sympy")
     assert "second sample gave no answer" in v.detail
 
 
-def test_second_sample_can_be_turned_off():
-    llm = ScriptedLLM([])
+def test_second_sample_can_be_turned_off(fake_openai, tmp_path):
     settings_off = FAST.model_copy(update={"second_sample": False})
-    v = verify_document(quant_doc("42", "6 * 7 = 42"), settings_off, llm=llm)
-    assert v.verified is True and llm.calls == []
+    with engine_for(fake_openai, tmp_path / "cache") as llm:
+        v = verify_document(quant_doc("42", "6 * 7 = 42"), settings_off, llm=llm)
+    assert (v.verified, v.checker) == (True, "sympy")
+    assert fake_openai.count("chat") == 0
+
+
+def test_quantitative_checks_agree_in_the_pool_and_in_process():
+    docs = [
+        quant_doc("42", "6 * 7 = 42"),
+        quant_doc("41", "6 * 7 = 42"),
+        quant_doc("about forty-ish", "6 * 7 = 42"),
+        quant_doc("2^(10^9)", "= 2^(10^9)"),
+    ]
+    in_process = FAST.model_copy(update={"sandbox_pool": False})
+    pooled = [verify_document(d, FAST) for d in docs]
+    assert pooled == [verify_document(d, in_process) for d in docs]
+    assert [v.reason for v in pooled] == [
+        "ok",
+        "answer_mismatch",
+        "unparseable_answer",
+        "unparseable_answer",
+    ]
 
 
 # -- other kinds -------------------------------------------------------------------------------
@@ -254,40 +318,61 @@ def test_batch_keeps_input_order_and_verdicts_match_single_calls():
     assert [v.reason for _d, v in out] == ["ok", "tests_failed", "ok", "ok", "unchecked"]
 
 
-def test_batch_runs_sandboxes_in_parallel():
+def test_batch_runs_as_many_checks_at_once_as_workers():
+    """Counted, not timed: four blocking checks are all running at the same moment."""
+    settings_ = FAST.model_copy(update={"timeout_s": 120})
     docs = [
-        code_doc(
-            "import time\ndef f():\n    time.sleep(0.4)\n    return 1\n",
-            "assert f() == 1\n",
-            doc_id=f"s{i}",
-        )
+        code_doc("import time\ndef f():\n    time.sleep(300)\n", "assert f()\n", doc_id=f"s{i}")
         for i in range(4)
     ]
-    t0 = time.perf_counter()
-    serial = list(verify_documents(docs, FAST, workers=1))
-    t1 = time.perf_counter()
-    parallel = list(verify_documents(docs, FAST, workers=4))
-    t2 = time.perf_counter()
-    assert all(v.verified for _d, v in serial + parallel)
-    # Same run, same machine: four sleeping sandboxes at once take well under the serial time.
-    assert (t2 - t1) < 0.75 * (t1 - t0)
+    pool = sandbox_pools(settings_)["code"]
+    out: list = []
+    batch = threading.Thread(
+        target=lambda: out.extend(verify_documents(docs, settings_, workers=4))
+    )
+    batch.start()
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while len(pool.running_checks()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling for a state, not ordering events
+        seen = set(pool.running_checks())
+    finally:
+        while batch.is_alive():  # end the sleeping checks, whatever the outcome
+            for pid in pool.running_checks():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            batch.join(0.1)
+    assert len(seen) == 4
+    assert [d["id"] for d, _v in out] == ["s0", "s1", "s2", "s3"]
+    assert all(v.verified is False for _d, v in out)
 
 
-def test_batch_sends_second_samples_together_and_matches_them_by_id():
-    seen = []
+def test_one_worker_runs_one_check_at_a_time():
+    """With workers=1 the batch never needs a second server."""
+    docs = [
+        code_doc("def f():\n    return 1\n", "assert f() == 1\n", doc_id=f"o{i}") for i in range(4)
+    ]
+    list(verify_documents(docs[:1], FAST, workers=1))  # at least one idle server exists
+    pool = sandbox_pools(FAST)["code"]
+    started = pool.started
+    assert all(v.verified for _d, v in verify_documents(docs, FAST, workers=1))
+    assert pool.started == started
 
-    def reply(request):
-        seen.append(request.id)
-        return {"What is 6*7?": "42", "What is 2+2?": "5"}[request.messages[-1]["content"]]
 
-    llm = ScriptedLLM(reply)
+def test_batch_sends_second_samples_together_and_matches_them_by_id(fake_openai, tmp_path):
+    answers = {"What is 6*7?": "42", "What is 2+2?": "5"}
+    fake_openai.responder = lambda body: answers[body["messages"][-1]["content"]]
     docs = [
         quant_doc("42", "Just multiply.", problem="What is 6*7?", doc_id="a"),
         ADD_OK,
         quant_doc("4", "2 + 2 = 4", problem="What is 2+2?", doc_id="b"),
     ]
-    out = [v for _d, v in verify_documents(docs, FAST, llm=llm)]
-    assert seen == ["verify:a:second-sample", "verify:b:second-sample"]
+    with engine_for(fake_openai, tmp_path / "cache") as llm:
+        out = [v for _d, v in verify_documents(docs, FAST, llm=llm)]
+    assert sorted(user_messages(fake_openai)) == ["What is 2+2?", "What is 6*7?"]
     assert (out[0].verified, out[0].checker) == (True, "sympy+second_sample")
     assert out[1].verified is True
     assert (out[2].verified, out[2].reason) == (False, "answer_mismatch")

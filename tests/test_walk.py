@@ -1,4 +1,4 @@
-"""The topic walker (builder/walk.py) and `corpus walk` (builder/cli/walk.py)."""
+"""The topic walker (builder/walk/) and `corpus walk` (builder/cli/walk.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -21,71 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from builder import walk_topics
-from builder.cli import main
 from builder.errors import TaxonomyError, ValidationError
 from builder.syllabus import Session, Syllabus
 from builder.taxonomy import Node, Taxonomy, load_taxonomy
 from builder.walk import Walk, coverage, description_phrases
+from tests.support.taxonomies import MATH, PHYSICS, run_cli, write_syllabus, write_taxonomy
 
 ROOT = Path(__file__).resolve().parent.parent
-
-MATH = """\
-# Mathematics (test taxonomy)
-id: mathematics
-name: Mathematics
-level: discipline
-children:
-  - id: algebra
-    name: Algebra
-    level: subject
-    children:
-      - id: linear-equations
-        name: Linear equations
-        level: topic
-        description: Solving linear equations, systems and matrices.
-      - {id: polynomials, name: Polynomials, level: topic}
-  - id: calculus
-    name: Calculus
-    level: subject
-    weight: 2
-    prerequisites: [algebra]
-    children:
-      - {id: limits, name: Limits and continuity, level: topic}
-      - {id: derivatives, name: Derivatives, level: topic}
-      - {id: integrals, name: Integrals, level: topic, status: proposed}
-  - id: topology
-    name: Topology
-    level: subject
-    status: proposed
-    children:
-      - {id: open-sets, name: Open sets, level: topic}
-"""
-
-PHYSICS = """\
-id: physics
-name: Physics
-level: discipline
-children:
-  - id: mechanics
-    name: Mechanics
-    level: subject
-    prerequisites: [calculus]
-    children:
-      - {id: kinematics, name: Kinematics, level: topic}
-      - {id: dynamics, name: Dynamics, level: topic, prerequisites: [kinematics]}
-  - id: waves
-    name: Waves
-    level: subject
-    children:
-      - {id: oscillations, name: Oscillations, level: topic}
-"""
-
-
-def write_taxonomy(root: Path, files: dict[str, str] | None = None) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for name, text in (files or {"mathematics": MATH, "physics": PHYSICS}).items():
-        (root / f"{name}.yaml").write_text(text, encoding="utf-8")
-    return root
 
 
 @pytest.fixture(autouse=True)
@@ -112,32 +53,6 @@ def calculus_syllabus(status: str = "approved", n: int = 6) -> Syllabus:
         for i in range(n)
     )
     return Syllabus("calculus", "mathematics", status, sessions)
-
-
-def write_syllabus(tax_dir: Path, status: str, n: int = 6) -> Path:
-    path = tax_dir / "mathematics" / "syllabi" / "calculus.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["subject: calculus", "discipline: mathematics", f"status: {status}", "sessions:"]
-    for i in range(n):
-        concepts = ", ".join(f"c{i}-{k}" for k in range(4))
-        lines += [
-            f"  - title: Session {i}",
-            f"    goals: [goal {i}]",
-            f"    concepts: [{concepts}]",
-        ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def run_cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 # -- in-memory taxonomies for property tests ----------------------------------------------------
@@ -315,7 +230,7 @@ def test_counts_follow_weights(tax: Taxonomy, seed: int, rounds: int) -> None:
     taxonomies, st.integers(0, 2**32), st.integers(0, 40), st.sampled_from(["random", "curriculum"])
 )
 def test_deterministic_and_prefix_stable(tax: Taxonomy, seed: int, k: int, order: str) -> None:
-    endless = walk_topics(tax, seed=seed, order=order, syllabi=False)
+    endless = walk_topics(tax, seed=seed, order=order, syllabi=False, endless=True)
     prefix = [u.unit_id for u in itertools.islice(endless, k)]
     limited = [u.unit_id for u in walk_topics(tax, seed=seed, limit=k, order=order, syllabi=False)]
     assert prefix == limited
@@ -382,7 +297,11 @@ def test_filters_subtree_level_status(tax: Taxonomy) -> None:
     assert sorted(u.topic for u in subjects) == ["algebra", "calculus", "mechanics", "waves"]
     calc = next(u for u in subjects if u.topic == "calculus")
     assert calc.subject == "calculus" and calc.concepts[0] == "Calculus"
-    assert set(calc.concepts[1:]) <= {"Limits and continuity", "Derivatives"}
+    # Its approved children's names (not the proposed "Integrals") and description phrases.
+    phrases = description_phrases(tax["calculus"].description)
+    assert phrases == ["Limits", "derivatives", "integrals of functions of one variable"]
+    assert set(calc.concepts[1:]) <= {"Limits and continuity", "Derivatives", *phrases}
+    assert "Integrals" not in calc.concepts
     with pytest.raises(TaxonomyError, match="no selected node has level 'chapter'"):
         walk_topics(tax, level="chapter")
     with pytest.raises(TaxonomyError, match="did you mean"):
@@ -543,22 +462,56 @@ def test_walk_is_lazy_on_a_100k_node_taxonomy(monkeypatch: pytest.MonkeyPatch) -
         return original(self, slot, occurrence)
 
     monkeypatch.setattr(Walk, "_make_unit", counting)
-    walk_topics(build_taxonomy([(1.0, [(1.0, [])])]))  # warm up imports
-
-    start = time.perf_counter()
-    walk = walk_topics(tax, seed=1)  # unbounded
-    first = next(walk)
-    t_first = time.perf_counter() - start
+    walk = walk_topics(tax, seed=1, endless=True)
+    assert made == 0, "setting up makes no unit"
+    units = iter(walk)
+    first = next(units)
     assert made == 1, "only the unit asked for is made"
     assert first.discipline.startswith("d")
-
-    start = time.perf_counter()
-    n = sum(1 for _ in walk_topics(tax, seed=1, rounds=1))
-    t_round = time.perf_counter() - start
+    assert [u.topic for u in itertools.islice(units, 4)] and made == 5
+    n = sum(1 for _ in walk_topics(tax, seed=1))  # the default bound: one round
     assert n == walk.slots == 99_000
-    # Laziness is shown by `made == 1` above; time only as a loose sanity check (the machine
-    # is shared and noisy): the first unit costs less than a whole round of 99,000.
-    assert t_first < t_round, (t_first, t_round)
+    assert made == 5 + 99_000
+
+
+def test_a_walk_iterated_again_starts_again(tax: Taxonomy) -> None:
+    walk = walk_topics(tax, seed=5, rounds=2)
+    first = [u.unit_id for u in walk]
+    assert len(first) > walk.slots
+    assert walk.coverage().total == len(first)
+    second = [u.unit_id for u in walk]
+    assert second == first, "a second loop over the same Walk yields the same units"
+    assert walk.coverage().total == len(first), "coverage counts the latest pass only"
+    with pytest.raises(TypeError):
+        next(walk)  # type: ignore[call-overload]  # a Walk is iterable, not an iterator
+
+
+def test_one_default_bound_in_python_and_the_cli(tax: Taxonomy, tax_dir: Path) -> None:
+    units = list(walk_topics(tax, seed=7))
+    walk = walk_topics(tax, seed=7)
+    assert len(units) == walk.slots == 7, "no bound given: one round, as `corpus walk`"
+    code, out, err = run_cli("walk", "--taxonomy", str(tax_dir), "--seed", "7")
+    assert code == 0, err
+    assert [json.loads(line)["unit_id"] for line in out.splitlines()] == [u.unit_id for u in units]
+    endless = walk_topics(tax, seed=7, endless=True)
+    assert len(list(itertools.islice(endless, 50))) == 50
+
+
+def test_walk_topics_accepts_a_path(tax_dir: Path, tax: Taxonomy) -> None:
+    expected = [u.unit_id for u in walk_topics(tax, seed=2)]
+    assert [u.unit_id for u in walk_topics(str(tax_dir), seed=2)] == expected
+    assert [u.unit_id for u in walk_topics(tax_dir, seed=2)] == expected
+    with pytest.raises(TaxonomyError, match="does not exist"):
+        walk_topics(str(tax_dir / "nowhere"))
+
+
+def test_an_empty_discipline_is_not_walked(tax_dir: Path) -> None:
+    (tax_dir / "astronomy.yaml").write_text("id: astronomy\nname: Astronomy\nlevel: discipline\n")
+    tax = load_taxonomy(tax_dir)
+    topics = [u.topic for u in walk_topics(tax, seed=1)]
+    assert "astronomy" not in topics and len(topics) == 7
+    with pytest.raises(TaxonomyError, match="selects nothing under astronomy"):
+        walk_topics(tax, subtree="astronomy")
 
 
 # -- coverage and CLI --------------------------------------------------------------------------
@@ -689,3 +642,41 @@ def test_walk_limit_zero_is_refused() -> None:
     assert "--limit" in result.output
     result = CliRunner().invoke(cli, ["walk", "--token-budget", "0"], prog_name="corpus")
     assert result.exit_code == 2
+
+
+def test_config_key_typo_gets_a_did_you_mean_and_the_sections_keys(tmp_path: Path) -> None:
+    cfg = tmp_path / "corpus.toml"
+    cfg.write_text("[walk]\nseed = 1\nlimt = 3\n")
+    code, out, err = run_cli("walk", "--config", str(cfg))
+    assert code == 2 and out == ""
+    assert err.strip().startswith(f"{cfg}:3: unknown key 'walk.limt' (did you mean 'limit'? ")
+    assert "valid keys of [walk]: seed, limit, token_budget" in err
+    assert "corpus --help" not in err
+
+
+def test_include_proposed_has_one_place(tmp_path: Path, tax_dir: Path) -> None:
+    cfg = tmp_path / "corpus.toml"
+    cfg.write_text(f'[taxonomy]\ndir = "{tax_dir}"\ninclude_proposed = true\n')
+    code, out, err = run_cli("walk", "--config", str(cfg))
+    assert code == 2 and out == ""
+    assert err.strip() == (
+        f"{cfg}:3: 'taxonomy.include_proposed' moved: it is [walk] include_proposed now "
+        "(one place for it) (write `include_proposed = ...` under [walk] instead)"
+    )
+    cfg.write_text(f'[taxonomy]\ndir = "{tax_dir}"\n[walk]\ninclude_proposed = true\n')
+    code, out, err = run_cli("walk", "--config", str(cfg))
+    assert code == 0, err
+    assert {"integrals", "open-sets"} <= {json.loads(line)["topic"] for line in out.splitlines()}
+
+
+def test_the_readme_walker_snippet_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## The walker (for programmers)", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "walk_topics" in snippet
+    monkeypatch.chdir(ROOT)  # the snippet loads ./taxonomy
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(snippet, "README.md", "exec"), {})  # noqa: S102 - our own README
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 100 and all(" mathematics/" in line for line in lines)

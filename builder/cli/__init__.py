@@ -26,11 +26,13 @@ COMMANDS: dict[str, str] = {
     "filter": "builder.cli.stages:filter_stage",
     "assemble": "builder.cli.stages:assemble_stage",
     "llm": "builder.cli.llm:llm",
+    "export": "builder.cli.export:export",
     "plan": "builder.cli.build:plan",
     "build": "builder.cli.build:build",
     "report": "builder.cli.build:report",
     "dedup": "builder.cli.dedup:dedup",
     "decontam": "builder.cli.dedup:decontam",
+    "review": "builder.cli.review:review",
 }
 
 

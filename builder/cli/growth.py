@@ -15,7 +15,7 @@ def _context(taxonomy_dir: str | None, config_path: str | None):
     from builder.taxonomy import load_taxonomy
 
     cfg = load_config(config_path)
-    tax = load_taxonomy(resolve_taxonomy_dir(taxonomy_dir, config_path))
+    tax = load_taxonomy(resolve_taxonomy_dir(taxonomy_dir, config_path), levels=cfg.taxonomy.levels)
     return cfg, tax
 
 
@@ -44,7 +44,9 @@ def expand_cmd(
     """Have the model propose children of a node (e.g. subjects of a discipline).
 
     New names are compared with every name in the taxonomy (normalised, and fuzzy at 90%)
-    and with each other; duplicates are listed, not added. The rest are inserted with
+    and with each other; duplicates are listed, not added. Malformed names (brackets,
+    placeholders such as {subject}, stray punctuation such as math_20-35) are refused, and
+    the last line says how many of those asked for are usable. The rest are inserted with
     `status: proposed` and a `# proposed by <model> on <date>` comment; builds ignore them
     until `corpus taxonomy approve`. Replies are cached: --sample N asks for new ones.
 
@@ -74,12 +76,11 @@ def expand_cmd(
     for p in report.proposals:
         if p.action == "added":
             click.echo(f"{verb} {p.id}: {p.name}")
+        elif p.action == "refused":
+            click.echo(f"refused {p.name!r}: {p.reason}")
         else:
             click.echo(f"duplicate {p.name!r} (of {p.duplicate_of}), skipped")
-    click.echo(
-        f"{len(report.added)} new, {len(report.duplicates)} duplicate(s) under {report.node}",
-        err=True,
-    )
+    click.echo(report.summary(), err=True)
     if report.added and not dry_run:
         click.echo(
             "next: `corpus taxonomy review`, then `corpus taxonomy approve|reject ID...`",

@@ -15,7 +15,7 @@ def _context(taxonomy_dir: str | None, config_path: str | None):
     from builder.taxonomy import load_taxonomy
 
     cfg = load_config(config_path)
-    tax = load_taxonomy(resolve_taxonomy_dir(taxonomy_dir, config_path))
+    tax = load_taxonomy(resolve_taxonomy_dir(taxonomy_dir, config_path), levels=cfg.taxonomy.levels)
     return cfg, tax
 
 
@@ -69,7 +69,8 @@ def generate_cmd(
     Files are written as `status: proposed`. A syllabus that is approved or that a curator
     edited is never overwritten without --force. Invalid replies are retried with a new
     sample; subjects that still fail are listed and the exit code is 2. Replies are cached,
-    so rerunning is free; --sample N asks for a different syllabus.
+    so a plain rerun gives the same replies (failures included); --sample N asks for
+    different ones (the failure message names the next N to use).
 
     \b
     Example:
@@ -173,9 +174,26 @@ def show_cmd(
       corpus syllabus show calculus --yaml
     """
     from builder.errors import TaxonomyError
-    from builder.syllabus import load_syllabus, render_syllabus, syllabus_path
+    from builder.syllabus import (
+        is_subject,
+        load_syllabus,
+        render_syllabus,
+        subject_of,
+        syllabus_path,
+    )
 
     cfg, tax = _context(taxonomy_dir, config_path)
+    node = tax[subject_id]  # unknown ids get a did-you-mean
+    if not is_subject(tax, node.id):
+        subject = subject_of(tax, node.id)
+        raise TaxonomyError(
+            f"{node.id!r} is not a subject (level {node.level!r}); syllabi belong to subjects",
+            file=node.file,
+            line=node.line,
+            hint=f"its subject is {subject.id!r}: `corpus syllabus show {subject.id}`"
+            if subject is not None
+            else "`corpus syllabus list` lists the subjects",
+        )
     syl = load_syllabus(tax, subject_id, cfg.syllabus)
     if syl is None:
         raise TaxonomyError(

@@ -20,6 +20,7 @@ __all__ = [
     "export_cmd",
     "import_cmd",
     "move_cmd",
+    "prereq_cmd",
     "remove_cmd",
     "rename_cmd",
     "resolve_taxonomy_dir",
@@ -58,12 +59,21 @@ def _levels_setting(config_path: str | None) -> list[str]:
     return list(load_config(config_path).taxonomy.levels)
 
 
-def _validate_syllabi(tax, config_path: str | None = None) -> list[Problem]:
-    """Syllabus problems, judged against the config's [syllabus] bounds."""
+def _validate_syllabi(tax, config_path: str | None = None) -> tuple[list[Problem], str]:
+    """Syllabus problems, judged against the config's [syllabus] bounds, and a summary such
+    as ``3 syllabi (1 approved, 2 proposed)``."""
     from builder.config import load_config
-    from builder.syllabus import validate_syllabi
+    from builder.syllabus import load_syllabi, validate_syllabi
 
-    return list(validate_syllabi(tax, load_config(config_path).syllabus))
+    settings = load_config(config_path).syllabus
+    problems = list(validate_syllabi(tax, settings))
+    if problems:
+        return problems, ""
+    loaded = load_syllabi(tax, None, settings)
+    approved = sum(1 for s in loaded.values() if s.status == "approved")
+    noun = "syllabus" if len(loaded) == 1 else "syllabi"
+    summary = f"{len(loaded)} {noun} ({approved} approved, {len(loaded) - approved} proposed)"
+    return [], summary
 
 
 @click.command("validate")
@@ -72,9 +82,11 @@ def _validate_syllabi(tax, config_path: str | None = None) -> list[Problem]:
 def validate_cmd(taxonomy_dir: str | None, config_path: str | None) -> None:
     """Check the taxonomy and its syllabi; list every problem as file:line (exit code 2).
 
-    Checks YAML syntax, unknown keys and wrong types, id slugs, empty names, status values,
+    Checks YAML syntax (reported first), unknown keys and wrong types, id slugs, empty
+    names, level names ([taxonomy] levels; a typo gets a did-you-mean), status values,
     duplicate ids across files, dangling prerequisites, prerequisites on one's own ancestor
-    or descendant, and prerequisite cycles (printed as a -> b -> a).
+    or descendant, and prerequisite cycles (every edge named with its file:line). Levels
+    that do not fit their depth are printed as warnings (exit code 0).
 
     \b
     Example:
@@ -84,9 +96,10 @@ def validate_cmd(taxonomy_dir: str | None, config_path: str | None) -> None:
     from builder.taxonomy import check_taxonomy
 
     root = resolve_taxonomy_dir(taxonomy_dir, config_path)
-    problems, tax = check_taxonomy(root)
+    problems, tax = check_taxonomy(root, levels=_levels_setting(config_path))
+    syllabi = ""
     if tax is not None:
-        problems = _validate_syllabi(tax, config_path)
+        problems, syllabi = _validate_syllabi(tax, config_path)
     if problems:
         raise ValidationError(
             [
@@ -97,17 +110,21 @@ def validate_cmd(taxonomy_dir: str | None, config_path: str | None) -> None:
                 ),
             ]
         )
+    for warning in tax.warnings:
+        click.echo(f"warning: {warning}", err=True)
     s = tax.stats()
     click.echo(
         f"ok: {root}: {s['disciplines']} discipline(s), {s['nodes']} nodes "
-        f"({s['proposed']} proposed), {s['leaves']} leaves, depth {s['depth']}"
+        f"({s['proposed']} proposed), {s['leaves']} leaves, depth {s['depth']}, {syllabi}"
     )
 
 
 def _load(taxonomy_dir: str | None, config_path: str | None):
     from builder.taxonomy import load_taxonomy
 
-    return load_taxonomy(resolve_taxonomy_dir(taxonomy_dir, config_path))
+    return load_taxonomy(
+        resolve_taxonomy_dir(taxonomy_dir, config_path), levels=_levels_setting(config_path)
+    )
 
 
 @click.command("show")
@@ -350,6 +367,68 @@ def remove_cmd(
     _finish(editor, dry_run)
 
 
+@click.group("prereq")
+def prereq_cmd() -> None:
+    """Add or remove prerequisites of an existing node (comments and layout are kept).
+
+    The edit is validated first (unknown ids, cycles, prerequisites on one's own ancestor or
+    descendant are refused with nothing written); --dry-run prints the diff.
+
+    \b
+    Example:
+      corpus taxonomy prereq add calculus-integrals calculus-limits
+      corpus taxonomy prereq remove calculus-integrals calculus-limits --dry-run
+    """
+
+
+@prereq_cmd.command("add")
+@click.argument("node_id", metavar="ID")
+@click.argument("prerequisites", nargs=-1, required=True, metavar="PREREQ...")
+@dry_run_option
+@taxonomy_option
+@config_option
+def prereq_add_cmd(
+    node_id: str,
+    prerequisites: tuple[str, ...],
+    dry_run: bool,
+    taxonomy_dir: str | None,
+    config_path: str | None,
+) -> None:
+    """Make ID require each PREREQ (appended to its prerequisites list).
+
+    \b
+    Example:
+      corpus taxonomy prereq add calculus-integrals calculus-limits
+    """
+    editor = _editor(taxonomy_dir, config_path)
+    editor.add_prerequisites(node_id, prerequisites)
+    _finish(editor, dry_run)
+
+
+@prereq_cmd.command("remove")
+@click.argument("node_id", metavar="ID")
+@click.argument("prerequisites", nargs=-1, required=True, metavar="PREREQ...")
+@dry_run_option
+@taxonomy_option
+@config_option
+def prereq_remove_cmd(
+    node_id: str,
+    prerequisites: tuple[str, ...],
+    dry_run: bool,
+    taxonomy_dir: str | None,
+    config_path: str | None,
+) -> None:
+    """Drop each PREREQ from ID's prerequisites.
+
+    \b
+    Example:
+      corpus taxonomy prereq remove calculus-integrals calculus-limits
+    """
+    editor = _editor(taxonomy_dir, config_path)
+    editor.remove_prerequisites(node_id, prerequisites)
+    _finish(editor, dry_run)
+
+
 # -- import / export ------------------------------------------------------------------------
 
 
@@ -384,7 +463,8 @@ def import_cmd(
     """Import a CSV (one column per level, optional description/weight columns) or a nested
     JSON outline ({name, children: [...]}, or `export --format json` output) as one YAML
     file per top-level node. Ids are stable slugs of the names; nothing is written unless
-    the result validates.
+    the result validates. Without --levels a JSON outline's levels are [taxonomy] levels
+    when it is no deeper, else level1..levelN. --dry-run prints the files as a diff.
 
     \b
     Example:
@@ -395,12 +475,28 @@ def import_cmd(
 
     level_list = [lv.strip() for lv in levels.split(",") if lv.strip()] if levels else None
     target = Path(into) if into else resolve_taxonomy_dir(taxonomy_dir, config_path)
-    if level_list is None and Path(file).suffix.lower() == ".json":
-        level_list = _levels_setting(config_path)
-    result = import_taxonomy(file, target, levels=level_list, force=force, dry_run=dry_run)
+    result = import_taxonomy(
+        file,
+        target,
+        levels=level_list,
+        default_levels=_levels_setting(config_path),
+        force=force,
+        dry_run=dry_run,
+    )
+    if dry_run:
+        click.echo(result.diff(), nl=False)
     verb = "would write" if dry_run else "wrote"
     counts = ", ".join(f"{n} {lv}" for lv, n in result.per_level.items())
-    click.echo(f"{verb} {len(result.files)} file(s) in {target}: {result.nodes} nodes ({counts})")
+    click.echo(
+        f"{verb} {len(result.files)} file(s) in {target}: {result.nodes} nodes ({counts})",
+        err=dry_run,
+    )
+    if level_list is None and "level1" in result.per_level:
+        click.echo(
+            f"note: the outline is {len(result.per_level)} levels deep, more than [taxonomy] "
+            "levels names: levels are named level1..levelN (name them with --levels)",
+            err=True,
+        )
 
 
 @click.command("export")

@@ -8,7 +8,18 @@ from builder.cli import LazyGroup
 
 SUBCOMMANDS = {
     name: f"builder.cli.taxonomy:{name}_cmd"
-    for name in ("validate", "show", "stats", "add", "move", "rename", "remove", "import", "export")
+    for name in (
+        "validate",
+        "show",
+        "stats",
+        "add",
+        "move",
+        "rename",
+        "remove",
+        "prereq",
+        "import",
+        "export",
+    )
 } | {name: f"builder.cli.growth:{name}_cmd" for name in ("expand", "review", "approve", "reject")}
 
 

@@ -7,9 +7,10 @@
 
 Modules: ``engine`` (Engine, open_engine, the run loop), ``endpoint`` (what is sent, cache
 keys), ``transport`` (raw aiohttp, the default) and ``transport_openai`` (through the openai
-client), ``control`` (AIMD, backoff), ``cache`` (SQLite), ``budget`` (prices, tokens),
-``schema`` (structured output), ``embedded`` (llama.cpp server), ``progress``, ``batch``
-(Batch API mode), ``jobfile`` (``corpus llm run``), ``check``.
+client), ``control`` (endpoint limiter, backoff), ``window`` (the concurrency window and
+rate-limit pacing), ``cache`` (SQLite), ``budget`` (prices, tokens), ``schema`` (structured
+output), ``embedded`` (llama.cpp server), ``progress``, ``batch`` (Batch API mode),
+``jobfile`` (``corpus llm run``), ``check``.
 Names are imported lazily so ``import builder.llm`` stays cheap.
 """
 

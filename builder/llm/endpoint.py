@@ -50,6 +50,8 @@ class Endpoint:
     transport: str = "aiohttp"  # a key of builder.llm.transport.TRANSPORTS
     api_version: str | None = None  # Azure OpenAI's api-version (transport "azure")
     headers: dict[str, str] = field(default_factory=dict)  # extra headers on every request
+    max_requests_per_minute: float | None = None  # pace launches under these (None: no pacing
+    max_tokens_per_minute: float | None = None  # until the endpoint's x-ratelimit-* say so)
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/")
@@ -101,6 +103,8 @@ def endpoints_from_settings(settings: LLMSettings) -> list[Endpoint]:
                 transport=settings.transport,
                 api_version=settings.api_version,
                 headers=dict(settings.default_headers),
+                max_requests_per_minute=settings.max_requests_per_minute,
+                max_tokens_per_minute=settings.max_tokens_per_minute,
             )
         )
     for e in settings.endpoints:
@@ -114,6 +118,9 @@ def endpoints_from_settings(settings: LLMSettings) -> list[Endpoint]:
                 transport=e.transport or settings.transport,
                 api_version=e.api_version or settings.api_version,
                 headers={**settings.default_headers, **(e.default_headers or {})},
+                max_requests_per_minute=e.max_requests_per_minute
+                or settings.max_requests_per_minute,
+                max_tokens_per_minute=e.max_tokens_per_minute or settings.max_tokens_per_minute,
             )
         )
     for ep in eps:

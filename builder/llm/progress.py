@@ -1,9 +1,11 @@
 """Progress of a run: a live bar on a terminal, plain periodic log lines otherwise.
 
 The engine calls ``update(stats)`` after every batch of results (cheap: it only redraws a
-few times a second). On a TTY a rich progress bar shows done / cached / failed, tokens per
-second, cost and ETA; elsewhere (CI, pipes, log files) one line goes to stderr every
-``interval_s`` seconds and once at the end, so logs stay readable.
+few times a second). On a TTY a rich progress bar shows done / cached / failed, requests being
+served and queued, the concurrency window and 429s of the last minute, tokens per second, cost
+and ETA; elsewhere (CI, pipes, log files) one line goes to stderr every ``interval_s`` seconds
+and at the end (unless it would repeat the last one), so logs stay readable. Log lines also
+say why the window last moved, when that changed.
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ class Snapshot:
     done: int = 0  # results yielded (any status, cache hits included)
     cached: int = 0
     failed: int = 0
-    in_flight: int = 0
+    in_flight: int = 0  # sent to an endpoint, not answered yet
+    queued: int = 0  # admitted, waiting for a slot, a rate limit or a retry delay
     completion_tokens: int = 0
     cost: float = 0.0
     total: int | None = None
+    window: int | None = None  # requests the endpoints' windows allow in flight
+    refused_last_minute: int = 0  # 429 answers in the last minute
+    window_reason: str = ""  # why a window last moved
 
 
 class Progress(Protocol):
@@ -68,30 +74,46 @@ class LogProgress:
         self._t0 = time.monotonic()
         self._last = self._t0
         self._total: int | None = None
+        self._printed: tuple[Any, ...] | None = None  # counters of the last line printed
+        self._reason = ""
 
     def start(self, total: int | None) -> None:
         self._t0 = self._last = time.monotonic()
         self._total = total
+        self._printed = None
 
     def _line(self, snap: Snapshot) -> str:
         elapsed = time.monotonic() - self._t0
         tps = snap.completion_tokens / elapsed if elapsed > 0 else 0.0
         total = f"/{snap.total}" if snap.total is not None else ""
-        return (
-            f"{self.label}: {snap.done}{total} done ({snap.cached} cached, {snap.failed} failed,"
-            f" {snap.in_flight} in flight), {tps:.0f} tok/s, ${snap.cost:.4f},"
-            f" ETA {_eta(snap, elapsed, snap.cached)}"
+        line = (
+            f"{self.label}: {snap.done}{total} done ({snap.cached} cached, {snap.failed} failed),"
+            f" {snap.in_flight} sending, {snap.queued} queued"
         )
+        if snap.window is not None:
+            line += f", window {snap.window}, {snap.refused_last_minute} 429s in the last minute"
+        line += f", {tps:.0f} tok/s, ${snap.cost:.4f}, ETA {_eta(snap, elapsed, snap.cached)}"
+        if snap.window_reason and snap.window_reason != self._reason:
+            self._reason = snap.window_reason
+            line += f" [window: {snap.window_reason}]"
+        return line
+
+    def _print(self, snap: Snapshot) -> None:
+        key = (snap.done, snap.cached, snap.failed, snap.in_flight, snap.queued, snap.window)
+        if key == self._printed:
+            return  # the same line again says nothing (e.g. an update then the close)
+        self._printed = key
+        print(self._line(snap), file=self.stream, flush=True)
 
     def update(self, snap: Snapshot) -> None:
         now = time.monotonic()
         if now - self._last >= self.interval_s:
             self._last = now
-            print(self._line(snap), file=self.stream, flush=True)
+            self._print(snap)
 
     def close(self, snap: Snapshot) -> None:
         if snap.done or snap.failed:
-            print(self._line(snap), file=self.stream, flush=True)
+            self._print(snap)
 
 
 class BarProgress:
@@ -138,9 +160,12 @@ class BarProgress:
         elapsed = now - self._t0
         tps = snap.completion_tokens / elapsed if elapsed > 0 else 0.0
         detail = (
-            f"cached {snap.cached}  failed {snap.failed}  in flight {snap.in_flight}  "
-            f"{tps:.0f} tok/s  ${snap.cost:.4f}"
+            f"cached {snap.cached}  failed {snap.failed}  sending {snap.in_flight}  "
+            f"queued {snap.queued}  "
         )
+        if snap.window is not None:
+            detail += f"window {snap.window}  429s/min {snap.refused_last_minute}  "
+        detail += f"{tps:.0f} tok/s  ${snap.cost:.4f}"
         self._bar.update(self._task, completed=snap.done, total=snap.total, detail=detail)
 
     def close(self, snap: Snapshot) -> None:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from builder.reasoning import answer_of
 from builder.records import ChatResult, canonical_json
 
 M = TypeVar("M", bound=BaseModel)
@@ -97,7 +98,9 @@ def validate(value: Any, schema: dict[str, Any]) -> str | None:
 
 
 def check_output(text: str | None, schema: dict[str, Any]) -> tuple[Any, str | None]:
-    """(parsed value, None) when ``text`` is valid JSON for ``schema``, else (None, reason)."""
+    """(parsed value, None) when ``text`` is valid JSON for ``schema``, else (None, reason).
+    A reasoning trace before the answer (``<think>…</think>``) is not part of the output."""
+    text = answer_of(text)
     if text is None:
         return None, "no content in the reply"
     try:

@@ -18,7 +18,7 @@ stop the run with one clear message. Messages never contain the API key.
 ``aiohttp`` (this module, the default), ``openai`` (the official ``openai.AsyncOpenAI`` client,
 ``builder.llm.transport_openai``) or ``azure`` (``openai.AsyncAzureOpenAI``). All share the
 ``chat``/``request_json``/``close`` interface, the ``Reply`` they return and the
-``AttemptError`` classification, so the engine's retries, AIMD and fail-fast do not depend on
+``AttemptError`` classification, so the engine's retries, window and fail-fast do not depend on
 the choice; the cache key does not either (it hashes the body, which is the same).
 """
 
@@ -34,6 +34,7 @@ from typing import Any
 import aiohttp
 
 from builder.llm.endpoint import Endpoint
+from builder.llm.window import RateLimitInfo, parse_ratelimit
 from builder.settings.llm import LLMSettings
 
 USER_AGENT = "curriculum-corpus-builder/0.1"
@@ -51,16 +52,18 @@ class AttemptError(Exception):
         *,
         status: int | None = None,
         retry_after: float | None = None,
+        ratelimit: RateLimitInfo | None = None,
     ) -> None:
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+        self.ratelimit = ratelimit  # the answer's x-ratelimit-* headers, if any
 
     @property
     def overload(self) -> bool:
-        """The server asked us to slow down (AIMD halves the endpoint's concurrency)."""
+        """The server asked us to slow down (a signal for the concurrency window)."""
         return self.status == 429
 
 
@@ -150,6 +153,7 @@ class Reply:
     body: dict[str, Any]
     latency_s: float
     raw: str | None = None  # the body as received (None when assembled from a stream)
+    ratelimit: RateLimitInfo | None = None  # the answer's x-ratelimit-* headers, if any
 
 
 class Transport:
@@ -205,8 +209,11 @@ class Transport:
         t0 = time.perf_counter()
         try:
             async with self.session.post(self.url("chat/completions"), data=data) as resp:
+                ratelimit = parse_ratelimit(resp.headers)
                 if resp.status != 200:
-                    raise await self._status_error(resp)
+                    err = await self._status_error(resp)
+                    err.ratelimit = ratelimit
+                    raise err
                 raw_text = None
                 if stream:
                     body = await assemble_stream(resp.content)
@@ -234,7 +241,7 @@ class Transport:
                 "retry", f"connection error ({exc.__class__.__name__}: {exc})"
             ) from None
         check_completion(body)
-        return Reply(body, time.perf_counter() - t0, raw_text)
+        return Reply(body, time.perf_counter() - t0, raw_text, ratelimit)
 
     async def _status_error(self, resp: aiohttp.ClientResponse) -> AttemptError:
         try:
@@ -291,6 +298,7 @@ async def assemble_stream(lines: AsyncIterable[bytes] | AsyncIterable[str]) -> d
     server with ``--interrupt_requests True`` does this silently): that is a retry, not text.
     """
     parts: list[str] = []
+    thinking: list[str] = []  # reasoning_content deltas (DeepSeek, vLLM reasoning parsers)
     finish_reason = None
     usage = None
     meta: dict[str, Any] = {}
@@ -321,6 +329,10 @@ async def assemble_stream(lines: AsyncIterable[bytes] | AsyncIterable[str]) -> d
             delta = choice.get("delta") or {}
             if delta.get("content"):
                 parts.append(delta["content"])
+            for name in ("reasoning_content", "reasoning"):
+                if isinstance(delta.get(name), str):
+                    thinking.append(delta[name])
+                    break
             if choice.get("finish_reason"):
                 finish_reason = choice["finish_reason"]
     if not done or finish_reason is None:
@@ -338,6 +350,8 @@ async def assemble_stream(lines: AsyncIterable[bytes] | AsyncIterable[str]) -> d
             }
         ],
     }
+    if thinking:
+        body["choices"][0]["message"]["reasoning_content"] = "".join(thinking)
     if usage is not None:
         body["usage"] = usage
     if "system_fingerprint" in meta:

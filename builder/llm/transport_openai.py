@@ -4,7 +4,7 @@ or ``"azure"``).
 Same interface and meaning as ``builder.llm.transport.Transport``: ``chat(body_bytes,
 stream=...) -> Reply`` with the full response body, and every failure an ``AttemptError`` of
 the same ``kind`` (``classify_status`` for HTTP errors; timeouts, resets, truncated or
-malformed bodies are ``retry``), so the engine's retries, Retry-After, AIMD and fail-fast
+malformed bodies are ``retry``), so the engine's retries, Retry-After, window and fail-fast
 behave the same. What the SDK adds: its authentication (``Authorization`` or Azure's
 ``api-key``), Azure OpenAI (``openai.AsyncAzureOpenAI`` with ``api-version``), its
 ``OpenAI-Organization``/``OpenAI-Project`` headers (from OPENAI_ORG_ID / OPENAI_PROJECT_ID, the
@@ -54,6 +54,7 @@ from builder.llm.transport import (
     classify_status,
     parse_retry_after,
 )
+from builder.llm.window import parse_ratelimit
 from builder.settings.llm import LLMSettings
 
 #: Sent as the key when the endpoint has none: the SDK insists on one; the request then omits
@@ -214,7 +215,7 @@ class OpenAITransport:
         except (openai.APIError, httpx2.HTTPError, OSError, TimeoutError) as exc:
             raise transport_error(exc, self.ep.label) from None
         check_completion(body)
-        return Reply(body, time.perf_counter() - t0, raw_text)
+        return Reply(body, time.perf_counter() - t0, raw_text, parse_ratelimit(resp.headers))
 
     def _status_error(self, resp: httpx2.Response) -> AttemptError:
         try:
@@ -222,13 +223,15 @@ class OpenAITransport:
         except httpx2.HTTPError:  # not read (closed early)
             text = ""
         message, code = _error_details(text)
-        return classify_status(
+        err = classify_status(
             resp.status_code,
             self.ep.redact(message),
             code,
             parse_retry_after(resp.headers),
             self.ep.label,
         )
+        err.ratelimit = parse_ratelimit(resp.headers)
+        return err
 
     # -- small JSON calls (models, files, batches) -------------------------------------
     async def request_json(

@@ -40,6 +40,11 @@ class DedupSettings(Section):
     workers: int | None = Field(None, ge=1)
     # Diversity report: how many leading words make a document's "opener".
     opener_words: int = Field(5, ge=1, le=50)
+    # Semantic near-duplicates (builder.quality.semdedup): embedding cosine >= this within
+    # k-means clusters; always reported, removed only when semantic = true.
+    semantic: bool = False
+    semantic_threshold: float = Field(0.95, gt=0, le=1)
+    semantic_cluster_size: int = Field(1000, ge=10)
 
     @model_validator(mode="after")
     def _check_banding(self) -> DedupSettings:

@@ -50,6 +50,8 @@ class EndpointSettings(Section):
     transport: TransportName | None = None  # default: [llm] transport
     api_version: str | None = None  # default: [llm] api_version
     default_headers: dict[str, str] | None = None  # added to (and override) [llm] default_headers
+    max_requests_per_minute: float | None = Field(None, gt=0)  # default: [llm]'s
+    max_tokens_per_minute: float | None = Field(None, gt=0)  # default: [llm]'s
 
 
 class PriceSettings(Section):
@@ -89,8 +91,16 @@ class LLMSettings(Section):
     repeat_penalty: float = Field(1.0, gt=0)
 
     # -- transport, concurrency, retries -----------------------------------------------
+    # The window of requests in flight per endpoint starts with a quick ramp to
+    # max_concurrency, finds the endpoint's limit from its 429s and stays near it
+    # (builder/llm/window.py); it never goes below min_concurrency.
     max_concurrency: int = Field(16, ge=1, le=4096)
-    min_concurrency: int = Field(1, ge=1, le=4096)  # AIMD never goes below this
+    min_concurrency: int = Field(1, ge=1, le=4096)
+    # Rate limits for endpoints that do not send x-ratelimit-* headers (per endpoint; with
+    # the headers, the endpoint's own figures are used): launches are paced under them.
+    # Tokens are estimated as prompt bytes / 4 + max_tokens, as OpenAI counts them.
+    max_requests_per_minute: float | None = Field(None, gt=0)
+    max_tokens_per_minute: float | None = Field(None, gt=0)
     embedded_concurrency: int = Field(1, ge=1, le=16)  # the embedded server runs one at a time
     connect_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(120.0, gt=0)  # longest silence while waiting for a response

@@ -13,20 +13,22 @@ a taxonomy from a spreadsheet or a nested JSON outline; ``export_taxonomy`` writ
 from __future__ import annotations
 
 from builder.taxonomy.edit import DEFAULT_LEVELS, NEW_DISCIPLINE, TaxonomyEditor
-from builder.taxonomy.io import (
+from builder.taxonomy.export import (
     EXPORT_FORMATS,
-    ImportResult,
-    OutlineNode,
-    assign_ids,
     export_taxonomy,
-    import_taxonomy,
-    outline_to_yaml,
-    read_csv_outline,
-    read_json_outline,
     to_dot,
     to_graphml,
     to_mermaid,
     to_node_link,
+)
+from builder.taxonomy.io import (
+    ImportResult,
+    OutlineNode,
+    assign_ids,
+    import_taxonomy,
+    outline_to_yaml,
+    read_csv_outline,
+    read_json_outline,
 )
 from builder.taxonomy.model import DEFAULT_STATUS, STATUSES, Node, Taxonomy, UnknownNodeError
 from builder.taxonomy.validate import (

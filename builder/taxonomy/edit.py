@@ -17,109 +17,27 @@ with the fast loader to know which file holds which id.
 from __future__ import annotations
 
 import difflib
-import io
 import os
-import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
-from ruamel.yaml.util import load_yaml_guess_indent
 
 from builder.errors import Problem, TaxonomyError, ValidationError
 from builder.taxonomy import comments as cm
+from builder.taxonomy.crosscheck import DEFAULT_LEVELS
 from builder.taxonomy.files import atomic_write_text
 from builder.taxonomy.model import STATUSES, Taxonomy, UnknownNodeError
 from builder.taxonomy.parse import YamlSyntaxError, parse_yaml
+from builder.taxonomy.rtdoc import Doc, names, new_yaml, walk_maps
 from builder.taxonomy.validate import SLUG_RE, check_texts, discover_files, slugify
 
 __all__ = ["DEFAULT_LEVELS", "NEW_DISCIPLINE", "TaxonomyEditor"]
 
-DEFAULT_LEVELS = ("discipline", "subject", "topic")
 # The parent to give ``add``/``move`` for a new top-level discipline (its own file).
 NEW_DISCIPLINE = "-"
-_LIST_LIMIT = 8  # how many ids to name in a refusal before "and N more"
-
-
-def _names(ids: list[str]) -> str:
-    shown = ", ".join(repr(i) for i in ids[:_LIST_LIMIT])
-    if len(ids) > _LIST_LIMIT:
-        shown += f" and {len(ids) - _LIST_LIMIT} more"
-    return shown
-
-
-def _walk(node: Any, parent: Any = None) -> Iterator[tuple[Any, Any]]:
-    """(mapping, parent mapping) for every node mapping under ``node``, preorder."""
-    stack = [(node, parent)]
-    while stack:
-        m, p = stack.pop()
-        if not isinstance(m, dict):
-            continue
-        yield m, p
-        kids = m.get("children")
-        if isinstance(kids, list):
-            stack.extend((k, m) for k in reversed(kids))
-
-
-@dataclass
-class _Doc:
-    """One discipline file loaded in round-trip mode."""
-
-    path: Path
-    yaml: YAML
-    data: CommentedMap
-    index: dict[str, tuple[CommentedMap, CommentedMap | None]] = field(default_factory=dict)
-    crlf: bool = False  # the file used Windows line endings: keep them
-    bom: bool = False  # the file started with a UTF-8 byte order mark: keep it
-
-    def reindex(self) -> None:
-        self.index = {m["id"]: (m, p) for m, p in _walk(self.data) if isinstance(m.get("id"), str)}
-
-    def depth(self, m: CommentedMap) -> int:
-        """0 for the file's top node."""
-        d = 0
-        parent = self.index[m["id"]][1]
-        while parent is not None:
-            d += 1
-            parent = self.index[parent["id"]][1]
-        return d
-
-    def dash_column(self, parent: CommentedMap) -> int:
-        """Column of the '- ' of ``parent``'s children, as this file is indented."""
-        y = self.yaml
-        seq_indent = y.sequence_indent if y.sequence_indent is not None else 2
-        offset = y.sequence_dash_offset or 0
-        return self.depth(parent) * seq_indent + offset
-
-    def dump(self) -> str:
-        out = io.StringIO()
-        self.yaml.dump(self.data, out)
-        text = out.getvalue()
-        if self.crlf:
-            text = text.replace("\n", "\r\n")
-        return ("\ufeff" + text) if self.bom else text
-
-
-def _new_yaml(text: str | None) -> tuple[YAML, Any]:
-    y = YAML()  # round-trip
-    y.preserve_quotes = True
-    y.width = 4096  # never re-wrap long names or descriptions
-    if text is None:
-        y.indent(mapping=2, sequence=4, offset=2)
-        return y, None
-    data, indent, block_seq_indent = load_yaml_guess_indent(text, yaml=y)
-    if block_seq_indent is None:  # no list in the file yet: our house style, "  - id: ..."
-        mapping = indent or 2
-        y.indent(mapping=mapping, sequence=mapping + 2, offset=mapping)
-    else:
-        y.indent(mapping=indent or 2, sequence=indent or 2, offset=block_seq_indent)
-    if re.match(r"(?:\s*#[^\n]*\n|\s*\n)*---", text):
-        y.explicit_start = True
-    return y, data
 
 
 class TaxonomyEditor:
@@ -145,7 +63,7 @@ class TaxonomyEditor:
             raise TaxonomyError(f"{self.root} is not a directory", hint="pass --taxonomy DIR")
         self._texts: dict[Path, str] = {}
         self._raw: dict[Path, Any] = {}  # fast-parsed content of files not loaded round-trip
-        self._docs: dict[Path, _Doc] = {}
+        self._docs: dict[Path, Doc] = {}
         self._dirty: set[Path] = set()
         self._deleted: set[Path] = set()
         self._where: dict[str, Path] = {}
@@ -169,7 +87,7 @@ class TaxonomyEditor:
                 Problem(message, path, line, "keep one of them") for line, message in duplicates
             )
             self._raw[path] = data
-            for m, _ in _walk(data):
+            for m, _ in walk_maps(data):
                 node_id = m.get("id")
                 if isinstance(node_id, str):
                     self._where.setdefault(node_id, path)
@@ -180,12 +98,12 @@ class TaxonomyEditor:
 
     # -- lookups ------------------------------------------------------------------------------
 
-    def _doc(self, path: Path) -> _Doc:
+    def _doc(self, path: Path) -> Doc:
         doc = self._docs.get(path)
         if doc is None:
             text = self._texts[path]
             try:
-                y, data = _new_yaml(text.lstrip("\ufeff").replace("\r\n", "\n"))
+                y, data = new_yaml(text.lstrip("\ufeff").replace("\r\n", "\n"))
             except YAMLError as exc:  # what the fast reader accepts, round-trip should too
                 mark = getattr(exc, "problem_mark", None)
                 raise TaxonomyError(
@@ -193,12 +111,12 @@ class TaxonomyEditor:
                     file=path,
                     line=mark.line + 1 if mark is not None else None,
                 ) from None
-            doc = _Doc(path, y, data, crlf="\r\n" in text, bom=text.startswith("\ufeff"))
+            doc = Doc(path, y, data, crlf="\r\n" in text, bom=text.startswith("\ufeff"))
             doc.reindex()
             self._docs[path] = doc
         return doc
 
-    def _locate(self, node_id: str) -> tuple[_Doc, CommentedMap, CommentedMap | None]:
+    def _locate(self, node_id: str) -> tuple[Doc, CommentedMap, CommentedMap | None]:
         path = self._where.get(node_id)
         if path is None:
             close = difflib.get_close_matches(node_id, self._where, n=3, cutoff=0.6)
@@ -232,7 +150,7 @@ class TaxonomyEditor:
                 hint="ids must be unique; pick another id",
             )
 
-    def _mark(self, doc: _Doc) -> None:
+    def _mark(self, doc: Doc) -> None:
         self._dirty.add(doc.path)
         self._deleted.discard(doc.path)
 
@@ -248,9 +166,9 @@ class TaxonomyEditor:
             )
         return path
 
-    def _new_file(self, path: Path, data: CommentedMap) -> _Doc:
-        y, _ = _new_yaml(None)
-        doc = _Doc(path, y, data)
+    def _new_file(self, path: Path, data: CommentedMap) -> Doc:
+        y, _ = new_yaml(None)
+        doc = Doc(path, y, data)
         doc.reindex()
         self._docs[path] = doc
         self._texts.setdefault(path, "")
@@ -311,7 +229,7 @@ class TaxonomyEditor:
                 f"status {status!r} is not one of {', '.join(STATUSES)}", hint="use proposed"
             )
         parent_map: CommentedMap | None = None
-        doc: _Doc | None = None
+        doc: Doc | None = None
         if parent is not None and parent != NEW_DISCIPLINE:
             doc, parent_map, _ = self._locate(parent)
         if level is None:
@@ -370,7 +288,7 @@ class TaxonomyEditor:
         return kids
 
     def _attach(
-        self, doc: _Doc, parent: CommentedMap, m: CommentedMap, leading: list[cm.Comment]
+        self, doc: Doc, parent: CommentedMap, m: CommentedMap, leading: list[cm.Comment]
     ) -> None:
         """Append ``m`` to ``parent``'s children with ``leading`` comment lines above it.
 
@@ -386,7 +304,7 @@ class TaxonomyEditor:
             cm.push_after_item(kids, len(kids) - 1, after)
 
     def _detach(
-        self, doc: _Doc, m: CommentedMap, parent: CommentedMap | None, *, keep_leading: bool
+        self, doc: Doc, m: CommentedMap, parent: CommentedMap | None, *, keep_leading: bool
     ) -> list[cm.Comment]:
         """Take ``m`` out of its parent's children (or its whole file if it is a root).
 
@@ -419,7 +337,7 @@ class TaxonomyEditor:
         self._mark(doc)
         return leading
 
-    def _after_node(self, doc: _Doc, m: CommentedMap, comments: list[cm.Comment]) -> None:
+    def _after_node(self, doc: Doc, m: CommentedMap, comments: list[cm.Comment]) -> None:
         """Put comment lines just below the node ``m`` (whose last line may have changed)."""
         if not comments:
             return
@@ -438,7 +356,7 @@ class TaxonomyEditor:
         ``to`` None or ``"-"`` makes it a discipline in its own file. Returns its new file.
         """
         doc, m, parent = self._locate(id)
-        subtree = [k["id"] for k, _ in _walk(m) if isinstance(k.get("id"), str)]
+        subtree = [k["id"] for k, _ in walk_maps(m) if isinstance(k.get("id"), str)]
         if to is None or to == NEW_DISCIPLINE:
             if parent is None:
                 raise TaxonomyError(f"{id!r} is already a discipline", hint="nothing to move")
@@ -521,6 +439,78 @@ class TaxonomyEditor:
         self._mark(doc)
         self.changes.append(f"updated {', '.join(fields)} of {id!r}")
 
+    def _prerequisite_id(self, node_id: str, pre: str) -> None:
+        """Refuse a prerequisite id that is not in the taxonomy (suggesting others, never the
+        node itself) or that is the node itself."""
+        if pre == node_id:
+            raise TaxonomyError(
+                f"{node_id!r} cannot be its own prerequisite", hint="name another node"
+            )
+        if pre not in self._where:
+            close = [
+                c
+                for c in difflib.get_close_matches(pre, self._where, n=4, cutoff=0.6)
+                if c != node_id
+            ][:3]
+            raise UnknownNodeError(
+                f"unknown taxonomy id {pre!r} in {self.root}",
+                hint=f"did you mean {', '.join(close)}?" if close else "see `corpus taxonomy show`",
+            )
+
+    def add_prerequisites(self, id: str, prerequisites: Iterable[str]) -> None:  # noqa: A002
+        """Append ``prerequisites`` to ``id``'s list (created in flow style if missing).
+
+        Ids already listed are skipped (and said so in ``changes``); cycles and prerequisites
+        on one's own ancestor or descendant are caught by ``save``/``check``.
+        """
+        wanted = list(dict.fromkeys(prerequisites))
+        if not wanted:
+            raise TaxonomyError("name at least one prerequisite id", hint="e.g. `algebra`")
+        doc, m, _ = self._locate(id)
+        for pre in wanted:
+            self._prerequisite_id(id, pre)
+        pres = m.get("prerequisites")
+        if not isinstance(pres, CommentedSeq):
+            pres = CommentedSeq()
+            pres.fa.set_flow_style()
+            self._insert_key(m, "prerequisites", pres)
+        added = [p for p in wanted if p not in pres]
+        pres.extend(added)
+        already = [p for p in wanted if p not in added]
+        if added:
+            self._mark(doc)
+            self.changes.append(f"{id!r} now requires {names(added)} ({doc.path})")
+        if already:
+            self.changes.append(f"{id!r} already requires {names(already)}; unchanged")
+
+    def remove_prerequisites(self, id: str, prerequisites: Iterable[str]) -> None:  # noqa: A002
+        """Remove ``prerequisites`` from ``id``'s list (the key goes when the list empties).
+
+        An id that is not listed is refused, naming the ones that are.
+        """
+        wanted = list(dict.fromkeys(prerequisites))
+        if not wanted:
+            raise TaxonomyError("name at least one prerequisite id", hint="e.g. `algebra`")
+        doc, m, _ = self._locate(id)
+        pres = m.get("prerequisites")
+        listed = [p for p in pres if isinstance(p, str)] if isinstance(pres, list) else []
+        missing = [p for p in wanted if p not in listed]
+        if missing:
+            has = f"its prerequisites are {names(listed)}" if listed else "it has none"
+            raise TaxonomyError(
+                f"{names(missing)} {'is' if len(missing) == 1 else 'are'} not a prerequisite "
+                f"of {id!r}",
+                hint=has,
+            )
+        assert isinstance(pres, list)
+        for i in reversed(range(len(pres))):
+            if pres[i] in wanted:
+                del pres[i]
+        if not pres:
+            del m["prerequisites"]
+        self._mark(doc)
+        self.changes.append(f"{id!r} no longer requires {names(wanted)} ({doc.path})")
+
     def _dependents(self) -> dict[str, list[str]]:
         """prerequisite id -> ids of the nodes listing it, over the current (edited) state."""
         out: dict[str, list[str]] = {}
@@ -528,7 +518,7 @@ class TaxonomyEditor:
             if path in self._deleted:
                 continue
             data = self._docs[path].data if path in self._docs else self._raw.get(path)
-            for m, _ in _walk(data):
+            for m, _ in walk_maps(data):
                 pres = m.get("prerequisites")
                 if isinstance(pres, list):
                     for pre in pres:
@@ -544,7 +534,7 @@ class TaxonomyEditor:
         ids are dropped from every other node's prerequisites.
         """
         doc, m, parent = self._locate(id)
-        subtree = [k["id"] for k, _ in _walk(m) if isinstance(k.get("id"), str)]
+        subtree = [k["id"] for k, _ in walk_maps(m) if isinstance(k.get("id"), str)]
         removed = set(subtree)
         dependents = self._dependents()
         users = list(
@@ -554,15 +544,17 @@ class TaxonomyEditor:
             kids = [k.get("id") for k in (m.get("children") or []) if isinstance(k, dict)]
             if kids:
                 raise TaxonomyError(
-                    f"cannot remove {id!r}: it has children {_names(kids)}",
+                    f"cannot remove {id!r}: it has children {names(kids)}",
                     hint="move them elsewhere first, or pass --cascade to remove the subtree",
                 )
             if users:
                 raise TaxonomyError(
-                    f"cannot remove {id!r}: it is a prerequisite of {_names(users)}",
+                    f"cannot remove {id!r}: it is a prerequisite of {names(users)}",
                     hint="remove it from their prerequisites first, or pass --cascade",
                 )
-        self._detach(doc, m, parent, keep_leading=True)
+        # The comment lines just above the node describe it: they go with it (as `move`
+        # carries them); the lines below it belong to what follows and stay.
+        self._detach(doc, m, parent, keep_leading=False)
         doc.reindex()
         for node_id in subtree:
             self._where.pop(node_id, None)
@@ -612,7 +604,7 @@ class TaxonomyEditor:
 
     def check(self) -> tuple[list[Problem], Taxonomy | None]:
         """Validate the edited taxonomy without writing."""
-        return check_texts(self._result_texts(), self.root)
+        return check_texts(self._result_texts(), self.root, levels=self.levels)
 
     def save(self) -> Taxonomy:
         """Validate the edited taxonomy, then write the changed files atomically.
@@ -621,7 +613,7 @@ class TaxonomyEditor:
         Returns the new taxonomy.
         """
         texts = self._result_texts()
-        problems, tax = check_texts(texts, self.root)
+        problems, tax = check_texts(texts, self.root, levels=self.levels)
         if problems or tax is None:
             raise ValidationError(
                 [

@@ -89,9 +89,25 @@ class Taxonomy:
     Methods that take an id also accept a ``Node``.
     """
 
-    def __init__(self, root: Path, nodes: Iterable[Node], files: Iterable[Path] = ()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        nodes: Iterable[Node],
+        files: Iterable[Path] = (),
+        *,
+        warnings: Iterable[Any] = (),
+        external_prerequisites: dict[str, tuple[str, ...]] | None = None,
+        levels: Iterable[str] = (),
+    ) -> None:
         self.root = Path(root)
         self.files: tuple[Path, ...] = tuple(files)
+        # Suspicious but loadable things (``builder.errors.Problem``s), e.g. a level that
+        # repeats an ancestor's; ``corpus taxonomy validate`` prints them.
+        self.warnings: list[Any] = list(warnings)
+        # A single-file load: node id -> its prerequisites that live in other files.
+        self.external_prerequisites: dict[str, tuple[str, ...]] = dict(external_prerequisites or {})
+        # The known level names it was validated with (edits of it use the same).
+        self.levels: tuple[str, ...] = tuple(levels)
         self._order: list[Node] = list(nodes)
         self._nodes: dict[str, Node] = {n.id: n for n in self._order}
         self._index: dict[str, int] = {n.id: i for i, n in enumerate(self._order)}

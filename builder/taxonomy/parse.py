@@ -225,6 +225,7 @@ def _syntax_message(exc: Any) -> tuple[str, int]:
 
 
 _HINTS = (
+    ("tab character", "indent with spaces, not tabs"),
     ("mapping values are not allowed", "quote values that contain ': ' or fix the indentation"),
     ("cannot start any token", "use spaces, not tabs, and quote values starting with @ or `"),
     ("expected '-' indicator", "every item of a list starts with '- ' at the same indentation"),
@@ -340,13 +341,25 @@ def parse_yaml(text: str) -> tuple[Any, list[tuple[int, str]]]:
             elif cls is stream_end:
                 break
     except Exception as exc:
+        if type(exc).__name__ == "ReaderError" and hasattr(exc, "position"):
+            # A control character or bad byte (ruamel's and PyYAML's reader): no mark, a position.
+            line = text.count("\n", 0, max(0, int(exc.position))) + 1
+            raise YamlSyntaxError(
+                f"YAML syntax error: unacceptable character #x{exc.character:04x}; "
+                "remove it (control characters and binary data are not allowed in YAML)",
+                line,
+            ) from None
         if not _is_marked_error(exc):
             raise
         message, line = _syntax_message(exc)
-        for needle, hint in _HINTS:
-            if needle in message:
-                message += f"; {hint}"
-                break
+        lines = text.splitlines()
+        if 0 < line <= len(lines) and "\t" in lines[line - 1]:
+            message += f"; line {line} has a tab character: indent with spaces, not tabs"
+        else:
+            for needle, hint in _HINTS:
+                if needle in message:
+                    message += f"; {hint}"
+                    break
         raise YamlSyntaxError(message, line) from None
     finally:
         close()

@@ -4,7 +4,12 @@ A taxonomy directory holds one YAML file per discipline at its top level (``*.ya
 ``*.yml``); subdirectories (such as ``<discipline>/syllabi/``) are not node files. Checks:
 YAML syntax, unknown keys (with the closest valid key), wrong types, id slugs, empty names,
 status values, duplicate ids across files, dangling prerequisites, prerequisites on one's own
-ancestor or descendant, and prerequisite cycles (printed as ``a -> b -> a``).
+ancestor or descendant, unknown level names (``builder.taxonomy.crosscheck``), and
+prerequisite cycles (printed as ``a -> b -> a`` with every edge's ``file:line``).
+
+YAML syntax errors come first: a file that cannot be read hides its ids, so prerequisites that
+point into it are reported as one line, not one per edge. Suspicious but loadable things
+(a level that repeats an ancestor's) are warnings, kept on ``Taxonomy.warnings``.
 
 The checks work on texts (``check_texts``) so that the editor can validate an edit before
 writing anything.
@@ -16,12 +21,13 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from builder.errors import Problem, TaxonomyError, ValidationError
+from builder.taxonomy.crosscheck import DEFAULT_LEVELS, check_levels, find_cycles
 from builder.taxonomy.model import DEFAULT_STATUS, STATUSES, Node, Taxonomy
 from builder.taxonomy.parse import YamlSyntaxError, YMap, YSeq, parse_yaml
 
@@ -48,8 +54,8 @@ NODE_KEYS = (
     "children",
 )
 _NODE_KEY_SET = frozenset(NODE_KEYS)
-SLUG_RE = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
-_SLUG_RULE = "lowercase letters, digits, '-' or '_', starting with a letter or digit"
+SLUG_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*\Z")
+_SLUG_RULE = "lowercase letters and digits in words joined by single '-'"
 _MAX_SUGGESTIONS = 20  # difflib over every id is O(n); only suggest for the first few errors
 
 
@@ -111,6 +117,7 @@ class _Raw:
     weight: float
     prerequisites: list[str]
     prerequisite_lines: list[int]
+    level_line: int
     status: str
     parent: str | None
     depth: int
@@ -139,8 +146,11 @@ def _type_name(value: Any) -> str:
 class _Checker:
     """Collects problems while reading files; ``finish`` runs the cross-file checks."""
 
-    def __init__(self) -> None:
+    def __init__(self, levels: Sequence[str] = DEFAULT_LEVELS) -> None:
+        self.levels = tuple(levels)
         self.problems: list[Problem] = []
+        self.syntax: list[Problem] = []  # YAML syntax errors: reported first
+        self.warnings: list[Problem] = []
         self.nodes: list[_Raw] = []  # preorder, file order
         self.by_id: dict[str, _Raw] = {}
         self.unreadable: list[str] = []  # files that could not be parsed (for hints)
@@ -156,7 +166,7 @@ class _Checker:
             data, dups = parse_yaml(text)
         except YamlSyntaxError as exc:
             self.unreadable.append(str(file))
-            self.problem(exc.message, file, exc.line)
+            self.syntax.append(Problem(exc.message, file, exc.line))
             return
         for line, message in dups:
             self.problem(message, file, line, "keep one of them")
@@ -370,6 +380,7 @@ class _Checker:
             weight=weight,
             prerequisites=prerequisites,
             prerequisite_lines=prerequisite_lines,
+            level_line=lines.get("level", line),
             status=status,
             parent=parent.id if parent is not None else None,
             depth=depth,
@@ -403,6 +414,7 @@ class _Checker:
         by_id = self.by_id
         suggestions = 0
         edges: list[tuple[str, str, Path, int]] = []  # (prerequisite, node, file, line)
+        unresolved: list[tuple[str, _Raw, int]] = []  # dangling while some file is unreadable
         for raw in self.nodes:
             if not raw.valid_id or by_id.get(raw.id) is not raw:
                 continue
@@ -415,13 +427,17 @@ class _Checker:
                         "remove it from prerequisites",
                     )
                 elif pre not in by_id:
-                    hint = "add it or remove it from prerequisites"
                     if self.unreadable:
-                        unread = ", ".join(self.unreadable)
-                        hint += f" (it may be in {unread}, which could not be read)"
+                        unresolved.append((pre, raw, line))
+                        continue
+                    hint = "add it or remove it from prerequisites"
                     if suggestions < _MAX_SUGGESTIONS:
                         suggestions += 1
-                        close = difflib.get_close_matches(pre, by_id, n=1, cutoff=0.75)
+                        close = [
+                            c
+                            for c in difflib.get_close_matches(pre, by_id, n=3, cutoff=0.75)
+                            if c != raw.id
+                        ]
                         if close:
                             hint = f"did you mean {close[0]!r}? else {hint}"
                     self.problem(
@@ -448,7 +464,21 @@ class _Checker:
                     )
                 else:
                     edges.append((pre, raw.id, raw.file, line))
-        self._cycles(edges)
+        if unresolved:
+            pre, raw, line = unresolved[0]
+            unread = ", ".join(self.unreadable)
+            more = f" and {len(unresolved) - 1} more" if len(unresolved) > 1 else ""
+            self.problem(
+                f"{len(unresolved)} prerequisite(s) could not be checked because {unread} could "
+                f"not be read (first: {pre!r} of {raw.id!r}{more})",
+                raw.file,
+                line,
+                "fix the YAML syntax error(s) above, then validate again",
+            )
+        valid = [r for r in self.nodes if r.valid_id and by_id.get(r.id) is r]
+        level_errors, self.warnings = check_levels(valid, by_id, self.levels)
+        self.problems.extend(level_errors)
+        self.problems.extend(find_cycles(valid, by_id, edges))
 
     def _is_ancestor(self, ancestor: str, node_id: str) -> bool:
         p = self.by_id[node_id].parent
@@ -458,108 +488,105 @@ class _Checker:
             p = self.by_id[p].parent if p in self.by_id else None
         return False
 
-    def _cycles(self, edges: list[tuple[str, str, Path, int]]) -> None:
-        """Report one cycle per strongly connected component of tree + prerequisite edges."""
-        if not edges:
-            return
-        succ: dict[str, list[str]] = {}
-        indeg: dict[str, int] = {}
-        for raw in self.nodes:
-            if raw.valid_id and self.by_id.get(raw.id) is raw:
-                indeg.setdefault(raw.id, 0)
-                if raw.parent is not None and raw.parent in self.by_id:
-                    succ.setdefault(raw.parent, []).append(raw.id)
-                    indeg[raw.id] += 1
-        for pre, node, _, _ in edges:
-            succ.setdefault(pre, []).append(node)
-            indeg[node] += 1
-        ready = [v for v, d in indeg.items() if d == 0]
-        done = 0
-        while ready:
-            v = ready.pop()
-            done += 1
-            for w in succ.get(v, ()):
-                indeg[w] -= 1
-                if indeg[w] == 0:
-                    ready.append(w)
-        if done == len(indeg):
-            return
-        import networkx as nx
-
-        left = {v for v, d in indeg.items() if d > 0}
-        g = nx.DiGraph()
-        for v in left:
-            for w in succ.get(v, ()):
-                if w in left:
-                    g.add_edge(v, w)
-        where = {(pre, node): (file, line) for pre, node, file, line in edges}
-        order = {raw.id: i for i, raw in enumerate(self.nodes)}
-        for comp in nx.strongly_connected_components(g):
-            if len(comp) < 2:
-                continue
-            start = min(comp, key=order.__getitem__)
-            cycle = nx.find_cycle(g.subgraph(comp), source=start)
-            ids = [cycle[0][0]] + [b for _, b in cycle]
-            prereq_edges = [(a, b) for a, b in cycle if (a, b) in where]
-            file, line = where[prereq_edges[0]]
-            self.problem(
-                f"prerequisite cycle: {' -> '.join(ids)}",
-                file,
-                line,
-                "remove one of these prerequisites",
-            )
-
     # -- result -------------------------------------------------------------------------------
 
-    def sorted_problems(self) -> list[Problem]:
-        return sorted(self.problems, key=lambda p: (str(p.file), p.line or 0))
+    def sorted_problems(self, only: Path | None = None) -> list[Problem]:
+        """Syntax errors first (they cause others), then the rest by file and line.
 
-    def build(self, root: Path, files: list[Path]) -> Taxonomy:
-        nodes = [
-            Node(
-                id=r.id,
-                name=r.name,
-                description=r.description,
-                level=r.level,
-                weight=r.weight,
-                prerequisites=tuple(r.prerequisites),
-                status=r.status,
-                parent=r.parent,
-                children=tuple(r.children),
-                depth=r.depth,
-                file=r.file,
-                line=r.line,
+        With ``only``, just the problems located in that file (a single-file load).
+        """
+        rest = sorted(self.problems, key=lambda p: (str(p.file), p.line or 0))
+        problems = self.syntax + rest
+        if only is not None:
+            problems = [p for p in problems if p.file is None or Path(p.file) == only]
+        return problems
+
+    def build(self, root: Path, files: list[Path], only: Path | None = None) -> Taxonomy:
+        raws = self.nodes if only is None else [r for r in self.nodes if r.file == only]
+        keep = {r.id for r in raws}
+        external: dict[str, tuple[str, ...]] = {}
+        nodes = []
+        for r in raws:
+            pres = tuple(r.prerequisites)
+            if only is not None and any(p not in keep for p in pres):
+                external[r.id] = tuple(p for p in pres if p not in keep)
+                pres = tuple(p for p in pres if p in keep)
+            nodes.append(
+                Node(
+                    id=r.id,
+                    name=r.name,
+                    description=r.description,
+                    level=r.level,
+                    weight=r.weight,
+                    prerequisites=pres,
+                    status=r.status,
+                    parent=r.parent,
+                    children=tuple(r.children),
+                    depth=r.depth,
+                    file=r.file,
+                    line=r.line,
+                )
             )
-            for r in self.nodes
-        ]
-        return Taxonomy(root, nodes, files)
+        warnings = self.warnings
+        if only is not None:
+            warnings = [w for w in warnings if w.file == only]
+            files = [only]
+        return Taxonomy(
+            root,
+            nodes,
+            files,
+            warnings=warnings,
+            external_prerequisites=external,
+            levels=self.levels,
+        )
 
 
 def check_texts(
-    texts: Mapping[Path, str], root: str | os.PathLike[str] = "."
+    texts: Mapping[Path, str],
+    root: str | os.PathLike[str] = ".",
+    *,
+    levels: Sequence[str] | None = None,
+    only: Path | None = None,
 ) -> tuple[list[Problem], Taxonomy | None]:
     """Validate discipline files given as ``{path: text}`` (in file order).
 
     Returns ``(problems, taxonomy)``; the taxonomy is None when there are problems.
+    ``levels`` are the known level names (default discipline, subject, topic). With ``only``,
+    the other files serve to resolve prerequisites, and the problems and the taxonomy are
+    those of that one file.
     """
-    checker = _Checker()
+    checker = _Checker(levels if levels is not None else DEFAULT_LEVELS)
     for file, text in texts.items():
         checker.add_file(Path(file), text)
     checker.finish()
-    problems = checker.sorted_problems()
+    problems = checker.sorted_problems(only)
     if problems:
         return problems, None
-    return [], checker.build(Path(root), list(texts))
+    return [], checker.build(Path(root), list(texts), only)
 
 
-def check_taxonomy(path: str | os.PathLike[str]) -> tuple[list[Problem], Taxonomy | None]:
+def check_taxonomy(
+    path: str | os.PathLike[str], *, levels: Sequence[str] | None = None
+) -> tuple[list[Problem], Taxonomy | None]:
     """``(problems, taxonomy)`` for the taxonomy at ``path``; the taxonomy is None on problems.
 
+    ``path`` is a directory, or one discipline file: that file is validated together with the
+    files beside it (prerequisites may name ids in other files) and the taxonomy holds its
+    nodes only, with prerequisites in other files moved to ``external_prerequisites``.
     One read for callers that want both (``corpus taxonomy validate`` goes on to check
     syllabi against the loaded taxonomy).
     """
-    files = discover_files(path)
-    root = Path(path) if Path(path).is_dir() else Path(path).parent
+    path = Path(path)
+    only: Path | None = None
+    if path.is_file():
+        only = path
+        files = discover_files(path.parent)
+        if path not in files:
+            files.append(path)
+        root = path.parent
+    else:
+        files = discover_files(path)
+        root = path
     if not files:
         return [
             Problem(
@@ -570,24 +597,31 @@ def check_taxonomy(path: str | os.PathLike[str]) -> tuple[list[Problem], Taxonom
             )
         ], None
     texts, read_problems = _read_texts(files)
-    problems, tax = check_texts(texts, root)
+    problems, tax = check_texts(texts, root, levels=levels, only=only)
+    if only is not None:
+        read_problems = [p for p in read_problems if Path(str(p.file)) == only]
     if read_problems:
         return read_problems + problems, None
     return problems, tax
 
 
-def validate_taxonomy(path: str | os.PathLike[str] = "taxonomy") -> list[Problem]:
+def validate_taxonomy(
+    path: str | os.PathLike[str] = "taxonomy", *, levels: Sequence[str] | None = None
+) -> list[Problem]:
     """Every problem of the taxonomy at ``path`` (a directory or one file); [] when valid."""
-    return check_taxonomy(path)[0]
+    return check_taxonomy(path, levels=levels)[0]
 
 
-def load_taxonomy(path: str | os.PathLike[str] = "taxonomy") -> Taxonomy:
-    """Load and validate the taxonomy at ``path`` (a directory, or a single discipline file).
+def load_taxonomy(
+    path: str | os.PathLike[str] = "taxonomy", *, levels: Sequence[str] | None = None
+) -> Taxonomy:
+    """Load and validate the taxonomy at ``path`` (a directory, or a single discipline file,
+    see ``check_taxonomy``). ``levels`` are the known level names (``[taxonomy] levels``).
 
     Raises ``ValidationError`` listing every problem as ``file:line: message (fix)``, or
-    ``TaxonomyError`` if the directory does not exist.
+    ``TaxonomyError`` if the directory does not exist. Warnings are on ``Taxonomy.warnings``.
     """
-    problems, tax = check_taxonomy(path)
+    problems, tax = check_taxonomy(path, levels=levels)
     if problems:
         raise ValidationError(problems, summary=f"{len(problems)} problem(s) in {path}")
     return tax  # type: ignore[return-value]  # never None without problems

@@ -3,10 +3,12 @@
 * Code exercises: the reference solution runs against the generated tests in a sandboxed
   subprocess (``builder.verify.sandbox``: CPU/wall/memory/file/output limits, no network, an
   empty temporary directory, an audit hook that ends the run on file access outside it,
-  sockets, fork or subprocesses).
+  sockets, fork or subprocesses). The subprocess is a child forked from a pre-started sandbox
+  server (``builder.verify.pool``), so a check costs a fork, not an interpreter start.
 * Quantitative exercises: the final answer is parsed and compared with sympy against the
   value the worked solution ends on and, when a model is given, an independent second sample
-  (``builder.verify.quant``).
+  (``builder.verify.quant``). The comparison runs in a child of a sandbox server that has
+  sympy loaded, under the same wall/CPU/memory limits; the model is asked from this process.
 * Anything else (conceptual exercises, sections) is not checkable: ``verified`` None.
 
 Every document gets a ``Verdict``; a failure always carries a reason from
@@ -27,9 +29,17 @@ from builder.llm.base import LLM
 from builder.records import ChatResult
 from builder.settings.filters import VerifySettings
 from builder.verify.code import verify_code
+from builder.verify.errors import SandboxError
+from builder.verify.pool import shutdown_pools
 from builder.verify.quant import second_sample_request, verify_quantitative
-from builder.verify.sandbox import SandboxError, detect_launcher, probe_sandbox, run_in_sandbox
-from builder.verify.verdict import FAILURE_REASONS, REASONS, Verdict, unchecked
+from builder.verify.sandbox import (
+    detect_launcher,
+    probe_sandbox,
+    run_in_sandbox,
+    run_quant_in_sandbox,
+    sandbox_pools,
+)
+from builder.verify.verdict import FAILURE_REASONS, REASONS, Verdict, failed, unchecked
 
 __all__ = [
     "FAILURE_REASONS",
@@ -39,6 +49,8 @@ __all__ = [
     "detect_launcher",
     "probe_sandbox",
     "run_in_sandbox",
+    "sandbox_pools",
+    "shutdown_pools",
     "verify_document",
     "verify_documents",
 ]
@@ -71,7 +83,23 @@ def _verify(
         return unchecked("the document has no structured exercise to check")
     if kind == "code":
         return verify_code(structured, settings)
-    return verify_quantitative(doc, settings, sample=sample, llm=llm)
+    if not settings.sandbox_pool:
+        return verify_quantitative(doc, settings, sample=sample, llm=llm)
+    if sample is None and llm is not None and settings.second_sample:
+        sample = llm.complete(second_sample_request(doc, settings))
+    return _quantitative_in_sandbox(doc, settings, sample)
+
+
+def _quantitative_in_sandbox(
+    doc: dict[str, Any], settings: VerifySettings, sample: ChatResult | None
+) -> Verdict:
+    """The sympy comparison in a sandbox child: a hostile answer that slips past the parser's
+    bounds costs a timeout or memory verdict, not a hung or bloated builder."""
+    res = run_quant_in_sandbox(doc, settings, sample)
+    if res.status == "verdict":
+        return Verdict(**res.info["verdict"])
+    reason = res.status if res.status in FAILURE_REASONS else "crashed"
+    return failed(reason, f"the answer check did not finish: {res.detail}", "sympy")
 
 
 def verify_document(
@@ -118,7 +146,8 @@ def verify_documents(
 
     Documents are taken in chunks of 64: the chunk's second-sample requests go to the model
     together (so a concurrent engine overlaps them), then its checks run on a thread pool
-    (each code check waits on its own subprocess, so threads are enough).
+    (each check waits on its own sandboxed process, so threads are enough; each thread keeps
+    one pool server busy, so ``workers`` checks run at once).
     """
     n = workers or settings.workers or min(2, os.cpu_count() or 1)
     iterator = iter(docs)

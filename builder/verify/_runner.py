@@ -1,13 +1,15 @@
 """The program that runs inside the sandbox (trusted part; run by ``python -I -S -B``).
 
-It is not imported by the builder: ``builder.verify.sandbox`` compiles this file once and
-passes the code object (marshal, hex-encoded) to a fresh interpreter, with its configuration
-(limits, paths, the result fd and a nonce) as a second marshal argument. It imports only the
+It is not imported by the builder: ``builder.verify.sandbox`` joins this file with
+``_pytest_shim.py`` and ``_forkserver.py`` into one program, compiles it once and passes the
+code object (marshal, hex-encoded) to the interpreter. ``run_check(cfg)`` runs one check with
+its configuration (limits, paths, the result fd and a nonce): either in a fresh interpreter,
+or in a child forked from a pre-started fork server (``_forkserver.py``). It imports only the
 standard library, so it works under ``-I -S`` (no site-packages).
 
 Order of events, before any untrusted code runs:
 
-1. read the configuration and forget ``sys.argv``;
+1. read the configuration (the caller has already forgotten ``sys.argv``);
 2. set resource limits (soft = hard, so they cannot be raised again);
 3. install an audit hook (PEP 578) that ends the process with a ``forbidden`` result on
    sockets, subprocesses, fork/exec, signals to other processes, ctypes, rlimit changes,
@@ -26,14 +28,12 @@ import os
 import sys
 
 
-def _main() -> None:  # noqa: C901 - one linear script, kept in one frame on purpose
+def run_check(cfg) -> None:  # noqa: C901 - one linear script, kept in one frame on purpose
+    """Run one check described by ``cfg`` in this process; ends it with ``os._exit``."""
     import _thread
-    import marshal
     import resource
     import types
 
-    cfg = marshal.loads(bytes.fromhex(sys.argv[2]))
-    del sys.argv[1:]
     nonce = cfg["nonce"]
     result_fd = cfg["result_fd"]
     sandbox = os.path.realpath(cfg["sandbox"])
@@ -135,10 +135,7 @@ def _main() -> None:  # noqa: C901 - one linear script, kept in one frame on pur
     def under(path, root):
         return path == root or path.startswith(root.rstrip(sep) + sep)
 
-    read_roots = [sandbox]
-    for entry in list(sys.path) + list(cfg.get("extra_read_roots", [])):
-        if entry:
-            read_roots.append(realpath(entry))
+    read_roots = [sandbox, *_resolved_roots(tuple(sys.path) + tuple(cfg["extra_read_roots"]))]
     # the interpreter's own site-packages sit inside its stdlib directory: not readable
     hidden_roots = [join(root, name) for root in read_roots[1:] for name in ("site-packages",)]
     read_files = {"/dev/null", "/dev/urandom", "/dev/zero"}
@@ -320,7 +317,7 @@ def _main() -> None:  # noqa: C901 - one linear script, kept in one frame on pur
 
     # -- pytest stand-in ------------------------------------------------------------------
     pytest_mod = types.ModuleType("pytest")
-    exec(compile(_PYTEST_SHIM, "<pytest-shim>", "exec"), pytest_mod.__dict__)
+    exec(_shim_code(), pytest_mod.__dict__)
     sys.modules["pytest"] = pytest_mod
     Skipped = pytest_mod.Skipped
 
@@ -577,169 +574,23 @@ def _main() -> None:  # noqa: C901 - one linear script, kept in one frame on pur
     report("passed", "", passed=passed, failed=0, skipped=skipped)
 
 
-_PYTEST_SHIM = r'''
-"""A small stand-in for the parts of pytest that generated tests use."""
-import math as _math
+_SHIM_CODE = []
 
 
-class Skipped(BaseException):
-    pass
+def _shim_code():
+    """The pytest stand-in compiled once per process (a fork server compiles it for all)."""
+    if not _SHIM_CODE:
+        # _PYTEST_SHIM (the text of _pytest_shim.py) is defined by the program sandbox.py builds
+        _SHIM_CODE.append(compile(_PYTEST_SHIM, "<pytest-shim>", "exec"))  # noqa: F821
+    return _SHIM_CODE[0]
 
 
-class Failed(AssertionError):
-    pass
+_ROOTS = {}
 
 
-class FixtureMissing(Exception):
-    pass
-
-
-_FIXTURES = {}
-
-
-def skip(reason=""):
-    raise Skipped(reason)
-
-
-def fail(reason=""):
-    raise Failed(reason)
-
-
-def fixture(func=None, **_kw):
-    def register(f):
-        _FIXTURES[_kw.get("name") or f.__name__] = f
-        return f
-    return register(func) if callable(func) else register
-
-
-class _RaisesContext:
-    def __init__(self, expected, match):
-        self.expected = expected
-        self.match = match
-        self.value = None
-        self.type = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, typ, value, tb):
-        if typ is None:
-            raise Failed(f"DID NOT RAISE {self.expected!r}")
-        if not issubclass(typ, self.expected):
-            return False
-        if self.match is not None and not __import__("re").search(self.match, str(value)):
-            raise Failed(f"regex {self.match!r} does not match {str(value)!r}")
-        self.value = value
-        self.type = typ
-        return True
-
-
-def raises(expected, *args, match=None, **kwargs):
-    ctx = _RaisesContext(expected, match)
-    if args:
-        with ctx:
-            args[0](*args[1:], **kwargs)
-        return ctx
-    return ctx
-
-
-def warns(expected=Warning, *, match=None):
-    import re
-    import warnings
-
-    class _WarnsContext(warnings.catch_warnings):
-        def __enter__(self):
-            self.list = super().__enter__()
-            warnings.simplefilter("always")
-            return self.list
-
-        def __exit__(self, *exc):
-            super().__exit__(*exc)
-            if exc[0] is not None:
-                return False
-            for w in self.list:
-                if issubclass(w.category, expected) and (
-                    match is None or re.search(match, str(w.message))
-                ):
-                    return False
-            raise Failed(f"DID NOT WARN {expected!r}")
-
-    return _WarnsContext(record=True)
-
-
-class _Approx:
-    def __init__(self, expected, rel=None, abs=None):
-        self.expected = expected
-        self.rel = 1e-6 if rel is None else rel
-        self.abs = 1e-12 if abs is None else abs
-
-    def _close(self, a, b):
-        if isinstance(b, dict):
-            return isinstance(a, dict) and a.keys() == b.keys() and all(
-                self._close(a[k], b[k]) for k in b
-            )
-        if isinstance(b, (list, tuple)):
-            return (
-                isinstance(a, (list, tuple))
-                and len(a) == len(b)
-                and all(self._close(x, y) for x, y in zip(a, b))
-            )
-        try:
-            if a == b:
-                return True
-            return _math.isclose(a, b, rel_tol=self.rel, abs_tol=self.abs)
-        except TypeError:
-            return False
-
-    def __eq__(self, other):
-        return self._close(other, self.expected)
-
-    def __repr__(self):
-        return f"approx({self.expected!r})"
-
-
-def approx(expected, rel=None, abs=None):
-    return _Approx(expected, rel, abs)
-
-
-class _Mark:
-    def parametrize(self, argnames, argvalues, ids=None, **_kw):
-        def deco(f):
-            f._parametrize = getattr(f, "_parametrize", []) + [(argnames, list(argvalues), ids)]
-            return f
-        return deco
-
-    def skip(self, *args, **_kw):
-        if args and callable(args[0]):
-            args[0]._skip = True
-            return args[0]
-        def deco(f):
-            f._skip = True
-            return f
-        return deco
-
-    def skipif(self, condition, *args, **_kw):
-        def deco(f):
-            if condition:
-                f._skip = True
-            return f
-        return deco
-
-    def xfail(self, *args, **_kw):
-        if args and callable(args[0]):
-            args[0]._xfail = True
-            return args[0]
-        def deco(f):
-            f._xfail = True
-            return f
-        return deco
-
-    def __getattr__(self, name):
-        return lambda *a, **k: (a[0] if a and callable(a[0]) else (lambda f: f))
-
-
-mark = _Mark()
-'''
-
-if __name__ == "__main__":
-    _main()
+def _resolved_roots(entries):
+    """``realpath`` of the readable roots; a fork server resolves them once for all checks
+    (two dozen ``lstat`` calls that cost a cold child ~1 ms)."""
+    if entries not in _ROOTS:
+        _ROOTS[entries] = [os.path.realpath(entry) for entry in entries if entry]
+    return _ROOTS[entries]

@@ -6,10 +6,17 @@ thrown away. The layers, outermost first:
 
 * **Process**: the same interpreter (``sys.executable``) with ``-I -S -B`` (isolated mode: no
   user site, no current directory on ``sys.path``, ``PYTHON*`` variables ignored; no
-  site-packages; no ``.pyc`` writes), ``cwd`` a fresh empty ``tempfile.mkdtemp()`` holding only
-  ``solution.py`` and ``test_solution.py``, a minimal environment (``PATH`` empty,
-  ``LANG=C.UTF-8``, ``HOME``/``TMPDIR`` = the sandbox dir), stdin ``/dev/null``, every other
-  file descriptor closed, and a new session, so the whole process group is killed at the end.
+  site-packages; no ``.pyc`` writes), ``cwd`` a fresh empty directory (``sandbox_root()``,
+  tmpfs when available) holding only ``solution.py`` and ``test_solution.py``, a minimal
+  environment (``PATH`` empty, ``LANG=C.UTF-8``, ``HOME``/``TMPDIR`` = the sandbox dir), stdin
+  ``/dev/null``, every other file descriptor closed, and a new session, so the whole process
+  group is killed at the end.
+  By default (``[verify] sandbox_pool = true``) that interpreter is a pre-started fork server
+  (``builder.verify.pool``, ``_forkserver.py``) already inside the namespaces below, and each
+  check is a fresh child forked from it: same flags, limits, hook and directory, ~1-2 ms to
+  start instead of a new interpreter. Differences from a fresh interpreter: the standard
+  library modules generated tests use are already imported (importing them is allowed
+  anyway), and all children of one server share its string-hash seed.
 * **Kernel, when available** (probed once and cached): ``unshare --net`` puts the child in a
   new network namespace with only a down loopback (no network at all, not even 127.0.0.1 of
   the host); ``setpriv`` empties the capability bounding set and sets no-new-privs, so a root
@@ -51,8 +58,9 @@ namespace and the audit hook alone blocks sockets. The threat model is sloppy or
 generated code, not a determined attacker: for hostile input, run the whole builder in a VM
 or a gVisor-class sandbox.
 
-Cost (measured, 2 cores): a passing check takes ~35-45 ms idle (~75 ms on a loaded machine),
-about 2-4x the bare ``python -I -S -B -c pass`` start; see ``bench/bench_verify.py``.
+Cost (measured, 2 cores, see ``bench/bench_verify.py`` and bench/RESULTS.md): one interpreter
+per check takes ~35-45 ms idle (66-84 ms on a loaded machine); a check on the pool costs a
+fork and the tests themselves.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ import ast
 import functools
 import marshal
 import os
+import pickle
 import secrets
 import selectors
 import shutil
@@ -73,18 +82,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.errors import BuilderError
+from builder.records import ChatResult
 from builder.settings.filters import VerifySettings
+from builder.verify.errors import SandboxError
+from builder.verify.launcher import Launcher, detect_launcher
+from builder.verify.pool import PoolCheck, SandboxPool, ServerLost, get_pool
 
-RUNNER_PATH = Path(__file__).with_name("_runner.py")
+HERE = Path(__file__).parent
+RUNNER_PATH = HERE / "_runner.py"
+PROGRAM_PARTS = ("_runner.py", "_pytest_shim.py", "_forkserver.py")
 SANDBOX_USER_ENV = {"PATH": "", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 # Read-only directories the child may open besides the standard library.
 EXTRA_READ_ROOTS = ("/usr/share/zoneinfo",)
 MAX_RESULT_BYTES = 1 << 20
-
-
-class SandboxError(BuilderError):
-    """The sandbox itself could not run (not a verdict on the document)."""
 
 
 @dataclass(frozen=True)
@@ -104,86 +114,62 @@ class SandboxResult:
     passed: int = 0
     failed: int = 0
     info: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Launcher:
-    """The command prefix that puts the child into its namespaces, and what it provides."""
-
-    prefix: tuple[str, ...]
-    network_namespace: bool
-    capabilities_dropped: bool
+    #: the process that ran the check, and the fork server it came from (None: a fresh
+    #: interpreter, ``sandbox_pool = false``)
+    pid: int | None = None
+    server_pid: int | None = None
 
 
 # The child runs the runner from a code object compiled once here and passed as marshal data:
-# compiling ~20 KB of source in every child would cost more than starting the interpreter.
+# compiling ~30 KB of source in every child would cost more than starting the interpreter.
 BOOTSTRAP = "import marshal,sys;exec(marshal.loads(bytes.fromhex(sys.argv[1])))"
 
 
 @functools.cache
-def _runner_code_hex() -> str:
-    source = RUNNER_PATH.read_text(encoding="utf-8")
+def _program_hex() -> str:
+    """The sandbox program: the runner, the pytest stand-in (as text) and the fork server."""
+    runner, shim, server = (HERE / name for name in PROGRAM_PARTS)
+    source = (
+        runner.read_text(encoding="utf-8")
+        + f"\n_PYTEST_SHIM = {shim.read_text(encoding='utf-8')!r}\n"
+        + server.read_text(encoding="utf-8")
+        + "\n_entry()\n"
+    )
     return marshal.dumps(compile(source, "<sandbox-runner>", "exec", dont_inherit=True)).hex()
-
-
-def _works(prefix: list[str]) -> bool:
-    try:
-        proc = subprocess.run(
-            [*prefix, sys.executable, "-I", "-S", "-B", "-c", "pass"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=20,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return proc.returncode == 0
-
-
-@functools.cache
-def detect_launcher(network: str = "auto", drop_capabilities: bool = True) -> Launcher:
-    """Probe once which isolation the kernel allows here (cached per argument pair)."""
-    unshare = shutil.which("unshare")
-    setpriv = shutil.which("setpriv")
-    nets: list[list[str]] = []
-    if network != "off" and unshare:
-        if os.geteuid() == 0:
-            nets.append([unshare, "--net", "--"])
-        nets.append([unshare, "--net", "--map-root-user", "--"])
-    caps: list[list[str]] = []
-    if drop_capabilities and setpriv:
-        drop = [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs"]
-        # --pdeathsig: the child dies with the builder (kill -9 of the builder leaves no orphan)
-        caps.append([*drop, "--pdeathsig=KILL", "--"])
-        caps.append([*drop, "--"])
-    candidates: list[tuple[list[str], bool, bool]] = []
-    for net in nets:
-        for cap in caps:
-            candidates.append((net + cap, True, True))
-        candidates.append((net, True, False))
-    for cap in caps:
-        candidates.append((cap, False, True))
-    for prefix, has_net, has_caps in candidates:
-        if _works(prefix):
-            return Launcher(tuple(prefix), has_net, has_caps)
-    if network == "require":
-        raise SandboxError(
-            "verification needs a network namespace, but `unshare --net` does not work here",
-            hint="run as root or enable user namespaces, "
-            'or set [verify] network_namespace = "auto"',
-        )
-    return Launcher((), False, False)
 
 
 SANDBOX_PREFIX = "corpus-verify-"
 STALE_AFTER_S = 2 * 3600  # twice the largest allowed timeout_s
 
 
+SHM = "/dev/shm"
+SHM_MIN_FREE = 1 << 30  # a container's 64 MB /dev/shm would make checks fail for want of room
+
+
 @functools.cache
-def _sweep_stale(tmp_dir: str | None) -> None:
+def sandbox_root(tmp_dir: str | None = None) -> str:
+    """Where sandbox directories are made: ``tmp_dir`` if set, else ``/dev/shm`` when it is a
+    writable memory file system with >= 1 GiB free, else the system temp dir.
+
+    Why memory: creating, filling and removing a directory costs ~3 ms on a disk file system
+    (ext4 with ``discard`` here) and ~0.1 ms on tmpfs, a fifth of a check on the pool. What a
+    check may write is bounded by ``max_files`` x ``max_file_mb``.
+    """
+    if tmp_dir:
+        return tmp_dir
+    try:
+        st = os.statvfs(SHM)
+        if os.access(SHM, os.W_OK | os.X_OK) and st.f_bavail * st.f_frsize >= SHM_MIN_FREE:
+            return SHM
+    except OSError:
+        pass
+    return tempfile.gettempdir()
+
+
+@functools.cache
+def _sweep_stale(root_dir: str) -> None:
     """Once per process: remove sandbox dirs left by a builder that was killed with -9."""
-    root = Path(tmp_dir or tempfile.gettempdir())
+    root = Path(root_dir)
     cutoff = time.time() - STALE_AFTER_S
     try:
         candidates = list(root.glob(SANDBOX_PREFIX + "*"))
@@ -226,6 +212,58 @@ def _tail(data: bytes, n: int = 600) -> str:
     return text if len(text) <= n else "..." + text[-n:]
 
 
+def _server_prefix(launcher: Launcher) -> tuple[str, ...]:
+    """The launcher without ``--pdeathsig``: that signal follows the starting *thread*, and a
+    pool may be started from a short-lived worker thread (the server watches its socket)."""
+    return tuple(arg for arg in launcher.prefix if not arg.startswith("--pdeathsig"))
+
+
+def _code_pool(settings: VerifySettings) -> SandboxPool:
+    launcher = detect_launcher(settings.network_namespace, settings.drop_capabilities)
+    return get_pool(
+        ("code", launcher.prefix, sys.executable),
+        lambda: SandboxPool(
+            kind="code",
+            prefix=_server_prefix(launcher),
+            program_hex=_program_hex(),
+            env=dict(SANDBOX_USER_ENV),
+            python_flags=("-I", "-S", "-B"),
+            extra={"extra_read_roots": list(EXTRA_READ_ROOTS)},
+        ),
+    )
+
+
+def _quant_pool(settings: VerifySettings) -> SandboxPool:
+    launcher = detect_launcher(settings.network_namespace, settings.drop_capabilities)
+    path = tuple(os.path.abspath(p) for p in sys.path if p)
+    return get_pool(
+        ("quant", launcher.prefix, sys.executable, path),
+        lambda: SandboxPool(
+            kind="quant",
+            prefix=_server_prefix(launcher),
+            program_hex=_program_hex(),
+            env=dict(SANDBOX_USER_ENV),
+            python_flags=("-I", "-B"),
+            extra={"sys_path": list(path)},
+        ),
+    )
+
+
+def sandbox_pools(settings: VerifySettings | None = None) -> dict[str, SandboxPool]:
+    """The code and quantitative pools ``settings`` use in this process (not started yet if
+    no check ran): for diagnostics and tests (``server_pids()``, ``running_checks()``)."""
+    settings = settings or VerifySettings()
+    return {"code": _code_pool(settings), "quant": _quant_pool(settings)}
+
+
+def _limits(settings: VerifySettings) -> dict[str, Any]:
+    return {
+        "cpu_s": settings.cpu_s or settings.timeout_s,
+        "wall_s": settings.timeout_s,
+        "memory_bytes": settings.memory_mb * 1024 * 1024,
+    }
+
+
 def run_in_sandbox(
     solution: str,
     tests: str,
@@ -234,33 +272,51 @@ def run_in_sandbox(
     mode: str = "test",
     probe_port: int | None = None,
 ) -> SandboxResult:
-    """Run ``solution`` then ``tests`` in a fresh sandboxed interpreter and classify the end.
+    """Run ``solution`` then ``tests`` in a fresh sandboxed process and classify the end.
 
-    ``mode="probe"`` runs a trusted self-check instead of the code (limits, interfaces, uid,
-    capabilities, and optionally whether 127.0.0.1:``probe_port`` is reachable): tests use
-    it to show the isolation is real, not just claimed.
+    The process is a child forked from a pre-started server (``settings.sandbox_pool``, the
+    default) or a fresh interpreter. ``mode="probe"`` runs a trusted self-check instead of
+    the code (limits, interfaces, uid, capabilities, and optionally whether
+    127.0.0.1:``probe_port`` is reachable): tests use it to show the isolation is real, not
+    just claimed.
     """
     settings = settings or VerifySettings()
-    launcher = detect_launcher(settings.network_namespace, settings.drop_capabilities)
-    _sweep_stale(settings.tmp_dir)
-    cap = settings.max_output_kb * 1024
-    sandbox = tempfile.mkdtemp(prefix=SANDBOX_PREFIX, dir=settings.tmp_dir)
+    _sweep_stale(sandbox_root(settings.tmp_dir))
+    if not settings.sandbox_pool:
+        return _run_code_once(solution, tests, settings, mode, probe_port, None)
+    pool = _code_pool(settings)
+    try:
+        return _run_code_once(solution, tests, settings, mode, probe_port, pool)
+    except ServerLost:  # the server was killed under the check: once more on a fresh one
+        try:
+            return _run_code_once(solution, tests, settings, mode, probe_port, pool)
+        except ServerLost as exc:
+            raise SandboxError(
+                f"the verification sandbox server died twice: {exc}",
+                hint="set [verify] sandbox_pool = false to start one interpreter per check",
+            ) from exc
+
+
+def _run_code_once(
+    solution: str,
+    tests: str,
+    settings: VerifySettings,
+    mode: str,
+    probe_port: int | None,
+    pool: SandboxPool | None,
+) -> SandboxResult:
+    sandbox = tempfile.mkdtemp(prefix=SANDBOX_PREFIX, dir=sandbox_root(settings.tmp_dir))
     nonce = secrets.token_hex(16)
-    read_fd, write_fd = os.pipe()
-    started = time.monotonic()
-    proc: subprocess.Popen[bytes] | None = None
     try:
         Path(sandbox, "solution.py").write_text(solution, encoding="utf-8", errors="replace")
         Path(sandbox, "test_solution.py").write_text(tests, encoding="utf-8", errors="replace")
         config = {
+            "role": "check",
             "nonce": nonce,
-            "result_fd": write_fd,
             "sandbox": sandbox,
             "mode": mode,
             "probe_port": probe_port,
-            "cpu_s": settings.cpu_s or settings.timeout_s,
-            "wall_s": settings.timeout_s,
-            "memory_bytes": settings.memory_mb * 1024 * 1024,
+            **_limits(settings),
             "fsize_bytes": int(settings.max_file_mb * 1024 * 1024),
             "nofile": settings.max_open_files,
             "nproc": settings.max_processes,
@@ -269,21 +325,39 @@ def run_in_sandbox(
             "extra_read_roots": list(EXTRA_READ_ROOTS),
         }
         env = dict(SANDBOX_USER_ENV, HOME=sandbox, TMPDIR=sandbox)
-        cmd = [
-            *launcher.prefix,
-            sys.executable,
-            "-I",
-            "-S",
-            "-B",
-            "-c",
-            BOOTSTRAP,
-            _runner_code_hex(),
-            marshal.dumps(config).hex(),
-        ]
+        if pool is not None:
+            job = marshal.dumps({"cfg": config, "env": env})
+            return _run_pooled(pool, job, settings, nonce)
+        return _run_fresh(config, env, settings, nonce)
+    finally:
+        _remove_tree(sandbox)
+
+
+def _run_fresh(
+    config: dict[str, Any], env: dict[str, str], settings: VerifySettings, nonce: str
+) -> SandboxResult:
+    """One fresh interpreter for one check (``sandbox_pool = false``; the bench's baseline)."""
+    launcher = detect_launcher(settings.network_namespace, settings.drop_capabilities)
+    read_fd, write_fd = os.pipe()
+    started = time.monotonic()
+    config = dict(config, result_fd=write_fd)
+    cmd = [
+        *launcher.prefix,
+        sys.executable,
+        "-I",
+        "-S",
+        "-B",
+        "-c",
+        BOOTSTRAP,
+        _program_hex(),
+        marshal.dumps(config).hex(),
+    ]
+    proc: subprocess.Popen[bytes] | None = None
+    try:
         try:
             proc = subprocess.Popen(
                 cmd,
-                cwd=sandbox,
+                cwd=config["sandbox"],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -299,14 +373,15 @@ def run_in_sandbox(
             ) from exc
         os.close(write_fd)
         write_fd = -1
-        return _collect(proc, read_fd, settings, cap, nonce, started)
+        if proc.stdout is None or proc.stderr is None:  # pragma: no cover - PIPE sets them
+            raise SandboxError("the sandbox's output pipes are missing")
+        child = _FreshChild(proc)
+        fds = (proc.stdout.fileno(), proc.stderr.fileno(), read_fd)
+        return _collect(child, fds, settings, nonce, started)
     finally:
         if write_fd >= 0:
             os.close(write_fd)
-        try:
-            os.close(read_fd)
-        except OSError:
-            pass
+        os.close(read_fd)
         if proc is not None:
             if proc.returncode is None:  # not reaped yet: the pgid cannot have been reused
                 _kill_group(proc.pid)
@@ -314,7 +389,70 @@ def run_in_sandbox(
             for pipe in (proc.stdout, proc.stderr):
                 if pipe is not None:
                     pipe.close()
-        _remove_tree(sandbox)
+
+
+def _run_pooled(
+    pool: SandboxPool, job: bytes, settings: VerifySettings, nonce: str
+) -> SandboxResult:
+    """Send one job to a pool server with three fresh pipes and collect its end."""
+    pipes = [os.pipe() for _ in range(3)]
+    started = time.monotonic()
+    check: PoolCheck | None = None
+    try:
+        check = pool.submit(job, [w for _r, w in pipes])
+        for _r, w in pipes:
+            os.close(w)
+        pipes = [(r, -1) for r, _w in pipes]
+        return _collect(check, tuple(r for r, _w in pipes), settings, nonce, started)
+    finally:
+        if check is not None:
+            if check.returncode is None:
+                check.kill()
+            check.finish()
+        for r, w in pipes:
+            for fd in (r, w):
+                if fd >= 0:
+                    os.close(fd)
+
+
+def run_quant_in_sandbox(
+    doc: dict[str, Any], settings: VerifySettings, sample: ChatResult | None
+) -> SandboxResult:
+    """Compare a quantitative answer (``quant.verify_quantitative``) in a child forked from the
+    quantitative pool (sympy already imported), under the wall, CPU and memory limits.
+
+    ``status`` is "verdict" with the verdict's fields in ``info["verdict"]``, or why the
+    comparison did not finish (timeout, memory, forbidden, crashed, output_limit).
+    """
+    nonce = secrets.token_hex(16)
+    payload = pickle.dumps(({"structured": doc.get("structured")}, settings, sample))
+    job = marshal.dumps({"nonce": nonce, "payload": payload, **_limits(settings)})
+    pool = _quant_pool(settings)
+    try:
+        return _run_pooled(pool, job, settings, nonce)
+    except ServerLost:
+        return _run_pooled(pool, job, settings, nonce)
+
+
+class _FreshChild:
+    """``_collect``'s view of a fresh interpreter (a Popen in its own session)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.server_pid: int | None = None
+
+    def wait(self, timeout: float | None) -> int | None:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        _kill_group(self.proc.pid)
+
+    def finish(self) -> None:
+        _kill_group(self.proc.pid)  # whatever is left of its process group
 
 
 def _remove_tree(path: str) -> None:
@@ -335,17 +473,16 @@ def _remove_tree(path: str) -> None:
 
 
 def _collect(
-    proc: subprocess.Popen[bytes],
-    result_fd: int,
+    child: _FreshChild | PoolCheck,
+    fds: tuple[int, int, int],
     settings: VerifySettings,
-    cap: int,
     nonce: str,
     started: float,
 ) -> SandboxResult:
-    """Read the child's pipes with bounded memory until it ends, then classify the outcome."""
-    if proc.stdout is None or proc.stderr is None:  # pragma: no cover - Popen(PIPE) sets them
-        raise SandboxError("the sandbox's output pipes are missing")
-    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    """Read the child's stdout, stderr and result pipes with bounded memory until it ends,
+    then classify the outcome."""
+    cap = settings.max_output_kb * 1024
+    out_fd, err_fd, result_fd = fds
     buffers: dict[int, bytearray] = {
         out_fd: bytearray(),
         err_fd: bytearray(),
@@ -382,14 +519,15 @@ def _collect(
                 if printed > cap:
                     over_output = True
                     break
+    returncode: int | None = None
     if not (timed_out or over_output):
         # The pipes are closed, but the child may still be running (it can close them).
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-    _kill_group(proc.pid)
-    returncode = proc.wait()
+        returncode = child.wait(max(0.0, deadline - time.monotonic()))
+        timed_out = returncode is None
+    if returncode is None:
+        child.kill()
+        returncode = child.wait(None)
+    child.finish()
     elapsed = time.monotonic() - started
     stdout, stderr = bytes(buffers[out_fd]), bytes(buffers[err_fd])
 
@@ -401,6 +539,8 @@ def _collect(
             returncode=returncode,
             stdout=_tail(stdout, 2000),
             stderr=_tail(stderr, 2000),
+            pid=child.pid,
+            server_pid=child.server_pid,
             **extra,
         )
 

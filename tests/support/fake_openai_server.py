@@ -6,7 +6,8 @@
         ...
         assert srv.count("chat") == 4
 
-It speaks ``GET /v1/models``, ``POST /v1/chat/completions`` (plain and streamed) and the
+It speaks ``GET /v1/models``, ``POST /v1/chat/completions`` (plain and streamed),
+``POST /v1/embeddings`` (deterministic bag-of-words vectors) and the
 Batch API (``POST /v1/files``, ``GET /v1/files/{id}/content``, ``POST /v1/batches``,
 ``GET /v1/batches/{id}``), records every request, counts HTTP calls, tracks peak
 concurrency, and injects faults into chat completions:
@@ -19,14 +20,23 @@ insufficient_quota), ``"500"``, ``"503"``, ``"400"``, ``"401"``, ``"404"``, ``"h
 broken JSON), ``"truncate"`` (the body or stream is cut mid-way), ``"length"`` (a reply cut
 at finish_reason=length), ``"slow"`` (adds ``Fault.delay`` seconds).
 
-``max_inflight`` makes it a rate-limited server: a request arriving while that many are in
-flight gets 429 with ``Retry-After``. ``latency`` delays every chat answer.
+``max_inflight`` makes it a concurrency-limited server: a request arriving while that many
+are in flight gets 429 at once, with ``Retry-After``. ``rpm`` / ``tpm`` make it a rate-limited
+one (requests / tokens per minute as token buckets of one second's worth, replenished
+continuously, as OpenAI enforces them; tokens counted as prompt bytes / 4 + max_tokens): over
+the limit, 429 at once; with ``ratelimit_headers`` every chat answer carries
+``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``. ``latency`` delays every chat
+answer. ``sporadic_429(p)`` and ``fault_mix(...)`` build seeded fault functions (429s that do
+not depend on the load; the mix of the engine's benchmark). Every 429 sent is
+counted in ``count("429")``.
 
 Fixtures for other test modules (import them in conftest.py or a test module):
 ``fake_openai`` (a running server) and ``fake_openai_factory`` (start several).
 
-Run it as a separate process (benchmarks): ``python tests/support/fake_openai_server.py --latency 1``
-prints ``PORT <n>`` and serves until stdin closes or it gets SIGTERM.
+Run it as a separate process (benchmarks):
+``python tests/support/fake_openai_server.py --latency 1 [--max-inflight 64] [--sporadic-429
+0.05] [--fault-mix] [--rpm N --ratelimit-headers]`` prints ``PORT <n>`` and serves until stdin
+closes or it gets SIGTERM; ``GET /v1/_stats`` answers its counters as JSON.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import signal
 import sys
 import threading
@@ -60,6 +71,7 @@ class Fault:
     retry_after: float | None = 0.05
     delay: float = 0.0
     status: int | None = None
+    at_once: bool = False  # answer before the latency (a gateway refusing at the door)
 
 
 @dataclass
@@ -70,6 +82,7 @@ class FakeReply:
     finish_reason: str = "stop"
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning: str | None = None  # sent as message.reasoning_content (DeepSeek/vLLM style)
 
 
 FaultSpec = Fault | str | None
@@ -131,6 +144,90 @@ def _words(text: str) -> int:
     return max(1, len(text.split()))
 
 
+def sporadic_429(p: float, *, retry_after: float = 1.0, seed: int = 0):
+    """Faults: a share ``p`` of chat requests gets 429 at once (``Retry-After``), whatever
+    the load, as behind some proxies and shared gateways. Seeded, so runs repeat."""
+    rng = random.Random(seed)
+
+    def fault(index: int, body: dict[str, Any]) -> Fault | None:
+        if rng.random() < p:
+            return Fault("429", retry_after=retry_after, at_once=True)
+        return None
+
+    return fault
+
+
+def fault_mix(
+    *,
+    p429: float = 0.05,
+    p500: float = 0.05,
+    reset: float = 0.01,
+    malformed: float = 0.01,
+    hang: float = 0.004,
+    hang_s: float = 20.0,
+    retry_after: float = 1.0,
+    seed: int = 0,
+):
+    """Faults: the mix of issue 18 (5% 429 with Retry-After, 5% 500, 1% connection resets,
+    1% malformed bodies, 0.4% answers that hang ``hang_s`` seconds). Seeded."""
+    rng = random.Random(seed)
+
+    def fault(index: int, body: dict[str, Any]) -> Fault | None:
+        x = rng.random()
+        for p, f in (
+            (p429, Fault("429", retry_after=retry_after)),
+            (p500, Fault("500")),
+            (reset, Fault("reset")),
+            (malformed, Fault("malformed")),
+            (hang, Fault("slow", delay=hang_s)),
+        ):
+            if x < p:
+                return f
+            x -= p
+        return None
+
+    return fault
+
+
+class _RateWindow:
+    """A per-minute limit as a token bucket holding one second's worth (``limit / 60``),
+    replenished continuously, as OpenAI enforces its limits."""
+
+    def __init__(self, per_minute: float) -> None:
+        self.per_minute = per_minute
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate)
+        self.level = self.capacity
+        self.t = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.t) * self.rate)
+        self.t = now
+
+    def take(self, amount: float) -> bool:
+        self._refill()
+        if self.level < min(amount, self.capacity):
+            return False
+        self.level -= amount
+        return True
+
+    def refund(self, amount: float) -> None:
+        self.level = min(self.capacity, self.level + amount)
+
+    def wait_s(self, amount: float) -> float:
+        return max(0.0, (min(amount, self.capacity) - self.level) / self.rate)
+
+    def headers(self, name: str) -> dict[str, str]:
+        self._refill()
+        full_in = (self.capacity - self.level) / self.rate
+        return {
+            f"x-ratelimit-limit-{name}": f"{self.per_minute:g}",
+            f"x-ratelimit-remaining-{name}": f"{max(0, int(self.level))}",
+            f"x-ratelimit-reset-{name}": f"{max(0.001, full_in):.3f}s",
+        }
+
+
 class FakeOpenAIServer:
     """The fake server, running on 127.0.0.1 in a background thread (see module docstring).
 
@@ -148,6 +245,9 @@ class FakeOpenAIServer:
         api_key: str | None = None,
         max_inflight: int | None = None,
         retry_after: float = 0.05,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        ratelimit_headers: bool = False,
         record: bool = True,
         batch_delay: float = 0.0,
         batch_expire: int = 0,
@@ -162,6 +262,9 @@ class FakeOpenAIServer:
         self.api_key = api_key
         self.max_inflight = max_inflight
         self.retry_after = retry_after
+        self.rpm = _RateWindow(rpm) if rpm else None
+        self.tpm = _RateWindow(tpm) if tpm else None
+        self.ratelimit_headers = ratelimit_headers
         self.record = record
         self.batch_delay = batch_delay
         self.batch_expire = batch_expire  # items left out of the first batch, which "expires"
@@ -176,6 +279,7 @@ class FakeOpenAIServer:
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self._expired_once = False
+        self._presented = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -266,11 +370,53 @@ class FakeOpenAIServer:
         self.chat_index = 0
         self.peak_inflight = 0
 
+    # -- embeddings --------------------------------------------------------------------
+    embedding_faults: list[str | None] | None = None  # per /v1/embeddings call: "500", ...
+
+    @staticmethod
+    def embedding_for(text: str, dim: int = 64) -> list[float]:
+        """A deterministic bag-of-words vector: texts sharing words point the same way."""
+        import hashlib
+
+        vec = [0.0] * dim
+        for word in text.lower().split():
+            h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=4).digest(), "big")
+            vec[h % dim] += 1.0
+        return vec
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        index = self.counts["embeddings"]
+        self.counts["embeddings"] += 1
+        if not self._authorized(request):
+            return self._unauthorized()
+        body = json.loads(await request.read())
+        faults = self.embedding_faults or []
+        if index < len(faults) and faults[index]:
+            return self._error(int(faults[index]), f"injected {faults[index]}")
+        inputs = body.get("input")
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        dim = int(body.get("dimensions") or 64)
+        data = [
+            {"object": "embedding", "index": i, "embedding": self.embedding_for(t, dim)}
+            for i, t in enumerate(inputs)
+        ]
+        tokens = sum(_words(t) for t in inputs)
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model") or self.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
     # -- app -----------------------------------------------------------------------------
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/_stats", self._stats)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/v1/files", self._upload)
         app.router.add_get("/v1/files/{file_id}/content", self._file_content)
         app.router.add_post("/v1/batches", self._create_batch)
@@ -282,7 +428,9 @@ class FakeOpenAIServer:
             self.headers.append(dict(request.headers))
         if self.api_key is None:
             return True
-        return request.headers.get("Authorization") == f"Bearer {self.api_key}"
+        presented = request.headers.get("Authorization", "")
+        self._presented = presented.removeprefix("Bearer ")
+        return presented == f"Bearer {self.api_key}"
 
     @staticmethod
     def _error(status: int, message: str, code: str | None = None, **headers: str):
@@ -290,7 +438,44 @@ class FakeOpenAIServer:
         return web.json_response(body, status=status, headers=headers or None)
 
     def _unauthorized(self) -> web.Response:
-        return self._error(401, "Incorrect API key provided.", "invalid_api_key")
+        # like some servers, it quotes the key it got: the engine must not repeat it
+        return self._error(
+            401, f"Incorrect API key provided: {self._presented}.", "invalid_api_key"
+        )
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"counts": dict(self.counts), "peak_inflight": self.peak_inflight})
+
+    def _rate_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self.ratelimit_headers:
+            if self.rpm is not None:
+                headers.update(self.rpm.headers("requests"))
+            if self.tpm is not None:
+                headers.update(self.tpm.headers("tokens"))
+        return headers
+
+    def _over_rate(self, raw: bytes, body: dict[str, Any]) -> web.Response | None:
+        """429 when the request would pass ``rpm`` or ``tpm`` (None: it may go)."""
+        tokens = len(raw) / 4 + int(body.get("max_tokens") or 0)
+        ok = self.rpm is None or self.rpm.take(1.0)
+        if ok and self.tpm is not None and not self.tpm.take(tokens):
+            ok = False
+            if self.rpm is not None:
+                self.rpm.refund(1.0)
+        if ok:
+            return None
+        self.counts["429"] += 1
+        wait = max(
+            self.rpm.wait_s(1.0) if self.rpm is not None else 0.0,
+            self.tpm.wait_s(tokens) if self.tpm is not None else 0.0,
+        )
+        return self._error(
+            429,
+            "Rate limit reached",
+            "rate_limit_exceeded",
+            **{"Retry-After": f"{wait:.3f}", **self._rate_headers()},
+        )
 
     async def _models(self, request: web.Request) -> web.Response:
         self.counts["models"] += 1
@@ -334,6 +519,9 @@ class FakeOpenAIServer:
             if reply.completion_tokens is not None
             else _words(reply.content)
         )
+        message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        if reply.reasoning is not None:
+            message["reasoning_content"] = reply.reasoning
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
             "object": "chat.completion",
@@ -342,7 +530,7 @@ class FakeOpenAIServer:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": reply.content},
+                    "message": message,
                     "finish_reason": reply.finish_reason,
                 }
             ],
@@ -368,13 +556,22 @@ class FakeOpenAIServer:
             if self.record:
                 self.requests.append(body)
             if self.max_inflight is not None and self.inflight > self.max_inflight:
+                self.counts["429"] += 1
                 return self._error(
                     429,
                     "Rate limit reached for requests",
                     "rate_limit_exceeded",
                     **{"Retry-After": f"{self.retry_after:g}"},
                 )
+            if self.rpm is not None or self.tpm is not None:
+                refused = self._over_rate(raw, body)
+                if refused is not None:
+                    return refused
             fault = self._fault_for(index, body)
+            if fault is not None and fault.at_once:
+                response = await self._inject(request, body, fault)
+                if response is not None:
+                    return response
             latency = self.latency(body) if callable(self.latency) else self.latency
             if fault is not None and fault.kind == "slow":
                 latency += fault.delay
@@ -395,10 +592,13 @@ class FakeOpenAIServer:
         if kind in ("429", "500", "503", "400", "401", "404", "408", "409", "502"):
             status = int(kind)
             headers = {}
+            if status == 429:
+                self.counts["429"] += 1
             if status == 429 and fault.retry_after is not None:
                 headers["Retry-After"] = f"{fault.retry_after:g}"
             return self._error(status, f"injected {status}", None, **headers)
         if kind == "quota":
+            self.counts["429"] += 1
             return self._error(
                 429,
                 "You exceeded your current quota, please check your plan.",
@@ -448,7 +648,11 @@ class FakeOpenAIServer:
             return await self._stream(request, body, completion, truncate)
         data = json.dumps(completion).encode()
         if not truncate:
-            return web.Response(body=data, content_type="application/json")
+            return web.Response(
+                body=data,
+                content_type="application/json",
+                headers=self._rate_headers() or None,
+            )
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         resp.content_length = len(data)
         await resp.prepare(request)
@@ -477,6 +681,11 @@ class FakeOpenAIServer:
         pieces = [text[i : i + 16] for i in range(0, len(text), 16)] or [""]
         if truncate:
             pieces = pieces[: max(1, len(pieces) // 2)]
+        thinking = choice["message"].get("reasoning_content") or ""
+        for i in range(0, len(thinking), 16):
+            delta = {"reasoning_content": thinking[i : i + 16]}
+            chunk = dict(base, choices=[{"index": 0, "delta": delta, "finish_reason": None}])
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
         for piece in pieces:
             chunk = dict(
                 base, choices=[{"index": 0, "delta": {"content": piece}, "finish_reason": None}]
@@ -663,7 +872,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--reply-words", type=int, default=50)
+    parser.add_argument("--max-inflight", type=int, default=None)
+    parser.add_argument("--retry-after", type=float, default=1.0)
+    parser.add_argument("--sporadic-429", type=float, default=0.0)
+    parser.add_argument("--fault-mix", action="store_true")
+    parser.add_argument("--hang-s", type=float, default=20.0)
+    parser.add_argument("--rpm", type=float, default=None)
+    parser.add_argument("--tpm", type=float, default=None)
+    parser.add_argument("--ratelimit-headers", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    faults = None
+    if args.fault_mix:
+        faults = fault_mix(retry_after=args.retry_after, hang_s=args.hang_s, seed=args.seed)
+    elif args.sporadic_429:
+        faults = sporadic_429(args.sporadic_429, retry_after=args.retry_after, seed=args.seed)
     text = " ".join(["word"] * args.reply_words)
     srv = FakeOpenAIServer(
         responder=lambda body: FakeReply(
@@ -673,6 +896,12 @@ def main(argv: list[str] | None = None) -> None:
         record=False,
         port=args.port,
         use_uvloop=True,
+        faults=faults,
+        max_inflight=args.max_inflight,
+        retry_after=args.retry_after,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        ratelimit_headers=args.ratelimit_headers,
     )
     srv.start()
     print(f"PORT {srv.port}", flush=True)

@@ -1,68 +1,30 @@
-"""The topic walker: a seeded, weighted, stratified, lazy stream of generation units.
-
-::
-
-    from builder import load_taxonomy, walk_topics
-    tax = load_taxonomy("taxonomy")
-    walk = walk_topics(tax, seed=1, limit=100, subtree=["mathematics"])
-    for unit in walk:                      # builder.records.Unit
-        print(unit.unit_id, unit.taxonomy_path, unit.concepts)
-    print(walk.coverage().table(tax))      # units per node so far
-
-**What is walked.** The walk covers *slots*. A subject with a usable syllabus (approved by
-default, see ``builder.syllabus``) contributes one slot per class session, and its topic
-leaves are not walked separately (the syllabus was written to cover them); every other
-selected leaf is one slot. With ``level``, the nodes of that level are the slots instead of
-the leaves (a subject with a syllabus still contributes its sessions). A node is selected when
-it lies in ``subtree`` (default: everywhere) and it and all its ancestors have a status in
-``statuses``; a selected node whose children are all unselected counts as a leaf.
-
-**Units** follow GLAN's sampling. A session slot gives units made of that session plus, half
-of the time, an adjacent one (``sessions_per_unit`` = 1-2), and 1-5 key concepts drawn from
-them (``concepts_per_unit``), at least one from the slot's own session. A leaf slot gives the
-leaf's name plus 0-4 concepts drawn from its description's phrases (or, for a non-leaf
-``level`` slot, its children's names). ``difficulty`` is the position in the syllabus
-(first third basic, last third advanced), or the node's position among its siblings
-(taxonomies list topics in teaching order).
-
-**Order and weights.** Round 0 covers every slot exactly once, so nothing repeats before
-everything is covered. A slot's weight is the product of ``weight`` along its path (a
-session weighs what its subject weighs). In later rounds the heaviest slots get one unit per
-round and a slot of relative weight ``a`` gets one every ``1/a`` rounds (randomised rounding,
-so after ``R`` rounds each slot has ``1 + floor(R*a + offset)`` units: counts stay within one
-unit of proportional). Inside a round the order is a weighted random permutation
-(Efraimidis-Spirakis keys ``u**(1/w)``) or, with ``order="curriculum"``, the taxonomy's
-curriculum order (prerequisites, with their subtrees, first; sessions in syllabus order).
-
-**Determinism and stability.** Every random choice comes from xxhash of ``(seed, slot,
-occurrence)``, never from Python's ``hash()`` or a shared generator, so the same seed gives
-the same units in every process, and adding a node leaves the units of other slots unchanged
-(only their interleaving moves). ``unit_id`` is the first 16 hex digits of the sha256 of
-``(seed, occurrence, node, sessions, concepts)``.
-
-**Laziness.** Setting up costs one pass over the selected nodes (and one read per usable
-syllabus); units are made one at a time as they are consumed, and later rounds only touch
-the slots they schedule (a heap), so a 100,000-node taxonomy starts yielding at once and an
-unbounded walk (no ``limit``/``token_budget``/``rounds``) is an endless generator.
-"""
+"""The walker itself: ``Walk`` (slots, rounds, units) and ``walk_topics`` (see ``builder.walk``
+for the sampling rules)."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import heapq
 import math
-import re
+import os
 import weakref
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import xxhash
 
 from builder.errors import TaxonomyError
 from builder.records import Unit
+from builder.walk.coverage import Coverage
+from builder.walk.sampling import (
+    _TWO64,
+    ORDERS,
+    _difficulty,
+    _Rng,
+    _seed64,
+    _uniform,
+    description_phrases,
+)
 
 if TYPE_CHECKING:
     from builder.settings.syllabus import SyllabusSettings
@@ -70,106 +32,7 @@ if TYPE_CHECKING:
     from builder.syllabus import Syllabus
     from builder.taxonomy import Node, Taxonomy
 
-__all__ = ["Coverage", "Walk", "coverage", "walk_from_settings", "walk_topics"]
-
-ORDERS = ("random", "curriculum")
-DIFFICULTIES = ("basic", "intermediate", "advanced")
-_TWO64 = float(2**64)
-
-
-_MASK64 = (1 << 64) - 1
-
-
-def _seed64(seed: int) -> int:
-    """A 64-bit hash seed for a walk seed (any int, negative too)."""
-    return xxhash.xxh64_intdigest(str(seed).encode("utf-8"))
-
-
-def _uniform(seed64: int, text: str) -> float:
-    """A deterministic uniform number in (0, 1) from a walk seed and a text."""
-    return (xxhash.xxh64_intdigest(text.encode("utf-8"), seed=seed64) + 0.5) / _TWO64
-
-
-class _Rng:
-    """A tiny counter-based generator on xxhash: cheap to create (one per unit) and, unlike
-    ``random.Random``'s methods, guaranteed to give the same draws on every Python version."""
-
-    __slots__ = ("_seed", "_n")
-
-    def __init__(self, seed: int) -> None:
-        self._seed = seed & _MASK64
-        self._n = 0
-
-    def _next(self) -> int:
-        self._n += 1
-        return xxhash.xxh64_intdigest(self._n.to_bytes(8, "little"), seed=self._seed)
-
-    def below(self, n: int) -> int:
-        """Uniform in [0, n) (the modulo bias is below 2**-50 for the small n used here)."""
-        return self._next() % n
-
-    def randint(self, a: int, b: int) -> int:
-        return a + self.below(b - a + 1)
-
-    def choice(self, seq: Sequence[Any]) -> Any:
-        return seq[self.below(len(seq))]
-
-    def sample(self, seq: Sequence[Any], k: int) -> list[Any]:
-        pool = list(seq)
-        for i in range(k):
-            j = i + self.below(len(pool) - i)
-            pool[i], pool[j] = pool[j], pool[i]
-        return pool[:k]
-
-
-def _difficulty(index: int, count: int) -> str:
-    if count <= 1:
-        return "intermediate"
-    return DIFFICULTIES[min(2, (3 * index) // count)]
-
-
-_PIECES = re.compile(r"[,;:()\n]|\.(?:\s|$)")
-_CONJUNCTION = re.compile(r"\s+(?:and|or)\s+", re.IGNORECASE)
-_LEADING = re.compile(r"^(?:(?:and|or|including|such as|e\.g\.|the|a|an)\s+)+", re.IGNORECASE)
-_FUNCTION_WORDS = frozenset(
-    "a an the and or of to from in on at by for with into onto than as via".split()
-)
-
-
-def description_phrases(text: str | None, max_words: int = 8) -> list[str]:
-    """Short noun-phrase-like pieces of a description, used as extra concepts of a leaf.
-
-    Descriptions are mostly lists ("Membrane structure, diffusion, osmosis and active
-    transport."): the text is cut at commas, semicolons, colons, brackets and full stops, the
-    last item of a list is cut at "and"/"or", and fragments that end in a function word
-    ("converting to") or run longer than ``max_words`` are dropped.
-    """
-    if not text:
-        return []
-    return list(_phrases(text, max_words))
-
-
-@functools.lru_cache(maxsize=4096)
-def _phrases(text: str, max_words: int) -> tuple[str, ...]:
-    pieces = [p for p in _PIECES.split(text) if p.strip()]
-    if len(pieces) >= 2:
-        last = _CONJUNCTION.split(pieces[-1])
-        if all(part.split() and part.split()[-1].lower() not in _FUNCTION_WORDS for part in last):
-            pieces[-1:] = last
-    out: list[str] = []
-    seen: set[str] = set()
-    for piece in pieces:
-        phrase = _LEADING.sub("", " ".join(piece.split())).strip(" -'\"")
-        words = phrase.split()
-        if len(phrase) < 3 or not words or len(words) > max_words:
-            continue
-        if words[-1].lower() in _FUNCTION_WORDS:
-            continue
-        key = phrase.casefold()
-        if key not in seen:
-            seen.add(key)
-            out.append(phrase)
-    return tuple(out)
+__all__ = ["Walk", "walk_from_settings", "walk_topics"]
 
 
 class _Slot:
@@ -184,95 +47,9 @@ class _Slot:
         self.key = node if session is None else f"{node}#{session}"
 
 
-@dataclass
-class Coverage:
-    """How many units landed where.
-
-    ``units``: node id -> units whose node (``Unit.topic``) it is; ``subtree``: node id ->
-    units at or below it (rolled up along ``taxonomy_path``); ``sessions``: (subject id,
-    session index) -> units built around that session; ``per_level``: level -> units.
-    ``expected`` lists the nodes the walk selected, so uncovered ones show as zeros.
-    """
-
-    units: Counter[str] = field(default_factory=Counter)
-    subtree: Counter[str] = field(default_factory=Counter)
-    sessions: Counter[tuple[str, int]] = field(default_factory=Counter)
-    per_level: Counter[str] = field(default_factory=Counter)
-    expected: list[str] = field(default_factory=list)
-    total: int = 0
-
-    def add(self, unit: Unit) -> None:
-        self.total += 1
-        self.units[unit.topic] += 1
-        for node_id in unit.taxonomy_path.split("/"):
-            self.subtree[node_id] += 1
-        if unit.session_index is not None:
-            self.sessions[(unit.topic, unit.session_index)] += 1
-        self.per_level[unit.level or "(unset)"] += 1
-
-    @property
-    def uncovered(self) -> list[str]:
-        """Selected nodes without any unit yet."""
-        return [n for n in self.expected if self.units[n] == 0]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "total": self.total,
-            "units": dict(self.units),
-            "subtree": dict(self.subtree),
-            "sessions": {f"{s}#{i}": n for (s, i), n in sorted(self.sessions.items())},
-            "per_level": dict(self.per_level),
-            "uncovered": self.uncovered,
-        }
-
-    def rows(self, tax: Taxonomy | None = None) -> list[dict[str, Any]]:
-        """One row per node with units at or below it (or selected), in taxonomy order."""
-        ids = set(self.subtree) | set(self.expected)
-        if tax is None:
-            order = sorted(ids)
-            return [{"id": i, "units": self.units[i], "subtree": self.subtree[i]} for i in order]
-        rows = []
-        for node in tax:
-            if node.id in ids:
-                rows.append(
-                    {
-                        "id": node.id,
-                        "name": node.name,
-                        "level": node.level,
-                        "depth": node.depth,
-                        "units": self.units[node.id],
-                        "subtree": self.subtree[node.id],
-                    }
-                )
-        return rows
-
-    def table(self, tax: Taxonomy | None = None) -> str:
-        """A plain-text table: node (indented by depth), level, units at it, units below it."""
-        rows = self.rows(tax)
-        labels = ["  " * r.get("depth", 0) + r["id"] for r in rows]
-        width = max([len("node"), *map(len, labels)])
-        lwidth = max([len("level"), *(len(r.get("level") or "") for r in rows)])
-        lines = [f"{'node':<{width}}  {'level':<{lwidth}}  {'units':>7}  {'subtree':>7}"]
-        for label, r in zip(labels, rows, strict=True):
-            lines.append(
-                f"{label:<{width}}  {(r.get('level') or ''):<{lwidth}}  "
-                f"{r['units']:>7}  {r['subtree']:>7}"
-            )
-        if self.sessions:
-            lines.append("")
-            lines.append("sessions (subject#index: units)")
-            for (subject, index), n in sorted(self.sessions.items()):
-                lines.append(f"  {subject}#{index}: {n}")
-        lines.append("")
-        lines.append(
-            f"total units: {self.total}; selected nodes: {len(self.expected)}; "
-            f"uncovered: {len(self.uncovered)}"
-        )
-        return "\n".join(lines) + "\n"
-
-
-class Walk(Iterator[Unit]):
-    """A lazy iterator of ``Unit``s (see the module docstring); build it with ``walk_topics``.
+class Walk(Iterable[Unit]):
+    """A lazy, re-iterable stream of ``Unit``s (see the module docstring); build it with
+    ``walk_topics``. Each iteration starts from the first unit.
 
     Attributes describing the selection are set up front: ``slots`` (how many things one
     round covers), ``syllabi`` (subject id -> syllabus used), ``ignored_syllabi`` (subjects
@@ -288,6 +65,7 @@ class Walk(Iterator[Unit]):
         token_budget: float | None = None,
         tokens_per_unit: float | Callable[[Unit], float] = 1500.0,
         rounds: int | None = None,
+        endless: bool = False,
         subtree: Iterable[str] | str | None = None,
         level: str | None = None,
         statuses: Sequence[str] = ("approved",),
@@ -311,6 +89,8 @@ class Walk(Iterator[Unit]):
                 raise TaxonomyError(f"{name} must be (low, high) with 1 <= low <= high")
         if isinstance(subtree, str):
             subtree = [subtree]
+        if rounds is None and limit is None and token_budget is None and not endless:
+            rounds = 1  # the one default, shared with `corpus walk` and builds
         self.tax = tax
         self.seed = int(seed)
         self._seed64 = _seed64(self.seed)
@@ -340,7 +120,6 @@ class Walk(Iterator[Unit]):
         self._subject_cache: dict[str, Node | None] = {}
         self._positions: dict[str, dict[str, int]] = {}
         self._contexts: dict[str, tuple[Node, str]] = {}
-        self._gen = self._generate()
 
     # -- selection ----------------------------------------------------------------------------
 
@@ -398,8 +177,13 @@ class Walk(Iterator[Unit]):
                     hint=f"levels in the taxonomy: {', '.join(levels) or '(none set)'}",
                 )
         else:
-            has_child = {n.parent for n in selected if n.parent is not None}
-            candidates = [n for n in selected if n.id not in has_child]
+            has_child = {n.parent for n in selected}
+            # A discipline with nothing under it is an empty file, not a topic to write about.
+            candidates = [
+                n
+                for n in selected
+                if n.id not in has_child and (n.parent is not None or n.children)
+            ]
 
         # Syllabi of selected subjects, when asked for.
         usable: dict[str, Syllabus] = {}
@@ -420,7 +204,12 @@ class Walk(Iterator[Unit]):
         elif syllabi:
             usable = {k: v for k, v in syllabi.items() if self._selected.get(k)}
 
-        slots: list[_Slot] = []
+        weights = self._weights
+        if not usable:  # no syllabus anywhere: one slot per candidate (the common fast path)
+            slots = [_Slot(n.id, None, weights[n.id]) for n in candidates]
+            candidates = []
+        else:
+            slots = []
         done_subjects: set[str] = set()
         parent_subject: dict[str | None, Node | None] = {}
         for n in candidates:
@@ -462,11 +251,13 @@ class Walk(Iterator[Unit]):
 
     # -- iteration ----------------------------------------------------------------------------
 
-    def __iter__(self) -> Walk:
-        return self
-
-    def __next__(self) -> Unit:
-        return next(self._gen)
+    def __iter__(self) -> Iterator[Unit]:
+        """A new pass from the first unit (counters and coverage start again)."""
+        self.yielded = 0
+        self.tokens = 0.0
+        expected = self._coverage.expected
+        self._coverage = Coverage(expected=expected)
+        return self._generate()
 
     def coverage(self) -> Coverage:
         """Units per node (and per session, level) of everything yielded so far."""
@@ -493,7 +284,12 @@ class Walk(Iterator[Unit]):
             yield from self._round_order(list(range(n)), 0)
             return
         # A heap instead of a sort: the first unit comes after O(n), not O(n log n).
-        heap = [(self._es_key(i, 0), i) for i in range(n)]
+        # (``_es_key`` inlined: this loop is most of the time to the first unit.)
+        digest, log, seed, two64 = xxhash.xxh64_intdigest, math.log, self._seed64, _TWO64
+        heap = [
+            (-log((digest(f"{s.key}\x1f0".encode(), seed=seed) + 0.5) / two64) / s.weight, i)
+            for i, s in enumerate(self._slots)
+        ]
         heapq.heapify(heap)
         while heap:
             yield heapq.heappop(heap)[1]
@@ -684,13 +480,14 @@ def _curriculum_rank(tax: Taxonomy) -> dict[str, int]:
 
 
 def walk_topics(
-    tax: Taxonomy,
+    tax: Taxonomy | str | os.PathLike[str],
     *,
     seed: int = 0,
     limit: int | None = None,
     token_budget: float | None = None,
     tokens_per_unit: float | Callable[[Unit], float] = 1500.0,
     rounds: int | None = None,
+    endless: bool = False,
     subtree: Iterable[str] | str | None = None,
     level: str | None = None,
     statuses: Sequence[str] = ("approved",),
@@ -703,9 +500,11 @@ def walk_topics(
 ) -> Walk:
     """Walk the taxonomy: a lazy, deterministic stream of generation ``Unit``s.
 
-    Bounded by ``limit`` units, ``token_budget`` (each unit costs ``tokens_per_unit``, a number
-    or a function of the unit) or ``rounds`` (1 = every slot exactly once); with none of them
-    it never ends. ``subtree`` (ids), ``level`` and ``statuses`` select nodes;
+    ``tax`` is a loaded ``Taxonomy`` or the path of a taxonomy directory (or file). Bounded by
+    ``limit`` units, ``token_budget`` (each unit costs ``tokens_per_unit``, a number or a
+    function of the unit) or ``rounds`` (1 = every slot exactly once); with none of them, one
+    round, unless ``endless`` (then it never ends). Iterating the returned ``Walk`` again
+    starts it again. ``subtree`` (ids), ``level`` and ``statuses`` select nodes;
     ``syllabus_statuses`` (default: ``statuses``) selects which syllabi are used, ``syllabi``
     may be ``False`` (topic leaves only) or a mapping subject id -> ``Syllabus``.
     ``order`` is ``random`` or ``curriculum``. ``syllabus_settings`` (the ``[syllabus]``
@@ -713,6 +512,14 @@ def walk_topics(
     for unknown ids or levels and when the selection is empty, and ``ValidationError`` for an
     invalid syllabus. See the module docstring for the sampling rules.
     """
+    from builder.taxonomy import Taxonomy as _Taxonomy
+
+    if not isinstance(tax, _Taxonomy):
+        if not isinstance(tax, (str, os.PathLike)):
+            raise TypeError(f"walk_topics needs a Taxonomy or a path, not {type(tax).__name__}")
+        from builder.taxonomy import load_taxonomy
+
+        tax = load_taxonomy(tax)
     return Walk(
         tax,
         seed=seed,
@@ -720,6 +527,7 @@ def walk_topics(
         token_budget=token_budget,
         tokens_per_unit=tokens_per_unit,
         rounds=rounds,
+        endless=endless,
         subtree=subtree,
         level=level,
         statuses=statuses,
@@ -758,17 +566,3 @@ def walk_from_settings(
     }
     kwargs.update({k: v for k, v in overrides.items()})
     return walk_topics(tax, **kwargs)
-
-
-def coverage(source: Walk | Iterable[Unit]) -> Coverage:
-    """Units per node of a walk (what it has yielded so far) or of any iterable of units.
-
-    An iterable is consumed. Only a ``Walk`` knows which nodes it selected, so only its
-    coverage lists uncovered nodes (as zeros); ``Coverage.table(tax)`` prints either.
-    """
-    if isinstance(source, Walk):
-        return source.coverage()
-    cov = Coverage()
-    for unit in source:
-        cov.add(unit)
-    return cov

@@ -1,0 +1,197 @@
+"""Semantic near-duplicates (SemDeDup-style), after exact and MinHash dedup.
+
+MinHash finds documents that share word 5-grams; two sections that say the same thing in
+other words pass it. Here documents whose embeddings have cosine >= ``threshold`` are
+grouped:
+
+1. **Cluster** the unit embeddings with k-means (numpy, seeded k-means++ start, a few Lloyd
+   iterations, assignments computed in row blocks), about ``cluster_size`` documents per
+   cluster, so comparisons stay inside a cluster (SemDeDup, Abbas et al. 2023).
+2. **Compare within each cluster** in row blocks (memory bounded by block x cluster size,
+   never n x n), keep pairs at or above the threshold, and join them into groups
+   (``scipy.sparse.csgraph.connected_components``).
+3. **Representative** of a group: the same rule as MinHash dedup (``verified`` first, then
+   the longest text, then the smallest id); the others are marked ``removed`` with their
+   group, representative, cosine to the representative and the row they matched.
+
+Pure functions over arrays and frames of one corpus (or partition); no I/O. The result has
+``builder.dedup.CLUSTER_COLUMNS`` with ``kind = "semantic"`` and cosines in the Jaccard
+columns, so the report and the card treat it like a MinHash cluster table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+KIND = "semantic"
+REASON = "semantic_dup"
+_BLOCK = 2048
+
+
+def kmeans(
+    x: np.ndarray, k: int, *, iterations: int = 10, seed: int = 0, block: int = 8192
+) -> np.ndarray:
+    """Cluster label of each row of ``x`` (unit vectors; cosine = dot), k-means++ start."""
+    n = x.shape[0]
+    k = max(1, min(k, n))
+    if k == 1:
+        return np.zeros(n, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    centres = np.empty((k, x.shape[1]), dtype=np.float32)
+    centres[0] = x[rng.integers(n)]
+    best = np.full(n, np.inf, dtype=np.float64)
+    for j in range(1, k):  # k-means++ (distance = 1 - cosine)
+        best = np.minimum(best, np.maximum(0.0, 1.0 - x @ centres[j - 1]))
+        total = best.sum()
+        pick = rng.integers(n) if total <= 0 else rng.choice(n, p=best / total)
+        centres[j] = x[pick]
+    labels = np.zeros(n, dtype=np.int64)
+    for _ in range(iterations):
+        for s in range(0, n, block):
+            labels[s : s + block] = np.argmax(x[s : s + block] @ centres.T, axis=1)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, labels, x)
+        counts = np.bincount(labels, minlength=k)
+        empty = counts == 0
+        sums[empty] = x[rng.integers(n, size=int(empty.sum()))]
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        new = sums / np.where(norms > 0, norms, 1.0)
+        if np.allclose(new, centres, atol=1e-6):
+            break
+        centres = new.astype(np.float32)
+    return labels
+
+
+@dataclass
+class SemanticResult:
+    """The clusters table (``CLUSTER_COLUMNS``) and counts of one semantic dedup pass."""
+
+    clusters: pl.DataFrame
+    groups: int
+    removed: int
+    kmeans_clusters: int
+
+
+def _pairs(x: np.ndarray, members: np.ndarray, threshold: float):
+    """(i, j, cosine) with i < j, both in ``members``, cosine >= threshold (row blocks)."""
+    sub = x[members]
+    out_i, out_j, out_s = [], [], []
+    for s in range(0, len(members), _BLOCK):
+        sims = sub[s : s + _BLOCK] @ sub.T
+        a, b = np.nonzero(sims >= threshold)
+        a_global = a + s
+        keep = a_global < b
+        out_i.append(members[a_global[keep]])
+        out_j.append(members[b[keep]])
+        out_s.append(sims[a[keep], b[keep]])
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
+
+
+def semantic_clusters(
+    ids: list[str],
+    embeddings: np.ndarray,
+    *,
+    threshold: float = 0.95,
+    cluster_size: int = 1000,
+    lengths: np.ndarray | None = None,
+    verified: list[bool | None] | None = None,
+    seed: int = 0,
+) -> SemanticResult:
+    """Group documents whose embeddings have cosine >= ``threshold`` (module docstring)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(ids)
+    empty = pl.DataFrame(
+        schema={
+            "id": pl.String,
+            "cluster_id": pl.String,
+            "representative_id": pl.String,
+            "kind": pl.String,
+            "removed": pl.Boolean,
+            "cluster_size": pl.Int64,
+            "jaccard": pl.Float64,
+            "matched_id": pl.String,
+            "matched_jaccard": pl.Float64,
+        }
+    )
+    if n < 2:
+        return SemanticResult(empty, 0, 0, min(n, 1))
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    k = max(1, -(-n // cluster_size))
+    labels = kmeans(x, k, seed=seed)
+    ii, jj, ss = [], [], []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if len(members) > 1:
+            i, j, s = _pairs(x, members, threshold)
+            ii.append(i)
+            jj.append(j)
+            ss.append(s)
+    i = np.concatenate(ii) if ii else np.zeros(0, dtype=np.int64)
+    j = np.concatenate(jj) if jj else np.zeros(0, dtype=np.int64)
+    if len(i) == 0:
+        return SemanticResult(empty, 0, 0, k)
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    sizes = np.bincount(comp)
+    # representative order: verified first, then longest text, then smallest id
+    lengths = np.zeros(n, dtype=np.int64) if lengths is None else np.asarray(lengths)
+    ver = np.array([0 if v is True else 1 for v in (verified or [None] * n)], dtype=np.int8)
+    order = (
+        pl.DataFrame({"row": np.arange(n), "v": ver, "len": -lengths, "id": ids})
+        .sort(["v", "len", "id"])["row"]
+        .to_numpy()
+    )
+    rep_of: dict[int, int] = {}
+    for row in order:
+        rep_of.setdefault(int(comp[row]), int(row))
+    best_match: dict[int, tuple[int, float]] = {}
+    for a, b, s in zip(i.tolist(), j.tolist(), np.concatenate(ss).tolist(), strict=True):
+        for u, v in ((a, b), (b, a)):
+            if s > best_match.get(u, (-1, -2.0))[1]:
+                best_match[u] = (v, s)
+    rows = []
+    for row in np.flatnonzero(sizes[comp] > 1).tolist():
+        c = int(comp[row])
+        rep = rep_of[c]
+        match, msim = best_match.get(row, (rep, 1.0))
+        rows.append(
+            {
+                "id": ids[row],
+                "cluster_id": f"sem-{ids[rep]}",
+                "representative_id": ids[rep],
+                "kind": KIND,
+                "removed": row != rep,
+                "cluster_size": int(sizes[c]),
+                "jaccard": round(float(x[row] @ x[rep]), 4),
+                "matched_id": ids[match],
+                "matched_jaccard": round(float(msim), 4),
+            }
+        )
+    clusters = pl.DataFrame(rows, schema=empty.schema).sort("cluster_id", "removed", "id")
+    removed = int(clusters["removed"].sum())
+    return SemanticResult(clusters, int((sizes > 1).sum()), removed, k)
+
+
+def removal_records(clusters: pl.DataFrame, threshold: float) -> pl.DataFrame:
+    """Rejection records (id, stage, reason, detail, cluster and representative) of the
+    removed members of a semantic clusters table."""
+    return clusters.filter(pl.col("removed")).select(
+        "id",
+        pl.lit("dedup").alias("stage"),
+        pl.lit(REASON).alias("reason"),
+        pl.format(
+            "cosine {} >= {} to {}",
+            pl.col("jaccard"),
+            pl.lit(threshold),
+            pl.col("representative_id"),
+        ).alias("detail"),
+        "cluster_id",
+        "representative_id",
+        pl.col("kind").alias("dup_kind"),
+        pl.col("jaccard").alias("similarity"),
+    )

@@ -1,0 +1,156 @@
+"""``corpus llm run`` against the loopback fake server in each rate-limit mode (a concurrency
+limit, sporadic 429s, requests-per-minute with and without ``x-ratelimit-*`` headers), the
+API key kept out of every output, and ``--batch`` through the CLI.
+
+Assertions are on counts (429s the server sent and the engine saw, the window the progress
+line reports, ids written exactly once), never on times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from builder.llm.cache import Cache
+from tests.support.fake_openai_server import FakeOpenAIServer, sporadic_429
+
+ROOT = Path(__file__).resolve().parent.parent
+PROGRESS = re.compile(r"window (\d+), (\d+) 429s in the last minute")
+
+
+def write_requests(path: Path, n: int) -> list[str]:
+    with open(path, "w") as f:
+        for i in range(n):
+            body = {"messages": [{"role": "user", "content": f"q{i}"}], "max_tokens": 20}
+            f.write(json.dumps({"custom_id": f"c{i}", "body": body}) + "\n")
+    return [f"c{i}" for i in range(n)]
+
+
+def run_cli(
+    tmp_path: Path,
+    srv: FakeOpenAIServer,
+    n: int,
+    config: str = "",
+    *args: str,
+    env: dict[str, str] | None = None,
+    attempts: int = 30,
+):
+    """Run ``corpus llm run`` on ``n`` requests; returns (process, ids, written lines)."""
+    cfg = tmp_path / "corpus.toml"
+    cfg.write_text(
+        f'[llm]\nbase_url = "{srv.base_url}"\nmodel = "fake-model"\n'
+        f"backoff_base_s = 0.01\nbackoff_max_s = 0.05\nmax_attempts = {attempts}\n"
+        f"progress_interval_s = 3600\n{config}"
+    )
+    ids = write_requests(tmp_path / "req.jsonl", n)
+    result = subprocess.run(
+        [sys.executable, "-m", "builder", "llm", "run", "req.jsonl", "-o", "out.jsonl", *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = tmp_path / "out.jsonl"
+    lines = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
+    return result, ids, lines
+
+
+def progress_of(stderr: str) -> tuple[int, int]:
+    """(window, 429s in the last minute) from the last progress line."""
+    found = PROGRESS.findall(stderr)
+    assert found, stderr
+    window, refused = found[-1]
+    return int(window), int(refused)
+
+
+def test_a_concurrency_limit_is_found_and_held(tmp_path):
+    with FakeOpenAIServer(max_inflight=4, latency=0.05, retry_after=0.05) as srv:
+        result, ids, lines = run_cli(tmp_path, srv, 120, "max_concurrency = 32\n")
+        assert result.returncode == 0, result.stderr
+        assert sorted(x["custom_id"] for x in lines) == sorted(ids)
+        assert all(x["error"] is None for x in lines)
+        window, refused = progress_of(result.stderr)
+        assert refused == srv.count("429") > 0  # the engine saw every 429 the server sent
+        assert window <= 8  # near the server's 4, far below max_concurrency 32
+        assert srv.count("429") < 120  # a few per round trip, not a storm
+        assert srv.count("chat") == 120 + srv.count("429")
+
+
+def test_sporadic_429s_do_not_collapse_the_window(tmp_path):
+    faults = sporadic_429(0.1, retry_after=0.05, seed=1)
+    with FakeOpenAIServer(faults=faults, latency=0.05) as srv:
+        result, ids, lines = run_cli(tmp_path, srv, 400, "max_concurrency = 32\n")
+        assert result.returncode == 0, result.stderr
+        assert sorted(x["custom_id"] for x in lines) == sorted(ids)
+        window, refused = progress_of(result.stderr)
+        assert refused == srv.count("429") >= 20
+        assert window >= 24  # 10% of answers were 429, the window stayed near 32
+
+
+def test_configured_requests_per_minute_sends_no_429(tmp_path):
+    with FakeOpenAIServer(rpm=600) as srv:  # 10 per second, no headers
+        result, ids, lines = run_cli(
+            tmp_path, srv, 25, "max_concurrency = 16\nmax_requests_per_minute = 600\n"
+        )
+        assert result.returncode == 0, result.stderr
+        assert sorted(x["custom_id"] for x in lines) == sorted(ids)
+        assert srv.count("429") == 0 and srv.count("chat") == 25
+
+
+def test_ratelimit_headers_pace_the_run(tmp_path):
+    counts = {}
+    for headers in (True, False):
+        with FakeOpenAIServer(rpm=600, ratelimit_headers=headers) as srv:
+            path = tmp_path / str(headers)
+            path.mkdir()
+            result, ids, lines = run_cli(path, srv, 40, "max_concurrency = 16\n")
+            assert result.returncode == 0, result.stderr
+            assert sorted(x["custom_id"] for x in lines) == sorted(ids)
+            counts[headers] = srv.count("429")
+            assert progress_of(result.stderr)[1] == counts[headers]
+    # with the headers only the opening burst (16 against 10 per second) meets 429s
+    assert counts[True] <= 8 and counts[True] < counts[False]
+
+
+def test_the_api_key_never_appears_in_any_output(tmp_path):
+    key = "sk-test-SECRET-0123456789abcdef"
+
+    def faults(i, body):  # q1 always fails: its error is written to the output
+        return "500" if body["messages"][0]["content"] == "q1" else None
+
+    with FakeOpenAIServer(api_key=key, faults=faults) as srv:
+        cfg = 'api_key_env = "MY_TEST_KEY"\nmax_concurrency = 1\n'
+        result, _, lines = run_cli(tmp_path, srv, 6, cfg, env={"MY_TEST_KEY": key}, attempts=2)
+        assert result.returncode == 1  # one request kept failing: recorded, exit 1
+        assert srv.headers[0]["Authorization"] == f"Bearer {key}"  # it was sent
+        assert any(x["error"] for x in lines)
+        # a wrong key: the server quotes it back in its error; the engine must not
+        (tmp_path / "out.jsonl").unlink()
+        wrong = "sk-wrong-SECRET-999999999999"
+        bad, _, _ = run_cli(tmp_path, srv, 6, cfg, env={"MY_TEST_KEY": wrong}, attempts=2)
+        assert bad.returncode == 2 and "rejected the credentials" in bad.stderr
+        assert srv.count("401") == 0 and wrong in srv._presented
+    for text in (result.stdout, result.stderr, bad.stdout, bad.stderr):
+        assert "SECRET" not in text
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".sqlite3" for p in files) and any(p.name == "req.jsonl" for p in files)
+    for path in files:
+        assert b"SECRET" not in path.read_bytes(), path
+
+
+def test_batch_flag_runs_the_file_through_the_batch_api(tmp_path):
+    with FakeOpenAIServer() as srv:
+        result, ids, lines = run_cli(tmp_path, srv, 7, "batch_poll_s = 0.02\n", "--batch")
+        assert result.returncode == 0, result.stderr
+        assert sorted(x["custom_id"] for x in lines) == sorted(ids)
+        assert all(x["response"]["status_code"] == 200 for x in lines)
+        assert srv.count("batches") == 1 and srv.count("files") == 1 and srv.count("chat") == 0
+        assert Cache(tmp_path / "cache").count() == 7  # the conftest points the cache here
+        again, _, lines = run_cli(tmp_path, srv, 7, "batch_poll_s = 0.02\n", "--batch")
+        assert again.returncode == 0 and "7 already in" in again.stderr
+        assert len(lines) == 7 and srv.count("batches") == 1

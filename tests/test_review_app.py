@@ -1,0 +1,488 @@
+"""Request-level tests of every route of the review app (Starlette's TestClient), on a run
+that ``corpus build`` wrote against the loopback fake OpenAI server."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from starlette.testclient import TestClient
+
+from builder.cli import main
+from builder.config import load_config
+from builder.review.app import TOKEN_COOKIE, ReviewSettings, create_app
+from builder.review.flags import load_flags
+from tests.support.fake_openai_server import FakeOpenAIServer
+from tests.test_pipeline_helpers import responder
+from tests.test_review_helpers import (  # noqa: F401  (fixtures)
+    PROPOSED_COMMENT,
+    ReviewProject,
+    built_project_fixture,
+    project_fixture,
+)
+
+BASE = "http://127.0.0.1"
+
+
+def make_client(project: ReviewProject, **overrides: Any) -> TestClient:
+    values: dict[str, Any] = {
+        "run_dir": project.run_dir,
+        "taxonomy_dir": project.taxonomy,
+        "cache_dir": project.cache,
+        "config": load_config(str(project.config)),
+        **overrides,
+    }
+    settings = ReviewSettings(**values)
+    return TestClient(create_app(settings), base_url=BASE)
+
+
+@pytest.fixture
+def client(project: ReviewProject) -> TestClient:
+    return make_client(project)
+
+
+def csrf(client: TestClient) -> str:
+    page = client.get("/taxonomy").text
+    match = re.search(r'name="csrf-token" content="([^"]+)"', page)
+    assert match, "pages carry the CSRF token"
+    return match.group(1)
+
+
+def post(client: TestClient, url: str, data: dict[str, Any]) -> Any:
+    return client.post(url, data={"csrf_token": csrf(client), **data})
+
+
+# -- pages ------------------------------------------------------------------------------------
+
+
+def test_home_redirects_to_the_taxonomy(client: TestClient) -> None:
+    r = client.get("/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/taxonomy"
+
+
+def test_taxonomy_shows_per_node_counts_of_the_run(
+    client: TestClient, project: ReviewProject
+) -> None:
+    corpus, rejected = project.corpus(), project.rejected()
+    r = client.get("/taxonomy")
+    assert r.status_code == 200
+    row = re.search(r'data-id="algorithms">(.*?)</tr>', r.text, re.S)
+    assert row
+    cells = re.findall(r'<td class="n">([^<]*)</td>', row.group(1))
+    docs = corpus.filter(pl.col("taxonomy_path").str.starts_with("computing/algorithms"))
+    rej = rejected.filter(pl.col("taxonomy_path").str.starts_with("computing/algorithms"))
+    dups = rej.filter(pl.col("stage") == "dedup").height
+    assert cells[0] == f"{docs.height:,}"
+    assert cells[1] == f"{int(docs['n_tokens'].sum()):,}"
+    generated = docs.height + rej["id"].n_unique()
+    assert cells[2] == f"{100 * rej['id'].n_unique() / generated:.1f}%"
+    assert cells[3] == f"{100 * dups / generated:.1f}%"
+    assert dups > 0  # the test responder makes one exact duplicate under algorithms
+    assert 'data-id="graphs"' in r.text and "proposed" in r.text
+
+
+def test_taxonomy_search_by_name_or_id(client: TestClient) -> None:
+    r = client.get("/taxonomy", params={"q": "graph algo"})
+    assert 'id="match-count">1 match' in r.text
+    assert 'data-id="graphs"' in r.text and 'data-id="algorithms"' in r.text
+    assert 'data-id="functions"' not in r.text  # not on the path to a match
+    r = client.get("/taxonomy", params={"q": "binary-search"})
+    assert 'data-id="binary-search"' in r.text and 'data-id="loops"' not in r.text
+
+
+def test_proposals_lists_nodes_and_syllabi_with_context(client: TestClient) -> None:
+    r = client.get("/proposals")
+    assert r.status_code == 200
+    node = re.search(r'<tr id="node-graphs">(.*?)</tr>', r.text, re.S)
+    assert node and "Graph algorithms" in node.group(1)
+    assert "Computing" in node.group(1) and "Algorithms" in node.group(1)  # where it goes
+    assert "Loops" in node.group(1) and "Sorting" in node.group(1)  # what is already there
+    syl = re.search(r'<tr id="syllabus-programming">(.*?)</tr>', r.text, re.S)
+    assert syl and "Variables and types" in syl.group(1)  # the subject's topics
+    assert "Programming Basics foundations 1" in syl.group(1)  # its sessions
+
+
+def test_documents_filters_match_a_direct_polars_query(
+    client: TestClient, project: ReviewProject
+) -> None:
+    corpus, rejected = project.corpus(), project.rejected()
+    r = client.get("/documents", params={"kind": "section", "node": "algorithms"})
+    assert r.status_code == 200
+    kept = corpus.filter(
+        (pl.col("kind") == "section")
+        & pl.col("taxonomy_path").str.starts_with("computing/algorithms")
+    )
+    assert _total(r.text, "kept") == kept.height
+    assert set(_ids(r.text, "kept")) == set(kept["id"])
+    rej = rejected.filter(pl.col("kind") == "section")
+    assert _total(r.text, "rejected") == rej.height > 0  # kept and rejected side by side
+
+    reason = rejected["reason"][0]
+    r = client.get("/documents", params={"status": "rejected", "reason": reason})
+    assert 'id="side-kept"' not in r.text
+    assert _total(r.text, "rejected") == rejected.filter(pl.col("reason") == reason).height
+
+    r = client.get("/documents", params={"verified": "true", "status": "kept"})
+    assert _total(r.text, "kept") == corpus.filter(pl.col("verified")).height > 0
+    r = client.get("/documents", params={"verified": "null", "status": "kept"})
+    assert _total(r.text, "kept") == corpus.filter(pl.col("verified").is_null()).height
+    template = corpus["template"][0]
+    r = client.get("/documents", params={"template": template, "status": "kept"})
+    assert _total(r.text, "kept") == corpus.filter(pl.col("template") == template).height
+
+
+def test_quality_scores_are_shown_and_filterable(project: ReviewProject) -> None:
+    """A run with a score column (what quality gates add) gets a score filter and per-node
+    means on the taxonomy page."""
+    for shard in (project.run_dir / "documents").glob("part-*.parquet"):
+        df = pl.read_parquet(shard)
+        scores = [round((i * 37 % 100) / 100, 2) for i in range(df.height)]
+        df.with_columns(pl.Series("quality_score", scores)).write_parquet(shard)
+    corpus = project.corpus()
+    client = make_client(project)
+    r = client.get("/documents", params={"score": "quality_score", "min_score": "0.5"})
+    assert _total(r.text, "kept") == corpus.filter(pl.col("quality_score") >= 0.5).height
+    r = client.get("/documents", params={"score": "quality_score", "max_score": "0.2"})
+    assert _total(r.text, "kept") == corpus.filter(pl.col("quality_score") <= 0.2).height
+    assert client.get("/documents", params={"score": "nope", "min_score": "1"}).status_code == 400
+    assert (
+        client.get("/documents", params={"score": "quality_score", "min_score": "x"}).status_code
+        == 400
+    )
+    page = client.get("/taxonomy").text
+    assert "<th>quality_score</th>" in page
+    row = re.search(r'data-id="computing">(.*?)</tr>', page, re.S)
+    cells = re.findall(r'<td class="n">([^<]*)</td>', row.group(1))
+    assert cells[5] == f"{corpus['quality_score'].mean():.3f}"
+
+
+def test_documents_pages_through_in_id_order(project: ReviewProject) -> None:
+    client = make_client(project, page_size=5)
+    ids = sorted(project.corpus()["id"].to_list())
+    first = client.get("/documents", params={"status": "kept"}).text
+    assert _ids(first, "kept") == ids[:5]
+    nxt = re.search(r'href="/documents\?([^"]*kept_offset=5[^"]*)">next', first)
+    assert nxt
+    second = client.get("/documents?" + nxt.group(1).replace("&amp;", "&")).text
+    assert _ids(second, "kept") == ids[5:10]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"status": "everything"},
+        {"node": "no-such-node"},
+        {"verified": "maybe"},
+        {"kept_offset": "-1"},
+    ],
+)
+def test_documents_refuses_bad_filter_values(client: TestClient, params: dict[str, str]) -> None:
+    r = client.get("/documents", params=params)
+    assert r.status_code == 400 and 'id="problems"' in r.text
+
+
+def test_document_page_shows_text_provenance_and_verification(
+    client: TestClient, project: ReviewProject
+) -> None:
+    from builder.llm.cache import Cache
+
+    row = project.corpus().filter(pl.col("verified")).row(0, named=True)
+    r = client.get(f"/documents/{row['id']}")
+    assert r.status_code == 200
+    assert _unescape(re.search(r'id="doc-text">(.*?)</pre>', r.text, re.S).group(1)) == row["text"]
+    assert 'id="provenance-source">cache' in r.text
+    request, _ = Cache(project.cache).raw(row["request_sha256"])
+    sent = [
+        _unescape(m)
+        for m in re.findall(r'<div class="role">[^<]*</div><pre>(.*?)</pre>', r.text, re.S)
+    ]
+    assert sent == [m["content"] for m in request["messages"]]
+    assert "verified: <strong>True</strong>" in r.text
+    assert 'id="flag-form"' in r.text
+
+    rej = project.rejected().row(0, named=True)
+    r = client.get(f"/documents/{rej['id']}")
+    assert 'id="doc-status">rejected' in r.text and rej["reason"] in r.text
+    assert 'id="flag-form"' not in r.text  # only corpus documents can be flagged
+
+
+def test_provenance_is_re_rendered_when_the_cache_is_gone(
+    project: ReviewProject, tmp_path: Path
+) -> None:
+    row = project.corpus().row(0, named=True)
+    with_cache = make_client(project).get(f"/documents/{row['id']}").text
+    without = make_client(project, cache_dir=tmp_path / "empty-cache").get(
+        f"/documents/{row['id']}"
+    )
+    assert 'id="provenance-source">re-rendered' in without.text
+
+    def messages(page: str) -> list[str]:
+        return re.findall(r'<div class="message">(.*?)</div>\n', page, re.S)
+
+    assert messages(without.text) and messages(without.text) == messages(with_cache)
+
+
+@pytest.mark.parametrize("doc_id", ["0" * 32, "..%2F..%2Fcorpus.toml", "a b"])
+def test_unknown_or_malformed_document_ids_are_404(client: TestClient, doc_id: str) -> None:
+    assert client.get(f"/documents/{doc_id}").status_code == 404
+
+
+def test_static_files_are_served(client: TestClient) -> None:
+    assert "select-all" in client.get("/static/review.js").text
+    assert client.get("/static/../app.py").status_code == 404
+
+
+# -- writes through the CLI's editors ---------------------------------------------------------
+
+
+def test_approve_a_node_keeps_comments(client: TestClient, project: ReviewProject) -> None:
+    before = project.computing_yaml.read_text(encoding="utf-8")
+    r = post(client, "/proposals/nodes", {"action": "approve", "ids": ["graphs"]})
+    assert r.status_code == 200 and "approved graphs" in r.text
+    after = project.computing_yaml.read_text(encoding="utf-8")
+    assert f"status: approved  {PROPOSED_COMMENT}" in after
+    assert "# Test taxonomy: computing" in after
+    assert after == before.replace("status: proposed", "status: approved")
+
+
+def test_reject_a_node_removes_it(client: TestClient, project: ReviewProject) -> None:
+    r = post(client, "/proposals/nodes", {"action": "reject", "ids": ["graphs"]})
+    assert r.status_code == 200
+    text = project.computing_yaml.read_text(encoding="utf-8")
+    assert "graphs" not in text and "# Test taxonomy: computing" in text
+
+
+def test_rejecting_an_approved_node_is_refused_and_writes_nothing(
+    client: TestClient, project: ReviewProject
+) -> None:
+    before = project.computing_yaml.read_text(encoding="utf-8")
+    r = post(client, "/proposals/nodes", {"action": "reject", "ids": ["loops", "graphs"]})
+    assert r.status_code == 400 and "is approved" in r.text
+    assert project.computing_yaml.read_text(encoding="utf-8") == before
+
+
+def test_edit_a_proposed_node(client: TestClient, project: ReviewProject) -> None:
+    r = post(
+        client,
+        "/proposals/nodes/graphs/edit",
+        {"name": "Graphs", "description": "Vertices and edges.", "level": "topic", "weight": "2"},
+    )
+    assert r.status_code == 200 and "renamed" in r.text
+    text = project.computing_yaml.read_text(encoding="utf-8")
+    assert "name: Graphs\n" in text and "description: Vertices and edges." in text
+    assert "weight: 2" in text and PROPOSED_COMMENT in text
+    r = post(client, "/proposals/nodes/graphs/edit", {"weight": "heavy"})
+    assert r.status_code == 400 and "must be a number" in r.text
+    r = post(client, "/proposals/nodes/loops/edit", {"name": "Loops!"})
+    assert r.status_code == 400 and "proposed nodes only" in r.text
+    r = post(client, "/proposals/nodes/nope/edit", {"name": "x"})
+    assert r.status_code == 404
+
+
+def test_approve_and_reject_syllabi(project: ReviewProject) -> None:
+    client = make_client(project)
+    original = project.syllabus.read_text(encoding="utf-8")
+    r = post(client, "/proposals/syllabi", {"action": "reject", "ids": ["programming"]})
+    assert r.status_code == 200
+    moved = project.syllabus.parent / ".rejected" / "programming.yaml"
+    assert not project.syllabus.exists() and moved.read_text(encoding="utf-8") == original
+    assert "syllabus-programming" not in client.get("/proposals").text
+
+    moved.rename(project.syllabus)
+    r = post(client, "/proposals/syllabi", {"action": "approve", "ids": ["programming"]})
+    assert r.status_code == 200
+    text = project.syllabus.read_text(encoding="utf-8")
+    assert "status: approved" in text and "corpus syllabus approve programming" in text
+    r = post(client, "/proposals/syllabi", {"action": "reject", "ids": ["programming"]})
+    assert r.status_code == 400 and "approved" in r.text and project.syllabus.exists()
+    r = post(client, "/proposals/syllabi", {"action": "approve", "ids": ["no-such"]})
+    assert r.status_code == 400
+
+
+# -- flags ------------------------------------------------------------------------------------
+
+
+def test_flag_by_filter_states_the_count_then_checks_it(
+    client: TestClient, project: ReviewProject
+) -> None:
+    corpus = project.corpus()
+    sections = corpus.filter(pl.col("kind") == "section")
+    r = client.get("/flags/confirm", params={"kind": "section", "note": "too chatty"})
+    assert f'id="confirm-count">{sections.height}<' in r.text
+    form = {"mode": "filter", "kind": "section", "note": "too chatty"}
+    r = post(client, "/flags", {**form, "expected": str(sections.height + 1)})
+    assert r.status_code == 409 and f"now matches {sections.height}" in r.text
+    assert load_flags(project.run_dir) == {}
+    r = post(client, "/flags", {**form, "expected": str(sections.height)})
+    assert r.status_code == 200
+    flags = load_flags(project.run_dir)
+    assert set(flags) == set(sections["id"]) and {f.reason for f in flags.values()} == {
+        "too chatty"
+    }
+    page = client.get("/flags").text
+    assert all(i in page for i in sections["id"])
+
+
+def test_flag_one_and_unflag(client: TestClient, project: ReviewProject) -> None:
+    doc_id = project.corpus()["id"][0]
+    r = post(client, "/flags", {"mode": "one", "id": doc_id, "note": "wrong answer"})
+    assert r.status_code == 200 and set(load_flags(project.run_dir)) == {doc_id}
+    assert 'id="doc-flag">flagged: wrong answer' in client.get(f"/documents/{doc_id}").text
+    topic = project.corpus().filter(pl.col("id") == doc_id)["topic"][0]
+    row = re.search(rf'data-id="{topic}">(.*?)</tr>', client.get("/taxonomy").text, re.S)
+    assert row and re.findall(r'<td class="n">([^<]*)</td>', row.group(1))[4] == "1"
+    r = post(client, "/flags", {"mode": "one", "id": doc_id, "note": ""})
+    assert r.status_code == 400  # a reason is required
+    rejected_id = project.rejected()["id"][0]
+    r = post(client, "/flags", {"mode": "one", "id": rejected_id, "note": "x"})
+    assert r.status_code == 400
+    r = post(client, "/flags/unflag", {"ids": [doc_id]})
+    assert r.status_code == 200 and load_flags(project.run_dir) == {}
+    ids = project.corpus()["id"].to_list()[:3]
+    for i in ids:
+        post(client, "/flags", {"mode": "one", "id": i, "note": "x"})
+    assert 'id="flag-total">3<' in client.get("/flags").text
+    r = post(client, "/flags/unflag", {"all": "1", "expected": "2"})
+    assert r.status_code == 409 and len(load_flags(project.run_dir)) == 3
+    r = post(client, "/flags/unflag", {"all": "1", "expected": "3"})
+    assert r.status_code == 200 and load_flags(project.run_dir) == {}
+
+
+def test_flagged_documents_are_dropped_by_the_next_build(project: ReviewProject) -> None:
+    client = make_client(project)
+    corpus = project.corpus()
+    chosen = corpus.filter(pl.col("kind") == "section")["id"].to_list()[:2]
+    for doc_id in chosen:
+        post(client, "/flags", {"mode": "one", "id": doc_id, "note": "off topic"})
+    generated = (project.run_dir / "work" / "generated.jsonl").read_bytes()
+    with FakeOpenAIServer(responder=responder) as server:
+        project.build(server.base_url)
+        # Nothing regenerated: the only requests re-ask for the syllabus the test responder
+        # always answers wrongly (a failed syllabus is retried by every build).
+        prompts = [json.dumps(body["messages"]) for body in server.requests]
+        assert all("syllabus" in p.lower() for p in prompts), prompts
+    assert (project.run_dir / "work" / "generated.jsonl").read_bytes() == generated
+    after = project.corpus()
+    assert after.height == corpus.height - 2 and not set(chosen) & set(after["id"])
+    curator = project.rejected().filter(pl.col("reason") == "curator")
+    assert sorted(curator["id"]) == sorted(chosen)
+    assert set(curator["stage"]) == {"review"} and set(curator["detail"]) == {"off topic"}
+    assert curator["text"].null_count() == 0  # the whole row is kept for the record
+    manifest = json.loads((project.run_dir / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["counts"]["rejected"]["by_stage_reason"]["review"] == {"curator": 2}
+    card = (project.run_dir / "README.md").read_text(encoding="utf-8")
+    assert "2 of them were flagged by a curator" in card and "| review | curator | 2 |" in card
+
+
+# -- security ---------------------------------------------------------------------------------
+
+
+def test_post_without_csrf_token_is_refused(client: TestClient, project: ReviewProject) -> None:
+    before = project.computing_yaml.read_text(encoding="utf-8")
+    r = client.post("/proposals/nodes", data={"action": "approve", "ids": ["graphs"]})
+    assert r.status_code == 403 and "CSRF" in r.text
+    r = client.post(
+        "/proposals/nodes", data={"action": "approve", "ids": ["graphs"], "csrf_token": "x"}
+    )
+    assert r.status_code == 403
+    assert project.computing_yaml.read_text(encoding="utf-8") == before
+    doc_id = project.corpus()["id"][0]
+    r = client.post("/flags", data={"mode": "one", "id": doc_id, "note": "x"})
+    assert r.status_code == 403 and load_flags(project.run_dir) == {}
+
+
+def test_read_only_refuses_every_write(project: ReviewProject) -> None:
+    client = make_client(project, read_only=True)
+    before = project.computing_yaml.read_text(encoding="utf-8")
+    token = csrf(client)
+    doc_id = project.corpus()["id"][0]
+    for url, data in [
+        ("/proposals/nodes", {"action": "approve", "ids": ["graphs"]}),
+        ("/proposals/nodes/graphs/edit", {"name": "G"}),
+        ("/proposals/syllabi", {"action": "reject", "ids": ["programming"]}),
+        ("/flags", {"mode": "one", "id": doc_id, "note": "x"}),
+        ("/flags/unflag", {"ids": [doc_id]}),
+    ]:
+        r = client.post(url, data={"csrf_token": token, **data})
+        assert r.status_code == 403 and "read-only" in r.text, url
+    assert project.computing_yaml.read_text(encoding="utf-8") == before
+    assert project.syllabus.exists() and load_flags(project.run_dir) == {}
+    page = client.get("/proposals").text
+    assert 'id="read-only"' in page and 'id="approve-nodes"' not in page
+    assert 'id="flag-form"' not in client.get(f"/documents/{doc_id}").text
+
+
+def test_other_host_names_are_refused(client: TestClient) -> None:
+    assert client.get("/taxonomy", headers={"host": "evil.example:8765"}).status_code == 400
+    assert client.get("/taxonomy", headers={"host": "localhost:8765"}).status_code == 200
+
+
+def test_token_is_required_off_loopback(project: ReviewProject) -> None:
+    with pytest.raises(ValueError, match="token"):
+        make_client(project, host="0.0.0.0")
+    client = make_client(project, host="0.0.0.0", token="s3cret")
+    assert client.get("/taxonomy").status_code == 401
+    assert client.get("/taxonomy", params={"token": "wrong"}).status_code == 401
+    r = client.get("/taxonomy", params={"token": "s3cret"})
+    assert r.status_code == 200 and r.cookies.get(TOKEN_COOKIE) == "s3cret"
+    assert client.get("/documents").status_code == 200  # the cookie carries it now
+    fresh = make_client(project, host="0.0.0.0", token="s3cret")
+    assert fresh.get("/taxonomy", headers={"authorization": "Bearer s3cret"}).status_code == 200
+    assert fresh.get("/taxonomy", headers={"host": "0.0.0.0"}).status_code == 401
+    # A remote curator reaches the machine by its own name: the token, not the name, decides.
+    named = {"host": "review.example:8765"}
+    assert fresh.get("/taxonomy", headers=named).status_code == 401
+    assert (
+        fresh.get("/taxonomy", headers={**named, "authorization": "Bearer s3cret"}).status_code
+        == 200
+    )
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def test_cli_refuses_a_public_host_without_token(
+    project: ReviewProject, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["review", "--config", str(project.config), "--host", "0.0.0.0"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--token" in err[0]
+
+
+def test_cli_refuses_a_directory_that_is_not_a_run(
+    project: ReviewProject, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["review", "--config", str(project.config), "--run", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a built run" in err[0]
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _side(page: str, which: str) -> str:
+    match = re.search(rf'id="side-{which}">(.*?)</section>', page, re.S)
+    assert match, f"no {which} side"
+    return match.group(1)
+
+
+def _total(page: str, which: str) -> int:
+    return int(re.search(r'class="total">([\d,]+)<', _side(page, which)).group(1).replace(",", ""))
+
+
+def _ids(page: str, which: str) -> list[str]:
+    return re.findall(r'<tr class="doc" data-id="([^"]+)"', _side(page, which))
+
+
+def _unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)
