@@ -24,9 +24,8 @@ from builder.settings.filters import FilterSettings, VerifySettings
 from builder.settings.generate import GenerateSettings
 from builder.settings.llm import LLMSettings
 from builder.settings.output import OutputSettings
-from builder.settings.run import RunSettings
-
 from builder.settings.quality import EmbeddingSettings, JudgeSettings
+from builder.settings.run import RunSettings
 from builder.settings.syllabus import SyllabusSettings
 from builder.settings.taxonomy import TaxonomySettings
 from builder.settings.walk import WalkSettings

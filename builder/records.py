@@ -182,8 +182,10 @@ class RejectStage(StrEnum):
     GENERATE = "generate"
     FILTER = "filter"
     VERIFY = "verify"
+    QUALITY = "quality"
     DEDUP = "dedup"
     DECONTAM = "decontam"
+    REVIEW = "review"
 
 
 class RejectReason(StrEnum):
@@ -198,6 +200,11 @@ class RejectReason(StrEnum):
     TOO_SHORT = "too_short"
     REPETITION = "repetition"
     WRONG_LANGUAGE = "wrong_language"
+    CODE_ERROR = "code_error"
+    OFF_TOPIC = "off_topic"
+    LOW_VALUE = "low_value"
+    SEMANTIC_DUP = "semantic_dup"
+    CURATOR = "curator"
 
 
 #: Provenance and verification columns that follow ``DOCUMENT_COLUMNS`` in documents.
@@ -211,6 +218,16 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "evolution_step",
     "evolution",
     "source_template",
+    "reasoning",  # a reasoning model's trace, apart from text/structured (builder.reasoning)
+    "reasoning_tokens",
+    # Quality gates (builder.stages.quality): null until the quality stage has run.
+    "code_ok",
+    "code_detail",
+    "relevance",
+    "edu_score",
+    "judge_rationale",
+    "judge_model",
+    "judge_error",
 )
 #: Columns only generation rows carry (engine outcome and resume keys).
 GENERATION_ONLY_COLUMNS: tuple[str, ...] = (
@@ -233,6 +250,10 @@ _TYPES: dict[str, pa.DataType] = {
     "evolution_step": pa.int64(),
     "cost": pa.float64(),
     "cached": pa.bool_(),
+    "reasoning_tokens": pa.int64(),
+    "code_ok": pa.bool_(),
+    "relevance": pa.float32(),
+    "edu_score": pa.int8(),
 }
 
 

@@ -32,7 +32,7 @@ class QualitySummary:
     def write(self, outdir: str | os.PathLike[str]) -> dict[str, Path]:
         """Write ``quality_nodes.parquet``, ``quality_map.parquet`` and ``quality_summary.json``."""
         from builder.io_tables import write_parquet_atomic
-        from builder.taxonomy.files import atomic_write_text
+        from builder.util.files import atomic_write_text
 
         out = Path(outdir)
         paths = {

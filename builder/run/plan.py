@@ -150,10 +150,19 @@ def plan(
         groups = [(d, by_disc[d]) for d in sorted(by_disc)]
         if syllabus_reqs:
             groups.append(("(syllabi)", syllabus_reqs))
+        # The educational-value judge grades every kept document (an upper bound here).
+        from builder.quality.hooks import estimate_judge, plan_judge
+
+        judge_reqs = plan_judge(config, [*requests, *later])
+        if judge_reqs:
+            groups.append(("(judge)", judge_reqs))
         rows: list[PlanRow] = []
         unpriced: set[str] = set()
         for name, reqs in groups:
-            est = engine.estimate(reqs)
+            if name == "(judge)":  # the judge may have its own endpoint and prices
+                est = estimate_judge(config, reqs, engine, cache_dir)
+            else:
+                est = engine.estimate(reqs)
             unpriced.update(est.unpriced)
             rows.append(
                 PlanRow(

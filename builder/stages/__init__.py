@@ -9,6 +9,7 @@ from builder.stages.base import PartitionStage, RunContext, Stage
 from builder.stages.dedup import DecontamStage, DedupStage
 from builder.stages.filter import FilterStage
 from builder.stages.generate import GenerateStage
+from builder.stages.quality import QualityStage, SemDedupStage
 from builder.stages.walk import SyllabiStage, WalkStage
 
 
@@ -19,7 +20,9 @@ def build_stages() -> list[Stage]:
         WalkStage(),
         GenerateStage(),
         FilterStage(),
+        QualityStage(),
         DedupStage(),
+        SemDedupStage(),
         DecontamStage(),
         AssembleStage(),
         ReportStage(),

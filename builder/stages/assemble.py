@@ -19,7 +19,10 @@ from builder.stages.walk import load_coverage
 from builder.util.partitions import list_parts
 
 #: The stages whose seconds a build's stats report (ledger keys), in order.
-STAGE_NAMES = ("syllabi", "walk", "generate", "filter", "dedup", "decontam", "assemble", "report")
+STAGE_NAMES = (
+    "syllabi", "walk", "generate", "filter", "quality", "dedup", "semdedup", "decontam",
+    "assemble", "report",
+)  # fmt: skip
 
 
 def _scan(paths: list[Path]) -> pl.LazyFrame | None:
@@ -37,11 +40,13 @@ def rejected_frame(ctx: RunContext) -> pl.LazyFrame | None:
     """
     work = ctx.paths.work
     frames: list[pl.LazyFrame] = []
-    filt = _scan(list_parts(work / "filter" / "rejected"))
-    if filt is not None:
-        frames.append(filt)
-    removed_path = work / "dedup" / "removed.parquet"
-    kept = _scan(list_parts(work / "filter" / "kept"))
+    for stage in ("filter", "quality"):
+        dropped = _scan(list_parts(work / stage / "rejected"))
+        if dropped is not None:
+            frames.append(dropped)
+    # MinHash and semantic duplicates (semdedup's removed = dedup's plus its own).
+    removed_path = work / "semdedup" / "removed.parquet"
+    kept = _scan(list_parts(work / "quality" / "kept"))
     if removed_path.exists() and kept is not None:
         removed = pl.read_parquet(removed_path)  # one small record per removed document
         if "stage" in removed.columns and removed.height:
@@ -109,6 +114,8 @@ def build_stats(ctx: RunContext) -> dict[str, Any]:
         },
         "dedup": counters("dedup").get("stats") or {},
         "decontam": counters("decontam").get("stats") or {},
+        "quality": counters("quality").get("stats") or {},
+        "semdedup": counters("semdedup").get("stats") or {},
     }
 
 
@@ -125,6 +132,7 @@ class AssembleStage(Stage):
 
     def fingerprint(self, ctx: RunContext) -> str | None:
         from builder.assemble import verify_run
+        from builder.review.flags import flags_fingerprint
 
         try:
             problems = verify_run(ctx.paths.root) if ctx.paths.manifest.exists() else []
@@ -132,8 +140,9 @@ class AssembleStage(Stage):
             problems = [str(exc)]
         return sha256_hex(
             {
-                "upstream": upstream(ctx, "walk", "filter", "decontam"),
+                "upstream": upstream(ctx, "walk", "filter", "quality", "semdedup", "decontam"),
                 "config": ctx.config.config_hash(),
+                "flags": flags_fingerprint(ctx.paths.root),  # curator flags (corpus review)
                 "damaged": problems,  # a damaged corpus never matches: it is rebuilt
             }
         )
@@ -141,10 +150,12 @@ class AssembleStage(Stage):
     def run(self, ctx: RunContext) -> dict[str, Any]:
         from builder.assemble import assemble
         from builder.card import write_card
+        from builder.quality.hooks import quality_summary
 
         config = ctx.config
         ctx.log("[assemble] writing shards, manifest, card and report")
         stats = build_stats(ctx)
+        quality = quality_summary(ctx, self.inputs(ctx)[0])
         result = assemble(
             self.inputs(ctx)[0],
             rejected_frame(ctx),
@@ -158,6 +169,7 @@ class AssembleStage(Stage):
             manifest=result.manifest,
             stats=stats,
             taxonomy=ctx.taxonomy(),
+            quality=quality,
         )
         ctx.log(
             f"[assemble] {result.documents} document(s), {result.tokens} tokens in "
@@ -180,16 +192,17 @@ class ReportStage(Stage):
         return [ctx.paths.report]
 
     def fingerprint(self, ctx: RunContext) -> str | None:
-        return sha256_hex({"upstream": upstream(ctx, "assemble", "dedup", "decontam")})
+        return sha256_hex({"upstream": upstream(ctx, "assemble", "dedup", "semdedup", "decontam")})
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         from builder.assemble import read_manifest
         from builder.diversity import diversity_report
+        from builder.quality.summary import QualitySummary
         from builder.report import write_report
 
         work = ctx.paths.work
         manifest = read_manifest(ctx.paths.root)
-        before_dedup = _scan(list_parts(work / "filter" / "kept"))
+        before_dedup = _scan(list_parts(work / "quality" / "kept"))
         diversity = None
         if before_dedup is not None and before_dedup.select(pl.len()).collect().item():
             clusters = work / "dedup" / "clusters.parquet"
@@ -208,5 +221,10 @@ class ReportStage(Stage):
             taxonomy=ctx.taxonomy(),
             stats=manifest.get("stats"),
             manifest=manifest,
+            quality=(
+                QualitySummary.read(work / "diversity")
+                if (work / "diversity" / "quality_summary.json").exists()
+                else None
+            ),
         )
         return {}

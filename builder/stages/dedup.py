@@ -1,9 +1,9 @@
 """Stages ``dedup`` and ``decontam``: file-to-file algorithms over the run's partitions.
 
-``dedup`` reads ``work/filter/kept/`` and writes ``work/dedup/kept.parquet`` (survivors,
+``dedup`` reads ``work/quality/kept/`` and writes ``work/dedup/kept.parquet`` (survivors,
 ``dup_cluster`` set), ``clusters.parquet`` and ``removed.parquet`` (one rejection record per
-removed document). ``decontam`` reads ``work/dedup/kept.parquet`` and writes
-``work/decontam/clean.parquet``, ``hits.parquet`` and ``rejected.parquet``. Both stream
+removed document). ``decontam`` reads ``work/semdedup/kept.parquet`` (the MinHash and
+semantic survivors) and writes ``work/decontam/clean.parquet``, ``hits.parquet`` and ``rejected.parquet``. Both stream
 their input (signatures and n-gram keys are arrays; texts are read batch by batch), so
 memory does not grow with the texts. A run killed mid-stage leaves no marker: the stage
 reruns from its inputs and gives the same result.
@@ -60,7 +60,7 @@ class DedupStage(Stage):
     name = "dedup"
 
     def inputs(self, ctx: RunContext) -> list[Path]:
-        return [ctx.paths.stage_dir("filter") / "kept"]
+        return [ctx.paths.stage_dir("quality") / "kept"]
 
     def outputs(self, ctx: RunContext) -> list[Path]:
         out = self.out_dir(ctx)
@@ -69,7 +69,7 @@ class DedupStage(Stage):
     def fingerprint(self, ctx: RunContext) -> str | None:
         return sha256_hex(
             {
-                "filter": upstream(ctx, "filter"),
+                "quality": upstream(ctx, "quality"),
                 "dedup": ctx.config.dedup.model_dump(mode="json"),
             }
         )
@@ -109,7 +109,7 @@ class DecontamStage(Stage):
     name = "decontam"
 
     def inputs(self, ctx: RunContext) -> list[Path]:
-        return [ctx.paths.stage_dir("dedup") / "kept.parquet"]
+        return [ctx.paths.stage_dir("semdedup") / "kept.parquet"]
 
     def outputs(self, ctx: RunContext) -> list[Path]:
         out = self.out_dir(ctx)
@@ -119,7 +119,7 @@ class DecontamStage(Stage):
         bench = benchmark_files(ctx.config)
         return sha256_hex(
             {
-                "dedup": upstream(ctx, "dedup"),
+                "dedup": upstream(ctx, "semdedup"),
                 "decontam": ctx.config.decontam.model_dump(mode="json"),
                 "benchmarks": [[str(p), file_sha256(p)] for p in bench],
             }
