@@ -106,7 +106,8 @@ def test_judge_scores_filter_and_record_failures(built: dict[str, Any]) -> None:
     # a broken verdict is recorded on the kept document, not dropped silently
     failed = docs.filter(pl.col("judge_error").is_not_null())
     assert failed.height >= 1 and failed["edu_score"].null_count() == failed.height
-    stats = json.loads((run / "work" / "_done" / "quality.json").read_text())["stats"]
+    marker = json.loads((run / "work" / "_done" / "quality.json").read_text())
+    stats = marker["counters"]["stats"]
     assert stats["judge"]["failed"] == failed.height
     assert stats["judge"]["low_value"] == low.height
 

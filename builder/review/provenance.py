@@ -4,17 +4,18 @@ A document row keeps ``request_sha256``, the LLM cache key of its request, and t
 (outside the run, shared by every build) stores the request body as it was sent. That is
 the first source: byte for byte what the endpoint received, with every sampling parameter.
 When the cache no longer has it (deleted, or another machine built the run), the request
-is re-rendered from the run's walk (``work/units.jsonl``) and the current templates, as
+is re-rendered from the run's walk (``work/walk/part-*.parquet``) and the current templates, as
 ``corpus generate`` would build it; the page says which source it shows, and that a
 re-rendered prompt reflects today's templates.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import polars as pl
 
 from builder.errors import BuilderError
 
@@ -50,17 +51,15 @@ def _from_cache(cache_dir: Path | None, key: str) -> Provenance | None:
 
 
 def _unit(run_dir: Path, unit_id: str) -> dict[str, Any] | None:
-    path = run_dir / "work" / "units.jsonl"
-    if not path.exists():
+    """The unit's row in the walk's unit partitions (``work/walk/part-*.parquet``), read with
+    a pushed-down filter so only the matching row group is decoded."""
+    from builder.util.partitions import list_parts
+
+    parts = list_parts(run_dir / "work" / "walk")
+    if not parts:
         return None
-    needle = json.dumps(unit_id)
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if needle in line:
-                row = json.loads(line)
-                if row.get("unit_id") == unit_id:
-                    return row
-    return None
+    found = pl.scan_parquet(parts).filter(pl.col("unit_id") == unit_id).head(1).collect().to_dicts()
+    return found[0] if found else None
 
 
 def _re_rendered(row: dict[str, Any], run_dir: Path, config: Any) -> Provenance | None:
@@ -81,7 +80,8 @@ def _re_rendered(row: dict[str, Any], run_dir: Path, config: Any) -> Provenance 
                 "re-rendered",
                 [dict(m) for m in request.messages],
                 dict(request.params),
-                "re-rendered from work/units.jsonl and today's templates (not in the LLM cache)",
+                "re-rendered from the run's walk (work/walk/) and today's templates "
+                "(not in the LLM cache)",
             )
     return None
 

@@ -126,7 +126,9 @@ class NodeStats:
 
 
 def _is_score(name: str, dtype: pl.DataType) -> bool:
-    return dtype.is_numeric() and ("score" in name or name.startswith("quality"))
+    return dtype.is_numeric() and (
+        "score" in name or name.startswith("quality") or name == "relevance"
+    )
 
 
 class RunData:
@@ -186,7 +188,7 @@ class RunData:
         return self._cached(f"schema:{which}", make)
 
     def score_columns(self) -> list[str]:
-        """Numeric columns that hold quality scores (``*score*``, ``quality*``), if any."""
+        """Numeric columns that hold quality scores (``*score*``, ``quality*``, ``relevance``)."""
         return [n for n, t in self.schema("kept").items() if _is_score(n, t)]
 
     def facet_values(self) -> dict[str, list[str]]:

@@ -207,6 +207,7 @@ class QualityStage(PartitionStage):
             for key, value in jstats.to_dict().items():
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     judge[key] = judge.get(key, 0) + value
+            judge["low_value"] = judge.get("low_value", 0) + low.height
             if jstats.failed:
                 ctx.log(f"[quality] judge failed on {jstats.failed} document(s): {jstats.errors}")
             rejected.append(low)
