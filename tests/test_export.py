@@ -229,7 +229,7 @@ def test_rerun_is_byte_identical_and_replaces_only_exports(run_dir: Path, tmp_pa
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--format", "chat", "--min-edu-score", "3"], "no 'edu_score' column"),
+        (["--format", "chat", "--min-edu-score", "3"], "no document has an 'edu_score'"),
         (["--format", "alpaca", "--kinds", "section"], "cannot export kind(s) section"),
         (["--format", "chat", "--split-by", "node", "--split-level", "x"], "--split-level"),
         (["--format", "text", "--system", "hi"], "--system applies"),

@@ -72,7 +72,9 @@ def test_build_is_the_list_of_stages_in_order() -> None:
         "walk",
         "generate",
         "filter",
+        "quality",
         "dedup",
+        "semdedup",
         "decontam",
         "assemble",
         "report",
@@ -162,7 +164,9 @@ def test_one_stage_commands_leave_exactly_the_files_of_the_build(
     for argv in (
         ["generate", "--config", str(staged), "--run", "s"],
         ["filter", "--config", str(staged), "--run", str(run_b)],  # a run directory path
+        ["quality", "--config", str(staged), "--run", "s"],
         ["dedup", "--config", str(staged), "--run", "s"],
+        ["semdedup", "--config", str(staged), "--run", "s"],
         ["decontam", "--config", str(staged), "--run", "s"],
         ["assemble", "--config", str(staged), "--run", "s"],
         ["report", "--config", str(staged), "--run", "s"],

@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "templates": "builder.cli.templates:templates",
     "generate": "builder.cli.stages:generate",
     "filter": "builder.cli.stages:filter_stage",
+    "quality": "builder.cli.stages:quality_stage",
+    "semdedup": "builder.cli.stages:semdedup_stage",
     "assemble": "builder.cli.stages:assemble_stage",
     "llm": "builder.cli.llm:llm",
     "export": "builder.cli.export:export",

@@ -162,3 +162,34 @@ assemble_stage = _one_stage_command(
       corpus assemble --run outputs/v1
     """,
 )
+
+quality_stage = _one_stage_command(
+    "quality",
+    """Run the quality gates over the run's filtered documents (the build's quality stage).
+
+    Checks Python code inside prose (`code_ok`), scores each document's relevance to its
+    unit (offline embeddings or an [embeddings] endpoint; [filters] min_relevance drops
+    off-topic ones) and, with [judge] enabled, grades its educational value (`edu_score`).
+    Reads <run>/work/filter/kept/ and writes <run>/work/quality/. Skipped when up to date.
+
+    \b
+    Example:
+      corpus quality --config corpus.toml
+      corpus quality --run outputs/v1
+    """,
+)
+
+semdedup_stage = _one_stage_command(
+    "semdedup",
+    """Find semantic near-duplicates among MinHash's survivors (the build's semdedup stage).
+
+    Clusters the quality stage's embeddings and compares documents within clusters; they
+    are reported per taxonomy node, and removed when [dedup] semantic = true. Reads
+    <run>/work/dedup/ and writes <run>/work/semdedup/. Skipped when up to date.
+
+    \b
+    Example:
+      corpus semdedup --config corpus.toml
+      corpus semdedup --run outputs/v1
+    """,
+)

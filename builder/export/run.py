@@ -227,6 +227,14 @@ def export_run(
     lf_all = pl.scan_parquet(shards)
     schema = lf_all.collect_schema()
     keep = _row_filter(opts, schema, run)
+    if opts.min_edu_score is not None and not (
+        lf_all.select(pl.col("edu_score").is_not_null().any()).collect().item()
+    ):
+        raise InputError(
+            f"{run}: no document has an 'edu_score' for --min-edu-score (the judge did not run)",
+            hint="enable [judge] and rebuild (only the quality stage reruns), or drop "
+            "--min-edu-score",
+        )
     columns = [c for c in (*PROVENANCE, *_INPUTS) if c in schema]
     if "taxonomy_path" not in schema and opts.split_by:
         raise InputError(f"{run}: the documents have no 'taxonomy_path' column for --split-by")

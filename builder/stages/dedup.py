@@ -4,8 +4,8 @@
 ``dup_cluster`` set), ``clusters.parquet`` and ``removed.parquet`` (one rejection record per
 removed document). ``decontam`` reads ``work/semdedup/kept.parquet`` (the MinHash and
 semantic survivors) and writes ``work/decontam/clean.parquet``, ``hits.parquet`` and
-``rejected.parquet``. Both stream their input (signatures and n-gram keys are arrays; texts are read batch by batch), so
-memory does not grow with the texts. A run killed mid-stage leaves no marker: the stage
+``rejected.parquet``. Both stream their input (signatures and n-gram keys are arrays;
+texts are read batch by batch), so memory does not grow with the texts. A run killed mid-stage leaves no marker: the stage
 reruns from its inputs and gives the same result.
 """
 
