@@ -5,8 +5,8 @@
 removed document). ``decontam`` reads ``work/semdedup/kept.parquet`` (the MinHash and
 semantic survivors) and writes ``work/decontam/clean.parquet``, ``hits.parquet`` and
 ``rejected.parquet``. Both stream their input (signatures and n-gram keys are arrays;
-texts are read batch by batch), so memory does not grow with the texts. A run killed mid-stage leaves no marker: the stage
-reruns from its inputs and gives the same result.
+texts are read batch by batch), so memory does not grow with the texts. A run killed
+mid-stage leaves no marker: the stage reruns from its inputs and gives the same result.
 """
 
 from __future__ import annotations
