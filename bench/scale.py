@@ -69,7 +69,9 @@ def _corpus(argv: list[str], cache: Path) -> tuple[float, str]:
 def _build(config: Path, cache: Path, run: Path, snapshot: Path, *extra: str) -> dict[str, Any]:
     shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(snapshot, run)
-    seconds, out = _corpus(["build", "--config", str(config), "--json", "--no-progress", *extra], cache)
+    seconds, out = _corpus(
+        ["build", "--config", str(config), "--json", "--no-progress", *extra], cache
+    )
     summary = json.loads(out)
     manifest = json.loads((run / "manifest.json").read_text())
     filt = json.loads((run / "work" / "_done" / "filter.json").read_text())["counters"]

@@ -39,6 +39,9 @@ class LocalExecutor:
     """Run stages one after another in this process (see the module docstring)."""
 
     name = "local"
+    #: How algorithms with their own task lists (dedup signatures) map them elsewhere:
+    #: ``fn, tasks -> results as they finish``; None: their own local process pool.
+    task_map: Any = None
 
     def __init__(self, config: CorpusConfig | None = None) -> None:
         self.config = config

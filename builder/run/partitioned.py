@@ -157,11 +157,14 @@ def _remove_stale(
     stage: PartitionStage, ctx: RunContext, keep: dict[str, set[str]], n: int
 ) -> None:
     """Drop output partitions and records that this run's tasks did not produce (left by an
-    earlier run over other inputs), so each sink holds exactly this run's partitions."""
+    earlier run over other inputs), and the temp files of tasks killed mid-write (a lost
+    node, ``kill -9``), so each sink holds exactly this run's partitions."""
     for name in stage.sinks():
         for p in list_parts(stage.sink_dir(ctx, name)):
             if p.name not in keep[name]:
                 p.unlink()
+        for p in stage.sink_dir(ctx, name).glob(".part-*.tmp"):
+            p.unlink(missing_ok=True)
     records = stage.out_dir(ctx) / RECORDS
     if records.is_dir():
         for p in records.glob("*.json"):

@@ -15,7 +15,10 @@ actor placed on the driver's node; the driver answers them between task completi
 its own engine. Generation (one async client process) never leaves the driver.
 
 Stages that are not partitioned (walk, generate, dedup, decontam, assemble, report) run on
-the driver as they do locally; dedup and decontam use their own local process pool.
+the driver as they do locally, except that dedup's MinHash signature tasks (one slice of
+the filter's output each; they read it and write their rows of the signature file in the
+stage's folder) run as Ray tasks too (``task_map``). The band keys come back to the driver,
+which groups them there (a gather, not a Ray shuffle); decontam uses its own local pool.
 
 Nothing here imports Ray at module level, and ``builder.run.executor`` imports this module
 only when ``ray`` is chosen, so a local build never loads Ray.
@@ -65,7 +68,13 @@ def connect(address: str) -> bool:
     machine), else a local single-node cluster on a loopback address. ``host:port``: that
     head node. Already connected (a caller's ``ray.init``): used as it is.
     """
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise InputError(
+            "--executor ray needs Ray, which is not installed",
+            hint="pip install 'curriculum-corpus-builder[ray]' (ray[data]==2.60.0)",
+        ) from None
 
     if ray.is_initialized():
         return False
@@ -158,6 +167,13 @@ def _remote_task() -> Any:
 
 
 @functools.cache
+def _remote(fn: Any) -> Any:
+    import ray
+
+    return ray.remote(fn)
+
+
+@functools.cache
 def _broker_actor() -> Any:
     import ray
 
@@ -243,6 +259,34 @@ class RayExecutor(LocalExecutor):
                 ray.cancel(ref, force=True)
             if broker is not None:
                 ray.kill(broker)
+
+    @property
+    def task_map(self) -> Any:
+        """``fn, items -> results as they finish``, as Ray tasks (dedup's signatures)."""
+        return self.map_tasks
+
+    def map_tasks(self, fn: Any, items: Iterable[Any]) -> Iterator[Any]:
+        """Run ``fn`` (a module-level function) over ``items`` as Ray tasks with
+        ``max_retries``, two per cluster CPU in flight; yield results as they finish."""
+        queue = deque(items)
+        if not queue:
+            return
+        self._connect()
+        import ray
+
+        remote = _remote(fn).options(num_cpus=1, max_retries=MAX_RETRIES)
+        limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        pending: set[Any] = set()
+        try:
+            while queue or pending:
+                while queue and len(pending) < limit:
+                    pending.add(remote.remote(queue.popleft()))
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                pending.discard(ready[0])
+                yield _get(ready[0])
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
 
     def close(self) -> None:
         """Disconnect (and stop the local cluster) when this executor started Ray."""
