@@ -237,7 +237,11 @@ def test_a_worker_node_removed_mid_stage_still_yields_the_same_corpus(
     config = config.model_copy(
         update={"run": config.run.model_copy(update={"ray_address": cluster.address})}
     )
-    worker = next(n for n in cluster.worker_nodes)
+    # The driver joins the cluster first (the build uses this connection), so the node to
+    # remove can be one the driver is not attached to.
+    ray.init(address=cluster.address, _node_ip_address=NODE_IP, log_to_driver=False)
+    driver_node = ray.get_runtime_context().get_node_id()
+    worker = next(n for n in cluster.list_all_nodes() if n.node_id != driver_node and not n.head)
     removed: list[str] = []
 
     def log(line: str) -> None:
@@ -248,7 +252,10 @@ def test_a_worker_node_removed_mid_stage_still_yields_the_same_corpus(
             cluster.remove_node(worker)
             removed.append(f"{len(alive)} nodes")
 
-    summary = run_stages(config, build_stages(), progress=False, log=log, executor="ray")
+    try:
+        summary = run_stages(config, build_stages(), progress=False, log=log, executor="ray")
+    finally:
+        ray.shutdown()
     assert removed == ["2 nodes"]
     run = summary.run_dir
     _assert_same_corpus(run, local_run, retried=True)

@@ -106,29 +106,33 @@ def connect(address: str) -> bool:
 
 
 class _Broker:
-    """An actor in front of the driver's engine: tasks put requests, the driver answers."""
+    """An actor in front of the driver's engine: tasks put requests, the driver answers.
+
+    Pinned to the driver's node and restarted if it dies anyway (its callers' requests are
+    then resent by Ray); keys are unique across restarts, so an answer meant for a call of
+    an earlier incarnation is dropped rather than handed to another call.
+    """
 
     def __init__(self) -> None:
         import asyncio
 
-        self._queue: asyncio.Queue[tuple[int, list[Any]]] = asyncio.Queue()
-        self._waiting: dict[int, Any] = {}
-        self._next = 0
+        self._queue: asyncio.Queue[tuple[str, list[Any]]] = asyncio.Queue()
+        self._waiting: dict[str, Any] = {}
 
     async def call(self, requests: list[Any]) -> list[Any]:
         import asyncio
+        import uuid
 
-        key = self._next
-        self._next += 1
+        key = uuid.uuid4().hex
         future = asyncio.get_running_loop().create_future()
         self._waiting[key] = future
         await self._queue.put((key, requests))
         return await future
 
-    async def next_call(self) -> tuple[int, list[Any]]:
+    async def next_call(self) -> tuple[str, list[Any]]:
         return await self._queue.get()
 
-    async def answer(self, key: int, results: list[Any]) -> None:
+    async def answer(self, key: str, results: list[Any]) -> None:
         future = self._waiting.pop(key, None)
         if future is not None and not future.done():
             future.set_result(results)
@@ -228,7 +232,10 @@ class RayExecutor(LocalExecutor):
                 _broker_actor()
                 .options(
                     num_cpus=0,
-                    scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
+                    max_restarts=-1,
+                    max_task_retries=-1,
+                    # Hard: soft affinity lets Ray put it on a busy cluster's other nodes.
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
                 )
                 .remote()
             )
