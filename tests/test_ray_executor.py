@@ -229,7 +229,12 @@ def test_a_killed_driver_resumes_without_redoing_finished_partitions(
 
 
 def test_a_worker_node_removed_mid_stage_still_yields_the_same_corpus(
-    cluster: Any, local_run: Path, generated: Path, place: Path, clean_env: None
+    cluster: Any,
+    local_run: Path,
+    generated: Path,
+    place: Path,
+    clean_env: None,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     import ray
 
@@ -257,6 +262,8 @@ def test_a_worker_node_removed_mid_stage_still_yields_the_same_corpus(
     finally:
         ray.shutdown()
     assert removed == ["2 nodes"]
+    # Ray's "task failed, will be retried" messages go to stderr: stdout is the command's.
+    assert capsys.readouterr().out == ""
     run = summary.run_dir
     _assert_same_corpus(run, local_run, retried=True)
     counters = _filter_counters(run)

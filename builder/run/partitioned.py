@@ -178,14 +178,16 @@ def run_partitioned(stage: PartitionStage, ctx: RunContext) -> dict[str, Any]:
     from builder.run.executor import LocalExecutor
 
     executor = ctx.executor if ctx.executor is not None else LocalExecutor()
-    tasks = plan_tasks(stage, ctx, stage.fingerprint(ctx))
+    fingerprint = stage.fingerprint(ctx)
+    tasks = plan_tasks(stage, ctx, fingerprint)
     for name in stage.sinks():
         stage.sink_dir(ctx, name).mkdir(parents=True, exist_ok=True)
     (stage.out_dir(ctx) / RECORDS).mkdir(parents=True, exist_ok=True)
     results: dict[int, dict[str, Any]] = {}
     todo: list[PartitionTask] = []
     for task in tasks:
-        record = _finished(stage, ctx, task)
+        # A stage without a fingerprint cannot tell changed inputs: it redoes every task.
+        record = _finished(stage, ctx, task) if fingerprint is not None else None
         if record is None:
             todo.append(task)
         else:

@@ -61,6 +61,24 @@ def _node_ip(address: str) -> str | None:
     return host if host.startswith("127.") else None
 
 
+def _messages_to_stderr() -> None:
+    """Ray prints cluster messages ("task failed, will be retried" when a node is lost) on
+    the driver's stdout; send them to stderr with the build's log, so stdout stays the
+    command's output (``corpus build --json``). Ray 2.60's ``print_to_stdstream``; a
+    no-op if a later Ray renames it."""
+    from ray._private import worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "to_stderr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        original({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.to_stderr = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = to_stderr
+
+
 def connect(address: str) -> bool:
     """Connect this process to Ray; return True when it started Ray (and must shut it down).
 
@@ -76,6 +94,7 @@ def connect(address: str) -> bool:
             hint="pip install 'curriculum-corpus-builder[ray]' (ray[data]==2.60.0)",
         ) from None
 
+    _messages_to_stderr()
     if ray.is_initialized():
         return False
     quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
