@@ -136,8 +136,9 @@ def build(
     whose prompts changed are sent. Exit code 3 when --max-cost stops the build.
 
     \b
-    With --executor ray the filter and verification stage runs as Ray tasks on a cluster
-    (generation and the model stay here); the corpus is the same byte for byte.
+    With --executor ray, filtering and verification and dedup's MinHash signatures run as
+    Ray tasks on a cluster (generation and the model stay here; the run directory must be
+    on a filesystem every node sees); the corpus is the same byte for byte.
 
     \b
     Example:
