@@ -284,7 +284,9 @@ class RayExecutor(LocalExecutor):
             for ref in pending:
                 ray.cancel(ref, force=True)
             if broker is not None:
-                ray.kill(broker)
+                if serving is not None:
+                    ray.cancel(serving)  # else Ray retries it on the killed actor, noisily
+                ray.kill(broker, no_restart=True)
 
     @property
     def task_map(self) -> Any:
