@@ -31,7 +31,7 @@ lint: $(STAMP)
 
 # Regenerate the lock file after changing dependencies in pyproject.toml.
 lock:
-	$(PY) -m uv pip compile pyproject.toml --extra embedded --extra dev --python-version 3.11 -o requirements.lock
+	$(PY) -m uv pip compile pyproject.toml --extra embedded --extra ray --extra dev --python-version 3.11 -o requirements.lock
 
 clean-venv:
 	rm -rf $(VENV)

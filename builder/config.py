@@ -39,6 +39,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CORPUS_MODEL": ("llm", "model"),
     "CORPUS_TAXONOMY_DIR": ("taxonomy", "dir"),
     "CORPUS_OUTPUT_DIR": ("output", "dir"),
+    "CORPUS_EXECUTOR": ("run", "executor"),
+    "CORPUS_RAY_ADDRESS": ("run", "ray_address"),
 }
 
 

@@ -8,13 +8,20 @@ from typing import Any
 
 import click
 
-from builder.cli.options import cache_dir_option, config_option, max_cost_option
+from builder.cli.options import (
+    cache_dir_option,
+    config_option,
+    executor_option,
+    executor_overrides,
+    max_cost_option,
+    ray_address_option,
+)
 
 
-def _config(config_path: str | None) -> Any:
+def _config(config_path: str | None, overrides: dict[str, Any] | None = None) -> Any:
     from builder.config import load_config
 
-    return load_config(config_path)
+    return load_config(config_path, overrides)
 
 
 def _log(message: str) -> None:
@@ -108,6 +115,8 @@ def plan(
 @cache_dir_option
 @click.option("--no-progress", is_flag=True, help="Log lines instead of a progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@executor_option
+@ray_address_option
 def build(
     config_path: str | None,
     run_name: str | None,
@@ -115,6 +124,8 @@ def build(
     cache_dir: str | None,
     no_progress: bool,
     as_json: bool,
+    executor: str | None,
+    ray_address: str | None,
 ) -> None:
     """Build the corpus: syllabi, walk, generate, filter and verify, dedup, decontaminate,
     assemble; into <output.dir>/<run>/ with a dataset card and a report.
@@ -125,13 +136,19 @@ def build(
     whose prompts changed are sent. Exit code 3 when --max-cost stops the build.
 
     \b
+    With --executor ray, filtering and verification and dedup's MinHash signatures run as
+    Ray tasks on a cluster (generation and the model stay here; the run directory must be
+    on a filesystem every node sees); the corpus is the same byte for byte.
+
+    \b
     Example:
       corpus build --config corpus.toml
       corpus build --config examples/openai.toml --run v1 --max-cost 20
+      corpus build --config corpus.toml --executor ray --ray-address auto
     """
     from builder.pipeline import build as run_build
 
-    cfg = _config(config_path)
+    cfg = _config(config_path, executor_overrides(executor, ray_address))
     summary = run_build(
         cfg,
         run=run_name,

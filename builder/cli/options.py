@@ -39,6 +39,27 @@ max_cost_option = click.option(
     help="Stop launching requests before the running cost would pass this many USD.",
 )
 
+executor_option = click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default=None,
+    help="Who maps the partitioned stages: local, or ray (Ray tasks; the run directory must "
+    "be on a filesystem every node sees). Else CORPUS_EXECUTOR, else [run] executor.",
+)
+
+ray_address_option = click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDR",
+    help="Ray head node HOST:PORT, or auto (an existing cluster, else a local one; the "
+    "default). Else CORPUS_RAY_ADDRESS, else [run] ray_address.",
+)
+
+
+def executor_overrides(executor: str | None, ray_address: str | None) -> dict[str, str | None]:
+    """Config overrides for ``--executor`` and ``--ray-address`` (None: not given)."""
+    return {"run.executor": executor, "run.ray_address": ray_address}
+
 
 def flag_path(value: str | None) -> str | None:
     """A path flag made absolute against the current directory.

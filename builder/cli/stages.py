@@ -14,7 +14,15 @@ from typing import Any
 
 import click
 
-from builder.cli.options import cache_dir_option, config_option, flag_path, max_cost_option
+from builder.cli.options import (
+    cache_dir_option,
+    config_option,
+    executor_option,
+    executor_overrides,
+    flag_path,
+    max_cost_option,
+    ray_address_option,
+)
 
 
 def _log(message: str) -> None:
@@ -77,6 +85,8 @@ def run_named_stages(
 @cache_dir_option
 @max_cost_option
 @click.option("--progress", "show_progress", is_flag=True, help="Show a progress bar.")
+@executor_option
+@ray_address_option
 def generate(
     config_path: str | None,
     run_name: str | None,
@@ -85,6 +95,8 @@ def generate(
     cache_dir: str | None,
     max_cost: float | None,
     show_progress: bool,
+    executor: str | None,
+    ray_address: str | None,
 ) -> None:
     """Generate the documents of the config's walk into the run directory; resumable.
 
@@ -105,6 +117,7 @@ def generate(
         overrides={
             "taxonomy.dir": flag_path(taxonomy_dir),
             "generate.templates_dir": flag_path(templates_dir),
+            **executor_overrides(executor, ray_address),
         },
         max_cost=max_cost,
         cache_dir=cache_dir,
@@ -128,8 +141,22 @@ def _one_stage_command(name: str, doc: str) -> click.Command:
     @config_option
     @run_option
     @cache_dir_option
-    def command(config_path: str | None, run_name: str | None, cache_dir: str | None) -> None:
-        result = run_named_stages([name], config_path, run_name, cache_dir=cache_dir)
+    @executor_option
+    @ray_address_option
+    def command(
+        config_path: str | None,
+        run_name: str | None,
+        cache_dir: str | None,
+        executor: str | None,
+        ray_address: str | None,
+    ) -> None:
+        result = run_named_stages(
+            [name],
+            config_path,
+            run_name,
+            cache_dir=cache_dir,
+            overrides=executor_overrides(executor, ray_address),
+        )
         click.echo(json.dumps({"run_dir": result["run_dir"], **result["counters"]}, indent=2))
 
     return command

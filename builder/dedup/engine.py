@@ -294,8 +294,19 @@ def _run_task(task: _Task) -> _TaskResult:
     )
 
 
-def _map_tasks(tasks: Sequence[_Task], workers: int) -> Iterator[_TaskResult]:
-    """Run tasks in-process (one worker or one task) or in a spawned process pool."""
+#: Maps a function over tasks elsewhere, yielding results as they finish (an executor's
+#: ``task_map``: Ray tasks). None: this module's own in-process or process-pool map.
+TaskMap = Callable[[Callable[[Any], Any], Sequence[Any]], Iterator[Any]]
+
+
+def _map_tasks(
+    tasks: Sequence[_Task], workers: int, mapper: TaskMap | None = None
+) -> Iterator[_TaskResult]:
+    """Run tasks with ``mapper``, or in-process (one worker or one task), or in a spawned
+    process pool."""
+    if mapper is not None:
+        yield from mapper(_run_task, tasks)
+        return
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
             yield _run_task(task)
@@ -696,10 +707,11 @@ def _collect(
     workers: int,
     want_hash: bool,
     progress: ProgressFn | None,
+    mapper: TaskMap | None = None,
 ) -> _Rows:
     rows = _Rows.empty(n, settings.bands, want_hash)
     done = 0
-    for res in _map_tasks(tasks, workers):
+    for res in _map_tasks(tasks, workers, mapper):
         done += rows.fill(res)
         if progress is not None:
             progress(done, n)
@@ -873,8 +885,13 @@ def dedup_files(
     progress: ProgressFn | None = None,
     save_signatures: bool = False,
     diversity: bool = False,
+    mapper: TaskMap | None = None,
 ) -> DedupResult:
     """Deduplicate Parquet/JSONL input of any size into ``outdir``, in bounded memory.
+
+    ``mapper`` runs the signature tasks elsewhere (Ray tasks: ``outdir`` must then be on a
+    filesystem the workers see, since they write the signatures there); the band grouping
+    gathers their band keys here either way.
 
     Writes ``outdir/kept.parquet`` (surviving rows, every column, plus ``id_column`` when
     the input had none) and ``outdir/clusters.parquet`` (``CLUSTER_COLUMNS``); with
@@ -921,7 +938,7 @@ def dedup_files(
         ]
         nworkers = _resolve_workers(workers, settings, len(tasks))
         t_sig = time.perf_counter()
-        rows = _collect(tasks, n, settings, nworkers, not has_ids, progress)
+        rows = _collect(tasks, n, settings, nworkers, not has_ids, progress, mapper)
         sig_seconds = time.perf_counter() - t_sig
         fault_point("dedup.signatures")
 

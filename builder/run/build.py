@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from builder.config import CorpusConfig
-from builder.run.executor import EXECUTORS
+from builder.run.executor import make_executor
 from builder.run.inputs import check_inputs
 from builder.run.ledger import Ledger, MeteredLLM, budget_message
 from builder.run.lock import run_lock
@@ -179,7 +179,7 @@ def run_stages(
     llm: LLM | None = None,
     progress: Any = None,
     log: Log = _noop,
-    executor: str = "local",
+    executor: str | None = None,
 ) -> BuildSummary:
     """Run ``stages`` over the run directory of ``config`` (the build, or one stage).
 
@@ -188,13 +188,16 @@ def run_stages(
     saved and ``BudgetExceeded`` is raised; rerunning resumes. ``progress`` is passed to the
     engine (None: bar on a TTY, False: silent). ``log`` gets one line per stage event.
     A stage whose inputs are missing (``corpus filter`` before ``corpus generate``) is an
-    ``InputError`` saying to run the stages before it first.
+    ``InputError`` saying to run the stages before it first. ``executor`` overrides
+    ``[run] executor`` (``local`` or ``ray``: partitioned stages as Ray tasks on
+    ``[run] ray_address``); the corpus is the same whichever runs it.
     """
     config = with_run(config, run)
     # Everything that can be wrong with the inputs is checked before anything is written.
     check_inputs(config)
-    runner = EXECUTORS[executor]()
+    runner = make_executor(executor or config.run.executor, config)
     with contextlib.ExitStack() as outer:
+        outer.callback(runner.close)
         engine_stack = outer.enter_context(contextlib.ExitStack())
         ctx = open_context(
             config,
@@ -205,6 +208,7 @@ def run_stages(
             log=log,
             stack=engine_stack,
         )
+        ctx.executor = runner
         summary = BuildSummary(run=config.output.run, run_dir=ctx.paths.root)
         summary.counters = ctx.counters
         ctx.paths.work.mkdir(parents=True, exist_ok=True)

@@ -9,13 +9,19 @@ a digest of its output files, so the stages after it see whether anything change
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import importlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from builder.errors import InputError
 from builder.stages.base import RunContext, Stage, digest_files
 from builder.util.faults import fault_point
 from builder.util.memory import release_memory
+
+if TYPE_CHECKING:  # pragma: no cover
+    from builder.config import CorpusConfig
+    from builder.run.partitioned import PartitionTask
+    from builder.stages.base import PartitionStage
 
 
 def _files(paths: list) -> list:
@@ -34,6 +40,25 @@ class LocalExecutor:
     """Run stages one after another in this process (see the module docstring)."""
 
     name = "local"
+    #: How algorithms with their own task lists (dedup signatures) map them elsewhere:
+    #: ``fn, tasks -> results as they finish``; None: their own local process pool.
+    task_map: Any = None
+
+    def __init__(self, config: CorpusConfig | None = None) -> None:
+        self.config = config
+
+    def map_partitions(
+        self, stage: PartitionStage, ctx: RunContext, tasks: Iterable[PartitionTask]
+    ) -> Iterator[tuple[PartitionTask, dict[str, Any]]]:
+        """Run a partitioned stage's tasks (one input partition each) and yield each with
+        its result as it finishes; here one after another in this process."""
+        from builder.run.partitioned import run_task
+
+        for task in tasks:
+            yield task, run_task(stage, ctx, task)
+
+    def close(self) -> None:
+        """Release what the executor holds (nothing for the local one)."""
 
     def run_stage(self, stage: Stage, ctx: RunContext) -> dict[str, Any]:
         """Run one stage unless it is up to date; return its counters."""
@@ -72,3 +97,20 @@ class LocalExecutor:
 
 #: Executors by name (``--executor``); a Ray executor registers itself here.
 EXECUTORS: dict[str, type[LocalExecutor]] = {"local": LocalExecutor}
+
+#: Executors whose module is imported only when chosen (so a local build never imports Ray).
+LAZY_EXECUTORS: dict[str, str] = {"ray": "builder.run.ray_executor"}
+
+
+def make_executor(name: str, config: CorpusConfig) -> LocalExecutor:
+    """The executor called ``name`` for ``config`` (``[run] executor``, ``--executor``)."""
+    if name not in EXECUTORS and name in LAZY_EXECUTORS:
+        importlib.import_module(LAZY_EXECUTORS[name])  # registers itself in EXECUTORS
+    try:
+        cls = EXECUTORS[name]
+    except KeyError:
+        raise InputError(
+            f"unknown executor {name!r}",
+            hint=f"use one of: {', '.join(sorted({*EXECUTORS, *LAZY_EXECUTORS}))}",
+        ) from None
+    return cls(config)

@@ -1,7 +1,10 @@
 """[run] section: how big the partitions of a run directory are (memory is flat in corpus
-size: a stage holds about one partition at a time)."""
+size: a stage holds about one partition at a time), and which executor maps the partitioned
+stages over them (``local``, or ``ray`` on a cluster)."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field
 
@@ -22,6 +25,14 @@ class RunSettings(Section):
     partition_mb: float = Field(64.0, gt=0)
     units_per_partition: int = Field(2_000, ge=1)
     flush_rows: int = Field(512, ge=1)
+    #: Who maps the partitioned stages: ``local`` (this process) or ``ray`` (tasks on a Ray
+    #: cluster; the run directory must be on a filesystem every node sees). Both write the
+    #: same bytes, so these two keys are left out of the config dump, its hash and the
+    #: manifest (``exclude=True``): how a corpus was computed is not part of what it is.
+    executor: Literal["local", "ray"] = Field("local", exclude=True)
+    #: Ray cluster address: ``auto`` (an existing cluster, else a local one), or
+    #: ``host:port`` of a head node.
+    ray_address: str = Field("auto", min_length=1, exclude=True)
 
     @property
     def partition_bytes(self) -> int:

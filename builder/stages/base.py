@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pyarrow as pa
 
 from builder.config import CorpusConfig
-from builder.records import sha256_hex, to_table
+from builder.records import sha256_hex
 from builder.run.markers import Markers
 from builder.run.paths import RunDir
 from builder.util.files import file_sha256
@@ -66,6 +66,8 @@ class RunContext:
     log: Log = _noop
     open_llm: Callable[[], MeteredLLM] | None = None
     ledger: Ledger | None = None
+    #: Maps partitioned stages (``LocalExecutor`` or ``RayExecutor``; None: local).
+    executor: Any = None
     did_work: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
     counters: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -156,10 +158,14 @@ class PartitionStage(Stage):
 
     Subclasses give ``input_parts`` (the Parquet files to read), ``sinks`` (output name ->
     Arrow schema; each becomes ``work/<name>/<sink>/part-*.parquet``) and
-    ``run_partition(ctx, table) -> {sink: rows}``. ``run`` reads at most
-    ``[run] partition_rows`` rows at a time and writes each sink through a
-    ``PartitionWriter``, so memory is bounded by one partition whatever the corpus size.
-    ``max_rows_seen`` records the largest batch handed to ``run_partition`` (tests assert it).
+    ``run_partition(ctx, table) -> {sink: rows}``. ``run`` hands it batches of exactly
+    ``[run] partition_rows`` rows and writes one output partition per batch and sink, named
+    after the input partition it came from, so memory is bounded by one partition whatever
+    the corpus size and the output is the same whichever executor maps the partitions
+    (``builder.run.partitioned``). ``run_partition`` must depend only on its batch and the
+    settings: on Ray it runs in another process, with a context holding the config and the
+    run directory (``ctx.llm()`` reaches the driver's engine). ``max_rows_seen`` records the
+    largest batch handed to ``run_partition`` (tests assert it).
     """
 
     max_rows_seen: int = 0
@@ -183,33 +189,18 @@ class PartitionStage(Stage):
     def outputs(self, ctx: RunContext) -> list[Path]:
         return [self.sink_dir(ctx, s) for s in self.sinks()]
 
-    def run(self, ctx: RunContext) -> dict[str, Any]:
-        from builder.util.partitions import PartitionWriter, iter_batches
+    def task_counters(self) -> dict[str, Any]:
+        """Counters this instance gathered since the last call, then reset (default: none).
 
-        settings = ctx.config.run
-        writers = {
-            name: PartitionWriter(
-                self.sink_dir(ctx, name),
-                schema,
-                max_rows=settings.partition_rows,
-                max_bytes=settings.partition_bytes,
-            )
-            for name, schema in self.sinks().items()
-        }
-        counters: dict[str, Any] = {"rows_in": 0, "partitions_in": 0}
-        self.max_rows_seen = 0
-        for table in iter_batches(self.input_parts(ctx), batch_rows=settings.partition_rows):
-            self.max_rows_seen = max(self.max_rows_seen, table.num_rows)
-            counters["rows_in"] += table.num_rows
-            counters["partitions_in"] += 1
-            for name, rows in self.run_partition(ctx, table).items():
-                writers[name].write(to_table(rows, writers[name].schema))
-        for name, writer in writers.items():
-            writer.close()
-            counters[f"rows_{name}"] = writer.rows
-            counters[f"parts_{name}"] = len(writer.parts)
-        counters["max_rows_held"] = max(
-            [self.max_rows_seen, *(w.max_rows_held for w in writers.values())]
-        )
-        self.finish(ctx, counters)
-        return counters
+        Called after each task (one input partition), wherever it ran: on a Ray worker the
+        instance is a copy, so what ``run_partition`` tallies must travel back this way.
+        Numbers are summed over tasks and dicts merged (``builder.run.partitioned``).
+        """
+        return {}
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        """Map ``run_partition`` over the input partitions with ``ctx.executor``; finished
+        partitions of an interrupted run are skipped (``builder.run.partitioned``)."""
+        from builder.run.partitioned import run_partitioned
+
+        return run_partitioned(self, ctx)

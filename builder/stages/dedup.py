@@ -85,7 +85,9 @@ class DedupStage(Stage):
         n = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
         stats: dict[str, Any] = {"rows_in": n, "rows_out": n}
         if config.dedup.enabled and n:
-            result = dedup_files(self.inputs(ctx)[0], out, config.dedup)
+            # The executor's task map (Ray) computes the signatures; None: a local pool.
+            mapper = getattr(ctx.executor, "task_map", None)
+            result = dedup_files(self.inputs(ctx)[0], out, config.dedup, mapper=mapper)
             write_table(result.removed.to_arrow(), removed)
             stats = _stats(result)
             n_removed = result.removed.height

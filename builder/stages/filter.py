@@ -67,17 +67,25 @@ class FilterStage(PartitionStage):
         self._verified += sum(1 for d in kept if d.get("verified") is True)
         return {"kept": kept, "rejected": rejected}
 
+    def task_counters(self) -> dict[str, Any]:
+        out = {"reasons": dict(self._reasons), "verified": self._verified}
+        self._reasons = Counter()
+        self._verified = 0
+        return out
+
     def finish(self, ctx: RunContext, counters: dict[str, Any]) -> None:
-        reasons = dict(sorted(self._reasons.items()))
+        # Summed over the partitions' task_counters (wherever each partition ran).
+        reasons = dict(sorted((counters.get("reasons") or {}).items()))
+        verified = int(counters.get("verified") or 0)
         counters.update(
             rows_in=counters["rows_in"],
             kept=counters["rows_kept"],
             rejected=counters["rows_rejected"],
-            verified=self._verified,
+            verified=verified,
             reasons=reasons,
         )
         ctx.log(
-            f"[filter] kept {counters['kept']} ({self._verified} verified), rejected "
+            f"[filter] kept {counters['kept']} ({verified} verified), rejected "
             f"{counters['rejected']}"
             + (f": {', '.join(f'{k} {v}' for k, v in reasons.items())}" if reasons else "")
         )

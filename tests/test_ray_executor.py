@@ -1,0 +1,296 @@
+"""``--executor ray``: the build's partitioned stages as Ray tasks on a real 2-node cluster.
+
+One Ray cluster for the module (``ray.cluster_utils.Cluster``: a head and a worker node, one
+CPU each, on the loopback address 127.0.0.2; never 127.0.0.1, which Ray replaces with the
+external address). One project is generated once (locally, through the real engine against
+the loopback fake server); every build below starts from a copy of it (project, generated
+partitions and LLM cache, all relative paths), so builds can be compared byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from builder.cli import main
+from builder.config import load_config
+from builder.run.build import run_stages
+from builder.stages import build_stages
+from tests.support.fake_openai_server import FakeOpenAIServer
+from tests.test_pipeline_helpers import ROOT, make_project, responder
+
+NODE_IP = "127.0.0.2"
+MB = 2**20
+PROJECT: dict[str, dict[str, Any]] = {
+    "walk": {"subtree": ["algorithms", "arithmetic"]},
+    "generate": {"documents_per_unit": 2},
+    # One unit per generated partition, 3 rows a batch: many small tasks to spread.
+    "run": {"partition_rows": 3, "units_per_partition": 1, "flush_rows": 2},
+    "llm": {"cache_dir": ".corpus-cache"},
+    "output": {"dir": "outputs", "run": "r", "shard_max_rows": 5},
+}
+_ENV = ("CORPUS_CACHE_DIR", "CORPUS_OUTPUT_DIR", "CORPUS_EXECUTOR", "CORPUS_RAY_ADDRESS")
+
+
+def _cli(*argv: str) -> int:
+    try:
+        main(list(argv))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """A head and one worker node on 127.0.0.2 (1 CPU, 200 MB object store each)."""
+    from ray.cluster_utils import Cluster
+
+    tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_TMPDIR", tmp)
+        mp.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        node_args = {
+            "num_cpus": 1,
+            "node_ip_address": NODE_IP,
+            "object_store_memory": 200 * MB,
+        }
+        c = Cluster(
+            initialize_head=True,
+            head_node_args={**node_args, "include_dashboard": False},
+        )
+        c.add_node(**node_args)
+        c.wait_for_nodes()
+        try:
+            yield c
+        finally:
+            import ray
+
+            ray.shutdown()
+            c.shutdown()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeOpenAIServer]:
+    """The loopback fake endpoint, for the whole module (filters ask it for second samples)."""
+    with FakeOpenAIServer(responder=responder) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def generated(server: FakeOpenAIServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project whose run ``r`` is generated (syllabi, walk, generate done; nothing else)."""
+    root = tmp_path_factory.mktemp("generated") / "p"
+    with pytest.MonkeyPatch.context() as mp:
+        for var in _ENV:
+            mp.delenv(var, raising=False)
+        config = make_project(root, server.base_url, PROJECT, run="r")
+        assert _cli("generate", "--config", str(config)) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def place(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where every build runs: one fixed path (records such as decontam's name the absolute
+    benchmark path, so builds compared byte for byte must run at the same place)."""
+    return tmp_path_factory.mktemp("place") / "p"
+
+
+def _copy(generated: Path, dest: Path) -> Path:
+    """A fresh copy of the generated project at ``dest``; returns its config."""
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(generated, dest)
+    return dest / "corpus.toml"
+
+
+def _keep(run: Path, dest: Path) -> Path:
+    """Move a finished run out of the shared place."""
+    shutil.move(run, dest)
+    return dest
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paths from the projects' configs (relative, so copies compare equal), not from env."""
+    for var in _ENV:
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="module")
+def local_run(generated: Path, place: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: the copy built with the local executor."""
+    config = _copy(generated, place)
+    with pytest.MonkeyPatch.context() as mp:
+        for var in _ENV:
+            mp.delenv(var, raising=False)
+        assert _cli("build", "--config", str(config), "--no-progress", "--executor", "local") == 0
+    return _keep(place / "outputs" / "r", tmp_path_factory.mktemp("local") / "r")
+
+
+def _untimed(value: Any, drop: tuple[str, ...] = ()) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _untimed(v, drop)
+            for k, v in value.items()
+            if "seconds" not in k and "per_s" not in k and k != "created_at" and k not in drop
+        }
+    return value
+
+
+def _corpus_files(run: Path) -> dict[str, bytes]:
+    """Shards, rejected.parquet and the filter stage's partitions, by relative path."""
+    files = [*run.glob("documents/*.parquet"), run / "rejected.parquet"]
+    files += [p for p in (run / "work" / "filter").rglob("part-*.parquet")]
+    return {str(p.relative_to(run)): p.read_bytes() for p in files}
+
+
+def _assert_same_corpus(
+    run: Path, reference: Path, *, same_history: bool = True, retried: bool = False
+) -> None:
+    """Same shards, rejections and filter partitions, byte for byte; the same manifest but
+    for its timings (and for ``stats``, the ledger of the builds, when one was resumed; and
+    the count of answers from the LLM cache when a retried task asked again)."""
+    ours, theirs = _corpus_files(run), _corpus_files(reference)
+    assert sorted(ours) == sorted(theirs)
+    assert len([k for k in ours if k.startswith("documents/")]) >= 2
+    for name in theirs:
+        assert ours[name] == theirs[name], name
+    manifest = json.loads((run / "manifest.json").read_text())
+    expected = json.loads((reference / "manifest.json").read_text())
+    if not same_history:
+        assert manifest.pop("stats")["builds"] == expected.pop("stats")["builds"] + 1
+    drop = ("requests_cached",) if retried else ()
+    assert _untimed(manifest, drop) == _untimed(expected, drop)
+    assert "ray" not in json.dumps(manifest["config"])  # the executor is not in the manifest
+
+
+def _filter_counters(run: Path) -> dict[str, Any]:
+    return json.loads((run / "work" / "_done" / "filter.json").read_text())["counters"]
+
+
+def test_a_build_on_ray_equals_the_local_build_byte_for_byte(
+    cluster: Any, local_run: Path, generated: Path, place: Path, clean_env: None
+) -> None:
+    config = _copy(generated, place)
+    code = _cli(
+        "build", "--config", str(config), "--no-progress",
+        "--executor", "ray", "--ray-address", cluster.address,
+    )  # fmt: skip
+    assert code == 0
+    run = config.parent / "outputs" / "r"
+    _assert_same_corpus(run, local_run)
+    counters = _filter_counters(run)
+    assert counters["partitions_run"] >= 6 and counters["partitions_skipped"] == 0
+    assert counters["verified"] > 0  # exercises were verified on the workers
+    # A second build (local now) finds everything up to date: same fingerprints.
+    code = _cli("build", "--config", str(config), "--no-progress", "--executor", "local")
+    assert code == 0
+    assert _filter_counters(run) == counters
+
+
+def test_a_killed_driver_resumes_without_redoing_finished_partitions(
+    cluster: Any, local_run: Path, generated: Path, place: Path, clean_env: None
+) -> None:
+    config = _copy(generated, place)
+    run = config.parent / "outputs" / "r"
+    argv = [sys.executable, "-m", "builder", "build", "--config", str(config), "--no-progress"]
+    argv += ["--executor", "ray", "--ray-address", cluster.address]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CORPUS_FAULT": "partition.done:3"}
+    killed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    records = sorted((run / "work" / "filter" / "_partitions").glob("*.json"))
+    assert len(records) == 3  # the driver died right after recording the third partition
+    assert not (run / "work" / "_done" / "filter.json").exists()
+    finished = {
+        run / "work" / "filter" / sink / name: None
+        for r in records
+        for sink, names in json.loads(r.read_text())["outputs"].items()
+        for name in names
+    }
+    stamps = {p: p.stat().st_mtime_ns for p in finished}
+    env.pop("CORPUS_FAULT")
+    resumed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    counters = _filter_counters(run)
+    assert counters["partitions_skipped"] == 3
+    tasks = len(list((run / "work" / "filter" / "_partitions").glob("*.json")))
+    assert tasks >= 6 and counters["partitions_run"] == tasks - 3
+    assert {p: p.stat().st_mtime_ns for p in finished} == stamps  # not written again
+    _assert_same_corpus(run, local_run, same_history=False)
+
+
+def test_a_worker_node_removed_mid_stage_still_yields_the_same_corpus(
+    cluster: Any,
+    local_run: Path,
+    generated: Path,
+    place: Path,
+    clean_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import ray
+
+    config = load_config(_copy(generated, place))
+    config = config.model_copy(
+        update={"run": config.run.model_copy(update={"ray_address": cluster.address})}
+    )
+    # The driver joins the cluster first (the build uses this connection), so the node to
+    # remove can be one the driver is not attached to.
+    ray.init(address=cluster.address, _node_ip_address=NODE_IP, log_to_driver=False)
+    driver_node = ray.get_runtime_context().get_node_id()
+    worker = next(n for n in cluster.list_all_nodes() if n.node_id != driver_node and not n.head)
+    removed: list[str] = []
+
+    def log(line: str) -> None:
+        # Remove the worker once two partitions of the filter stage are done (tasks are
+        # still running on it: two in flight per CPU).
+        if line.startswith("[filter] partition 2/") and not removed:
+            alive = [n for n in ray.nodes() if n["Alive"]]
+            cluster.remove_node(worker)
+            removed.append(f"{len(alive)} nodes")
+
+    try:
+        summary = run_stages(config, build_stages(), progress=False, log=log, executor="ray")
+    finally:
+        ray.shutdown()
+    assert removed == ["2 nodes"]
+    # Ray's "task failed, will be retried" messages go to stderr: stdout is the command's.
+    assert capsys.readouterr().out == ""
+    run = summary.run_dir
+    _assert_same_corpus(run, local_run, retried=True)
+    counters = _filter_counters(run)
+    assert counters["partitions_run"] >= 6
+    cluster.add_node(num_cpus=1, node_ip_address=NODE_IP, object_store_memory=200 * MB)
+
+
+def test_the_local_executor_never_imports_ray(generated: Path, place: Path) -> None:
+    """With the local executor (the default) neither ``corpus build --help`` nor a build
+    imports Ray: a cost only for those who choose it."""
+    config = _copy(generated, place)
+    script = (
+        "import sys\n"
+        "from builder.cli import main\n"
+        "try:\n"
+        f"    main(['build', '--config', {str(config)!r}, '--no-progress'])\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in _ENV}
+    env["PYTHONPATH"] = str(ROOT)
+    for argv in (["--help"], []):
+        code = script if not argv else script.replace("'--no-progress'", "'--help'")
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert (config.parent / "outputs" / "r" / "manifest.json").exists()  # it did build
