@@ -107,8 +107,12 @@ class QualityStage(PartitionStage):
                 if ctx.config.judge.enabled:
                     self._units[unit.unit_id] = unit
 
+    @staticmethod
+    def _fresh_stats() -> dict[str, Any]:
+        return {"code": {"checked": 0, "ok": 0, "failed": 0}, "off_topic": 0, "low_value": 0}
+
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        self._stats = {"code": {"checked": 0, "ok": 0, "failed": 0}, "off_topic": 0, "low_value": 0}
+        self._stats = self._fresh_stats()
         self._embedder = self._judge_engine = None
         self._queries = self._units = None
         try:
@@ -117,6 +121,16 @@ class QualityStage(PartitionStage):
             if self._judge_engine is not None:
                 self._judge_engine.close()
                 self._judge_engine = None
+
+    def task_counters(self) -> dict[str, Any]:
+        # Tallied by run_partition wherever the task ran (a Ray worker holds a copy).
+        embedder = self._embedder
+        cost = getattr(getattr(embedder, "stats", None), "cost", 0.0) if embedder else 0.0
+        out = {"stats": {**self._stats, "embeddings_cost": cost}}
+        if embedder is not None and getattr(embedder, "stats", None) is not None:
+            embedder.stats.cost = 0.0
+        self._stats = self._fresh_stats()
+        return out
 
     def run_partition(self, ctx: RunContext, table: pa.Table) -> dict[str, list[dict[str, Any]]]:
         config = ctx.config
@@ -162,12 +176,12 @@ class QualityStage(PartitionStage):
                 from builder.llm import resolve_cache_dir
                 from builder.quality.embed import open_embedder
 
-                meter = ctx.llm_opened
+                remaining = getattr(ctx.llm_opened, "remaining", None)
                 self._embedder = open_embedder(
                     config.embeddings,
                     config.llm,
                     resolve_cache_dir(None, config.llm, root=config.root),
-                    max_cost=meter.remaining() if meter is not None else None,
+                    max_cost=remaining() if remaining is not None else None,
                 )
                 self._stats["embedder"] = self._embedder.name
             if self._queries is None:
@@ -191,15 +205,16 @@ class QualityStage(PartitionStage):
                 self._load_units(ctx)
             engine = self._judge(ctx)
             meter = ctx.llm()
+            remaining = getattr(meter, "remaining", None)
             docs, jstats = judge_frame(
                 docs,
                 engine,
                 self._template(ctx),
                 config.judge,
                 units=self._units,
-                max_cost=meter.remaining(),
+                max_cost=remaining() if remaining is not None else None,
             )
-            if engine is not meter:
+            if engine is not meter and hasattr(meter, "cost"):
                 meter.cost += jstats.cost  # the build's meter covers the judge's endpoint
             docs, low = split_low_value(docs, f.min_edu_score)
             self._stats["low_value"] += low.height
@@ -233,12 +248,12 @@ class QualityStage(PartitionStage):
         return self._judge_engine
 
     def finish(self, ctx: RunContext, counters: dict[str, Any]) -> None:
-        embedder = self._embedder
-        cost = getattr(getattr(embedder, "stats", None), "cost", 0.0) if embedder else 0.0
+        # Summed over the partitions' task_counters (wherever each partition ran).
+        stats = dict(counters.get("stats") or self._fresh_stats())
+        cost = float(stats.pop("embeddings_cost", 0.0) or 0.0)
         meter = ctx.llm_opened
-        if cost and meter is not None:
+        if cost and meter is not None and counters.get("partitions_run"):
             meter.cost += cost  # the build's meter covers the embeddings endpoint too
-        stats = dict(self._stats)
         if ctx.config.embeddings.enabled:
             stats["relevance"] = {
                 "embedder": stats.get("embedder"),
