@@ -23,15 +23,18 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from builder.errors import CacheError
+
+T = TypeVar("T")
 
 CACHE_FILE = "llm-cache.sqlite3"
 SCHEMA_VERSION = 1
@@ -150,6 +153,20 @@ def _json_or_none(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False)
 
 
+def _retry_locked(fn: Callable[[], T], seconds: float = 30.0) -> T:
+    """``fn()``, retried with a short jittered pause while SQLite answers "locked"/"busy"
+    without waiting (lock upgrades it refuses to wait for, to avoid deadlocks)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02 + random.random() * 0.05)
+
+
 class Cache:
     """The cache file of one directory. Thread-safe: one connection per thread.
 
@@ -197,7 +214,9 @@ class Cache:
                 self.path, timeout=30.0, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA busy_timeout = 30000")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            # Switching a new file to WAL takes an exclusive lock for which SQLite may answer
+            # "locked" at once (no busy wait) while another process does the same: retry.
+            mode = _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
             if str(mode).lower() != "wal":
                 raise sqlite3.DatabaseError(f"cannot switch to WAL mode (got {mode})")
             # NORMAL in WAL mode: a power cut may lose the last transactions, never corrupt.
@@ -210,20 +229,24 @@ class Cache:
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the file to SCHEMA_VERSION in one write transaction (taken up front, so
+        concurrent openers wait for each other instead of deadlocking on a lock upgrade)."""
         try:
-            conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
-            row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
-            version = int(row[0]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise CacheError(
-                    f"the LLM cache was written by a newer builder (schema {version}, "
-                    f"this one reads up to {SCHEMA_VERSION})",
-                    file=self.path,
-                    hint="upgrade the builder, or use another --cache-dir",
-                )
-            while version < SCHEMA_VERSION:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+            _retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
+            try:
+                conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
+                row = conn.execute(
+                    "SELECT value FROM meta WHERE name = 'schema_version'"
+                ).fetchone()
+                version = int(row[0]) if row else 0
+                if version > SCHEMA_VERSION:
+                    raise CacheError(
+                        f"the LLM cache was written by a newer builder (schema {version}, "
+                        f"this one reads up to {SCHEMA_VERSION})",
+                        file=self.path,
+                        hint="upgrade the builder, or use another --cache-dir",
+                    )
+                while version < SCHEMA_VERSION:
                     for statement in MIGRATIONS[version].split(";"):
                         if statement.strip():
                             conn.execute(statement)
@@ -232,10 +255,10 @@ class Cache:
                         "INSERT OR REPLACE INTO meta (name, value) VALUES ('schema_version', ?)",
                         (str(version),),
                     )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
             raise self._fail(exc) from None
 
