@@ -16,7 +16,7 @@ import pytest
 
 from builder.cli import main
 from tests.support.fake_openai_server import FakeOpenAIServer, Fault
-from tests.test_pipeline_helpers import ids_and_texts, make_project, responder
+from tests.support.project import ids_and_texts, make_project, responder
 
 SMALL: dict[str, dict[str, Any]] = {
     "walk": {"subtree": ["arithmetic"], "limit": 2},

@@ -20,7 +20,7 @@ from builder.config import load_config
 from builder.errors import BudgetExceeded
 from builder.pipeline import BuildSummary, build, plan
 from tests.support.fake_openai_server import FakeOpenAIServer
-from tests.test_pipeline_helpers import BENCH_ITEM, DUP_TEXT, corpus, make_project, responder
+from tests.support.project import BENCH_ITEM, DUP_TEXT, corpus, make_project, responder
 
 API_KEY = "sk-test-Zq8vK3pL0wXy7Rt5Nm2Bc4Df6Gh9Jk1"
 KEY_ENV = "CORPUS_PIPELINE_TEST_KEY"
