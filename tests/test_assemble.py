@@ -26,7 +26,7 @@ from builder.assemble import (
 from builder.errors import InputError
 from builder.records import DOCUMENT_COLUMNS, REJECTION_COLUMNS
 from builder.tokens import count_tokens
-from tests.test_assemble_data import make_config, make_rejected, make_rows
+from tests.support.assemble_data import make_config, make_rejected, make_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ import pytest
 
 from builder.cli import main
 from tests.support.fake_openai_server import FakeOpenAIServer
-from tests.test_pipeline_helpers import make_project, responder
+from tests.support.project import make_project, responder
 
 SMALL: dict[str, dict[str, Any]] = {
     "walk": {"subtree": ["arithmetic"], "limit": 2},

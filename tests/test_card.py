@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from builder.assemble import assemble, read_manifest
 from builder.card import TERMS_WARNING, render_card, size_category, to_yaml, write_card
-from tests.test_assemble_data import STATS, make_config, make_rejected, make_rows, taxonomy
+from tests.support.assemble_data import STATS, make_config, make_rejected, make_rows, taxonomy
 
 
 def header_and_body(text: str) -> tuple[dict, str]:

@@ -26,7 +26,7 @@ from builder.cli import main  # noqa: E402
 from builder.export import ExportOptions, export_run  # noqa: E402
 from builder.export.split import assign_test  # noqa: E402
 from tests.support.fake_openai_server import FakeOpenAIServer  # noqa: E402
-from tests.test_pipeline_helpers import make_project, responder  # noqa: E402
+from tests.support.project import make_project, responder  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,13 @@ from builder.filters import (
     repetition_ratio,
 )
 from builder.generate import generate, read_generated
-from builder.llm.fake import ScriptedLLM
-from builder.records import DOCUMENT_COLUMNS, REJECTION_COLUMNS, ChatRequest, ChatResult
+from builder.llm import open_engine
+from builder.records import DOCUMENT_COLUMNS, REJECTION_COLUMNS
 from builder.settings.filters import FilterSettings, VerifySettings
 from builder.settings.generate import GenerateSettings
+from builder.settings.llm import LLMSettings
 from builder.templates import load_templates, sample_units
+from tests.support.fake_openai_server import FakeOpenAIServer, FakeReply
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,12 +88,26 @@ def tset():
     return load_templates(ROOT / "templates")
 
 
-def rows_for(tset, tmp_path: Path, reply, template: str = "section", n: int = 1) -> list[dict]:
-    """Generate ``n`` documents of ``template`` whose model replies with ``reply``."""
+def rows_for(
+    tset, tmp_path: Path, reply, template: str = "section", n: int = 1, faults=None
+) -> list[dict]:
+    """Generate ``n`` documents of ``template`` through the real engine, against the fake
+    server replying with ``reply`` (a text, a JSON object, a ``FakeReply`` or a responder of
+    the request body) and injecting ``faults``."""
     out = tmp_path / f"{template}.jsonl"
     settings = GenerateSettings(templates=[template], documents_per_unit=1, evolve=False)
-    responder = reply if callable(reply) else (lambda request: reply)
-    generate(sample_units()[:n], tset, ScriptedLLM(responder), settings, out)
+    responder = reply if callable(reply) else (lambda body: reply)
+    with FakeOpenAIServer(responder=responder, faults=faults) as server:
+        llm = LLMSettings(
+            base_url=server.base_url,
+            model="fake-model",
+            max_attempts=2,
+            backoff_base_s=0.001,
+            backoff_max_s=0.01,
+        )
+        cache = tmp_path / f"{template}.cache"
+        with open_engine(llm, cache_dir=cache, progress=False) as engine:
+            generate(sample_units()[:n], tset, engine, settings, out)
     return list(read_generated(out).values())
 
 
@@ -126,15 +141,7 @@ def test_good_document_is_kept_with_its_columns(tset, tmp_path: Path) -> None:
 
 
 def test_truncated(tset, tmp_path: Path) -> None:
-    def cut(request: ChatRequest) -> ChatResult:
-        return ChatResult(
-            request_id=request.id,
-            status="length",
-            text=GOOD[:300],
-            finish_reason="length",
-            completion_tokens=64,
-        )
-
+    cut = FakeReply(GOOD[:300], finish_reason="length", completion_tokens=64)
     rows = rows_for(tset, tmp_path, cut)
     rej = only_rejection(rows)
     assert (rej["stage"], rej["reason"]) == ("filter", "truncated")
@@ -226,11 +233,9 @@ def test_empty(tset, tmp_path: Path) -> None:
 
 
 def test_failed_requests_are_rejected_at_generate(tset, tmp_path: Path) -> None:
-    def fail(request: ChatRequest) -> ChatResult:
-        return ChatResult(request_id=request.id, status="failed", error="HTTP 500 x6")
-
-    rej = only_rejection(rows_for(tset, tmp_path, fail))
-    assert (rej["stage"], rej["reason"], rej["detail"]) == ("generate", "failed", "HTTP 500 x6")
+    rej = only_rejection(rows_for(tset, tmp_path, GOOD, faults=lambda i, body: "500"))
+    assert (rej["stage"], rej["reason"]) == ("generate", "failed")
+    assert "500" in rej["detail"]
     assert list(rej)[:4] == list(REJECTION_COLUMNS)
     assert rej["status"] == "failed" and rej["template"] == "section"
 
@@ -238,8 +243,10 @@ def test_failed_requests_are_rejected_at_generate(tset, tmp_path: Path) -> None:
 def test_malformed_structured_output(tset, tmp_path: Path) -> None:
     rows = rows_for(tset, tmp_path, {"problem": "Add numbers."}, template="exercise_code")
     rej = only_rejection(rows)
-    assert (rej["stage"], rej["reason"]) == ("filter", "malformed")
-    assert rej["detail"] == "missing field(s): signature, tests, solution"
+    # The engine validates the reply against the template's schema (after a repair retry)
+    assert (rej["stage"], rej["reason"]) == ("generate", "malformed")
+    assert "'signature' is a required property" in rej["detail"]
+    assert "repair retry" in rej["detail"]
     rows = rows_for(tset, tmp_path, "not json at all", template="exercise_quantitative")
     rej = only_rejection(rows)
     assert (rej["stage"], rej["reason"]) == ("generate", "malformed")
@@ -263,7 +270,7 @@ def test_exercises_pass_with_a_per_kind_minimum(tset, tmp_path: Path) -> None:
 
 def test_every_input_row_is_kept_or_rejected(tset, tmp_path: Path) -> None:
     replies = iter([GOOD, LOOP, FRENCH])
-    rows = rows_for(tset, tmp_path, lambda r: next(replies), n=3)
+    rows = rows_for(tset, tmp_path, lambda body: next(replies), n=3)
     kept, rejected = run(rows)
     assert len(kept) + len(rejected) == 3
     assert rejection_counts(rejected) == {"filter/repetition": 1, "filter/wrong_language": 1}
@@ -278,36 +285,23 @@ def test_bad_refusal_pattern_is_a_config_error() -> None:
 # --------------------------------------------------------------------------- verification
 
 
-@dataclass
-class Verdict:
-    verified: bool | None
-    reason: str | None = None
-    detail: str | None = None
-
-
-def fake_verifier(doc, settings, *, llm=None) -> Verdict:
-    if doc["exercise_type"] == "conceptual":
-        return Verdict(None)
-    if "return a + b" in doc["structured"].get("solution", "") or doc["exercise_type"] != "code":
-        return Verdict(True)
-    return Verdict(False, "tests_failed", "assert add(1, 2) == 3 failed")
-
-
 def test_verification_marks_and_rejects(tset, tmp_path: Path) -> None:
+    """The real verifier runs each code exercise's tests in its sandbox: the right solution
+    passes, the wrong one fails its first assert; a conceptual one has nothing to run."""
     wrong = {**EXERCISES["code"], "solution": "def add(a, b):\n    return a - b"}
     rows = rows_for(tset, tmp_path, EXERCISES["code"], template="exercise_code")
     rows += rows_for(tset, tmp_path / "w", wrong, template="exercise_code")
     rows += rows_for(tset, tmp_path, EXERCISES["conceptual"], template="exercise_conceptual")
     filters = FilterSettings(min_tokens=0)
-    kept, rejected = filter_documents(rows, filters, VerifySettings(), verifier=fake_verifier)
+    kept, rejected = filter_documents(rows, filters, VerifySettings())
     assert [d["verified"] for d in kept] == [True, None]
     (rej,) = rejected
     assert (rej["stage"], rej["reason"]) == ("verify", "tests_failed")
-    assert rej["detail"] == "assert add(1, 2) == 3 failed"
+    assert "assert add(1, 2) == 3" in rej["detail"] and "AssertionError" in rej["detail"]
     assert rej["verified"] is False
     keep_all = VerifySettings(drop_unverified=False)
-    kept, rejected = filter_documents(rows, filters, keep_all, verifier=fake_verifier)
+    kept, rejected = filter_documents(rows, filters, keep_all)
     assert rejected == [] and [d["verified"] for d in kept] == [True, False, None]
     off = VerifySettings(enabled=False)
-    kept, _ = filter_documents(rows, filters, off, verifier=fake_verifier)
+    kept, _ = filter_documents(rows, filters, off)
     assert [d["verified"] for d in kept] == [None, None, None]

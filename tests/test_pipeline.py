@@ -20,7 +20,7 @@ from builder.config import load_config
 from builder.errors import BudgetExceeded
 from builder.pipeline import BuildSummary, build, plan
 from tests.support.fake_openai_server import FakeOpenAIServer
-from tests.test_pipeline_helpers import BENCH_ITEM, DUP_TEXT, corpus, make_project, responder
+from tests.support.project import BENCH_ITEM, DUP_TEXT, corpus, make_project, responder
 
 API_KEY = "sk-test-Zq8vK3pL0wXy7Rt5Nm2Bc4Df6Gh9Jk1"
 KEY_ENV = "CORPUS_PIPELINE_TEST_KEY"
@@ -317,44 +317,36 @@ def test_budget_cap_stops_and_rerun_resumes(tmp_path: Path) -> None:
         assert summary.total_cost > summary.cost
 
 
-def test_build_with_scripted_llm_and_no_benchmarks(tmp_path: Path) -> None:
-    """The library entry point takes any LLM (here the in-process fake) and a config that
-    disables decontamination and dedup; the corpus is still assembled."""
-    from builder.llm.fake import ScriptedLLM
-    from builder.records import ChatRequest
+def test_build_with_a_caller_engine_and_no_benchmarks(tmp_path: Path) -> None:
+    """The library entry point takes the caller's LLM (here an engine opened on the fake
+    server with another model name) and a config that disables decontamination and dedup;
+    the corpus is still assembled, every document from the caller's engine."""
+    from builder.llm import open_engine
 
-    def reply(request: ChatRequest) -> Any:
-        body = {
-            "messages": list(request.messages),
-            "seed": request.params.get("seed"),
-            "response_format": (
-                {"type": "json_schema", "json_schema": {"schema": request.schema}}
-                if request.schema
-                else None
-            ),
-        }
-        out = responder(body)
-        return getattr(out, "content", out)
-
-    config_path = make_project(
-        tmp_path / "p",
-        "http://127.0.0.1:9/v1",
-        {
-            "syllabus": {"generate_missing": False},
-            "walk": {"subtree": ["programming"]},
-            "generate": {"documents_per_unit": 2, "evolve": False},
-            "dedup": {"enabled": False},
-            "decontam": {"benchmarks": [], "enabled": False},
-        },
-    )
-    llm = ScriptedLLM(reply, model_name="scripted-model")
-    summary = build(_load(config_path), llm=llm)
+    with FakeOpenAIServer(responder=responder) as server:
+        config_path = make_project(
+            tmp_path / "p",
+            server.base_url,
+            {
+                "syllabus": {"generate_missing": False},
+                "walk": {"subtree": ["programming"]},
+                "generate": {"documents_per_unit": 2, "evolve": False},
+                "dedup": {"enabled": False},
+                "decontam": {"benchmarks": [], "enabled": False},
+            },
+        )
+        cfg = _load(config_path)
+        settings = cfg.llm.model_copy(update={"model": "caller-model"})
+        with open_engine(settings, cache_dir=tmp_path / "cache", progress=False) as engine:
+            summary = build(cfg, llm=engine)
+        sent = server.count("chat")
+        models = {body["model"] for body in server.requests}
     docs = corpus(summary.run_dir)
     assert docs.height == summary.documents > 0
-    assert set(docs["model"]) == {"scripted-model"}
+    assert set(docs["model"]) == {"caller-model"} and models == {"caller-model"}
     assert set(docs["subject"]) == {"programming"}
     assert not (tmp_path / "p" / "taxonomy" / "computing" / "syllabi").exists()
-    assert len(llm.calls) == summary.requests_sent
+    assert sent == summary.requests_sent
 
 
 @pytest.mark.integration
@@ -389,19 +381,19 @@ def test_build_on_the_embedded_model(tmp_path: Path) -> None:
 
 
 def test_a_build_whose_documents_are_all_rejected_is_still_a_valid_run(tmp_path: Path) -> None:
-    from builder.llm.fake import ScriptedLLM
-
-    config_path = make_project(
-        tmp_path / "p",
-        "http://127.0.0.1:9/v1",
-        {
-            "syllabus": {"generate_missing": False},
-            "walk": {"subtree": ["fractions"], "limit": 1},
-            "generate": {"documents_per_unit": 1, "templates": ["section"]},
-            "filters": {"min_tokens": 100_000},
-        },
-    )
-    summary = build(_load(config_path), llm=ScriptedLLM(lambda r: "Too short to keep."))
+    with FakeOpenAIServer(responder=lambda body: "Too short to keep.") as server:
+        config_path = make_project(
+            tmp_path / "p",
+            server.base_url,
+            {
+                "syllabus": {"generate_missing": False},
+                "walk": {"subtree": ["fractions"], "limit": 1},
+                "generate": {"documents_per_unit": 1, "templates": ["section"]},
+                "filters": {"min_tokens": 100_000},
+            },
+        )
+        summary = build(_load(config_path), cache_dir=str(tmp_path / "cache"), progress=False)
+        assert server.count("chat") == summary.requests_sent == 1
     assert summary.documents == 0
     assert summary.rejected == {"filter/too_short": 1}
     assert verify_run(summary.run_dir) == []
@@ -413,14 +405,13 @@ def test_two_builds_of_one_run_cannot_overlap(tmp_path: Path) -> None:
     import fcntl
 
     from builder.errors import BuilderError
-    from builder.llm.fake import ScriptedLLM
 
-    config_path = make_project(tmp_path / "p", "http://127.0.0.1:9/v1")
-    work = tmp_path / "p" / "outputs" / "test" / "work"
-    work.mkdir(parents=True)
-    llm = ScriptedLLM([])
-    with open(work / ".build.lock", "a+b") as fh:  # as a running build holds it
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        with pytest.raises(BuilderError, match="another `corpus build` is building this run"):
-            build(_load(config_path), llm=llm)
-    assert llm.calls == []
+    with FakeOpenAIServer(responder=responder) as server:
+        config_path = make_project(tmp_path / "p", server.base_url)
+        work = tmp_path / "p" / "outputs" / "test" / "work"
+        work.mkdir(parents=True)
+        with open(work / ".build.lock", "a+b") as fh:  # as a running build holds it
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            with pytest.raises(BuilderError, match="another `corpus build` is building this run"):
+                build(_load(config_path), cache_dir=str(tmp_path / "cache"), progress=False)
+        assert server.count("all") == 0  # refused before asking the server anything

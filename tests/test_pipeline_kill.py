@@ -25,7 +25,7 @@ import pytest
 
 from builder.assemble import verify_run
 from tests.support.fake_openai_server import FakeOpenAIServer
-from tests.test_pipeline_helpers import ROOT, ids_and_texts, make_project, responder
+from tests.support.project import ROOT, ids_and_texts, make_project, responder
 
 OVERRIDES: dict[str, dict[str, Any]] = {
     "llm": {"max_concurrency": 2},

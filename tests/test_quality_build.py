@@ -12,7 +12,7 @@ import pytest
 
 from builder.cli import main
 from tests.support.fake_openai_server import FakeOpenAIServer
-from tests.test_pipeline_helpers import make_project
+from tests.support.project import make_project
 
 VARIABLES = (
     "A variable is a name that refers to a value. In Python you create one with an "

@@ -26,7 +26,7 @@ from builder.config import load_config
 from builder.run.build import run_stages
 from builder.stages import build_stages
 from tests.support.fake_openai_server import FakeOpenAIServer
-from tests.test_pipeline_helpers import ROOT, make_project, responder
+from tests.support.project import ROOT, make_project, responder
 
 NODE_IP = "127.0.0.2"
 MB = 2**20

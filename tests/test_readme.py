@@ -89,7 +89,7 @@ def test_walker_snippet(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_corpus_reading_snippet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.test_pipeline_helpers import make_project, responder
+    from tests.support.project import make_project, responder
 
     (snippet,) = [b for b in _blocks("python") if "read_parquet" in b]
     run = re.search(r"outputs/(\w+)/", snippet).group(1)  # type: ignore[union-attr]

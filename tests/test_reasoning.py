@@ -19,7 +19,7 @@ from builder.reasoning import message_text, split_reasoning
 from builder.records import ChatRequest
 from builder.settings.llm import LLMSettings
 from tests.support.fake_openai_server import FakeOpenAIServer, FakeReply
-from tests.test_pipeline_helpers import make_project, responder
+from tests.support.project import make_project, responder
 
 TRACE = "The user wants a sum. 2 + 2 is 5? No: 2 + 2 = 4."
 SCHEMA = {

@@ -26,7 +26,7 @@ from builder.report import (
     write_report,
 )
 from builder.tokens import count_tokens
-from tests.test_assemble_data import (
+from tests.support.assemble_data import (
     EMPTY_TOPICS,
     STATS,
     make_config,

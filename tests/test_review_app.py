@@ -17,8 +17,8 @@ from builder.config import load_config
 from builder.review.app import TOKEN_COOKIE, ReviewSettings, create_app
 from builder.review.flags import load_flags
 from tests.support.fake_openai_server import FakeOpenAIServer
-from tests.test_pipeline_helpers import responder
-from tests.test_review_helpers import (  # noqa: F401  (fixtures)
+from tests.support.project import responder
+from tests.support.review import (  # noqa: F401  (fixtures)
     PROPOSED_COMMENT,
     ReviewProject,
     built_project_fixture,

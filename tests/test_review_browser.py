@@ -12,8 +12,8 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from builder.review.flags import load_flags
 from tests.support.fake_openai_server import FakeOpenAIServer
-from tests.test_pipeline_helpers import responder
-from tests.test_review_helpers import (  # noqa: F401  (fixtures)
+from tests.support.project import responder
+from tests.support.review import (  # noqa: F401  (fixtures)
     PROPOSED_COMMENT,
     ReviewProject,
     ReviewServer,

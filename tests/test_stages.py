@@ -1,7 +1,7 @@
 """The stage contract (builder.stages.base), its executor, and the one-stage commands.
 
 Builds run through the real engine against the loopback fake server (tests/support), on the
-small project of tests/test_pipeline_helpers.py.
+small project of tests/support/project.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from builder.stages import STAGES, Stage, build_stages
 from builder.stages.base import PartitionStage, RunContext
 from builder.util.partitions import list_parts
 from tests.support.fake_openai_server import FakeOpenAIServer
-from tests.test_pipeline_helpers import ids_and_texts, make_project, responder
+from tests.support.project import ids_and_texts, make_project, responder
 
 SMALL: dict[str, dict[str, Any]] = {
     "walk": {"subtree": ["algorithms", "arithmetic"]},

@@ -1,6 +1,6 @@
 """Shared pieces of the review app tests (no tests here): a built run to review.
 
-``built_project`` builds the pipeline tests' project (``tests.test_pipeline_helpers``) once
+``built_project`` builds the pipeline tests' project (``tests.support.project``) once
 per module through ``corpus build`` against the loopback fake OpenAI server, after adding a
 proposed node (with a curator's comment) to the taxonomy. The build also writes a proposed
 syllabus for ``programming``. Each test takes a private copy (``ReviewProject.copy``) so
@@ -21,9 +21,9 @@ import pytest
 
 from builder.cli import main
 from tests.support.fake_openai_server import FakeOpenAIServer
-from tests.test_pipeline_helpers import make_project, responder
+from tests.support.project import make_project, responder
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (tests/support/ -> root)
 PROPOSED_COMMENT = "# proposed by fake-model on 2026-12-01"
 PROPOSED_NODE = f"""\
       - id: graphs

@@ -1,41 +1,18 @@
 """Synthetic corpus rows and a small taxonomy for the assembly, card and report tests.
 
 Holds no tests itself; ``test_assemble.py``, ``test_card.py`` and ``test_report.py`` import it.
-The taxonomy object is duck-typed like ``builder.taxonomy.Taxonomy`` (iterable of nodes with
-id, name, parent, weight, status; ``tax[id]``), which is all the report and card use.
+The taxonomy is a real ``builder.taxonomy.Taxonomy``, loaded from YAML files written from TREE.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from builder.records import sha256_hex
-
-
-@dataclass(frozen=True)
-class FakeNode:
-    id: str
-    name: str
-    parent: str | None
-    weight: float = 1.0
-    status: str = "approved"
-
-
-class FakeTaxonomy:
-    def __init__(self, nodes: list[FakeNode]) -> None:
-        self._nodes = {n.id: n for n in nodes}
-
-    def __iter__(self):
-        return iter(self._nodes.values())
-
-    def __getitem__(self, node_id: str) -> FakeNode:
-        return self._nodes[node_id]
-
-    def __len__(self) -> int:
-        return len(self._nodes)
-
+from builder.taxonomy import Taxonomy, load_taxonomy
 
 TREE: dict[str, tuple[str, dict[str, tuple[str, list[tuple[str, str]]]]]] = {
     "mathematics": (
@@ -110,17 +87,43 @@ WORDS = (
 ).split()
 
 
-def taxonomy(weights: dict[str, float] | None = None) -> FakeTaxonomy:
+def taxonomy_yaml(weights: dict[str, float] | None = None) -> dict[str, str]:
+    """TREE as taxonomy files (discipline id -> YAML), with ``weights`` per node id and a
+    proposed subject (``quantum``) under physics."""
     weights = weights or {}
-    nodes = []
+
+    def weight(node_id: str) -> str:
+        return f", weight: {weights[node_id]}" if node_id in weights else ""
+
+    files = {}
     for d, (dname, subjects) in TREE.items():
-        nodes.append(FakeNode(d, dname, None, weights.get(d, 1.0)))
-        for s, (sname, topics) in subjects.items():
-            nodes.append(FakeNode(s, sname, d, weights.get(s, 1.0)))
-            for t, tname in topics:
-                nodes.append(FakeNode(t, tname, s, weights.get(t, 1.0)))
-    nodes.append(FakeNode("quantum", "Quantum mechanics", "physics", status="proposed"))
-    return FakeTaxonomy(nodes)
+        lines = [f"id: {d}", f"name: {dname}", "level: discipline"]
+        if d in weights:
+            lines.append(f"weight: {weights[d]}")
+        lines.append("children:")
+        for sid, (sname, topic_list) in subjects.items():
+            lines.append(
+                f"  - {{id: {sid}, name: {sname}, level: subject{weight(sid)}, children: ["
+            )
+            for t, tname in topic_list:
+                lines.append(f'      {{id: {t}, name: "{tname}", level: topic{weight(t)}}},')
+            lines.append("    ]}")
+        if d == "physics":
+            lines += [
+                "  - {id: quantum, name: Quantum mechanics, level: subject, status: proposed,",
+                "     children: [{id: qubits, name: Qubits, level: topic}]}",
+            ]
+        files[d] = "\n".join(lines) + "\n"
+    return files
+
+
+def taxonomy(weights: dict[str, float] | None = None) -> Taxonomy:
+    """The real ``Taxonomy`` of TREE, written as YAML and loaded with ``load_taxonomy``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name, text in taxonomy_yaml(weights).items():
+            (root / f"{name}.yaml").write_text(text, encoding="utf-8")
+        return load_taxonomy(root)
 
 
 def topics() -> list[tuple[str, str, str]]:

@@ -27,7 +27,7 @@ import polars as pl
 
 from tests.support.fake_openai_server import FakeReply
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (tests/support/ -> root)
 
 BENCH_ITEM = (
     "Given a sorted list of numbers and a target value, describe how binary search finds the "
