@@ -32,24 +32,10 @@ from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any
 
-from builder.records import DOCUMENT_COLUMNS, REJECTION_COLUMNS
+from builder.records import DOCUMENT_COLUMNS, EXTRA_COLUMNS, REJECTION_COLUMNS
 from builder.settings.filters import FilterSettings, VerifySettings
 from builder.templates import structured_field, structured_problem
 
-#: Row fields kept in documents after the DESIGN.md columns (provenance and verification).
-EXTRA_COLUMNS: tuple[str, ...] = (
-    "exercise_type",
-    "structured",
-    "unit_id",
-    "request_id",
-    "sample_index",
-    "parent_id",
-    "evolution_step",
-    "evolution",
-    "source_template",
-    "reasoning",  # a reasoning model's trace, apart from text/structured (builder.reasoning)
-    "reasoning_tokens",
-)
 #: Extra fields of rejected rows (what the generation stage knew about the failure).
 REJECTED_EXTRA_COLUMNS: tuple[str, ...] = ("status", "error")
 
