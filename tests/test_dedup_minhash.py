@@ -70,8 +70,8 @@ def test_signatures_equal_datasketch_with_custom_hashfunc():
         np.testing.assert_array_equal(ref.digest(), row)
 
 
-@pytest.mark.skipif(not HAS_SCHEME, reason="datasketch < 2.0 has no affine32 scheme")
 def test_our_signatures_can_be_queried_with_datasketch_lsh():
+    assert HAS_SCHEME, "datasketch < 2.0 has no affine32 scheme: make test installs the lock"
     base = " ".join(f"w{i}" for i in range(200))
     near = base.replace("w50 ", "x50 ")
     other = " ".join(f"z{i}" for i in range(200))

