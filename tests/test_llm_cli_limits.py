@@ -84,12 +84,17 @@ def test_a_concurrency_limit_is_found_and_held(tmp_path):
 def test_sporadic_429s_do_not_collapse_the_window(tmp_path):
     faults = sporadic_429(0.1, retry_after=0.05, seed=1)
     with FakeOpenAIServer(faults=faults, latency=0.05) as srv:
-        result, ids, lines = run_cli(tmp_path, srv, 400, "max_concurrency = 32\n")
+        # 1,200 requests: enough round trips that a ramp stopped early by an unlucky step
+        # (a slow CPU reads its answers late) has probed back up before the run ends
+        result, ids, lines = run_cli(tmp_path, srv, 1200, "max_concurrency = 32\n")
         assert result.returncode == 0, result.stderr
         assert sorted(x["custom_id"] for x in lines) == sorted(ids)
         window, refused = progress_of(result.stderr)
-        assert refused == srv.count("429") >= 20
-        assert window >= 24  # 10% of answers were 429, the window stayed near 32
+        assert refused == srv.count("429") >= 60
+        # 10% of answers were 429 and the window stays in the upper half of 32 (a real limit
+        # of 4 holds it at 8 or less, above); the controller's exact path under sporadic
+        # 429s is pinned on a simulated clock in test_llm_control.py
+        assert window >= 16
 
 
 def test_configured_requests_per_minute_sends_no_429(tmp_path):
