@@ -15,7 +15,7 @@ import pytest
 
 from builder.cli import main
 from tests.support.fake_openai_server import FakeOpenAIServer
-from tests.support.project import make_project, responder
+from tests.support.project import judging_responder, make_project, responder
 
 SMALL = {
     "walk": {"subtree": ["arithmetic"], "limit": 2},
@@ -24,22 +24,6 @@ SMALL = {
     "filters": {"min_edu_score": 3},
     "dedup": {"semantic": True, "semantic_threshold": 0.97},
 }
-
-
-def judging_responder(body: dict[str, Any]) -> Any:
-    """Teacher replies from the pipeline helpers; judge replies: 4 for sections, 1 for
-    exercises, and a broken score for the young learners' exercise (to see a failure recorded)."""
-    rf = body.get("response_format") or {}
-    schema = (rf.get("json_schema") or {}).get("schema") or rf.get("schema") or {}
-    if "score" not in schema.get("properties", {}):
-        return responder(body)
-    # the whole conversation: the engine's repair retry adds a user message after the first
-    user = "\n".join(m["content"] for m in body["messages"] if m["role"] == "user")
-    if "Below is an exercise" in user:
-        if "for young_learners" in user:
-            return json.dumps({"score": 9, "rationale": "out of range"})
-        return json.dumps({"score": 1, "rationale": "A bare drill with no explanation."})
-    return json.dumps({"score": 4, "rationale": "Clear, correct and well built."})
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -254,3 +238,50 @@ def test_plan_prices_a_separate_judge_endpoint(tmp_path: Path, capsys) -> None:
     assert code == 0, err
     row = {r["discipline"]: r for r in json.loads(out)["per_discipline"]}["(judge)"]
     assert row["cost_usd"] == pytest.approx(row["input_tokens"] * 100.0 / 1e6, rel=1e-3)
+
+
+def test_a_judge_on_its_own_endpoint_is_metered_and_capped_with_the_build(
+    tmp_path: Path, capsys
+) -> None:
+    """``[judge] base_url``: the judge's requests go to its own server, count in the build's
+    ledger and stop at the build's ``--max-cost`` like the teacher's; a rerun resumes."""
+    no_judge = {**SMALL, "judge": {"enabled": False}, "filters": {}}
+    with (
+        FakeOpenAIServer(responder=responder) as teacher,
+        FakeOpenAIServer(responder=judging_responder) as judge_srv,
+    ):
+        config = make_project(tmp_path / "p", teacher.base_url, no_judge)
+        code, _, err = run_cli(capsys, "build", "--config", str(config), "--no-progress")
+        assert code == 0, err
+        taught = teacher.count("chat")
+        ledger = tmp_path / "outputs" / "test" / "work" / "ledger.json"
+        assert json.loads(ledger.read_text())["requests_sent"] == taught
+        judge = {"enabled": True, "base_url": judge_srv.base_url, "model": "judge-model"}
+        judged = {
+            **SMALL,
+            "judge": judge,
+            'llm.prices."judge-model"': {"input": 1.0, "output": 2.0},
+        }
+        config = make_project(tmp_path / "p", teacher.base_url, judged)
+        # At the test prices a judge request costs ~$0.0007 and its worst case ~$0.0033:
+        # the cap lets one or two through.
+        code, _, err = run_cli(
+            capsys, "build", "--config", str(config), "--no-progress", "--max-cost", "0.0036"
+        )
+        assert code == 3 and "--max-cost $0.0036 reached" in err and "Traceback" not in err
+        capped = judge_srv.count("chat")
+        assert 0 < capped < 5, err
+        assert teacher.count("chat") == taught  # generation came from the cache
+        code, _, err = run_cli(capsys, "build", "--config", str(config), "--no-progress")
+        assert code == 0, err
+        assert judge_srv.count("chat") == 5 and teacher.count("chat") == taught
+        # the ledger counts requests (a repair retry is a second HTTP call of the same one)
+        asked = sum(
+            1 for b in judge_srv.requests if [m["role"] for m in b["messages"]].count("user") == 1
+        )
+        assert 0 < asked < 5
+        stats = json.loads(ledger.read_text())
+        assert stats["requests_sent"] == taught + asked  # the judge's requests are the build's
+        assert stats["cost_usd"] > 0.0036
+    docs = pl.read_parquet(tmp_path / "outputs" / "test" / "documents" / "*.parquet")
+    assert set(docs["judge_model"].drop_nulls()) == {"judge-model"}

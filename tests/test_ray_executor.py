@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 
 from builder.cli import main
@@ -26,7 +27,7 @@ from builder.config import load_config
 from builder.run.build import run_stages
 from builder.stages import build_stages
 from tests.support.fake_openai_server import FakeOpenAIServer
-from tests.support.project import ROOT, make_project, responder
+from tests.support.project import ROOT, judging_responder, make_project, responder
 
 NODE_IP = "127.0.0.2"
 MB = 2**20
@@ -269,6 +270,38 @@ def test_a_worker_node_removed_mid_stage_still_yields_the_same_corpus(
     counters = _filter_counters(run)
     assert counters["partitions_run"] >= 6
     cluster.add_node(num_cpus=1, node_ip_address=NODE_IP, object_store_memory=200 * MB)
+
+
+def test_a_judge_on_its_own_endpoint_is_reached_through_the_driver(
+    cluster: Any, generated: Path, place: Path, clean_env: None
+) -> None:
+    """The quality stage's judge with its own endpoint, on Ray: the workers' judge requests
+    are answered by the driver's judge engine (one window, cache and meter for the cluster),
+    so they reach the judge server and count in the build's ledger."""
+    config = _copy(generated, place)
+    with FakeOpenAIServer(responder=judging_responder) as judge_srv:
+        text = config.read_text(encoding="utf-8") + (
+            f'\n[judge]\nenabled = true\nbase_url = "{judge_srv.base_url}"\nmodel = "judge-model"\n'
+        )
+        config.write_text(text, encoding="utf-8")
+        code = _cli(
+            "build", "--config", str(config), "--no-progress",
+            "--executor", "ray", "--ray-address", cluster.address,
+        )  # fmt: skip
+        assert code == 0
+        # the judge's requests, without the repair retries (a second call of the same one)
+        asked = sum(
+            1 for b in judge_srv.requests if [m["role"] for m in b["messages"]].count("user") == 1
+        )
+    run = config.parent / "outputs" / "r"
+    docs = pl.read_parquet(run / "documents" / "*.parquet")
+    assert set(docs["judge_model"].drop_nulls()) == {"judge-model"}
+    counters = json.loads((run / "work" / "_done" / "quality.json").read_text())["counters"]
+    # every document the quality stage saw was judged once, by the judge's server
+    assert asked == counters["stats"]["judge"]["documents"] >= docs.height > 0
+    assert counters["partitions_run"] >= 2  # several Ray tasks asked the judge
+    sent = json.loads((run / "work" / "ledger.json").read_text())["requests_sent"]
+    assert sent >= asked  # the build's meter counted the judge's requests too
 
 
 def test_the_local_executor_never_imports_ray(generated: Path, place: Path) -> None:

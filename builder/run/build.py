@@ -149,6 +149,19 @@ def open_context(
         return MeteredLLM(engine, max_cost, on_progress=lambda: flush_ledger(ctx))
 
     ctx.open_llm = open_llm
+    from builder.quality.hooks import judge_llm_settings
+
+    judge_settings = judge_llm_settings(config)
+    if judge_settings is not None:
+
+        def open_judge() -> MeteredLLM:
+            from builder.llm import open_engine, resolve_cache_dir
+
+            directory = resolve_cache_dir(cache_dir, config.llm, root=config.root)
+            judge = open_engine(judge_settings, cache_dir=directory, progress=False)
+            return ctx.llm().share(stack.enter_context(judge))
+
+        ctx.open_judge = open_judge
     return ctx
 
 

@@ -79,6 +79,14 @@ class MeteredLLM:
         self.cost = 0.0
         self._on_progress = on_progress
         self._last_flush = time.monotonic()
+        self._root: MeteredLLM | None = None
+
+    def share(self, inner: LLM) -> MeteredLLM:
+        """This meter and cap in front of another engine (the judge's own endpoint): its
+        requests, cache hits and spend count in this build's totals and ``--max-cost``."""
+        other = MeteredLLM(inner, on_progress=self._on_progress)
+        other._root = self._root or self
+        return other
 
     @property
     def model_name(self) -> str:
@@ -89,6 +97,8 @@ class MeteredLLM:
 
     def remaining(self) -> float | None:
         """USD this build may still spend (None: no cap)."""
+        if self._root is not None:
+            return self._root.remaining()
         if self.max_cost is None:
             return None
         return max(0.0, self.max_cost - self.cost)
@@ -96,11 +106,12 @@ class MeteredLLM:
     def _count(self, result: ChatResult) -> None:
         if result.status == "skipped":
             return
-        if result.cached:
-            self.cached += 1
-        else:
-            self.sent += 1
-            self.cost += result.cost or 0.0
+        for meter in (self, self._root) if self._root is not None else (self,):
+            if result.cached:
+                meter.cached += 1
+            else:
+                meter.sent += 1
+                meter.cost += result.cost or 0.0
         now = time.monotonic()
         if self._on_progress is not None and now - self._last_flush >= LEDGER_FLUSH_S:
             self._last_flush = now

@@ -138,17 +138,17 @@ class _Broker:
         self._queue: asyncio.Queue[tuple[str, list[Any]]] = asyncio.Queue()
         self._waiting: dict[str, Any] = {}
 
-    async def call(self, requests: list[Any]) -> list[Any]:
+    async def call(self, requests: list[Any], endpoint: str = "llm") -> list[Any]:
         import asyncio
         import uuid
 
         key = uuid.uuid4().hex
         future = asyncio.get_running_loop().create_future()
         self._waiting[key] = future
-        await self._queue.put((key, requests))
+        await self._queue.put((key, endpoint, requests))
         return await future
 
-    async def next_call(self) -> tuple[str, list[Any]]:
+    async def next_call(self) -> tuple[str, str, list[Any]]:
         return await self._queue.get()
 
     async def answer(self, key: str, results: list[Any]) -> None:
@@ -158,19 +158,22 @@ class _Broker:
 
 
 class BrokerLLM:
-    """What ``ctx.llm()`` is inside a Ray task: the driver's engine, reached through the
-    broker actor (``run`` and ``complete`` as ``builder.llm.base.LLM``)."""
+    """What ``ctx.llm()`` (``endpoint`` "llm") or ``ctx.judge_llm()`` ("judge") is inside a
+    Ray task: the driver's engine for that endpoint, reached through the broker actor
+    (``run`` and ``complete`` as ``builder.llm.base.LLM``). The driver's engines keep one
+    concurrency window, cache and ``--max-cost`` meter per endpoint for the whole cluster."""
 
-    def __init__(self, broker: Any, model_name: str) -> None:
+    def __init__(self, broker: Any, model_name: str, endpoint: str = "llm") -> None:
         self.broker = broker
         self.model_name = model_name
+        self.endpoint = endpoint
 
     def run(self, requests: Iterable[ChatRequest], **_: Any) -> Iterator[ChatResult]:
         import ray
 
         batch = list(requests)
         if batch:
-            yield from ray.get(self.broker.call.remote(batch))
+            yield from ray.get(self.broker.call.remote(batch, self.endpoint))
 
     def complete(self, request: ChatRequest) -> ChatResult:
         return next(iter(self.run([request])))
@@ -213,6 +216,9 @@ def _worker_context(ctx: RunContext, broker: Any) -> RunContext:
         meter = ctx.llm_opened
         name = meter.model_name if meter is not None else ctx.config.llm.model
         remote.open_llm = functools.partial(BrokerLLM, broker, name)  # type: ignore[assignment]
+        if ctx.open_judge is not None:
+            judge = ctx.config.judge.model
+            remote.open_judge = functools.partial(BrokerLLM, broker, judge, "judge")  # type: ignore[assignment]
     return remote
 
 
@@ -273,8 +279,9 @@ class RayExecutor(LocalExecutor):
                 ready, _ = ray.wait(waiting, num_returns=1)
                 ref = ready[0]
                 if serving is not None and ref == serving:
-                    key, requests = ray.get(ref)
-                    results = list(ctx.llm().run(requests))
+                    key, endpoint, requests = ray.get(ref)
+                    engine = ctx.judge_llm() if endpoint == "judge" else ctx.llm()
+                    results = list(engine.run(requests))
                     broker.answer.remote(key, results)
                     serving = broker.next_call.remote()
                     continue

@@ -55,7 +55,8 @@ class RunContext:
     """What a stage gets: the config, the run directory, its markers, a log, the model.
 
     ``llm()`` opens the configured engine on first use (wrapped in the build's metered,
-    budget-capped ``MeteredLLM``); stages that never call it never start a model server.
+    budget-capped ``MeteredLLM``; ``judge_llm()`` likewise for the judge's own endpoint);
+    stages that never call them never start a model server.
     ``taxonomy()`` loads the taxonomy once per build; a stage that writes taxonomy files
     (syllabi) calls ``reload_taxonomy()``. ``did_work`` turns true when a stage recomputed
     something; ``seconds`` and ``counters`` collect this call's figures per stage.
@@ -65,6 +66,8 @@ class RunContext:
     paths: RunDir
     log: Log = _noop
     open_llm: Callable[[], MeteredLLM] | None = None
+    #: The judge's own endpoint (``[judge] base_url``); None: the judge uses ``llm()``.
+    open_judge: Callable[[], MeteredLLM] | None = None
     ledger: Ledger | None = None
     #: Maps partitioned stages (``LocalExecutor`` or ``RayExecutor``; None: local).
     executor: Any = None
@@ -72,6 +75,7 @@ class RunContext:
     seconds: dict[str, float] = field(default_factory=dict)
     counters: dict[str, dict[str, Any]] = field(default_factory=dict)
     _llm: MeteredLLM | None = None
+    _judge: MeteredLLM | None = None
     _taxonomy: Taxonomy | None = None
 
     @property
@@ -84,6 +88,15 @@ class RunContext:
                 raise RuntimeError("this run context has no model (open_llm not given)")
             self._llm = self.open_llm()
         return self._llm
+
+    def judge_llm(self) -> MeteredLLM:
+        """The educational-value judge's model: its own endpoint when ``[judge]`` names one
+        (opened on first use, metered and capped with the build's ``llm()``), else ``llm()``."""
+        if self.open_judge is None:
+            return self.llm()
+        if self._judge is None:
+            self._judge = self.open_judge()
+        return self._judge
 
     @property
     def llm_opened(self) -> MeteredLLM | None:

@@ -48,7 +48,6 @@ class QualityStage(PartitionStage):
 
     def __init__(self) -> None:
         self._embedder: Any = None
-        self._judge_engine: Any = None
         self._queries: dict[str, str] | None = None
         self._units: dict[str, Any] | None = None
         self._stats: dict[str, Any] = {}
@@ -113,14 +112,9 @@ class QualityStage(PartitionStage):
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         self._stats = self._fresh_stats()
-        self._embedder = self._judge_engine = None
+        self._embedder = None
         self._queries = self._units = None
-        try:
-            return super().run(ctx)
-        finally:
-            if self._judge_engine is not None:
-                self._judge_engine.close()
-                self._judge_engine = None
+        return super().run(ctx)
 
     def task_counters(self) -> dict[str, Any]:
         # Tallied by run_partition wherever the task ran (a Ray worker holds a copy).
@@ -203,19 +197,11 @@ class QualityStage(PartitionStage):
 
             if self._units is None:
                 self._load_units(ctx)
-            engine = self._judge(ctx)
-            meter = ctx.llm()
-            remaining = getattr(meter, "remaining", None)
+            # The build's meter and --max-cost cover the judge's own endpoint too (on Ray the
+            # driver's engines answer through the broker).
             docs, jstats = judge_frame(
-                docs,
-                engine,
-                self._template(ctx),
-                config.judge,
-                units=self._units,
-                max_cost=remaining() if remaining is not None else None,
+                docs, ctx.judge_llm(), self._template(ctx), config.judge, units=self._units
             )
-            if engine is not meter and hasattr(meter, "cost"):
-                meter.cost += jstats.cost  # the build's meter covers the judge's endpoint
             docs, low = split_low_value(docs, f.min_edu_score)
             self._stats["low_value"] += low.height
             judge = self._stats.setdefault("judge", {})
@@ -229,23 +215,6 @@ class QualityStage(PartitionStage):
         out["kept"] = _rows(docs)
         out["rejected"] = [r for frame in rejected if frame.height for r in _rows(frame)]
         return out
-
-    def _judge(self, ctx: RunContext) -> Any:
-        """The judge's own engine when ``[judge]`` names an endpoint, else the build's."""
-        from builder.quality.hooks import judge_llm_settings
-
-        settings = judge_llm_settings(ctx.config)
-        if settings is None:
-            return ctx.llm()
-        if self._judge_engine is None:
-            from builder.llm import open_engine, resolve_cache_dir
-
-            self._judge_engine = open_engine(
-                settings,
-                cache_dir=resolve_cache_dir(None, ctx.config.llm, root=ctx.config.root),
-                progress=False,
-            )
-        return self._judge_engine
 
     def finish(self, ctx: RunContext, counters: dict[str, Any]) -> None:
         # Summed over the partitions' task_counters (wherever each partition ran).

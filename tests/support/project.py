@@ -349,6 +349,22 @@ def responder(body: dict[str, Any]) -> Any:
 # --------------------------------------------------------------------------- reading runs
 
 
+def judging_responder(body: dict[str, Any]) -> Any:
+    """Teacher replies from the pipeline helpers; judge replies: 4 for sections, 1 for
+    exercises, and a broken score for the young learners' exercise (to see a failure recorded)."""
+    rf = body.get("response_format") or {}
+    schema = (rf.get("json_schema") or {}).get("schema") or rf.get("schema") or {}
+    if "score" not in schema.get("properties", {}):
+        return responder(body)
+    # the whole conversation: the engine's repair retry adds a user message after the first
+    user = "\n".join(m["content"] for m in body["messages"] if m["role"] == "user")
+    if "Below is an exercise" in user:
+        if "for young_learners" in user:
+            return json.dumps({"score": 9, "rationale": "out of range"})
+        return json.dumps({"score": 1, "rationale": "A bare drill with no explanation."})
+    return json.dumps({"score": 4, "rationale": "Clear, correct and well built."})
+
+
 def corpus(run_dir: Path) -> pl.DataFrame:
     """The documents of a finished run, sorted by id."""
     return pl.read_parquet(run_dir / "documents" / "*.parquet").sort("id")
