@@ -22,9 +22,11 @@ projects embeddings to 2-D (PCA by SVD) for the report's map. Pure functions; no
 from __future__ import annotations
 
 import hashlib
+import heapq
 import re
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -82,32 +84,42 @@ def distinct_n(texts: Sequence[str], n: int) -> float | None:
 
 def mean_similarity(x: np.ndarray) -> float | None:
     """Mean cosine over all pairs of distinct rows of unit vectors ``x`` (None: < 2 rows)."""
-    n = x.shape[0]
+    s = x.sum(axis=0, dtype=np.float64)
+    return _mean_similarity(s, float(np.einsum("ij,ij->", x, x, dtype=np.float64)), x.shape[0])
+
+
+def _mean_similarity(total: np.ndarray, self_sims: float, n: int) -> float | None:
+    """``mean_similarity`` from the sum of the rows and the sum of their squared norms."""
     if n < 2:
         return None
-    s = x.sum(axis=0, dtype=np.float64)
-    self_sims = float(np.einsum("ij,ij->", x, x, dtype=np.float64))
-    return round((float(s @ s) - self_sims) / (n * (n - 1)), 4)
+    return round((float(total @ total) - self_sims) / (n * (n - 1)), 4)
 
 
 def vendi_score(x: np.ndarray) -> float | None:
     """Vendi score of unit vectors ``x``: the effective number of distinct documents."""
-    n = x.shape[0]
+    xf = x.astype(np.float64)
+    return _vendi(xf.T @ xf, x.shape[0])
+
+
+def _vendi(gram: np.ndarray, n: int) -> float | None:
+    """``vendi_score`` from ``X^T X`` (d x d) of ``n`` rows."""
     if n == 0:
         return None
-    xf = x.astype(np.float64)
-    eig = np.linalg.eigvalsh(xf.T @ xf / n)
+    eig = np.linalg.eigvalsh(gram / n)
     eig = eig[eig > 1e-12]
     eig = eig / eig.sum()
     return round(float(np.exp(-(eig * np.log(eig)).sum())), 4)
 
 
+def _id_hash(doc_id: str) -> int:
+    """The deterministic sampling key of a document (smallest keys are sampled)."""
+    return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "big")
+
+
 def _sample(ids: list[str], limit: int) -> list[int]:
     if len(ids) <= limit:
         return list(range(len(ids)))
-    keyed = sorted(
-        range(len(ids)), key=lambda i: hashlib.blake2b(ids[i].encode(), digest_size=8).digest()
-    )
+    keyed = sorted(range(len(ids)), key=lambda i: _id_hash(ids[i]))
     return sorted(keyed[:limit])
 
 
@@ -161,24 +173,148 @@ def embedding_map(
     """2-D PCA coordinates (x, y) of at most ``limit`` documents with their label and id."""
     ids = list(ids)
     picked = np.array(_sample(ids, limit), dtype=np.int64)
-    if len(picked) == 0:
+    vectors = embeddings[picked] if len(picked) else np.zeros((0, 2))
+    return _project([ids[i] for i in picked], [str(labels[i]) for i in picked], vectors)
+
+
+def _project(ids: list[str], labels: list[str], vectors: np.ndarray) -> pl.DataFrame:
+    """The map's rows: ``ids`` with their labels and 2-D PCA coordinates of ``vectors``."""
+    if not ids:
         return pl.DataFrame(
             schema={"id": pl.String, "label": pl.String, "x": pl.Float32, "y": pl.Float32}
         )
-    x = embeddings[picked].astype(np.float64)
+    x = vectors.astype(np.float64)
     x = x - x.mean(axis=0)
-    if len(picked) >= 2:
+    if len(ids) >= 2:
         _, _, vt = np.linalg.svd(x, full_matrices=False)
         xy = x @ vt[:2].T
         if xy.shape[1] < 2:
-            xy = np.hstack([xy, np.zeros((len(picked), 1))])
+            xy = np.hstack([xy, np.zeros((len(ids), 1))])
     else:
         xy = np.zeros((1, 2))
     return pl.DataFrame(
         {
-            "id": [ids[i] for i in picked],
-            "label": [str(labels[i]) for i in picked],
+            "id": ids,
+            "label": labels,
             "x": xy[:, 0].astype(np.float32),
             "y": xy[:, 1].astype(np.float32),
         }
     )
+
+
+@dataclass
+class _NodeSums:
+    """What one node's metrics need, summed over the batches seen so far."""
+
+    depth: int
+    docs: int = 0
+    total: np.ndarray | None = None  # sum of the unit vectors (float64)
+    self_sims: float = 0.0
+    gram: np.ndarray | None = None  # X^T X (d x d, float64)
+    # the ``sample`` documents with the smallest id keys: a max-heap of (-key, row, text)
+    sample: list[tuple[int, int, str]] = field(default_factory=list)
+
+
+class DiversityAccumulator:
+    """``node_diversity`` and ``embedding_map`` over a corpus read in batches, in any order.
+
+    Memory is bounded by the taxonomy, not the corpus: per node a count, an embedding sum,
+    a d x d Gram matrix and the ``sample`` texts with the smallest id keys; for the map the
+    ``map_limit`` vectors with the smallest keys. Every row carries its corpus row number
+    (``row_column``), so samples are put back in corpus order and the result equals
+    ``node_diversity(corpus, embeddings)`` / ``embedding_map(...)`` of the whole corpus (up
+    to float summation order). One batch without embeddings (None) turns the embedding
+    measures off, as a missing embedding does for the whole-corpus functions.
+    """
+
+    def __init__(self, *, sample: int = 500, min_docs: int = 2, map_limit: int = 5000) -> None:
+        self.sample = sample
+        self.min_docs = min_docs
+        self.map_limit = map_limit
+        self.embedded = True
+        self._nodes: dict[str, _NodeSums] = {}
+        self._map: list[tuple[int, int, str, str, np.ndarray]] = []  # max-heap by -key
+
+    def add(
+        self,
+        frame: pl.DataFrame,
+        embeddings: np.ndarray | None,
+        *,
+        row_column: str = "_row",
+        label_column: str = "discipline",
+    ) -> None:
+        """Count one batch: ``frame`` has ``id``, ``text``, ``taxonomy_path``, the corpus
+        row number and (for the map) a label column; ``embeddings`` rows follow it."""
+        if frame.height == 0:
+            return
+        if embeddings is None:
+            self.embedded = False
+            self._map.clear()
+        ids = frame["id"].cast(pl.String).to_list()
+        keys = [_id_hash(i) for i in ids]
+        rows = frame[row_column].to_list()
+        texts = frame["text"].fill_null("").to_list()
+        base = frame.select(
+            *([pl.col("taxonomy_path")] if "taxonomy_path" in frame.columns else [])
+        ).with_row_index("_i")
+        expanded = expand_nodes(base).select("node", "depth", "_i")
+        for (node, depth), group in expanded.group_by(["node", "depth"], maintain_order=True):
+            idx = group["_i"].to_numpy()
+            sums = self._nodes.get(node)
+            if sums is None:
+                sums = self._nodes[node] = _NodeSums(int(depth))
+            sums.docs += len(idx)
+            for i in idx.tolist():
+                _keep_smallest(sums.sample, (-keys[i], rows[i], texts[i]), self.sample)
+            if self.embedded and embeddings is not None:
+                x = embeddings[idx].astype(np.float64)
+                total, gram = x.sum(axis=0), x.T @ x
+                sums.total = total if sums.total is None else sums.total + total
+                sums.gram = gram if sums.gram is None else sums.gram + gram
+                sums.self_sims += float(np.einsum("ij,ij->", x, x))
+        if self.embedded and embeddings is not None:
+            labels = (
+                frame[label_column].fill_null("?").cast(pl.String).to_list()
+                if label_column in frame.columns
+                else ["?"] * frame.height
+            )
+            for i in range(frame.height):
+                # a copy: a view would keep the whole batch's matrix alive
+                item = (-keys[i], rows[i], ids[i], labels[i], embeddings[i].copy())
+                _keep_smallest(self._map, item, self.map_limit)
+
+    def nodes(self) -> pl.DataFrame:
+        """``METRIC_COLUMNS`` per node, as ``node_diversity`` returns them."""
+        out = []
+        for node, sums in self._nodes.items():
+            if sums.docs < self.min_docs and node != ALL_NODE:
+                continue
+            some = [text for _, _, text in sorted(sums.sample, key=lambda item: item[1])]
+            metrics: dict = {"docs": sums.docs, "compression_ratio": compression_ratio(some)}
+            word_ids = _word_ids(some, {})
+            for n in NGRAMS:
+                metrics[f"distinct_{n}"] = _distinct(word_ids, n)
+            embedded = self.embedded and sums.total is not None and sums.gram is not None
+            metrics["mean_similarity"] = (
+                _mean_similarity(sums.total, sums.self_sims, sums.docs) if embedded else None
+            )
+            metrics["vendi"] = _vendi(sums.gram, sums.docs) if embedded else None
+            out.append({"node": node, "depth": sums.depth, **metrics})
+        schema = {"node": pl.String, "depth": pl.Int32, "docs": pl.Int64}
+        schema.update({c: pl.Float64 for c in METRIC_COLUMNS if c != "docs"})
+        return pl.DataFrame(out, schema=schema).sort("depth", "node")
+
+    def map(self) -> pl.DataFrame:
+        """The embedding map, as ``embedding_map`` returns it (empty without embeddings)."""
+        picked = sorted(self._map, key=lambda item: item[1]) if self.embedded else []
+        vectors = np.stack([item[4] for item in picked]) if picked else np.zeros((0, 2))
+        return _project([item[2] for item in picked], [item[3] for item in picked], vectors)
+
+
+def _keep_smallest(heap: list, item: tuple, limit: int) -> None:
+    """Keep in ``heap`` (a max-heap of items whose first field is minus the key) the
+    ``limit`` items with the smallest keys."""
+    if len(heap) < limit:
+        heapq.heappush(heap, item)
+    elif item[0] > heap[0][0]:
+        heapq.heapreplace(heap, item)

@@ -244,7 +244,9 @@ def load_embeddings(ctx: RunContext, ids: list[str]) -> np.ndarray | None:
     found = pl.DataFrame({"id": ids}).join(table, on="id", how="left", maintain_order="left")
     if found["embedding"].null_count():
         return None
-    return np.asarray(found["embedding"].to_list(), dtype=np.float32)
+    from builder.quality.hooks import embedding_matrix
+
+    return embedding_matrix(found["embedding"])
 
 
 def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:

@@ -1,0 +1,133 @@
+"""The diversity summary streams the corpus: ``DiversityAccumulator`` over batches in any
+order equals ``node_diversity`` / ``embedding_map`` of the whole corpus, and
+``corpus_with_embeddings`` hands out bounded hash buckets that cover every row once."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from builder.config import CorpusConfig
+from builder.quality.hooks import corpus_with_embeddings, quality_summary
+from builder.quality.metrics import DiversityAccumulator, embedding_map, node_diversity
+from builder.run.paths import RunDir
+from builder.stages.base import RunContext
+from builder.stages.quality import EMBEDDINGS_SCHEMA
+from builder.util.partitions import part_name, write_table
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi".split()
+PATHS = ["math/algebra/groups", "math/algebra/rings", "math/calculus", "cs/algorithms", "cs"]
+
+
+def corpus(n: int, dim: int = 16, seed: int = 5) -> tuple[pl.DataFrame, np.ndarray]:
+    rng = random.Random(seed)
+    frame = pl.DataFrame(
+        {
+            "id": [f"doc-{i:05d}" for i in range(n)],
+            "text": [" ".join(rng.choices(WORDS, k=rng.randint(5, 40))) for _ in range(n)],
+            "taxonomy_path": [rng.choice(PATHS) for _ in range(n)],
+            "discipline": [None if i % 50 == 0 else "math" for i in range(n)],
+        }
+    )
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return frame, x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def assert_same_nodes(ours: pl.DataFrame, whole: pl.DataFrame) -> None:
+    assert ours.select("node", "depth", "docs").equals(whole.select("node", "depth", "docs"))
+    for column in ("compression_ratio", "distinct_1", "distinct_2", "distinct_3", "distinct_4"):
+        assert ours[column].to_list() == whole[column].to_list(), column
+    for column in ("mean_similarity", "vendi"):  # rounded to 4 places; summation order differs
+        a, b = ours[column].to_numpy(), whole[column].to_numpy()
+        assert np.array_equal(np.isnan(a), np.isnan(b)), column
+        assert a[~np.isnan(a)] == pytest.approx(b[~np.isnan(b)], abs=2e-4)
+
+
+def test_batches_in_any_order_give_the_whole_corpus_metrics() -> None:
+    frame, x = corpus(1200)
+    # a small sample (40 per node, 100 on the map) so that the samples really are chosen
+    whole = node_diversity(frame, x, sample=40)
+    whole_map = embedding_map(
+        x, frame["discipline"].fill_null("?").to_list(), frame["id"], limit=100
+    )
+    acc = DiversityAccumulator(sample=40, map_limit=100)
+    rows = frame.with_row_index("_row")
+    order = list(range(0, 1200, 100))
+    random.Random(1).shuffle(order)
+    for start in order:
+        acc.add(rows.slice(start, 100), x[start : start + 100])
+    assert_same_nodes(acc.nodes(), whole)
+    ours_map = acc.map()
+    assert ours_map["id"].to_list() == whole_map["id"].to_list()
+    assert ours_map["label"].to_list() == whole_map["label"].to_list()
+    assert np.abs(ours_map["x"].to_numpy()) == pytest.approx(
+        np.abs(whole_map["x"].to_numpy()), abs=1e-4
+    )  # PCA's axes are defined up to sign
+
+
+def test_a_batch_without_embeddings_turns_the_embedding_measures_off() -> None:
+    frame, x = corpus(300)
+    acc = DiversityAccumulator()
+    rows = frame.with_row_index("_row")
+    acc.add(rows.slice(0, 200), x[:200])
+    acc.add(rows.slice(200, 100), None)
+    nodes = acc.nodes()
+    assert nodes["mean_similarity"].null_count() == nodes.height
+    assert acc.map().height == 0
+    assert_same_nodes(nodes, node_diversity(frame, None))
+
+
+def _run_dir(tmp_path: Path, frame: pl.DataFrame, x: np.ndarray) -> tuple[RunContext, Path]:
+    """A run directory with the clean corpus and the quality stage's embeddings (shuffled,
+    in several partitions, as the stage leaves them)."""
+    ctx = RunContext(config=CorpusConfig(), paths=RunDir(tmp_path / "run"))
+    clean = tmp_path / "clean.parquet"
+    frame.write_parquet(clean)
+    order = np.random.default_rng(3).permutation(frame.height)
+    emb_dir = ctx.paths.stage_dir("quality") / "embeddings"
+    for k, chunk in enumerate(np.array_split(order, 4)):
+        table = pa.table(
+            {
+                "id": frame["id"].gather(chunk).to_list(),
+                "embedding": [v.tolist() for v in x[chunk]],
+            },
+            schema=EMBEDDINGS_SCHEMA,
+        )
+        write_table(table, emb_dir / part_name(k))
+    return ctx, clean
+
+
+def test_buckets_are_bounded_and_cover_every_row_once(tmp_path: Path) -> None:
+    frame, x = corpus(2000)
+    ctx, clean = _run_dir(tmp_path, frame, x)
+    seen: list[int] = []
+    sizes = []
+    for docs, vectors in corpus_with_embeddings(ctx, clean, bucket_rows=250):
+        assert vectors is not None and vectors.shape == (docs.height, 16)
+        rows = docs["_row"].to_numpy()
+        assert (frame["id"].gather(rows) == docs["id"]).all()
+        assert np.array_equal(vectors, x[rows])  # each row with its own embedding
+        seen += rows.tolist()
+        sizes.append(docs.height)
+    assert sorted(seen) == list(range(2000))
+    assert len(sizes) == 8 and max(sizes) <= 2 * 250  # never the corpus at once
+    assert not (ctx.paths.work / "diversity" / "_buckets").exists()  # temporary files gone
+
+
+def test_the_summary_is_the_same_in_one_bucket_or_many(tmp_path: Path, monkeypatch) -> None:
+    frame, x = corpus(1500)
+    ctx, clean = _run_dir(tmp_path, frame, x)
+    import builder.quality.hooks as hooks
+
+    one = quality_summary(ctx, clean)
+    monkeypatch.setattr(hooks, "BUCKET_ROWS", 200)
+    many = quality_summary(ctx, clean)
+    assert one is not None and many is not None
+    assert_same_nodes(many.nodes, one.nodes)
+    assert many.map["id"].to_list() == one.map["id"].to_list()
+    assert_same_nodes(one.nodes, node_diversity(frame, x))
