@@ -13,8 +13,14 @@ import pyarrow as pa
 import pytest
 
 from builder.config import CorpusConfig
-from builder.quality.hooks import corpus_with_embeddings, quality_summary
+from builder.quality.buckets import (
+    DIVERSITY_COLUMNS,
+    EmbeddedCorpus,
+    streamed_semantic_clusters,
+)
+from builder.quality.hooks import quality_summary
 from builder.quality.metrics import DiversityAccumulator, embedding_map, node_diversity
+from builder.quality.semdedup import semantic_clusters
 from builder.run.paths import RunDir
 from builder.stages.base import RunContext
 from builder.stages.quality import EMBEDDINGS_SCHEMA
@@ -87,7 +93,7 @@ def _run_dir(tmp_path: Path, frame: pl.DataFrame, x: np.ndarray) -> tuple[RunCon
     in several partitions, as the stage leaves them)."""
     ctx = RunContext(config=CorpusConfig(), paths=RunDir(tmp_path / "run"))
     clean = tmp_path / "clean.parquet"
-    frame.write_parquet(clean)
+    frame.write_parquet(clean, row_group_size=10_000)
     order = np.random.default_rng(3).permutation(frame.height)
     emb_dir = ctx.paths.stage_dir("quality") / "embeddings"
     for k, chunk in enumerate(np.array_split(order, 4)):
@@ -107,14 +113,18 @@ def test_buckets_are_bounded_and_cover_every_row_once(tmp_path: Path) -> None:
     ctx, clean = _run_dir(tmp_path, frame, x)
     seen: list[int] = []
     sizes = []
-    for docs, vectors in corpus_with_embeddings(ctx, clean, bucket_rows=250):
-        assert vectors is not None and vectors.shape == (docs.height, 16)
-        rows = docs["_row"].to_numpy()
-        assert (frame["id"].gather(rows) == docs["id"]).all()
-        assert np.array_equal(vectors, x[rows])  # each row with its own embedding
-        seen += rows.tolist()
-        sizes.append(docs.height)
-    assert sorted(seen) == list(range(2000))
+    with EmbeddedCorpus(ctx, clean, DIVERSITY_COLUMNS, bucket_rows=250) as embedded:
+        for _ in range(2):  # iterable again (semantic dedup makes two passes)
+            seen.clear()
+            sizes.clear()
+            for docs, vectors in embedded:
+                assert vectors is not None and vectors.shape == (docs.height, 16)
+                rows = docs["_row"].to_numpy()
+                assert (frame["id"].gather(rows) == docs["id"]).all()
+                assert np.array_equal(vectors, x[rows])  # each row with its own embedding
+                seen += rows.tolist()
+                sizes.append(docs.height)
+            assert sorted(seen) == list(range(2000))
     assert len(sizes) == 8 and max(sizes) <= 2 * 250  # never the corpus at once
     assert not (ctx.paths.work / "diversity" / "_buckets").exists()  # temporary files gone
 
@@ -122,12 +132,69 @@ def test_buckets_are_bounded_and_cover_every_row_once(tmp_path: Path) -> None:
 def test_the_summary_is_the_same_in_one_bucket_or_many(tmp_path: Path, monkeypatch) -> None:
     frame, x = corpus(1500)
     ctx, clean = _run_dir(tmp_path, frame, x)
-    import builder.quality.hooks as hooks
+    import builder.quality.buckets as buckets
 
     one = quality_summary(ctx, clean)
-    monkeypatch.setattr(hooks, "BUCKET_ROWS", 200)
+    monkeypatch.setattr(buckets, "BUCKET_ROWS", 200)
     many = quality_summary(ctx, clean)
     assert one is not None and many is not None
     assert_same_nodes(many.nodes, one.nodes)
     assert many.map["id"].to_list() == one.map["id"].to_list()
     assert_same_nodes(one.nodes, node_diversity(frame, x))
+
+
+def _semantic_run(tmp_path: Path, n: int, pairs: int) -> tuple[RunContext, Path, list, np.ndarray]:
+    """A run directory whose survivors hold ``pairs`` planted near-duplicate pairs among
+    ``n`` random documents (the copy is slightly shorter: the original represents it)."""
+    frame, x = corpus(n, dim=32, seed=11)
+    rng = np.random.default_rng(4)
+    texts = frame["text"].to_list()
+    for p in range(pairs):
+        a, b = 2 * p, 2 * p + 1
+        noisy = x[a] + rng.normal(scale=0.01, size=x.shape[1])
+        x[b] = noisy / np.linalg.norm(noisy)
+        texts[b] = texts[a][:-1]
+    frame = frame.with_columns(pl.Series("text", texts), pl.lit(None, pl.Boolean).alias("verified"))
+    ctx, kept = _run_dir(tmp_path, frame, x)
+    return ctx, kept, frame["id"].to_list(), x
+
+
+def test_semantic_dedup_in_buckets_is_exactly_the_in_memory_result(tmp_path: Path) -> None:
+    ctx, kept, ids, x = _semantic_run(tmp_path, 1500, 20)
+    frame = pl.read_parquet(kept)
+    lengths = frame["text"].str.len_chars().to_numpy()
+    whole = semantic_clusters(ids, x, threshold=0.95, cluster_size=200, lengths=lengths)
+    ours = streamed_semantic_clusters(
+        ctx, kept, threshold=0.95, cluster_size=200, sample_rows=5000, bucket_rows=300
+    )
+    assert ours is not None and whole.groups >= 20
+    assert ours.clusters.equals(whole.clusters)
+    assert (ours.groups, ours.removed, ours.kmeans_clusters) == (
+        whole.groups,
+        whole.removed,
+        whole.kmeans_clusters,
+    )
+
+
+def test_semantic_dedup_above_the_sample_finds_the_same_duplicates(tmp_path: Path) -> None:
+    """k-means trained on 400 of 3,000 documents, then every document assigned and grouped
+    one bucket of clusters at a time: the planted pairs are found, with the same
+    representatives as the in-memory pass."""
+    ctx, kept, ids, x = _semantic_run(tmp_path, 3000, 30)
+    ours = streamed_semantic_clusters(
+        ctx, kept, threshold=0.95, cluster_size=100, sample_rows=400, bucket_rows=500
+    )
+    assert ours is not None and ours.kmeans_clusters == 30
+    removed = ours.clusters.filter(pl.col("removed"))
+    assert sorted(removed["id"].to_list()) == sorted(ids[2 * p + 1] for p in range(30))
+    assert sorted(removed["representative_id"].to_list()) == sorted(ids[2 * p] for p in range(30))
+    assert ours.groups == 30 and ours.removed == 30
+    assert not (ctx.paths.work / "semdedup" / "_buckets").exists()
+
+
+def test_semantic_dedup_without_embeddings_is_none(tmp_path: Path) -> None:
+    frame, x = corpus(100)
+    ctx, kept = _run_dir(tmp_path, frame.head(100), x)
+    for part in (ctx.paths.stage_dir("quality") / "embeddings").glob("*.parquet"):
+        part.unlink()
+    assert streamed_semantic_clusters(ctx, kept, threshold=0.9, cluster_size=50) is None

@@ -111,7 +111,7 @@ def _vendi(gram: np.ndarray, n: int) -> float | None:
     return round(float(np.exp(-(eig * np.log(eig)).sum())), 4)
 
 
-def _id_hash(doc_id: str) -> int:
+def id_key(doc_id: str) -> int:
     """The deterministic sampling key of a document (smallest keys are sampled)."""
     return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "big")
 
@@ -119,7 +119,7 @@ def _id_hash(doc_id: str) -> int:
 def _sample(ids: list[str], limit: int) -> list[int]:
     if len(ids) <= limit:
         return list(range(len(ids)))
-    keyed = sorted(range(len(ids)), key=lambda i: _id_hash(ids[i]))
+    keyed = sorted(range(len(ids)), key=lambda i: id_key(ids[i]))
     return sorted(keyed[:limit])
 
 
@@ -251,7 +251,7 @@ class DiversityAccumulator:
             self.embedded = False
             self._map.clear()
         ids = frame["id"].cast(pl.String).to_list()
-        keys = [_id_hash(i) for i in ids]
+        keys = [id_key(i) for i in ids]
         rows = frame[row_column].to_list()
         texts = frame["text"].fill_null("").to_list()
         base = frame.select(

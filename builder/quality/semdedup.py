@@ -35,10 +35,18 @@ def kmeans(
     x: np.ndarray, k: int, *, iterations: int = 10, seed: int = 0, block: int = 8192
 ) -> np.ndarray:
     """Cluster label of each row of ``x`` (unit vectors; cosine = dot), k-means++ start."""
+    return kmeans_fit(x, k, iterations=iterations, seed=seed, block=block)[0]
+
+
+def kmeans_fit(
+    x: np.ndarray, k: int, *, iterations: int = 10, seed: int = 0, block: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
+    """``kmeans``'s labels and the centres they were assigned to (``assign`` puts other
+    rows in the same clusters)."""
     n = x.shape[0]
     k = max(1, min(k, n))
     if k == 1:
-        return np.zeros(n, dtype=np.int64)
+        return np.zeros(n, dtype=np.int64), _unit(x.sum(axis=0, keepdims=True))
     rng = np.random.default_rng(seed)
     centres = np.empty((k, x.shape[1]), dtype=np.float32)
     centres[0] = x[rng.integers(n)]
@@ -49,20 +57,33 @@ def kmeans(
         pick = rng.integers(n) if total <= 0 else rng.choice(n, p=best / total)
         centres[j] = x[pick]
     labels = np.zeros(n, dtype=np.int64)
+    used = centres
     for _ in range(iterations):
-        for s in range(0, n, block):
-            labels[s : s + block] = np.argmax(x[s : s + block] @ centres.T, axis=1)
+        used = centres
+        labels = assign(x, centres, block=block)
         sums = np.zeros_like(centres)
         np.add.at(sums, labels, x)
         counts = np.bincount(labels, minlength=k)
         empty = counts == 0
         sums[empty] = x[rng.integers(n, size=int(empty.sum()))]
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        new = sums / np.where(norms > 0, norms, 1.0)
+        new = _unit(sums)
         if np.allclose(new, centres, atol=1e-6):
             break
         centres = new.astype(np.float32)
+    return labels, used
+
+
+def assign(x: np.ndarray, centres: np.ndarray, *, block: int = 8192) -> np.ndarray:
+    """The nearest centre (largest cosine) of each row of ``x``, in row blocks."""
+    labels = np.zeros(x.shape[0], dtype=np.int64)
+    for s in range(0, x.shape[0], block):
+        labels[s : s + block] = np.argmax(x[s : s + block] @ centres.T, axis=1)
     return labels
+
+
+def _unit(sums: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
 @dataclass
@@ -90,6 +111,19 @@ def _pairs(x: np.ndarray, members: np.ndarray, threshold: float):
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
 
 
+CLUSTERS_SCHEMA = {
+    "id": pl.String,
+    "cluster_id": pl.String,
+    "representative_id": pl.String,
+    "kind": pl.String,
+    "removed": pl.Boolean,
+    "cluster_size": pl.Int64,
+    "jaccard": pl.Float64,
+    "matched_id": pl.String,
+    "matched_jaccard": pl.Float64,
+}
+
+
 def semantic_clusters(
     ids: list[str],
     embeddings: np.ndarray,
@@ -101,28 +135,39 @@ def semantic_clusters(
     seed: int = 0,
 ) -> SemanticResult:
     """Group documents whose embeddings have cosine >= ``threshold`` (module docstring)."""
+    n = len(ids)
+    if n < 2:
+        return clusters_result([], 0, min(n, 1))
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    k = max(1, -(-n // cluster_size))
+    labels = kmeans(x, k, seed=seed)
+    rows, groups = group_rows(ids, x, labels, threshold, lengths=lengths, verified=verified)
+    return clusters_result(rows, groups, k)
+
+
+def clusters_result(rows: list[dict], groups: int, kmeans_clusters: int) -> SemanticResult:
+    """The ``SemanticResult`` of the rows ``group_rows`` returned (for one or many calls)."""
+    clusters = pl.DataFrame(rows, schema=CLUSTERS_SCHEMA).sort("cluster_id", "removed", "id")
+    removed = int(clusters["removed"].sum()) if clusters.height else 0
+    return SemanticResult(clusters, groups, removed, kmeans_clusters)
+
+
+def group_rows(
+    ids: list[str],
+    x: np.ndarray,
+    labels: np.ndarray,
+    threshold: float,
+    *,
+    lengths: np.ndarray | None = None,
+    verified: list[bool | None] | None = None,
+) -> tuple[list[dict], int]:
+    """The clusters table's rows of documents whose cosine is >= ``threshold`` within each
+    k-means cluster of ``labels`` (pairs never cross clusters, so any set of whole clusters
+    can be grouped on its own), and the number of groups."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     n = len(ids)
-    empty = pl.DataFrame(
-        schema={
-            "id": pl.String,
-            "cluster_id": pl.String,
-            "representative_id": pl.String,
-            "kind": pl.String,
-            "removed": pl.Boolean,
-            "cluster_size": pl.Int64,
-            "jaccard": pl.Float64,
-            "matched_id": pl.String,
-            "matched_jaccard": pl.Float64,
-        }
-    )
-    if n < 2:
-        return SemanticResult(empty, 0, 0, min(n, 1))
-    x = np.ascontiguousarray(embeddings, dtype=np.float32)
-    k = max(1, -(-n // cluster_size))
-    labels = kmeans(x, k, seed=seed)
     ii, jj, ss = [], [], []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
@@ -134,7 +179,7 @@ def semantic_clusters(
     i = np.concatenate(ii) if ii else np.zeros(0, dtype=np.int64)
     j = np.concatenate(jj) if jj else np.zeros(0, dtype=np.int64)
     if len(i) == 0:
-        return SemanticResult(empty, 0, 0, k)
+        return [], 0
     graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
     _, comp = connected_components(graph, directed=False)
     sizes = np.bincount(comp)
@@ -172,9 +217,7 @@ def semantic_clusters(
                 "matched_jaccard": round(float(msim), 4),
             }
         )
-    clusters = pl.DataFrame(rows, schema=empty.schema).sort("cluster_id", "removed", "id")
-    removed = int(clusters["removed"].sum())
-    return SemanticResult(clusters, int((sizes > 1).sum()), removed, k)
+    return rows, int((sizes > 1).sum())
 
 
 def removal_records(clusters: pl.DataFrame, threshold: float) -> pl.DataFrame:

@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from builder.records import DOCUMENT_SCHEMA, REJECTED_SCHEMA, decode_row, sha256_hex
 from builder.stages.base import PartitionStage, RunContext, Stage, upstream
 from builder.stages.filter import kept_parts
 from builder.stages.walk import read_units, unit_parts
-from builder.util.partitions import list_parts
+from builder.util.files import atomic_write
 
 EMBEDDINGS_SCHEMA = pa.schema(
     [pa.field("id", pa.string()), pa.field("embedding", pa.list_(pa.float32()))]
@@ -233,22 +234,6 @@ class QualityStage(PartitionStage):
         ctx.log(f"[quality] kept {counters['rows_kept']} of {counters['rows_in']}")
 
 
-def load_embeddings(ctx: RunContext, ids: list[str]) -> np.ndarray | None:
-    """The quality stage's embeddings of ``ids`` in that order (None when any is missing)."""
-    parts = list_parts(ctx.paths.stage_dir("quality") / "embeddings")
-    if not parts or not ids:
-        return None
-    table = pl.concat([pl.read_parquet(p) for p in parts])
-    if not table.height:
-        return None
-    found = pl.DataFrame({"id": ids}).join(table, on="id", how="left", maintain_order="left")
-    if found["embedding"].null_count():
-        return None
-    from builder.quality.hooks import embedding_matrix
-
-    return embedding_matrix(found["embedding"])
-
-
 def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
     frames = [f for f in frames if f.height]
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
@@ -277,48 +262,44 @@ class SemDedupStage(Stage):
         )
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        from builder.diversity import node_rates
-        from builder.quality.semdedup import removal_records, semantic_clusters
+        """Streams the survivors (``builder.quality.buckets``): memory is bounded by a bucket
+        and the k-means sample, never the corpus."""
+        from builder.quality.buckets import streamed_semantic_clusters
+        from builder.quality.semdedup import clusters_result, removal_records
+        from builder.util.partitions import count_rows, write_table
 
         d = ctx.config.dedup
         kept_in, clusters_in, removed_in = self.inputs(ctx)
         paths = dict(zip(self.FILES, self.outputs(ctx), strict=True))
-        docs = pl.read_parquet(kept_in)
-        minhash = pl.read_parquet(clusters_in)
+        minhash = pl.read_parquet(clusters_in)  # duplicates only: small
         removed_before = pl.read_parquet(removed_in)
-        ids = docs["id"].cast(pl.String).to_list() if docs.height else []
-        vectors = load_embeddings(ctx, ids) if d.enabled else None
-        stats: dict[str, Any] = {"rows_in": docs.height, "applied": d.semantic}
-        semantic = semantic_clusters([], np.zeros((0, 1))).clusters
-        if vectors is not None and len(ids) > 1:
-            result = semantic_clusters(
-                ids,
-                vectors,
-                threshold=d.semantic_threshold,
-                cluster_size=d.semantic_cluster_size,
-                lengths=docs["text"].fill_null("").str.len_chars().to_numpy(),
-                verified=docs["verified"].to_list() if "verified" in docs.columns else None,
+        rows_in = count_rows([kept_in])
+        stats: dict[str, Any] = {"rows_in": rows_in, "applied": d.semantic}
+        semantic = clusters_result([], 0, 0).clusters
+        result = None
+        if d.enabled and rows_in > 1:
+            result = streamed_semantic_clusters(
+                ctx, kept_in, threshold=d.semantic_threshold, cluster_size=d.semantic_cluster_size
             )
+        if result is not None:
             semantic = result.clusters
             stats.update(
                 groups=result.groups, duplicates=result.removed, kmeans=result.kmeans_clusters
             )
-        dup_ids = semantic.filter(pl.col("removed"))["id"].implode()
-        flagged = docs.select(pl.col("id").cast(pl.String), pl.col("taxonomy_path")).with_columns(
-            pl.col("id").is_in(dup_ids).alias("semantic_dup")
-        )
-        nodes = node_rates(flagged, ["semantic_dup"]) if docs.height else pl.DataFrame()
-        kept, clusters, removed = docs, minhash, removed_before
-        if d.semantic and semantic.filter(pl.col("removed")).height:
+        dup_ids = semantic.filter(pl.col("removed"))["id"]
+        nodes = _node_rates(kept_in, dup_ids) if rows_in else pl.DataFrame()
+        kept = pl.scan_parquet(kept_in)
+        clusters, removed = minhash, removed_before
+        if d.semantic and len(dup_ids):
             records = removal_records(semantic, d.semantic_threshold)
-            gone = records["id"].to_list()
-            kept = docs.filter(~pl.col("id").cast(pl.String).is_in(gone))
+            gone = records["id"].implode()
             rep_cluster = semantic.filter(~pl.col("removed")).select(
                 pl.col("id").alias("_sid"), pl.col("cluster_id").alias("_sc")
             )
             kept = (
                 kept.with_columns(pl.col("id").cast(pl.String).alias("_sid"))
-                .join(rep_cluster, on="_sid", how="left", maintain_order="left")
+                .filter(~pl.col("_sid").is_in(gone))
+                .join(rep_cluster.lazy(), on="_sid", how="left", maintain_order="left")
                 .with_columns(
                     pl.col("dup_cluster")
                     .cast(pl.String)
@@ -329,20 +310,48 @@ class SemDedupStage(Stage):
             )
             clusters = _concat([minhash, semantic])
             removed = _concat([removed_before, records])
-            stats["removed"] = len(gone)
-        from builder.util.partitions import write_table
-
+            stats["removed"] = records.height
+        atomic_write(paths["kept"], lambda tmp: kept.sink_parquet(tmp, compression="zstd"))
         for key, frame in (
-            ("kept", kept),
             ("clusters", clusters),
             ("removed", removed),
             ("nodes", nodes),
             ("semantic", semantic),
         ):
             write_table(frame.to_arrow(), paths[key])
-        stats["rows_out"] = kept.height
+        stats["rows_out"] = count_rows([paths["kept"]])
         ctx.log(
             f"[semdedup] {stats.get('duplicates', 0)} semantic near-duplicate(s)"
             + (" removed" if d.semantic else " reported (set [dedup] semantic = true to remove)")
         )
         return {"stats": stats}
+
+
+def _node_rates(kept: Path, dup_ids: pl.Series) -> pl.DataFrame:
+    """``node_rates`` of the semantic duplicates over the survivors, one batch at a time
+    (per-node counts add up; the rates are computed from the sums)."""
+    from builder.diversity import node_rates
+    from builder.quality.buckets import BUCKET_ROWS
+    from builder.util.partitions import iter_batches
+
+    dups = dup_ids.implode()
+    names = pq.read_schema(kept).names
+    columns = [c for c in ("id", "taxonomy_path") if c in names]
+    counts = []
+    for table in iter_batches(kept, batch_rows=BUCKET_ROWS, columns=columns):
+        flagged = _frame(table).with_columns(
+            pl.col("id").cast(pl.String).is_in(dups).alias("semantic_dup")
+        )
+        counts.append(node_rates(flagged, ["semantic_dup"]))
+    merged = pl.concat(counts)
+    summed = merged.group_by("node", "depth").agg(
+        pl.col("docs").sum(), pl.col("semantic_dup").sum()
+    )
+    return (
+        summed.with_columns(
+            (pl.col("semantic_dup") / pl.col("docs")).round(4).alias("semantic_dup_rate")
+        )
+        .select(merged.columns)
+        .cast(merged.schema)  # type: ignore[arg-type]
+        .sort("depth", "node")
+    )

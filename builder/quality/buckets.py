@@ -1,0 +1,265 @@
+"""The corpus joined with its embeddings, one hash bucket at a time, in bounded memory.
+
+The quality stage writes each document's embedding to its own partitions, in its order; the
+passes that need texts (or lengths) and vectors together (the diversity summary, semantic
+dedup) would otherwise join the whole corpus with every embedding in memory: ~1 KB of
+vector plus the text per document, growing with the corpus. ``EmbeddedCorpus`` splits both
+sides by a hash of the id into buckets of about ``bucket_rows`` rows on disk (temporary
+files under ``work/<name>/_buckets``, removed on exit), then joins one bucket at a time;
+it can be iterated several times (semantic dedup makes two passes). A corpus of one bucket
+is read directly, without temporary files.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from builder.util.memory import release_memory
+from builder.util.partitions import count_rows, iter_batches, list_parts
+
+if TYPE_CHECKING:  # pragma: no cover
+    from builder.quality.semdedup import SemanticResult
+    from builder.stages.base import RunContext
+
+#: Rows of the corpus (texts and embeddings) held at once.
+BUCKET_ROWS = 50_000
+DIVERSITY_COLUMNS = ("id", "text", "taxonomy_path", "discipline")
+
+
+class EmbeddedCorpus:
+    """``with EmbeddedCorpus(ctx, path, columns) as corpus: for docs, vectors in corpus``:
+    batches of the corpus at ``path`` (a Parquet file or folder of partitions; ``columns``
+    that exist, plus its row number ``_row``) with the quality stage's embeddings of those
+    rows (None when any is missing). Module docstring."""
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        path: Path,
+        columns: Sequence[str],
+        *,
+        bucket_rows: int | None = None,
+        name: str = "diversity",
+    ) -> None:
+        self.path = path
+        self.files = list_parts(path) if path.is_dir() else [path]
+        self.rows = count_rows(self.files)
+        names = set(pq.read_schema(self.files[0]).names) if self.files else set()
+        self.columns = [c for c in columns if c in names]
+        self.embedding_parts = list_parts(ctx.paths.stage_dir("quality") / "embeddings")
+        self.bucket_rows = max(1, bucket_rows or BUCKET_ROWS)
+        self.buckets = max(1, -(-self.rows // self.bucket_rows))
+        self.tmp = ctx.paths.work / name / "_buckets"
+        self._split_done = False
+
+    def __enter__(self) -> EmbeddedCorpus:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __iter__(self) -> Iterator[tuple[pl.DataFrame, np.ndarray | None]]:
+        if self.rows == 0:
+            return
+        if self.buckets == 1:
+            docs = pl.read_parquet(self.files, columns=self.columns).with_row_index("_row")
+            parts = self.embedding_parts
+            embeddings = pl.concat([pl.read_parquet(p) for p in parts]) if parts else None
+            yield docs, _vectors(docs, embeddings)
+            return
+        if not self._split_done:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            batches = iter_batches(self.files, batch_rows=self.bucket_rows, columns=self.columns)
+            _split(batches, self.tmp / "docs", self.buckets, rows=True)
+            batches = iter_batches(self.embedding_parts, batch_rows=self.bucket_rows)
+            _split(batches, self.tmp / "emb", self.buckets)
+            self._split_done = True
+        for b in range(self.buckets):
+            release_memory()  # the last bucket's texts and vectors, before the next one
+            docs_path = self.tmp / "docs" / f"{b}.parquet"
+            emb_path = self.tmp / "emb" / f"{b}.parquet"
+            if not docs_path.exists():
+                continue
+            docs = pl.read_parquet(docs_path)
+            embeddings = pl.read_parquet(emb_path) if emb_path.exists() else None
+            yield docs, _vectors(docs, embeddings)
+
+
+def _split(tables: Iterator[pa.Table], out: Path, buckets: int, *, rows: bool = False) -> None:
+    """Append each table's rows to ``out/<hash(id) % buckets>.parquet`` (with the running
+    row number as ``_row`` when ``rows``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    writers: dict[int, pq.ParquetWriter] = {}
+    offset = 0
+    try:
+        for table in tables:
+            frame = pl.from_arrow(table)
+            assert isinstance(frame, pl.DataFrame)
+            if rows:
+                frame = frame.with_row_index("_row", offset=offset)
+            offset += frame.height
+            frame = frame.with_columns(
+                (pl.col("id").cast(pl.String).hash(seed=7) % buckets).alias("_bucket")
+            )
+            for (b,), part in frame.partition_by("_bucket", as_dict=True).items():
+                arrow = part.drop("_bucket").to_arrow()
+                writer = writers.get(b)
+                if writer is None:
+                    writer = writers[b] = pq.ParquetWriter(out / f"{b}.parquet", arrow.schema)
+                writer.write_table(arrow.cast(writer.schema))
+    finally:
+        for writer in writers.values():
+            writer.close()
+
+
+def _vectors(docs: pl.DataFrame, embeddings: pl.DataFrame | None) -> np.ndarray | None:
+    """The embeddings of ``docs``' rows in order (None when any is missing)."""
+    if embeddings is None or embeddings.height == 0 or docs.height == 0:
+        return None
+    found = docs.select(pl.col("id").cast(pl.String)).join(
+        embeddings, on="id", how="left", maintain_order="left"
+    )
+    column = found["embedding"]
+    if column.null_count():
+        return None
+    return embedding_matrix(column)
+
+
+def embedding_matrix(column: pl.Series) -> np.ndarray:
+    """A list-of-float column of equal-length vectors as an ``(n, d)`` float32 array
+    (through one flat buffer, never a Python list per row)."""
+    n = column.len()
+    flat = column.explode().to_numpy().astype(np.float32, copy=False)
+    return flat.reshape(n, -1) if n else np.zeros((0, 0), dtype=np.float32)
+
+
+#: Documents whose vectors train semantic dedup's k-means (all of them when there are no
+#: more; above, the ones with the smallest id keys, and every document is then assigned to
+#: the nearest centre in a second pass).
+KMEANS_SAMPLE = 50_000
+
+
+def streamed_semantic_clusters(
+    ctx: RunContext,
+    path: Path,
+    *,
+    threshold: float,
+    cluster_size: int,
+    sample_rows: int | None = None,
+    bucket_rows: int | None = None,
+    seed: int = 0,
+) -> SemanticResult | None:
+    """``semantic_clusters`` of the corpus at ``path`` with the quality stage's embeddings
+    (None when any is missing), in memory bounded by a bucket and the k-means sample: up to
+    ``sample_rows`` documents it is exactly ``semantic_clusters`` of the whole corpus; above,
+    k-means is trained on the sample, every document goes to its nearest centre, the
+    documents are written to disk by cluster (``label % buckets``), and the near-duplicate
+    pairs, groups and representatives are found one bucket of whole clusters at a time
+    (pairs never cross clusters, so that is the same computation)."""
+    from builder.quality.metrics import id_key
+    from builder.quality.semdedup import (
+        assign,
+        clusters_result,
+        group_rows,
+        kmeans_fit,
+        semantic_clusters,
+    )
+
+    sample = max(2, sample_rows or KMEANS_SAMPLE)
+    with EmbeddedCorpus(
+        ctx, path, SEMDEDUP_COLUMNS, bucket_rows=bucket_rows, name="semdedup"
+    ) as corpus:
+        if corpus.rows < 2:
+            return None
+        if corpus.rows <= sample:
+            batches = list(corpus)
+            if any(vectors is None for _, vectors in batches):
+                return None
+            docs = pl.concat([d for d, _ in batches]).sort("_row")
+            order = np.argsort(np.concatenate([d["_row"].to_numpy() for d, _ in batches]))
+            x = np.concatenate([v for _, v in batches if v is not None])[order]
+            ids, lengths, verified = _doc_fields(docs)
+            return semantic_clusters(
+                ids, x, threshold=threshold, cluster_size=cluster_size,
+                lengths=lengths, verified=verified, seed=seed,
+            )  # fmt: skip
+        # Pass 1: the k-means sample (the smallest id keys), then its centres.
+        keys = np.zeros(0, dtype=np.uint64)
+        picked = np.zeros((0, 0), dtype=np.float32)
+        for docs, vectors in corpus:
+            if vectors is None:
+                return None
+            batch_keys = np.array(
+                [id_key(i) for i in docs["id"].cast(pl.String).to_list()], dtype=np.uint64
+            )
+            keys = np.concatenate([keys, batch_keys])
+            picked = vectors if picked.size == 0 else np.concatenate([picked, vectors])
+            if len(keys) > sample:
+                keep = np.argsort(keys, kind="stable")[:sample]
+                keys, picked = keys[keep], picked[keep]
+        keep = np.argsort(keys, kind="stable")
+        k = max(1, -(-corpus.rows // cluster_size))
+        _, centres = kmeans_fit(picked[keep], min(k, sample), seed=seed)
+        del picked, keys
+        # Pass 2: every document to its nearest centre, written by cluster bucket.
+        out = corpus.tmp / "clusters"
+        out.mkdir(parents=True, exist_ok=True)
+        writers: dict[int, pq.ParquetWriter] = {}
+        try:
+            for docs, vectors in corpus:
+                assert vectors is not None
+                ids, lengths, verified = _doc_fields(docs)
+                labels = assign(vectors, centres)
+                table = pa.table(
+                    {
+                        "id": ids,
+                        "length": pa.array(lengths, pa.int64()),
+                        "verified": pa.array(verified, pa.bool_()),
+                        "label": pa.array(labels, pa.int64()),
+                        "embedding": pa.FixedSizeListArray.from_arrays(
+                            pa.array(vectors.ravel(), pa.float32()), vectors.shape[1]
+                        ),
+                    }
+                )
+                for b in np.unique(labels % corpus.buckets).tolist():
+                    rows = np.flatnonzero(labels % corpus.buckets == b)
+                    writer = writers.get(b)
+                    if writer is None:
+                        writer = writers[b] = pq.ParquetWriter(out / f"{b}.parquet", table.schema)
+                    writer.write_table(table.take(pa.array(rows)))
+        finally:
+            for writer in writers.values():
+                writer.close()
+        # Pass 3: groups within each bucket of whole clusters.
+        all_rows: list[dict] = []
+        groups = 0
+        for b in sorted(writers):
+            release_memory()
+            part = pl.read_parquet(out / f"{b}.parquet")
+            x = embedding_matrix(part["embedding"].cast(pl.List(pl.Float32)))
+            rows, found = group_rows(
+                part["id"].to_list(), x, part["label"].to_numpy(), threshold,
+                lengths=part["length"].to_numpy(), verified=part["verified"].to_list(),
+            )  # fmt: skip
+            all_rows += rows
+            groups += found
+        return clusters_result(all_rows, groups, min(k, sample))
+
+
+SEMDEDUP_COLUMNS = ("id", "text", "verified")
+
+
+def _doc_fields(docs: pl.DataFrame) -> tuple[list[str], np.ndarray, list[bool | None]]:
+    """Ids, text lengths and ``verified`` of a batch (the representative's order)."""
+    ids = docs["id"].cast(pl.String).to_list()
+    lengths = docs["text"].fill_null("").str.len_chars().to_numpy().astype(np.int64)
+    verified = docs["verified"].to_list() if "verified" in docs.columns else [None] * len(ids)
+    return ids, lengths, verified
