@@ -327,9 +327,12 @@ def decode_row(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    """Row dicts as an Arrow table of ``schema`` (missing columns are null, extras dropped)."""
+def to_table(rows: list[dict[str, Any]] | pa.Table, schema: pa.Schema) -> pa.Table:
+    """Row dicts as an Arrow table of ``schema`` (missing columns are null, extras dropped);
+    a table already built column-wise (e.g. from numpy) is cast to ``schema``."""
     names = schema.names
+    if isinstance(rows, pa.Table):
+        return rows.select(names).cast(schema)
     return pa.Table.from_pylist(
         [{c: r.get(c) for c in names} for r in map(encode_row, rows)], schema=schema
     )

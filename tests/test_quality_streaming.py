@@ -198,3 +198,13 @@ def test_semantic_dedup_without_embeddings_is_none(tmp_path: Path) -> None:
     for part in (ctx.paths.stage_dir("quality") / "embeddings").glob("*.parquet"):
         part.unlink()
     assert streamed_semantic_clusters(ctx, kept, threshold=0.9, cluster_size=50) is None
+
+
+def test_embeddings_are_written_column_wise_as_the_rows_would_be() -> None:
+    from builder.records import to_table
+    from builder.stages.quality import embeddings_table
+
+    frame, x = corpus(50)
+    rows = [{"id": i, "embedding": v} for i, v in zip(frame["id"], x.tolist(), strict=True)]
+    ours = to_table(embeddings_table(frame["id"], x), EMBEDDINGS_SCHEMA)
+    assert ours.equals(to_table(rows, EMBEDDINGS_SCHEMA))

@@ -33,6 +33,21 @@ EMBEDDINGS_SCHEMA = pa.schema(
 )
 
 
+def embeddings_table(ids: pl.Series, vectors: np.ndarray) -> pa.Table:
+    """``EMBEDDINGS_SCHEMA`` rows built column-wise from the ``(n, d)`` array (a Python
+    list per vector costs ~0.25 ms a document)."""
+    n, d = vectors.shape
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
+    values = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
+    return pa.table(
+        {
+            "id": ids.to_arrow().cast(pa.string()),
+            "embedding": pa.ListArray.from_arrays(offsets, values),
+        },
+        schema=EMBEDDINGS_SCHEMA,
+    )
+
+
 def _frame(table: pa.Table) -> pl.DataFrame:
     return pl.from_arrow(table)  # type: ignore[return-value]
 
@@ -132,7 +147,7 @@ class QualityStage(PartitionStage):
         f = config.filters
         docs = _frame(table)
         rejected: list[pl.DataFrame] = []
-        out: dict[str, list[dict[str, Any]]] = {"kept": [], "rejected": [], "embeddings": []}
+        out: dict[str, Any] = {"kept": [], "rejected": [], "embeddings": []}
         if not docs.height:
             return out
         # Code inside prose: Python fences compiled, `>>>` examples run in the sandbox.
@@ -182,12 +197,7 @@ class QualityStage(PartitionStage):
             if self._queries is None:
                 self._load_units(ctx)
             vectors = self._embedder.embed(docs["text"].fill_null("").to_list())
-            out["embeddings"] = [
-                {"id": str(i), "embedding": v}
-                for i, v in zip(
-                    docs["id"].to_list(), vectors.astype(np.float32).tolist(), strict=True
-                )
-            ]
+            out["embeddings"] = embeddings_table(docs["id"].cast(pl.String), vectors)
             docs = add_relevance(docs, self._queries or {}, self._embedder)
             docs, off = split_off_topic(docs, f.min_relevance)
             self._stats["off_topic"] += off.height
