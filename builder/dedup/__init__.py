@@ -8,18 +8,13 @@ Library entry points:
 - ``MinHasher`` computes signatures (``mode="datasketch"`` matches ``datasketch.MinHash``);
 - ``explain(...)`` prints the S-curve of a bands x rows choice.
 
-See ``engine.py`` for the pipeline and ``normalize.py`` for the exact text definitions.
+See ``engine.py`` for the pipeline (``source``, ``signatures``, ``buckets``, ``plan``,
+``output`` for its parts) and ``normalize.py`` for the exact text definitions.
 """
 
 from __future__ import annotations
 
-from builder.dedup.engine import (
-    CLUSTER_COLUMNS,
-    DedupResult,
-    DedupStats,
-    dedup_files,
-    dedup_table,
-)
+from builder.dedup.engine import dedup_files, dedup_table
 from builder.dedup.lsh import candidate_probability, explain, optimal_bands_rows, s_curve
 from builder.dedup.minhash import MinHasher, permutations, sha1_hash32
 from builder.dedup.normalize import (
@@ -30,6 +25,7 @@ from builder.dedup.normalize import (
     tokenize,
     words,
 )
+from builder.dedup.stats import CLUSTER_COLUMNS, DedupResult, DedupStats
 
 __all__ = [
     "CLUSTER_COLUMNS",
