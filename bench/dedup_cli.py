@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -69,9 +70,16 @@ def baseline_tree(rev: str, dest: Path) -> Path:
     return dest
 
 
-def run_once(tree: Path, src: Path, out: Path) -> float:
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_once(tree: Path, src: Path, out: Path) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (the process and its workers) of one run."""
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    cpu0 = _cpu()
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "builder", "dedup", str(src), "-o", str(out)],
@@ -82,7 +90,7 @@ def run_once(tree: Path, src: Path, out: Path) -> float:
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"dedup failed in {tree}:\n{proc.stderr}")
-    return seconds
+    return seconds, _cpu() - cpu0
 
 
 def same_results(a: Path, b: Path) -> bool:
@@ -111,17 +119,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-dedup-cli-") as tmp:
         base = baseline_tree(args.baseline, Path(tmp) / "old")
         times: dict[str, list[float]] = {"old": [], "new": []}
+        cpu: dict[str, list[float]] = {"old": [], "new": []}
         identical = True
         for i in range(args.repeat):
             for name, tree in (("old", base), ("new", ROOT)):
-                s = run_once(tree, src, Path(tmp) / f"out-{name}")
+                s, c = run_once(tree, src, Path(tmp) / f"out-{name}")
                 times[name].append(s)
-                print(f"  run {i + 1} {name}: {s:.2f} s", flush=True)
+                cpu[name].append(c)
+                load = os.getloadavg()[0]
+                print(f"  run {i + 1} {name}: {s:.2f} s wall, {c:.2f} s CPU (load {load:.2f})")
             identical &= same_results(Path(tmp) / "out-old", Path(tmp) / "out-new")
     old, new = statistics.median(times["old"]), statistics.median(times["new"])
+    old_cpu, new_cpu = statistics.median(cpu["old"]), statistics.median(cpu["new"])
     load_after = os.getloadavg()
     print(f"old ({args.baseline}): {old:.2f} s ({args.docs / old:,.0f} docs/s)")
     print(f"new (this tree):  {new:.2f} s ({args.docs / new:,.0f} docs/s)  ratio {old / new:.2f}x")
+    print(f"CPU seconds (process + workers): old {old_cpu:.2f}, new {new_cpu:.2f}")
     print(f"same results: {identical}; load average {load_before[0]:.2f} -> {load_after[0]:.2f}")
     result = {
         "bench": "dedup_cli",
@@ -132,6 +145,8 @@ def main() -> None:
         "old_docs_per_s": round(args.docs / old, 1),
         "new_docs_per_s": round(args.docs / new, 1),
         "ratio": round(old / new, 3),
+        "old_cpu_seconds": round(old_cpu, 3),
+        "new_cpu_seconds": round(new_cpu, 3),
         "old_runs": [round(t, 3) for t in times["old"]],
         "new_runs": [round(t, 3) for t in times["new"]],
         "same_results": identical,

@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from builder.dedup.buckets import bucket_count, find_pairs
 from builder.dedup.output import node_dup_rates, plan_kept_rows, with_dup_cluster, write_kept
@@ -54,6 +53,7 @@ from builder.dedup.signatures import (
     run_piece,
 )
 from builder.dedup.source import (
+    ArrowFilesSource,
     Piece,
     check_jsonl_head,
     jsonl_error,
@@ -216,23 +216,12 @@ def _run_pieces(
     return [done[t.piece.index] for t in tasks]
 
 
-def _jsonl_source(originals: list[Path], work: Path, done: list[PieceDone]) -> TableSource:
+def _jsonl_source(originals: list[Path], work: Path, done: list[PieceDone]) -> ArrowFilesSource:
     """The parsed JSONL pieces as one table (schemas unified as the serial reader would)."""
-    import pyarrow.parquet as pq
-
-    files = [piece_path(work, d.index, "table.parquet") for d in done if d.rows]
+    files = [piece_path(work, d.index, "table.arrow") for d in done if d.rows]
     if not files:
         raise InputError("input has no rows", file=originals[0], hint="give at least one row")
-    schemas = [pq.read_schema(f) for f in files]
-    try:
-        schema = pa.unify_schemas(schemas, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise InputError(
-            f"input rows have incompatible values in one column: {exc}",
-            file=originals[0],
-            hint="give every row the same type per field",
-        ) from None
-    return TableSource(files, originals, schema, [d.rows for d in done if d.rows])
+    return ArrowFilesSource.open(files, originals)
 
 
 @dataclass

@@ -9,8 +9,8 @@ A task normalises and tokenises its texts, and writes, each file atomically
 - ``pNNNNN.bands.npy`` + ``pNNNNN.index.npy``: every (band key, local row, band) entry,
   ordered by bucket (``key % buckets``), band, row; the index holds each bucket's start, so
   a bucket task reads only its slice of every piece (the shuffle's map output);
-- ``pNNNNN.table.parquet``: the parsed rows of a JSONL piece (the kept rows are written
-  from it later, so JSONL is parsed once, in parallel).
+- ``pNNNNN.table.arrow``: the parsed rows of a JSONL piece (Arrow IPC; the kept rows are
+  written from it later, so JSONL is parsed once, in parallel).
 
 A piece whose marker exists is finished: a rerun after a kill reuses it and computes only
 the others. Nothing here depends on which process runs the task (local pool or Ray).
@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import xxhash
 
 from builder.dedup.lsh import band_keys
@@ -129,10 +128,15 @@ def init_worker() -> None:
         pass
 
 
-def _openers(arr: pa.Array, words: int) -> pl.DataFrame:
+#: Openers only look at a text's first 400 characters (``builder.diversity``), so only those
+#: are kept until the piece's openers are computed in one Polars pass.
+_OPENER_CHARS = 400
+
+
+def _openers(heads: pl.Series, words: int) -> pl.DataFrame:
     from builder.diversity import opener_exprs
 
-    return pl.DataFrame({"t": pl.Series("t", arr)}).select(opener_exprs("t", words))
+    return pl.DataFrame({"t": heads}).select(opener_exprs("t", words))
 
 
 def _band_entries(bands: np.ndarray, row0: int) -> np.ndarray:
@@ -180,7 +184,7 @@ def run_piece(task: PieceTask) -> PieceDone:
             if dtype not in (pl.String, pl.Null):
                 return PieceDone(piece.index, 0, 0.0, error=f"text dtype {dtype}")
     hasher = _hasher(spec)
-    sigs, exact, lengths, shingles, entries, hashes, openers = [], [], [], [], [], [], []
+    sigs, exact, lengths, shingles, entries, hashes, heads = [], [], [], [], [], [], []
     row = 0
     for arr in text_batches(piece, task.text_column, frame=frame, texts=task.texts):
         texts = arr.to_pylist()
@@ -200,7 +204,7 @@ def run_piece(task: PieceTask) -> PieceDone:
                 )
             )
         if task.opener_words is not None:
-            openers.append(_openers(arr, task.opener_words))
+            heads.append(pl.Series("t", arr).str.slice(0, _OPENER_CHARS))
         row += len(texts)
     if piece.kind != "jsonl" and row != piece.length:
         raise RuntimeError(f"piece {piece.index} yielded {row} rows, expected {piece.length}")
@@ -211,8 +215,10 @@ def run_piece(task: PieceTask) -> PieceDone:
     wd = task.workdir
     if frame is not None and frame.height:
         atomic_write(
-            piece_path(wd, piece.index, "table.parquet"),
-            lambda tmp: frame.write_parquet(tmp, compression="lz4", statistics=False),
+            piece_path(wd, piece.index, "table.arrow"),
+            lambda tmp: frame.write_ipc(
+                tmp, compression="uncompressed", compat_level=pl.CompatLevel.oldest()
+            ),
         )
     _save_npy(piece_path(wd, piece.index, "sig.npy"), cat(sigs, np.uint32, (spec.num_perm,)))
     keys = cat(exact, np.uint64, (2,))
@@ -226,12 +232,10 @@ def run_piece(task: PieceTask) -> PieceDone:
         cols["text_hash"] = cat(hashes, np.uint64)
     rows_frame = pl.DataFrame(cols)
     if task.opener_words is not None:
-        op = (
-            pl.concat(openers)
-            if openers
-            else pl.DataFrame(schema={"first_words": pl.String, "first_sentence": pl.String})
+        texts_head = pl.concat(heads) if heads else pl.Series("t", [], dtype=pl.String)
+        rows_frame = pl.concat(
+            [rows_frame, _openers(texts_head, task.opener_words)], how="horizontal"
         )
-        rows_frame = pl.concat([rows_frame, op], how="horizontal")
     atomic_write(
         piece_path(wd, piece.index, "rows.parquet"),
         lambda tmp: rows_frame.write_parquet(tmp, compression="uncompressed", statistics=False),

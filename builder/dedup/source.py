@@ -213,3 +213,84 @@ def memory_pieces(n: int, partition_size: int) -> list[Piece]:
         Piece(i, "memory", skip=lo, length=min(size, n - lo))
         for i, lo in enumerate(range(0, n, size))
     ]
+
+
+def _conform(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
+    """``batch`` with ``target``'s columns and types (missing columns as nulls)."""
+    arrays = []
+    for fld in target:
+        idx = batch.schema.get_field_index(fld.name)
+        if idx < 0:
+            arrays.append(pa.nulls(batch.num_rows, type=fld.type))
+            continue
+        col = batch.column(idx)
+        arrays.append(col if col.type == fld.type else col.cast(fld.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=target)
+
+
+@dataclass
+class ArrowFilesSource:
+    """The parsed rows of JSONL pieces, one Arrow IPC file each, read as one table.
+
+    Same reading interface as ``io_tables.TableSource`` (what dedup uses of it): IPC files
+    are written and read back without encoding (memory-mapped), which is why the pieces
+    keep their parsed rows in them rather than in Parquet.
+    """
+
+    files: list[Path]
+    original: list[Path]
+    schema: pa.Schema
+    row_counts: list[int]
+
+    @classmethod
+    def open(cls, files: list[Path], original: list[Path]) -> ArrowFilesSource:
+        schemas, counts = [], []
+        for f in files:
+            reader = pa.ipc.open_file(pa.memory_map(str(f)))
+            schemas.append(reader.schema)
+            counts.append(
+                sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+            )
+        try:
+            schema = pa.unify_schemas(schemas, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise InputError(
+                f"input rows have incompatible values in one field: {exc}",
+                file=original[0],
+                hint="give every row the same type for each field",
+            ) from None
+        return cls(files, original, schema, counts)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema.names)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.row_counts)
+
+    @property
+    def label(self) -> str:
+        return str(self.original[0]) if len(self.original) == 1 else f"{len(self.original)} files"
+
+    def iter_batches(
+        self, columns: Sequence[str] | None = None, *, batch_rows: int = 8192
+    ) -> Iterator[pa.RecordBatch]:
+        """Every row in order, as batches of at most ``batch_rows`` conformed to the schema."""
+        cols = list(columns) if columns is not None else self.columns
+        target = pa.schema([self.schema.field(c) for c in cols])
+        for f in self.files:
+            reader = pa.ipc.open_file(pa.memory_map(str(f)))
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                for lo in range(0, batch.num_rows, batch_rows):
+                    yield _conform(batch.slice(lo, batch_rows), target)
+
+    def read_columns(self, columns: Sequence[str]) -> pl.DataFrame:
+        """Small columns (ids, flags, paths) for every row, as one DataFrame."""
+        cols = [c for c in columns if c in self.columns]
+        if not cols:
+            return pl.DataFrame()
+        target = pa.schema([self.schema.field(c) for c in cols])
+        batches = list(self.iter_batches(cols, batch_rows=1 << 30))
+        return pl.from_arrow(pa.Table.from_batches(batches, target))  # type: ignore[return-value]
