@@ -435,7 +435,7 @@ def dedup_files(
     t0 = time.perf_counter()
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    work = out / WORK_DIR
+    work = (out / WORK_DIR).resolve()  # absolute: tasks may run elsewhere (Ray workers)
     work.mkdir(exist_ok=True)
     planned = _plan_input(input_path, text_column, work, settings)
     nb = buckets or bucket_count(planned.rows_estimate, settings.bands)

@@ -93,6 +93,7 @@ def jsonl_pieces(files: Sequence[Path], partition_size: int, first_index: int = 
     pieces: list[Piece] = []
     for f in files:
         size = f.stat().st_size
+        path = str(f.resolve())  # tasks may run in another directory (Ray workers)
         with open(f, "rb") as fh:
             head = fh.read(1 << 20)
             lines = max(1, head.count(b"\n"))
@@ -102,7 +103,7 @@ def jsonl_pieces(files: Sequence[Path], partition_size: int, first_index: int = 
             while start < size:
                 end = size if start + step >= size else _line_end_after(fh, start + step, size)
                 pieces.append(
-                    Piece(first_index + len(pieces), "jsonl", str(f), start=start, end=end)
+                    Piece(first_index + len(pieces), "jsonl", path, start=start, end=end)
                 )
                 start = end
     return pieces
@@ -201,7 +202,7 @@ def parquet_pieces(source: TableSource, partition_size: int) -> list[Piece]:
     """Runs of row groups (``TableSource.partitions``) of about ``rows_per_piece`` rows."""
     size = rows_per_piece(source.num_rows, partition_size)
     return [
-        Piece(i, "parquet", p.file, p.row_groups, p.skip, p.length)
+        Piece(i, "parquet", str(Path(p.file).resolve()), p.row_groups, p.skip, p.length)
         for i, p in enumerate(source.partitions(size, TARGET_PIECES))
     ]
 
