@@ -102,9 +102,7 @@ def jsonl_pieces(files: Sequence[Path], partition_size: int, first_index: int = 
             start = 0
             while start < size:
                 end = size if start + step >= size else _line_end_after(fh, start + step, size)
-                pieces.append(
-                    Piece(first_index + len(pieces), "jsonl", path, start=start, end=end)
-                )
+                pieces.append(Piece(first_index + len(pieces), "jsonl", path, start=start, end=end))
                 start = end
     return pieces
 
