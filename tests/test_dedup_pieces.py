@@ -14,8 +14,12 @@ import numpy as np
 import polars as pl
 import pytest
 from datasketch import MinHash
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from builder.dedup import dedup_files, dedup_table, exact_key_text, shingles
+from builder.dedup.plan import components
 from builder.settings.dedup import DedupSettings
 from tests.support.synthetic import Vocabulary, synthetic_corpus
 
@@ -215,3 +219,24 @@ def test_changed_settings_do_not_reuse_pieces(corpus: pl.DataFrame, tmp_path: Pa
     fresh = _corpus_cli(tmp_path, *args, "--seed", "2")
     assert fresh.returncode == 0, fresh.stderr
     assert "resumed" not in fresh.stdout
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    edges=st.lists(st.tuples(st.integers(0, 59), st.integers(0, 59)), max_size=120),
+)
+def test_components_are_scipys_connected_components(n: int, edges: list[tuple[int, int]]) -> None:
+    """The numpy union-find that joins verified pairs partitions the nodes exactly as
+    scipy's connected_components, each label being the smallest node of its component."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    e = np.array([(a % n, b % n) for a, b in edges], dtype=np.int64).reshape(-1, 2)
+    labels = components(n, e)
+    graph = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
+    _, ref = connected_components(graph, directed=False)
+    ours = {frozenset(np.flatnonzero(labels == k).tolist()) for k in set(labels.tolist())}
+    theirs = {frozenset(np.flatnonzero(ref == k).tolist()) for k in set(ref.tolist())}
+    assert ours == theirs
+    assert all(int(labels[i]) == min(c) for c in ours for i in c)

@@ -11,7 +11,7 @@ band keys live in files, not in memory):
 3. **Near groups**: candidate pairs from equal band keys among exact representatives with
    words, grouped one bucket at a time from the pieces' bucketed band files
    (``buckets.py``: a shuffle, bounded by bucket size), verified by estimated Jaccard >=
-   threshold, joined by union-find (``scipy.sparse.csgraph.connected_components``).
+   threshold, joined by union-find (``plan.components``).
 4. **Representatives**: in each cluster the row kept is the first by: ``verified`` is True
    (when that column exists), then longest text (characters), then smallest id. Every other
    member is removed and recorded with its cluster, representative, kind (``exact`` when its
@@ -137,9 +137,8 @@ def _plan_input(
     jsonl = plain_jsonl_inputs(input_path)
     if jsonl is not None:
         check_jsonl_head(jsonl, text_column)
-        pieces = jsonl_pieces(jsonl, settings.partition_size)
-        size = sum(f.stat().st_size for f in jsonl)
-        return _Input(pieces, jsonl, None, max(1, size // 64), None)
+        pieces, estimate = jsonl_pieces(jsonl, settings.partition_size)
+        return _Input(pieces, jsonl, None, estimate, None)
     source = open_table(
         input_path,
         text_column=text_column,
@@ -496,6 +495,7 @@ def dedup_files(
         tax = small["taxonomy_path"] if "taxonomy_path" in small.columns else None
         del small
         plan, largest = _decide(signed, ids, verified, settings, spec, task_map)
+        pool.close(wait=False)  # the workers exit while the kept rows are written
         nodes = node_dup_rates(tax, plan, ids)
         plan_seconds = time.perf_counter() - t_plan
 

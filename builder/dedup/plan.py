@@ -130,6 +130,34 @@ class Plan:
     verified_pairs: int
 
 
+def components(n: int, edges: np.ndarray) -> np.ndarray:
+    """Connected components of the graph on ``n`` nodes with ``edges`` ((m, 2) rows): each
+    node's label is the smallest node of its component.
+
+    Union-find in numpy (hook every edge's larger root under the smaller, then pointer
+    jumping until every node points at its root; repeat until no edge joins two roots):
+    a few vector passes for the few verified edges a corpus has, and no scipy to import.
+    """
+    labels = np.arange(n, dtype=np.int64)
+    if len(edges) == 0:
+        return labels
+    u = edges[:, 0].astype(np.int64)
+    v = edges[:, 1].astype(np.int64)
+    while True:
+        lu, lv = labels[u], labels[v]
+        differ = lu != lv
+        if not differ.any():
+            return labels
+        lo = np.minimum(lu, lv)[differ]
+        np.minimum.at(labels, lu[differ], lo)
+        np.minimum.at(labels, lv[differ], lo)
+        while True:
+            jumped = labels[labels]
+            if np.array_equal(jumped, labels):
+                break
+            labels = jumped
+
+
 def make_plan(
     rows: RowArrays,
     ids: pl.Series,
@@ -144,9 +172,6 @@ def make_plan(
     boolean mask (exact representatives with words), sorted by (a, b), with their estimated
     Jaccard; ``signatures[rows]`` gives signature rows (an array or a ``SignatureStore``).
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     n = rows.n
     arange = np.arange(n, dtype=np.int64)
     rank = rank_rows(ids, rows.lengths, verified)
@@ -163,14 +188,7 @@ def make_plan(
             ok = verified_mask(jac, settings)
             edges, edge_j = pairs[ok], jac[ok]
 
-    if len(edges):
-        graph = coo_matrix(
-            (np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n)
-        )
-        _, labels = connected_components(graph, directed=False)
-        labels = labels.astype(np.int64)
-    else:
-        labels = arange.copy()
+    labels = components(n, edges)
     label = labels[exact_rep]
 
     sizes = np.bincount(label, minlength=n)

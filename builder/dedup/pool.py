@@ -58,10 +58,12 @@ class WorkerPool:
             for fut in pending:
                 fut.cancel()
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the workers (``wait=False``: let them exit while this process goes on)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+            if wait:
+                self._pool = None
 
     def __enter__(self) -> WorkerPool:
         return self

@@ -87,10 +87,14 @@ def _line_end_after(fh: io.BufferedReader, pos: int, size: int) -> int:
     return size
 
 
-def jsonl_pieces(files: Sequence[Path], partition_size: int, first_index: int = 0) -> list[Piece]:
+def jsonl_pieces(
+    files: Sequence[Path], partition_size: int, first_index: int = 0
+) -> tuple[list[Piece], int]:
     """Byte ranges of about ``rows_per_piece`` lines each (line length estimated from the
-    first MiB of each file), every range ending just after a newline."""
+    first MiB of each file), every range ending just after a newline; and the estimated
+    number of rows."""
     pieces: list[Piece] = []
+    estimate = 0
     for f in files:
         size = f.stat().st_size
         path = str(f.resolve())  # tasks may run in another directory (Ray workers)
@@ -98,13 +102,14 @@ def jsonl_pieces(files: Sequence[Path], partition_size: int, first_index: int = 
             head = fh.read(1 << 20)
             lines = max(1, head.count(b"\n"))
             per_line = max(1, len(head) // lines)
+            estimate += size // per_line + 1
             step = max(1, rows_per_piece(size // per_line, partition_size) * per_line)
             start = 0
             while start < size:
                 end = size if start + step >= size else _line_end_after(fh, start + step, size)
                 pieces.append(Piece(first_index + len(pieces), "jsonl", path, start=start, end=end))
                 start = end
-    return pieces
+    return pieces, estimate
 
 
 def check_jsonl_head(files: Sequence[Path], text_column: str) -> None:
