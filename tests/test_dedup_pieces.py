@@ -240,3 +240,32 @@ def test_components_are_scipys_connected_components(n: int, edges: list[tuple[in
     theirs = {frozenset(np.flatnonzero(ref == k).tolist()) for k in set(ref.tolist())}
     assert ours == theirs
     assert all(int(labels[i]) == min(c) for c in ours for i in c)
+
+
+def test_byte_classes_equal_the_lookup_tables() -> None:
+    """Word and ASCII-space bytes by arithmetic equal the tables built from str.isspace and
+    the word definition, for all 256 byte values."""
+    from builder.dedup import normalize
+
+    every = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(normalize._word_bytes(every), normalize._WORD_LUT)
+    assert np.array_equal(normalize._ascii_space(every), normalize._SPACE_LUT)
+
+
+def test_a_piece_whose_files_changed_is_computed_again(
+    corpus: pl.DataFrame, tmp_path: Path
+) -> None:
+    """A finished piece is reused only while its files have the sizes its marker recorded
+    (a power cut can lose unsynced scratch data): a truncated signature file means the piece
+    is computed again, and the result is still the uninterrupted one."""
+    (tmp_path / "corpus.toml").write_text("[dedup]\npartition_size = 40\n")
+    corpus.write_ndjson(tmp_path / "in.jsonl")
+    args = ["dedup", "in.jsonl", "--workers", "1", "--config", "corpus.toml"]
+    assert _corpus_cli(tmp_path, *args, "-o", "clean").returncode == 0
+    assert _corpus_cli(tmp_path, *args, "-o", "out", fault="dedup.piece:3").returncode == -9
+    sig = tmp_path / "out" / "dedup-partial" / "p00001.sig.npy"
+    sig.write_bytes(sig.read_bytes()[:100])
+    resumed = _corpus_cli(tmp_path, *args, "-o", "out")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed: 2 of" in resumed.stdout  # pieces 0 and 2; piece 1 computed again
+    _same_outputs(tmp_path / "clean", tmp_path / "out")

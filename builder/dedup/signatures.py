@@ -83,11 +83,17 @@ def piece_path(workdir: str | Path, index: int, suffix: str) -> Path:
 
 
 def read_done(workdir: str | Path, index: int) -> PieceDone | None:
-    """The marker of a finished piece, or None."""
+    """The marker of a finished piece, or None (none yet, or its files are not the sizes
+    it recorded: then the piece is computed again)."""
     path = piece_path(workdir, index, "done.json")
-    if not path.exists():
+    try:
+        data = json.loads(path.read_text())
+        sizes = data["sizes"]
+        for name, size in sizes.items():
+            if (Path(workdir) / name).stat().st_size != size:
+                return None
+    except (OSError, ValueError, KeyError):
         return None
-    data = json.loads(path.read_text())
     return PieceDone(index, int(data["rows"]), float(data["seconds"]), computed=False)
 
 
@@ -158,12 +164,19 @@ def _bucketed(entries: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray
     return entries[order], index
 
 
+def _scratch(path: Path, write: Callable[[Path], None]) -> None:
+    """Write one intermediate file atomically, without fsync: a piece is only trusted when
+    its marker's recorded sizes match (see ``read_done``), which a power cut that lost
+    unsynced data would break, so the piece is recomputed then."""
+    atomic_write(path, write, durable=False)
+
+
 def _save_npy(path: Path, array: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
 
-    atomic_write(path, write)
+    _scratch(path, write)
 
 
 def run_piece(task: PieceTask) -> PieceDone:
@@ -214,7 +227,7 @@ def run_piece(task: PieceTask) -> PieceDone:
 
     wd = task.workdir
     if frame is not None and frame.height:
-        atomic_write(
+        _scratch(
             piece_path(wd, piece.index, "table.arrow"),
             lambda tmp: frame.write_ipc(
                 tmp, compression="uncompressed", compat_level=pl.CompatLevel.oldest()
@@ -236,7 +249,7 @@ def run_piece(task: PieceTask) -> PieceDone:
         rows_frame = pl.concat(
             [rows_frame, _openers(texts_head, task.opener_words)], how="horizontal"
         )
-    atomic_write(
+    _scratch(
         piece_path(wd, piece.index, "rows.parquet"),
         lambda tmp: rows_frame.write_parquet(tmp, compression="uncompressed", statistics=False),
     )
@@ -244,8 +257,14 @@ def run_piece(task: PieceTask) -> PieceDone:
     _save_npy(piece_path(wd, piece.index, "bands.npy"), ordered)
     _save_npy(piece_path(wd, piece.index, "index.npy"), index)
     seconds = time.perf_counter() - t0
-    marker = json.dumps({"rows": row, "seconds": round(seconds, 4)})
-    atomic_write(piece_path(wd, piece.index, "done.json"), lambda tmp: tmp.write_text(marker))
+    done_name = piece_path(wd, piece.index, "done.json").name
+    sizes = {
+        p.name: p.stat().st_size
+        for p in Path(wd).glob(f"p{piece.index:05d}.*")
+        if p.is_file() and p.name != done_name
+    }
+    marker = json.dumps({"rows": row, "seconds": round(seconds, 4), "sizes": sizes})
+    _scratch(piece_path(wd, piece.index, "done.json"), lambda tmp: tmp.write_text(marker))
     return PieceDone(piece.index, row, seconds)
 
 
