@@ -8,6 +8,7 @@ starts once. An executor's ``task_map`` (Ray) replaces it entirely.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -37,8 +38,20 @@ class WorkerPool:
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=init_worker,
             )
-            for _ in range(self.workers):
-                self._pool.submit(_ready)
+            # One core's worth of work per worker: a Polars thread pool of every core in
+            # each worker would only compete with the other workers. Polars sizes its pool
+            # when imported, so the variable must be in the environment the workers start
+            # with (they start here, one per submit).
+            saved = os.environ.get("POLARS_MAX_THREADS")
+            os.environ["POLARS_MAX_THREADS"] = "1"
+            try:
+                for _ in range(self.workers):
+                    self._pool.submit(_ready)
+            finally:
+                if saved is None:
+                    os.environ.pop("POLARS_MAX_THREADS", None)
+                else:
+                    os.environ["POLARS_MAX_THREADS"] = saved
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         queue = deque(items)
