@@ -82,9 +82,12 @@ def run_once(tree: Path, src: Path, out: Path) -> tuple[float, float]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     cpu0 = _cpu()
     t0 = time.perf_counter()
+    # cwd: a directory without a ``builder`` package (``python -m`` puts the cwd first on
+    # sys.path, before PYTHONPATH: run from the repository, "old" would import this tree).
     proc = subprocess.run(
         [sys.executable, "-m", "builder", "dedup", str(src), "-o", str(out)],
         env=env,
+        cwd=out.parent,
         capture_output=True,
         text=True,
     )
@@ -115,7 +118,7 @@ def main() -> None:
     ap.add_argument("--baseline", default="c4ff338")
     args = ap.parse_args()
 
-    src = corpus(args.docs)
+    src = corpus(args.docs).resolve()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-dedup-cli-") as tmp:
         base = baseline_tree(args.baseline, Path(tmp) / "old")
