@@ -125,7 +125,6 @@ class _Input:
     originals: list[Path]
     source: TableSource | None
     rows_estimate: int
-    has_ids: bool | None  # None: not known before parsing (JSONL)
 
 
 def _plan_input(
@@ -138,7 +137,7 @@ def _plan_input(
     if jsonl is not None:
         check_jsonl_head(jsonl, text_column)
         pieces, estimate = jsonl_pieces(jsonl, settings.partition_size)
-        return _Input(pieces, jsonl, None, estimate, None)
+        return _Input(pieces, jsonl, None, estimate)
     source = open_table(
         input_path,
         text_column=text_column,
@@ -146,7 +145,7 @@ def _plan_input(
         partition_size=settings.partition_size,
     )
     pieces = parquet_pieces(source, settings.partition_size)
-    return _Input(pieces, list(source.original), source, source.num_rows, None)
+    return _Input(pieces, list(source.original), source, source.num_rows)
 
 
 def _input_identity(paths: Sequence[Path]) -> list[list[Any]]:

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from builder.errors import InputError
 from builder.io_tables import (
+    Partition,
     TableSource,
     check_text_dtype,
     compression_of,
@@ -184,8 +185,6 @@ def text_batches(
         for lo in range(0, len(arr), SUB_ROWS):
             yield arr.slice(lo, SUB_ROWS)
         return
-    from builder.io_tables import Partition
-
     part = Partition(piece.file, piece.row_groups, piece.skip, piece.length, 0)
     buf: list[pa.Array] = []
     rows = size = 0
