@@ -10,7 +10,12 @@ from typing import Any
 
 import click
 
-from builder.cli.options import config_option
+from builder.cli.options import (
+    config_option,
+    executor_option,
+    executor_overrides,
+    ray_address_option,
+)
 from builder.errors import BuilderError, ConfigError, Problem, ValidationError
 
 # Settings fields whose flag is not simply --field-name.
@@ -137,6 +142,22 @@ def _run_stage(name: str, cfg: Any, run_name: str) -> None:
     click.echo(json.dumps({"run_dir": str(summary.run_dir), **summary.counters}, indent=2))
 
 
+def _dedup_files(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+    """``dedup_files`` with the configured executor's task map (Ray); the local executor
+    needs none (and never imports Ray)."""
+    from builder.dedup import dedup_files
+
+    if cfg.run.executor == "local":
+        return dedup_files(*args, **kwargs)
+    from builder.run.executor import make_executor
+
+    executor = make_executor(cfg.run.executor, cfg)
+    try:
+        return dedup_files(*args, mapper=executor.task_map, **kwargs)
+    finally:
+        executor.close()
+
+
 def _echo_nodes(nodes, columns: list[str]) -> None:
     from builder.diversity import format_node_rates
 
@@ -185,6 +206,14 @@ def _echo_nodes(nodes, columns: list[str]) -> None:
 @click.option("--no-exact", is_flag=True, help="Skip exact (normalised text) dedup.")
 @click.option("--no-near", is_flag=True, help="Skip near-duplicate (MinHash LSH) dedup.")
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes (default: cores).")
+@click.option(
+    "--band-buckets",
+    type=click.IntRange(min=1),
+    help="Buckets the band grouping is split into (default: ~4M band entries each); "
+    "more buckets, less memory. Results never depend on it.",
+)
+@executor_option
+@ray_address_option
 @click.option("--save-signatures", is_flag=True, help="Also write OUTDIR/signatures.npy.")
 @click.option("--no-report", is_flag=True, help="Skip the diversity report.")
 @click.option(
@@ -210,6 +239,9 @@ def dedup(
     no_exact: bool,
     no_near: bool,
     workers: int | None,
+    band_buckets: int | None,
+    executor: str | None,
+    ray_address: str | None,
     save_signatures: bool,
     no_report: bool,
     explain: bool,
@@ -225,17 +257,22 @@ def dedup(
     (id, cluster_id, representative_id, kind exact|near, ...) and the diversity report
     (OUTDIR/diversity_*.parquet). INPUT may be a file, a directory or a glob.
 
+    Intermediates (signatures and band buckets per piece of input) stay in
+    OUTDIR/dedup-partial/ until the run ends: rerun the same command after a crash or
+    kill and the finished pieces are reused. With --executor ray the signature and bucket
+    tasks run on a Ray cluster (OUTDIR must be on a filesystem every node sees).
+
     \b
     Example:
       corpus dedup corpus.parquet -o out/dedup
       corpus dedup shards/ -o out/dedup --threshold 0.85 --text-column content
       corpus dedup --explain --bands 20 --rows 6
+      corpus dedup shards/ -o out/dedup --executor ray --ray-address 10.0.0.5:6379
     """
     from builder.config import load_config
-    from builder.dedup import dedup_files
     from builder.dedup import explain as explain_text
 
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, executor_overrides(executor, ray_address))
     settings = _with_overrides(
         "dedup",
         cfg.dedup,
@@ -274,13 +311,15 @@ def dedup(
         raise click.UsageError("missing INPUT (a Parquet/JSONL file, directory or glob)")
     if outdir is None:
         raise click.UsageError("missing -o/--output OUTDIR")
-    result = dedup_files(
+    result = _dedup_files(
+        cfg,
         input_path,
         outdir,
         settings,
         text_column=text_column,
         id_column=id_column,
         workers=workers,
+        buckets=band_buckets,
         progress=_progress("signatures"),
         save_signatures=save_signatures,
         diversity=not no_report,
@@ -299,6 +338,11 @@ def dedup(
     if s.empty_texts:
         click.echo(f"  {s.empty_texts} rows have no words (only exact dedup applies to them)")
     click.echo(f"  {s.seconds:.1f} s ({s.docs_per_s:.0f} docs/s, {s.workers} worker(s))")
+    if s.pieces_reused:
+        click.echo(
+            f"  resumed: {s.pieces_reused} of {s.pieces} signature pieces reused from "
+            "the interrupted run"
+        )
     if result.diversity is not None:
         d = result.diversity.summary
         click.echo(
@@ -379,22 +423,22 @@ def decontam(
     from builder.errors import InputError
 
     cfg = load_config(config_path)
+    settings = _with_overrides(
+        "decontam",
+        cfg.decontam,
+        cfg.source,
+        ngram=ngram,
+        min_words=min_words,
+        fuzzy=fuzzy,
+        fuzzy_threshold=fuzzy_threshold,
+        text_field=field,
+        workers=workers,
+    )
     if run_name is not None:
         if input_path is not None or outdir is not None or against or more_benchmarks:
             raise click.UsageError(
                 "--run uses the config's [decontam] benchmarks: give no INPUT, -o or --against"
             )
-        settings = _with_overrides(
-            "decontam",
-            cfg.decontam,
-            cfg.source,
-            ngram=ngram,
-            min_words=min_words,
-            fuzzy=fuzzy,
-            fuzzy_threshold=fuzzy_threshold,
-            text_field=field,
-            workers=workers,
-        )
         _run_stage("decontam", cfg.model_copy(update={"decontam": settings}), run_name)
         return
     if input_path is None:
@@ -411,17 +455,6 @@ def decontam(
             "no benchmark files given",
             hint="pass --against FILE..., or set [decontam] benchmarks in corpus.toml",
         )
-    settings = _with_overrides(
-        "decontam",
-        cfg.decontam,
-        cfg.source,
-        ngram=ngram,
-        min_words=min_words,
-        fuzzy=fuzzy,
-        fuzzy_threshold=fuzzy_threshold,
-        text_field=field,
-        workers=workers,
-    )
     result = decontaminate_files(
         input_path,
         files,

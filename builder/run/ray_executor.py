@@ -15,10 +15,12 @@ actor placed on the driver's node; the driver answers them between task completi
 its own engine. Generation (one async client process) never leaves the driver.
 
 Stages that are not partitioned (walk, generate, dedup, decontam, assemble, report) run on
-the driver as they do locally, except that dedup's MinHash signature tasks (one slice of
-the filter's output each; they read it and write their rows of the signature file in the
-stage's folder) run as Ray tasks too (``task_map``). The band keys come back to the driver,
-which groups them there (a gather, not a Ray shuffle); decontam uses its own local pool.
+the driver as they do locally, except that dedup's tasks run as Ray tasks too
+(``task_map``): its signature tasks (one piece of the filter's output each; they write the
+piece's signatures and bucketed band keys into the stage's folder) and then its band
+grouping, a shuffle: one task per bucket reads that bucket's slice of every piece's band
+file and returns only the candidate pairs it found, so the band keys never gather on the
+driver. Decontam uses its own local pool.
 
 Nothing here imports Ray at module level, and ``builder.run.executor`` imports this module
 only when ``ray`` is chosen, so a local build never loads Ray.
@@ -297,7 +299,8 @@ class RayExecutor(LocalExecutor):
 
     @property
     def task_map(self) -> Any:
-        """``fn, items -> results as they finish``, as Ray tasks (dedup's signatures)."""
+        """``fn, items -> results as they finish``, as Ray tasks (dedup's signature and
+        band-bucket tasks)."""
         return self.map_tasks
 
     def map_tasks(self, fn: Any, items: Iterable[Any]) -> Iterator[Any]:

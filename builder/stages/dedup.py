@@ -6,7 +6,10 @@ removed document). ``decontam`` reads ``work/semdedup/kept.parquet`` (the MinHas
 semantic survivors) and writes ``work/decontam/clean.parquet``, ``hits.parquet`` and
 ``rejected.parquet``. Both stream their input (signatures and n-gram keys are arrays;
 texts are read batch by batch), so memory does not grow with the texts. A run killed
-mid-stage leaves no marker: the stage reruns from its inputs and gives the same result.
+mid-stage leaves no marker: the stage reruns from its inputs and gives the same result;
+dedup keeps its intermediates in ``work/dedup/dedup-partial/`` meanwhile, so its rerun
+reuses the signature pieces already finished. On Ray (``ctx.executor.task_map``) dedup's
+signature tasks and its band-bucket tasks (the shuffle) are Ray tasks.
 """
 
 from __future__ import annotations
@@ -90,6 +93,10 @@ class DedupStage(Stage):
             result = dedup_files(self.inputs(ctx)[0], out, config.dedup, mapper=mapper)
             write_table(result.removed.to_arrow(), removed)
             stats = _stats(result)
+            # How much a resumed run reused is this call's, not the stage's result.
+            reused = stats.pop("pieces_reused", 0)
+            if reused:
+                ctx.log(f"[dedup] reused {reused} of {stats['pieces']} finished signature pieces")
             n_removed = result.removed.height
         else:
             copy_parts(parts, kept, config.run.partition_rows)

@@ -6,7 +6,8 @@ instead of sleeping and hoping the signal lands mid-stage. Unset (always, outsid
 tests), a fault point is one dictionary lookup.
 
 Points: ``generate.journal`` (after a journal file of results is written),
-``dedup.signatures`` (signatures computed, nothing written), ``assemble.shard`` (after a
+``dedup.piece`` (the dedup parent received a finished signature piece), ``dedup.signatures``
+(every piece's signatures computed, no result written), ``assemble.shard`` (after a
 shard is written), ``assemble.manifest`` (manifest written, card not yet),
 ``stage.marked`` (after any stage's marker is written), ``partition.done`` (after a
 partitioned stage recorded a finished input partition, on the driver).

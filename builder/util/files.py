@@ -44,10 +44,15 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[Path], None], *, durable: bool = True
+) -> Path:
     """Call ``write(tmp_path)`` to fill a temp file, fsync it and rename it to ``path``.
 
     For writers that want a path (pyarrow, numpy). The temp file is removed on any error.
+    ``durable=False`` skips both fsyncs: still atomic for readers and after a crash or
+    ``kill -9`` (the page cache survives those), but not across a power cut; for scratch
+    files whose reader checks them (dedup's intermediates, which record their sizes).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -56,14 +61,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     tmp = Path(name)
     try:
         write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
         os.chmod(tmp, _new_file_mode())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(target.parent)
+    if durable:
+        fsync_dir(target.parent)
     return target
 
 

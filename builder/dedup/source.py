@@ -1,0 +1,299 @@
+"""The pieces of a dedup input: what one signature task reads, and how it reads it.
+
+A piece is a run of rows in global order: row groups of a Parquet file, a byte range of a
+plain JSONL file (cut at line ends, so the worker parses it itself: reading is spread over
+the workers instead of a serial conversion in the parent), or a slice of an in-memory
+column (``dedup_table``). Pieces are planned from the input and the settings alone (never
+from the number of workers), so a rerun after a kill finds the same pieces and the local and
+Ray executors compute the same files.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from builder.errors import InputError
+from builder.io_tables import (
+    Partition,
+    TableSource,
+    check_text_dtype,
+    compression_of,
+    find_jsonl_problem,
+    read_partition_batches,
+    require_text_column,
+    resolve_inputs,
+    table_format,
+)
+
+#: A worker processes a piece in sub-batches of at most this many rows / text bytes, which
+#: bounds its memory whatever the piece or document sizes (1,000 rows measured fastest: the
+#: per-batch arrays stay in cache-friendly sizes and a fresh worker has little to fault in).
+SUB_ROWS = 1000
+SUB_BYTES = 32 << 20
+#: Input is cut into about this many pieces (fewer when each would be under MIN_ROWS rows),
+#: enough to balance the workers of a small machine without depending on their number.
+TARGET_PIECES = 8
+MIN_ROWS = 2000
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One task's input. ``kind`` is ``parquet`` (``row_groups``, ``skip``, ``length``),
+    ``jsonl`` (bytes ``start:end`` of ``file``; rows unknown until parsed) or ``memory``
+    (rows ``skip:skip + length`` of the column handed to the task)."""
+
+    index: int
+    kind: str
+    file: str = ""
+    row_groups: tuple[int, ...] = ()
+    skip: int = 0
+    length: int = -1
+    start: int = 0
+    end: int = 0
+
+
+def rows_per_piece(n: int, partition_size: int) -> int:
+    """At most ``partition_size``, about ``n / TARGET_PIECES``, not below ``MIN_ROWS``."""
+    return max(1, min(partition_size, max(MIN_ROWS, -(-n // TARGET_PIECES))))
+
+
+def plain_jsonl_inputs(path: str | os.PathLike[str]) -> list[Path] | None:
+    """The input files when every one is an uncompressed JSONL file (split by bytes), else
+    None (Parquet and compressed inputs go through ``open_table``)."""
+    files = resolve_inputs(path)
+    for f in files:
+        if compression_of(f) is not None or table_format(f) != "jsonl":
+            return None
+    return files
+
+
+def _line_end_after(fh: io.BufferedReader, pos: int, size: int) -> int:
+    """The offset just after the first newline at or after ``pos`` (or ``size``)."""
+    fh.seek(pos)
+    while pos < size:
+        block = fh.read(1 << 16)
+        if not block:
+            return size
+        k = block.find(b"\n")
+        if k >= 0:
+            return pos + k + 1
+        pos += len(block)
+    return size
+
+
+def jsonl_pieces(
+    files: Sequence[Path], partition_size: int, first_index: int = 0
+) -> tuple[list[Piece], int]:
+    """Byte ranges of about ``rows_per_piece`` lines each (line length estimated from the
+    first MiB of each file), every range ending just after a newline; and the estimated
+    number of rows."""
+    pieces: list[Piece] = []
+    estimate = 0
+    for f in files:
+        size = f.stat().st_size
+        path = str(f.resolve())  # tasks may run in another directory (Ray workers)
+        with open(f, "rb") as fh:
+            head = fh.read(1 << 20)
+            lines = max(1, head.count(b"\n"))
+            per_line = max(1, len(head) // lines)
+            estimate += size // per_line + 1
+            step = max(1, rows_per_piece(size // per_line, partition_size) * per_line)
+            start = 0
+            while start < size:
+                end = size if start + step >= size else _line_end_after(fh, start + step, size)
+                pieces.append(Piece(first_index + len(pieces), "jsonl", path, start=start, end=end))
+                start = end
+    return pieces, estimate
+
+
+def check_jsonl_head(files: Sequence[Path], text_column: str) -> None:
+    """Fail early, as the serial reader did, when the first lines lack a usable text column.
+
+    Only the first complete lines of each file are parsed; a column absent there but present
+    later is still found by the pieces (and the unified schema is checked again at the end).
+    """
+    for f in files:
+        if f.stat().st_size == 0:
+            raise InputError("file is empty", file=f, hint="give a file with at least one row")
+        with open(f, "rb") as fh:
+            head = fh.read(1 << 16)
+        cut = head.rfind(b"\n")
+        chunk = head if cut < 0 else head[: cut + 1]
+        if not chunk.strip():
+            continue
+        try:
+            frame = pl.read_ndjson(io.BytesIO(chunk), infer_schema_length=None)
+        except Exception as exc:  # noqa: BLE001 - polars' errors carry no line number
+            raise jsonl_error(f, exc) from None
+        if text_column in frame.columns:
+            check_text_dtype(frame.schema[text_column], text_column, file=f)
+        elif os.path.getsize(f) <= len(chunk):
+            require_text_column(frame.columns, text_column, file=f, option="--text-column")
+
+
+def jsonl_error(path: str | os.PathLike[str], exc: BaseException | str) -> InputError:
+    """The user error for an unparsable JSONL file: its first bad line, found by a scan."""
+    found = find_jsonl_problem(path)
+    if found is not None:
+        return found
+    return InputError(f"cannot read JSONL: {exc}", file=path, hint="check that it is JSON lines")
+
+
+def read_jsonl_piece(piece: Piece) -> pl.DataFrame:
+    """Parse one JSONL byte range (raises polars' error on a bad line; the caller names it)."""
+    with open(piece.file, "rb") as fh:
+        fh.seek(piece.start)
+        data = fh.read(piece.end - piece.start)
+    if not data.strip():
+        return pl.DataFrame()
+    return pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
+
+
+def text_batches(
+    piece: Piece,
+    text_column: str,
+    *,
+    frame: pl.DataFrame | None = None,
+    texts: pl.Series | None = None,
+) -> Iterator[pa.Array]:
+    """The piece's texts as Arrow string arrays of at most ``SUB_ROWS`` rows / ``SUB_BYTES``.
+
+    ``frame``: the parsed rows of a JSONL piece; ``texts``: the column of a memory piece.
+    """
+    if piece.kind == "memory":
+        assert texts is not None
+        arr = texts.slice(piece.skip, piece.length).to_arrow()
+        for lo in range(0, len(arr), SUB_ROWS):
+            yield arr.slice(lo, SUB_ROWS)
+        return
+    if piece.kind == "jsonl":
+        if frame is None or frame.height == 0:
+            return
+        col = (
+            frame[text_column]
+            if text_column in frame.columns
+            else pl.Series(text_column, [None] * frame.height, dtype=pl.String)
+        )
+        arr = col.cast(pl.String).to_arrow()
+        for lo in range(0, len(arr), SUB_ROWS):
+            yield arr.slice(lo, SUB_ROWS)
+        return
+    part = Partition(piece.file, piece.row_groups, piece.skip, piece.length, 0)
+    buf: list[pa.Array] = []
+    rows = size = 0
+    for batch in read_partition_batches(part, [text_column], batch_rows=SUB_ROWS):
+        col = batch.column(0)
+        buf.append(col)
+        rows += len(col)
+        size += col.nbytes
+        if rows >= SUB_ROWS or size >= SUB_BYTES:
+            yield pa.concat_arrays(buf)
+            buf, rows, size = [], 0, 0
+    if buf:
+        yield pa.concat_arrays(buf)
+
+
+def parquet_pieces(source: TableSource, partition_size: int) -> list[Piece]:
+    """Runs of row groups (``TableSource.partitions``) of about ``rows_per_piece`` rows."""
+    size = rows_per_piece(source.num_rows, partition_size)
+    return [
+        Piece(i, "parquet", str(Path(p.file).resolve()), p.row_groups, p.skip, p.length)
+        for i, p in enumerate(source.partitions(size, TARGET_PIECES))
+    ]
+
+
+def memory_pieces(n: int, partition_size: int) -> list[Piece]:
+    """Slices of an in-memory column."""
+    size = rows_per_piece(n, partition_size)
+    return [
+        Piece(i, "memory", skip=lo, length=min(size, n - lo))
+        for i, lo in enumerate(range(0, n, size))
+    ]
+
+
+def _conform(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
+    """``batch`` with ``target``'s columns and types (missing columns as nulls)."""
+    arrays = []
+    for fld in target:
+        idx = batch.schema.get_field_index(fld.name)
+        if idx < 0:
+            arrays.append(pa.nulls(batch.num_rows, type=fld.type))
+            continue
+        col = batch.column(idx)
+        arrays.append(col if col.type == fld.type else col.cast(fld.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=target)
+
+
+@dataclass
+class ArrowFilesSource:
+    """The parsed rows of JSONL pieces, one Arrow IPC file each, read as one table.
+
+    Same reading interface as ``io_tables.TableSource`` (what dedup uses of it): IPC files
+    are written and read back without encoding (memory-mapped), which is why the pieces
+    keep their parsed rows in them rather than in Parquet.
+    """
+
+    files: list[Path]
+    original: list[Path]
+    schema: pa.Schema
+    row_counts: list[int]
+
+    @classmethod
+    def open(cls, files: list[Path], original: list[Path]) -> ArrowFilesSource:
+        schemas, counts = [], []
+        for f in files:
+            reader = pa.ipc.open_file(pa.memory_map(str(f)))
+            schemas.append(reader.schema)
+            counts.append(
+                sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+            )
+        try:
+            schema = pa.unify_schemas(schemas, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise InputError(
+                f"input rows have incompatible values in one field: {exc}",
+                file=original[0],
+                hint="give every row the same type for each field",
+            ) from None
+        return cls(files, original, schema, counts)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema.names)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.row_counts)
+
+    @property
+    def label(self) -> str:
+        return str(self.original[0]) if len(self.original) == 1 else f"{len(self.original)} files"
+
+    def iter_batches(
+        self, columns: Sequence[str] | None = None, *, batch_rows: int = 8192
+    ) -> Iterator[pa.RecordBatch]:
+        """Every row in order, as batches of at most ``batch_rows`` conformed to the schema."""
+        cols = list(columns) if columns is not None else self.columns
+        target = pa.schema([self.schema.field(c) for c in cols])
+        for f in self.files:
+            reader = pa.ipc.open_file(pa.memory_map(str(f)))
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                for lo in range(0, batch.num_rows, batch_rows):
+                    yield _conform(batch.slice(lo, batch_rows), target)
+
+    def read_columns(self, columns: Sequence[str]) -> pl.DataFrame:
+        """Small columns (ids, flags, paths) for every row, as one DataFrame."""
+        cols = [c for c in columns if c in self.columns]
+        if not cols:
+            return pl.DataFrame()
+        target = pa.schema([self.schema.field(c) for c in cols])
+        batches = list(self.iter_batches(cols, batch_rows=1 << 30))
+        return pl.from_arrow(pa.Table.from_batches(batches, target))  # type: ignore[return-value]
