@@ -10,6 +10,7 @@ SIGINT, as Ctrl-C sends), so no kill depends on how fast the machine is.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from builder.assemble import verify_run
+from builder.stages import STAGES
 from tests.support.fake_openai_server import FakeOpenAIServer
 from tests.support.project import ROOT, ids_and_texts, make_project, responder
 
@@ -119,6 +121,7 @@ def reference(server: FakeOpenAIServer, tmp_path_factory: pytest.TempPathFactory
         "docs": ids_and_texts(run),
         "rejected": sorted(pl.read_parquet(run / "rejected.parquet")["id"].to_list()),
         "stdout": out,
+        "run": run,
     }
 
 
@@ -172,24 +175,45 @@ def test_ctrl_c_and_kill_9_during_generation_then_resume(
     assert "is up to date" in _complete(config, cache)
 
 
+@pytest.fixture(scope="module")
+def before_assembly(
+    server: FakeOpenAIServer, reference: dict, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A project (and its cache) whose build was killed right after the stage before
+    assembly wrote its marker: every assembly test starts from a copy of it, so each runs
+    only assembly and what follows instead of a whole build."""
+    before = STAGES[STAGES.index("assemble") - 1]
+    root = tmp_path_factory.mktemp("before-assembly")
+    config = make_project(root / "project", server.base_url, OVERRIDES)
+    Build(config, root / "cache", fault=f"stage.marked.{before}:1").killed_by_fault()
+    done = root / "project" / "outputs" / "test" / "work" / "_done"
+    assert (done / f"{before}.json").exists() and not (done / "assemble.json").exists()
+    return root
+
+
 @pytest.mark.parametrize(
     "fault",
-    ["assemble.shard:1", "assemble.shard:3", "assemble.manifest:1", "stage.marked:7"],
+    ["assemble.shard:1", "assemble.shard:3", "assemble.manifest:1", "stage.marked.assemble:1"],
 )
 def test_kill_9_during_assembly_then_resume(
-    server: FakeOpenAIServer, reference: dict, tmp_path: Path, fault: str
+    server: FakeOpenAIServer, before_assembly: Path, reference: dict, tmp_path: Path, fault: str
 ) -> None:
     """Killed after the first shard, mid-shards, after the manifest (card and report not
     written) and after assembly's marker (report not written): the rerun completes the
     same corpus and leaves no temporary file."""
-    config = make_project(tmp_path / "project", server.base_url, OVERRIDES)
+    shutil.copytree(before_assembly, tmp_path, dirs_exist_ok=True)
+    config = tmp_path / "project" / "corpus.toml"
     cache = tmp_path / "cache"
     run = tmp_path / "project" / "outputs" / "test"
+    server.reset_counts()
     build = Build(config, cache, fault=fault)
     build.killed_by_fault()
     assert not (run / "report.html").exists()
+    if fault == "stage.marked.assemble:1":
+        assert (run / "work" / "_done" / "assemble.json").exists()
     _complete(config, cache)
     _assert_same(run, reference)
+    assert server.count("chat") == 0  # the stages before assembly were not redone
     assert (run / "report.html").exists()
     assert not list(run.rglob(".*.tmp*"))  # no temporary file left behind
     assert not (run / ".assemble").exists()

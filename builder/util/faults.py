@@ -9,7 +9,8 @@ Unset (always, outside those tests), a fault point is one dictionary lookup.
 Points: ``generate.journal`` (after a journal file of results is written),
 ``dedup.signatures`` (signatures computed, nothing written), ``assemble.shard`` (after a
 shard is written), ``assemble.manifest`` (manifest written, card not yet),
-``stage.marked`` (after any stage's marker is written), ``partition.done`` (after a
+``stage.marked`` (after any stage's marker is written), ``stage.marked.<stage>`` (after
+that stage's marker is written), ``partition.done`` (after a
 partitioned stage recorded a finished input partition, on the driver).
 """
 
