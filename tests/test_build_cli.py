@@ -6,7 +6,10 @@ user errors go through the same handler as in a terminal: one line on stderr, ex
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +37,45 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     return code, out, err
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server() -> Any:
     with FakeOpenAIServer(responder=responder) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def built(server: FakeOpenAIServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One build of the small project as run ``v2`` (``--run``), shared by the tests that
+    only read it or rerun it (a full build is the slow part of this module). Its own cache
+    and output directories: the conftest isolates each test, not each module."""
+    root = tmp_path_factory.mktemp("built")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CORPUS_CACHE_DIR", str(root / "cache"))
+        mp.setenv("CORPUS_OUTPUT_DIR", str(root / "outputs"))
+        config = make_project(root / "p", server.base_url, SMALL)
+        out, err = io.StringIO(), io.StringIO()
+        argv = ["build", "--config", str(config), "--run", "v2", "--no-progress"]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(argv)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    return {
+        "root": root,
+        "config": config,
+        "code": code,
+        "out": out.getvalue(),
+        "err": err.getvalue(),
+        "sent": server.count("chat"),
+    }
+
+
+@pytest.fixture
+def same_dirs(built: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point this test at the module build's cache and outputs."""
+    monkeypatch.setenv("CORPUS_CACHE_DIR", str(built["root"] / "cache"))
+    monkeypatch.setenv("CORPUS_OUTPUT_DIR", str(built["root"] / "outputs"))
 
 
 def _lines(text: str) -> list[str]:
@@ -45,10 +83,12 @@ def _lines(text: str) -> list[str]:
 
 
 def test_build_prints_summary_and_where_things_are(
-    server: FakeOpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    built: dict[str, Any],
+    server: FakeOpenAIServer,
+    same_dirs: None,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    config = make_project(tmp_path / "p", server.base_url, SMALL)
-    code, out, err = run_cli(capsys, "build", "--config", str(config), "--no-progress")
+    code, out, err = built["code"], built["out"], built["err"]
     assert code == 0, err
     paths = {}
     for line in out.splitlines():
@@ -61,30 +101,35 @@ def test_build_prints_summary_and_where_things_are(
     assert "documents:" in out and "tokens:" in out and "cost: $" in out and "time:" in out
     assert "[generate]" in err and "[assemble]" in err  # stage log lines go to stderr
     assert "up to date" not in out
+    assert built["sent"] > 0
     sent = server.count("chat")
 
-    code, out, err = run_cli(capsys, "build", "--config", str(config), "--no-progress")
+    config = str(built["config"])
+    code, out, err = run_cli(capsys, "build", "--config", config, "--run", "v2", "--no-progress")
     assert code == 0, err
     assert "is up to date: nothing to do" in out
     assert server.count("chat") == sent
 
-    code, out, _ = run_cli(capsys, "build", "--config", str(config), "--json")
+    code, out, _ = run_cli(capsys, "build", "--config", config, "--run", "v2", "--json")
     data = json.loads(out)
     assert data["up_to_date"] is True and data["documents"] > 0
     assert Path(data["card"]) == paths["card"]
 
 
 def test_build_run_option_writes_another_run(
-    server: FakeOpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    built: dict[str, Any], same_dirs: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = make_project(tmp_path / "p", server.base_url, SMALL)
-    code, out, err = run_cli(capsys, "build", "--config", str(config), "--run", "v2", "--json")
+    assert built["code"] == 0, built["err"]
+    config = str(built["config"])
+    code, out, err = run_cli(capsys, "build", "--config", config, "--run", "v2", "--json")
     assert code == 0, err
     data = json.loads(out)
     run_dir = Path(data["run_dir"])
     assert run_dir.name == "v2"
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["run"] == "v2"
+    # the configured run ("test") was not written: --run chose where everything went
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["v2"]
 
 
 def test_plan_prints_requests_tokens_and_cost(
@@ -123,22 +168,30 @@ def test_plan_without_a_price_shows_unknown_cost(
 
 
 def test_report_rerenders_card_and_report(
-    server: FakeOpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    built: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    config = make_project(tmp_path / "p", server.base_url, SMALL)
-    code, out, err = run_cli(capsys, "build", "--config", str(config), "--json")
-    assert code == 0, err
-    data = json.loads(out)
-    card, report = Path(data["card"]), Path(data["report"])
+    assert built["code"] == 0, built["err"]
+    # a copy of the built project and its outputs: this test deletes files
+    shutil.copytree(built["root"] / "p", tmp_path / "p")
+    shutil.copytree(built["root"] / "outputs", tmp_path / "outputs")
+    monkeypatch.setenv("CORPUS_OUTPUT_DIR", str(tmp_path / "outputs"))
+    config = tmp_path / "p" / "corpus.toml"
+    run_dir = tmp_path / "outputs" / "v2"
+    card, report = run_dir / "README.md", run_dir / "report.html"
+    assert card.is_file() and report.is_file()
     card.unlink()
     report.unlink()
-    code, out, err = run_cli(capsys, "report", data["run_dir"])
+    code, out, err = run_cli(capsys, "report", str(run_dir))
     assert code == 0, err
     assert card.is_file() and report.is_file()
     report.unlink()
-    code, out, err = run_cli(capsys, "report", "--config", str(config))
+    code, out, err = run_cli(capsys, "report", "--config", str(config), "--run", "v2")
     assert code == 0, err
     assert report.is_file()
+    assert not (built["root"] / "outputs" / "v2" / "README.md").samefile(card)
     code, out, err = run_cli(capsys, "report", str(tmp_path / "nothing-here"))
     assert code == 2
     assert len(_lines(err)) == 1 and "manifest.json" in err

@@ -7,7 +7,9 @@ same texts, each request answered once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -85,20 +87,28 @@ class FirstTryFaults:
         return fault
 
 
-def clean_build(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> tuple[Path, list[dict[str, Any]]]:
-    """A fault-free online build; returns its run dir and the chat requests it sent."""
-    with FakeOpenAIServer(responder=responder) as srv:
-        config = make_project(tmp_path / "clean", srv.base_url, {**SMALL, "llm": FAST})
-        run_dir = build(capsys, monkeypatch, config)
-        return run_dir, list(srv.requests)
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    """A fault-free online build, shared by the module's tests (each compares its own build
+    with it and leaves it untouched); returns its run dir and the chat requests it sent."""
+    root = tmp_path_factory.mktemp("clean")
+    with FakeOpenAIServer(responder=responder) as srv, pytest.MonkeyPatch.context() as mp:
+        config = make_project(root / "clean", srv.base_url, {**SMALL, "llm": FAST})
+        mp.setenv("CORPUS_CACHE_DIR", str(config.parent / "cache"))
+        mp.setenv("CORPUS_OUTPUT_DIR", str(config.parent / "outputs"))
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main(["build", "--config", str(config), "--json"])  # SystemExit fails the setup
+        return Path(json.loads(out.getvalue())["run_dir"]), list(srv.requests)
 
 
 def test_build_through_transient_faults_equals_a_fault_free_build(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    clean: tuple[Path, list[dict[str, Any]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    clean_dir, clean_requests = clean_build(tmp_path, capsys, monkeypatch)
+    clean_dir, clean_requests = clean
     clean_keys = [request_key(b) for b in clean_requests]
     faults = FirstTryFaults()
     with FakeOpenAIServer(responder=responder, faults=faults) as srv:
@@ -131,9 +141,12 @@ def batch_lines(srv: FakeOpenAIServer) -> list[dict[str, Any]]:
 
 
 def test_build_with_batch_true_goes_through_the_batch_api_and_equals_an_online_build(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    clean: tuple[Path, list[dict[str, Any]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    online_dir, online_requests = clean_build(tmp_path, capsys, monkeypatch)
+    online_dir, online_requests = clean
     llm = {**FAST, "batch": True, "batch_poll_s": 0.01}
     with FakeOpenAIServer(responder=responder) as srv:
         config = make_project(tmp_path / "batch", srv.base_url, {**SMALL, "llm": llm})

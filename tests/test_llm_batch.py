@@ -128,9 +128,10 @@ def test_a_killed_batch_run_resumes_polling_instead_of_resubmitting(tmp_path):
     with FakeOpenAIServer(batch_delay=60) as srv:  # the batch stays in progress
         code = _KILLED.format(root=str(ROOT), url=srv.base_url, cache=str(cache))
         proc = subprocess.Popen([sys.executable, "-c", code])
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a bound for a slow machine, not an ordering
         while srv.count("batch_status") < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert srv.count("batch_status") >= 2, "the batch was never polled"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         db = sqlite3.connect(cache / "llm-cache.sqlite3")

@@ -3,19 +3,18 @@ is the same as an uninterrupted build's (same ids and texts, nothing duplicated 
 
 Builds run as subprocesses (``python -m builder build``) against the loopback fake server.
 Kills land at deterministic points: ``CORPUS_FAULT=<point>:<n>`` (``builder.util.faults``)
-makes the build SIGKILL itself the n-th time it passes a named point, and Ctrl-C is sent once
-the build has journaled results (polling the run directory, no sleeps).
+makes the build SIGKILL itself the n-th time it passes a named point (``<point>:<n>:INT``:
+SIGINT, as Ctrl-C sends), so no kill depends on how fast the machine is.
 """
 
 from __future__ import annotations
 
 import os
-import queue
+import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from builder.assemble import verify_run
+from builder.stages import STAGES
 from tests.support.fake_openai_server import FakeOpenAIServer
 from tests.support.project import ROOT, ids_and_texts, make_project, responder
 
@@ -72,7 +72,6 @@ class Build:
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -81,38 +80,6 @@ class Build:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.stderr.append(line)
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_for_line(self, text: str, timeout: float = DEADLINE_S) -> bool:
-        """True once a stderr line contains ``text``; False if the process ended first."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            try:
-                line = self.lines.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            if line is None:
-                return False
-            if text in line:
-                return True
-        raise AssertionError(f"no {text!r} within {timeout} s; stderr: {''.join(self.stderr)}")
-
-    def wait_for_rows(self, run: Path, rows: int, timeout: float = DEADLINE_S) -> None:
-        """Wait until the run's generation stage has saved at least ``rows`` rows."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if generated_rows(run) >= rows:
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"build ended before {rows} rows: {''.join(self.stderr)}")
-            time.sleep(0.01)
-        raise AssertionError(f"fewer than {rows} rows after {timeout} s")
-
-    def kill(self) -> None:
-        self.proc.kill()  # SIGKILL: no cleanup of any kind
-        self.proc.wait(DEADLINE_S)
-        self._reader.join(10)
 
     def killed_by_fault(self) -> None:
         """Wait for the build to SIGKILL itself at its CORPUS_FAULT point."""
@@ -154,6 +121,7 @@ def reference(server: FakeOpenAIServer, tmp_path_factory: pytest.TempPathFactory
         "docs": ids_and_texts(run),
         "rejected": sorted(pl.read_parquet(run / "rejected.parquet")["id"].to_list()),
         "stdout": out,
+        "run": run,
     }
 
 
@@ -180,15 +148,15 @@ def test_ctrl_c_and_kill_9_during_generation_then_resume(
     cache = tmp_path / "cache"
     run = tmp_path / "project" / "outputs" / "test"
 
-    # Ctrl-C: a clean stop with exit code 130, one line, no traceback.
-    build = Build(config, cache)
-    build.wait_for_rows(run, 4)
-    build.proc.send_signal(signal.SIGINT)
+    # Ctrl-C after the second journal flush (SIGINT from a fault point, so it lands mid-
+    # generation on any machine): a clean stop with exit code 130, one line, no traceback.
+    build = Build(config, cache, fault="generate.journal:2:INT")
     code, _out, err = build.finish()
     assert code == 130, err
     assert "Traceback" not in err
     assert "interrupted" in err and "rerun" in err
     rows_at_stop = generated_rows(run)
+    assert rows_at_stop >= 2  # two journal flushes were written before the stop
 
     # kill -9 of the resumed build, right after its third journal flush.
     build = Build(config, cache, fault="generate.journal:3")
@@ -207,24 +175,45 @@ def test_ctrl_c_and_kill_9_during_generation_then_resume(
     assert "is up to date" in _complete(config, cache)
 
 
+@pytest.fixture(scope="module")
+def before_assembly(
+    server: FakeOpenAIServer, reference: dict, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A project (and its cache) whose build was killed right after the stage before
+    assembly wrote its marker: every assembly test starts from a copy of it, so each runs
+    only assembly and what follows instead of a whole build."""
+    before = STAGES[STAGES.index("assemble") - 1]
+    root = tmp_path_factory.mktemp("before-assembly")
+    config = make_project(root / "project", server.base_url, OVERRIDES)
+    Build(config, root / "cache", fault=f"stage.marked.{before}:1").killed_by_fault()
+    done = root / "project" / "outputs" / "test" / "work" / "_done"
+    assert (done / f"{before}.json").exists() and not (done / "assemble.json").exists()
+    return root
+
+
 @pytest.mark.parametrize(
     "fault",
-    ["assemble.shard:1", "assemble.shard:3", "assemble.manifest:1", "stage.marked:7"],
+    ["assemble.shard:1", "assemble.shard:3", "assemble.manifest:1", "stage.marked.assemble:1"],
 )
 def test_kill_9_during_assembly_then_resume(
-    server: FakeOpenAIServer, reference: dict, tmp_path: Path, fault: str
+    server: FakeOpenAIServer, before_assembly: Path, reference: dict, tmp_path: Path, fault: str
 ) -> None:
     """Killed after the first shard, mid-shards, after the manifest (card and report not
     written) and after assembly's marker (report not written): the rerun completes the
     same corpus and leaves no temporary file."""
-    config = make_project(tmp_path / "project", server.base_url, OVERRIDES)
+    shutil.copytree(before_assembly, tmp_path, dirs_exist_ok=True)
+    config = tmp_path / "project" / "corpus.toml"
     cache = tmp_path / "cache"
     run = tmp_path / "project" / "outputs" / "test"
+    server.reset_counts()
     build = Build(config, cache, fault=fault)
     build.killed_by_fault()
     assert not (run / "report.html").exists()
+    if fault == "stage.marked.assemble:1":
+        assert (run / "work" / "_done" / "assemble.json").exists()
     _complete(config, cache)
     _assert_same(run, reference)
+    assert server.count("chat") == 0  # the stages before assembly were not redone
     assert (run / "report.html").exists()
     assert not list(run.rglob(".*.tmp*"))  # no temporary file left behind
     assert not (run / ".assemble").exists()

@@ -28,7 +28,7 @@ def run(solution: str, tests: str, settings: VerifySettings = FAST):
     return run_in_sandbox(textwrap.dedent(solution), textwrap.dedent(tests), settings)
 
 
-def wait_until(predicate, what: str, timeout: float = 20.0) -> None:
+def wait_until(predicate, what: str, timeout: float = 120.0) -> None:
     """Poll for a state (not a sleep that orders events): fail if it never comes."""
     deadline = time.monotonic() + timeout
     while not predicate():

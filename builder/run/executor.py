@@ -85,6 +85,7 @@ class LocalExecutor:
                 ctx.did_work = True
             markers.mark(stage.name, fingerprint, counters=counters)
             fault_point("stage.marked")
+            fault_point(f"stage.marked.{stage.name}")  # one stage's marker, by name
             release_memory()  # the next stage starts from a low RSS, not this one's peak
             ctx.counters[stage.name] = counters
             return counters
