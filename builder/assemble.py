@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
@@ -192,6 +193,8 @@ class AssemblyResult:
     documents: int
     tokens: int
     rejected: int
+    #: most document rows held at once while writing the shards (one row group)
+    max_rows_held: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,6 +441,16 @@ def _small_types(t: pa.DataType) -> pa.DataType:
 # Atomic files
 
 
+#: Fixed, deterministic Parquet writer options of every file assembly writes.
+_PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "use_dictionary": True,
+    "write_statistics": True,
+    "version": "2.6",
+    "data_page_version": "1.0",
+}
+
+
 def _write_parquet(table: pa.Table, path: Path, *, row_group_rows: int, level: int) -> None:
     """Write one Parquet file atomically with fixed, deterministic writer options."""
     atomic_write(
@@ -446,12 +459,8 @@ def _write_parquet(table: pa.Table, path: Path, *, row_group_rows: int, level: i
             table,
             tmp,
             row_group_size=row_group_rows,
-            compression="zstd",
             compression_level=level,
-            use_dictionary=True,
-            write_statistics=True,
-            version="2.6",
-            data_page_version="1.0",
+            **_PARQUET_OPTIONS,
         ),
     )
 
@@ -518,11 +527,13 @@ class _Counts:
     def __init__(self) -> None:
         self.documents = 0
         self.tokens = 0
+        self.max_rows = 0
         self.by: dict[str, Counter[str]] = {}
         self.tokens_by: dict[str, Counter[str]] = {}
 
     def add(self, df: pl.DataFrame) -> None:
         self.documents += df.height
+        self.max_rows = max(self.max_rows, df.height)
         self.tokens += int(df["n_tokens"].sum() or 0)
         for key in ("discipline", "kind", "model", "template", "verified"):
             agg = (
@@ -589,12 +600,13 @@ def _row_bytes(df: pl.DataFrame) -> np.ndarray:
     )
 
 
-def _shard_slices(
+def _shard_pieces(
     batches: Iterable[pl.DataFrame], max_rows: int, max_bytes: int
-) -> Iterator[list[pl.DataFrame]]:
-    """Group sorted batches into shards of at most ``max_rows`` rows and ``max_bytes`` bytes
-    (a single row bigger than ``max_bytes`` gets a shard of its own)."""
-    current: list[pl.DataFrame] = []
+) -> Iterator[tuple[int, pl.DataFrame]]:
+    """Cut sorted batches into shards of at most ``max_rows`` rows and ``max_bytes`` bytes (a
+    single row bigger than ``max_bytes`` gets a shard of its own): ``(shard number, piece)``
+    pairs in order, so a shard is written piece by piece and never held whole."""
+    shard = 0
     rows = 0
     size = 0
     for batch in batches:
@@ -604,19 +616,32 @@ def _shard_slices(
             cum = np.cumsum(sizes[start : start + max_rows - rows])
             fit = int(np.searchsorted(cum, max_bytes - size, side="right"))
             if fit == 0 and rows:  # the next row does not fit: close this shard first
-                yield current
-                current, rows, size = [], 0, 0
+                shard, rows, size = shard + 1, 0, 0
                 continue
             fit = max(fit, 1)  # an oversized row gets a shard of its own
-            current.append(batch.slice(start, fit))
+            yield shard, batch.slice(start, fit)
             rows += fit
             size += int(cum[fit - 1])
             start += fit
             if rows >= max_rows or fit < len(cum):
-                yield current
-                current, rows, size = [], 0, 0
-    if current:
-        yield current
+                shard, rows, size = shard + 1, 0, 0
+
+
+def _row_groups(pieces: Iterable[pl.DataFrame], rows: int) -> Iterator[pl.DataFrame]:
+    """The pieces regrouped into frames of exactly ``rows`` rows (the last one shorter)."""
+    held: list[pl.DataFrame] = []
+    n = 0
+    for piece in pieces:
+        while piece.height:
+            take = min(rows - n, piece.height)
+            held.append(piece.slice(0, take))
+            n += take
+            piece = piece.slice(take)
+            if n == rows:
+                yield pl.concat(held, rechunk=True)
+                held, n = [], 0
+    if n:
+        yield pl.concat(held, rechunk=True)
 
 
 def _with_tokens(df: pl.DataFrame) -> pl.DataFrame:
@@ -716,18 +741,29 @@ def _assemble_locked(
             yield pl.from_arrow(rb)  # type: ignore[misc]
 
     max_bytes = int(out.shard_max_mb * 1024 * 1024)
-    for i, parts in enumerate(_shard_slices(batches(), out.shard_max_rows, max_bytes)):
-        df = _with_tokens(pl.concat(parts, rechunk=True))
+    pieces = _shard_pieces(batches(), out.shard_max_rows, max_bytes)
+    for i, shard_pieces in itertools.groupby(pieces, key=lambda p: p[0]):
+        # One row group at a time: memory is bounded by row_group_rows, not the shard size.
+        groups = _row_groups((piece for _i, piece in shard_pieces), out.row_group_rows)
         shards.append(
-            _write_shard(df, run, i, arrow_schema, out.row_group_rows, out.compression_level)
+            _write_shard(
+                (_with_tokens(g) for g in groups),
+                run,
+                i,
+                arrow_schema,
+                out.row_group_rows,
+                out.compression_level,
+                counts,
+            )
         )
         fault_point("assemble.shard")
         release_memory()
-        counts.add(df)
     if not shards:  # an empty corpus still loads: one shard with the schema and no rows
         empty = pl.DataFrame(schema=schema)
         shards.append(
-            _write_shard(empty, run, 0, arrow_schema, out.row_group_rows, out.compression_level)
+            _write_shard(
+                iter([empty]), run, 0, arrow_schema, out.row_group_rows, out.compression_level
+            )
         )
 
     rej_table = rej_df.to_arrow().cast(_arrow_schema(rej_df.schema))
@@ -776,6 +812,7 @@ def _assemble_locked(
         documents=counts.documents,
         tokens=counts.tokens,
         rejected=rej_df.height,
+        max_rows_held=counts.max_rows,
     )
 
 
@@ -866,20 +903,41 @@ def _check_ids(lf: pl.LazyFrame) -> None:
 
 
 def _write_shard(
-    df: pl.DataFrame, run: Path, index: int, schema: pa.Schema, row_group_rows: int, level: int
+    groups: Iterator[pl.DataFrame],
+    run: Path,
+    index: int,
+    schema: pa.Schema,
+    row_group_rows: int,
+    level: int,
+    counts: _Counts | None = None,
 ) -> ShardInfo:
+    """Write one shard from its row groups (each written as it comes, then dropped), with
+    the writer options of ``_write_parquet``, so the bytes equal writing the whole table."""
     rel = f"{DOCUMENTS_DIR}/part-{index:05d}.parquet"
     path = run / rel
-    table = df.to_arrow().cast(schema)
-    _write_parquet(table, path, row_group_rows=row_group_rows, level=level)
-    ids = df["id"]
+    seen = {"rows": 0, "first": None, "last": None}
+
+    def write(tmp: Path) -> None:
+        with pq.ParquetWriter(tmp, schema, compression_level=level, **_PARQUET_OPTIONS) as w:
+            for df in groups:
+                w.write_table(df.to_arrow().cast(schema), row_group_size=row_group_rows)
+                if not df.height:
+                    continue
+                if seen["first"] is None:
+                    seen["first"] = df["id"][0]
+                seen["last"] = df["id"][-1]
+                seen["rows"] += df.height
+                if counts is not None:
+                    counts.add(df)
+
+    atomic_write(path, write)
     return ShardInfo(
         rel,
-        df.height,
+        int(seen["rows"]),  # type: ignore[arg-type]
         path.stat().st_size,
         file_sha256(path),
-        ids[0] if df.height else None,
-        ids[-1] if df.height else None,
+        seen["first"],
+        seen["last"],
     )
 
 
