@@ -10,9 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 if TYPE_CHECKING:  # pragma: no cover
     from builder.stages.base import RunContext
+
+
+#: Documents per node that the text diversity metrics sample (``node_diversity``'s default).
+SAMPLE = 500
 
 
 def judge_llm_settings(config: Any, *, keyless: bool = False) -> Any:
@@ -51,6 +56,33 @@ def _stage_stats(ctx: RunContext, stage: str) -> dict[str, Any]:
     return counters.get("stats") or {}
 
 
+def _sampled_texts(clean_path: Path, docs: pl.DataFrame, sample: int = SAMPLE) -> list[str]:
+    """The texts of ``clean_path`` that ``node_diversity`` samples (every node's ``sample``
+    documents with the smallest id hashes, as ``builder.quality.metrics`` picks them), and
+    ``""`` for the others: what that function reads is the same, and the corpus's texts are
+    read in batches, never held together."""
+    from builder.diversity import expand_nodes
+    from builder.quality.metrics import _sample
+
+    base = docs.select(
+        pl.col("id").cast(pl.String).alias("_id"),
+        *([pl.col("taxonomy_path")] if "taxonomy_path" in docs.columns else []),
+    ).with_row_index("_row")
+    ids = base["_id"].to_list()
+    needed: set[int] = set()
+    for _key, group in base.pipe(expand_nodes).group_by(["node", "depth"]):
+        rows = group["_row"].to_list()
+        needed.update(rows[i] for i in _sample([ids[r] for r in rows], sample))
+    texts = [""] * docs.height
+    offset = 0
+    for batch in pq.ParquetFile(clean_path).iter_batches(batch_size=4096, columns=["text"]):
+        for i, text in enumerate(batch.column(0).to_pylist()):
+            if offset + i in needed:
+                texts[offset + i] = text or ""
+        offset += batch.num_rows
+    return texts
+
+
 def quality_summary(ctx: RunContext, clean_path: Path) -> Any:
     """Diversity per node and the embedding map of the final documents, written to
     ``work/diversity/quality_*``; returns the ``QualitySummary`` (None without documents)."""
@@ -58,11 +90,16 @@ def quality_summary(ctx: RunContext, clean_path: Path) -> Any:
     from builder.quality.summary import QualitySummary
     from builder.stages.quality import load_embeddings
 
-    docs = pl.read_parquet(clean_path)
+    names = pq.read_schema(clean_path).names
+    docs = pl.read_parquet(
+        clean_path, columns=[c for c in ("id", "taxonomy_path", "discipline") if c in names]
+    )
     if docs.height == 0:
         return None
     ids = docs["id"].cast(pl.String).to_list()
     vectors = load_embeddings(ctx, ids)
+    # The text metrics read only each node's sample: the other texts are never held.
+    docs = docs.with_columns(pl.Series("text", _sampled_texts(clean_path, docs), pl.String))
     nodes = node_diversity(docs, vectors)
     sem_nodes = ctx.paths.work / "semdedup" / "nodes.parquet"
     if sem_nodes.exists():
@@ -85,7 +122,7 @@ def quality_summary(ctx: RunContext, clean_path: Path) -> Any:
     )
     qstats = _stage_stats(ctx, "quality")
     sstats = _stage_stats(ctx, "semdedup")
-    summary: dict[str, Any] = {"sample": 500}
+    summary: dict[str, Any] = {"sample": SAMPLE}
     if qstats.get("embedder"):
         from builder.quality.embed import WORDLLAMA_MODEL, WORDLLAMA_TERMS
 

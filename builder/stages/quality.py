@@ -275,7 +275,11 @@ def load_embeddings(ctx: RunContext, ids: list[str]) -> np.ndarray | None:
     found = pl.DataFrame({"id": ids}).join(table, on="id", how="left", maintain_order="left")
     if found["embedding"].null_count():
         return None
-    return np.asarray(found["embedding"].to_list(), dtype=np.float32)
+    column = found["embedding"]
+    if column.list.len().n_unique() == 1:  # one flat float32 buffer, no Python floats
+        flat = column.explode().to_numpy().astype(np.float32, copy=False)
+        return flat.reshape(found.height, -1)
+    return np.asarray(column.to_list(), dtype=np.float32)
 
 
 def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
