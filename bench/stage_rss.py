@@ -75,7 +75,8 @@ def main() -> None:
         codes = {"new": ROOT}
         if args.baseline:
             codes = {"baseline": args.baseline, "new": ROOT}
-        reports = {}
+        reports: dict[str, bytes] = {}
+        shards: dict[str, list[str]] = {}
         for stage in STAGES:  # each stage with both trees over the same inputs
             for label, code in codes.items():
                 mb = run_stage(code, config, run, stage)
@@ -83,8 +84,12 @@ def main() -> None:
                 print(f"{label:>8} {stage:<9} peak RSS {mb:7.0f} MB", flush=True)
                 if stage == "report":
                     reports[label] = (run / "report.html").read_bytes()
+                if stage == "assemble":
+                    manifest = json.loads((run / "manifest.json").read_text())
+                    shards[label] = [s["sha256"] for s in manifest["shards"]]
         if args.baseline:
             result["report_identical"] = reports["baseline"] == reports["new"]
+            result["shards_identical"] = shards["baseline"] == shards["new"]
         result["load_end"] = os.getloadavg()[0]
     finally:
         server.stdin.close()
