@@ -313,7 +313,7 @@ class _Spill:
         import pyarrow as pa
         import pyarrow.ipc as ipc
 
-        with pa.memory_map(str(self._path(kind, b))) as source:
+        with pa.OSFile(str(self._path(kind, b))) as source:  # copied: the file is rewritten
             table = ipc.open_stream(source).read_all()
         self.max_rows_held = max(self.max_rows_held, table.num_rows)
         frame = pl.from_arrow(table)

@@ -534,7 +534,7 @@ def summarize_documents(
                 sink.close()
         candidates = [summary.openers]
         for b in range(n_buckets):
-            with pa.memory_map(str(Path(tmp) / f"{b:05d}.arrow")) as source:
+            with pa.OSFile(str(Path(tmp) / f"{b:05d}.arrow")) as source:
                 table = ipc.open_stream(source).read_all()
             summary.max_rows_held = max(summary.max_rows_held, table.num_rows)
             counts = _merge(pl.from_arrow(table), ["opener"], ["n"])  # type: ignore[arg-type]
