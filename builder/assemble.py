@@ -16,97 +16,81 @@ written into them (only ``created_at`` from the rows themselves).
 
 Large inputs stream: the normalised rows are sorted by Polars into a scratch Parquet file
 (``.assemble/``, which also holds the lock that keeps two assemblies of one run apart), then
-read back in record batches, so memory holds about one shard at a time. Bad input fails
-while the scratch file is written, before the previous corpus of the run is touched.
+read back in record batches and each shard is written row group by row group, so memory
+holds about one row group at a time. Bad input fails while the scratch file is written,
+before the previous corpus of the run is touched. Inputs and their schema are in
+``builder.assemble_inputs``; sorting, sharding and counting in ``builder.assemble_shards``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
+from builder.assemble_inputs import (
+    DOCUMENT_TYPES,
+    Source,
+    _arrow_schema,
+    _normalise_documents,
+    _normalise_rejected,
+    to_lazy,
+)
+from builder.assemble_shards import (
+    DOCUMENTS_DIR,
+    READ_BATCH_ROWS,
+    ROW_OVERHEAD_BYTES,
+    ShardInfo,
+    _Counts,
+    _row_groups,
+    _shard_pieces,
+    _with_tokens,
+    _write_parquet,
+    _write_shard,
+    sort_by_id,
+)
 from builder.errors import BuilderError, InputError
-from builder.records import DOCUMENT_COLUMNS, REJECTION_COLUMNS, canonical_json
-from builder.tokens import ENCODING_LABEL, ENCODING_NAME, count_tokens
+from builder.records import REJECTION_COLUMNS
+from builder.tokens import ENCODING_LABEL, ENCODING_NAME
 from builder.util.faults import fault_point
-from builder.util.files import atomic_write, atomic_write_bytes, file_sha256, fsync_dir
+from builder.util.files import atomic_write_bytes, file_sha256, fsync_dir
 from builder.util.memory import release_memory
 
 if TYPE_CHECKING:  # pragma: no cover
     from builder.config import CorpusConfig
 
+__all__ = [
+    "DOCUMENTS_DIR",
+    "DOCUMENT_TYPES",
+    "ROW_OVERHEAD_BYTES",
+    "AssemblyResult",
+    "ShardInfo",
+    "Source",
+    "assemble",
+    "read_manifest",
+    "scan_corpus",
+    "sort_by_id",
+    "to_lazy",
+    "verify_run",
+]
+
 MANIFEST_NAME = "manifest.json"
 REJECTED_NAME = "rejected.parquet"
-DOCUMENTS_DIR = "documents"
 SHARD_GLOB = "part-*.parquet"
 SCRATCH_DIR = ".assemble"
 LOCK_NAME = "lock"
 MANIFEST_FORMAT = 1
-
-#: Bytes counted per row on top of its text when bounding shard size (ids, hashes, names...).
-ROW_OVERHEAD_BYTES = 512
-#: Rows per record batch read back from the sorted scratch file.
-READ_BATCH_ROWS = 4096
-
-#: Arrow type of every document column; assembly casts to exactly this schema.
-DOCUMENT_TYPES: dict[str, pa.DataType] = {
-    "id": pa.string(),
-    "text": pa.string(),
-    "kind": pa.string(),
-    "discipline": pa.string(),
-    "subject": pa.string(),
-    "topic": pa.string(),
-    "taxonomy_path": pa.string(),
-    "session": pa.string(),
-    "concepts": pa.list_(pa.string()),
-    "audience": pa.string(),
-    "style": pa.string(),
-    "difficulty": pa.string(),
-    "template": pa.string(),
-    "template_sha256": pa.string(),
-    "model": pa.string(),
-    "seed": pa.int64(),
-    "request_sha256": pa.string(),
-    "finish_reason": pa.string(),
-    "prompt_tokens": pa.int64(),
-    "completion_tokens": pa.int64(),
-    "n_tokens": pa.int64(),
-    "verified": pa.bool_(),
-    "dup_cluster": pa.string(),
-    "created_at": pa.timestamp("us", tz="UTC"),
-}
-
-
-def _polars_type(t: pa.DataType) -> pl.DataType:
-    """The Polars type of the few Arrow types DOCUMENT_TYPES uses (no conversion at import)."""
-    if pa.types.is_string(t):
-        return pl.String()
-    if pa.types.is_int64(t):
-        return pl.Int64()
-    if pa.types.is_boolean(t):
-        return pl.Boolean()
-    if pa.types.is_list(t):
-        return pl.List(_polars_type(t.value_type))
-    if pa.types.is_timestamp(t):
-        return pl.Datetime(t.unit, t.tz)
-    raise TypeError(f"no Polars type for {t}")  # pragma: no cover
-
-
-_POLARS_TYPES: dict[str, pl.DataType] = {n: _polars_type(t) for n, t in DOCUMENT_TYPES.items()}
 
 #: Packages whose versions the manifest records (absent ones are recorded as null).
 KEY_PACKAGES: tuple[str, ...] = (
@@ -147,38 +131,6 @@ _RESERVED_MANIFEST_KEYS = frozenset(
     }
 )
 
-Source = (
-    pl.DataFrame
-    | pl.LazyFrame
-    | str
-    | os.PathLike[str]
-    | Sequence[str | os.PathLike[str]]
-    | Sequence[Mapping[str, Any]]
-    | None
-)
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    """One written file: its path relative to the run directory, rows, size and sha256."""
-
-    path: str
-    rows: int
-    bytes: int
-    sha256: str
-    first_id: str | None = None
-    last_id: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "rows": self.rows,
-            "bytes": self.bytes,
-            "sha256": self.sha256,
-            "first_id": self.first_id,
-            "last_id": self.last_id,
-        }
-
 
 @dataclass(frozen=True)
 class AssemblyResult:
@@ -192,268 +144,12 @@ class AssemblyResult:
     documents: int
     tokens: int
     rejected: int
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading inputs
-
-
-def _json_cell(value: Any) -> Any:
-    """Nested values (dicts, lists of dicts) become canonical JSON strings; others pass."""
-    if isinstance(value, Mapping):
-        return canonical_json(value)
-    if isinstance(value, list | tuple) and any(
-        isinstance(v, Mapping | list | tuple) for v in value
-    ):
-        return canonical_json(list(value))
-    return value
-
-
-def _rows_to_frame(rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
-    if not rows:
-        return pl.DataFrame()
-    cleaned = [{k: _json_cell(v) for k, v in row.items()} for row in rows]
-    try:
-        return pl.DataFrame(cleaned, infer_schema_length=None)
-    except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
-        raise InputError(
-            f"rows cannot be made into a table: {exc}",
-            hint="give every row the same value types per column",
-        ) from None
-
-
-def _scan_path(path: Path, what: str) -> pl.LazyFrame | None:
-    if path.is_dir():
-        files = sorted(path.glob("*.parquet")) or sorted(path.glob("*.jsonl"))
-        if not files:
-            return None
-        return _concat([_scan_path(f, what) for f in files])
-    if not path.exists():
-        raise InputError(
-            f"{what} file not found",
-            file=path,
-            hint="check the path, or rerun the stage that writes it",
-        )
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return pl.scan_parquet(path)
-    if suffix in (".jsonl", ".ndjson"):
-        return pl.scan_ndjson(path, infer_schema_length=None)
-    raise InputError(
-        f"cannot read {what} from a '{suffix}' file",
-        file=path,
-        hint="give Parquet (.parquet) or JSON lines (.jsonl) files",
-    )
-
-
-def _concat(frames: Iterable[pl.LazyFrame | None]) -> pl.LazyFrame | None:
-    present = [f for f in frames if f is not None]
-    if not present:
-        return None
-    if len(present) == 1:
-        return present[0]
-    return pl.concat(present, how="diagonal_relaxed")
-
-
-def _object_columns_to_json(df: pl.DataFrame) -> pl.DataFrame:
-    objs = [c for c, t in df.schema.items() if t == pl.Object]
-    if not objs:
-        return df
-    return df.with_columns(
-        pl.Series(c, [None if v is None else canonical_json(v) for v in df[c].to_list()], pl.String)
-        for c in objs
-    )
-
-
-def to_lazy(source: Source, what: str = "documents") -> pl.LazyFrame | None:
-    """Any accepted input (frame, lazy frame, Parquet/JSONL path(s) or dir, list of row dicts)
-    as one LazyFrame, or ``None`` when there is nothing (no rows, empty directory)."""
-    if source is None:
-        return None
-    if isinstance(source, pl.LazyFrame):
-        return source
-    if isinstance(source, pl.DataFrame):
-        return _object_columns_to_json(source).lazy() if source.width else None
-    if isinstance(source, str | os.PathLike):
-        return _scan_path(Path(source), what)
-    items = list(source)
-    if not items:
-        return None
-    if all(isinstance(i, str | os.PathLike) for i in items):
-        return _concat(_scan_path(Path(p), what) for p in items)
-    if all(isinstance(i, Mapping) for i in items):
-        frame = _rows_to_frame(items)  # type: ignore[arg-type]
-        return frame.lazy() if frame.width else None
-    raise InputError(
-        f"{what}: expected a DataFrame, paths or row dicts, got a list of "
-        f"{type(items[0]).__name__}",
-        hint="pass polars frames, Parquet/JSONL paths, or a list of dicts",
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Schema normalisation
-
-
-def _is_string_like(dtype: pl.DataType) -> bool:
-    return dtype in (pl.String, pl.Null) or isinstance(dtype, pl.Categorical | pl.Enum)
-
-
-def _cast_expr(name: str, dtype: pl.DataType, target: pl.DataType, what: str) -> pl.Expr:
-    """Expression converting column ``name`` from ``dtype`` to ``target``, or InputError."""
-    col = pl.col(name)
-    bad = InputError(
-        f"{what} column '{name}' has type {dtype}, expected {target}",
-        hint="fix the stage that writes this column",
-    )
-    if target == pl.String:
-        if _is_string_like(dtype):
-            return col.cast(pl.String)
-        raise bad
-    if target == pl.Int64:
-        if dtype == pl.Null or dtype.is_integer():
-            return col.cast(pl.Int64)
-        raise bad
-    if target == pl.Boolean:
-        if dtype in (pl.Boolean, pl.Null):
-            return col.cast(pl.Boolean)
-        raise bad
-    if isinstance(target, pl.List):
-        if dtype == pl.Null:
-            return col.cast(target)
-        if isinstance(dtype, pl.List | pl.Array) and _is_string_like(dtype.inner):  # type: ignore[union-attr]
-            return col.cast(target)
-        raise bad
-    if isinstance(target, pl.Datetime):
-        if dtype == pl.Null:
-            return col.cast(target)
-        if dtype == pl.String:
-            return col.str.to_datetime(time_unit="us", time_zone="UTC")
-        if dtype == pl.Date:
-            return col.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
-        if isinstance(dtype, pl.Datetime):
-            if dtype.time_zone is None:  # naive timestamps are taken as UTC
-                return col.dt.cast_time_unit("us").dt.replace_time_zone("UTC")
-            return col.dt.cast_time_unit("us").dt.convert_time_zone("UTC")
-        raise bad
-    raise AssertionError(f"no conversion to {target}")  # pragma: no cover
-
-
-def _extra_expr(name: str, dtype: pl.DataType) -> pl.Expr:
-    """Extra columns keep their type, except nested values (structs, dicts, lists of them)
-    become canonical JSON strings (sorted keys), the same whatever container they came in."""
-    col = pl.col(name)
-    if dtype == pl.Null:
-        return col.cast(pl.String)
-    if (
-        isinstance(dtype, pl.Struct)
-        or dtype == pl.Object
-        or (
-            isinstance(dtype, pl.List | pl.Array) and dtype.inner.is_nested()  # type: ignore[union-attr]
-        )
-    ):
-        return col.map_elements(
-            lambda v: canonical_json(v.to_list() if isinstance(v, pl.Series) else v),
-            return_dtype=pl.String,
-        )
-    if isinstance(dtype, pl.Categorical | pl.Enum):
-        return col.cast(pl.String)
-    return col
-
-
-def _normalise_documents(lf: pl.LazyFrame) -> tuple[pl.LazyFrame, list[str]]:
-    """Document columns in DESIGN order and types, then extras; missing ones filled with null."""
-    schema = lf.collect_schema()
-    for required in ("id", "text"):
-        if required not in schema:
-            raise InputError(
-                f"documents have no '{required}' column",
-                hint=f"every document row needs {', '.join(DOCUMENT_COLUMNS[:3])}",
-            )
-    exprs: list[pl.Expr] = []
-    filled: list[str] = []
-    for name in DOCUMENT_COLUMNS:
-        target = _POLARS_TYPES[name]
-        if name == "n_tokens":  # always recounted from the text
-            exprs.append(pl.lit(None, pl.Int64).alias(name))
-        elif name in schema:
-            exprs.append(_cast_expr(name, schema[name], target, "documents").alias(name))
-        else:
-            filled.append(name)
-            exprs.append(pl.lit(None, target).alias(name))
-    exprs.extend(_extra_expr(n, t).alias(n) for n, t in schema.items() if n not in DOCUMENT_TYPES)
-    return lf.select(exprs), filled
-
-
-def _normalise_rejected(lf: pl.LazyFrame) -> pl.LazyFrame:
-    schema = lf.collect_schema()
-    for required in ("id", "stage", "reason"):
-        if required not in schema:
-            raise InputError(
-                f"rejected rows have no '{required}' column",
-                hint="every rejected row needs id, stage, reason (and detail)",
-            )
-    exprs: list[pl.Expr] = []
-    for name in REJECTION_COLUMNS:
-        if name in schema:
-            exprs.append(_cast_expr(name, schema[name], pl.String, "rejected").alias(name))
-        else:
-            exprs.append(pl.lit(None, pl.String).alias(name))
-    for name in DOCUMENT_COLUMNS:
-        if name in schema and name not in REJECTION_COLUMNS:
-            target = _POLARS_TYPES[name]
-            exprs.append(_cast_expr(name, schema[name], target, "rejected").alias(name))
-    exprs.extend(
-        _extra_expr(n, t).alias(n)
-        for n, t in schema.items()
-        if n not in DOCUMENT_TYPES and n not in REJECTION_COLUMNS
-    )
-    return lf.select(exprs)
-
-
-def _arrow_schema(schema: pl.Schema) -> pa.Schema:
-    """Fixed Arrow types for the known columns; extras as Polars maps them (strings as
-    ``string``, not ``large_string``, so every reader sees the same types)."""
-    fields = []
-    for name, dtype in schema.items():
-        if name in DOCUMENT_TYPES:
-            fields.append(pa.field(name, DOCUMENT_TYPES[name]))
-            continue
-        t = pl.DataFrame(schema={name: dtype}).to_arrow().schema.field(name).type
-        fields.append(pa.field(name, _small_types(t)))
-    return pa.schema(fields)
-
-
-def _small_types(t: pa.DataType) -> pa.DataType:
-    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
-        return pa.string()
-    if pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
-        return pa.binary()
-    if pa.types.is_large_list(t) or pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
-        return pa.list_(_small_types(t.value_type))
-    return t
+    #: most document rows held at once while writing the shards (one row group)
+    max_rows_held: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
 # Atomic files
-
-
-def _write_parquet(table: pa.Table, path: Path, *, row_group_rows: int, level: int) -> None:
-    """Write one Parquet file atomically with fixed, deterministic writer options."""
-    atomic_write(
-        path,
-        lambda tmp: pq.write_table(
-            table,
-            tmp,
-            row_group_size=row_group_rows,
-            compression="zstd",
-            compression_level=level,
-            use_dictionary=True,
-            write_statistics=True,
-            version="2.6",
-            data_page_version="1.0",
-        ),
-    )
 
 
 def _clean_scratch(scratch: Path) -> None:
@@ -512,40 +208,6 @@ def _clean_run_dir(run_dir: Path) -> None:
 # Counting
 
 
-class _Counts:
-    """Running totals over the shards, for the manifest and the dataset card."""
-
-    def __init__(self) -> None:
-        self.documents = 0
-        self.tokens = 0
-        self.by: dict[str, Counter[str]] = {}
-        self.tokens_by: dict[str, Counter[str]] = {}
-
-    def add(self, df: pl.DataFrame) -> None:
-        self.documents += df.height
-        self.tokens += int(df["n_tokens"].sum() or 0)
-        for key in ("discipline", "kind", "model", "template", "verified"):
-            agg = (
-                df.select(pl.col(key).cast(pl.String).fill_null("null").alias("k"), "n_tokens")
-                .group_by("k")
-                .agg(pl.len().alias("n"), pl.col("n_tokens").sum().alias("t"))
-            )
-            docs = self.by.setdefault(key, Counter())
-            toks = self.tokens_by.setdefault(key, Counter())
-            for k, n, t in agg.iter_rows():
-                docs[k] += n
-                toks[k] += int(t or 0)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"documents": self.documents, "tokens": self.tokens}
-        for key, docs in sorted(self.by.items()):
-            toks = self.tokens_by[key]
-            out[f"by_{key}"] = {
-                k: {"documents": docs[k], "tokens": toks[k]} for k in sorted(docs, key=str)
-            }
-        return out
-
-
 def _rejected_counts(df: pl.DataFrame) -> dict[str, Any]:
     by_stage: dict[str, int] = {}
     by_stage_reason: dict[str, dict[str, int]] = {}
@@ -575,53 +237,6 @@ def package_versions(names: Iterable[str] = KEY_PACKAGES) -> dict[str, str | Non
 
         out["curriculum-corpus-builder"] = __version__
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Sharding
-
-
-def _row_bytes(df: pl.DataFrame) -> np.ndarray:
-    return (
-        df.select(pl.col("text").str.len_bytes().cast(pl.Int64) + ROW_OVERHEAD_BYTES)
-        .to_series()
-        .to_numpy()
-    )
-
-
-def _shard_slices(
-    batches: Iterable[pl.DataFrame], max_rows: int, max_bytes: int
-) -> Iterator[list[pl.DataFrame]]:
-    """Group sorted batches into shards of at most ``max_rows`` rows and ``max_bytes`` bytes
-    (a single row bigger than ``max_bytes`` gets a shard of its own)."""
-    current: list[pl.DataFrame] = []
-    rows = 0
-    size = 0
-    for batch in batches:
-        sizes = _row_bytes(batch)
-        start = 0
-        while start < batch.height:
-            cum = np.cumsum(sizes[start : start + max_rows - rows])
-            fit = int(np.searchsorted(cum, max_bytes - size, side="right"))
-            if fit == 0 and rows:  # the next row does not fit: close this shard first
-                yield current
-                current, rows, size = [], 0, 0
-                continue
-            fit = max(fit, 1)  # an oversized row gets a shard of its own
-            current.append(batch.slice(start, fit))
-            rows += fit
-            size += int(cum[fit - 1])
-            start += fit
-            if rows >= max_rows or fit < len(cum):
-                yield current
-                current, rows, size = [], 0, 0
-    if current:
-        yield current
-
-
-def _with_tokens(df: pl.DataFrame) -> pl.DataFrame:
-    counts = count_tokens(df["text"].to_list())
-    return df.with_columns(pl.Series("n_tokens", counts, dtype=pl.Int64))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -716,18 +331,29 @@ def _assemble_locked(
             yield pl.from_arrow(rb)  # type: ignore[misc]
 
     max_bytes = int(out.shard_max_mb * 1024 * 1024)
-    for i, parts in enumerate(_shard_slices(batches(), out.shard_max_rows, max_bytes)):
-        df = _with_tokens(pl.concat(parts, rechunk=True))
+    pieces = _shard_pieces(batches(), out.shard_max_rows, max_bytes)
+    for i, shard_pieces in itertools.groupby(pieces, key=lambda p: p[0]):
+        # One row group at a time: memory is bounded by row_group_rows, not the shard size.
+        groups = _row_groups((piece for _i, piece in shard_pieces), out.row_group_rows)
         shards.append(
-            _write_shard(df, run, i, arrow_schema, out.row_group_rows, out.compression_level)
+            _write_shard(
+                (_with_tokens(g) for g in groups),
+                run,
+                i,
+                arrow_schema,
+                out.row_group_rows,
+                out.compression_level,
+                counts,
+            )
         )
         fault_point("assemble.shard")
         release_memory()
-        counts.add(df)
     if not shards:  # an empty corpus still loads: one shard with the schema and no rows
         empty = pl.DataFrame(schema=schema)
         shards.append(
-            _write_shard(empty, run, 0, arrow_schema, out.row_group_rows, out.compression_level)
+            _write_shard(
+                iter([empty]), run, 0, arrow_schema, out.row_group_rows, out.compression_level
+            )
         )
 
     rej_table = rej_df.to_arrow().cast(_arrow_schema(rej_df.schema))
@@ -776,65 +402,8 @@ def _assemble_locked(
         documents=counts.documents,
         tokens=counts.tokens,
         rejected=rej_df.height,
+        max_rows_held=counts.max_rows,
     )
-
-
-def sort_by_id(lf: pl.LazyFrame, dest: Path, scratch: Path, *, max_rows: int) -> int:
-    """Write ``lf`` to ``dest`` sorted by id, holding about ``max_rows`` rows at a time.
-
-    An external sort: the rows are streamed once into range buckets of about ``max_rows``
-    rows each (split points from a sample of the ids), then each bucket is sorted alone and
-    appended; buckets cover ascending id ranges, so the result is sorted. Small inputs are
-    sorted in one go. Returns the number of rows.
-    """
-    unsorted = scratch / "unsorted.parquet"
-    # Polars' sink buffers a whole row group (default ~250k rows): bound it.
-    group = max(1, min(max_rows, 10_000))
-    lf.sink_parquet(unsorted, compression="lz4", row_group_size=group)
-    pf = pq.ParquetFile(unsorted, pre_buffer=False)
-    n = pf.metadata.num_rows
-    if n <= max_rows:
-        table = pq.read_table(unsorted).sort_by("id")
-        pq.write_table(table, dest, compression="lz4", row_group_size=group)
-        unsorted.unlink()
-        return n
-    step = max(1, n // 20_000)
-    sample: list[str] = []
-    seen = 0
-    for batch in pf.iter_batches(batch_size=max_rows, columns=["id"], use_threads=False):
-        ids = batch.column(0).to_pylist()
-        first = (-seen) % step
-        sample.extend(ids[first::step])
-        seen += len(ids)
-    sample.sort()
-    buckets = max(2, -(-2 * n // max_rows))  # about half max_rows each: room for skew
-    splits = np.array(
-        sorted({sample[len(sample) * i // buckets] for i in range(1, buckets)}), dtype=object
-    )
-    paths = [scratch / f"bucket-{i:05d}.parquet" for i in range(len(splits) + 1)]
-    writers: dict[int, pq.ParquetWriter] = {}
-    try:
-        for batch in pf.iter_batches(batch_size=max_rows, use_threads=False):
-            table = pa.Table.from_batches([batch])
-            ids = np.array(table.column("id").to_pylist(), dtype=object)
-            which = np.searchsorted(splits, ids, side="right")
-            for b in np.unique(which):
-                part = table.filter(pa.array(which == b))
-                if b not in writers:
-                    writers[b] = pq.ParquetWriter(paths[b], table.schema, compression="lz4")
-                writers[b].write_table(part)
-    finally:
-        for w in writers.values():
-            w.close()
-    unsorted.unlink()
-    schema = pf.schema_arrow
-    with pq.ParquetWriter(dest, schema, compression="lz4") as out:
-        for b, path in enumerate(paths):
-            if b not in writers:
-                continue
-            out.write_table(pq.read_table(path).sort_by("id"), row_group_size=group)
-            path.unlink()
-    return n
 
 
 def _manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
@@ -863,24 +432,6 @@ def _check_ids(lf: pl.LazyFrame) -> None:
             f"duplicate document id(s): {', '.join(dups)}",
             hint="each id must appear once; a stage probably appended the same rows twice",
         )
-
-
-def _write_shard(
-    df: pl.DataFrame, run: Path, index: int, schema: pa.Schema, row_group_rows: int, level: int
-) -> ShardInfo:
-    rel = f"{DOCUMENTS_DIR}/part-{index:05d}.parquet"
-    path = run / rel
-    table = df.to_arrow().cast(schema)
-    _write_parquet(table, path, row_group_rows=row_group_rows, level=level)
-    ids = df["id"]
-    return ShardInfo(
-        rel,
-        df.height,
-        path.stat().st_size,
-        file_sha256(path),
-        ids[0] if df.height else None,
-        ids[-1] if df.height else None,
-    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ and the decontamination ``hits`` table; outputs are small Polars tables written 
 from __future__ import annotations
 
 import json
+import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from builder.util.files import atomic_write_text
 
 ALL_NODE = "(all)"
 _FIRST_CHARS = 400  # openers are taken from the first characters only (cheap on big texts)
+#: Rows per batch of ``diversity_report`` when none is given (``[run] partition_rows``).
+BATCH_ROWS = 20_000
 
 
 def opener_exprs(text_column: str = "text", words: int = 5) -> list[pl.Expr]:
@@ -84,11 +88,11 @@ def node_rates(
     expanded = expand_nodes(
         rows.select([c for c in (path_column, *flags) if c in rows.columns]), path_column
     )
-    aggs: list[pl.Expr] = [pl.len().alias("docs")]
-    for f in flags:
-        aggs.append(pl.col(f).fill_null(False).sum().cast(pl.Int64).alias(f))
-    out = expanded.group_by("node", "depth").agg(aggs)
-    out = out.with_columns(
+    return _with_rates(_node_counts(expanded, flags), flags)
+
+
+def _with_rates(counts: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
+    out = counts.with_columns(
         [(pl.col(f) / pl.col("docs")).round(4).alias(f"{f}_rate") for f in flags]
     )
     return out.sort("depth", "node")
@@ -102,6 +106,8 @@ class DiversityReport:
     openers: pl.DataFrame
     cluster_sizes: pl.DataFrame
     summary: dict[str, Any] = field(default_factory=dict)
+    #: most per-document rows held at once while it was computed (0: not measured)
+    max_rows_held: int = 0
 
     def write(self, outdir: str | os.PathLike[str], prefix: str = "diversity") -> dict[str, Path]:
         """Write ``<prefix>_nodes|openers|clusters.parquet`` and ``<prefix>_summary.json``."""
@@ -202,22 +208,189 @@ def diversity_report(
     id_column: str = "id",
     opener_words: int = 5,
     top: int = 50,
+    batch_rows: int = BATCH_ROWS,
+    spill_dir: str | os.PathLike[str] | None = None,
 ) -> DiversityReport:
     """Build the diversity tables from corpus rows (before dedup) and the stage outputs.
 
-    ``data`` may be a LazyFrame over large Parquet files: only the id, taxonomy path and
-    the first characters of each text are materialised.
+    ``data`` may be a LazyFrame over large Parquet files: it is read ``batch_rows`` rows at a
+    time and only the id, taxonomy path and the first characters of each text are read.
+    Per-node counts are added batch by batch; the opener repeats need a global grouping, so
+    each batch's (node, opener) counts go to bucket files (by a hash of the opener) in a
+    temporary directory under ``spill_dir`` and each bucket is grouped on its own. The
+    tables equal ``diversity_from_openers`` over all rows at once. ``max_rows_held`` of the
+    report is the most rows held at once (a batch expanded over its nodes, or one bucket).
     """
     lazy = data.lazy() if isinstance(data, pl.DataFrame) else data
     names = lazy.collect_schema().names()
     keep = [c for c in (id_column, "taxonomy_path") if c in names]
     base = lazy.select([*[pl.col(c) for c in keep], *opener_exprs(text_column, opener_words)])
-    base = base.collect(engine="streaming")  # never all texts at once
-    if id_column not in base.columns:
-        base = base.with_row_index(id_column).with_columns(pl.col(id_column).cast(pl.String))
-    return diversity_from_openers(
-        base, clusters, hits, id_column=id_column, opener_words=opener_words, top=top
+    total = int(base.select(pl.len()).collect().item())
+    n_buckets = max(1, 2 * math.ceil(total / max(1, batch_rows)))
+    flags = ["exact_dup", "near_dup", "dup", "contaminated"]
+    counts: pl.DataFrame | None = None
+    held = 0
+    offset = 0
+    with tempfile.TemporaryDirectory(prefix=".diversity-", dir=spill_dir) as tmp:
+        spill = _Spill(Path(tmp), n_buckets, compact_rows=batch_rows)
+        try:
+            for frame in base.collect_batches(chunk_size=max(1, batch_rows), maintain_order=True):
+                for lo in range(0, frame.height, max(1, batch_rows)):
+                    batch = frame.slice(lo, batch_rows)
+                    if id_column not in keep:
+                        batch = batch.with_row_index(id_column, offset=offset).with_columns(
+                            pl.col(id_column).cast(pl.String)
+                        )
+                    offset += batch.height
+                    expanded = expand_nodes(_flag_frame(batch, clusters, hits, id_column))
+                    held = max(held, expanded.height)
+                    part = _node_counts(expanded, flags)
+                    counts = part if counts is None else _sum_counts(counts, part, flags)
+                    for kind in _OPENER_KINDS:
+                        spill.write(
+                            kind,
+                            expanded.filter(pl.col(kind).is_not_null())
+                            .group_by("node", pl.col(kind).alias("value"))
+                            .agg(pl.len().cast(pl.Int64).alias("_n")),
+                        )
+        finally:
+            spill.close()
+        repeats, openers, bucket_rows = spill.reduce(top)
+    held = max(held, bucket_rows)
+    if counts is None:
+        counts = _node_counts(
+            expand_nodes(_flag_frame(base.collect(), None, None, id_column)), flags
+        )
+    report = _assemble_report(counts, repeats, openers, clusters, flags, total, opener_words, top)
+    report.max_rows_held = held
+    return report
+
+
+_OPENER_KINDS = ("first_words", "first_sentence")
+_REPEAT_COLUMNS = {"first_words": "opener_repeat", "first_sentence": "sentence_repeat"}
+
+
+def _node_counts(expanded: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
+    aggs: list[pl.Expr] = [pl.len().alias("docs")]
+    for f in flags:
+        aggs.append(pl.col(f).fill_null(False).sum().cast(pl.Int64).alias(f))
+    return expanded.group_by("node", "depth").agg(aggs)
+
+
+def _sum_counts(a: pl.DataFrame, b: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
+    return (
+        pl.concat([a, b])
+        .group_by("node", "depth")
+        .agg(pl.col("docs").sum().cast(pl.UInt32), *[pl.col(f).sum() for f in flags])
     )
+
+
+class _Spill:
+    """Bucket files of (node, opener value, count) rows, one set per opener kind."""
+
+    def __init__(self, directory: Path, n_buckets: int, compact_rows: int) -> None:
+        import pyarrow as pa
+
+        self.directory = directory
+        self.n = n_buckets
+        self.compact_rows = max(1, compact_rows)
+        self.schema = pa.schema([("node", pa.string()), ("value", pa.string()), ("_n", pa.int64())])
+        self.sinks: dict[str, list[Any]] = {
+            kind: [self._open(kind, b) for b in range(n_buckets)] for kind in _OPENER_KINDS
+        }
+        self.rows = {kind: [0] * n_buckets for kind in _OPENER_KINDS}
+        self.max_rows_held = 0
+
+    def _path(self, kind: str, b: int) -> Path:
+        return self.directory / f"{kind}-{b:05d}.arrow"
+
+    def _open(self, kind: str, b: int) -> Any:
+        import pyarrow.ipc as ipc
+
+        return ipc.new_stream(str(self._path(kind, b)), self.schema)
+
+    def _read(self, kind: str, b: int) -> pl.DataFrame:
+        import pyarrow as pa
+        import pyarrow.ipc as ipc
+
+        with pa.OSFile(str(self._path(kind, b))) as source:  # copied: the file is rewritten
+            table = ipc.open_stream(source).read_all()
+        self.max_rows_held = max(self.max_rows_held, table.num_rows)
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        return frame.group_by("node", "value").agg(pl.col("_n").sum())
+
+    def write(self, kind: str, rows: pl.DataFrame) -> None:
+        """Append counts to their buckets; a bucket that grew past ``compact_rows`` rows is
+        rewritten with its counts summed (a frequent opener adds a row per batch)."""
+        bucket = (rows["value"].hash(seed=7) % self.n).cast(pl.Int64).alias("_b")
+        for (b,), part in rows.with_columns(bucket).group_by("_b"):
+            i = int(b)  # type: ignore[call-overload]
+            self.sinks[kind][i].write_table(
+                part.select("node", "value", "_n").to_arrow().cast(self.schema)
+            )
+            self.rows[kind][i] += part.height
+            if self.rows[kind][i] > self.compact_rows:
+                self.sinks[kind][i].close()
+                merged = self._read(kind, i)
+                self.sinks[kind][i] = self._open(kind, i)
+                self.sinks[kind][i].write_table(merged.to_arrow().cast(self.schema))
+                self.rows[kind][i] = merged.height
+
+    def close(self) -> None:
+        for sinks in self.sinks.values():
+            for sink in sinks:
+                sink.close()
+
+    def reduce(self, top: int) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+        """Per node, the documents whose opener is repeated in that node (one column per
+        kind); the ``top`` most repeated openers of the whole corpus per kind; the most
+        rows one bucket held."""
+        repeats: list[pl.DataFrame] = []
+        openers: list[pl.DataFrame] = []
+        for kind in _OPENER_KINDS:
+            column = _REPEAT_COLUMNS[kind]
+            for b in range(self.n):
+                grouped = self._read(kind, b).filter(pl.col("_n") >= 2)
+                repeats.append(
+                    grouped.group_by("node").agg(
+                        pl.lit(column).alias("kind"), pl.col("_n").sum().alias("n")
+                    )
+                )
+                openers.append(
+                    grouped.filter(pl.col("node") == ALL_NODE)
+                    .sort(["_n", "value"], descending=[True, False])
+                    .head(top)
+                    .select(
+                        pl.lit(kind).alias("kind"),
+                        pl.col("value").alias("opener"),
+                        pl.col("_n").cast(pl.UInt32).alias("count"),
+                    )
+                )
+        schema = {"node": pl.String, "kind": pl.String, "n": pl.Int64}
+        rep = pl.concat([pl.DataFrame(schema=schema), *repeats], how="vertical_relaxed")
+        rep = rep.group_by("node", "kind").agg(pl.col("n").sum())
+        empty = pl.DataFrame(schema={"kind": pl.String, "opener": pl.String, "count": pl.UInt32})
+        return rep, pl.concat([empty, *openers]), self.max_rows_held
+
+
+def _assemble_report(
+    counts: pl.DataFrame,
+    repeats: pl.DataFrame,
+    openers: pl.DataFrame,
+    clusters: pl.DataFrame | None,
+    flags: list[str],
+    total: int,
+    opener_words: int,
+    top: int,
+) -> DiversityReport:
+    nodes = _with_rates(counts.with_columns(pl.col("docs").cast(pl.UInt32)), flags)
+    for column in ("opener_repeat", "sentence_repeat"):
+        per = repeats.filter(pl.col("kind") == column).select(
+            "node", pl.col("n").cast(pl.Int64).alias(column)
+        )
+        nodes = nodes.join(per, on="node", how="left").with_columns(pl.col(column).fill_null(0))
+    return _finish_report(nodes, openers, clusters, max(total, 1), opener_words, top)
 
 
 def diversity_from_openers(
@@ -251,11 +424,6 @@ def diversity_from_openers(
     nodes = node_rates(flagged, ["exact_dup", "near_dup", "dup", "contaminated"])
     for r in rep:
         nodes = nodes.join(r, on="node", how="left")
-    nodes = nodes.with_columns(
-        (pl.col("opener_repeat") / pl.col("docs")).round(4).alias("opener_repeat_rate"),
-        (pl.col("sentence_repeat") / pl.col("docs")).round(4).alias("sentence_repeat_rate"),
-    ).sort("depth", "node")
-
     openers = pl.concat(
         [
             flagged.filter(pl.col(kind).is_not_null())
@@ -266,7 +434,23 @@ def diversity_from_openers(
             for kind in ("first_words", "first_sentence")
         ]
     )
-    total = max(flagged.height, 1)
+    return _finish_report(nodes, openers, clusters, max(flagged.height, 1), opener_words, top)
+
+
+def _finish_report(
+    nodes: pl.DataFrame,
+    openers: pl.DataFrame,
+    clusters: pl.DataFrame | None,
+    total: int,
+    opener_words: int,
+    top: int,
+) -> DiversityReport:
+    """Repeat rates, the top openers, cluster sizes and the summary, from per-node counts
+    (with ``opener_repeat`` and ``sentence_repeat``) and the repeated openers."""
+    nodes = nodes.with_columns(
+        (pl.col("opener_repeat") / pl.col("docs")).round(4).alias("opener_repeat_rate"),
+        (pl.col("sentence_repeat") / pl.col("docs")).round(4).alias("sentence_repeat_rate"),
+    ).sort("depth", "node")
     openers = (
         openers.with_columns((pl.col("count") / total).round(4).alias("share"))
         .sort(["count", "kind", "opener"], descending=[True, False, False])

@@ -226,19 +226,27 @@ KILL_SCRIPT = textwrap.dedent(
     from builder.config import CorpusConfig
 
     mode, after = sys.argv[1], int(sys.argv[2])
-    real = A._write_parquet
     calls = []
 
-    def dying_write(table, path, **kw):
+    def die_after(path):
         calls.append(path)
         if len(calls) > after:
             if mode == "mid-file":  # leave a half-written temp file behind, then die
                 tmp = path.with_name("." + path.name + ".x1y2z3.tmp")  # as util.files names them
                 tmp.write_bytes(b"PAR1" + b"\\0" * 1000)
             os.kill(os.getpid(), signal.SIGKILL)
-        real(table, path, **kw)
 
-    A._write_parquet = dying_write
+    real_parquet, real_shard = A._write_parquet, A._write_shard
+
+    def dying_write(table, path, **kw):  # rejected.parquet
+        die_after(path)
+        real_parquet(table, path, **kw)
+
+    def dying_shard(groups, run, index, *args, **kw):  # each shard, row group by row group
+        die_after(run / A.DOCUMENTS_DIR / f"part-{{index:05d}}.parquet")
+        return real_shard(groups, run, index, *args, **kw)
+
+    A._write_parquet, A._write_shard = dying_write, dying_shard
     cfg = CorpusConfig.model_validate({{"output": {{"shard_max_rows": 60}}}})
     A.assemble(sys.argv[3], sys.argv[4], sys.argv[5], config=cfg)
     print("finished without being killed")

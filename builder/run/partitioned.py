@@ -1,9 +1,12 @@
 """Partitioned stages run input partition by input partition, on any executor.
 
 A ``PartitionStage`` is cut into **tasks**, one per input partition file. A task reads its
-file in batches of exactly ``[run] partition_rows`` rows (the last one shorter), hands each
-batch to ``run_partition`` and writes what it returns for each sink as one output
-partition. Output names follow from the input's identity alone: batch ``j`` of the file
+file in batches of exactly ``batch_rows`` rows (the last one shorter), hands each batch to
+``run_partition`` and writes what it returns for each sink as one output partition.
+``batch_rows`` is ``[run] partition_rows``, lowered for a file whose rows are large so that a
+batch (and so an output partition) stays under ``[run] partition_mb``: the file's
+uncompressed bytes per row are read from its footer. Output names follow from the input's
+identity alone: batch ``j`` of the file
 whose batches start at global batch ``b`` is ``part-<b + j>.parquet``, and ``b`` is
 counted from the Parquet footers of the files before it (no data is read to plan). So the
 same inputs give the same files, byte for byte, whichever executor ran the tasks and in
@@ -52,24 +55,39 @@ class PartitionTask:
     first_part: int
     batches: int
     identity: str
+    batch_rows: int
 
 
 def _batches_of(rows: int, batch_rows: int) -> int:
     return math.ceil(rows / batch_rows) if rows else 0
 
 
+def batch_rows_for(meta: pq.FileMetaData, max_rows: int, max_bytes: int) -> int:
+    """Rows per batch of one input file: at most ``max_rows``, and few enough that a batch
+    stays under ``max_bytes`` in memory. The footer's uncompressed bytes per row only
+    estimate Arrow's size (dictionary-encoded columns grow when decoded, and a stage may add
+    columns), so a batch aims at half the bound."""
+    rows = meta.num_rows
+    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    if rows == 0 or size <= 0:
+        return max_rows
+    return max(1, min(max_rows, int(max_bytes * rows // (2 * size))))
+
+
 def plan_tasks(
     stage: PartitionStage, ctx: RunContext, fingerprint: str | None
 ) -> list[PartitionTask]:
     """The stage's tasks in input order (from the input footers only)."""
-    batch_rows = ctx.config.run.partition_rows
+    run = ctx.config.run
     tasks: list[PartitionTask] = []
     first = 0
     for i, path in enumerate(stage.input_parts(ctx)):
-        rows = pq.ParquetFile(path).metadata.num_rows
+        meta = pq.ParquetFile(path).metadata
+        rows = meta.num_rows
+        batch_rows = batch_rows_for(meta, run.partition_rows, run.partition_bytes)
         batches = _batches_of(rows, batch_rows)
         identity = sha256_hex([fingerprint, path.name, rows, batch_rows])
-        tasks.append(PartitionTask(i, str(path), rows, first, batches, identity))
+        tasks.append(PartitionTask(i, str(path), rows, first, batches, identity, batch_rows))
         first += batches
     return tasks
 
@@ -96,7 +114,7 @@ def exact_batches(path: str | Path, batch_rows: int) -> Iterator[pa.Table]:
 def run_task(stage: PartitionStage, ctx: RunContext, task: PartitionTask) -> dict[str, Any]:
     """Run ``stage`` over one input partition and write its output partitions; return the
     task's counters and the files it wrote. Runs on the driver or on a Ray worker."""
-    batch_rows = ctx.config.run.partition_rows
+    batch_rows = task.batch_rows
     sinks = stage.sinks()
     counters: dict[str, Any] = {"rows_in": 0, "partitions_in": 0, "max_rows_held": 0}
     written: dict[str, list[str]] = {name: [] for name in sinks}

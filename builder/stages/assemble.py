@@ -207,11 +207,14 @@ class ReportStage(Stage):
         if before_dedup is not None and before_dedup.select(pl.len()).collect().item():
             clusters = work / "dedup" / "clusters.parquet"
             hits = work / "decontam" / "hits.parquet"
+            self.out_dir(ctx).mkdir(parents=True, exist_ok=True)
             diversity = diversity_report(
                 before_dedup,
                 pl.read_parquet(clusters) if clusters.exists() else None,
                 pl.read_parquet(hits) if hits.exists() else None,
                 opener_words=ctx.config.dedup.opener_words,
+                batch_rows=ctx.config.run.partition_rows,
+                spill_dir=self.out_dir(ctx),
             )
             diversity.write(self.out_dir(ctx))
         write_report(
@@ -221,6 +224,7 @@ class ReportStage(Stage):
             taxonomy=ctx.taxonomy(),
             stats=manifest.get("stats"),
             manifest=manifest,
+            batch_rows=ctx.config.run.partition_rows,
             quality=(
                 QualitySummary.read(work / "diversity")
                 if (work / "diversity" / "quality_summary.json").exists()

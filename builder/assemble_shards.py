@@ -1,0 +1,266 @@
+"""Assembly's shards: the external sort by id, shards cut by rows and bytes and written row
+group by row group (memory bounded by ``[output] row_group_rows``, not the shard size), and
+the running counts for the manifest."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from builder.tokens import count_tokens
+from builder.util.files import atomic_write, file_sha256
+
+#: Folder of the corpus shards in a run directory.
+DOCUMENTS_DIR = "documents"
+#: Bytes counted per row on top of its text when bounding shard size (ids, hashes, names...).
+ROW_OVERHEAD_BYTES = 512
+#: Rows per record batch read back from the sorted scratch file.
+READ_BATCH_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One written file: its path relative to the run directory, rows, size and sha256."""
+
+    path: str
+    rows: int
+    bytes: int
+    sha256: str
+    first_id: str | None = None
+    last_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "first_id": self.first_id,
+            "last_id": self.last_id,
+        }
+
+
+#: Fixed, deterministic Parquet writer options of every file assembly writes.
+_PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "use_dictionary": True,
+    "write_statistics": True,
+    "version": "2.6",
+    "data_page_version": "1.0",
+}
+
+
+def _write_parquet(table: pa.Table, path: Path, *, row_group_rows: int, level: int) -> None:
+    """Write one Parquet file atomically with fixed, deterministic writer options."""
+    atomic_write(
+        path,
+        lambda tmp: pq.write_table(
+            table,
+            tmp,
+            row_group_size=row_group_rows,
+            compression_level=level,
+            **_PARQUET_OPTIONS,
+        ),
+    )
+
+
+class _Counts:
+    """Running totals over the shards, for the manifest and the dataset card."""
+
+    def __init__(self) -> None:
+        self.documents = 0
+        self.tokens = 0
+        self.max_rows = 0
+        self.by: dict[str, Counter[str]] = {}
+        self.tokens_by: dict[str, Counter[str]] = {}
+
+    def add(self, df: pl.DataFrame) -> None:
+        self.documents += df.height
+        self.max_rows = max(self.max_rows, df.height)
+        self.tokens += int(df["n_tokens"].sum() or 0)
+        for key in ("discipline", "kind", "model", "template", "verified"):
+            agg = (
+                df.select(pl.col(key).cast(pl.String).fill_null("null").alias("k"), "n_tokens")
+                .group_by("k")
+                .agg(pl.len().alias("n"), pl.col("n_tokens").sum().alias("t"))
+            )
+            docs = self.by.setdefault(key, Counter())
+            toks = self.tokens_by.setdefault(key, Counter())
+            for k, n, t in agg.iter_rows():
+                docs[k] += n
+                toks[k] += int(t or 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"documents": self.documents, "tokens": self.tokens}
+        for key, docs in sorted(self.by.items()):
+            toks = self.tokens_by[key]
+            out[f"by_{key}"] = {
+                k: {"documents": docs[k], "tokens": toks[k]} for k in sorted(docs, key=str)
+            }
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding
+
+
+def _row_bytes(df: pl.DataFrame) -> np.ndarray:
+    return (
+        df.select(pl.col("text").str.len_bytes().cast(pl.Int64) + ROW_OVERHEAD_BYTES)
+        .to_series()
+        .to_numpy()
+    )
+
+
+def _shard_pieces(
+    batches: Iterable[pl.DataFrame], max_rows: int, max_bytes: int
+) -> Iterator[tuple[int, pl.DataFrame]]:
+    """Cut sorted batches into shards of at most ``max_rows`` rows and ``max_bytes`` bytes (a
+    single row bigger than ``max_bytes`` gets a shard of its own): ``(shard number, piece)``
+    pairs in order, so a shard is written piece by piece and never held whole."""
+    shard = 0
+    rows = 0
+    size = 0
+    for batch in batches:
+        sizes = _row_bytes(batch)
+        start = 0
+        while start < batch.height:
+            cum = np.cumsum(sizes[start : start + max_rows - rows])
+            fit = int(np.searchsorted(cum, max_bytes - size, side="right"))
+            if fit == 0 and rows:  # the next row does not fit: close this shard first
+                shard, rows, size = shard + 1, 0, 0
+                continue
+            fit = max(fit, 1)  # an oversized row gets a shard of its own
+            yield shard, batch.slice(start, fit)
+            rows += fit
+            size += int(cum[fit - 1])
+            start += fit
+            if rows >= max_rows or fit < len(cum):
+                shard, rows, size = shard + 1, 0, 0
+
+
+def _row_groups(pieces: Iterable[pl.DataFrame], rows: int) -> Iterator[pl.DataFrame]:
+    """The pieces regrouped into frames of exactly ``rows`` rows (the last one shorter)."""
+    held: list[pl.DataFrame] = []
+    n = 0
+    for piece in pieces:
+        while piece.height:
+            take = min(rows - n, piece.height)
+            held.append(piece.slice(0, take))
+            n += take
+            piece = piece.slice(take)
+            if n == rows:
+                yield pl.concat(held, rechunk=True)
+                held, n = [], 0
+    if n:
+        yield pl.concat(held, rechunk=True)
+
+
+def _with_tokens(df: pl.DataFrame) -> pl.DataFrame:
+    counts = count_tokens(df["text"].to_list())
+    return df.with_columns(pl.Series("n_tokens", counts, dtype=pl.Int64))
+
+
+def sort_by_id(lf: pl.LazyFrame, dest: Path, scratch: Path, *, max_rows: int) -> int:
+    """Write ``lf`` to ``dest`` sorted by id, holding about ``max_rows`` rows at a time.
+
+    An external sort: the rows are streamed once into range buckets of about ``max_rows``
+    rows each (split points from a sample of the ids), then each bucket is sorted alone and
+    appended; buckets cover ascending id ranges, so the result is sorted. Small inputs are
+    sorted in one go. Returns the number of rows.
+    """
+    unsorted = scratch / "unsorted.parquet"
+    # Polars' sink buffers a whole row group (default ~250k rows): bound it.
+    group = max(1, min(max_rows, 10_000))
+    lf.sink_parquet(unsorted, compression="lz4", row_group_size=group)
+    pf = pq.ParquetFile(unsorted, pre_buffer=False)
+    n = pf.metadata.num_rows
+    if n <= max_rows:
+        table = pq.read_table(unsorted).sort_by("id")
+        pq.write_table(table, dest, compression="lz4", row_group_size=group)
+        unsorted.unlink()
+        return n
+    step = max(1, n // 20_000)
+    sample: list[str] = []
+    seen = 0
+    for batch in pf.iter_batches(batch_size=max_rows, columns=["id"], use_threads=False):
+        ids = batch.column(0).to_pylist()
+        first = (-seen) % step
+        sample.extend(ids[first::step])
+        seen += len(ids)
+    sample.sort()
+    buckets = max(2, -(-2 * n // max_rows))  # about half max_rows each: room for skew
+    splits = np.array(
+        sorted({sample[len(sample) * i // buckets] for i in range(1, buckets)}), dtype=object
+    )
+    paths = [scratch / f"bucket-{i:05d}.parquet" for i in range(len(splits) + 1)]
+    writers: dict[int, pq.ParquetWriter] = {}
+    try:
+        for batch in pf.iter_batches(batch_size=max_rows, use_threads=False):
+            table = pa.Table.from_batches([batch])
+            ids = np.array(table.column("id").to_pylist(), dtype=object)
+            which = np.searchsorted(splits, ids, side="right")
+            for b in np.unique(which):
+                part = table.filter(pa.array(which == b))
+                if b not in writers:
+                    writers[b] = pq.ParquetWriter(paths[b], table.schema, compression="lz4")
+                writers[b].write_table(part)
+    finally:
+        for w in writers.values():
+            w.close()
+    unsorted.unlink()
+    schema = pf.schema_arrow
+    with pq.ParquetWriter(dest, schema, compression="lz4") as out:
+        for b, path in enumerate(paths):
+            if b not in writers:
+                continue
+            out.write_table(pq.read_table(path).sort_by("id"), row_group_size=group)
+            path.unlink()
+    return n
+
+
+def _write_shard(
+    groups: Iterator[pl.DataFrame],
+    run: Path,
+    index: int,
+    schema: pa.Schema,
+    row_group_rows: int,
+    level: int,
+    counts: _Counts | None = None,
+) -> ShardInfo:
+    """Write one shard from its row groups (each written as it comes, then dropped), with
+    the writer options of ``_write_parquet``, so the bytes equal writing the whole table."""
+    rel = f"{DOCUMENTS_DIR}/part-{index:05d}.parquet"
+    path = run / rel
+    seen = {"rows": 0, "first": None, "last": None}
+
+    def write(tmp: Path) -> None:
+        with pq.ParquetWriter(tmp, schema, compression_level=level, **_PARQUET_OPTIONS) as w:
+            for df in groups:
+                w.write_table(df.to_arrow().cast(schema), row_group_size=row_group_rows)
+                if not df.height:
+                    continue
+                if seen["first"] is None:
+                    seen["first"] = df["id"][0]
+                seen["last"] = df["id"][-1]
+                seen["rows"] += df.height
+                if counts is not None:
+                    counts.add(df)
+
+    atomic_write(path, write)
+    return ShardInfo(
+        rel,
+        int(seen["rows"]),  # type: ignore[arg-type]
+        path.stat().st_size,
+        file_sha256(path),
+        seen["first"],
+        seen["last"],
+    )

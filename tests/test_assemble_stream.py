@@ -1,0 +1,45 @@
+"""Assembly writes each shard row group by row group: the rows held at once are bounded by
+``[output] row_group_rows``, not by the shard size, and the shards are the same bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from builder.assemble import assemble
+from tests.support.assemble_data import STATS, make_config, make_rejected, make_rows
+
+
+def test_shards_are_written_one_row_group_at_a_time(tmp_path: Path) -> None:
+    rows = make_rows(900, seed=3)
+    rejected = make_rejected(rows, 50, seed=2)
+    small = assemble(
+        rows,
+        rejected,
+        tmp_path / "a",
+        config=make_config({"output.shard_max_rows": 500, "output.row_group_rows": 40}),
+        extra_manifest={"stats": STATS},
+    )
+    assert [s.rows for s in small.shards] == [500, 400]
+    assert small.max_rows_held == 40  # one row group, never a whole shard of 500
+    meta = pq.ParquetFile(tmp_path / "a" / small.shards[0].path).metadata
+    assert meta.num_row_groups == 13 and meta.row_group(0).num_rows == 40
+    # The same corpus held whole (one row group per shard) gives the same documents.
+    whole = assemble(
+        rows,
+        rejected,
+        tmp_path / "b",
+        config=make_config({"output.shard_max_rows": 500, "output.row_group_rows": 500}),
+        extra_manifest={"stats": STATS},
+    )
+    assert whole.max_rows_held == 500
+    assert (whole.documents, whole.tokens) == (small.documents, small.tokens) == (900, small.tokens)
+    assert whole.manifest["counts"] == small.manifest["counts"]
+    assert [(s.first_id, s.last_id) for s in whole.shards] == [
+        (s.first_id, s.last_id) for s in small.shards
+    ]
+    for a, b in zip(small.shards, whole.shards, strict=True):
+        ta = pq.read_table(tmp_path / "a" / a.path)
+        tb = pq.read_table(tmp_path / "b" / b.path)
+        assert ta.equals(tb)
