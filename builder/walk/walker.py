@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from builder.syllabus import Syllabus
     from builder.taxonomy import Node, Taxonomy
 
-__all__ = ["Walk", "walk_from_settings", "walk_topics"]
+__all__ = ["Walk", "coverage", "walk_from_settings", "walk_topics"]
 
 
 class _Slot:
@@ -535,3 +535,17 @@ def walk_from_settings(
     }
     kwargs.update({k: v for k, v in overrides.items()})
     return walk_topics(tax, **kwargs)
+
+
+def coverage(source: Walk | Iterable[Unit]) -> Coverage:
+    """Units per node of a walk (what it has yielded so far) or of any iterable of units.
+
+    An iterable is consumed. Only a ``Walk`` knows which nodes it selected, so only its
+    coverage lists uncovered nodes (as zeros); ``Coverage.table(tax)`` prints either.
+    """
+    if isinstance(source, Walk):
+        return source.coverage()
+    cov = Coverage()
+    for unit in source:
+        cov.add(unit)
+    return cov
