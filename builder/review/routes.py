@@ -21,8 +21,8 @@ from starlette.responses import RedirectResponse, Response
 from builder.errors import BuilderError
 from builder.review import flags as flag_store
 from builder.review import proposals
-from builder.review.app import ReviewSettings, checked_form, page_context
 from builder.review.queries import FACETS, STATUSES, VERIFIED, DocFilter, RunData
+from builder.review.web import ReviewSettings, checked_form, page_context
 
 
 def _settings(request: Request) -> ReviewSettings:
