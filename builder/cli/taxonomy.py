@@ -381,52 +381,53 @@ def prereq_cmd() -> None:
     """
 
 
-@prereq_cmd.command("add")
-@click.argument("node_id", metavar="ID")
-@click.argument("prerequisites", nargs=-1, required=True, metavar="PREREQ...")
-@dry_run_option
-@taxonomy_option
-@config_option
-def prereq_add_cmd(
-    node_id: str,
-    prerequisites: tuple[str, ...],
-    dry_run: bool,
-    taxonomy_dir: str | None,
-    config_path: str | None,
-) -> None:
+def _prereq_command(name: str, method: str, doc: str) -> click.Command:
+    """``prereq add`` / ``prereq remove``: one body, calling ``TaxonomyEditor.<method>``."""
+
+    def command(
+        node_id: str,
+        prerequisites: tuple[str, ...],
+        dry_run: bool,
+        taxonomy_dir: str | None,
+        config_path: str | None,
+    ) -> None:
+        editor = _editor(taxonomy_dir, config_path)
+        getattr(editor, method)(node_id, prerequisites)
+        _finish(editor, dry_run)
+
+    command.__doc__ = doc
+    command.__name__ = f"prereq_{name}_cmd"
+    for decorate in (
+        config_option,
+        taxonomy_option,
+        dry_run_option,
+        click.argument("prerequisites", nargs=-1, required=True, metavar="PREREQ..."),
+        click.argument("node_id", metavar="ID"),
+    ):
+        command = decorate(command)
+    return prereq_cmd.command(name)(command)
+
+
+prereq_add_cmd = _prereq_command(
+    "add",
+    "add_prerequisites",
     """Make ID require each PREREQ (appended to its prerequisites list).
 
     \b
     Example:
       corpus taxonomy prereq add calculus-integrals calculus-limits
-    """
-    editor = _editor(taxonomy_dir, config_path)
-    editor.add_prerequisites(node_id, prerequisites)
-    _finish(editor, dry_run)
-
-
-@prereq_cmd.command("remove")
-@click.argument("node_id", metavar="ID")
-@click.argument("prerequisites", nargs=-1, required=True, metavar="PREREQ...")
-@dry_run_option
-@taxonomy_option
-@config_option
-def prereq_remove_cmd(
-    node_id: str,
-    prerequisites: tuple[str, ...],
-    dry_run: bool,
-    taxonomy_dir: str | None,
-    config_path: str | None,
-) -> None:
+    """,
+)
+prereq_remove_cmd = _prereq_command(
+    "remove",
+    "remove_prerequisites",
     """Drop each PREREQ from ID's prerequisites.
 
     \b
     Example:
       corpus taxonomy prereq remove calculus-integrals calculus-limits
-    """
-    editor = _editor(taxonomy_dir, config_path)
-    editor.remove_prerequisites(node_id, prerequisites)
-    _finish(editor, dry_run)
+    """,
+)
 
 
 # -- import / export ------------------------------------------------------------------------

@@ -10,6 +10,7 @@ becomes an error page listing its problems, status 400, with nothing written.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,8 +21,8 @@ from starlette.responses import RedirectResponse, Response
 from builder.errors import BuilderError
 from builder.review import flags as flag_store
 from builder.review import proposals
-from builder.review.app import ReviewSettings, checked_form, page_context
 from builder.review.queries import FACETS, STATUSES, VERIFIED, DocFilter, RunData
+from builder.review.web import ReviewSettings, checked_form, page_context
 
 
 def _settings(request: Request) -> ReviewSettings:
@@ -290,22 +291,32 @@ def _ids(form: Any, name: str = "ids") -> list[str]:
     return ids
 
 
-async def decide_nodes(request: Request) -> Response:
-    """Approve or reject the selected proposed nodes (``corpus taxonomy approve|reject``)."""
+async def _decide(
+    request: Request,
+    what: str,
+    approve: Callable[[Any, list[str]], list[str]],
+    reject: Callable[[Any, list[str]], list[str]],
+) -> Response:
+    """Apply the form's ``action`` (approve or reject) to the selected ids, then report."""
     form = await checked_form(request)
     action = form.get("action")
     ids = _ids(form)
     try:
         tax = _taxonomy(request)
         if action == "approve":
-            messages = proposals.approve_nodes(tax, ids)
+            messages = approve(tax, ids)
         elif action == "reject":
-            messages = proposals.reject_nodes(tax, ids)
+            messages = reject(tax, ids)
         else:
             raise HTTPException(400, "action must be approve or reject")
     except BuilderError as exc:
         return _problems(request, exc)
-    return _done(request, f"Nodes: {action}", messages, "/proposals")
+    return _done(request, f"{what}: {action}", messages, "/proposals")
+
+
+async def decide_nodes(request: Request) -> Response:
+    """Approve or reject the selected proposed nodes (``corpus taxonomy approve|reject``)."""
+    return await _decide(request, "Nodes", proposals.approve_nodes, proposals.reject_nodes)
 
 
 async def edit_node_route(request: Request) -> Response:
@@ -325,20 +336,12 @@ async def edit_node_route(request: Request) -> Response:
 
 async def decide_syllabi(request: Request) -> Response:
     """Approve (``corpus syllabus approve``) or reject (move aside) the selected syllabi."""
-    form = await checked_form(request)
-    action = form.get("action")
-    ids = _ids(form)
-    try:
-        tax = _taxonomy(request)
-        if action == "approve":
-            messages = proposals.approve_syllabi(tax, ids, _syllabus_settings(request))
-        elif action == "reject":
-            messages = proposals.reject_syllabi(tax, ids)
-        else:
-            raise HTTPException(400, "action must be approve or reject")
-    except BuilderError as exc:
-        return _problems(request, exc)
-    return _done(request, f"Syllabi: {action}", messages, "/proposals")
+    return await _decide(
+        request,
+        "Syllabi",
+        lambda tax, ids: proposals.approve_syllabi(tax, ids, _syllabus_settings(request)),
+        proposals.reject_syllabi,
+    )
 
 
 async def flag_route(request: Request) -> Response:

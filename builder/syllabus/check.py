@@ -20,6 +20,7 @@ from builder.syllabus.model import (
     syllabus_files,
     syllabus_path,
 )
+from builder.util.yamlcheck import item_line, key_line, type_name, unknown_key_hint
 
 if TYPE_CHECKING:
     from builder.taxonomy import Taxonomy
@@ -30,32 +31,6 @@ __all__ = ["load_syllabi", "load_syllabus", "validate_syllabi"]
 # -- parsing and checking ---------------------------------------------------------------------
 
 
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "text"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
-
-def _key_line(m: Any, key: str, default: int | None) -> int | None:
-    lines = getattr(m, "key_lines", None)
-    return lines.get(key, default) if lines else default
-
-
-def _item_line(s: Any, i: int, default: int | None) -> int | None:
-    lines = getattr(s, "item_lines", None)
-    return lines[i] if lines and i < len(lines) else default
-
-
 def _string_list(
     value: Any, what: str, file: Path, line: int | None, problems: list[Problem]
 ) -> list[str] | None:
@@ -63,23 +38,25 @@ def _string_list(
         return []
     if not isinstance(value, list):
         problems.append(
-            Problem(f"{what} must be a list of text, not {_type_name(value)}", file, line)
+            Problem(f"{what} must be a list of text, not {type_name(value)}", file, line)
         )
         return None
     out: list[str] = []
     for i, item in enumerate(value):
-        item_line = _item_line(value, i, line)
+        line_of_item = item_line(value, i, line)
         if isinstance(item, (int, float)) and not isinstance(item, bool):
             item = str(item)
         if not isinstance(item, str) or not item.strip():
-            problems.append(Problem(f"{what} item {i + 1} must be non-empty text", file, item_line))
+            problems.append(
+                Problem(f"{what} item {i + 1} must be non-empty text", file, line_of_item)
+            )
             continue
         if not _looks_like_words(item):
             problems.append(
                 Problem(
                     f"{what} item {i + 1} is not words: {item.strip()[:40]!r}",
                     file,
-                    item_line,
+                    line_of_item,
                     "write it in words (at least one letter)",
                 )
             )
@@ -102,7 +79,7 @@ def _check_document(
         return None, [
             Problem(
                 f"a syllabus file must be one mapping (subject, status, sessions), not "
-                f"{_type_name(data)}",
+                f"{type_name(data)}",
                 file,
                 getattr(data, "line", 1),
             )
@@ -110,18 +87,13 @@ def _check_document(
     top_line = getattr(data, "line", 1)
     for key in data:
         if key not in SYLLABUS_KEYS:
-            close = difflib.get_close_matches(str(key), SYLLABUS_KEYS, n=1)
-            hint = (
-                f"did you mean {close[0]!r}?"
-                if close
-                else f"valid keys: {', '.join(SYLLABUS_KEYS)}"
-            )
+            hint = unknown_key_hint(key, SYLLABUS_KEYS)
             problems.append(
-                Problem(f"unknown key {key!r}", file, _key_line(data, key, top_line), hint)
+                Problem(f"unknown key {key!r}", file, key_line(data, key, top_line), hint)
             )
 
     subject = data.get("subject")
-    subject_line = _key_line(data, "subject", top_line)
+    subject_line = key_line(data, "subject", top_line)
     subject_ok = False
     if not isinstance(subject, str) or not subject:
         problems.append(
@@ -184,7 +156,7 @@ def _check_document(
                 Problem(
                     f"discipline {discipline!r} does not match the taxonomy ({expected!r})",
                     file,
-                    _key_line(data, "discipline", top_line),
+                    key_line(data, "discipline", top_line),
                     f"set `discipline: {expected}`",
                 )
             )
@@ -197,7 +169,7 @@ def _check_document(
             Problem(
                 f"status must be proposed or approved, not {status!r}",
                 file,
-                _key_line(data, "status", top_line),
+                key_line(data, "status", top_line),
             )
         )
 
@@ -205,9 +177,9 @@ def _check_document(
     if generated_by is not None and not isinstance(generated_by, dict):
         problems.append(
             Problem(
-                f"generated_by must be a mapping, not {_type_name(generated_by)}",
+                f"generated_by must be a mapping, not {type_name(generated_by)}",
                 file,
-                _key_line(data, "generated_by", top_line),
+                key_line(data, "generated_by", top_line),
             )
         )
         generated_by = None
@@ -217,21 +189,21 @@ def _check_document(
             Problem(
                 "content_sha256 must be text",
                 file,
-                _key_line(data, "content_sha256", top_line),
+                key_line(data, "content_sha256", top_line),
                 "delete the line",
             )
         )
         content_sha = None
 
     sessions_raw = data.get("sessions")
-    sessions_line = _key_line(data, "sessions", top_line)
+    sessions_line = key_line(data, "sessions", top_line)
     sessions: list[Session] = []
     if not isinstance(sessions_raw, list) or not sessions_raw:
         problems.append(
             Problem(
                 "a syllabus needs a non-empty list of sessions"
                 if sessions_raw is None or sessions_raw == []
-                else f"sessions must be a list, not {_type_name(sessions_raw)}",
+                else f"sessions must be a list, not {type_name(sessions_raw)}",
                 file,
                 sessions_line,
                 "add `sessions:` with items `- title: ...`, `goals: [...]`, `concepts: [...]`",
@@ -240,7 +212,7 @@ def _check_document(
         sessions_raw = []
     lo, hi = settings.min_concepts, settings.max_concepts
     for i, raw in enumerate(sessions_raw):
-        line = _item_line(sessions_raw, i, sessions_line)
+        line = item_line(sessions_raw, i, sessions_line)
         where = f"session {i + 1}"
         if not isinstance(raw, dict):
             problems.append(
@@ -254,8 +226,8 @@ def _check_document(
                     Problem(
                         f"{where}: unknown key {key!r}",
                         file,
-                        _key_line(raw, key, line),
-                        f"valid keys: {', '.join(SESSION_KEYS)}",
+                        key_line(raw, key, line),
+                        unknown_key_hint(key, SESSION_KEYS),
                     )
                 )
         title = raw.get("title")
@@ -265,13 +237,13 @@ def _check_document(
             problems.append(Problem(f"{where} needs a non-empty title", file, line))
             title = ""
         goals = _string_list(
-            raw.get("goals"), f"{where} goals", file, _key_line(raw, "goals", line), problems
+            raw.get("goals"), f"{where} goals", file, key_line(raw, "goals", line), problems
         )
         concepts = _string_list(
             raw.get("concepts"),
             f"{where} concepts",
             file,
-            _key_line(raw, "concepts", line),
+            key_line(raw, "concepts", line),
             problems,
         )
         if concepts is not None and not lo <= len(concepts) <= hi:
@@ -280,7 +252,7 @@ def _check_document(
                     f"{where} has {len(concepts)} key concept(s); between {lo} and {hi} are "
                     f"allowed",
                     file,
-                    _key_line(raw, "concepts", line),
+                    key_line(raw, "concepts", line),
                     "edit the list, or change [syllabus] min_concepts/max_concepts",
                 )
             )

@@ -32,6 +32,7 @@ from builder.taxonomy.files import atomic_write_text
 from builder.taxonomy.model import STATUSES, Taxonomy, UnknownNodeError
 from builder.taxonomy.parse import YamlSyntaxError, parse_yaml
 from builder.taxonomy.rtdoc import Doc, names, new_yaml, walk_maps
+from builder.taxonomy.tree import after_node, attach, children_of, insert_key
 from builder.taxonomy.validate import SLUG_RE, check_texts, discover_files, slugify
 
 __all__ = ["DEFAULT_LEVELS", "NEW_DISCIPLINE", "TaxonomyEditor"]
@@ -257,51 +258,16 @@ class TaxonomyEditor:
             self._where[id] = doc.path
             self.changes.append(f"added discipline {id!r} in {doc.path}")
             return doc.path
-        kids = self._children(parent_map)
+        kids = children_of(parent_map)
         if kids and isinstance(kids[-1], CommentedMap) and kids[-1].fa.flow_style():
             if not comment and "description" not in new:
                 new.fa.set_flow_style()  # match siblings written as {id: ..., name: ...}
-        self._attach(doc, parent_map, new, [])
+        attach(doc, parent_map, new, [])
         doc.index[id] = (new, parent_map)
         self._where[id] = doc.path
         self._mark(doc)
         self.changes.append(f"added {id!r} under {parent!r} in {doc.path}")
         return doc.path
-
-    @staticmethod
-    def _insert_key(m: CommentedMap, key: str, value: Any) -> None:
-        """Insert ``key`` before ``children`` (so children stay last), else at the end."""
-        if key != "children" and "children" in m:
-            m.insert(list(m).index("children"), key, value)
-        else:
-            m[key] = value
-
-    def _children(self, m: CommentedMap) -> CommentedSeq:
-        """``m``'s children list, created (block style) if missing."""
-        kids = m.get("children")
-        if not isinstance(kids, CommentedSeq):
-            kids = CommentedSeq()
-            m.fa.set_block_style()  # children don't fit a one-line {...}
-            self._insert_key(m, "children", kids)
-        elif not kids:
-            kids.fa.set_block_style()
-        return kids
-
-    def _attach(
-        self, doc: Doc, parent: CommentedMap, m: CommentedMap, leading: list[cm.Comment]
-    ) -> None:
-        """Append ``m`` to ``parent``'s children with ``leading`` comment lines above it.
-
-        Comments below the old last child belong after the list, so they go below ``m``.
-        """
-        kids = self._children(parent)
-        after: list[cm.Comment] = []
-        if kids and kids.fa.flow_style() is not True:
-            after = cm.pop_trailing(kids[-1]) + cm.pop_list_end(kids)
-        kids.append(m)
-        if kids.fa.flow_style() is not True:
-            cm.set_leading(kids, len(kids) - 1, leading, doc.dash_column(parent))
-            cm.push_after_item(kids, len(kids) - 1, after)
 
     def _detach(
         self, doc: Doc, m: CommentedMap, parent: CommentedMap | None, *, keep_leading: bool
@@ -333,22 +299,9 @@ class TaxonomyEditor:
         else:
             trailing += cm.pop_list_end(kids)
             del parent["children"]
-            self._after_node(doc, parent, trailing)
+            after_node(doc, parent, trailing)
         self._mark(doc)
         return leading
-
-    def _after_node(self, doc: Doc, m: CommentedMap, comments: list[cm.Comment]) -> None:
-        """Put comment lines just below the node ``m`` (whose last line may have changed)."""
-        if not comments:
-            return
-        parent = doc.index[m["id"]][1] if isinstance(m.get("id"), str) else None
-        if parent is not None and isinstance(parent.get("children"), CommentedSeq):
-            kids = parent["children"]
-            i = next((k for k, item in enumerate(kids) if item is m), None)
-            if i is not None and kids.fa.flow_style() is not True:
-                cm.push_after_item(kids, i, comments)
-                return
-        cm.push_after_node(m, comments)
 
     def move_node(self, id: str, to: str | None) -> Path:  # noqa: A002
         """Make ``id`` (with its subtree) the last child of ``to``, possibly in another file.
@@ -379,7 +332,7 @@ class TaxonomyEditor:
             self.changes.append(f"{id!r} is already under {to!r}; nothing to do")
             return doc.path
         leading = self._detach(doc, m, parent, keep_leading=False)
-        self._attach(target_doc, target, m, leading)
+        attach(target_doc, target, m, leading)
         for node_id in subtree:
             self._where[node_id] = target_doc.path
         doc.reindex()
@@ -411,7 +364,7 @@ class TaxonomyEditor:
             if "status" in m:
                 m["status"] = status
             elif status != "approved":
-                self._insert_key(m, "status", status)
+                insert_key(m, "status", status)
             if current != status:
                 self._mark(doc)
                 self.changes.append(f"{node_id!r}: {current} -> {status}")
@@ -435,7 +388,7 @@ class TaxonomyEditor:
             if key in m:
                 m[key] = value
             else:
-                self._insert_key(m, key, value)
+                insert_key(m, key, value)
         self._mark(doc)
         self.changes.append(f"updated {', '.join(fields)} of {id!r}")
 
@@ -473,7 +426,7 @@ class TaxonomyEditor:
         if not isinstance(pres, CommentedSeq):
             pres = CommentedSeq()
             pres.fa.set_flow_style()
-            self._insert_key(m, "prerequisites", pres)
+            insert_key(m, "prerequisites", pres)
         added = [p for p in wanted if p not in pres]
         pres.extend(added)
         already = [p for p in wanted if p not in added]

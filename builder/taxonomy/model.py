@@ -54,14 +54,6 @@ class Node:
     line: int
 
     @property
-    def is_leaf(self) -> bool:
-        return not self.children
-
-    @property
-    def is_root(self) -> bool:
-        return self.parent is None
-
-    @property
     def location(self) -> str:
         """``file:line`` of the node, for messages."""
         return f"{self.file}:{self.line}"

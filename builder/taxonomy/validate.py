@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.errors import Problem, TaxonomyError, ValidationError
+from builder.errors import Problem, ValidationError
 from builder.taxonomy.crosscheck import DEFAULT_LEVELS, check_levels, find_cycles
+from builder.taxonomy.files import discover_files, read_texts
 from builder.taxonomy.model import DEFAULT_STATUS, STATUSES, Node, Taxonomy
 from builder.taxonomy.parse import YamlSyntaxError, YMap, YSeq, parse_yaml
+from builder.util.yamlcheck import type_name, unknown_key_hint
 
 __all__ = [
     "NODE_KEYS",
@@ -75,37 +77,6 @@ def slugify(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", folded).strip("-")
 
 
-def discover_files(root: str | os.PathLike[str]) -> list[Path]:
-    """The discipline files of a taxonomy directory (top level only), sorted by name.
-
-    A path to a single YAML file is accepted too.
-    """
-    root = Path(root)
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise TaxonomyError(
-            f"taxonomy directory {root} does not exist",
-            hint="pass --taxonomy DIR, set [taxonomy] dir in corpus.toml, "
-            "or create it with `corpus taxonomy import`",
-        )
-    files = sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-    return files
-
-
-def _read_texts(files: list[Path]) -> tuple[dict[Path, str], list[Problem]]:
-    texts: dict[Path, str] = {}
-    problems: list[Problem] = []
-    for f in files:
-        try:
-            texts[f] = f.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            problems.append(Problem(f"file is not UTF-8 text ({exc.reason})", f, 1))
-        except OSError as exc:
-            problems.append(Problem(f"cannot read file: {exc.strerror}", f))
-    return texts, problems
-
-
 @dataclass
 class _Raw:
     """A node as read, before cross-file checks."""
@@ -125,22 +96,6 @@ class _Raw:
     line: int
     children: list[str] = field(default_factory=list)
     valid_id: bool = True
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "text"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
 
 
 class _Checker:
@@ -183,7 +138,7 @@ class _Checker:
             line = getattr(data, "line", 1)
             self.problem(
                 f"a discipline file must be one mapping (id, name, children...), not "
-                f"{_type_name(data)}",
+                f"{type_name(data)}",
                 file,
                 line,
                 "put one discipline per file",
@@ -227,7 +182,7 @@ class _Checker:
         elif not isinstance(node_id, str):
             valid_id = False
             self.problem(
-                f"id must be text, got {_type_name(node_id)}",
+                f"id must be text, got {type_name(node_id)}",
                 file,
                 lines["id"],
                 f'quote it: id: "{node_id}"' if not isinstance(node_id, (list, dict)) else None,
@@ -258,7 +213,7 @@ class _Checker:
             name = ""
         elif not isinstance(name, str):
             self.problem(
-                f"name of {label!r} must be text, got {_type_name(name)}",
+                f"name of {label!r} must be text, got {type_name(name)}",
                 file,
                 lines["name"],
                 "quote it" if name is not None else "give it a human-readable name",
@@ -272,7 +227,7 @@ class _Checker:
         description = m.get("description")
         if description is not None and not isinstance(description, str):
             self.problem(
-                f"description of {label!r} must be text, got {_type_name(description)}",
+                f"description of {label!r} must be text, got {type_name(description)}",
                 file,
                 lines["description"],
                 "quote it",
@@ -283,7 +238,7 @@ class _Checker:
         if level is not None and (not isinstance(level, str) or not level.strip()):
             self.problem(
                 f"level of {label!r} must be a name such as discipline, subject or topic, "
-                f"got {_type_name(level)}",
+                f"got {type_name(level)}",
                 file,
                 lines["level"],
             )
@@ -296,7 +251,7 @@ class _Checker:
             or not math.isfinite(weight)
             or weight <= 0
         ):
-            shown = weight if isinstance(weight, (int, float, str)) else _type_name(weight)
+            shown = weight if isinstance(weight, (int, float, str)) else type_name(weight)
             self.problem(
                 f"weight of {label!r} must be a number > 0, got {shown!r}",
                 file,
@@ -323,7 +278,7 @@ class _Checker:
         if pre is not None:
             if not isinstance(pre, YSeq):
                 self.problem(
-                    f"prerequisites of {label!r} must be a list of ids, got {_type_name(pre)}",
+                    f"prerequisites of {label!r} must be a list of ids, got {type_name(pre)}",
                     file,
                     lines["prerequisites"],
                     f"write `prerequisites: [{pre}]`" if isinstance(pre, str) else None,
@@ -333,7 +288,7 @@ class _Checker:
                 for item, item_line in zip(pre, pre.item_lines, strict=True):
                     if not isinstance(item, str):
                         self.problem(
-                            f"prerequisite of {label!r} must be an id, got {_type_name(item)}",
+                            f"prerequisite of {label!r} must be an id, got {type_name(item)}",
                             file,
                             item_line,
                         )
@@ -354,7 +309,7 @@ class _Checker:
         if kids is not None:
             if not isinstance(kids, YSeq):
                 self.problem(
-                    f"children of {label!r} must be a list of nodes, got {_type_name(kids)}",
+                    f"children of {label!r} must be a list of nodes, got {type_name(kids)}",
                     file,
                     lines["children"],
                     "write each child as `- id: ...` under `children:`",
@@ -366,7 +321,7 @@ class _Checker:
                     else:
                         self.problem(
                             f"child of {label!r} must be a mapping with id and name, got "
-                            f"{_type_name(item)}",
+                            f"{type_name(item)}",
                             file,
                             item_line,
                             "write it as `- {id: ..., name: ...}`",
@@ -403,10 +358,7 @@ class _Checker:
         return raw, children
 
     def _unknown_key(self, key: Any, line: int, file: Path) -> None:
-        close = difflib.get_close_matches(str(key), NODE_KEYS, n=1, cutoff=0.5)
-        valid = f"valid keys: {', '.join(NODE_KEYS)}"
-        hint = f"did you mean {close[0]!r}? {valid}" if close else valid
-        self.problem(f"unknown key {key!r}", file, line, hint)
+        self.problem(f"unknown key {key!r}", file, line, unknown_key_hint(key, NODE_KEYS, 0.5))
 
     # -- across files -------------------------------------------------------------------------
 
@@ -596,7 +548,7 @@ def check_taxonomy(
                 "add one YAML file per discipline, or run `corpus taxonomy import`",
             )
         ], None
-    texts, read_problems = _read_texts(files)
+    texts, read_problems = read_texts(files)
     problems, tax = check_texts(texts, root, levels=levels, only=only)
     if only is not None:
         read_problems = [p for p in read_problems if Path(str(p.file)) == only]

@@ -71,14 +71,11 @@ import marshal
 import os
 import pickle
 import secrets
-import selectors
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +83,7 @@ from builder.records import ChatResult
 from builder.settings.filters import VerifySettings
 from builder.verify.errors import SandboxError
 from builder.verify.launcher import Launcher, detect_launcher
+from builder.verify.outcome import FreshChild, SandboxResult, collect, kill_group
 from builder.verify.pool import PoolCheck, SandboxPool, ServerLost, get_pool
 
 HERE = Path(__file__).parent
@@ -94,30 +92,6 @@ PROGRAM_PARTS = ("_runner.py", "_pytest_shim.py", "_forkserver.py")
 SANDBOX_USER_ENV = {"PATH": "", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 # Read-only directories the child may open besides the standard library.
 EXTRA_READ_ROOTS = ("/usr/share/zoneinfo",)
-MAX_RESULT_BYTES = 1 << 20
-
-
-@dataclass(frozen=True)
-class SandboxResult:
-    """What one sandboxed run ended with.
-
-    ``status`` is one of passed, tests_failed, timeout, memory, crashed, syntax_error,
-    no_tests, output_limit, forbidden (and probe for ``probe_sandbox``).
-    """
-
-    status: str
-    detail: str = ""
-    elapsed_s: float = 0.0
-    returncode: int | None = None
-    stdout: str = ""
-    stderr: str = ""
-    passed: int = 0
-    failed: int = 0
-    info: dict[str, Any] = field(default_factory=dict)
-    #: the process that ran the check, and the fork server it came from (None: a fresh
-    #: interpreter, ``sandbox_pool = false``)
-    pid: int | None = None
-    server_pid: int | None = None
 
 
 # The child runs the runner from a code object compiled once here and passed as marshal data:
@@ -198,18 +172,6 @@ def has_toplevel_checks(tests: str) -> bool:
             if isinstance(sub, ast.Assert):
                 return True
     return False
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _tail(data: bytes, n: int = 600) -> str:
-    text = data.decode("utf-8", "replace").strip()
-    return text if len(text) <= n else "..." + text[-n:]
 
 
 def _server_prefix(launcher: Launcher) -> tuple[str, ...]:
@@ -375,16 +337,16 @@ def _run_fresh(
         write_fd = -1
         if proc.stdout is None or proc.stderr is None:  # pragma: no cover - PIPE sets them
             raise SandboxError("the sandbox's output pipes are missing")
-        child = _FreshChild(proc)
+        child = FreshChild(proc)
         fds = (proc.stdout.fileno(), proc.stderr.fileno(), read_fd)
-        return _collect(child, fds, settings, nonce, started)
+        return collect(child, fds, settings, nonce, started)
     finally:
         if write_fd >= 0:
             os.close(write_fd)
         os.close(read_fd)
         if proc is not None:
             if proc.returncode is None:  # not reaped yet: the pgid cannot have been reused
-                _kill_group(proc.pid)
+                kill_group(proc.pid)
                 proc.wait()
             for pipe in (proc.stdout, proc.stderr):
                 if pipe is not None:
@@ -403,7 +365,7 @@ def _run_pooled(
         for _r, w in pipes:
             os.close(w)
         pipes = [(r, -1) for r, _w in pipes]
-        return _collect(check, tuple(r for r, _w in pipes), settings, nonce, started)
+        return collect(check, tuple(r for r, _w in pipes), settings, nonce, started)
     finally:
         if check is not None:
             if check.returncode is None:
@@ -434,27 +396,6 @@ def run_quant_in_sandbox(
         return _run_pooled(pool, job, settings, nonce)
 
 
-class _FreshChild:
-    """``_collect``'s view of a fresh interpreter (a Popen in its own session)."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
-        self.pid = proc.pid
-        self.server_pid: int | None = None
-
-    def wait(self, timeout: float | None) -> int | None:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self) -> None:
-        _kill_group(self.proc.pid)
-
-    def finish(self) -> None:
-        _kill_group(self.proc.pid)  # whatever is left of its process group
-
-
 def _remove_tree(path: str) -> None:
     """Delete the sandbox directory even if the child made parts of it unreadable."""
 
@@ -470,131 +411,6 @@ def _remove_tree(path: str) -> None:
         shutil.rmtree(path, onexc=retry)
     else:
         shutil.rmtree(path, onerror=lambda func, target, info: retry(func, target, info[1]))
-
-
-def _collect(
-    child: _FreshChild | PoolCheck,
-    fds: tuple[int, int, int],
-    settings: VerifySettings,
-    nonce: str,
-    started: float,
-) -> SandboxResult:
-    """Read the child's stdout, stderr and result pipes with bounded memory until it ends,
-    then classify the outcome."""
-    cap = settings.max_output_kb * 1024
-    out_fd, err_fd, result_fd = fds
-    buffers: dict[int, bytearray] = {
-        out_fd: bytearray(),
-        err_fd: bytearray(),
-        result_fd: bytearray(),
-    }
-    printed = 0
-    timed_out = over_output = over_result = False
-    deadline = started + settings.timeout_s
-    with selectors.DefaultSelector() as sel:
-        for fd in buffers:
-            sel.register(fd, selectors.EVENT_READ)
-        while sel.get_map() and not (timed_out or over_output or over_result):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            for key, _events in sel.select(remaining):
-                fd = key.fd
-                try:
-                    chunk = os.read(fd, 65536)
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    sel.unregister(fd)
-                    continue
-                if fd == result_fd:
-                    buffers[fd] += chunk
-                    over_result = len(buffers[fd]) > MAX_RESULT_BYTES
-                    continue
-                printed += len(chunk)
-                room = cap - len(buffers[fd])
-                if room > 0:
-                    buffers[fd] += chunk[:room]
-                if printed > cap:
-                    over_output = True
-                    break
-    returncode: int | None = None
-    if not (timed_out or over_output):
-        # The pipes are closed, but the child may still be running (it can close them).
-        returncode = child.wait(max(0.0, deadline - time.monotonic()))
-        timed_out = returncode is None
-    if returncode is None:
-        child.kill()
-        returncode = child.wait(None)
-    child.finish()
-    elapsed = time.monotonic() - started
-    stdout, stderr = bytes(buffers[out_fd]), bytes(buffers[err_fd])
-
-    def result(status: str, detail: str, **extra: Any) -> SandboxResult:
-        return SandboxResult(
-            status=status,
-            detail=detail,
-            elapsed_s=elapsed,
-            returncode=returncode,
-            stdout=_tail(stdout, 2000),
-            stderr=_tail(stderr, 2000),
-            pid=child.pid,
-            server_pid=child.server_pid,
-            **extra,
-        )
-
-    if over_output:
-        head = _tail(stdout[:300] or stderr[:300], 300)
-        return result(
-            "output_limit",
-            f"printed more than {settings.max_output_kb} KB (stdout+stderr); first output: "
-            f"{head!r}",
-        )
-    lines = bytes(buffers[result_fd]).splitlines()
-    signed = [ln for ln in lines if ln.startswith(nonce.encode() + b" ")]
-    if over_result or len(lines) > 1 or (lines and not signed):
-        return result("forbidden", "the tested code wrote to the sandbox's result channel")
-    if signed:
-        try:
-            body = ast.literal_eval(signed[0][len(nonce) + 1 :].decode("utf-8", "replace"))
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            body = None
-        if not isinstance(body, dict):
-            return result("forbidden", "the sandbox's result line was corrupted")
-        status = str(body.get("status"))
-        if status == "sandbox_error":
-            raise SandboxError(
-                f"the verification sandbox failed: {body.get('detail')}",
-                hint="set [verify] network_namespace/drop_capabilities or report a bug",
-            )
-        return result(
-            status,
-            str(body.get("detail") or ""),
-            passed=int(body.get("passed") or 0),
-            failed=int(body.get("failed") or 0),
-            info=body.get("info") or {},
-        )
-    if timed_out:
-        return result("timeout", f"wall-clock limit of {settings.timeout_s:g} s exceeded")
-    if returncode is not None and returncode < 0:
-        sig = -returncode
-        name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
-        if sig in (signal.SIGXCPU, signal.SIGKILL):
-            cpu = settings.cpu_s or settings.timeout_s
-            return result("timeout", f"CPU-time limit of {cpu:g} s exceeded ({name})")
-        if sig == signal.SIGXFSZ:
-            return result("output_limit", f"file size limit of {settings.max_file_mb:g} MB")
-        if b"MemoryError" in stderr or b"out of memory" in stderr.lower():
-            return result("memory", f"killed by {name} after running out of memory")
-        return result("crashed", f"killed by signal {name}; stderr: {_tail(stderr, 400)}")
-    if b"MemoryError" in stderr:
-        return result("memory", f"exited with code {returncode}: {_tail(stderr, 400)}")
-    return result(
-        "crashed",
-        f"exited with code {returncode} before the tests finished"
-        + (f"; stderr: {_tail(stderr, 400)}" if stderr.strip() else ""),
-    )
 
 
 def probe_sandbox(

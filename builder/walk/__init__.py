@@ -54,9 +54,9 @@ the slots they schedule (a heap), so a 100,000-node taxonomy starts yielding at 
 
 from __future__ import annotations
 
-from builder.walk.coverage import Coverage, coverage
+from builder.walk.coverage import Coverage
 from builder.walk.sampling import DIFFICULTIES, ORDERS, description_phrases
-from builder.walk.walker import Walk, walk_from_settings, walk_topics
+from builder.walk.walker import Walk, coverage, walk_from_settings, walk_topics
 
 __all__ = [
     "DIFFICULTIES",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -11,9 +10,8 @@ from builder.records import Unit
 
 if TYPE_CHECKING:
     from builder.taxonomy import Taxonomy
-    from builder.walk.walker import Walk
 
-__all__ = ["Coverage", "coverage"]
+__all__ = ["Coverage"]
 
 
 @dataclass
@@ -101,19 +99,3 @@ class Coverage:
             f"uncovered: {len(self.uncovered)}"
         )
         return "\n".join(lines) + "\n"
-
-
-def coverage(source: Walk | Iterable[Unit]) -> Coverage:
-    """Units per node of a walk (what it has yielded so far) or of any iterable of units.
-
-    An iterable is consumed. Only a ``Walk`` knows which nodes it selected, so only its
-    coverage lists uncovered nodes (as zeros); ``Coverage.table(tax)`` prints either.
-    """
-    from builder.walk.walker import Walk
-
-    if isinstance(source, Walk):
-        return source.coverage()
-    cov = Coverage()
-    for unit in source:
-        cov.add(unit)
-    return cov

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from builder.syllabus import Syllabus
     from builder.taxonomy import Node, Taxonomy
 
-__all__ = ["Walk", "walk_from_settings", "walk_topics"]
+__all__ = ["Walk", "coverage", "walk_from_settings", "walk_topics"]
 
 
 class _Slot:
@@ -47,9 +47,34 @@ class _Slot:
         self.key = node if session is None else f"{node}#{session}"
 
 
+def _as_taxonomy(tax: Taxonomy | str | os.PathLike[str]) -> Taxonomy:
+    """A loaded taxonomy as is; a directory or file path loaded."""
+    from builder.taxonomy import Taxonomy as _Taxonomy
+
+    if isinstance(tax, _Taxonomy):
+        return tax
+    if not isinstance(tax, (str, os.PathLike)):
+        raise TypeError(f"walk_topics needs a Taxonomy or a path, not {type(tax).__name__}")
+    from builder.taxonomy import load_taxonomy
+
+    return load_taxonomy(tax)
+
+
 class Walk(Iterable[Unit]):
-    """A lazy, re-iterable stream of ``Unit``s (see the module docstring); build it with
-    ``walk_topics``. Each iteration starts from the first unit.
+    """Walk the taxonomy: a lazy, deterministic, re-iterable stream of generation ``Unit``s
+    (also importable as ``walk_topics``). Each iteration starts from the first unit.
+
+    ``tax`` is a loaded ``Taxonomy`` or the path of a taxonomy directory (or file). Bounded by
+    ``limit`` units, ``token_budget`` (each unit costs ``tokens_per_unit``, a number or a
+    function of the unit) or ``rounds`` (1 = every slot exactly once); with none of them, one
+    round, unless ``endless`` (then it never ends). Iterating the returned ``Walk`` again
+    starts it again. ``subtree`` (ids), ``level`` and ``statuses`` select nodes;
+    ``syllabus_statuses`` (default: ``statuses``) selects which syllabi are used, ``syllabi``
+    may be ``False`` (topic leaves only) or a mapping subject id -> ``Syllabus``.
+    ``order`` is ``random`` or ``curriculum``. ``syllabus_settings`` (the ``[syllabus]``
+    section) sets the bounds syllabus files are validated against. Raises ``TaxonomyError``
+    for unknown ids or levels and when the selection is empty, and ``ValidationError`` for an
+    invalid syllabus. See the module docstring for the sampling rules.
 
     Attributes describing the selection are set up front: ``slots`` (how many things one
     round covers), ``syllabi`` (subject id -> syllabus used), ``ignored_syllabi`` (subjects
@@ -58,7 +83,7 @@ class Walk(Iterable[Unit]):
 
     def __init__(
         self,
-        tax: Taxonomy,
+        tax: Taxonomy | str | os.PathLike[str],
         *,
         seed: int = 0,
         limit: int | None = None,
@@ -76,6 +101,7 @@ class Walk(Iterable[Unit]):
         concepts_per_unit: tuple[int, int] = (1, 5),
         syllabus_settings: SyllabusSettings | None = None,
     ) -> None:
+        tax = _as_taxonomy(tax)
         if order not in ORDERS:
             raise TaxonomyError(f"unknown walk order {order!r}", hint="use random or curriculum")
         for name, value in (("limit", limit), ("token_budget", token_budget), ("rounds", rounds)):
@@ -479,65 +505,8 @@ def _curriculum_rank(tax: Taxonomy) -> dict[str, int]:
     return rank
 
 
-def walk_topics(
-    tax: Taxonomy | str | os.PathLike[str],
-    *,
-    seed: int = 0,
-    limit: int | None = None,
-    token_budget: float | None = None,
-    tokens_per_unit: float | Callable[[Unit], float] = 1500.0,
-    rounds: int | None = None,
-    endless: bool = False,
-    subtree: Iterable[str] | str | None = None,
-    level: str | None = None,
-    statuses: Sequence[str] = ("approved",),
-    syllabus_statuses: Sequence[str] | None = None,
-    syllabi: Mapping[str, Syllabus] | bool = True,
-    order: str = "random",
-    sessions_per_unit: tuple[int, int] = (1, 2),
-    concepts_per_unit: tuple[int, int] = (1, 5),
-    syllabus_settings: SyllabusSettings | None = None,
-) -> Walk:
-    """Walk the taxonomy: a lazy, deterministic stream of generation ``Unit``s.
-
-    ``tax`` is a loaded ``Taxonomy`` or the path of a taxonomy directory (or file). Bounded by
-    ``limit`` units, ``token_budget`` (each unit costs ``tokens_per_unit``, a number or a
-    function of the unit) or ``rounds`` (1 = every slot exactly once); with none of them, one
-    round, unless ``endless`` (then it never ends). Iterating the returned ``Walk`` again
-    starts it again. ``subtree`` (ids), ``level`` and ``statuses`` select nodes;
-    ``syllabus_statuses`` (default: ``statuses``) selects which syllabi are used, ``syllabi``
-    may be ``False`` (topic leaves only) or a mapping subject id -> ``Syllabus``.
-    ``order`` is ``random`` or ``curriculum``. ``syllabus_settings`` (the ``[syllabus]``
-    section) sets the bounds syllabus files are validated against. Raises ``TaxonomyError``
-    for unknown ids or levels and when the selection is empty, and ``ValidationError`` for an
-    invalid syllabus. See the module docstring for the sampling rules.
-    """
-    from builder.taxonomy import Taxonomy as _Taxonomy
-
-    if not isinstance(tax, _Taxonomy):
-        if not isinstance(tax, (str, os.PathLike)):
-            raise TypeError(f"walk_topics needs a Taxonomy or a path, not {type(tax).__name__}")
-        from builder.taxonomy import load_taxonomy
-
-        tax = load_taxonomy(tax)
-    return Walk(
-        tax,
-        seed=seed,
-        limit=limit,
-        token_budget=token_budget,
-        tokens_per_unit=tokens_per_unit,
-        rounds=rounds,
-        endless=endless,
-        subtree=subtree,
-        level=level,
-        statuses=statuses,
-        syllabus_statuses=syllabus_statuses,
-        syllabi=syllabi,
-        order=order,
-        sessions_per_unit=sessions_per_unit,
-        concepts_per_unit=concepts_per_unit,
-        syllabus_settings=syllabus_settings,
-    )
+# ``walk_topics`` is ``Walk`` itself: one signature, one set of defaults, typed for callers.
+walk_topics = Walk
 
 
 def walk_from_settings(
@@ -566,3 +535,17 @@ def walk_from_settings(
     }
     kwargs.update({k: v for k, v in overrides.items()})
     return walk_topics(tax, **kwargs)
+
+
+def coverage(source: Walk | Iterable[Unit]) -> Coverage:
+    """Units per node of a walk (what it has yielded so far) or of any iterable of units.
+
+    An iterable is consumed. Only a ``Walk`` knows which nodes it selected, so only its
+    coverage lists uncovered nodes (as zeros); ``Coverage.table(tax)`` prints either.
+    """
+    if isinstance(source, Walk):
+        return source.coverage()
+    cov = Coverage()
+    for unit in source:
+        cov.add(unit)
+    return cov

@@ -1,0 +1,356 @@
+"""Template records: front-matter models, ``Template`` and the sandboxed ``TemplateSet``."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import traceback
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from builder.errors import TemplateError
+from builder.records import Unit
+from builder.templates.spec import (
+    AUDIENCES_FILE,
+    STYLES_FILE,
+    ExerciseType,
+    Kind,
+)
+
+# --------------------------------------------------------------------------- front-matter
+
+
+class Params(BaseModel):
+    """Sampling parameters sent with every request of a template (None: not sent)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=16, le=32768)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repeat_penalty: float | None = Field(None, gt=0)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    stop: list[str] | None = None
+
+
+class TransformSpec(BaseModel):
+    """What a ``kind: transform`` template applies to, how often, and how it evolves it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kinds: list[Literal["exercise"]] = Field(default_factory=lambda: ["exercise"], min_length=1)
+    exercise_types: list[ExerciseType] = Field(default_factory=list)  # empty: every type
+    steps: int = Field(1, ge=1, le=5)
+    #: Evol-Instruct operations: id -> instruction; one is picked per request (seeded).
+    operations: dict[str, str] = Field(min_length=1)
+
+
+class FrontMatter(BaseModel):
+    """The YAML header of a template. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    kind: Kind
+    description: str = Field(min_length=1)
+    version: int | str = 1
+    audiences: list[str] = Field(default_factory=list)  # empty: every audience
+    styles: list[str] = Field(default_factory=list)  # empty: every style
+    disciplines: list[str] = Field(default_factory=list)  # taxonomy ids; empty: every one
+    weight: float = Field(1.0, gt=0)  # how often the plan draws it relative to the others
+    params: Params = Field(default_factory=Params)
+    output: Literal["text", "json", "inherit"] = "text"
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    exercise_type: ExerciseType | None = None
+    system: str | None = None
+    openers: str | None = None  # which list of _openers.yaml (default: the kind)
+    transform_of: TransformSpec | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FrontMatter:
+        if self.kind == "exercise" and self.exercise_type is None:
+            raise ValueError(
+                "kind 'exercise' needs exercise_type: code | quantitative | conceptual"
+            )
+        if self.output == "json" and not self.json_schema:
+            raise ValueError("output 'json' needs a schema (a JSON schema written as YAML)")
+        if self.output != "json" and self.json_schema:
+            raise ValueError("schema is only used with output: json")
+        if self.kind == "transform" and self.transform_of is None:
+            raise ValueError("kind 'transform' needs transform_of: {kinds, steps, operations}")
+        if self.kind != "transform" and self.transform_of is not None:
+            raise ValueError("transform_of is only allowed with kind: transform")
+        if self.output == "inherit" and self.kind != "transform":
+            raise ValueError("output 'inherit' is only allowed with kind: transform")
+        if self.kind == "system" and (self.audiences or self.styles or self.system):
+            raise ValueError("a system template takes no audiences, styles or system")
+        return self
+
+
+class Persona(BaseModel):
+    """One audience or style entry of the shared YAML files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+    guidance: str = Field(min_length=1)
+
+
+# --------------------------------------------------------------------------- data classes
+
+
+@dataclass(frozen=True)
+class Template:
+    """One parsed template file."""
+
+    name: str
+    path: Path
+    front: FrontMatter
+    body: str
+    body_line: int  # 1-based file line where the body starts
+    sha256: str  # of the file bytes plus the shared files it uses
+
+    @property
+    def kind(self) -> str:
+        return self.front.kind
+
+    @property
+    def exercise_type(self) -> str | None:
+        return self.front.exercise_type
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What one template renders to: the exact messages, parameters and schema to send."""
+
+    template: str
+    messages: tuple[dict[str, str], ...]
+    params: dict[str, Any]
+    schema: dict[str, Any] | None
+    opener: str | None
+
+
+@dataclass
+class TemplateSet:
+    """Every template of a directory plus the shared audiences, styles and openers."""
+
+    root: Path
+    templates: dict[str, Template]
+    audiences: dict[str, Persona]
+    styles: dict[str, Persona]
+    openers: dict[str, list[str]]
+    env: SandboxedEnvironment = field(repr=False)
+
+    def __getitem__(self, name: str) -> Template:
+        try:
+            return self.templates[name]
+        except KeyError:
+            known = ", ".join(sorted(self.templates)) or "none"
+            raise TemplateError(
+                f"unknown template '{name}'",
+                file=self.root,
+                hint=f"known templates: {known}",
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.templates
+
+    def __iter__(self) -> Iterator[Template]:
+        return iter(self.templates.values())
+
+    def __len__(self) -> int:
+        return len(self.templates)
+
+    def generators(self) -> list[Template]:
+        """Templates that make documents from a unit (not system, not transform)."""
+        return [t for t in self if t.kind not in ("system", "transform")]
+
+    def transforms(self) -> list[Template]:
+        return [t for t in self if t.kind == "transform"]
+
+    def audiences_for(self, template: Template) -> list[str]:
+        return list(template.front.audiences or self.audiences)
+
+    def styles_for(self, template: Template) -> list[str]:
+        return list(template.front.styles or self.styles)
+
+    def output_of(self, template: Template, source: Template | None = None) -> tuple[str, Any]:
+        """``(output, schema)`` of a template; a transform with ``inherit`` takes its source's."""
+        if template.front.output == "inherit":
+            if source is None:
+                raise TemplateError(
+                    f"template '{template.name}' inherits its output: render it with an exercise",
+                    file=template.path,
+                )
+            return self.output_of(source)
+        return template.front.output, template.front.json_schema
+
+    def pick_opener(self, template: Template, key: str) -> str | None:
+        """A deterministic opener instruction for ``key`` (a request id), or None if none."""
+        choices = self.openers.get(template.front.openers or template.kind) or []
+        if not choices:
+            return None
+        return choices[seeded_random(key, "opener").randrange(len(choices))]
+
+    def render(
+        self,
+        name: str,
+        unit: Unit,
+        *,
+        audience: str,
+        style: str,
+        sample_index: int = 0,
+        opener: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        source: str | None = None,
+    ) -> Rendered:
+        """Render template ``name`` for ``unit``: system message (if any) and user message.
+
+        ``extra`` holds the transform variables (exercise, evolution, step, ...); ``source`` is
+        the template name of the exercise a transform evolves (for ``output: inherit``).
+        Raises ``TemplateError`` with ``file:line`` on any rendering error.
+        """
+        template = self[name]
+        if audience not in self.audiences:
+            raise TemplateError(
+                f"unknown audience '{audience}'",
+                file=self.root / AUDIENCES_FILE,
+                hint=f"known audiences: {', '.join(self.audiences)}",
+            )
+        if style not in self.styles:
+            raise TemplateError(
+                f"unknown style '{style}'",
+                file=self.root / STYLES_FILE,
+                hint=f"known styles: {', '.join(self.styles)}",
+            )
+        source_template = self[source] if source else None
+        context = self.context(
+            template,
+            unit,
+            audience=audience,
+            style=style,
+            sample_index=sample_index,
+            opener=opener,
+            extra=extra,
+            source=source_template,
+        )
+        messages: list[dict[str, str]] = []
+        system = template.front.system
+        if system:
+            if system in self.templates:
+                messages.append({"role": "system", "content": self._render_body(system, context)})
+            else:
+                messages.append({"role": "system", "content": _tidy(system)})
+        messages.append({"role": "user", "content": self._render_body(name, context)})
+        _output, schema = self.output_of(template, source_template)
+        return Rendered(
+            template=name,
+            messages=tuple(messages),
+            params=template.front.params.model_dump(exclude_none=True),
+            schema=_plain(schema) if schema else None,
+            opener=opener,
+        )
+
+    def context(
+        self,
+        template: Template,
+        unit: Unit,
+        *,
+        audience: str,
+        style: str,
+        sample_index: int = 0,
+        opener: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        source: Template | None = None,
+    ) -> dict[str, Any]:
+        """The variables a template body sees (see UNIT_VARIABLES and REQUEST_VARIABLES)."""
+        ctx: dict[str, Any] = unit.to_dict()
+        ctx.update(
+            unit=unit,
+            audience={"id": audience, **self.audiences[audience].model_dump()},
+            style={"id": style, **self.styles[style].model_dump()},
+            opener=opener or "",
+            sample_index=sample_index,
+            kind=template.kind,
+            exercise_type=template.exercise_type or (source.exercise_type if source else None),
+            template=template.name,
+        )
+        if extra:
+            ctx.update(extra)
+        return ctx
+
+    def _render_body(self, name: str, context: dict[str, Any]) -> str:
+        template = self.templates[name]
+        try:
+            return _tidy(self.env.get_template(name).render(context))
+        except SecurityError as exc:
+            raise TemplateError(
+                f"unsafe access in template: {exc}",
+                file=template.path,
+                line=_template_line(exc, template.path),
+                hint="templates may only read public fields of the unit and the listed variables",
+            ) from None
+        except UndefinedError as exc:
+            if re.search(r"attribute '_", str(exc)):  # blocked by the sandbox, then chained on
+                raise TemplateError(
+                    f"unsafe access in template: {exc}",
+                    file=template.path,
+                    line=_template_line(exc, template.path),
+                    hint="templates may only read public fields of the unit and the listed "
+                    "variables",
+                ) from None
+            raise TemplateError(
+                f"undefined value in template: {exc}",
+                file=template.path,
+                line=_template_line(exc, template.path),
+                hint="check the variable name; `corpus templates check` lists the allowed ones",
+            ) from None
+        except Exception as exc:  # any other runtime error of the template's own code
+            raise TemplateError(
+                f"template failed to render: {type(exc).__name__}: {exc}",
+                file=template.path,
+                line=_template_line(exc, template.path),
+            ) from None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def seeded_random(*parts: object) -> random.Random:
+    """A ``random.Random`` seeded from the sha256 of ``parts`` (stable across runs)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode("utf-8")).hexdigest()
+    return random.Random(int(digest[:16], 16))
+
+
+def _tidy(text: str) -> str:
+    """Strip trailing spaces and collapse runs of blank lines: rendering stays clean."""
+    lines = [line.rstrip() for line in text.strip().splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
+
+
+def _plain(obj: Any) -> Any:
+    """ruamel's commented containers -> plain dicts and lists (for hashing and JSON)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _template_line(exc: BaseException, path: Path) -> int | None:
+    """The template line of a runtime error: jinja rewrites tracebacks to template lines."""
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == str(path):
+            line = frame.lineno
+    return line
