@@ -113,15 +113,21 @@ class BuildSummary:
 
 @contextlib.contextmanager
 def _engine(
-    config: CorpusConfig, llm: LLM | None, cache_dir: str | None, progress: Any
+    config: CorpusConfig,
+    llm: LLM | None,
+    cache_dir: str | None,
+    progress: Any,
+    settings: Any = None,
 ) -> Iterator[Any]:
+    """``llm`` if given, else an engine for ``settings`` (default ``[llm]``), with the
+    build's cache directory."""
     if llm is not None:
         yield llm
         return
     from builder.llm import open_engine, resolve_cache_dir
 
     directory = resolve_cache_dir(cache_dir, config.llm, root=config.root)
-    with open_engine(config.llm, cache_dir=directory, progress=progress) as engine:
+    with open_engine(settings or config.llm, cache_dir=directory, progress=progress) as engine:
         yield engine
 
 
@@ -155,10 +161,7 @@ def open_context(
     if judge_settings is not None:
 
         def open_judge() -> MeteredLLM:
-            from builder.llm import open_engine, resolve_cache_dir
-
-            directory = resolve_cache_dir(cache_dir, config.llm, root=config.root)
-            judge = open_engine(judge_settings, cache_dir=directory, progress=False)
+            judge = _engine(config, None, cache_dir, False, judge_settings)
             return ctx.llm().share(stack.enter_context(judge))
 
         ctx.open_judge = open_judge
