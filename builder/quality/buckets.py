@@ -93,31 +93,44 @@ class EmbeddedCorpus:
             yield docs, _vectors(docs, embeddings)
 
 
+class _BucketFiles:
+    """Rows appended to ``out/<bucket>.parquet``, one Parquet writer per bucket seen."""
+
+    def __init__(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.out = out
+        self.writers: dict[int, pq.ParquetWriter] = {}
+
+    def append(self, table: pa.Table, buckets: np.ndarray) -> None:
+        """Append each row of ``table`` to the file of its entry in ``buckets``."""
+        for b in np.unique(buckets).tolist():
+            part = table.take(pa.array(np.flatnonzero(buckets == b)))
+            writer = self.writers.get(b)
+            if writer is None:
+                writer = self.writers[b] = pq.ParquetWriter(self.out / f"{b}.parquet", part.schema)
+            writer.write_table(part.cast(writer.schema))
+
+    def __enter__(self) -> _BucketFiles:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+
 def _split(tables: Iterator[pa.Table], out: Path, buckets: int, *, rows: bool = False) -> None:
     """Append each table's rows to ``out/<hash(id) % buckets>.parquet`` (with the running
     row number as ``_row`` when ``rows``)."""
-    out.mkdir(parents=True, exist_ok=True)
-    writers: dict[int, pq.ParquetWriter] = {}
     offset = 0
-    try:
+    with _BucketFiles(out) as files:
         for table in tables:
             frame = pl.from_arrow(table)
             assert isinstance(frame, pl.DataFrame)
             if rows:
                 frame = frame.with_row_index("_row", offset=offset)
             offset += frame.height
-            frame = frame.with_columns(
-                (pl.col("id").cast(pl.String).hash(seed=7) % buckets).alias("_bucket")
-            )
-            for (b,), part in frame.partition_by("_bucket", as_dict=True).items():
-                arrow = part.drop("_bucket").to_arrow()
-                writer = writers.get(b)
-                if writer is None:
-                    writer = writers[b] = pq.ParquetWriter(out / f"{b}.parquet", arrow.schema)
-                writer.write_table(arrow.cast(writer.schema))
-    finally:
-        for writer in writers.values():
-            writer.close()
+            keys = (frame["id"].cast(pl.String).hash(seed=7) % buckets).to_numpy()
+            files.append(frame.to_arrow(), keys)
 
 
 def _vectors(docs: pl.DataFrame, embeddings: pl.DataFrame | None) -> np.ndarray | None:
@@ -211,9 +224,7 @@ def streamed_semantic_clusters(
         del picked, keys
         # Pass 2: every document to its nearest centre, written by cluster bucket.
         out = corpus.tmp / "clusters"
-        out.mkdir(parents=True, exist_ok=True)
-        writers: dict[int, pq.ParquetWriter] = {}
-        try:
+        with _BucketFiles(out) as files:
             for docs, vectors in corpus:
                 assert vectors is not None
                 ids, lengths, verified = _doc_fields(docs)
@@ -229,19 +240,11 @@ def streamed_semantic_clusters(
                         ),
                     }
                 )
-                for b in np.unique(labels % corpus.buckets).tolist():
-                    rows = np.flatnonzero(labels % corpus.buckets == b)
-                    writer = writers.get(b)
-                    if writer is None:
-                        writer = writers[b] = pq.ParquetWriter(out / f"{b}.parquet", table.schema)
-                    writer.write_table(table.take(pa.array(rows)))
-        finally:
-            for writer in writers.values():
-                writer.close()
+                files.append(table, labels % corpus.buckets)
         # Pass 3: groups within each bucket of whole clusters.
         all_rows: list[dict] = []
         groups = 0
-        for b in sorted(writers):
+        for b in sorted(files.writers):
             release_memory()
             part = pl.read_parquet(out / f"{b}.parquet")
             x = embedding_matrix(part["embedding"].cast(pl.List(pl.Float32)))

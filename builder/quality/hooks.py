@@ -61,13 +61,11 @@ def quality_summary(ctx: RunContext, clean_path: Path) -> Any:
     from builder.quality.summary import QualitySummary
 
     acc = DiversityAccumulator()
-    seen = 0
     with EmbeddedCorpus(ctx, clean_path, DIVERSITY_COLUMNS) as corpus:
+        if corpus.rows == 0:
+            return None
         for docs, vectors in corpus:
             acc.add(docs, vectors)
-            seen += docs.height
-    if seen == 0:
-        return None
     nodes = acc.nodes()
     sem_nodes = ctx.paths.work / "semdedup" / "nodes.parquet"
     if sem_nodes.exists():
