@@ -19,7 +19,16 @@ from builder.quality.buckets import (
     streamed_semantic_clusters,
 )
 from builder.quality.hooks import quality_summary
-from builder.quality.metrics import DiversityAccumulator, embedding_map, node_diversity
+from builder.quality.metrics import (
+    DiversityAccumulator,
+    compression_ratio,
+    distinct_n,
+    embedding_map,
+    id_key,
+    mean_similarity,
+    node_diversity,
+    vendi_score,
+)
 from builder.quality.semdedup import semantic_clusters
 from builder.run.paths import RunDir
 from builder.stages.base import RunContext
@@ -68,6 +77,15 @@ def test_batches_in_any_order_give_the_whole_corpus_metrics() -> None:
     for start in order:
         acc.add(rows.slice(start, 100), x[start : start + 100])
     assert_same_nodes(acc.nodes(), whole)
+    # the corpus node, from the metric functions themselves (not the accumulator)
+    keys = sorted(range(1200), key=lambda i: id_key(frame["id"][i]))[:40]
+    some = [frame["text"][i] for i in sorted(keys)]
+    corpus_node = whole.filter(pl.col("node") == "(all)").to_dicts()[0]
+    assert corpus_node["docs"] == 1200
+    assert corpus_node["compression_ratio"] == compression_ratio(some)
+    assert corpus_node["distinct_2"] == distinct_n(some, 2)
+    assert corpus_node["mean_similarity"] == pytest.approx(mean_similarity(x), abs=2e-4)
+    assert corpus_node["vendi"] == pytest.approx(vendi_score(x), abs=2e-4)
     ours_map = acc.map()
     assert ours_map["id"].to_list() == whole_map["id"].to_list()
     assert ours_map["label"].to_list() == whole_map["label"].to_list()

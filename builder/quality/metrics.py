@@ -123,19 +123,6 @@ def _sample(ids: list[str], limit: int) -> list[int]:
     return sorted(keyed[:limit])
 
 
-def metrics_of(texts: list[str], ids: list[str], x: np.ndarray | None, *, sample: int) -> dict:
-    """Every diversity metric of one group of documents."""
-    picked = _sample(ids, sample)
-    some = [texts[i] for i in picked]
-    out: dict = {"docs": len(texts), "compression_ratio": compression_ratio(some)}
-    ids_ = _word_ids(some, {})
-    for n in NGRAMS:
-        out[f"distinct_{n}"] = _distinct(ids_, n)
-    out["mean_similarity"] = mean_similarity(x) if x is not None else None
-    out["vendi"] = vendi_score(x) if x is not None else None
-    return out
-
-
 def node_diversity(
     frame: pl.DataFrame,
     embeddings: np.ndarray | None = None,
@@ -146,25 +133,15 @@ def node_diversity(
     min_docs: int = 2,
 ) -> pl.DataFrame:
     """``METRIC_COLUMNS`` per taxonomy node (every ancestor of each ``taxonomy_path``) and for
-    the corpus (node ``(all)``). ``embeddings`` rows follow ``frame``'s rows."""
-    base = frame.select(
-        pl.col(id_column).cast(pl.String).alias("_id"),
-        *([pl.col("taxonomy_path")] if "taxonomy_path" in frame.columns else []),
+    the corpus (node ``(all)``). ``embeddings`` rows follow ``frame``'s rows. The whole
+    frame as one batch of ``DiversityAccumulator``."""
+    acc = DiversityAccumulator(sample=sample, min_docs=min_docs, map_limit=0)
+    paths = [pl.col("taxonomy_path")] if "taxonomy_path" in frame.columns else []
+    rows = frame.select(
+        pl.col(id_column).cast(pl.String).alias("id"), pl.col(text_column).alias("text"), *paths
     ).with_row_index("_row")
-    expanded = expand_nodes(base).select("node", "depth", "_row")
-    texts = frame[text_column].fill_null("").to_list()
-    ids = base["_id"].to_list()
-    rows = []
-    for (node, depth), group in expanded.group_by(["node", "depth"], maintain_order=True):
-        idx = group["_row"].to_numpy()
-        if len(idx) < min_docs and node != ALL_NODE:
-            continue
-        x = embeddings[idx] if embeddings is not None else None
-        m = metrics_of([texts[i] for i in idx], [ids[i] for i in idx], x, sample=sample)
-        rows.append({"node": node, "depth": int(depth), **m})
-    schema = {"node": pl.String, "depth": pl.Int32, "docs": pl.Int64}
-    schema.update({c: pl.Float64 for c in METRIC_COLUMNS if c != "docs"})
-    return pl.DataFrame(rows, schema=schema).sort("depth", "node")
+    acc.add(rows, embeddings)
+    return acc.nodes()
 
 
 def embedding_map(
@@ -220,11 +197,11 @@ class DiversityAccumulator:
 
     Memory is bounded by the taxonomy, not the corpus: per node a count, an embedding sum,
     a d x d Gram matrix and the ``sample`` texts with the smallest id keys; for the map the
-    ``map_limit`` vectors with the smallest keys. Every row carries its corpus row number
-    (``row_column``), so samples are put back in corpus order and the result equals
-    ``node_diversity(corpus, embeddings)`` / ``embedding_map(...)`` of the whole corpus (up
-    to float summation order). One batch without embeddings (None) turns the embedding
-    measures off, as a missing embedding does for the whole-corpus functions.
+    ``map_limit`` vectors with the smallest keys (0: no map). Every row carries its corpus
+    row number (``row_column``), so samples are put back in corpus order and any split into
+    batches gives the result of the whole corpus in one batch (``node_diversity``; the map
+    equals ``embedding_map``), up to float summation order. One batch without embeddings
+    (None) turns the embedding measures off for the whole corpus.
     """
 
     def __init__(self, *, sample: int = 500, min_docs: int = 2, map_limit: int = 5000) -> None:
@@ -272,7 +249,7 @@ class DiversityAccumulator:
                 sums.total = total if sums.total is None else sums.total + total
                 sums.gram = gram if sums.gram is None else sums.gram + gram
                 sums.self_sims += float(np.einsum("ij,ij->", x, x))
-        if self.embedded and embeddings is not None:
+        if self.embedded and embeddings is not None and self.map_limit > 0:
             labels = (
                 frame[label_column].fill_null("?").cast(pl.String).to_list()
                 if label_column in frame.columns
