@@ -333,17 +333,14 @@ def read_partition_batches(
 
 
 @dataclass
-class TableSource:
-    """One logical table made of one or more Parquet files (JSONL inputs already converted).
-
-    Rows are numbered globally in file order; every stage addresses rows by that index.
-    """
+class RowFiles:
+    """Rows stored in ``files`` (read from the user's ``original`` files), with their unified
+    ``schema`` and the rows of each file: what every table source shares."""
 
     files: list[Path]
     original: list[Path]
     schema: pa.Schema
     row_counts: list[int]
-    _workdir: Path | None = field(default=None, repr=False)
 
     @property
     def columns(self) -> list[str]:
@@ -356,6 +353,16 @@ class TableSource:
     @property
     def label(self) -> str:
         return str(self.original[0]) if len(self.original) == 1 else f"{len(self.original)} files"
+
+
+@dataclass
+class TableSource(RowFiles):
+    """One logical table made of one or more Parquet files (JSONL inputs already converted).
+
+    Rows are numbered globally in file order; every stage addresses rows by that index.
+    """
+
+    _workdir: Path | None = field(default=None, repr=False)
 
     def partitions(self, partition_size: int, workers: int = 1) -> list[Partition]:
         """Split the rows into tasks of about ``partition_size`` rows, along row groups.
@@ -410,7 +417,7 @@ class TableSource:
             pf = pq.ParquetFile(f)
             present = [c for c in cols if c in pf.schema_arrow.names]
             for batch in pf.iter_batches(batch_size=batch_rows, columns=present):
-                yield _conform(batch, target)
+                yield conform(batch, target)
 
     def read_columns(self, columns: Sequence[str]) -> pl.DataFrame:
         """Small columns (ids, flags, paths) for every row, as one DataFrame."""
@@ -424,7 +431,7 @@ class TableSource:
             present = [c for c in cols if c in pf.schema_arrow.names]
             table = pf.read(columns=present)
             tables.append(
-                pa.Table.from_batches([_conform(b, target) for b in table.to_batches()], target)
+                pa.Table.from_batches([conform(b, target) for b in table.to_batches()], target)
             )
         return pl.from_arrow(pa.concat_tables(tables))  # type: ignore[return-value]
 
@@ -436,7 +443,8 @@ class TableSource:
                     f.unlink(missing_ok=True)
 
 
-def _conform(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
+def conform(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
+    """``batch`` with ``target``'s columns and types (missing columns as nulls)."""
     arrays = []
     for fld in target:
         idx = batch.schema.get_field_index(fld.name)

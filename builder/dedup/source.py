@@ -22,9 +22,11 @@ import pyarrow as pa
 from builder.errors import InputError
 from builder.io_tables import (
     Partition,
+    RowFiles,
     TableSource,
     check_text_dtype,
     compression_of,
+    conform,
     find_jsonl_problem,
     read_partition_batches,
     require_text_column,
@@ -218,32 +220,14 @@ def memory_pieces(n: int, partition_size: int) -> list[Piece]:
     ]
 
 
-def _conform(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
-    """``batch`` with ``target``'s columns and types (missing columns as nulls)."""
-    arrays = []
-    for fld in target:
-        idx = batch.schema.get_field_index(fld.name)
-        if idx < 0:
-            arrays.append(pa.nulls(batch.num_rows, type=fld.type))
-            continue
-        col = batch.column(idx)
-        arrays.append(col if col.type == fld.type else col.cast(fld.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=target)
-
-
 @dataclass
-class ArrowFilesSource:
+class ArrowFilesSource(RowFiles):
     """The parsed rows of JSONL pieces, one Arrow IPC file each, read as one table.
 
     Same reading interface as ``io_tables.TableSource`` (what dedup uses of it): IPC files
     are written and read back without encoding (memory-mapped), which is why the pieces
     keep their parsed rows in them rather than in Parquet.
     """
-
-    files: list[Path]
-    original: list[Path]
-    schema: pa.Schema
-    row_counts: list[int]
 
     @classmethod
     def open(cls, files: list[Path], original: list[Path]) -> ArrowFilesSource:
@@ -264,18 +248,6 @@ class ArrowFilesSource:
             ) from None
         return cls(files, original, schema, counts)
 
-    @property
-    def columns(self) -> list[str]:
-        return list(self.schema.names)
-
-    @property
-    def num_rows(self) -> int:
-        return sum(self.row_counts)
-
-    @property
-    def label(self) -> str:
-        return str(self.original[0]) if len(self.original) == 1 else f"{len(self.original)} files"
-
     def iter_batches(
         self, columns: Sequence[str] | None = None, *, batch_rows: int = 8192
     ) -> Iterator[pa.RecordBatch]:
@@ -287,7 +259,7 @@ class ArrowFilesSource:
             for i in range(reader.num_record_batches):
                 batch = reader.get_batch(i)
                 for lo in range(0, batch.num_rows, batch_rows):
-                    yield _conform(batch.slice(lo, batch_rows), target)
+                    yield conform(batch.slice(lo, batch_rows), target)
 
     def read_columns(self, columns: Sequence[str]) -> pl.DataFrame:
         """Small columns (ids, flags, paths) for every row, as one DataFrame."""
