@@ -18,10 +18,15 @@ import pyarrow as pa
 
 from builder.reasoning import split_reasoning
 
+# One encoder for every call (``json.dumps`` with options builds a new one each time).
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+).encode
+
 
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: the form every hash in the builder is over."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _CANONICAL(obj)
 
 
 def sha256_hex(obj: Any) -> str:

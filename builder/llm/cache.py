@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from builder.errors import CacheError
+from builder.util.faults import fault_point
 
 T = TypeVar("T")
 
@@ -392,9 +393,11 @@ class Cache:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            return conn.total_changes - before
+            added = conn.total_changes - before
         except sqlite3.Error as exc:
             raise self._fail(exc) from None
+        fault_point("llm.cache.commit")
+        return added
 
     def count(self) -> int:
         try:
