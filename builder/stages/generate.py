@@ -4,11 +4,13 @@ generation partition ``work/generate/part-NNNNN.parquet`` per unit partition.
 Partition ``k`` holds the rows of unit partition ``k``'s plan (all evolution waves) in plan
 order, so the corpus order never depends on completion order. While a partition is being
 generated its results are journaled to ``work/generate/_journal/NNNNN-MMMMM.parquet``
-every ``[run] flush_rows`` results (or every few seconds); once the partition is written,
-its journal is removed.
+every ``[run] flush_rows`` results (or every few seconds, uncompressed); the partition is
+then assembled from the journal's tables in plan order (each result is converted to Arrow
+once) and the journal is removed.
 Resume: a request with a finished row (same prompt and model) in the partition or its
 journal is not sent again; results a ``kill -9`` lost before their journal flush are
-answered by the LLM cache. Memory holds one unit partition's rows.
+answered by the LLM cache. Memory holds one unit partition's results (as Arrow tables;
+Python rows only for rows read back and for the parents of the next evolve wave).
 """
 
 from __future__ import annotations
