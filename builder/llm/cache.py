@@ -33,11 +33,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from builder.errors import CacheError
+from builder.util.faults import fault_point
 
 T = TypeVar("T")
 
 CACHE_FILE = "llm-cache.sqlite3"
 SCHEMA_VERSION = 1
+#: page size of new cache files (SQLite's largest but one; existing files keep theirs)
+PAGE_SIZE = 32768
+#: keys looked up per SELECT by ``get_many`` (well under SQLite's bound on parameters)
+_LOOKUP_CHUNK = 256
 
 # Each entry upgrades the schema from version i to i+1 (index 0 creates it).
 MIGRATIONS: list[str] = [
@@ -101,10 +106,12 @@ _INSERT = (
     f"INSERT OR IGNORE INTO responses ({', '.join(_RESPONSE_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _RESPONSE_COLUMNS)})"
 )
-_SELECT = (
+_COLUMNS = (
     "SELECT key, base_url, model, status, text, parsed, finish_reason, prompt_tokens, "
-    "completion_tokens, cost, latency_s, error FROM responses WHERE key = ?"
+    "completion_tokens, cost, latency_s, error FROM responses WHERE key "
 )
+_SELECT = _COLUMNS + "= ?"
+_SELECT_MANY = _COLUMNS + "IN "
 
 #: outcomes that are model outputs and therefore cached; anything else is never stored
 CACHEABLE_STATUSES = frozenset({"ok", "length", "invalid"})
@@ -147,6 +154,12 @@ class CacheEntry:
     error: str | None
     request: str
     response: str
+
+
+def _response(row: Sequence[Any]) -> CachedResponse:
+    """A ``CachedResponse`` from a row of ``_COLUMNS``."""
+    parsed = json.loads(row[5]) if row[5] is not None else None
+    return CachedResponse(row[0], row[1], row[2], row[3], row[4], parsed, *row[6:])  # type: ignore[arg-type]
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -214,6 +227,10 @@ class Cache:
                 self.path, timeout=30.0, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA busy_timeout = 30000")
+            # A new file gets large pages (no-op on an existing one): an entry (request,
+            # response and text, ~6 KB) fits one page instead of an overflow chain, and the
+            # WAL checkpoints copy fewer, larger pages. Halves the CPU of storing an entry.
+            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             # Switching a new file to WAL takes an exclusive lock for which SQLite may answer
             # "locked" at once (no busy wait) while another process does the same: retry.
             mode = _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
@@ -282,8 +299,25 @@ class Cache:
             raise self._fail(exc) from None
         if row is None:
             return None
-        parsed = json.loads(row[5]) if row[5] is not None else None
-        return CachedResponse(row[0], row[1], row[2], row[3], row[4], parsed, *row[6:])  # type: ignore[arg-type]
+        return _response(row)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, CachedResponse]:
+        """The cached outcomes of those of ``keys`` that are cached, by key: one query per
+        few hundred keys instead of one per key (the engine looks up a whole admission
+        batch at once)."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, CachedResponse] = {}
+        conn = self._conn()
+        for i in range(0, len(wanted), _LOOKUP_CHUNK):
+            chunk = wanted[i : i + _LOOKUP_CHUNK]
+            sql = _SELECT_MANY + "(" + ",".join("?" * len(chunk)) + ")"
+            try:
+                rows = conn.execute(sql, chunk).fetchall()
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+            for row in rows:
+                found[row[0]] = _response(row)
+        return found
 
     def get_any(self, keys: Sequence[str]) -> CachedResponse | None:
         """The first of ``keys`` that is cached (several endpoints: one key per endpoint)."""
@@ -359,9 +393,11 @@ class Cache:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            return conn.total_changes - before
+            added = conn.total_changes - before
         except sqlite3.Error as exc:
             raise self._fail(exc) from None
+        fault_point("llm.cache.commit")
+        return added
 
     def count(self) -> int:
         try:

@@ -11,6 +11,7 @@ import itertools
 import json
 import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from builder.errors import (
@@ -57,6 +58,10 @@ class Driver:
         self.outstanding = 0
         self.tokens = itertools.count()
         self.held: Prepared | None = None
+        #: staged requests: (request, prepared or None, its error, cache hit, ``stored``
+        #: when looked up)
+        self.ready: deque[tuple[ChatRequest, Prepared | None, str | None, Any, int]] = deque()
+        self.stored = 0  # batches of outcomes stored so far (a staged lookup's age)
         self.followers: dict[str, list[Prepared]] = {}  # in-flight key -> identical requests
         self.budget_stopped = False
         self.fatal: BuilderError | None = None
@@ -73,6 +78,42 @@ class Driver:
             self.worst_price = max(prices, key=lambda p: p.input + p.output)
 
     # -- admission -----------------------------------------------------------------------
+    def room(self) -> int:
+        """How many more requests admission may pull from the caller now."""
+        return self.window - self.outstanding if self.fatal is None else 0
+
+    def stage(self, requests: list[ChatRequest]) -> None:
+        """Prepare ``requests`` and look all their keys up in the cache at once (one query
+        instead of one per request); ``admit_next`` then admits them in order."""
+        engine = self.engine
+        staged: list[tuple[ChatRequest, Prepared | None, str | None]] = []
+        keys: list[str] = []
+        for request in requests:
+            try:
+                prep = prepare(engine.endpoints, request, engine.settings)
+            except ValueError as exc:
+                staged.append((request, None, str(exc)))
+                continue
+            staged.append((request, prep, None))
+            keys.extend(prep.keys)
+        hits = engine.cache.get_many(keys) if keys else {}
+        for request, prep, error in staged:
+            hit = None
+            if prep is not None:
+                hit = next((hits[k] for k in prep.keys if k in hits), None)
+            self.ready.append((request, prep, error, hit, self.stored))
+
+    def admit_next(self) -> ChatResult | tuple[ChatResult, Any] | Job | None:
+        """Admit the next staged request (see ``admit``)."""
+        request, prep, error, hit, stored = self.ready.popleft()
+        if prep is None:
+            return self._emit_failed(request, error or "")
+        if hit is None and stored != self.stored:
+            # Outcomes were stored since the lookup (admission waited for the budget): an
+            # identical request may have been answered meanwhile.
+            hit = self.engine.cache.get_any(prep.keys)
+        return self._admit(prep, hit)
+
     def admit(self, request: ChatRequest) -> ChatResult | tuple[ChatResult, Any] | Job | None:
         """A result (cache hit, or a request the engine refuses), a job to send, or None when
         the budget cannot take it now (it is then ``held``)."""
@@ -80,7 +121,11 @@ class Driver:
             prep = prepare(self.engine.endpoints, request, self.engine.settings)
         except ValueError as exc:
             return self._emit_failed(request, str(exc))
-        hit = self.engine.cache.get_any(prep.keys)
+        return self._admit(prep, self.engine.cache.get_any(prep.keys))
+
+    def _admit(
+        self, prep: Prepared, hit: CachedResponse | None
+    ) -> ChatResult | tuple[ChatResult, Any] | Job | None:
         if hit is not None:
             return self._emit_hit(prep, hit)
         waiting = self.followers.get(prep.keys[0])
@@ -220,6 +265,7 @@ class Driver:
                 )
         if entries:
             engine.cache.put_many(entries)
+            self.stored += 1
         results: list[Any] = []
         st = engine.stats
         for o in outcomes:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -380,14 +381,18 @@ class Engine:
                             break
                         to_send.append(job)
                         continue
-                    if exhausted:
-                        break
-                    try:
-                        request = next(it)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    got = drv.admit(request)
+                    if not drv.ready:
+                        if exhausted:
+                            break
+                        # Pull what the window has room for and look it up in one query:
+                        # still at most ``window`` requests between pulled and yielded.
+                        room = drv.room()
+                        batch = list(itertools.islice(it, room))
+                        exhausted = len(batch) < room
+                        if not batch:
+                            break
+                        drv.stage(batch)
+                    got = drv.admit_next()
                     if isinstance(got, Job):
                         to_send.append(got)
                         if len(to_send) >= 64:
@@ -403,7 +408,7 @@ class Engine:
                     if drv.held is not None:
                         drv.give_up_held()
                         continue
-                    if exhausted:
+                    if exhausted and not drv.ready:
                         break
                     continue
                 # Wait in short slices: a blocking get() would keep Ctrl-C (delivered to the

@@ -4,11 +4,13 @@ generation partition ``work/generate/part-NNNNN.parquet`` per unit partition.
 Partition ``k`` holds the rows of unit partition ``k``'s plan (all evolution waves) in plan
 order, so the corpus order never depends on completion order. While a partition is being
 generated its results are journaled to ``work/generate/_journal/NNNNN-MMMMM.parquet``
-every ``[run] flush_rows`` results (or every few seconds); once the partition is written,
-its journal is removed.
+every ``[run] flush_rows`` results (or every few seconds, uncompressed); the partition is
+then assembled from the journal's tables in plan order (each result is converted to Arrow
+once) and the journal is removed.
 Resume: a request with a finished row (same prompt and model) in the partition or its
 journal is not sent again; results a ``kill -9`` lost before their journal flush are
-answered by the LLM cache. Memory holds one unit partition's rows.
+answered by the LLM cache. Memory holds one unit partition's results (as Arrow tables;
+Python rows only for rows read back and for the parents of the next evolve wave).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from builder.errors import BudgetExceeded, LLMError
@@ -25,6 +28,7 @@ from builder.records import GENERATED_SCHEMA, ChatRequest, decode_row, to_table
 from builder.stages.base import RunContext, Stage
 from builder.stages.walk import read_units, unit_parts
 from builder.util.faults import fault_point
+from builder.util.files import atomic_write
 from builder.util.partitions import list_parts, part_name, write_table
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,14 +39,30 @@ JOURNAL = "_journal"
 FLUSH_S = 5.0
 
 
+class _Fresh(NamedTuple):
+    """A result of this run, kept as its place in the journal's tables (not as a row)."""
+
+    table: int  # index in ``_Journal.tables``
+    index: int  # row in that table
+    status: str
+    error: str | None
+    row: dict[str, Any] | None  # the row itself, only for a parent of the next evolve wave
+
+
 class _Journal:
-    """Results of one partition in flight, saved in small atomic Parquet files."""
+    """Results of one partition in flight, saved in small atomic Parquet files.
+
+    The files are uncompressed (they live until the partition is written; compressing them
+    cost more CPU than building the table), and the tables written are kept: the partition
+    is assembled from them at the end instead of converting every row a second time.
+    """
 
     def __init__(self, directory: Path, part: int, flush_rows: int) -> None:
         self.directory = directory
         self.part = part
         self.flush_rows = flush_rows
         self.rows: list[dict[str, Any]] = []
+        self.tables: list[pa.Table] = []
         self.seq = len(self.files())
         self.last = time.monotonic()
 
@@ -51,17 +71,22 @@ class _Journal:
             return []
         return sorted(self.directory.glob(f"{self.part:05d}-*.parquet"))
 
-    def add(self, row: dict[str, Any]) -> None:
+    def add(self, row: dict[str, Any]) -> tuple[int, int]:
+        """Journal ``row``; returns where it lands: (table, row) in ``tables``."""
+        where = (len(self.tables), len(self.rows))
         self.rows.append(row)
         if len(self.rows) >= self.flush_rows or time.monotonic() - self.last >= FLUSH_S:
             self.flush()
+        return where
 
     def flush(self) -> None:
         self.last = time.monotonic()
         if not self.rows:
             return
         path = self.directory / f"{self.part:05d}-{self.seq:05d}.parquet"
-        write_table(to_table(self.rows, GENERATED_SCHEMA), path)
+        table = to_table(self.rows, GENERATED_SCHEMA)
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="none"))
+        self.tables.append(table)
         self.seq += 1
         self.rows = []
         fault_point("generate.journal")
@@ -172,7 +197,9 @@ class GenerateStage(Stage):
                 prior[row["request_id"]] = row  # later rows supersede earlier ones
         units = read_units(upath)
         units_by_id = {u.unit_id: u for u in units}
-        rows: dict[str, dict[str, Any] | None] = {}
+        # every planned request in plan order: its row read back from an earlier run, this
+        # run's result, or None (no result yet)
+        rows: dict[str, dict[str, Any] | _Fresh | None] = {}
         fresh = 0
         wave: list[ChatRequest] = plan_requests(units, templates, settings)
         step = 0
@@ -215,25 +242,58 @@ class GenerateStage(Stage):
                             continue  # not sent (budget, interrupt): the next run sends it
                         row = result_row(request, result, llm)
                         stats.by_kind[row["kind"]] += 1
-                        journal.add(row)
-                        rows[request.id] = row
+                        table, index = journal.add(row)
+                        parent = settings.evolve and row["kind"] == "exercise"
+                        rows[request.id] = _Fresh(
+                            table, index, row["status"], row["error"], row if parent else None
+                        )
                         fresh += 1
                 finally:
                     journal.flush()
             step += 1
             if not settings.evolve:
                 break
-            parents = [row for r in wave if (row := rows.get(r.id)) is not None]
+            parents = []
+            for r in wave:
+                got = rows.get(r.id)
+                row = got.row if isinstance(got, _Fresh) else got
+                if row is not None:
+                    parents.append(row)
             wave = plan_transforms(parents, units_by_id, templates, settings, step)
-        done = [row for row in rows.values() if row is not None]
+        done = {rid: got for rid, got in rows.items() if got is not None}
         answered[0] += len(done)
-        for row in done:
-            if row.get("status") == "failed":
+        for got in done.values():
+            status, error = (
+                (got.status, got.error)
+                if isinstance(got, _Fresh)
+                else (got.get("status"), got.get("error"))
+            )
+            if status == "failed":
                 answered[1] += 1
-                failures[str(row.get("error") or "unknown error")] += 1
-        if fresh or [r["request_id"] for r in done] != old_order:
-            write_table(to_table(done, GENERATED_SCHEMA), target)
+                failures[str(error or "unknown error")] += 1
+        if fresh or list(done) != old_order:
+            write_table(_assemble(list(done.values()), journal.tables), target)
         journal.clear()
+
+
+def _assemble(done: list[dict[str, Any] | _Fresh], tables: list[pa.Table]) -> pa.Table:
+    """The partition's table: ``done`` in order, rows read back from an earlier run
+    converted, this run's results taken from the journal's tables (the same table as
+    ``to_table`` of all the rows, in one chunk per column, so the same Parquet bytes)."""
+    reused = [got for got in done if not isinstance(got, _Fresh)]
+    pieces = [to_table(reused, GENERATED_SCHEMA), *tables]
+    starts = [0]
+    for piece in pieces[:-1]:
+        starts.append(starts[-1] + piece.num_rows)
+    order: list[int] = []
+    n_reused = 0
+    for got in done:
+        if isinstance(got, _Fresh):
+            order.append(starts[got.table + 1] + got.index)
+        else:
+            order.append(n_reused)
+            n_reused += 1
+    return pa.concat_tables(pieces).take(pa.array(order, pa.int64())).combine_chunks()
 
 
 def generated_parts(ctx: RunContext) -> list[Path]:

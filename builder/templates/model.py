@@ -332,10 +332,24 @@ def seeded_random(*parts: object) -> random.Random:
     return random.Random(int(digest[:16], 16))
 
 
+#: what makes ASCII text need the line-by-line pass of ``_tidy``: a line break other than
+#: "\n" (``str.splitlines`` splits on them) or whitespace ending a line
+_UNTIDY_ASCII = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", " \n", "\t\n", "\x1f\n")
+
+
 def _tidy(text: str) -> str:
-    """Strip trailing spaces and collapse runs of blank lines: rendering stays clean."""
-    lines = [line.rstrip() for line in text.strip().splitlines()]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
+    r"""Strip trailing spaces and collapse runs of blank lines: rendering stays clean.
+
+    Equal to ``re.sub(r"\n{3,}", "\n\n", "\n".join(l.rstrip() for l in
+    text.strip().splitlines()))`` at a third of the cost (it runs twice per request): the
+    line pass is skipped for ASCII text it would not change, and the runs of newlines are
+    collapsed by ``str.replace`` (each pass shortens every run of 3 or more)."""
+    text = text.strip()
+    if not text.isascii() or any(s in text for s in _UNTIDY_ASCII):
+        text = "\n".join(line.rstrip() for line in text.splitlines())
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text
 
 
 def _plain(obj: Any) -> Any:

@@ -7,6 +7,7 @@ instead (what Ctrl-C sends), so an interrupt test stops the build at a known poi
 Unset (always, outside those tests), a fault point is one dictionary lookup.
 
 Points: ``generate.journal`` (after a journal file of results is written),
+``llm.cache.commit`` (after the LLM cache committed a batch of outcomes),
 ``dedup.piece`` (the dedup parent received a finished signature piece), ``dedup.signatures``
 (every piece's signatures computed, no result written), ``assemble.shard`` (after a
 shard is written), ``assemble.manifest`` (manifest written, card not yet),
