@@ -16,6 +16,7 @@ import polars as pl
 from builder.records import sha256_hex
 from builder.stages.base import RunContext, Stage, upstream
 from builder.stages.walk import load_coverage
+from builder.util.memory import release_memory
 from builder.util.partitions import list_parts
 
 #: The stages whose seconds a build's stats report (ledger keys), in order.
@@ -156,6 +157,9 @@ class AssembleStage(Stage):
         ctx.log("[assemble] writing shards, manifest, card and report")
         stats = build_stats(ctx)
         quality = quality_summary(ctx, self.inputs(ctx)[0])
+        # The summary's per-node sums are freed now: hand their pages back before the shards
+        # are written, so the stage's peak is the larger of the two, not their sum.
+        release_memory()
         result = assemble(
             self.inputs(ctx)[0],
             rejected_frame(ctx),
