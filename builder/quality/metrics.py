@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import re
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +33,6 @@ import polars as pl
 
 from builder.diversity import ALL_NODE, expand_nodes
 
-_WORD = re.compile(r"\w+", re.U)
 NGRAMS = (1, 2, 3, 4)
 METRIC_COLUMNS = (
     "docs",
@@ -52,34 +51,38 @@ def compression_ratio(texts: Sequence[str]) -> float | None:
     return round(len(data) / len(zlib.compress(data, 6)), 4)
 
 
-def _word_ids(texts: Sequence[str], vocab: dict[str, int]) -> list[np.ndarray]:
-    return [
-        np.fromiter(
-            (vocab.setdefault(w, len(vocab)) for w in _WORD.findall((t or "").lower())), np.int64
-        )
-        for t in texts
-    ]
+def _distincts(texts: Sequence[str], ngrams: Sequence[int] = NGRAMS) -> dict[int, float | None]:
+    """``distinct_n`` for each n in ``ngrams``, tokenizing the texts once.
 
-
-def _distinct(ids: list[np.ndarray], n: int) -> float | None:
-    """Distinct / all n-grams over documents given as word-id arrays (hashing in numpy)."""
-    grams = []
-    for a in ids:
-        if len(a) < n:
+    Words are Polars' ``\\w+`` matches of the lowercased text, hashed to 64 bits; an n-gram
+    is a polynomial hash of its words' hashes (mod 2^64), formed only within a document;
+    distinct ones are counted by a hash set (Polars' ``n_unique``, ~20x ``np.unique``).
+    """
+    words = pl.Series(list(texts), dtype=pl.String).fill_null("").str.to_lowercase()
+    words = words.str.extract_all(r"\w+")
+    lengths = words.list.len().to_numpy().astype(np.int64)
+    hashes = words.explode().drop_nulls().hash(seed=0).to_numpy()
+    total = len(hashes)
+    # words left in their document from each position (an n-gram needs n of them)
+    left = np.repeat(lengths, lengths) - (
+        np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    )
+    out: dict[int, float | None] = {}
+    for n in ngrams:
+        if total < n:
+            out[n] = None
             continue
-        h = np.zeros(len(a) - n + 1, dtype=np.uint64)
-        for j in range(n):
-            h = h * np.uint64(1_000_003) + a[j : len(a) - n + 1 + j].astype(np.uint64)
-        grams.append(h)
-    if not grams:
-        return None
-    allg = np.concatenate(grams)
-    return round(len(np.unique(allg)) / len(allg), 4)
+        grams = hashes[: total - n + 1].copy()
+        for j in range(1, n):
+            grams = grams * np.uint64(1_000_003) + hashes[j : total - n + 1 + j]
+        grams = grams[left[: total - n + 1] >= n]
+        out[n] = round(pl.Series(grams).n_unique() / len(grams), 4) if len(grams) else None
+    return out
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float | None:
     """Distinct word n-grams / all word n-grams over the texts (None: no n-gram)."""
-    return _distinct(_word_ids(texts, {}), n)
+    return _distincts(texts, (n,))[n]
 
 
 def mean_similarity(x: np.ndarray) -> float | None:
@@ -261,25 +264,35 @@ class DiversityAccumulator:
                 _keep_smallest(self._map, item, self.map_limit)
 
     def nodes(self) -> pl.DataFrame:
-        """``METRIC_COLUMNS`` per node, as ``node_diversity`` returns them."""
-        out = []
-        for node, sums in self._nodes.items():
-            if sums.docs < self.min_docs and node != ALL_NODE:
-                continue
-            some = [text for _, _, text in sorted(sums.sample, key=lambda item: item[1])]
-            metrics: dict = {"docs": sums.docs, "compression_ratio": compression_ratio(some)}
-            word_ids = _word_ids(some, {})
-            for n in NGRAMS:
-                metrics[f"distinct_{n}"] = _distinct(word_ids, n)
-            embedded = self.embedded and sums.total is not None and sums.gram is not None
-            metrics["mean_similarity"] = (
-                _mean_similarity(sums.total, sums.self_sims, sums.docs) if embedded else None
-            )
-            metrics["vendi"] = _vendi(sums.gram, sums.docs) if embedded else None
-            out.append({"node": node, "depth": sums.depth, **metrics})
+        """``METRIC_COLUMNS`` per node, as ``node_diversity`` returns them.
+
+        Nodes are measured on a small thread pool: compression (zlib), the n-gram counts
+        (Polars) and the eigenvalues (LAPACK) release the GIL, so both cores work."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        todo = [
+            (node, sums)
+            for node, sums in self._nodes.items()
+            if sums.docs >= self.min_docs or node == ALL_NODE
+        ]
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            out = list(pool.map(self._node_metrics, todo))
         schema = {"node": pl.String, "depth": pl.Int32, "docs": pl.Int64}
         schema.update({c: pl.Float64 for c in METRIC_COLUMNS if c != "docs"})
         return pl.DataFrame(out, schema=schema).sort("depth", "node")
+
+    def _node_metrics(self, item: tuple[str, _NodeSums]) -> dict:
+        node, sums = item
+        some = [text for _, _, text in sorted(sums.sample, key=lambda entry: entry[1])]
+        metrics: dict = {"docs": sums.docs, "compression_ratio": compression_ratio(some)}
+        for n, value in _distincts(some).items():
+            metrics[f"distinct_{n}"] = value
+        embedded = self.embedded and sums.total is not None and sums.gram is not None
+        metrics["mean_similarity"] = (
+            _mean_similarity(sums.total, sums.self_sims, sums.docs) if embedded else None
+        )
+        metrics["vendi"] = _vendi(sums.gram, sums.docs) if embedded else None
+        return {"node": node, "depth": sums.depth, **metrics}
 
     def map(self) -> pl.DataFrame:
         """The embedding map, as ``embedding_map`` returns it (empty without embeddings)."""
