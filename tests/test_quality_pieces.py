@@ -66,7 +66,7 @@ def test_the_cache_stays_within_its_limit(embedder: WordLlamaEmbedder) -> None:
         assert pieces.encode([text])[0].tolist() == whole.encode([text])[0].tolist()
         sizes.append(len(pieces._index))
     assert max(sizes) <= 50
-    assert any(b < a for a, b in zip(sizes, sizes[1:]))  # it was emptied, then refilled
+    assert any(b < a for a, b in zip(sizes, sizes[1:], strict=False))  # emptied, refilled
 
 
 def test_none_and_empty_texts_have_no_tokens(embedder: WordLlamaEmbedder) -> None:

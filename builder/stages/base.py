@@ -193,6 +193,11 @@ class PartitionStage(Stage):
     def run_partition(self, ctx: RunContext, table: pa.Table) -> dict[str, list[dict[str, Any]]]:
         """Process one bounded batch of input rows; return the rows for each sink."""
 
+    def needs_llm(self, ctx: RunContext) -> bool:
+        """Whether ``run_partition`` may call the model with this config (default:
+        ``uses_llm``). The local executor runs a stage that does not on worker processes."""
+        return self.uses_llm
+
     def finish(self, ctx: RunContext, counters: dict[str, Any]) -> None:
         """Called after the last partition (e.g. to log a summary); default: nothing."""
 

@@ -118,6 +118,13 @@ class QualityStage(PartitionStage):
                 if ctx.config.judge.enabled:
                     self._units[unit.unit_id] = unit
 
+    def needs_llm(self, ctx: RunContext) -> bool:
+        # the judge, and an embeddings endpoint (its spending counts in the build's budget)
+        config = ctx.config
+        return config.judge.enabled or (
+            config.embeddings.enabled and bool(config.embeddings.base_url)
+        )
+
     @staticmethod
     def _fresh_stats() -> dict[str, Any]:
         return {"code": {"checked": 0, "ok": 0, "failed": 0}, "off_topic": 0, "low_value": 0}
