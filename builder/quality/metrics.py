@@ -21,11 +21,12 @@ projects embeddings to 2-D (PCA by SVD) for the report's map. Pure functions; no
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -192,7 +193,7 @@ class _NodeSums:
     self_sims: float = 0.0
     gram: np.ndarray | None = None  # X^T X (d x d, float64)
     # the ``sample`` documents with the smallest id keys: a max-heap of (-key, row, text)
-    sample: list[tuple[int, int, str]] = field(default_factory=list)
+    sample: list[tuple[int, int, str | None]] = field(default_factory=list)
 
 
 class DiversityAccumulator:
@@ -207,8 +208,17 @@ class DiversityAccumulator:
     (None) turns the embedding measures off for the whole corpus.
     """
 
-    def __init__(self, *, sample: int = 500, min_docs: int = 2, map_limit: int = 5000) -> None:
+    def __init__(
+        self,
+        *,
+        sample: int = 500,
+        min_docs: int = 2,
+        map_limit: int = 5000,
+        keep_texts: bool = True,
+    ) -> None:
         self.sample = sample
+        #: False: the samples hold row numbers only and ``nodes`` fetches their texts.
+        self.keep_texts = keep_texts
         self.min_docs = min_docs
         self.map_limit = map_limit
         self.embedded = True
@@ -233,7 +243,7 @@ class DiversityAccumulator:
         ids = frame["id"].cast(pl.String).to_list()
         keys = [id_key(i) for i in ids]
         rows = frame[row_column].to_list()
-        texts = frame["text"].fill_null("").to_list()
+        texts = frame["text"].fill_null("").to_list() if self.keep_texts else [None] * frame.height
         base = frame.select(
             *([pl.col("taxonomy_path")] if "taxonomy_path" in frame.columns else [])
         ).with_row_index("_i")
@@ -263,11 +273,17 @@ class DiversityAccumulator:
                 item = (-keys[i], rows[i], ids[i], labels[i], embeddings[i].copy())
                 _keep_smallest(self._map, item, self.map_limit)
 
-    def nodes(self) -> pl.DataFrame:
+    def nodes(
+        self, fetch: Callable[[set[int]], dict[int, str]] | None = None, *, batch_rows: int = 50_000
+    ) -> pl.DataFrame:
         """``METRIC_COLUMNS`` per node, as ``node_diversity`` returns them.
 
-        Nodes are measured on a small thread pool: compression (zlib), the n-gram counts
-        (Polars) and the eigenvalues (LAPACK) release the GIL, so both cores work."""
+        Without kept texts (``keep_texts=False``), ``fetch(rows)`` returns the texts of
+        corpus rows; nodes are measured a group at a time, each group's samples holding at
+        most ``batch_rows`` rows (or one node's), so the texts held are bounded by that, not
+        by the corpus (every document of a 200k corpus is in some topic's sample). Nodes are
+        measured on a small thread pool: compression (zlib), the n-gram counts (Polars) and
+        the eigenvalues (LAPACK) release the GIL, so both cores work."""
         from concurrent.futures import ThreadPoolExecutor
 
         todo = [
@@ -275,15 +291,37 @@ class DiversityAccumulator:
             for node, sums in self._nodes.items()
             if sums.docs >= self.min_docs or node == ALL_NODE
         ]
+        if fetch is None and not self.keep_texts:
+            raise ValueError("nodes() needs fetch when the accumulator keeps no texts")
+        groups: list[list[tuple[str, _NodeSums]]] = [[]]
+        held = 0
+        for item in todo:
+            size = len(item[1].sample)
+            if fetch is not None and groups[-1] and held + size > batch_rows:
+                groups.append([])
+                held = 0
+            groups[-1].append(item)
+            held += size
+        out: list[dict] = []
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            out = list(pool.map(self._node_metrics, todo))
+            for group in groups:
+                texts: dict[int, str] | None = None
+                if fetch is not None:
+                    texts = fetch({row for _, sums in group for _, row, _ in sums.sample})
+                out += pool.map(functools.partial(self._node_metrics, texts=texts), group)
         schema = {"node": pl.String, "depth": pl.Int32, "docs": pl.Int64}
         schema.update({c: pl.Float64 for c in METRIC_COLUMNS if c != "docs"})
         return pl.DataFrame(out, schema=schema).sort("depth", "node")
 
-    def _node_metrics(self, item: tuple[str, _NodeSums]) -> dict:
+    def _node_metrics(
+        self, item: tuple[str, _NodeSums], texts: dict[int, str] | None = None
+    ) -> dict:
         node, sums = item
-        some = [text for _, _, text in sorted(sums.sample, key=lambda entry: entry[1])]
+        ordered = sorted(sums.sample, key=lambda entry: entry[1])  # corpus order
+        if texts is None:
+            some = [text or "" for _, _, text in ordered]
+        else:
+            some = [texts[row] for _, row, _ in ordered]
         metrics: dict = {"docs": sums.docs, "compression_ratio": compression_ratio(some)}
         for n, value in _distincts(some).items():
             metrics[f"distinct_{n}"] = value
