@@ -3,8 +3,8 @@ corpus byte for byte as in one process, and a killed build leaves no worker behi
 resumes without redoing finished partitions.
 
 Builds run through the CLI against the loopback fake server, on a project with tiny
-partitions (many tasks) and no verification (so the filter and quality stages need no
-model and go to the pool).
+partitions (many tasks); with verification and the judge on, the workers' model calls
+(second samples, grades) are answered by the build's own engine.
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ import pytest
 
 from builder.cli import main
 from tests.support.fake_openai_server import FakeOpenAIServer
-from tests.support.project import ROOT, make_project, responder
+from tests.support.project import ROOT, judging_responder, make_project, responder
 
 PROJECT: dict[str, dict[str, Any]] = {
     "walk": {"subtree": ["algorithms", "arithmetic"]},
     "generate": {"documents_per_unit": 2},
     "run": {"partition_rows": 3, "units_per_partition": 1, "flush_rows": 2},
-    "verify": {"enabled": False},
     "llm": {"cache_dir": ".corpus-cache"},
     "output": {"dir": "outputs", "run": "r", "shard_max_rows": 5},
 }
@@ -81,10 +80,23 @@ def _workers(run: Path, stage: str) -> set[int | None]:
 
 
 def test_two_workers_write_the_same_corpus_as_one_process(
-    server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: None
+) -> None:
+    """Verification asks the model for second samples and the judge grades every document:
+    from the workers, through the driver's engine (same requests, same meter)."""
+    judge = {"judge": {"enabled": True}, "filters": {"min_relevance": -1, "min_edu_score": 0}}
+    with FakeOpenAIServer(responder=judging_responder) as server:
+        _two_builds(server, tmp_path, monkeypatch, {**PROJECT, **judge})
+
+
+def _two_builds(
+    server: FakeOpenAIServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    project: dict[str, dict[str, Any]],
 ) -> None:
     generated = tmp_path / "generated"
-    config = make_project(generated, server.base_url, PROJECT)
+    config = make_project(generated, server.base_url, project)
     main(["generate", "--config", str(config)])  # raises SystemExit on failure
     place = tmp_path / "p"  # both builds of one generated copy at one path (records name it)
     shutil.copytree(generated, place)
@@ -101,8 +113,11 @@ def test_two_workers_write_the_same_corpus_as_one_process(
         assert two[name] == data, name
     manifest = json.loads((run / "manifest.json").read_text())
     expected = json.loads((one / "manifest.json").read_text())
-    assert _untimed(manifest["counts"]) == _untimed(expected["counts"])
-    assert manifest["config"] == expected["config"]  # workers are not part of the corpus
+    assert _untimed(manifest) == _untimed(expected)  # counts, requests, cost; not workers
+    done = run / "work" / "_done"
+    filtered = json.loads((done / "filter.json").read_text())["counters"]
+    graded = json.loads((done / "quality.json").read_text())["counters"]["stats"]["judge"]
+    assert filtered["verified"] > 0 and graded["documents"] > 0  # the workers asked the model
     assert _workers(one, "filter") == {None}
     for stage in POOLED:
         pids = _workers(run, stage)
@@ -130,6 +145,7 @@ def test_a_killed_build_leaves_no_worker_and_resumes(
         argv, env={**env, "CORPUS_FAULT": "partition.done:3"}, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
+    # (returning at all shows that no child kept the build's stdout/stderr pipes open)
     assert killed.returncode == -9, killed.stderr[-2000:]
     records = sorted((run / "work" / "filter" / "_partitions").glob("*.json"))
     assert len(records) == 3  # killed right after recording the third filter partition

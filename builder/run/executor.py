@@ -58,13 +58,13 @@ class LocalExecutor:
     ) -> Iterator[tuple[PartitionTask, dict[str, Any]]]:
         """Run a partitioned stage's tasks (one input partition each) and yield each with
         its result as it finishes: on a pool of worker processes when there are several
-        tasks and the stage needs no model for this config (``needs_llm``: the engine, its
-        cache and the budget stay in this process), else one after another here."""
+        tasks and the stage allows it (``local_only``; the workers' model calls come back
+        here: ``builder.run.pool``), else one after another in this process."""
         from builder.run.partitioned import run_task
 
         todo = list(tasks)
         workers = min(self.workers(), len(todo))
-        if workers < 2 or stage.needs_llm(ctx):
+        if workers < 2 or stage.local_only(ctx):
             for task in todo:
                 yield task, run_task(stage, ctx, task)
             return

@@ -195,8 +195,13 @@ class PartitionStage(Stage):
 
     def needs_llm(self, ctx: RunContext) -> bool:
         """Whether ``run_partition`` may call the model with this config (default:
-        ``uses_llm``). The local executor runs a stage that does not on worker processes."""
+        ``uses_llm``); on worker processes it then reaches the driver's engine."""
         return self.uses_llm
+
+    def local_only(self, ctx: RunContext) -> bool:
+        """Whether its partitions must run in the build's own process with this config
+        (default: no; the local executor may map them on worker processes)."""
+        return False
 
     def finish(self, ctx: RunContext, counters: dict[str, Any]) -> None:
         """Called after the last partition (e.g. to log a summary); default: nothing."""

@@ -119,11 +119,12 @@ class QualityStage(PartitionStage):
                     self._units[unit.unit_id] = unit
 
     def needs_llm(self, ctx: RunContext) -> bool:
-        # the judge, and an embeddings endpoint (its spending counts in the build's budget)
-        config = ctx.config
-        return config.judge.enabled or (
-            config.embeddings.enabled and bool(config.embeddings.base_url)
-        )
+        return ctx.config.judge.enabled
+
+    def local_only(self, ctx: RunContext) -> bool:
+        # An embeddings endpoint spends from the build's remaining budget, known here only.
+        embeddings = ctx.config.embeddings
+        return embeddings.enabled and bool(embeddings.base_url)
 
     @staticmethod
     def _fresh_stats() -> dict[str, Any]:
