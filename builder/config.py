@@ -40,6 +40,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CORPUS_TAXONOMY_DIR": ("taxonomy", "dir"),
     "CORPUS_OUTPUT_DIR": ("output", "dir"),
     "CORPUS_EXECUTOR": ("run", "executor"),
+    "CORPUS_WORKERS": ("run", "workers"),
     "CORPUS_RAY_ADDRESS": ("run", "ray_address"),
 }
 

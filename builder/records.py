@@ -339,11 +339,17 @@ def decode_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_table(rows: list[dict[str, Any]] | pa.Table, schema: pa.Schema) -> pa.Table:
-    """Row dicts as an Arrow table of ``schema`` (missing columns are null, extras dropped);
-    a table already built column-wise (e.g. from numpy) is cast to ``schema``."""
+    """Row dicts, or a table built column-wise (from Polars or numpy), as an Arrow table of
+    ``schema``: missing columns are null, extra ones dropped, the others cast."""
     names = schema.names
     if isinstance(rows, pa.Table):
-        return rows.select(names).cast(schema)
+        columns = [
+            rows.column(f.name).cast(f.type)
+            if f.name in rows.column_names
+            else pa.nulls(rows.num_rows, type=f.type)
+            for f in schema
+        ]
+        return pa.Table.from_arrays(columns, schema=schema)
     rows = [encode_row(r) for r in rows]
     # Column by column: the same table as ``Table.from_pylist`` of the rows, without a
     # dict per row.

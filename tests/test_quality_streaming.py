@@ -94,6 +94,29 @@ def test_batches_in_any_order_give_the_whole_corpus_metrics() -> None:
     )  # PCA's axes are defined up to sign
 
 
+def test_node_texts_fetched_a_bounded_group_at_a_time_give_the_same_metrics() -> None:
+    """Without kept texts, ``nodes`` asks for the samples' texts a group of nodes at a time:
+    never more than ``batch_rows`` rows (or one node's sample) at once, same metrics."""
+    frame, x = corpus(1200)
+    rows = frame.with_row_index("_row")
+    kept = DiversityAccumulator(sample=40)
+    lean = DiversityAccumulator(sample=40, keep_texts=False)
+    for start in range(0, 1200, 300):
+        kept.add(rows.slice(start, 300), x[start : start + 300])
+        lean.add(rows.slice(start, 300), x[start : start + 300])
+    texts = frame["text"].to_list()
+    asked: list[int] = []
+
+    def fetch(wanted: set[int]) -> dict[int, str]:
+        asked.append(len(wanted))
+        return {row: texts[row] for row in wanted}
+
+    assert_same_nodes(lean.nodes(fetch, batch_rows=60), kept.nodes())
+    assert len(asked) > 3 and max(asked) <= 60  # 9 nodes of 40 rows: several groups
+    with pytest.raises(ValueError, match="fetch"):
+        lean.nodes()
+
+
 def test_a_batch_without_embeddings_turns_the_embedding_measures_off() -> None:
     frame, x = corpus(300)
     acc = DiversityAccumulator()

@@ -92,6 +92,24 @@ class EmbeddedCorpus:
             embeddings = pl.read_parquet(emb_path) if emb_path.exists() else None
             yield docs, _vectors(docs, embeddings)
 
+    def texts(self, rows: set[int]) -> dict[int, str]:
+        """The texts of the corpus rows ``rows`` (``_row`` numbers; a null text is ""),
+        read a batch at a time: only the wanted ones are kept."""
+        if not rows:
+            return {}
+        wanted = np.array(sorted(rows), dtype=np.int64)
+        out: dict[int, str] = {}
+        offset = 0
+        for batch in iter_batches(self.files, batch_rows=self.bucket_rows, columns=["text"]):
+            lo, hi = np.searchsorted(wanted, [offset, offset + batch.num_rows])
+            if hi > lo:
+                picked = batch.column("text").take(pa.array(wanted[lo:hi] - offset))
+                out.update(zip(wanted[lo:hi].tolist(), picked.to_pylist(), strict=True))
+            offset += batch.num_rows
+            if offset > wanted[-1]:
+                break
+        return {row: text or "" for row, text in out.items()}
+
 
 class _BucketFiles:
     """Rows appended to ``out/<bucket>.parquet``, one Parquet writer per bucket seen."""

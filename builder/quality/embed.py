@@ -8,10 +8,11 @@ semantic dedup and diversity are plain dot products.
   embeddings, loaded from the wheel's own files with ``disable_download=True`` (a plain
   ``WordLlama.load()`` tries Hugging Face and fails offline). A document's vector is the mean
   of its tokens' vectors. WordLlama's own ``embed`` pads each batch to its longest text and
-  gathers a ``(batch, tokens, 256)`` array; here the batch is tokenized once (the Rust
-  tokenizer's ``encode_batch_fast``: no padding, no offsets) and pooled as one sparse
-  token-count matrix times the embedding table (same vectors, ~2x the throughput, which is
-  what lets relevance be on by default; bench/quality.py measures both).
+  gathers a ``(batch, tokens, 256)`` array; here the batch is tokenized through a cache of
+  distinct words (``builder.quality.pieces``: the same token ids as the whole-text
+  tokenizer) and pooled as one sparse token-count matrix times the embedding table (the
+  same vectors at many times the throughput, which is what lets relevance be on by
+  default; bench/quality.py measures both).
 * ``EndpointEmbedder``: ``POST {base_url}/embeddings`` through the engine's parts
   (``builder.llm``): its transport (error classification, keys never in messages), its
   backoff, its SQLite cache (one entry per text, keyed by the sha256 of endpoint, model,
@@ -84,14 +85,17 @@ class WordLlamaEmbedder:
 
     name = WORDLLAMA_MODEL
 
-    def __init__(self, *, max_chars: int = 8000, batch_size: int = 256) -> None:
+    def __init__(self, *, max_chars: int = 8000, batch_size: int = 4096) -> None:
         from wordllama import WordLlama
+
+        from builder.quality.pieces import PieceTokenizer
 
         model = WordLlama.load(cache_dir=wordllama_dir(), disable_download=True)
         self.matrix = np.ascontiguousarray(model.embedding, dtype=np.float32)
         self.tokenizer = model.tokenizer
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
+        self.pieces = PieceTokenizer(self.tokenizer)
         self.dim = int(self.matrix.shape[1])
         self.max_chars = max_chars
         self.batch_size = batch_size
@@ -105,21 +109,19 @@ class WordLlamaEmbedder:
             chunk = [
                 t[: self.max_chars] if t else "" for t in texts[start : start + self.batch_size]
             ]
-            encoded = self.tokenizer.encode_batch_fast(chunk, add_special_tokens=False)
-            ids = [np.asarray(e.ids, dtype=np.int64) for e in encoded]
-            lengths = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
+            ids, lengths = self.pieces.encode(chunk)
             if not lengths.any():
                 continue
-            flat = np.clip(np.concatenate(ids), 0, vocab - 1)
+            flat = np.clip(ids, 0, vocab - 1)
             # token counts per document (a sparse docs x vocab matrix) times the table: the
             # mean of the token vectors without materialising one vector per token
             indptr = np.concatenate(([0], np.cumsum(lengths)))
             counts = csr_matrix(
-                (np.ones(len(flat), dtype=np.float32), flat, indptr), shape=(len(ids), vocab)
+                (np.ones(len(flat), dtype=np.float32), flat, indptr), shape=(len(chunk), vocab)
             )
             sums = np.asarray(counts @ self.matrix, dtype=np.float32)
             nonempty = lengths > 0
-            out[start : start + len(ids)][nonempty] = sums[nonempty] / lengths[nonempty, None]
+            out[start : start + len(chunk)][nonempty] = sums[nonempty] / lengths[nonempty, None]
         return _normalise(out)
 
 

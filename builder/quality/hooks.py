@@ -60,13 +60,15 @@ def quality_summary(ctx: RunContext, clean_path: Path) -> Any:
     from builder.quality.metrics import DiversityAccumulator
     from builder.quality.summary import QualitySummary
 
-    acc = DiversityAccumulator()
+    # The node samples hold row numbers; their texts are read back a group of nodes at a
+    # time (every document of a large corpus is in some topic's sample).
+    acc = DiversityAccumulator(keep_texts=False)
     with EmbeddedCorpus(ctx, clean_path, DIVERSITY_COLUMNS) as corpus:
         if corpus.rows == 0:
             return None
         for docs, vectors in corpus:
             acc.add(docs, vectors)
-    nodes = acc.nodes()
+        nodes = acc.nodes(corpus.texts)
     sem_nodes = ctx.paths.work / "semdedup" / "nodes.parquet"
     if sem_nodes.exists():
         sem = pl.read_parquet(sem_nodes)

@@ -41,17 +41,24 @@ def unit_query(unit: Any) -> str:
 
 
 def relevance_scores(
-    texts: Sequence[str], queries: Sequence[str], embedder: Embedder
+    texts: Sequence[str],
+    queries: Sequence[str],
+    embedder: Embedder,
+    *,
+    vectors: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Cosine of ``texts[i]`` and ``queries[i]`` for every i (each distinct query embedded once)."""
+    """Cosine of ``texts[i]`` and ``queries[i]`` for every i (each distinct query embedded
+    once); ``vectors``: the texts' embeddings when the caller already has them."""
     if len(texts) != len(queries):
         raise ValueError("texts and queries differ in length")
+    if vectors is not None and len(vectors) != len(texts):
+        raise ValueError("texts and vectors differ in length")
     if not texts:
         return np.zeros(0, dtype=np.float32)
     distinct = list(dict.fromkeys(queries))
     index = {q: i for i, q in enumerate(distinct)}
     q_vecs = embedder.embed(distinct)
-    d_vecs = embedder.embed(list(texts))
+    d_vecs = vectors if vectors is not None else embedder.embed(list(texts))
     rows = np.fromiter((index[q] for q in queries), dtype=np.int64, count=len(queries))
     return np.einsum("ij,ij->i", d_vecs, q_vecs[rows]).astype(np.float32)
 
@@ -63,15 +70,20 @@ def add_relevance(
     *,
     text_column: str = "text",
     unit_column: str = "unit_id",
+    vectors: np.ndarray | None = None,
 ) -> pl.DataFrame:
-    """``frame`` with a Float32 ``relevance`` column (null where the unit is unknown)."""
+    """``frame`` with a Float32 ``relevance`` column (null where the unit is unknown);
+    ``vectors``: the embeddings of ``frame``'s texts, row for row, if already computed."""
     units = frame[unit_column].to_list() if unit_column in frame.columns else [None] * frame.height
     known = [i for i, u in enumerate(units) if u is not None and u in queries]
     values: list[float | None] = [None] * frame.height
     if known:
         texts = frame[text_column].to_list()
         scores = relevance_scores(
-            [texts[i] or "" for i in known], [queries[units[i]] for i in known], embedder
+            [texts[i] or "" for i in known],
+            [queries[units[i]] for i in known],
+            embedder,
+            vectors=None if vectors is None else vectors[np.asarray(known, dtype=np.int64)],
         )
         for i, s in zip(known, scores.tolist(), strict=True):
             values[i] = round(float(s), 4)

@@ -10,6 +10,7 @@ a digest of its output files, so the stages after it see whether anything change
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -47,15 +48,30 @@ class LocalExecutor:
     def __init__(self, config: CorpusConfig | None = None) -> None:
         self.config = config
 
+    def workers(self) -> int:
+        """Processes for partitioned stages: ``[run] workers``, 0 meaning one per CPU."""
+        wanted = self.config.run.workers if self.config is not None else 1
+        return wanted or min(os.cpu_count() or 1, MAX_AUTO_WORKERS)
+
     def map_partitions(
         self, stage: PartitionStage, ctx: RunContext, tasks: Iterable[PartitionTask]
     ) -> Iterator[tuple[PartitionTask, dict[str, Any]]]:
         """Run a partitioned stage's tasks (one input partition each) and yield each with
-        its result as it finishes; here one after another in this process."""
+        its result as it finishes: on a pool of worker processes when there are several
+        tasks and the stage allows it (``local_only``; the workers' model calls come back
+        here: ``builder.run.pool``), else one after another in this process."""
         from builder.run.partitioned import run_task
 
-        for task in tasks:
-            yield task, run_task(stage, ctx, task)
+        todo = list(tasks)
+        workers = min(self.workers(), len(todo))
+        if workers < 2 or stage.local_only(ctx):
+            for task in todo:
+                yield task, run_task(stage, ctx, task)
+            return
+        from builder.run.pool import map_tasks
+
+        # A pool per stage: its workers' memory (models, allocator pools) goes with it.
+        yield from map_tasks(stage, ctx, todo, workers)
 
     def close(self) -> None:
         """Release what the executor holds (nothing for the local one)."""
@@ -95,6 +111,9 @@ class LocalExecutor:
         for stage in stages:
             self.run_stage(stage, ctx)
 
+
+#: ``[run] workers = 0`` starts one worker per CPU, at most this many.
+MAX_AUTO_WORKERS = 4
 
 #: Executors by name (``--executor``); a Ray executor registers itself here.
 EXECUTORS: dict[str, type[LocalExecutor]] = {"local": LocalExecutor}

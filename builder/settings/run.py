@@ -30,6 +30,11 @@ class RunSettings(Section):
     #: same bytes, so these two keys are left out of the config dump, its hash and the
     #: manifest (``exclude=True``): how a corpus was computed is not part of what it is.
     executor: Literal["local", "ray"] = Field("local", exclude=True)
+    #: Processes the local executor maps a partitioned stage's partitions on (filter,
+    #: quality; only when the stage needs no model for the config): 0 = one per CPU (at
+    #: most 4), 1 = in the build's own process. Same bytes either way (left out of the
+    #: config's hash, like ``executor``).
+    workers: int = Field(0, ge=0, exclude=True)
     #: Ray cluster address: ``auto`` (an existing cluster, else a local one), or
     #: ``host:port`` of a head node.
     ray_address: str = Field("auto", min_length=1, exclude=True)

@@ -193,6 +193,16 @@ class PartitionStage(Stage):
     def run_partition(self, ctx: RunContext, table: pa.Table) -> dict[str, list[dict[str, Any]]]:
         """Process one bounded batch of input rows; return the rows for each sink."""
 
+    def needs_llm(self, ctx: RunContext) -> bool:
+        """Whether ``run_partition`` may call the model with this config (default:
+        ``uses_llm``); on worker processes it then reaches the driver's engine."""
+        return self.uses_llm
+
+    def local_only(self, ctx: RunContext) -> bool:
+        """Whether its partitions must run in the build's own process with this config
+        (default: no; the local executor may map them on worker processes)."""
+        return False
+
     def finish(self, ctx: RunContext, counters: dict[str, Any]) -> None:
         """Called after the last partition (e.g. to log a summary); default: nothing."""
 

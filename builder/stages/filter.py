@@ -51,6 +51,9 @@ class FilterStage(PartitionStage):
             }
         )
 
+    def needs_llm(self, ctx: RunContext) -> bool:
+        return ctx.config.verify.enabled and ctx.config.verify.second_sample
+
     def run(self, ctx: RunContext) -> dict[str, Any]:
         self._reasons = Counter()
         self._verified = 0

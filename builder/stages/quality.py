@@ -22,7 +22,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from builder.records import DOCUMENT_SCHEMA, REJECTED_SCHEMA, decode_row, sha256_hex
+from builder.records import DOCUMENT_SCHEMA, REJECTED_SCHEMA, sha256_hex
 from builder.stages.base import PartitionStage, RunContext, Stage, upstream
 from builder.stages.filter import kept_parts
 from builder.stages.walk import read_units, unit_parts
@@ -50,10 +50,6 @@ def embeddings_table(ids: pl.Series, vectors: np.ndarray) -> pa.Table:
 
 def _frame(table: pa.Table) -> pl.DataFrame:
     return pl.from_arrow(table)  # type: ignore[return-value]
-
-
-def _rows(frame: pl.DataFrame) -> list[dict[str, Any]]:
-    return [decode_row(r) for r in frame.to_dicts()]
 
 
 class QualityStage(PartitionStage):
@@ -121,6 +117,14 @@ class QualityStage(PartitionStage):
                 self._queries[unit.unit_id] = unit_query(unit)
                 if ctx.config.judge.enabled:
                     self._units[unit.unit_id] = unit
+
+    def needs_llm(self, ctx: RunContext) -> bool:
+        return ctx.config.judge.enabled
+
+    def local_only(self, ctx: RunContext) -> bool:
+        # An embeddings endpoint spends from the build's remaining budget, known here only.
+        embeddings = ctx.config.embeddings
+        return embeddings.enabled and bool(embeddings.base_url)
 
     @staticmethod
     def _fresh_stats() -> dict[str, Any]:
@@ -198,7 +202,7 @@ class QualityStage(PartitionStage):
                 self._load_units(ctx)
             vectors = self._embedder.embed(docs["text"].fill_null("").to_list())
             out["embeddings"] = embeddings_table(docs["id"].cast(pl.String), vectors)
-            docs = add_relevance(docs, self._queries or {}, self._embedder)
+            docs = add_relevance(docs, self._queries or {}, self._embedder, vectors=vectors)
             docs, off = split_off_topic(docs, f.min_relevance)
             self._stats["off_topic"] += off.height
             rejected.append(off)
@@ -223,8 +227,9 @@ class QualityStage(PartitionStage):
             if jstats.failed:
                 ctx.log(f"[quality] judge failed on {jstats.failed} document(s): {jstats.errors}")
             rejected.append(low)
-        out["kept"] = _rows(docs)
-        out["rejected"] = [r for frame in rejected if frame.height for r in _rows(frame)]
+        # Column-wise to the sinks' schemas (``to_table``), never a dict per document.
+        out["kept"] = docs.to_arrow()
+        out["rejected"] = _concat(rejected).to_arrow()
         return out
 
     def finish(self, ctx: RunContext, counters: dict[str, Any]) -> None:
