@@ -22,8 +22,16 @@ browser:
 demo: $(STAMP)
 	$(VENV)/bin/corpus build --config corpus.toml
 
+# The suite on 2 pytest-xdist workers: most tests wait on subprocesses and loopback servers, so
+# two workers halve the wall time on 2 cores. `--dist loadgroup` spreads tests one by one but
+# keeps each xdist_group together (the Ray cluster module: one cluster at a time). The options
+# live here, not in pyproject's addopts, so a plain `pytest tests/test_x.py` stays serial and
+# debuggable (--pdb, -s). PYTEST_WORKERS=0 runs the suite serially.
+PYTEST_WORKERS ?= 2
+PYTEST_XDIST   := -n $(PYTEST_WORKERS) --dist loadgroup
+
 test: $(STAMP) browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_XDIST)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check builder tests bench

@@ -38,7 +38,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if session.config.option.collectonly:
+    # Under pytest-xdist the controller checks once, before any worker runs a test.
+    if session.config.option.collectonly or os.environ.get("PYTEST_XDIST_WORKER"):
         return
     problems = missing_prerequisites()
     if problems:
@@ -47,6 +48,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             "the test suite needs the full locked install and runs nothing without it "
             f"(strict mode; `make test` installs everything):\n{lines}"
         )
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's hook reads the groups into the node ids
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `make test` (xdist, `--dist loadgroup`) a module's tests that share a module- or
+    class-scoped fixture (a built project, a cluster, a server) run on one worker, so the
+    fixture is made once, not once per worker; the other tests are spread one by one."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        fixtureinfo = getattr(item, "_fixtureinfo", None)
+        defs = fixtureinfo.name2fixturedefs.values() if fixtureinfo is not None else ()
+        if any(d[-1].scope in ("module", "class") for d in defs if d):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))  # type: ignore[attr-defined]
 
 
 @pytest.hookimpl(hookwrapper=True)

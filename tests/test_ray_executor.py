@@ -39,6 +39,9 @@ PROJECT: dict[str, dict[str, Any]] = {
     "llm": {"cache_dir": ".corpus-cache"},
     "output": {"dir": "outputs", "run": "r", "shard_max_rows": 5},
 }
+# Under `make test` (pytest-xdist, --dist loadgroup) the whole module runs on one worker: one
+# Ray cluster at a time, and the module-scoped cluster and builds are made once.
+pytestmark = pytest.mark.xdist_group("ray")
 _ENV = ("CORPUS_CACHE_DIR", "CORPUS_OUTPUT_DIR", "CORPUS_EXECUTOR", "CORPUS_RAY_ADDRESS")
 
 
