@@ -227,6 +227,7 @@ QUANT = {
 
 
 def test_quantitative_checks_run_in_their_own_pool_with_sympy_loaded():
+    shutdown_pools()  # a fresh pool: earlier tests in this worker may have grown it
     assert verify_document(QUANT, FAST).verified is True
     quant_pool = sandbox_pools(FAST)["quant"]
     servers = quant_pool.server_pids()

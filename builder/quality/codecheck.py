@@ -18,7 +18,6 @@ A textbook section that shows broken code teaches the broken code. For each sect
 
 from __future__ import annotations
 
-import ast
 import doctest
 import re
 from collections.abc import Iterable, Sequence
@@ -26,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from builder.settings.filters import VerifySettings
+from builder.util.pyast import parse
 
 REASON = "code_error"
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)^[ \t]*```", re.S | re.M)
@@ -100,7 +100,7 @@ def fences(text: str) -> list[tuple[str, str]]:
 
 def _syntax_error(source: str, what: str) -> str | None:
     try:
-        ast.parse(source)
+        parse(source)
     except SyntaxError as exc:
         return f"{what}: line {exc.lineno}: {exc.msg}"
     except ValueError as exc:  # null bytes

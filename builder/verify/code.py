@@ -6,6 +6,7 @@ import ast
 from typing import Any
 
 from builder.settings.filters import VerifySettings
+from builder.util.pyast import parse
 from builder.verify.sandbox import run_in_sandbox
 from builder.verify.verdict import Verdict, failed, passed
 
@@ -36,7 +37,7 @@ def _source(value: Any) -> str:
 
 def _syntax_problem(source: str, name: str) -> str | None:
     try:
-        compile(source, name, "exec", dont_inherit=True, flags=ast.PyCF_ONLY_AST)
+        parse(source, name)
     except SyntaxError as exc:
         return f"{name}:{exc.lineno}: {exc.msg}"
     except (ValueError, RecursionError, MemoryError, OverflowError) as exc:

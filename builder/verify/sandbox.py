@@ -81,6 +81,7 @@ from typing import Any
 
 from builder.records import ChatResult
 from builder.settings.filters import VerifySettings
+from builder.util.pyast import parse
 from builder.verify.errors import SandboxError
 from builder.verify.launcher import Launcher, detect_launcher
 from builder.verify.outcome import FreshChild, SandboxResult, collect, kill_group
@@ -160,7 +161,7 @@ def _sweep_stale(root_dir: str) -> None:
 def has_toplevel_checks(tests: str) -> bool:
     """True when module-level code of the tests itself checks something (bare asserts, calls)."""
     try:
-        tree = ast.parse(tests)
+        tree = parse(tests)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
     for node in tree.body:
