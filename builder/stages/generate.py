@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,11 +29,43 @@ from builder.util.faults import fault_point
 from builder.util.partitions import list_parts, part_name, write_table
 
 if TYPE_CHECKING:  # pragma: no cover
-    from builder.generate import GenerateStats
     from builder.templates import TemplateSet
 
 JOURNAL = "_journal"
 FLUSH_S = 5.0
+
+
+@dataclass
+class GenerateStats:
+    """Counts of one run of the stage (its counters: printed by ``corpus generate``, saved
+    in the stage's marker and read by the report)."""
+
+    planned: int = 0
+    reused: int = 0
+    sent: int = 0
+    received: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    by_kind: Counter[str] = field(default_factory=Counter)
+    waves: int = 0
+    cached: int = 0
+    cost: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "planned": self.planned,
+            "reused": self.reused,
+            "sent": self.sent,
+            "received": self.received,
+            "by_status": dict(sorted(self.by_status.items())),
+            "by_kind": dict(sorted(self.by_kind.items())),
+            "waves": self.waves,
+            "cached": self.cached,
+            "cost": round(self.cost, 6),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
 
 
 class _Journal:
@@ -99,8 +132,6 @@ class GenerateStage(Stage):
         return load_templates(ctx.config.path(ctx.config.generate.templates_dir))
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        from builder.generate import GenerateStats
-
         stats = self.stats = GenerateStats()
         templates = self.templates(ctx)
         out = self.out_dir(ctx)
