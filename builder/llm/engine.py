@@ -62,7 +62,8 @@ from builder.llm.endpoint import (
     prepare,
 )
 from builder.llm.progress import Progress, make_progress
-from builder.llm.transport import Transport, make_transport
+from builder.llm.transport import Transport
+from builder.llm.transports import make_transport
 from builder.records import ChatRequest, ChatResult
 from builder.settings.llm import LLMSettings
 
