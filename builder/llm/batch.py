@@ -80,7 +80,7 @@ class _BatchRun:
         self.resubmits: dict[str, int] = {}
         self.failures: dict[str, str] = {}
         self.snap = Snapshot()
-        self.progress = engine._progress_factory()
+        self.progress = engine.new_progress()
         self.io = engine._io_thread()
         self.transport: Transport = engine._transports[self.i]
 

@@ -52,6 +52,7 @@ from builder.llm.budget import (
 )
 from builder.llm.cache import Cache
 from builder.llm.control import EndpointLimiter
+from builder.llm.core import EngineStats
 from builder.llm.dispatch import Dispatch, Job, Outcome, assess, usage_of  # noqa: F401  (re-exported)
 from builder.llm.driver import Driver, LoopThread, new_event_loop  # noqa: F401
 from builder.llm.embedded import EmbeddedServer
@@ -93,27 +94,6 @@ def resolve_cache_dir(
 
 # ---------------------------------------------------------------------------------------------
 # Records
-
-
-@dataclass
-class EngineStats:
-    """Counters over an engine's lifetime (all runs)."""
-
-    results: int = 0  # yielded, any status
-    cached: int = 0
-    ok: int = 0
-    length: int = 0
-    invalid: int = 0
-    failed: int = 0
-    http_requests: int = 0  # chat-completion attempts sent
-    retries: int = 0
-    repairs: int = 0
-    prompt_tokens: int = 0  # of results produced now (not cache hits)
-    completion_tokens: int = 0
-    cost: float = 0.0  # USD spent now
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -214,7 +194,8 @@ class Engine:
         keys = prepare(self.endpoints, request, self.settings).keys
         return any(self.cache.contains(k) for k in keys)
 
-    def _progress_factory(self) -> Progress:
+    def new_progress(self) -> Progress:
+        """A progress reporter for one run (``progress`` as given to ``open_engine``)."""
         return make_progress(self._progress, self.settings.progress_interval_s)
 
     # -- estimate ------------------------------------------------------------------------
