@@ -1,9 +1,8 @@
 """Generation -> filters -> real verification: hostile exercises are contained.
 
 ``corpus generate`` (the build's generate stage, the real engine) asks the loopback fake
-OpenAI server, which answers with
-exercises whose reference solutions are wrong, loop forever, print without end, read files,
-open sockets or fork repeatedly. Each one must end up in rejected with stage "verify" and a
+OpenAI server, which answers with exercises whose reference solutions are wrong, loop
+forever, print without end, read files, open sockets or fork repeatedly. Each one must end up in rejected with stage "verify" and a
 reason; correct exercises are kept with ``verified = True``.
 """
 

@@ -242,7 +242,7 @@ class Engine:
         )
 
     # -- lifecycle -----------------------------------------------------------------------
-    def _ensure_started(self) -> None:
+    def ensure_started(self) -> None:
         """Start the embedded server (first cache miss only: warm reruns never start it)."""
         if self._closed:
             raise LLMError("the engine is closed", hint="open a new one with open_engine()")
@@ -252,11 +252,13 @@ class Engine:
                 if ep.embedded:
                     ep.base_url = base_url
 
-    def _io_thread(self) -> LoopThread:
-        if self._io is None:
+    def io_thread(self) -> tuple[LoopThread, list[Transport]]:
+        """The engine's I/O thread and its transports (one per endpoint, in order), made on
+        first use; closed by ``close``. Batch mode and ``corpus llm check`` send through them."""
+        if self._io is None or self._transports is None:
             self._io = LoopThread()
             self._transports = [make_transport(ep, self.settings) for ep in self.endpoints]
-        return self._io
+        return self._io, self._transports
 
     def close(self) -> None:
         """Close connections, stop the I/O thread and the embedded server. Idempotent."""
@@ -303,7 +305,7 @@ class Engine:
             for result, _ in run_batch(self, requests, max_cost=max_cost, raw=False):
                 yield result
             return
-        yield from self._run_sync(requests, max_cost, raw=False)
+        yield from self.run_online(requests, max_cost, raw=False)
 
     def run_with_responses(
         self, requests: Iterable[ChatRequest], *, max_cost: float | None = None
@@ -315,21 +317,23 @@ class Engine:
 
             yield from run_batch(self, requests, max_cost=max_cost, raw=True)
             return
-        yield from self._run_sync(requests, max_cost, raw=True)
+        yield from self.run_online(requests, max_cost, raw=True)
 
     def complete(self, request: ChatRequest) -> ChatResult:
         """Run one request and return its result (no progress display for single calls)."""
         if self.settings.batch:
             return list(self.run([request]))[0]
-        return list(self._run_sync([request], None, raw=False, quiet=True))[0]
+        return list(self.run_online([request], None, raw=False, quiet=True))[0]
 
-    def _run_sync(
+    def run_online(
         self,
         requests: Iterable[ChatRequest],
         max_cost: float | None,
         raw: bool,
         quiet: bool = False,
     ) -> Iterator[Any]:
+        """``run`` (or, ``raw``, ``run_with_responses``) through the online API whatever
+        ``[llm] batch`` says: Batch API mode sends its repair retries this way."""
         total = len(requests) if hasattr(requests, "__len__") else None  # type: ignore[arg-type]
         drv = Driver(self, max_cost, raw, total, quiet)
         it = iter(requests)
@@ -344,10 +348,9 @@ class Engine:
             if not to_send:
                 return
             if dispatch is None:
-                self._ensure_started()
-                io = self._io_thread()
-                assert self._transports is not None
-                dispatch = Dispatch(self, self._transports, outq.put)
+                self.ensure_started()
+                io, transports = self.io_thread()
+                dispatch = Dispatch(self, transports, outq.put)
                 io.loop.call_soon_threadsafe(dispatch.start)
             jobs = list(to_send)
             to_send.clear()
@@ -459,7 +462,7 @@ class Engine:
                         yield got
                 if to_send:
                     if dispatch is None:
-                        await asyncio.to_thread(self._ensure_started)
+                        await asyncio.to_thread(self.ensure_started)
                         transports = [make_transport(ep, self.settings) for ep in self.endpoints]
                         dispatch = Dispatch(self, transports, outq.put_nowait)
                         dispatch.start()
