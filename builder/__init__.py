@@ -28,7 +28,6 @@ _EXPORTS: dict[str, str] = {
     "validate_taxonomy": "builder.taxonomy",
     "TaxonomyEditor": "builder.taxonomy",
     "load_templates": "builder.templates",
-    "generate": "builder.generate",
     "filter_documents": "builder.filters",
     "verify_document": "builder.verify",
     "dedup_table": "builder.dedup",

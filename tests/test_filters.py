@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from builder.errors import LLMError
 from builder.filters import (
     EXTRA_COLUMNS,
     filter_documents,
@@ -14,16 +16,10 @@ from builder.filters import (
     rejection_counts,
     repetition_ratio,
 )
-from builder.generate import generate, read_generated
-from builder.llm import open_engine
 from builder.records import DOCUMENT_COLUMNS, REJECTION_COLUMNS
 from builder.settings.filters import FilterSettings, VerifySettings
-from builder.settings.generate import GenerateSettings
-from builder.settings.llm import LLMSettings
-from builder.templates import load_templates, sample_units
 from tests.support.fake_openai_server import FakeOpenAIServer, FakeReply
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.generation import Generated, generate_rows
 
 GOOD = """## Limits
 
@@ -83,32 +79,42 @@ EXERCISES = {
 }
 
 
-@pytest.fixture(scope="module")
-def tset():
-    return load_templates(ROOT / "templates")
+TOPICS = {
+    "limits": "Limits and continuity",
+    "derivatives": "Derivatives",
+    "integrals": "Integrals",
+}
 
 
-def rows_for(
-    tset, tmp_path: Path, reply, template: str = "section", n: int = 1, faults=None
-) -> list[dict]:
-    """Generate ``n`` documents of ``template`` through the real engine, against the fake
-    server replying with ``reply`` (a text, a JSON object, a ``FakeReply`` or a responder of
-    the request body) and injecting ``faults``."""
-    out = tmp_path / f"{template}.jsonl"
-    settings = GenerateSettings(templates=[template], documents_per_unit=1, evolve=False)
+def generated(
+    tmp_path: Path, reply, template: str = "section", n: int = 1, faults=None
+) -> Generated:
+    """Generate ``n`` documents of ``template`` with ``corpus generate`` (the build's generate
+    stage, the real engine) against the fake server replying with ``reply`` (a text, a JSON
+    object, a ``FakeReply`` or a responder of the request body) and injecting ``faults``.
+    Each call has its own project, run directory and cache under ``tmp_path``."""
     responder = reply if callable(reply) else (lambda body: reply)
     with FakeOpenAIServer(responder=responder, faults=faults) as server:
-        llm = LLMSettings(
-            base_url=server.base_url,
-            model="fake-model",
-            max_attempts=2,
-            backoff_base_s=0.001,
-            backoff_max_s=0.01,
+        return generate_rows(
+            Path(tempfile.mkdtemp(prefix=f"{template}-", dir=tmp_path)),
+            server.base_url,
+            dict(list(TOPICS.items())[:n]),
+            templates=[template],
+            llm={"max_attempts": 2, "backoff_base_s": 0.001, "backoff_max_s": 0.01},
         )
-        cache = tmp_path / f"{template}.cache"
-        with open_engine(llm, cache_dir=cache, progress=False) as engine:
-            generate(sample_units()[:n], tset, engine, settings, out)
-    return list(read_generated(out).values())
+
+
+def rows_for(tmp_path: Path, reply, template: str = "section", n: int = 1, faults=None) -> list:
+    """The rows of ``generated`` (the generation must succeed)."""
+    gen = generated(tmp_path, reply, template, n, faults)
+    assert gen.exit_code == 0, (gen.output, gen.error)
+    assert len(gen.rows) == n
+    return gen.rows
+
+
+def _topic_of(body: dict) -> str:
+    prompt = "\n".join(str(m.get("content")) for m in body["messages"])
+    return next(name for name in TOPICS.values() if f'"{name}"' in prompt)
 
 
 def run(rows, **overrides):
@@ -125,8 +131,8 @@ def only_rejection(rows, **overrides) -> dict:
 # --------------------------------------------------------------------------- keep
 
 
-def test_good_document_is_kept_with_its_columns(tset, tmp_path: Path) -> None:
-    kept, rejected = run(rows_for(tset, tmp_path, GOOD))
+def test_good_document_is_kept_with_its_columns(tmp_path: Path) -> None:
+    kept, rejected = run(rows_for(tmp_path, GOOD))
     assert rejected == []
     (doc,) = kept
     assert list(doc)[: len(DOCUMENT_COLUMNS)] == list(DOCUMENT_COLUMNS)
@@ -140,9 +146,9 @@ def test_good_document_is_kept_with_its_columns(tset, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- each reason
 
 
-def test_truncated(tset, tmp_path: Path) -> None:
+def test_truncated(tmp_path: Path) -> None:
     cut = FakeReply(GOOD[:300], finish_reason="length", completion_tokens=64)
-    rows = rows_for(tset, tmp_path, cut)
+    rows = rows_for(tmp_path, cut)
     rej = only_rejection(rows)
     assert (rej["stage"], rej["reason"]) == ("filter", "truncated")
     assert "64 tokens" in rej["detail"] and rej["text"] == GOOD[:300].strip()
@@ -161,8 +167,8 @@ def test_truncated(tset, tmp_path: Path) -> None:
         "# Note\n\nI\u2019m sorry, but I won\u2019t write that. " + GOOD,
     ],
 )
-def test_refusals(tset, tmp_path: Path, reply: str) -> None:
-    rows = rows_for(tset, tmp_path, reply)
+def test_refusals(tmp_path: Path, reply: str) -> None:
+    rows = rows_for(tmp_path, reply)
     rej = only_rejection(rows)
     assert (rej["stage"], rej["reason"]) == ("filter", "refusal")
     assert rej["detail"].startswith("refusal phrase")
@@ -179,9 +185,9 @@ def test_refusal_patterns_do_not_flag_ordinary_text() -> None:
     assert refusal_match("Our policy: we decline.", [r"\bwe decline\b"]) == "we decline"
 
 
-def test_too_short_counts_cl100k_tokens(tset, tmp_path: Path) -> None:
+def test_too_short_counts_cl100k_tokens(tmp_path: Path) -> None:
     short = "A limit is the value a function approaches near a point."
-    rows = rows_for(tset, tmp_path, short)
+    rows = rows_for(tmp_path, short)
     rej = only_rejection(rows)
     assert (rej["stage"], rej["reason"]) == ("filter", "too_short")
     assert "< min_tokens 150" in rej["detail"]
@@ -191,16 +197,16 @@ def test_too_short_counts_cl100k_tokens(tset, tmp_path: Path) -> None:
     assert len(kept) == 1 and kept[0]["n_tokens"] == 12  # 11 words < 12: counted exactly
 
 
-def test_few_words_many_tokens_are_counted_not_guessed(tset, tmp_path: Path) -> None:
+def test_few_words_many_tokens_are_counted_not_guessed(tmp_path: Path) -> None:
     """Fewer words than min_tokens does not mean too short: the text is then encoded."""
     dense = "".join(f"v{i}={i * 7};" for i in range(40)) + " Done."  # 2 words, >60 tokens
-    rows = rows_for(tset, tmp_path, dense)
+    rows = rows_for(tmp_path, dense)
     kept, rejected = run(rows, min_tokens_by_kind={"section": 60}, language=None)
     assert rejected == [] and kept[0]["n_tokens"] > 60
 
 
-def test_repetition(tset, tmp_path: Path) -> None:
-    rows = rows_for(tset, tmp_path, LOOP)
+def test_repetition(tmp_path: Path) -> None:
+    rows = rows_for(tmp_path, LOOP)
     rej = only_rejection(rows)
     assert (rej["stage"], rej["reason"]) == ("filter", "repetition")
     assert repetition_ratio(LOOP) > 0.9
@@ -209,8 +215,8 @@ def test_repetition(tset, tmp_path: Path) -> None:
     assert len(kept) == 1
 
 
-def test_wrong_language(tset, tmp_path: Path) -> None:
-    rows = rows_for(tset, tmp_path, FRENCH)
+def test_wrong_language(tmp_path: Path) -> None:
+    rows = rows_for(tmp_path, FRENCH)
     rej = only_rejection(rows)
     assert (rej["stage"], rej["reason"]) == ("filter", "wrong_language")
     assert rej["detail"].startswith("detected fr")
@@ -218,59 +224,64 @@ def test_wrong_language(tset, tmp_path: Path) -> None:
     assert len(run(rows, language="fr")[0]) == 1
 
 
-def test_code_is_not_judged_as_prose(tset, tmp_path: Path) -> None:
+def test_code_is_not_judged_as_prose(tmp_path: Path) -> None:
     # A section full of code: the prose is English, the code would confuse the language detector and
     # the repeated assert lines would look like a loop.
     code = "```python\n" + "assert f(1) == 1\n" * 60 + "```\n"
-    rows = rows_for(tset, tmp_path, GOOD + "\n" + code)
+    rows = rows_for(tmp_path, GOOD + "\n" + code)
     kept, rejected = run(rows)
     assert rejected == [] and len(kept) == 1
 
 
-def test_empty(tset, tmp_path: Path) -> None:
-    rej = only_rejection(rows_for(tset, tmp_path, "   "))
+def test_empty(tmp_path: Path) -> None:
+    rej = only_rejection(rows_for(tmp_path, "   "))
     assert (rej["stage"], rej["reason"]) == ("filter", "empty")
 
 
-def test_failed_requests_are_rejected_at_generate(tset, tmp_path: Path) -> None:
-    rej = only_rejection(rows_for(tset, tmp_path, GOOD, faults=lambda i, body: "500"))
+def test_failed_requests_are_rejected_at_generate(tmp_path: Path) -> None:
+    gen = generated(tmp_path, GOOD, faults=lambda i, body: "500")
+    # Every request failed: the stage says so after saving the failures as rows.
+    assert isinstance(gen.error, LLMError)
+    assert "all 1 generation request(s) failed" in str(gen.error)
+    rej = only_rejection(gen.rows)
     assert (rej["stage"], rej["reason"]) == ("generate", "failed")
     assert "500" in rej["detail"]
     assert list(rej)[:4] == list(REJECTION_COLUMNS)
     assert rej["status"] == "failed" and rej["template"] == "section"
 
 
-def test_malformed_structured_output(tset, tmp_path: Path) -> None:
-    rows = rows_for(tset, tmp_path, {"problem": "Add numbers."}, template="exercise_code")
+def test_malformed_structured_output(tmp_path: Path) -> None:
+    rows = rows_for(tmp_path, {"problem": "Add numbers."}, template="exercise_code")
     rej = only_rejection(rows)
     # The engine validates the reply against the template's schema (after a repair retry)
     assert (rej["stage"], rej["reason"]) == ("generate", "malformed")
     assert "'signature' is a required property" in rej["detail"]
     assert "repair retry" in rej["detail"]
-    rows = rows_for(tset, tmp_path, "not json at all", template="exercise_quantitative")
+    rows = rows_for(tmp_path, "not json at all", template="exercise_quantitative")
     rej = only_rejection(rows)
     assert (rej["stage"], rej["reason"]) == ("generate", "malformed")
     empty = {**EXERCISES["conceptual"], "answer": ""}
-    rows = rows_for(tset, tmp_path, empty, template="exercise_conceptual")
+    rows = rows_for(tmp_path, empty, template="exercise_conceptual")
     assert only_rejection(rows)["detail"] == "empty field(s): answer"
 
 
-def test_exercises_pass_with_a_per_kind_minimum(tset, tmp_path: Path) -> None:
+def test_exercises_pass_with_a_per_kind_minimum(tmp_path: Path) -> None:
     rows = []
     for ex_type, template in (
         ("code", "exercise_code"),
         ("quantitative", "exercise_quantitative"),
         ("conceptual", "exercise_conceptual"),
     ):
-        rows += rows_for(tset, tmp_path, EXERCISES[ex_type], template=template)
+        rows += rows_for(tmp_path, EXERCISES[ex_type], template=template)
     kept, rejected = run(rows, min_tokens_by_kind={"exercise": 20})
     assert rejected == [] and len(kept) == 3
     assert all(d["structured"] and d["exercise_type"] for d in kept)
 
 
-def test_every_input_row_is_kept_or_rejected(tset, tmp_path: Path) -> None:
-    replies = iter([GOOD, LOOP, FRENCH])
-    rows = rows_for(tset, tmp_path, lambda body: next(replies), n=3)
+def test_every_input_row_is_kept_or_rejected(tmp_path: Path) -> None:
+    # One reply per topic (requests arrive in any order): good, a loop, French.
+    replies = dict(zip(TOPICS.values(), [GOOD, LOOP, FRENCH], strict=True))
+    rows = rows_for(tmp_path, lambda body: replies[_topic_of(body)], n=3)
     kept, rejected = run(rows)
     assert len(kept) + len(rejected) == 3
     assert rejection_counts(rejected) == {"filter/repetition": 1, "filter/wrong_language": 1}
@@ -285,13 +296,13 @@ def test_bad_refusal_pattern_is_a_config_error() -> None:
 # --------------------------------------------------------------------------- verification
 
 
-def test_verification_marks_and_rejects(tset, tmp_path: Path) -> None:
+def test_verification_marks_and_rejects(tmp_path: Path) -> None:
     """The real verifier runs each code exercise's tests in its sandbox: the right solution
     passes, the wrong one fails its first assert; a conceptual one has nothing to run."""
     wrong = {**EXERCISES["code"], "solution": "def add(a, b):\n    return a - b"}
-    rows = rows_for(tset, tmp_path, EXERCISES["code"], template="exercise_code")
-    rows += rows_for(tset, tmp_path / "w", wrong, template="exercise_code")
-    rows += rows_for(tset, tmp_path, EXERCISES["conceptual"], template="exercise_conceptual")
+    rows = rows_for(tmp_path, EXERCISES["code"], template="exercise_code")
+    rows += rows_for(tmp_path, wrong, template="exercise_code")
+    rows += rows_for(tmp_path, EXERCISES["conceptual"], template="exercise_conceptual")
     filters = FilterSettings(min_tokens=0)
     kept, rejected = filter_documents(rows, filters, VerifySettings())
     assert [d["verified"] for d in kept] == [True, None]

@@ -1,9 +1,10 @@
 """Generation -> filters -> real verification: hostile exercises are contained.
 
-The real engine (``open_engine``) asks the loopback fake OpenAI server, which answers with
-exercises whose reference solutions are wrong, loop forever, print without end, read files,
-open sockets or fork repeatedly. Each one must end up in rejected with stage "verify" and a
-reason; correct exercises are kept with ``verified = True``.
+``corpus generate`` (the build's generate stage, the real engine) asks the loopback fake
+OpenAI server, which answers with exercises whose reference solutions are wrong, loop
+forever, print without end, read files, open sockets or fork repeatedly. Each one must end
+up in rejected with stage "verify" and a reason; correct exercises are kept with
+``verified = True``.
 """
 
 from __future__ import annotations
@@ -13,19 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from builder.filters import filter_documents, rejection_counts
-from builder.generate import generate, read_generated
-from builder.llm import open_engine
-from builder.records import Unit
 from builder.settings.filters import FilterSettings, VerifySettings
-from builder.settings.generate import GenerateSettings
-from builder.settings.llm import LLMSettings
-from builder.templates import TemplateSet, load_templates
 from tests.support.fake_openai_server import FakeOpenAIServer
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.generation import generate_rows
 
 SIGNATURE = 'def add(a: int, b: int) -> int:\n    """Return the sum of a and b."""'
 TESTS = "assert add(1, 2) == 3\nassert add(-1, 1) == 0\nassert add(10, 5) == 15"
@@ -64,19 +56,13 @@ EXPECTED = {
 }
 
 
-def unit(name: str) -> Unit:
-    return Unit(
-        unit_id=f"unit-{name}",
-        discipline="computer-science",
-        subject="programming",
-        topic=f"{name}-topic",
-        taxonomy_path=f"computer-science/programming/{name}-topic",
-        discipline_name="Computer science",
-        subject_name="Programming",
-        topic_name=f"Functions ({name})",
-        concepts=("functions", "return values"),
-        difficulty="basic",
-    )
+def topic(name: str) -> str:
+    """The topic id of the unit named ``name`` (its topic name is "Functions (name)")."""
+    return name.replace("_", "-")
+
+
+def name_of(row: dict[str, Any]) -> str:
+    return row["topic"].replace("-", "_")
 
 
 def _prompt(body: dict[str, Any]) -> str:
@@ -104,38 +90,38 @@ def reply(body: dict[str, Any]) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def tset():
-    return load_templates(ROOT / "templates")
-
-
 def run_generate(
     srv: FakeOpenAIServer,
     responder: Callable[[dict[str, Any]], Any],
-    units: list[Unit],
-    tset: TemplateSet,
-    settings: GenerateSettings,
-    out: Path,
+    names: list[str],
+    template: str,
+    root: Path,
 ) -> list[dict[str, Any]]:
-    """Generate through the real engine on the fake server; the rows written to ``out``."""
+    """Generate one ``template`` document per unit (one unit per name, its topic named
+    "Functions (name)") with ``corpus generate`` on the fake server; the rows it wrote."""
     srv.responder = responder
-    llm_settings = LLMSettings(base_url=srv.base_url, model="fake-model", max_attempts=1)
-    with open_engine(llm_settings, cache_dir=out.parent / "cache", progress=False) as llm:
-        generate(units, tset, llm, settings, out)
-    return list(read_generated(out).values())
+    gen = generate_rows(
+        root,
+        srv.base_url,
+        {topic(name): f"Functions ({name})" for name in names},
+        templates=[template],
+        llm={"max_attempts": 1},
+        discipline=("computer-science", "Computer science"),
+        subject=("programming", "Programming"),
+    )
+    assert gen.exit_code == 0, (gen.output, gen.error)
+    return gen.rows
 
 
-def test_hostile_solutions_are_contained_and_recorded(fake_openai, tset, tmp_path: Path) -> None:
-    settings = GenerateSettings(templates=["exercise_code"], evolve=False)
-    units = [unit(name) for name in SOLUTIONS]
-    rows = run_generate(fake_openai, reply, units, tset, settings, tmp_path / "gen.jsonl")
+def test_hostile_solutions_are_contained_and_recorded(fake_openai, tmp_path: Path) -> None:
+    rows = run_generate(fake_openai, reply, list(SOLUTIONS), "exercise_code", tmp_path)
     assert len(rows) == len(SOLUTIONS)
     assert fake_openai.count("chat") == len(SOLUTIONS)
     verify = VerifySettings(timeout_s=2.0, max_output_kb=16)
     kept, rejected = filter_documents(rows, FilterSettings(min_tokens=20), verify)
-    assert [d["unit_id"] for d in kept] == ["unit-correct"]
+    assert [name_of(d) for d in kept] == ["correct"]
     assert kept[0]["verified"] is True
-    got = {r["unit_id"].removeprefix("unit-"): r for r in rejected}
+    got = {name_of(r): r for r in rejected}
     assert set(got) == set(EXPECTED)
     for name, reason in EXPECTED.items():
         row = got[name]
@@ -146,23 +132,20 @@ def test_hostile_solutions_are_contained_and_recorded(fake_openai, tset, tmp_pat
     assert rejection_counts(rejected)["verify/forbidden"] == 3
 
 
-def test_quantitative_answers_are_checked(fake_openai, tset, tmp_path: Path) -> None:
-    settings = GenerateSettings(templates=["exercise_quantitative"], evolve=False)
-    units = [unit("correct"), unit("wrong")]
-    rows = run_generate(fake_openai, reply, units, tset, settings, tmp_path / "gen.jsonl")
+def test_quantitative_answers_are_checked(fake_openai, tmp_path: Path) -> None:
+    names = ["correct", "wrong"]
+    rows = run_generate(fake_openai, reply, names, "exercise_quantitative", tmp_path)
     assert sorted(r["structured"]["final_answer"] for r in rows) == ["60", "61"]
     verify = VerifySettings(second_sample=False)
     kept, rejected = filter_documents(rows, FilterSettings(min_tokens=20), verify)
-    assert [(d["unit_id"], d["verified"]) for d in kept] == [("unit-correct", True)]
+    assert [(name_of(d), d["verified"]) for d in kept] == [("correct", True)]
     (rej,) = rejected
     assert (rej["stage"], rej["reason"]) == ("verify", "answer_mismatch")
 
 
-def test_huge_model_reply_is_recorded_and_rejected(fake_openai, tset, tmp_path: Path) -> None:
-    settings = GenerateSettings(templates=["section"], evolve=False)
+def test_huge_model_reply_is_recorded_and_rejected(fake_openai, tmp_path: Path) -> None:
     huge = "All work and no play makes a dull textbook. " * 100_000  # ~4.4 MB
-    out = tmp_path / "gen.jsonl"
-    (row,) = run_generate(fake_openai, lambda body: huge, [unit("huge")], tset, settings, out)
+    (row,) = run_generate(fake_openai, lambda body: huge, ["huge"], "section", tmp_path)
     assert len(row["text"]) > 4_000_000
     kept, rejected = filter_documents([row], FilterSettings(), VerifySettings())
     assert kept == [] and rejected[0]["reason"] == "repetition"

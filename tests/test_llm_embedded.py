@@ -80,7 +80,7 @@ sys.path.insert(0, {root!r})
 from builder.llm import open_engine
 from builder.settings.llm import LLMSettings
 with open_engine(LLMSettings(), cache_dir={cache!r}, progress=False) as engine:
-    engine._ensure_started()
+    engine.ensure_started()
     print(engine.embedded.proc.pid, flush=True)
     sys.stdin.read()  # hold the engine open until the test kills this process
 """

@@ -16,8 +16,9 @@ from builder.errors import ConfigError
 from builder.llm import open_engine
 from builder.llm.check import check_endpoints
 from builder.llm.endpoint import endpoints_from_settings
-from builder.llm.transport import TRANSPORTS, Transport, make_transport
+from builder.llm.transport import Transport
 from builder.llm.transport_openai import AzureOpenAITransport, OpenAITransport
+from builder.llm.transports import TRANSPORTS, make_transport
 from builder.records import ChatRequest
 from builder.settings.llm import LLMSettings, TransportName
 from tests.support.fake_openai_server import FakeOpenAIServer

@@ -40,14 +40,23 @@ def _answer(qa: QA, row: dict[str, Any], opts: ExportOptions) -> str:
     return with_reasoning(qa.answer, row.get("reasoning"), opts.reasoning)
 
 
-def chat_row(row: dict[str, Any], opts: ExportOptions) -> Fields | str:
+def _conversation(
+    row: dict[str, Any], opts: ExportOptions, keys: tuple[str, str], roles: tuple[str, str, str]
+) -> list[dict[str, str]] | str:
+    """An exercise as [system?, user, assistant] turns, each ``{keys[0]: role, keys[1]: text}``
+    with the format's own role names (``roles``), or why it has none."""
     qa = _qa(row)
     if isinstance(qa, str):
         return qa
-    messages = [{"role": "system", "content": opts.system}] if opts.system else []
-    messages.append({"role": "user", "content": qa.prompt})
-    messages.append({"role": "assistant", "content": _answer(qa, row, opts)})
-    return {"messages": messages}
+    system, user, assistant = roles
+    turns = [(system, opts.system)] if opts.system else []
+    turns += [(user, qa.prompt), (assistant, _answer(qa, row, opts))]
+    return [{keys[0]: role, keys[1]: text} for role, text in turns]
+
+
+def chat_row(row: dict[str, Any], opts: ExportOptions) -> Fields | str:
+    messages = _conversation(row, opts, ("role", "content"), ("system", "user", "assistant"))
+    return messages if isinstance(messages, str) else {"messages": messages}
 
 
 def alpaca_row(row: dict[str, Any], opts: ExportOptions) -> Fields | str:
@@ -58,13 +67,8 @@ def alpaca_row(row: dict[str, Any], opts: ExportOptions) -> Fields | str:
 
 
 def sharegpt_row(row: dict[str, Any], opts: ExportOptions) -> Fields | str:
-    qa = _qa(row)
-    if isinstance(qa, str):
-        return qa
-    turns = [{"from": "system", "value": opts.system}] if opts.system else []
-    turns.append({"from": "human", "value": qa.prompt})
-    turns.append({"from": "gpt", "value": _answer(qa, row, opts)})
-    return {"conversations": turns}
+    turns = _conversation(row, opts, ("from", "value"), ("system", "human", "gpt"))
+    return turns if isinstance(turns, str) else {"conversations": turns}
 
 
 def text_row(row: dict[str, Any], opts: ExportOptions) -> Fields | str:

@@ -24,7 +24,7 @@ _EXPORTS: dict[str, str] = {
     "ScriptedLLM": "builder.llm.fake",
     "open_engine": "builder.llm.engine",
     "Engine": "builder.llm.engine",
-    "EngineStats": "builder.llm.engine",
+    "EngineStats": "builder.llm.core",
     "Estimate": "builder.llm.engine",
     "ModelEstimate": "builder.llm.engine",
     "resolve_cache_dir": "builder.llm.engine",

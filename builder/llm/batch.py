@@ -80,9 +80,9 @@ class _BatchRun:
         self.resubmits: dict[str, int] = {}
         self.failures: dict[str, str] = {}
         self.snap = Snapshot()
-        self.progress = engine._progress_factory()
-        self.io = engine._io_thread()
-        self.transport: Transport = engine._transports[self.i]
+        self.progress = engine.new_progress()
+        self.io, transports = engine.io_thread()
+        self.transport: Transport = transports[self.i]
 
     # -- HTTP (on the engine's I/O thread) -----------------------------------------------
     def _call(self, method: str, path: str, **kw: Any) -> Any:
@@ -266,7 +266,7 @@ class _BatchRun:
             )
             fixes[key] = (fixed, a, body)
         entries = []
-        for result, bodies in engine._run_sync([f[0] for f in fixes.values()], None, raw=True):
+        for result, bodies in engine.run_online([f[0] for f in fixes.values()], None, raw=True):
             key = result.request_id
             _, first, first_body = fixes[key]
             if result.status == "failed":

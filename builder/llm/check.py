@@ -72,10 +72,10 @@ def check_endpoints(engine: Any, *, chat: bool = False) -> list[EndpointStatus]:
     for i, ep in enumerate(engine.endpoints):
         if ep.embedded:
             try:
-                engine._ensure_started()
+                engine.ensure_started()
             except BuilderError as exc:
                 results.append(EndpointStatus(ep.label, ep.model, False, error=str(exc)))
                 continue
-        io = engine._io_thread()
-        results.append(io.call(_probe(engine._transports[i], ep, chat)))
+        io, transports = engine.io_thread()
+        results.append(io.call(_probe(transports[i], ep, chat)))
     return results

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from builder.errors import (
     AuthError,
@@ -26,6 +26,7 @@ from builder.llm.budget import (
     prompt_tokens,
 )
 from builder.llm.control import JobQueue, backoff_delay, outcome_of
+from builder.llm.core import EngineCore
 from builder.llm.endpoint import (
     Prepared,
 )
@@ -34,9 +35,6 @@ from builder.llm.transport import AttemptError, Reply, Transport
 from builder.llm.window import ERROR, OK, RateLimitInfo
 from builder.reasoning import message_text
 from builder.records import ChatRequest
-
-if TYPE_CHECKING:
-    from builder.llm.engine import Engine
 
 log = logging.getLogger("builder.llm")
 
@@ -99,7 +97,7 @@ class Dispatch:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineCore,
         transports: list[Transport],
         deliver: Callable[[list[Outcome]], None],
     ) -> None:

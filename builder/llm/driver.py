@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from builder.errors import (
     BudgetExceeded,
@@ -27,6 +27,7 @@ from builder.llm.budget import (
     require_price,
 )
 from builder.llm.cache import CachedResponse, CacheEntry
+from builder.llm.core import EngineCore
 from builder.llm.dispatch import Job, Outcome
 from builder.llm.endpoint import (
     Prepared,
@@ -36,9 +37,6 @@ from builder.llm.progress import NoProgress, Snapshot
 from builder.llm.schema import check_output
 from builder.records import ChatRequest, ChatResult
 
-if TYPE_CHECKING:
-    from builder.llm.engine import Engine
-
 # ---------------------------------------------------------------------------------------------
 # The driver: what a run does between the caller and the dispatcher (sync and async share it)
 
@@ -46,7 +44,7 @@ if TYPE_CHECKING:
 class Driver:
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineCore,
         max_cost: float | None,
         raw: bool,
         total: int | None,
@@ -67,7 +65,7 @@ class Driver:
         self.fatal: BuilderError | None = None
         self.snap = Snapshot(total=total)
         self.window = max(8, 2 * sum(ep.max_concurrency for ep in engine.endpoints))
-        self.progress = NoProgress() if quiet else engine._progress_factory()
+        self.progress = NoProgress() if quiet else engine.new_progress()
         self.progress.start(total)
         self.worst_price: Price | None = None
         if max_cost is not None:

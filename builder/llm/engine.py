@@ -53,6 +53,7 @@ from builder.llm.budget import (
 )
 from builder.llm.cache import Cache
 from builder.llm.control import EndpointLimiter
+from builder.llm.core import EngineStats
 from builder.llm.dispatch import Dispatch, Job, Outcome, assess, usage_of  # noqa: F401  (re-exported)
 from builder.llm.driver import Driver, LoopThread, new_event_loop  # noqa: F401
 from builder.llm.embedded import EmbeddedServer
@@ -63,7 +64,8 @@ from builder.llm.endpoint import (
     prepare,
 )
 from builder.llm.progress import Progress, make_progress
-from builder.llm.transport import Transport, make_transport
+from builder.llm.transport import Transport
+from builder.llm.transports import make_transport
 from builder.records import ChatRequest, ChatResult
 from builder.settings.llm import LLMSettings
 
@@ -93,27 +95,6 @@ def resolve_cache_dir(
 
 # ---------------------------------------------------------------------------------------------
 # Records
-
-
-@dataclass
-class EngineStats:
-    """Counters over an engine's lifetime (all runs)."""
-
-    results: int = 0  # yielded, any status
-    cached: int = 0
-    ok: int = 0
-    length: int = 0
-    invalid: int = 0
-    failed: int = 0
-    http_requests: int = 0  # chat-completion attempts sent
-    retries: int = 0
-    repairs: int = 0
-    prompt_tokens: int = 0  # of results produced now (not cache hits)
-    completion_tokens: int = 0
-    cost: float = 0.0  # USD spent now
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -214,7 +195,8 @@ class Engine:
         keys = prepare(self.endpoints, request, self.settings).keys
         return any(self.cache.contains(k) for k in keys)
 
-    def _progress_factory(self) -> Progress:
+    def new_progress(self) -> Progress:
+        """A progress reporter for one run (``progress`` as given to ``open_engine``)."""
         return make_progress(self._progress, self.settings.progress_interval_s)
 
     # -- estimate ------------------------------------------------------------------------
@@ -261,7 +243,7 @@ class Engine:
         )
 
     # -- lifecycle -----------------------------------------------------------------------
-    def _ensure_started(self) -> None:
+    def ensure_started(self) -> None:
         """Start the embedded server (first cache miss only: warm reruns never start it)."""
         if self._closed:
             raise LLMError("the engine is closed", hint="open a new one with open_engine()")
@@ -271,11 +253,13 @@ class Engine:
                 if ep.embedded:
                     ep.base_url = base_url
 
-    def _io_thread(self) -> LoopThread:
-        if self._io is None:
+    def io_thread(self) -> tuple[LoopThread, list[Transport]]:
+        """The engine's I/O thread and its transports (one per endpoint, in order), made on
+        first use; closed by ``close``. Batch mode and ``corpus llm check`` send through them."""
+        if self._io is None or self._transports is None:
             self._io = LoopThread()
             self._transports = [make_transport(ep, self.settings) for ep in self.endpoints]
-        return self._io
+        return self._io, self._transports
 
     def close(self) -> None:
         """Close connections, stop the I/O thread and the embedded server. Idempotent."""
@@ -322,7 +306,7 @@ class Engine:
             for result, _ in run_batch(self, requests, max_cost=max_cost, raw=False):
                 yield result
             return
-        yield from self._run_sync(requests, max_cost, raw=False)
+        yield from self.run_online(requests, max_cost, raw=False)
 
     def run_with_responses(
         self, requests: Iterable[ChatRequest], *, max_cost: float | None = None
@@ -334,21 +318,23 @@ class Engine:
 
             yield from run_batch(self, requests, max_cost=max_cost, raw=True)
             return
-        yield from self._run_sync(requests, max_cost, raw=True)
+        yield from self.run_online(requests, max_cost, raw=True)
 
     def complete(self, request: ChatRequest) -> ChatResult:
         """Run one request and return its result (no progress display for single calls)."""
         if self.settings.batch:
             return list(self.run([request]))[0]
-        return list(self._run_sync([request], None, raw=False, quiet=True))[0]
+        return list(self.run_online([request], None, raw=False, quiet=True))[0]
 
-    def _run_sync(
+    def run_online(
         self,
         requests: Iterable[ChatRequest],
         max_cost: float | None,
         raw: bool,
         quiet: bool = False,
     ) -> Iterator[Any]:
+        """``run`` (or, ``raw``, ``run_with_responses``) through the online API whatever
+        ``[llm] batch`` says: Batch API mode sends its repair retries this way."""
         total = len(requests) if hasattr(requests, "__len__") else None  # type: ignore[arg-type]
         drv = Driver(self, max_cost, raw, total, quiet)
         it = iter(requests)
@@ -363,10 +349,9 @@ class Engine:
             if not to_send:
                 return
             if dispatch is None:
-                self._ensure_started()
-                io = self._io_thread()
-                assert self._transports is not None
-                dispatch = Dispatch(self, self._transports, outq.put)
+                self.ensure_started()
+                io, transports = self.io_thread()
+                dispatch = Dispatch(self, transports, outq.put)
                 io.loop.call_soon_threadsafe(dispatch.start)
             jobs = list(to_send)
             to_send.clear()
@@ -482,7 +467,7 @@ class Engine:
                         yield got
                 if to_send:
                     if dispatch is None:
-                        await asyncio.to_thread(self._ensure_started)
+                        await asyncio.to_thread(self.ensure_started)
                         transports = [make_transport(ep, self.settings) for ep in self.endpoints]
                         dispatch = Dispatch(self, transports, outq.put_nowait)
                         dispatch.start()

@@ -14,9 +14,10 @@ Every failed attempt becomes an ``AttemptError`` whose ``kind`` tells the engine
 (402, or 429 ``insufficient_quota``) and ``endpoint`` (404: wrong URL or model). The last three
 stop the run with one clear message. Messages never contain the API key.
 
-``[llm] transport`` picks the class per endpoint from ``TRANSPORTS`` (``make_transport``):
-``aiohttp`` (this module, the default), ``openai`` (the official ``openai.AsyncOpenAI`` client,
-``builder.llm.transport_openai``) or ``azure`` (``openai.AsyncAzureOpenAI``). All share the
+``[llm] transport`` picks the class per endpoint from the registry in
+``builder.llm.transports`` (``make_transport``): ``aiohttp`` (this module, the default),
+``openai`` (the official ``openai.AsyncOpenAI`` client, ``builder.llm.transport_openai``) or
+``azure`` (``openai.AsyncAzureOpenAI``). All share the
 ``chat``/``request_json``/``close`` interface, the ``Reply`` they return and the
 ``AttemptError`` classification, so the engine's retries, window and fail-fast do not depend on
 the choice; the cache key does not either (it hashes the body, which is the same).
@@ -27,7 +28,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -357,33 +358,3 @@ async def assemble_stream(lines: AsyncIterable[bytes] | AsyncIterable[str]) -> d
     if "system_fingerprint" in meta:
         body["system_fingerprint"] = meta["system_fingerprint"]
     return body
-
-
-# ---------------------------------------------------------------------------------------------
-# Choosing the transport
-
-
-def _openai_transport() -> type:
-    from builder.llm.transport_openai import OpenAITransport
-
-    return OpenAITransport
-
-
-def _azure_transport() -> type:
-    from builder.llm.transport_openai import AzureOpenAITransport
-
-    return AzureOpenAITransport
-
-
-#: ``[llm] transport`` name -> the class (imported on first use: ``import openai`` alone costs
-#: ~0.6 s, which runs that never use the SDK should not pay).
-TRANSPORTS: dict[str, Callable[[], type]] = {
-    "aiohttp": lambda: Transport,
-    "openai": _openai_transport,
-    "azure": _azure_transport,
-}
-
-
-def make_transport(ep: Endpoint, settings: LLMSettings) -> Any:
-    """The transport ``ep.transport`` names, for ``ep`` (``Transport`` or an SDK transport)."""
-    return TRANSPORTS[ep.transport]()(ep, settings)

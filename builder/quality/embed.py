@@ -218,7 +218,7 @@ class EndpointEmbedder:
         return _normalise(out)
 
     async def _send_all(self, batches: list[list[str]]) -> list[list[list[float]]]:
-        from builder.llm.transport import make_transport
+        from builder.llm.transports import make_transport
 
         transport = make_transport(self.endpoint, self.llm)
         limit = asyncio.Semaphore(self.settings.max_concurrency)

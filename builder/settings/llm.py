@@ -34,7 +34,7 @@ from builder.settings.base import Section
 #: ``llama.cpp``: ``{"type": "json_object", "schema": ...}`` plus top_k/min_p/repeat_penalty.
 EndpointKind = Literal["openai", "llama.cpp"]
 
-#: How requests travel (``builder.llm.transport.TRANSPORTS``): raw aiohttp, ``openai.AsyncOpenAI``
+#: How requests travel (``builder.llm.transports.TRANSPORTS``): raw aiohttp, ``openai.AsyncOpenAI``
 #: or ``openai.AsyncAzureOpenAI``.
 TransportName = Literal["aiohttp", "openai", "azure"]
 

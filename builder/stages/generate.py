@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -32,7 +33,6 @@ from builder.util.files import atomic_write
 from builder.util.partitions import list_parts, part_name, write_table
 
 if TYPE_CHECKING:  # pragma: no cover
-    from builder.generate import GenerateStats
     from builder.templates import TemplateSet
 
 JOURNAL = "_journal"
@@ -47,6 +47,39 @@ class _Fresh(NamedTuple):
     status: str
     error: str | None
     row: dict[str, Any] | None  # the row itself, only for a parent of the next evolve wave
+
+
+@dataclass
+class GenerateStats:
+    """Counts of one run of the stage (its counters: printed by ``corpus generate``, saved
+    in the stage's marker and read by the report)."""
+
+    planned: int = 0
+    reused: int = 0
+    sent: int = 0
+    received: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    by_kind: Counter[str] = field(default_factory=Counter)
+    waves: int = 0
+    cached: int = 0
+    cost: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "planned": self.planned,
+            "reused": self.reused,
+            "sent": self.sent,
+            "received": self.received,
+            "by_status": dict(sorted(self.by_status.items())),
+            "by_kind": dict(sorted(self.by_kind.items())),
+            "waves": self.waves,
+            "cached": self.cached,
+            "cost": round(self.cost, 6),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
 
 
 class _Journal:
@@ -124,8 +157,6 @@ class GenerateStage(Stage):
         return load_templates(ctx.config.path(ctx.config.generate.templates_dir))
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        from builder.generate import GenerateStats
-
         stats = self.stats = GenerateStats()
         templates = self.templates(ctx)
         out = self.out_dir(ctx)

@@ -234,16 +234,20 @@ class TemplateSet:
                 hint=f"known styles: {', '.join(self.styles)}",
             )
         source_template = self[source] if source else None
-        context = self.context(
-            template,
-            unit,
-            audience=audience,
-            style=style,
+        # The variables the body sees (see UNIT_VARIABLES and REQUEST_VARIABLES).
+        context: dict[str, Any] = unit.to_dict()
+        context.update(
+            unit=unit,
+            audience={"id": audience, **self.audiences[audience].model_dump()},
+            style={"id": style, **self.styles[style].model_dump()},
+            opener=opener or "",
             sample_index=sample_index,
-            opener=opener,
-            extra=extra,
-            source=source_template,
+            kind=template.kind,
+            exercise_type=template.exercise_type
+            or (source_template.exercise_type if source_template else None),
+            template=template.name,
         )
+        context.update(extra or {})
         messages: list[dict[str, str]] = []
         system = template.front.system
         if system:
@@ -261,47 +265,13 @@ class TemplateSet:
             opener=opener,
         )
 
-    def context(
-        self,
-        template: Template,
-        unit: Unit,
-        *,
-        audience: str,
-        style: str,
-        sample_index: int = 0,
-        opener: str | None = None,
-        extra: Mapping[str, Any] | None = None,
-        source: Template | None = None,
-    ) -> dict[str, Any]:
-        """The variables a template body sees (see UNIT_VARIABLES and REQUEST_VARIABLES)."""
-        ctx: dict[str, Any] = unit.to_dict()
-        ctx.update(
-            unit=unit,
-            audience={"id": audience, **self.audiences[audience].model_dump()},
-            style={"id": style, **self.styles[style].model_dump()},
-            opener=opener or "",
-            sample_index=sample_index,
-            kind=template.kind,
-            exercise_type=template.exercise_type or (source.exercise_type if source else None),
-            template=template.name,
-        )
-        if extra:
-            ctx.update(extra)
-        return ctx
-
     def _render_body(self, name: str, context: dict[str, Any]) -> str:
         template = self.templates[name]
         try:
             return _tidy(self.env.get_template(name).render(context))
-        except SecurityError as exc:
-            raise TemplateError(
-                f"unsafe access in template: {exc}",
-                file=template.path,
-                line=_template_line(exc, template.path),
-                hint="templates may only read public fields of the unit and the listed variables",
-            ) from None
-        except UndefinedError as exc:
-            if re.search(r"attribute '_", str(exc)):  # blocked by the sandbox, then chained on
+        except (SecurityError, UndefinedError) as exc:
+            # A blocked private attribute surfaces as an UndefinedError chained on the sandbox's
+            if isinstance(exc, SecurityError) or re.search(r"attribute '_", str(exc)):
                 raise TemplateError(
                     f"unsafe access in template: {exc}",
                     file=template.path,
