@@ -60,7 +60,7 @@ def _run(token: str, stage: PartitionStage, ctx: RunContext, task: PartitionTask
     if token not in _STAGES:
         _STAGES.clear()  # a new stage run: drop the last one's copy and what it loaded
         _STAGES[token] = stage
-    # the worker's pid goes into the task's record (``_records/*.json``): who ran it
+    # the worker's pid goes into the task's record (``_partitions/*.json``): who ran it
     return {**run_task(_STAGES[token], ctx, task), "worker": os.getpid()}
 
 
