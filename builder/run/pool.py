@@ -90,22 +90,6 @@ class QueueLLM:
         return next(iter(self.run([request])))
 
 
-def _worker_context(ctx: RunContext, broker: Any, replies: Any) -> RunContext:
-    """A task's context: the config and the run directory; with a broker, the model
-    through queues to the driver (one reply queue per task)."""
-    from builder.stages.base import RunContext
-
-    remote = RunContext(config=ctx.config, paths=ctx.paths)
-    if broker is not None:
-        meter = ctx.llm_opened
-        name = meter.model_name if meter is not None else ctx.config.llm.model
-        remote.open_llm = functools.partial(QueueLLM, broker, replies, name)  # type: ignore[assignment]
-        if ctx.open_judge is not None:
-            judge = ctx.config.judge.model
-            remote.open_judge = functools.partial(QueueLLM, broker, replies, judge, "judge")  # type: ignore[assignment]
-    return remote
-
-
 def _serve(ctx: RunContext, broker: Any) -> None:
     """Answer every model call the workers have queued, with the driver's engines."""
     while True:
@@ -113,9 +97,8 @@ def _serve(ctx: RunContext, broker: Any) -> None:
             replies, endpoint, batch = broker.get_nowait()
         except queue.Empty:
             return
-        engine = ctx.judge_llm() if endpoint == "judge" else ctx.llm()
         try:
-            results = list(engine.run(batch))
+            results = list(ctx.endpoint_llm(endpoint).run(batch))
         except BaseException as exc:
             replies.put((False, exc))
             raise
@@ -147,8 +130,11 @@ def map_tasks(
             while pending or running:
                 while pending and len(running) < 2 * workers:
                     task = pending.pop()
-                    replies = manager.Queue() if manager is not None else None
-                    remote = _worker_context(ctx, broker, replies)
+                    replies = client = None
+                    if manager is not None:  # one reply queue per task
+                        replies = manager.Queue()
+                        client = functools.partial(QueueLLM, broker, replies)
+                    remote = ctx.for_worker(client)
                     future = pool.submit(_run, token, stage, remote, task)
                     running[future] = (task, replies)
                 # With a broker, wake up now and then to answer the workers' model calls.

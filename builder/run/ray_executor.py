@@ -208,22 +208,6 @@ def _broker_actor() -> Any:
     return ray.remote(_Broker)
 
 
-def _worker_context(ctx: RunContext, broker: Any) -> RunContext:
-    """What a task gets: the config and the run directory (no ledger, no log, no engine of
-    its own; ``llm()`` goes through the broker when the stage may call the model)."""
-    from builder.stages.base import RunContext
-
-    remote = RunContext(config=ctx.config, paths=ctx.paths)
-    if broker is not None:
-        meter = ctx.llm_opened
-        name = meter.model_name if meter is not None else ctx.config.llm.model
-        remote.open_llm = functools.partial(BrokerLLM, broker, name)  # type: ignore[assignment]
-        if ctx.open_judge is not None:
-            judge = ctx.config.judge.model
-            remote.open_judge = functools.partial(BrokerLLM, broker, judge, "judge")  # type: ignore[assignment]
-    return remote
-
-
 class RayExecutor(LocalExecutor):
     """Partitioned stages as Ray tasks; everything else as ``LocalExecutor`` (see above)."""
 
@@ -267,7 +251,8 @@ class RayExecutor(LocalExecutor):
                 .remote()
             )
         stage_ref = ray.put(stage)
-        ctx_ref = ray.put(_worker_context(ctx, broker))
+        client = functools.partial(BrokerLLM, broker) if broker is not None else None
+        ctx_ref = ray.put(ctx.for_worker(client))
         remote = _remote_task().options(num_cpus=1, max_retries=MAX_RETRIES)
         limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         pending: dict[Any, PartitionTask] = {}
@@ -282,8 +267,7 @@ class RayExecutor(LocalExecutor):
                 ref = ready[0]
                 if serving is not None and ref == serving:
                     key, endpoint, requests = ray.get(ref)
-                    engine = ctx.judge_llm() if endpoint == "judge" else ctx.llm()
-                    results = list(engine.run(requests))
+                    results = list(ctx.endpoint_llm(endpoint).run(requests))
                     broker.answer.remote(key, results)
                     serving = broker.next_call.remote()
                     continue

@@ -24,6 +24,7 @@ and put an instance in the list in ``builder.stages.build_stages``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -101,6 +102,25 @@ class RunContext:
     @property
     def llm_opened(self) -> MeteredLLM | None:
         return self._llm
+
+    def endpoint_llm(self, endpoint: str) -> MeteredLLM:
+        """``judge_llm()`` for ``"judge"``, else ``llm()`` (how an executor answers a
+        worker's model call that names its endpoint)."""
+        return self.judge_llm() if endpoint == "judge" else self.llm()
+
+    def for_worker(self, client: Callable[..., Any] | None) -> RunContext:
+        """What a task in another process gets: the config and the run directory (no
+        ledger, no log, no engine of its own). With ``client`` (called as
+        ``client(model_name, endpoint)``), its ``llm()`` and ``judge_llm()`` reach this
+        context's engines through it (a Ray broker, the local pool's queues)."""
+        remote = RunContext(config=self.config, paths=self.paths)
+        if client is not None:
+            meter = self.llm_opened
+            name = meter.model_name if meter is not None else self.config.llm.model
+            remote.open_llm = functools.partial(client, name, "llm")
+            if self.open_judge is not None:
+                remote.open_judge = functools.partial(client, self.config.judge.model, "judge")
+        return remote
 
     def taxonomy(self) -> Taxonomy:
         if self._taxonomy is None:
