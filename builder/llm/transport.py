@@ -133,6 +133,15 @@ def classify_status(status: int, message: str, code: str, retry_after: float | N
     return AttemptError("request", detail, status=status)
 
 
+def decode_json_reply(raw: bytes) -> tuple[str, Any]:
+    """``(text, body)`` of a JSON response; ``AttemptError`` (retry) when it is not JSON."""
+    try:
+        text = raw.decode("utf-8")
+        return text, json.loads(text)
+    except ValueError:
+        raise AttemptError("retry", f"malformed JSON in the response ({len(raw)} bytes)") from None
+
+
 def check_completion(body: Any) -> None:
     """Raise ``AttemptError('retry')`` unless ``body`` looks like a chat completion."""
     if not isinstance(body, dict):
@@ -219,30 +228,25 @@ class Transport:
                 if stream:
                     body = await assemble_stream(resp.content)
                 else:
-                    raw = await resp.read()
-                    try:
-                        raw_text = raw.decode("utf-8")
-                        body = json.loads(raw_text)
-                    except ValueError:
-                        raise AttemptError(
-                            "retry", f"malformed JSON in the response ({len(raw)} bytes)"
-                        ) from None
+                    raw_text, body = decode_json_reply(await resp.read())
         except AttemptError:
             raise
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise AttemptError("retry", "timed out waiting for the server") from None
         except aiohttp.ClientPayloadError as exc:
             raise AttemptError("retry", f"truncated response ({exc.__class__.__name__})") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise AttemptError(
-                "retry", f"cannot connect to {self.ep.label} ({exc.strerror or exc})"
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise AttemptError(
-                "retry", f"connection error ({exc.__class__.__name__}: {exc})"
-            ) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._attempt_error(exc, "the server") from None
         check_completion(body)
         return Reply(body, time.perf_counter() - t0, raw_text, ratelimit)
+
+    def _attempt_error(self, exc: BaseException, waiting_for: str) -> AttemptError:
+        """The retryable ``AttemptError`` for a timeout, connection or other client error."""
+        if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+            return AttemptError("retry", f"timed out waiting for {waiting_for}")
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return AttemptError(
+                "retry", f"cannot connect to {self.ep.label} ({exc.strerror or exc})"
+            )
+        return AttemptError("retry", f"connection error ({exc.__class__.__name__}: {exc})")
 
     async def _status_error(self, resp: aiohttp.ClientResponse) -> AttemptError:
         try:
@@ -273,16 +277,8 @@ class Transport:
                 raw = await resp.read()
         except AttemptError:
             raise
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise AttemptError("retry", f"timed out waiting for {self.ep.label}") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise AttemptError(
-                "retry", f"cannot connect to {self.ep.label} ({exc.strerror or exc})"
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise AttemptError(
-                "retry", f"connection error ({exc.__class__.__name__}: {exc})"
-            ) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._attempt_error(exc, self.ep.label) from None
         if path.endswith("/content"):
             return raw
         try:

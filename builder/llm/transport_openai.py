@@ -52,6 +52,7 @@ from builder.llm.transport import (
     assemble_stream,
     check_completion,
     classify_status,
+    decode_json_reply,
     parse_retry_after,
 )
 from builder.llm.window import parse_ratelimit
@@ -200,14 +201,7 @@ class OpenAITransport:
             else:
                 if resp.status_code != 200:
                     raise self._status_error(resp)
-                raw = resp.content
-                try:
-                    raw_text = raw.decode("utf-8")
-                    body = json.loads(raw_text)
-                except ValueError:
-                    raise AttemptError(
-                        "retry", f"malformed JSON in the response ({len(raw)} bytes)"
-                    ) from None
+                raw_text, body = decode_json_reply(resp.content)
         except AttemptError:
             raise
         except openai.APIStatusError as exc:
