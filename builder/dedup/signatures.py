@@ -33,6 +33,7 @@ import xxhash
 from builder.dedup.lsh import band_keys
 from builder.dedup.minhash import MinHasher
 from builder.dedup.normalize import ngram_offsets, tokenize
+from builder.dedup.openers import HEAD_CHARS, openers
 from builder.dedup.source import Piece, read_jsonl_piece, text_batches
 from builder.util.files import atomic_write
 
@@ -134,17 +135,6 @@ def init_worker() -> None:
         pass
 
 
-#: Openers only look at a text's first 400 characters (``builder.diversity``), so only those
-#: are kept until the piece's openers are computed in one Polars pass.
-_OPENER_CHARS = 400
-
-
-def _openers(heads: pl.Series, words: int) -> pl.DataFrame:
-    from builder.diversity import opener_exprs
-
-    return pl.DataFrame({"t": heads}).select(opener_exprs("t", words))
-
-
 def _band_entries(bands: np.ndarray, row0: int) -> np.ndarray:
     """Entries of a sub-batch's band keys, band-major (rows ascending within a band)."""
     n, nb = bands.shape
@@ -217,7 +207,7 @@ def run_piece(task: PieceTask) -> PieceDone:
                 )
             )
         if task.opener_words is not None:
-            heads.append(pl.Series("t", arr).str.slice(0, _OPENER_CHARS))
+            heads.append(pl.Series("t", arr).str.slice(0, HEAD_CHARS))
         row += len(texts)
     if piece.kind != "jsonl" and row != piece.length:
         raise RuntimeError(f"piece {piece.index} yielded {row} rows, expected {piece.length}")
@@ -247,7 +237,7 @@ def run_piece(task: PieceTask) -> PieceDone:
     if task.opener_words is not None:
         texts_head = pl.concat(heads) if heads else pl.Series("t", [], dtype=pl.String)
         rows_frame = pl.concat(
-            [rows_frame, _openers(texts_head, task.opener_words)], how="horizontal"
+            [rows_frame, openers(texts_head, task.opener_words)], how="horizontal"
         )
     _scratch(
         piece_path(wd, piece.index, "rows.parquet"),
