@@ -41,13 +41,12 @@ import polars as pl
 from builder.dedup.buckets import bucket_count, find_pairs
 from builder.dedup.output import node_dup_rates, plan_kept_rows, with_dup_cluster, write_kept
 from builder.dedup.plan import Plan, RowArrays, check_ids, generated_ids, make_plan
-from builder.dedup.pool import WorkerPool
+from builder.dedup.pool import WorkerPool, init_worker
 from builder.dedup.signatures import (
     PieceDone,
     PieceTask,
     SignatureStore,
     Spec,
-    init_worker,
     iter_rows_frames,
     piece_path,
     run_piece,
@@ -146,6 +145,15 @@ def _plan_input(
     )
     pieces = parquet_pieces(source, settings.partition_size)
     return _Input(pieces, list(source.original), source, source.num_rows)
+
+
+def _pool_of(workers: int, given: WorkerPool | None) -> WorkerPool:
+    """``given`` when it has ``workers`` workers, else a new pool (``given`` is closed)."""
+    if given is not None:
+        if given.workers == workers:
+            return given
+        given.close(wait=False)
+    return WorkerPool(workers)
 
 
 def _input_identity(paths: Sequence[Path]) -> list[list[Any]]:
@@ -413,6 +421,7 @@ def dedup_files(
     diversity: bool = False,
     mapper: TaskMap | None = None,
     buckets: int | None = None,
+    pool: WorkerPool | None = None,
 ) -> DedupResult:
     """Deduplicate Parquet/JSONL input of any size into ``outdir``, in bounded memory.
 
@@ -427,7 +436,9 @@ def dedup_files(
     with the same input and settings reuses the pieces it had finished. ``mapper`` runs the
     signature and bucket tasks elsewhere (Ray tasks: ``outdir`` must then be on a
     filesystem every worker sees). ``buckets`` overrides the number of band buckets
-    (default: about 4M band entries each; results never depend on it).
+    (default: about 4M band entries each; results never depend on it). ``pool``: worker
+    processes the caller started early (so they import while it works); used when it has
+    the number of workers this run resolves to, else replaced. Either way it is closed here.
     """
     settings = settings or DedupSettings()
     t0 = time.perf_counter()
@@ -455,7 +466,7 @@ def dedup_files(
         },
     )
     nworkers = _resolve_workers(workers, settings, len(planned.pieces))
-    pool = WorkerPool(1 if mapper is not None else nworkers)
+    pool = _pool_of(1 if mapper is not None else nworkers, pool)
     task_map = mapper or pool.map
     try:
         signed, done = _sign(

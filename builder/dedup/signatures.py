@@ -19,7 +19,6 @@ the others. Nothing here depends on which process runs the task (local pool or R
 from __future__ import annotations
 
 import json
-import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -112,27 +111,6 @@ def _hasher(spec: Spec) -> MinHasher:
             hashfunc=spec.hashfunc,
         )
     return _HASHERS[spec]
-
-
-def init_worker() -> None:
-    """Set up a worker process we own: die with the parent, ignore Ctrl-C, keep memory.
-
-    Freed memory stays inside the worker instead of going back to the kernel: each
-    sub-batch allocates and frees arrays of MBs, and glibc would hand them back with munmap
-    and fault them in again for the next one, which on virtual machines costs more than the
-    arithmetic. ``PR_SET_PDEATHSIG``: a parent killed with SIGKILL takes its workers along,
-    so no orphan keeps writing into the work directory. Never done in the caller's process.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-4, 0)  # M_MMAP_MAX: serve large blocks from the heap
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: do not trim the heap eagerly
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _band_entries(bands: np.ndarray, row0: int) -> np.ndarray:
