@@ -33,7 +33,7 @@ from builder.dedup.lsh import band_keys
 from builder.dedup.minhash import MinHasher
 from builder.dedup.normalize import ngram_offsets, tokenize
 from builder.dedup.openers import HEAD_CHARS, openers
-from builder.dedup.source import Piece, read_jsonl_piece, text_batches
+from builder.dedup.piece import Piece, read_jsonl_piece, text_batches
 from builder.util.files import atomic_write
 
 #: Entries of the band files: the band key, the row within its piece, the band.
@@ -167,8 +167,8 @@ def run_piece(task: PieceTask) -> PieceDone:
     hasher = _hasher(spec)
     sigs, exact, lengths, shingles, entries, hashes, heads = [], [], [], [], [], [], []
     row = 0
-    for arr in text_batches(piece, task.text_column, frame=frame, texts=task.texts):
-        texts = arr.to_pylist()
+    for batch in text_batches(piece, task.text_column, frame=frame, texts=task.texts):
+        texts = batch.to_list()
         lengths.append(np.fromiter((len(t) if t else 0 for t in texts), np.int64, len(texts)))
         tokens = tokenize(texts, exact=True)
         exact.append(tokens.exact)
@@ -185,7 +185,7 @@ def run_piece(task: PieceTask) -> PieceDone:
                 )
             )
         if task.opener_words is not None:
-            heads.append(pl.Series("t", arr).str.slice(0, HEAD_CHARS))
+            heads.append(batch.str.slice(0, HEAD_CHARS).rename("t"))
         row += len(texts)
     if piece.kind != "jsonl" and row != piece.length:
         raise RuntimeError(f"piece {piece.index} yielded {row} rows, expected {piece.length}")
