@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -506,22 +507,28 @@ def dedup_files(
         del small
         plan, largest = _decide(signed, ids, verified, settings, spec, task_map)
         pool.close(wait=False)  # the workers exit while the kept rows are written
-        nodes = node_dup_rates(tax, plan, ids)
         plan_seconds = time.perf_counter() - t_plan
 
+        # The kept rows (the one big write: compressing every kept text) are written on a
+        # thread while this one computes the node rates and the report and writes the
+        # small files: both sides spend their time in Arrow/Polars code, off the GIL.
         t_write = time.perf_counter()
-        paths = {
-            "kept": write_kept(source, out / "kept.parquet", plan, ids, has_ids, id_column),
-            "clusters": write_parquet_atomic(plan.clusters, out / "clusters.parquet"),
-        }
-        if save_signatures:
-            store = SignatureStore(work, signed.offsets, settings.num_perm)
-            paths["signatures"] = store.write_all(out / "signatures.npy")
+        with ThreadPoolExecutor(1, thread_name_prefix="dedup-kept") as writer:
+            kept = writer.submit(
+                write_kept, source, out / "kept.parquet", plan, ids, has_ids, id_column
+            )
+            nodes = node_dup_rates(tax, plan, ids)
+            clusters = write_parquet_atomic(plan.clusters, out / "clusters.parquet")
+            extra: dict[str, Path] = {}
+            if save_signatures:
+                store = SignatureStore(work, signed.offsets, settings.num_perm)
+                extra["signatures"] = store.write_all(out / "signatures.npy")
+            report = None
+            if diversity:
+                report = _diversity(signed, ids, tax, plan, settings)
+                extra.update({f"diversity_{k}": v for k, v in report.write(out).items()})
+            paths = {"kept": kept.result(), "clusters": clusters, **extra}
         write_seconds = time.perf_counter() - t_write
-        report = None
-        if diversity:
-            report = _diversity(signed, ids, tax, plan, settings)
-            paths.update({f"diversity_{k}": v for k, v in report.write(out).items()})
         stats = _stats(settings, plan, signed, nworkers, largest, nb)
         stats.cluster_seconds = plan_seconds
         stats.write_seconds = write_seconds
