@@ -34,8 +34,11 @@ def _fmix64(h: int) -> int:
 
 def word_hash(word: str) -> int:
     """The definition: fmix64 of sum (byte + 1) * B**i over the word's UTF-8 bytes."""
-    total = sum((b + 1) * pow(B, i, 1 << 64) for i, b in enumerate(word.encode("utf-8")))
-    return _fmix64(total & M64)
+    total, power = 0, 1
+    for b in word.encode("utf-8"):
+        total = (total + (b + 1) * power) & M64
+        power = (power * B) & M64
+    return _fmix64(total)
 
 
 ODD = [
@@ -73,6 +76,22 @@ def test_word_hashes_and_exact_keys_on_odd_inputs() -> None:
     for text in ODD:  # one text alone: no neighbour before or after it in the buffer
         _check_words([text])
     _check_words([])
+
+
+def test_word_hashes_across_hashing_segments() -> None:
+    """A batch far longer than one hashing segment (256 KiB): words on both sides of every
+    segment end, and single words longer than a segment (one segment of their own)."""
+    import random
+
+    rng = random.Random(5)
+    words = ["a", "bb", "ccc", "straße", "中文字", "🙂x", "w" * 40]
+    texts: list[str | None] = [
+        " ".join(rng.choice(words) for _ in range(rng.randint(0, 3000))) for _ in range(120)
+    ]
+    texts.insert(7, "y" * 300_000)  # a word longer than a segment
+    texts.insert(50, "pre " + "é" * 200_000 + " post")  # 400 KB of two-byte characters
+    texts.insert(90, None)
+    _check_words(texts)
 
 
 @settings(max_examples=100, deadline=None)

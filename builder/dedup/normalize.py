@@ -324,6 +324,40 @@ def _byte_powers(size: int) -> tuple[np.ndarray, np.ndarray]:
     return _POWERS
 
 
+#: Bytes of the buffer hashed at a time (whole words): the uint64 arrays of one segment and
+#: its power tables stay in the cache instead of streaming 8 bytes per text byte through
+#: memory (and a worker's tables are 4 MB instead of 50).
+_SEGMENT = 1 << 18
+
+
+def _word_sums(buf: np.ndarray, wstart: np.ndarray, wend: np.ndarray) -> np.ndarray:
+    """Per word, ``sum (byte + 1) * B**i`` over its bytes (``i`` from the word's start), mod
+    2**64: a prefix sum ``P`` over a segment of words, then ``(P[end] - P[start]) *
+    B**-start`` with positions relative to the segment (the same value: ``B`` is odd)."""
+    sums = np.empty(len(wstart), dtype=np.uint64)
+    longest = int((wend - wstart).max())
+    powers, inverse = _byte_powers(max(_SEGMENT, longest) + 1)
+    prefix = np.zeros(max(_SEGMENT, longest) + 1, dtype=np.uint64)
+    i0 = 0
+    with np.errstate(over="ignore"):
+        while i0 < len(wstart):
+            lo = int(wstart[i0])
+            # The words ending within _SEGMENT bytes of this one's start (at least this one).
+            i1 = max(i0 + 1, int(np.searchsorted(wend, lo + _SEGMENT, side="right")))
+            m = int(wend[i1 - 1]) - lo
+            contrib = prefix[1 : m + 1]
+            np.add(buf[lo : lo + m], np.uint8(1), out=contrib, dtype=np.uint64)
+            contrib *= powers[:m]
+            np.cumsum(contrib, out=contrib)
+            s = wstart[i0:i1] - lo
+            part = prefix[wend[i0:i1] - lo]
+            part -= prefix[s]
+            part *= inverse[s]
+            sums[i0:i1] = part
+            i0 = i1
+    return sums
+
+
 def _tokenize_batch(batch: _Batch) -> Tokens:
     buf = batch.buf  # never empty: it ends with a newline
     n = len(batch.starts)
@@ -346,21 +380,7 @@ def _tokenize_batch(batch: _Batch) -> Tokens:
     word_offsets = np.zeros(len(wstart) + 1, dtype=np.int64)
     np.cumsum(edges[1::2] - wstart, out=word_offsets[1:])
     if len(wstart):
-        # Polynomial over each word's bytes: sum (byte + 1) * B**position, then fmix64.
-        # As a prefix sum over the whole buffer (no gathering of the word bytes first):
-        # word = (P[end] - P[start]) * B**-start.
-        powers, inverse = _byte_powers(len(buf))
-        with np.errstate(over="ignore"):
-            prefix = np.empty(len(buf) + 1, dtype=np.uint64)
-            prefix[0] = 0
-            contrib = buf.astype(np.uint64)
-            contrib += np.uint64(1)
-            contrib *= powers[: len(buf)]
-            np.cumsum(contrib, out=prefix[1:])
-            at = prefix[edges]
-            sums = at[1::2] - at[0::2]
-            sums *= inverse[wstart]
-        hashes = fmix64(sums)
+        hashes = fmix64(_word_sums(buf, wstart, edges[1::2]))
     else:
         hashes = np.zeros(0, dtype=np.uint64)
     return Tokens(
