@@ -211,8 +211,11 @@ def _exact_keys(batch: _Batch) -> np.ndarray:
     # and a non-ASCII whitespace character to its lead byte (its continuation bytes are
     # whitespace after whitespace). The kept whitespace bytes become " ".
     drop = space & _shift_right(space)
-    mapped = buf.copy()
-    np.copyto(mapped, np.uint8(0x20), where=space)
+    # buf with its whitespace bytes set to " ", as buf ^ ((buf ^ 0x20) & 0xFF-where-space):
+    # two passes of byte arithmetic (``copyto(where=)`` or a masked scatter is 2x slower).
+    mapped = buf ^ np.uint8(0x20)
+    mapped &= space.view(np.uint8) * np.uint8(0xFF)
+    mapped ^= buf
     out = mapped[~drop]
     # A byte's position in ``out`` is its position in ``buf`` minus the drops before it.
     dropped = np.flatnonzero(drop)
