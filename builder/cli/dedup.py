@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import os
 import re
 import sys
 import time
@@ -142,13 +144,48 @@ def _run_stage(name: str, cfg: Any, run_name: str) -> None:
     click.echo(json.dumps({"run_dir": str(summary.run_dir), **summary.counters}, indent=2))
 
 
-def _dedup_files(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+#: Inputs from this size on get their worker processes started before anything else.
+EARLY_POOL_BYTES = 4 << 20
+
+
+def _input_bytes(path: str) -> int:
+    """Total size of the files an input names (a file, a directory's files, a glob); 0 when
+    it names none. Standard library only: this runs before the heavy imports."""
+    try:
+        if os.path.isfile(path):
+            return os.path.getsize(path)
+        if os.path.isdir(path):
+            with os.scandir(path) as entries:
+                return sum(e.stat().st_size for e in entries if e.is_file())
+        return sum(os.path.getsize(p) for p in glob.glob(path) if os.path.isfile(p))
+    except OSError:
+        return 0
+
+
+def _early_pool(input_path: str | None, workers: int | None, executor: str | None) -> Any:
+    """Worker processes started first thing, so they import numpy and Polars (~0.3 s each)
+    while this process imports the config and the engine: local runs on inputs worth more
+    than one worker. ``dedup_files`` uses them (or replaces them when the config asks for
+    another number of workers); None when not worth it."""
+    if input_path is None or (executor or os.environ.get("CORPUS_EXECUTOR")) == "ray":
+        return None
+    count = workers or os.cpu_count() or 1
+    if count <= 1 or _input_bytes(input_path) < EARLY_POOL_BYTES:
+        return None
+    from builder.dedup.pool import WorkerPool
+
+    return WorkerPool(count)
+
+
+def _dedup_files(cfg: Any, *args: Any, pool: Any = None, **kwargs: Any) -> Any:
     """``dedup_files`` with the configured executor's task map (Ray); the local executor
-    needs none (and never imports Ray)."""
+    needs none (and never imports Ray). ``pool``: workers started early (local only)."""
     from builder.dedup import dedup_files
 
     if cfg.run.executor == "local":
-        return dedup_files(*args, **kwargs)
+        return dedup_files(*args, pool=pool, **kwargs)
+    if pool is not None:
+        pool.close(wait=False)
     from builder.run.executor import make_executor
 
     executor = make_executor(cfg.run.executor, cfg)
@@ -269,26 +306,66 @@ def dedup(
       corpus dedup --explain --bands 20 --rows 6
       corpus dedup shards/ -o out/dedup --executor ray --ray-address 10.0.0.5:6379
     """
+    pool = None
+    if run_name is None and outdir is not None:
+        pool = _early_pool(input_path, workers, executor)
+    try:
+        _dedup_command(
+            input_path,
+            run_name,
+            outdir,
+            config_path,
+            text_column,
+            id_column,
+            dict(
+                threshold=threshold,
+                num_perm=num_perm,
+                bands=bands,
+                rows=rows,
+                shingle_size=shingle_size,
+                seed=seed,
+                mode=mode,
+                scheme=scheme,
+                exact=False if no_exact else None,
+                near=False if no_near else None,
+                workers=workers,
+            ),
+            band_buckets=band_buckets,
+            executor=executor,
+            ray_address=ray_address,
+            save_signatures=save_signatures,
+            no_report=no_report,
+            explain=explain,
+            pool=pool,
+        )
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _dedup_command(
+    input_path: str | None,
+    run_name: str | None,
+    outdir: str | None,
+    config_path: str | None,
+    text_column: str,
+    id_column: str,
+    flags: dict[str, Any],
+    *,
+    band_buckets: int | None,
+    executor: str | None,
+    ray_address: str | None,
+    save_signatures: bool,
+    no_report: bool,
+    explain: bool,
+    pool: Any,
+) -> None:
+    """The body of ``corpus dedup`` (``flags``: the settings given on the command line)."""
     from builder.config import load_config
     from builder.dedup import explain as explain_text
 
     cfg = load_config(config_path, executor_overrides(executor, ray_address))
-    settings = _with_overrides(
-        "dedup",
-        cfg.dedup,
-        cfg.source,
-        threshold=threshold,
-        num_perm=num_perm,
-        bands=bands,
-        rows=rows,
-        shingle_size=shingle_size,
-        seed=seed,
-        mode=mode,
-        scheme=scheme,
-        exact=False if no_exact else None,
-        near=False if no_near else None,
-        workers=workers,
-    )
+    settings = _with_overrides("dedup", cfg.dedup, cfg.source, **flags)
     if explain:
         click.echo(
             explain_text(
@@ -318,11 +395,12 @@ def dedup(
         settings,
         text_column=text_column,
         id_column=id_column,
-        workers=workers,
+        workers=flags["workers"],
         buckets=band_buckets,
         progress=_progress("signatures"),
         save_signatures=save_signatures,
         diversity=not no_report,
+        pool=pool,
     )
     s = result.stats
     click.echo(

@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,12 @@ import polars as pl
 from builder.dedup.buckets import bucket_count, find_pairs
 from builder.dedup.output import node_dup_rates, plan_kept_rows, with_dup_cluster, write_kept
 from builder.dedup.plan import Plan, RowArrays, check_ids, generated_ids, make_plan
-from builder.dedup.pool import WorkerPool
+from builder.dedup.pool import WorkerPool, init_worker
 from builder.dedup.signatures import (
     PieceDone,
     PieceTask,
     SignatureStore,
     Spec,
-    init_worker,
     iter_rows_frames,
     piece_path,
     run_piece,
@@ -146,6 +146,15 @@ def _plan_input(
     )
     pieces = parquet_pieces(source, settings.partition_size)
     return _Input(pieces, list(source.original), source, source.num_rows)
+
+
+def _pool_of(workers: int, given: WorkerPool | None) -> WorkerPool:
+    """``given`` when it has ``workers`` workers, else a new pool (``given`` is closed)."""
+    if given is not None:
+        if given.workers == workers:
+            return given
+        given.close(wait=False)
+    return WorkerPool(workers)
 
 
 def _input_identity(paths: Sequence[Path]) -> list[list[Any]]:
@@ -413,6 +422,7 @@ def dedup_files(
     diversity: bool = False,
     mapper: TaskMap | None = None,
     buckets: int | None = None,
+    pool: WorkerPool | None = None,
 ) -> DedupResult:
     """Deduplicate Parquet/JSONL input of any size into ``outdir``, in bounded memory.
 
@@ -427,7 +437,9 @@ def dedup_files(
     with the same input and settings reuses the pieces it had finished. ``mapper`` runs the
     signature and bucket tasks elsewhere (Ray tasks: ``outdir`` must then be on a
     filesystem every worker sees). ``buckets`` overrides the number of band buckets
-    (default: about 4M band entries each; results never depend on it).
+    (default: about 4M band entries each; results never depend on it). ``pool``: worker
+    processes the caller started early (so they import while it works); used when it has
+    the number of workers this run resolves to, else replaced. Either way it is closed here.
     """
     settings = settings or DedupSettings()
     t0 = time.perf_counter()
@@ -455,7 +467,7 @@ def dedup_files(
         },
     )
     nworkers = _resolve_workers(workers, settings, len(planned.pieces))
-    pool = WorkerPool(1 if mapper is not None else nworkers)
+    pool = _pool_of(1 if mapper is not None else nworkers, pool)
     task_map = mapper or pool.map
     try:
         signed, done = _sign(
@@ -495,22 +507,28 @@ def dedup_files(
         del small
         plan, largest = _decide(signed, ids, verified, settings, spec, task_map)
         pool.close(wait=False)  # the workers exit while the kept rows are written
-        nodes = node_dup_rates(tax, plan, ids)
         plan_seconds = time.perf_counter() - t_plan
 
+        # The kept rows (the one big write: compressing every kept text) are written on a
+        # thread while this one computes the node rates and the report and writes the
+        # small files: both sides spend their time in Arrow/Polars code, off the GIL.
         t_write = time.perf_counter()
-        paths = {
-            "kept": write_kept(source, out / "kept.parquet", plan, ids, has_ids, id_column),
-            "clusters": write_parquet_atomic(plan.clusters, out / "clusters.parquet"),
-        }
-        if save_signatures:
-            store = SignatureStore(work, signed.offsets, settings.num_perm)
-            paths["signatures"] = store.write_all(out / "signatures.npy")
+        with ThreadPoolExecutor(1, thread_name_prefix="dedup-kept") as writer:
+            kept = writer.submit(
+                write_kept, source, out / "kept.parquet", plan, ids, has_ids, id_column
+            )
+            nodes = node_dup_rates(tax, plan, ids)
+            clusters = write_parquet_atomic(plan.clusters, out / "clusters.parquet")
+            extra: dict[str, Path] = {}
+            if save_signatures:
+                store = SignatureStore(work, signed.offsets, settings.num_perm)
+                extra["signatures"] = store.write_all(out / "signatures.npy")
+            report = None
+            if diversity:
+                report = _diversity(signed, ids, tax, plan, settings)
+                extra.update({f"diversity_{k}": v for k, v in report.write(out).items()})
+            paths = {"kept": kept.result(), "clusters": clusters, **extra}
         write_seconds = time.perf_counter() - t_write
-        report = None
-        if diversity:
-            report = _diversity(signed, ids, tax, plan, settings)
-            paths.update({f"diversity_{k}": v for k, v in report.write(out).items()})
         stats = _stats(settings, plan, signed, nworkers, largest, nb)
         stats.cluster_seconds = plan_seconds
         stats.write_seconds = write_seconds

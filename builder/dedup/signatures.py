@@ -19,7 +19,6 @@ the others. Nothing here depends on which process runs the task (local pool or R
 from __future__ import annotations
 
 import json
-import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,8 @@ import xxhash
 from builder.dedup.lsh import band_keys
 from builder.dedup.minhash import MinHasher
 from builder.dedup.normalize import ngram_offsets, tokenize
-from builder.dedup.source import Piece, read_jsonl_piece, text_batches
+from builder.dedup.openers import HEAD_CHARS, openers
+from builder.dedup.piece import Piece, read_jsonl_piece, text_batches
 from builder.util.files import atomic_write
 
 #: Entries of the band files: the band key, the row within its piece, the band.
@@ -113,38 +113,6 @@ def _hasher(spec: Spec) -> MinHasher:
     return _HASHERS[spec]
 
 
-def init_worker() -> None:
-    """Set up a worker process we own: die with the parent, ignore Ctrl-C, keep memory.
-
-    Freed memory stays inside the worker instead of going back to the kernel: each
-    sub-batch allocates and frees arrays of MBs, and glibc would hand them back with munmap
-    and fault them in again for the next one, which on virtual machines costs more than the
-    arithmetic. ``PR_SET_PDEATHSIG``: a parent killed with SIGKILL takes its workers along,
-    so no orphan keeps writing into the work directory. Never done in the caller's process.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-4, 0)  # M_MMAP_MAX: serve large blocks from the heap
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: do not trim the heap eagerly
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-#: Openers only look at a text's first 400 characters (``builder.diversity``), so only those
-#: are kept until the piece's openers are computed in one Polars pass.
-_OPENER_CHARS = 400
-
-
-def _openers(heads: pl.Series, words: int) -> pl.DataFrame:
-    from builder.diversity import opener_exprs
-
-    return pl.DataFrame({"t": heads}).select(opener_exprs("t", words))
-
-
 def _band_entries(bands: np.ndarray, row0: int) -> np.ndarray:
     """Entries of a sub-batch's band keys, band-major (rows ascending within a band)."""
     n, nb = bands.shape
@@ -199,8 +167,8 @@ def run_piece(task: PieceTask) -> PieceDone:
     hasher = _hasher(spec)
     sigs, exact, lengths, shingles, entries, hashes, heads = [], [], [], [], [], [], []
     row = 0
-    for arr in text_batches(piece, task.text_column, frame=frame, texts=task.texts):
-        texts = arr.to_pylist()
+    for batch in text_batches(piece, task.text_column, frame=frame, texts=task.texts):
+        texts = batch.to_list()
         lengths.append(np.fromiter((len(t) if t else 0 for t in texts), np.int64, len(texts)))
         tokens = tokenize(texts, exact=True)
         exact.append(tokens.exact)
@@ -217,7 +185,7 @@ def run_piece(task: PieceTask) -> PieceDone:
                 )
             )
         if task.opener_words is not None:
-            heads.append(pl.Series("t", arr).str.slice(0, _OPENER_CHARS))
+            heads.append(batch.str.slice(0, HEAD_CHARS).rename("t"))
         row += len(texts)
     if piece.kind != "jsonl" and row != piece.length:
         raise RuntimeError(f"piece {piece.index} yielded {row} rows, expected {piece.length}")
@@ -247,7 +215,7 @@ def run_piece(task: PieceTask) -> PieceDone:
     if task.opener_words is not None:
         texts_head = pl.concat(heads) if heads else pl.Series("t", [], dtype=pl.String)
         rows_frame = pl.concat(
-            [rows_frame, _openers(texts_head, task.opener_words)], how="horizontal"
+            [rows_frame, openers(texts_head, task.opener_words)], how="horizontal"
         )
     _scratch(
         piece_path(wd, piece.index, "rows.parquet"),

@@ -19,46 +19,40 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
+from builder.dedup.piece import SUB_BYTES, SUB_ROWS, Piece, read_jsonl_piece, text_batches
 from builder.errors import InputError
 from builder.io_tables import (
-    Partition,
     RowFiles,
     TableSource,
     check_text_dtype,
     compression_of,
     conform,
     find_jsonl_problem,
-    read_partition_batches,
     require_text_column,
     resolve_inputs,
     table_format,
 )
 
-#: A worker processes a piece in sub-batches of at most this many rows / text bytes, which
-#: bounds its memory whatever the piece or document sizes (1,000 rows measured fastest: the
-#: per-batch arrays stay in cache-friendly sizes and a fresh worker has little to fault in).
-SUB_ROWS = 1000
-SUB_BYTES = 32 << 20
+__all__ = [
+    "SUB_BYTES",
+    "SUB_ROWS",
+    "ArrowFilesSource",
+    "Piece",
+    "check_jsonl_head",
+    "jsonl_error",
+    "jsonl_pieces",
+    "memory_pieces",
+    "parquet_pieces",
+    "plain_jsonl_inputs",
+    "read_jsonl_piece",
+    "rows_per_piece",
+    "text_batches",
+]
+
 #: Input is cut into about this many pieces (fewer when each would be under MIN_ROWS rows),
 #: enough to balance the workers of a small machine without depending on their number.
 TARGET_PIECES = 8
 MIN_ROWS = 2000
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One task's input. ``kind`` is ``parquet`` (``row_groups``, ``skip``, ``length``),
-    ``jsonl`` (bytes ``start:end`` of ``file``; rows unknown until parsed) or ``memory``
-    (rows ``skip:skip + length`` of the column handed to the task)."""
-
-    index: int
-    kind: str
-    file: str = ""
-    row_groups: tuple[int, ...] = ()
-    skip: int = 0
-    length: int = -1
-    start: int = 0
-    end: int = 0
 
 
 def rows_per_piece(n: int, partition_size: int) -> int:
@@ -146,60 +140,6 @@ def jsonl_error(path: str | os.PathLike[str], exc: BaseException | str) -> Input
     if found is not None:
         return found
     return InputError(f"cannot read JSONL: {exc}", file=path, hint="check that it is JSON lines")
-
-
-def read_jsonl_piece(piece: Piece) -> pl.DataFrame:
-    """Parse one JSONL byte range (raises polars' error on a bad line; the caller names it)."""
-    with open(piece.file, "rb") as fh:
-        fh.seek(piece.start)
-        data = fh.read(piece.end - piece.start)
-    if not data.strip():
-        return pl.DataFrame()
-    return pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
-
-
-def text_batches(
-    piece: Piece,
-    text_column: str,
-    *,
-    frame: pl.DataFrame | None = None,
-    texts: pl.Series | None = None,
-) -> Iterator[pa.Array]:
-    """The piece's texts as Arrow string arrays of at most ``SUB_ROWS`` rows / ``SUB_BYTES``.
-
-    ``frame``: the parsed rows of a JSONL piece; ``texts``: the column of a memory piece.
-    """
-    if piece.kind == "memory":
-        assert texts is not None
-        arr = texts.slice(piece.skip, piece.length).to_arrow()
-        for lo in range(0, len(arr), SUB_ROWS):
-            yield arr.slice(lo, SUB_ROWS)
-        return
-    if piece.kind == "jsonl":
-        if frame is None or frame.height == 0:
-            return
-        col = (
-            frame[text_column]
-            if text_column in frame.columns
-            else pl.Series(text_column, [None] * frame.height, dtype=pl.String)
-        )
-        arr = col.cast(pl.String).to_arrow()
-        for lo in range(0, len(arr), SUB_ROWS):
-            yield arr.slice(lo, SUB_ROWS)
-        return
-    part = Partition(piece.file, piece.row_groups, piece.skip, piece.length, 0)
-    buf: list[pa.Array] = []
-    rows = size = 0
-    for batch in read_partition_batches(part, [text_column], batch_rows=SUB_ROWS):
-        col = batch.column(0)
-        buf.append(col)
-        rows += len(col)
-        size += col.nbytes
-        if rows >= SUB_ROWS or size >= SUB_BYTES:
-            yield pa.concat_arrays(buf)
-            buf, rows, size = [], 0, 0
-    if buf:
-        yield pa.concat_arrays(buf)
 
 
 def parquet_pieces(source: TableSource, partition_size: int) -> list[Piece]:
