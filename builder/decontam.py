@@ -14,9 +14,11 @@ item against the document region around the hit, 0-100), and documents that shar
 13-word run survives intact.
 
 Benchmark n-grams are hashed to 64 bits and held in one sorted numpy array; documents'
-n-gram hashes are looked up with ``np.searchsorted``, in worker processes over partitions.
-The index and the scan are in ``builder.decontam_index``; this module runs them over tables
-and files.
+n-gram hashes are looked up with ``np.searchsorted``, in worker processes over partitions:
+this module's own pool, or an executor's tasks (``mapper``: Ray tasks, the local executor's
+processes), whose workers build the index once from the benchmark files and keep it. The
+index and the scan are in ``builder.decontam_index``; this module runs them over tables and
+files.
 """
 
 from __future__ import annotations

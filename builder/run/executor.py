@@ -5,6 +5,10 @@ the fingerprint it would have now and whose outputs exist. It is the one place t
 about markers: a stage's marker is cleared before it runs and written after its outputs are
 in place, with its counters. A stage that always runs (fingerprint ``None``) is marked with
 a digest of its output files, so the stages after it see whether anything changed.
+
+Two maps: ``map_partitions`` runs a partitioned stage's tasks (one input partition each);
+``map_tasks`` runs a stage's own task list (decontam's scan, assemble's token counts), on
+worker processes or in this process. ``RayExecutor`` runs both as Ray tasks.
 """
 
 from __future__ import annotations
