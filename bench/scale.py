@@ -105,7 +105,8 @@ def _tasks(record: dict[str, Any] | None) -> str:
     if not record:
         return "-"
     nodes = f" on {len(record['nodes'])} node(s)" if record["nodes"] else ""
-    return f"{record['count']} tasks, {len(record['workers'])} process(es){nodes}"
+    took = f"{record['seconds']:.2f} s in " if "seconds" in record else ""
+    return f"{took}{record['count']} tasks, {len(record['workers'])} process(es){nodes}"
 
 
 def _fixed_costs(address: str) -> dict[str, float]:

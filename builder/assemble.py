@@ -30,6 +30,7 @@ import itertools
 import json
 import os
 import platform
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -148,6 +149,8 @@ class AssemblyResult:
     rejected: int
     #: most document rows held at once while writing the shards (one row group)
     max_rows_held: int = 0
+    #: seconds spent counting tokens (the tasks over the sorted rows, wherever they ran)
+    token_seconds: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,9 +328,11 @@ def _assemble_locked(
 
     # cl100k counts of the sorted rows, as tasks over slices of them (the executor's)
     tokens_path = scratch / "n_tokens.i64"
+    t0 = time.perf_counter()
     count_tokens_file(
         sorted_path.resolve(), tokens_path, rows=config.run.partition_rows, mapper=mapper
     )
+    token_seconds = time.perf_counter() - t0
 
     _clean_run_dir(run)
     (run / DOCUMENTS_DIR).mkdir(exist_ok=True)
@@ -415,6 +420,7 @@ def _assemble_locked(
         tokens=counts.tokens,
         rejected=rej_df.height,
         max_rows_held=counts.max_rows,
+        token_seconds=token_seconds,
     )
 
 

@@ -191,7 +191,7 @@ class AssembleStage(Stage):
         return {
             "documents": result.documents,
             "tokens": result.tokens,
-            "token_tasks": tasks.to_dict(),
+            "token_tasks": {**tasks.to_dict(), "seconds": round(result.token_seconds, 3)},
         }
 
 
