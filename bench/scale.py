@@ -7,12 +7,15 @@ directory twice and runs ``corpus build --json`` on it: once with ``--executor l
 baseline, same run) and once with ``--executor ray`` against a 2-node cluster (head + one
 worker, 1 CPU each, 127.0.0.2) that this script starts with ``ray.cluster_utils.Cluster``.
 Generation is up to date in both (nothing is sent); filter maps over the partitions
-(``--partition-rows`` a task), dedup, decontam, assemble and report run on the driver.
+(``--partition-rows`` a task); dedup's signatures and band buckets, decontam's n-gram scan
+and assemble's token counts are the executor's tasks (Ray tasks, or the local executor's
+worker processes: ``[run] workers``, one per CPU here); report runs on the driver.
 
-Prints seconds for each build and their ratio, per-stage seconds, what Ray's fixed costs
-are (driver connect, one tiny task), checks that both corpora have the same shard hashes,
-and one JSON line last. Target (issue 12, 2 cores): Ray <= 1.5x local for the stages with
-real per-document work (filter).
+Prints seconds for each build and their ratio, per-stage seconds (decontam and assemble
+side by side), how many decontam and token-count tasks ran on how many processes and Ray
+nodes, what Ray's fixed costs are (driver connect, one tiny task), the load average, checks
+that both builds wrote the same shards and decontam outputs, and one JSON line last. Target
+(issue 12, 2 cores): Ray <= 1.5x local for the stages with real per-document work.
 
     python bench/scale.py --docs 100000
 """
@@ -32,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from builder.util.files import file_sha256  # noqa: E402
+
 NODE_IP = "127.0.0.2"
 MB = 2**20
 
@@ -74,15 +80,33 @@ def _build(config: Path, cache: Path, run: Path, snapshot: Path, *extra: str) ->
     )
     summary = json.loads(out)
     manifest = json.loads((run / "manifest.json").read_text())
-    filt = json.loads((run / "work" / "_done" / "filter.json").read_text())["counters"]
+    done = run / "work" / "_done"
+
+    def counters(stage: str) -> dict[str, Any]:
+        return json.loads((done / f"{stage}.json").read_text())["counters"]
+
+    decontam = counters("decontam")
     return {
         "seconds": round(seconds, 2),
         "stages": summary["stage_seconds"],
         "documents": summary["documents"],
         "sent": summary["requests_sent"],
         "shards": [s["sha256"] for s in manifest["shards"]],
-        "filter_tasks": filt["partitions_run"],
+        "decontam_files": {
+            p.name: file_sha256(p) for p in sorted((run / "work" / "decontam").glob("*.parquet"))
+        },
+        "contaminated": decontam["stats"].get("contaminated", 0),
+        "filter_tasks": counters("filter")["partitions_run"],
+        "tasks": {"decontam": decontam.get("tasks"), "tokens": counters("assemble")["token_tasks"]},
     }
+
+
+def _tasks(record: dict[str, Any] | None) -> str:
+    if not record:
+        return "-"
+    nodes = f" on {len(record['nodes'])} node(s)" if record["nodes"] else ""
+    took = f"{record['seconds']:.2f} s in " if "seconds" in record else ""
+    return f"{took}{record['count']} tasks, {len(record['workers'])} process(es){nodes}"
 
 
 def _fixed_costs(address: str) -> dict[str, float]:
@@ -116,6 +140,8 @@ def main() -> None:
     parser.add_argument("--partition-rows", type=int, default=5_000)
     args = parser.parse_args()
     scale = _build_scale()
+    load_start = os.getloadavg()
+    print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
     workdir = Path(tempfile.mkdtemp(prefix="scale-"))
     raytmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     os.environ["RAY_TMPDIR"] = str(raytmp)
@@ -158,7 +184,9 @@ def main() -> None:
         server.wait(30)
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(raytmp, ignore_errors=True)
+    load_end = os.getloadavg()
     same = local["shards"] == ray_run["shards"]
+    same_decontam = local["decontam_files"] == ray_run["decontam_files"]
     stages = sorted(set(local["stages"]) | set(ray_run["stages"]))
     ratios = {
         s: round(ray_run["stages"].get(s, 0) / local["stages"][s], 2)
@@ -172,7 +200,18 @@ def main() -> None:
             f"{ratios.get(s, 0):>6.2f}"
         )
     print(f"cluster start {start_s:.1f} s (not in the build); fixed costs {fixed}")
-    print(f"same shards: {same}; documents {local['documents']:,} / {ray_run['documents']:,}")
+    for stage, key in (("decontam", "decontam"), ("assemble", "tokens")):
+        print(
+            f"{stage}: local {local['stages'].get(stage, 0):.2f} s "
+            f"({_tasks(local['tasks'][key])}), ray {ray_run['stages'].get(stage, 0):.2f} s "
+            f"({_tasks(ray_run['tasks'][key])})"
+        )
+    print(
+        f"same shards: {same}; same decontam outputs: {same_decontam}; documents "
+        f"{local['documents']:,} / {ray_run['documents']:,}; contaminated "
+        f"{local['contaminated']} / {ray_run['contaminated']}"
+    )
+    print(f"load average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
     print(
         json.dumps(
             {
@@ -184,12 +223,17 @@ def main() -> None:
                 "ray_s": ray_run["seconds"],
                 "ratio": round(ray_run["seconds"] / local["seconds"], 2),
                 "filter_ratio": ratios.get("filter"),
+                "decontam_s": [local["stages"].get("decontam"), ray_run["stages"].get("decontam")],
+                "assemble_s": [local["stages"].get("assemble"), ray_run["stages"].get("assemble")],
+                "tasks": {"local": local["tasks"], "ray": ray_run["tasks"]},
                 "stage_ratios": ratios,
                 "local_stages": local["stages"],
                 "ray_stages": ray_run["stages"],
                 "cluster_start_s": round(start_s, 1),
                 **fixed,
                 "same_shards": same,
+                "same_decontam": same_decontam,
+                "load_average": [round(load_start[0], 2), round(load_end[0], 2)],
                 "requests_sent": [local["sent"], ray_run["sent"]],
             }
         )

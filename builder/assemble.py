@@ -30,6 +30,7 @@ import itertools
 import json
 import os
 import platform
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,10 +56,11 @@ from builder.assemble_shards import (
     _Counts,
     _row_groups,
     _shard_pieces,
-    _with_tokens,
     _write_parquet,
     _write_shard,
+    count_tokens_file,
     sort_by_id,
+    with_token_counts,
 )
 from builder.errors import BuilderError, InputError
 from builder.records import REJECTION_COLUMNS
@@ -69,6 +71,7 @@ from builder.util.memory import release_memory
 
 if TYPE_CHECKING:  # pragma: no cover
     from builder.config import CorpusConfig
+    from builder.dedup.engine import TaskMap
 
 __all__ = [
     "DOCUMENTS_DIR",
@@ -146,6 +149,8 @@ class AssemblyResult:
     rejected: int
     #: most document rows held at once while writing the shards (one row group)
     max_rows_held: int = 0
+    #: seconds spent counting tokens (the tasks over the sorted rows, wherever they ran)
+    token_seconds: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,6 +255,7 @@ def assemble(
     *,
     config: CorpusConfig,
     extra_manifest: Mapping[str, Any] | None = None,
+    mapper: TaskMap | None = None,
 ) -> AssemblyResult:
     """Write the corpus, ``rejected.parquet`` and ``manifest.json`` into ``run_dir``.
 
@@ -261,7 +267,9 @@ def assemble(
 
     ``extra_manifest`` adds top-level keys to the manifest (for example ``stats``, which the
     card and the report read back) and may set ``run``; it may not replace the other keys
-    assembly writes itself (config, counts, shards, ...).
+    assembly writes itself (config, counts, shards, ...). ``mapper`` (an executor's
+    ``map_tasks``) counts the tokens of each slice of ``[run] partition_rows`` sorted rows
+    elsewhere (Ray tasks, local processes); None: here. The counts are the same either way.
     Raises ``InputError`` for missing columns, wrong column types, null or duplicate ids.
     """
     extra = dict(extra_manifest or {})
@@ -289,7 +297,7 @@ def assemble(
 
     scratch = run / SCRATCH_DIR
     with _locked(scratch):
-        return _assemble_locked(docs_lf, rej_lf, run, scratch, config, filled, extra)
+        return _assemble_locked(docs_lf, rej_lf, run, scratch, config, filled, extra, mapper)
 
 
 def _assemble_locked(
@@ -300,6 +308,7 @@ def _assemble_locked(
     config: CorpusConfig,
     filled: list[str],
     extra: dict[str, Any],
+    mapper: TaskMap | None,
 ) -> AssemblyResult:
     out = config.output
     _clean_scratch(scratch)
@@ -317,6 +326,14 @@ def _assemble_locked(
             hint="check the column types written by the stage before assembly",
         ) from None
 
+    # cl100k counts of the sorted rows, as tasks over slices of them (the executor's)
+    tokens_path = scratch / "n_tokens.i64"
+    t0 = time.perf_counter()
+    count_tokens_file(
+        sorted_path.resolve(), tokens_path, rows=config.run.partition_rows, mapper=mapper
+    )
+    token_seconds = time.perf_counter() - t0
+
     _clean_run_dir(run)
     (run / DOCUMENTS_DIR).mkdir(exist_ok=True)
 
@@ -331,13 +348,13 @@ def _assemble_locked(
             yield pl.from_arrow(rb)  # type: ignore[misc]
 
     max_bytes = int(out.shard_max_mb * 1024 * 1024)
-    pieces = _shard_pieces(batches(), out.shard_max_rows, max_bytes)
+    pieces = _shard_pieces(with_token_counts(batches(), tokens_path), out.shard_max_rows, max_bytes)
     for i, shard_pieces in itertools.groupby(pieces, key=lambda p: p[0]):
         # One row group at a time: memory is bounded by row_group_rows, not the shard size.
         groups = _row_groups((piece for _i, piece in shard_pieces), out.row_group_rows)
         shards.append(
             _write_shard(
-                (_with_tokens(g) for g in groups),
+                groups,
                 run,
                 i,
                 arrow_schema,
@@ -403,6 +420,7 @@ def _assemble_locked(
         tokens=counts.tokens,
         rejected=rej_df.height,
         max_rows_held=counts.max_rows,
+        token_seconds=token_seconds,
     )
 
 

@@ -1,6 +1,7 @@
-"""Assembly's shards: the external sort by id, shards cut by rows and bytes and written row
-group by row group (memory bounded by ``[output] row_group_rows``, not the shard size), and
-the running counts for the manifest."""
+"""Assembly's shards: the external sort by id, the token counts of the sorted rows (tasks
+over slices of them, mapped by the build's executor), shards cut by rows and bytes and
+written row group by row group (memory bounded by ``[output] row_group_rows``, not the shard
+size), and the running counts for the manifest."""
 
 from __future__ import annotations
 
@@ -8,15 +9,19 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from builder.io_tables import Partition, read_partition_batches
 from builder.tokens import count_tokens
 from builder.util.files import atomic_write, file_sha256
+
+if TYPE_CHECKING:  # pragma: no cover
+    from builder.dedup.engine import TaskMap
 
 #: Folder of the corpus shards in a run directory.
 DOCUMENTS_DIR = "documents"
@@ -164,9 +169,51 @@ def _row_groups(pieces: Iterable[pl.DataFrame], rows: int) -> Iterator[pl.DataFr
         yield pl.concat(held, rechunk=True)
 
 
-def _with_tokens(df: pl.DataFrame) -> pl.DataFrame:
-    counts = count_tokens(df["text"].to_list())
-    return df.with_columns(pl.Series("n_tokens", counts, dtype=pl.Int64))
+def _count_slice(part: Partition) -> tuple[int, np.ndarray]:
+    """cl100k counts of one slice of the sorted documents (one of ``count_tokens_file``'s
+    tasks, wherever it runs): ``(its first row, the counts in row order)``. Reads only the
+    text column of those rows; the tokenizer is loaded once per process (``encoding``)."""
+    counts: list[int] = []
+    for batch in read_partition_batches(part, ["text"], batch_rows=READ_BATCH_ROWS):
+        counts.extend(count_tokens(batch.column(0).to_pylist()))
+    return part.offset, np.asarray(counts, dtype=np.int64)
+
+
+def count_tokens_file(source: Path, dest: Path, *, rows: int, mapper: TaskMap | None = None) -> int:
+    """Write the cl100k token count of every row of ``source`` (a Parquet file with a
+    ``text`` column) to ``dest``, as int64 in row order; return the rows.
+
+    One task per slice of about ``rows`` rows (along row groups), mapped by ``mapper`` (an
+    executor's ``map_tasks``: Ray tasks or local processes; ``source`` and ``dest`` must then
+    be on a filesystem the workers see) or run here. Each task returns its slice's counts and
+    they go to their place in ``dest`` as they arrive, so memory holds one slice's counts,
+    whatever the corpus size and the order the tasks finish in.
+    """
+    from builder.io_tables import open_table
+
+    n = pq.ParquetFile(source).metadata.num_rows
+    with dest.open("wb") as out:
+        if not n:
+            return 0
+        parts = open_table(source, text_column="text").partitions(rows)
+        results = mapper(_count_slice, parts) if mapper is not None else map(_count_slice, parts)
+        written = 0
+        for offset, counts in results:
+            out.seek(offset * 8)
+            out.write(counts.tobytes())
+            written += len(counts)
+    if written != n:  # pragma: no cover - every slice maps to one result
+        raise RuntimeError(f"token counts for {written} of {n} rows")
+    return n
+
+
+def with_token_counts(batches: Iterable[pl.DataFrame], counts: Path) -> Iterator[pl.DataFrame]:
+    """The batches (rows in the order ``count_tokens_file`` counted them) with their
+    ``n_tokens`` column set from ``counts``, read as far as the batches go."""
+    with counts.open("rb") as fh:
+        for df in batches:
+            n = np.fromfile(fh, dtype=np.int64, count=df.height)
+            yield df.with_columns(pl.Series("n_tokens", n, dtype=pl.Int64))
 
 
 def sort_by_id(lf: pl.LazyFrame, dest: Path, scratch: Path, *, max_rows: int) -> int:

@@ -14,9 +14,11 @@ item against the document region around the hit, 0-100), and documents that shar
 13-word run survives intact.
 
 Benchmark n-grams are hashed to 64 bits and held in one sorted numpy array; documents'
-n-gram hashes are looked up with ``np.searchsorted``, in worker processes over partitions.
-The index and the scan are in ``builder.decontam_index``; this module runs them over tables
-and files.
+n-gram hashes are looked up with ``np.searchsorted``, in worker processes over partitions:
+this module's own pool, or an executor's tasks (``mapper``: Ray tasks, the local executor's
+processes), whose workers build the index once from the benchmark files and keep it. The
+index and the scan are in ``builder.decontam_index``; this module runs them over tables and
+files.
 """
 
 from __future__ import annotations
@@ -39,13 +41,17 @@ from builder.decontam_index import (
     DEFAULT_FIELDS,
     HIT_COLUMNS,
     BenchmarkIndex,
+    IndexSpec,
     _empty_hits,
     benchmark_files,
     build_index,
+    index_spec,
     load_benchmark_items,
+    load_index,
+    remember_index,
     scan_texts,
 )
-from builder.dedup.engine import _generated_ids, _init_worker, _task_size, check_ids
+from builder.dedup.engine import TaskMap, _generated_ids, _init_worker, _task_size, check_ids
 from builder.errors import InputError
 from builder.io_tables import (
     ParquetSink,
@@ -94,6 +100,8 @@ class _Task:
     want_text_hash: bool
     partition: Partition | None = None
     texts: pl.Series | None = None
+    #: How the worker gets the index when it is not handed over (an executor's tasks).
+    index: IndexSpec | None = None
 
 
 def _chunks(task: _Task) -> Iterator[list[str | None]]:
@@ -116,7 +124,8 @@ def _chunks(task: _Task) -> Iterator[list[str | None]]:
 def _run(
     task: _Task, index: BenchmarkIndex | None = None
 ) -> tuple[int, pl.DataFrame, np.ndarray | None]:
-    index = index if index is not None else _INDEX
+    if index is None:
+        index = load_index(task.index) if task.index is not None else _INDEX
     assert index is not None
     row = task.offset
     frames = []
@@ -339,12 +348,19 @@ def decontaminate_files(
     id_column: str = "id",
     field: str | None = None,
     workers: int | None = None,
+    mapper: TaskMap | None = None,
 ) -> DecontamResult:
     """Decontaminate Parquet/JSONL input of any size into ``outdir``.
 
     Writes ``clean.parquet`` (rows without hits, every column), ``hits.parquet``
     (``HIT_COLUMNS``) and ``rejected.parquet`` (contaminated rows with stage/reason/detail),
     each atomically.
+
+    ``mapper`` (an executor's ``map_tasks``: Ray tasks, or the local executor's processes)
+    runs the scan of each slice of the input elsewhere; each task then names the benchmark
+    files instead of carrying the index, and a worker builds the index once and keeps it
+    for its later tasks (``benchmarks`` must be files, and the input and ``outdir`` on a
+    filesystem the workers see). None: this process, or a pool of ``workers``.
     """
     settings = settings or DecontamSettings()
     t0 = time.perf_counter()
@@ -366,14 +382,26 @@ def decontaminate_files(
         n = source.num_rows
         has_ids = id_column in source.columns
         hint = workers or settings.workers or os.cpu_count() or 1
-        size = _task_size(n, settings.partition_size, hint)
+        spec = None
+        if mapper is None:
+            parts = source.partitions(_task_size(n, settings.partition_size, hint), hint)
+        else:
+            if isinstance(benchmarks, BenchmarkIndex):
+                raise TypeError("decontaminate_files: a mapper needs benchmark files, not an index")
+            spec = index_spec(index.files, settings, field)
+            remember_index(spec, index)  # tasks run here (in-process) reuse it
+            # The mapper spreads them: slices of at most partition_size rows, any row group
+            # bigger than that cut into as many.
+            size = settings.partition_size
+            parts = source.partitions(size, -(-n // size))
         tasks = [
-            _Task(p.offset, p.length, settings, text_column, not has_ids, partition=p)
-            for p in source.partitions(size, hint)
+            _Task(p.offset, p.length, settings, text_column, not has_ids, partition=p, index=spec)
+            for p in parts
         ]
         nworkers = max(1, min(hint, len(tasks)))
         parts, hashes = [], np.zeros(n if not has_ids else 0, dtype=np.uint64)
-        for offset, hits, th in _run_all(tasks, index, nworkers):
+        results = mapper(_run, tasks) if mapper is not None else _run_all(tasks, index, nworkers)
+        for offset, hits, th in results:
             parts.append(hits)
             if th is not None:
                 hashes[offset : offset + len(th)] = th

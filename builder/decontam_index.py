@@ -406,3 +406,55 @@ def _empty_hits(with_row: bool = False, id_dtype: pl.DataType = pl.String) -> pl
 # -- Workers ------------------------------------------------------------------------------------
 
 _INDEX: BenchmarkIndex | None = None
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """How a worker builds the benchmark index itself (``load_index``) rather than receive
+    it with every task: the benchmark files, settings and field ``build_index`` was given,
+    and ``token``, a hash of the files' contents and those settings."""
+
+    files: tuple[str, ...]
+    settings: DecontamSettings
+    field: str | None
+    token: str
+
+
+def index_spec(
+    files: Sequence[str], settings: DecontamSettings, field: str | None = None
+) -> IndexSpec:
+    """The ``IndexSpec`` of an index built from ``files`` (already expanded, as
+    ``BenchmarkIndex.files``) with ``settings`` and ``field``."""
+    from builder.records import sha256_hex
+    from builder.util.files import file_sha256
+
+    token = sha256_hex(
+        {
+            "files": [[f, file_sha256(Path(f))] for f in files],
+            "settings": settings.model_dump(mode="json"),
+            "field": field,
+        }
+    )
+    return IndexSpec(tuple(files), settings, field, token)
+
+
+#: The index this process loaded last, by its spec's token (one kept: a new stage run
+#: with other benchmarks replaces it).
+_LOADED: dict[str, BenchmarkIndex] = {}
+
+
+def load_index(spec: IndexSpec) -> BenchmarkIndex:
+    """The index of ``spec``, built from its files on first use in this process and kept,
+    so a worker loads it once however many of the stage's tasks it runs."""
+    index = _LOADED.get(spec.token)
+    if index is None:
+        index = build_index(spec.files, spec.settings, field=spec.field)
+        remember_index(spec, index)
+    return index
+
+
+def remember_index(spec: IndexSpec, index: BenchmarkIndex) -> None:
+    """Keep ``index`` as this process's index of ``spec`` (the driver, which has built it
+    already, then runs its own share of tasks without building it again)."""
+    _LOADED.clear()
+    _LOADED[spec.token] = index

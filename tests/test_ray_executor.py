@@ -34,15 +34,20 @@ MB = 2**20
 PROJECT: dict[str, dict[str, Any]] = {
     "walk": {"subtree": ["algorithms", "arithmetic"]},
     "generate": {"documents_per_unit": 2},
-    # One unit per generated partition, 3 rows a batch: many small tasks to spread.
-    "run": {"partition_rows": 3, "units_per_partition": 1, "flush_rows": 2},
+    # One unit per generated partition, 3 rows a batch: many small tasks to spread. The
+    # local builds run in one process (no pool to start; the pool's own byte-for-byte tests
+    # are in test_local_pool.py and test_stage_tasks.py).
+    "run": {"partition_rows": 3, "units_per_partition": 1, "flush_rows": 2, "workers": 1},
     "llm": {"cache_dir": ".corpus-cache"},
     "output": {"dir": "outputs", "run": "r", "shard_max_rows": 5},
 }
 # Under `make test` (pytest-xdist, --dist loadgroup) the whole module runs on one worker: one
 # Ray cluster at a time, and the module-scoped cluster and builds are made once.
 pytestmark = pytest.mark.xdist_group("ray")
-_ENV = ("CORPUS_CACHE_DIR", "CORPUS_OUTPUT_DIR", "CORPUS_EXECUTOR", "CORPUS_RAY_ADDRESS")
+_ENV = (
+    "CORPUS_CACHE_DIR", "CORPUS_OUTPUT_DIR", "CORPUS_EXECUTOR", "CORPUS_RAY_ADDRESS",
+    "CORPUS_WORKERS",
+)  # fmt: skip
 
 
 def _cli(*argv: str) -> int:
@@ -151,9 +156,11 @@ def _untimed(value: Any, drop: tuple[str, ...] = ()) -> Any:
 
 
 def _corpus_files(run: Path) -> dict[str, bytes]:
-    """Shards, rejected.parquet and the filter stage's partitions, by relative path."""
+    """Shards, rejected.parquet, the filter stage's partitions and decontam's outputs, by
+    relative path."""
     files = [*run.glob("documents/*.parquet"), run / "rejected.parquet"]
     files += [p for p in (run / "work" / "filter").rglob("part-*.parquet")]
+    files += sorted((run / "work" / "decontam").glob("*.parquet"))
     return {str(p.relative_to(run)): p.read_bytes() for p in files}
 
 
@@ -166,6 +173,7 @@ def _assert_same_corpus(
     ours, theirs = _corpus_files(run), _corpus_files(reference)
     assert sorted(ours) == sorted(theirs)
     assert len([k for k in ours if k.startswith("documents/")]) >= 2
+    assert "work/decontam/hits.parquet" in ours
     for name in theirs:
         assert ours[name] == theirs[name], name
     manifest = json.loads((run / "manifest.json").read_text())
@@ -177,8 +185,20 @@ def _assert_same_corpus(
     assert "ray" not in json.dumps(manifest["config"])  # the executor is not in the manifest
 
 
+def _counters(run: Path, stage: str = "filter") -> dict[str, Any]:
+    return json.loads((run / "work" / "_done" / f"{stage}.json").read_text())["counters"]
+
+
 def _filter_counters(run: Path) -> dict[str, Any]:
-    return json.loads((run / "work" / "_done" / "filter.json").read_text())["counters"]
+    return _counters(run, "filter")
+
+
+def _task_records(run: Path) -> dict[str, dict[str, Any]]:
+    """Where decontam's scan tasks and assemble's token-count tasks ran (their markers)."""
+    return {
+        "decontam": _counters(run, "decontam")["tasks"],
+        "assemble": _counters(run, "assemble")["token_tasks"],
+    }
 
 
 def test_a_build_on_ray_equals_the_local_build_byte_for_byte(
@@ -195,6 +215,22 @@ def test_a_build_on_ray_equals_the_local_build_byte_for_byte(
     counters = _filter_counters(run)
     assert counters["partitions_run"] >= 6 and counters["partitions_skipped"] == 0
     assert counters["verified"] > 0  # exercises were verified on the workers
+    # Decontam removed documents quoting the benchmark (so its hits and rejections, compared
+    # above, are not empty), the same ones as locally.
+    decontam = _counters(run, "decontam")["stats"]
+    assert decontam["contaminated"] >= 1 and decontam["rows_out"] < decontam["rows_in"]
+    assert decontam == {**_counters(local_run, "decontam")["stats"], "seconds": decontam["seconds"]}
+    rejected = pl.read_parquet(run / "rejected.parquet")
+    assert rejected.filter(pl.col("stage") == "decontam").height == decontam["contaminated"]
+    # Decontam's scan and assemble's token counts ran as Ray tasks: in worker processes
+    # (never this driver) on the cluster's nodes, several tasks each; locally, in this process.
+    nodes = {n.node_id for n in cluster.list_all_nodes()}
+    for stage, tasks in _task_records(run).items():
+        assert tasks["count"] >= 4, stage
+        assert tasks["workers"] and os.getpid() not in tasks["workers"], stage
+        assert tasks["nodes"] and set(tasks["nodes"]) <= nodes, stage
+    for stage, tasks in _task_records(local_run).items():
+        assert tasks["nodes"] == [] and tasks["workers"] == [os.getpid()], stage
     # A second build (local now) finds everything up to date: same fingerprints.
     code = _cli("build", "--config", str(config), "--no-progress", "--executor", "local")
     assert code == 0

@@ -5,13 +5,19 @@ the fingerprint it would have now and whose outputs exist. It is the one place t
 about markers: a stage's marker is cleared before it runs and written after its outputs are
 in place, with its counters. A stage that always runs (fingerprint ``None``) is marked with
 a digest of its output files, so the stages after it see whether anything changed.
+
+Two maps: ``map_partitions`` runs a partitioned stage's tasks (one input partition each);
+``map_tasks`` runs a stage's own task list (decontam's scan, assemble's token counts), on
+worker processes or in this process. ``RayExecutor`` runs both as Ray tasks.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from builder.errors import InputError
@@ -37,12 +43,43 @@ def _files(paths: list) -> list:
     return out
 
 
+#: ``map_tasks``' report of where each task ran: ``where(pid, Ray node id or None)``.
+Where = Callable[[int, "str | None"], None]
+
+
+@dataclass
+class TaskLog:
+    """Where an executor ran a stage's tasks (``map_tasks(fn, items, where=log.add)``): the
+    processes and, on Ray, the nodes. Kept in the stage's counters (its marker), never in the
+    manifest, which must not depend on the executor."""
+
+    pids: list[int] = field(default_factory=list)
+    nodes: list[str | None] = field(default_factory=list)
+
+    def add(self, pid: int, node: str | None) -> None:
+        self.pids.append(pid)
+        self.nodes.append(node)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": len(self.pids),
+            "workers": sorted(set(self.pids)),
+            "nodes": sorted({n for n in self.nodes if n is not None}),
+        }
+
+
+def _traced(fn: Callable[[Any], Any], item: Any) -> tuple[int, None, Any]:
+    """``fn(item)`` in a local worker process, with the pid of the process that ran it."""
+    return os.getpid(), None, fn(item)
+
+
 class LocalExecutor:
     """Run stages one after another in this process (see the module docstring)."""
 
     name = "local"
-    #: How algorithms with their own task lists (dedup signatures) map them elsewhere:
-    #: ``fn, tasks -> results as they finish``; None: their own local process pool.
+    #: How algorithms with their own task lists and their own process pool (dedup, which
+    #: sizes it from ``[dedup] workers``) map them elsewhere: ``fn, tasks -> results as
+    #: they finish``; None here: their own pool.
     task_map: Any = None
 
     def __init__(self, config: CorpusConfig | None = None) -> None:
@@ -72,6 +109,34 @@ class LocalExecutor:
 
         # A pool per stage: its workers' memory (models, allocator pools) goes with it.
         yield from map_tasks(stage, ctx, todo, workers)
+
+    def map_tasks(
+        self, fn: Callable[[Any], Any], items: Iterable[Any], *, where: Where | None = None
+    ) -> Iterator[Any]:
+        """Run ``fn`` (a module-level function) over ``items`` and yield the results as
+        they finish: on ``workers()`` spawned processes when there are several items (a pool
+        for this call; its workers die with the build), else one after another in this
+        process. ``where(pid, None)`` is told who ran each item. The stages' own task lists
+        (decontam's n-gram scan, assemble's token counts) go through here, and through
+        ``RayExecutor.map_tasks`` as Ray tasks; a task reads and writes only what its item
+        names, so the results are the same wherever it runs."""
+        todo = list(items)
+        workers = min(self.workers(), len(todo))
+        if workers < 2:
+            for item in todo:
+                result = fn(item)
+                if where is not None:
+                    where(os.getpid(), None)
+                yield result
+            return
+        from builder.parallel import process_map
+        from builder.run.pool import _die_with_parent
+
+        call = functools.partial(_traced, fn)
+        for pid, node, result in process_map(call, todo, workers, initializer=_die_with_parent):
+            if where is not None:
+                where(pid, node)
+            yield result
 
     def close(self) -> None:
         """Release what the executor holds (nothing for the local one)."""

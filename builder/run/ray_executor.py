@@ -15,12 +15,15 @@ actor placed on the driver's node; the driver answers them between task completi
 its own engine. Generation (one async client process) never leaves the driver.
 
 Stages that are not partitioned (walk, generate, dedup, decontam, assemble, report) run on
-the driver as they do locally, except that dedup's tasks run as Ray tasks too
-(``task_map``): its signature tasks (one piece of the filter's output each; they write the
-piece's signatures and bucketed band keys into the stage's folder) and then its band
-grouping, a shuffle: one task per bucket reads that bucket's slice of every piece's band
-file and returns only the candidate pairs it found, so the band keys never gather on the
-driver. Decontam uses its own local pool.
+the driver as they do locally, except for their task lists, which run as Ray tasks too
+(``map_tasks``; ``task_map`` for dedup): dedup's signature tasks (one piece of the filter's
+output each; they write the piece's signatures and bucketed band keys into the stage's
+folder) and then its band grouping, a shuffle: one task per bucket reads that bucket's slice
+of every piece's band file and returns only the candidate pairs it found, so the band keys
+never gather on the driver; decontam's n-gram scan (one task per slice of its input; each
+worker loads the benchmark index once and keeps it for the stage's later tasks); assemble's
+token counts (one task per slice of the id-sorted documents; the tokenizer is loaded once
+per worker). Only hits and counts come back to the driver.
 
 Nothing here imports Ray at module level, and ``builder.run.executor`` imports this module
 only when ``ray`` is chosen, so a local build never loads Ray.
@@ -36,7 +39,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from builder.errors import InputError
-from builder.run.executor import EXECUTORS, LocalExecutor
+from builder.run.executor import EXECUTORS, LocalExecutor, Where
 
 if TYPE_CHECKING:  # pragma: no cover
     from builder.config import CorpusConfig
@@ -181,6 +184,13 @@ class BrokerLLM:
         return next(iter(self.run([request])))
 
 
+def _traced(fn: Any, item: Any) -> tuple[int, str, Any]:
+    """``fn(item)`` in a Ray task, with the worker's pid and node id."""
+    import ray
+
+    return os.getpid(), ray.get_runtime_context().get_node_id(), fn(item)
+
+
 def _run_remote(stage: PartitionStage, ctx: RunContext, task: PartitionTask) -> dict[str, Any]:
     from builder.run.partitioned import run_task
 
@@ -284,28 +294,40 @@ class RayExecutor(LocalExecutor):
     @property
     def task_map(self) -> Any:
         """``fn, items -> results as they finish``, as Ray tasks (dedup's signature and
-        band-bucket tasks)."""
+        band-bucket tasks; the local executor leaves dedup its own pool)."""
         return self.map_tasks
 
-    def map_tasks(self, fn: Any, items: Iterable[Any]) -> Iterator[Any]:
+    def map_tasks(
+        self, fn: Any, items: Iterable[Any], *, where: Where | None = None
+    ) -> Iterator[Any]:
         """Run ``fn`` (a module-level function) over ``items`` as Ray tasks with
-        ``max_retries``, two per cluster CPU in flight; yield results as they finish."""
+        ``max_retries``, two per cluster CPU in flight; yield results as they finish.
+        ``where(pid, node id)`` is told which worker process, on which node, ran each."""
         queue = deque(items)
         if not queue:
             return
         self._connect()
         import ray
 
-        remote = _remote(fn).options(num_cpus=1, max_retries=MAX_RETRIES)
+        if where is None:
+            remote = _remote(fn).options(num_cpus=1, max_retries=MAX_RETRIES)
+            args: tuple[Any, ...] = ()
+        else:
+            remote = _remote(_traced).options(num_cpus=1, max_retries=MAX_RETRIES)
+            args = (fn,)
         limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         pending: set[Any] = set()
         try:
             while queue or pending:
                 while queue and len(pending) < limit:
-                    pending.add(remote.remote(queue.popleft()))
+                    pending.add(remote.remote(*args, queue.popleft()))
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 pending.discard(ready[0])
-                yield _get(ready[0])
+                result = _get(ready[0])
+                if where is not None:
+                    pid, node, result = result
+                    where(pid, node)
+                yield result
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)

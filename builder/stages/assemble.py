@@ -3,11 +3,13 @@
 
 Both read only files: the decontaminated documents, the rejections of every stage, the
 walk's coverage and the markers' counters. ``corpus assemble|report --run DIR`` run them
-alone with the same code.
+alone with the same code. Assemble counts the tokens of every kept document as the
+executor's tasks (Ray tasks with ``--executor ray``); the rest runs here.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +154,7 @@ class AssembleStage(Stage):
         from builder.assemble import assemble
         from builder.card import write_card
         from builder.quality.hooks import quality_summary
+        from builder.run.executor import LocalExecutor, TaskLog
 
         config = ctx.config
         ctx.log("[assemble] writing shards, manifest, card and report")
@@ -160,12 +163,17 @@ class AssembleStage(Stage):
         # The summary's per-node sums are freed now: hand their pages back before the shards
         # are written, so the stage's peak is the larger of the two, not their sum.
         release_memory()
+        # Token counting as the executor's tasks (Ray tasks, or the local executor's
+        # processes), one slice of the id-sorted documents each.
+        executor = ctx.executor if ctx.executor is not None else LocalExecutor()
+        tasks = TaskLog()
         result = assemble(
             self.inputs(ctx)[0],
             rejected_frame(ctx),
             ctx.paths.root,
             config=config,
             extra_manifest={"stats": stats},
+            mapper=functools.partial(executor.map_tasks, where=tasks.add),
         )
         write_card(
             ctx.paths.root,
@@ -179,7 +187,12 @@ class AssembleStage(Stage):
             f"[assemble] {result.documents} document(s), {result.tokens} tokens in "
             f"{len(result.shards)} shard(s); {result.rejected} rejected"
         )
-        return {"documents": result.documents, "tokens": result.tokens}
+        # Who counted the tokens (processes, Ray nodes): the marker's, not the manifest's.
+        return {
+            "documents": result.documents,
+            "tokens": result.tokens,
+            "token_tasks": {**tasks.to_dict(), "seconds": round(result.token_seconds, 3)},
+        }
 
 
 class ReportStage(Stage):

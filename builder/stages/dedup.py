@@ -9,11 +9,15 @@ texts are read batch by batch), so memory does not grow with the texts. A run ki
 mid-stage leaves no marker: the stage reruns from its inputs and gives the same result;
 dedup keeps its intermediates in ``work/dedup/dedup-partial/`` meanwhile, so its rerun
 reuses the signature pieces already finished. On Ray (``ctx.executor.task_map``) dedup's
-signature tasks and its band-bucket tasks (the shuffle) are Ray tasks.
+signature tasks and its band-bucket tasks (the shuffle) are Ray tasks; decontam's scan of
+each slice of its input is one of the executor's tasks (``map_tasks``: Ray tasks, or the
+local executor's processes), and its marker's ``tasks`` say which processes (and Ray nodes)
+ran them.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,13 @@ def _clean_scratch(out: Path) -> None:
         for p in out.iterdir():
             if p.name.startswith(".") and p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
+
+
+def _executor(ctx: RunContext) -> Any:
+    """The build's executor (a plain ``LocalExecutor``, in this process, when none is set)."""
+    from builder.run.executor import LocalExecutor
+
+    return ctx.executor if ctx.executor is not None else LocalExecutor()
 
 
 def _stats(result: Any) -> dict[str, Any]:
@@ -136,6 +147,7 @@ class DecontamStage(Stage):
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         from builder.decontam import HIT_COLUMNS, decontaminate_files
+        from builder.run.executor import TaskLog
 
         config = ctx.config
         out = self.out_dir(ctx)
@@ -145,8 +157,15 @@ class DecontamStage(Stage):
         n = pq.ParquetFile(source).metadata.num_rows
         bench = benchmark_files(config)
         stats: dict[str, Any] = {"rows_in": n, "rows_out": n}
+        tasks = None
         if bench and n:
-            result = decontaminate_files(source, bench, out, config.decontam)
+            # The n-gram scan as the executor's tasks (Ray tasks, or the local executor's
+            # processes), one slice of at most a partition's rows each.
+            rows = min(config.decontam.partition_size, config.run.partition_rows)
+            settings = config.decontam.model_copy(update={"partition_size": rows})
+            tasks = TaskLog()
+            mapper = functools.partial(_executor(ctx).map_tasks, where=tasks.add)
+            result = decontaminate_files(source, bench, out, settings, mapper=mapper)
             stats = _stats(result)
             n_bad = result.contaminated.height
         else:
@@ -157,4 +176,6 @@ class DecontamStage(Stage):
             if not bench:
                 stats["note"] = "no benchmark files configured"
         ctx.log(f"[decontam] clean {n - n_bad}, contaminated {n_bad}")
-        return {"stats": stats}
+        if tasks is None:
+            return {"stats": stats}
+        return {"stats": stats, "tasks": tasks.to_dict()}

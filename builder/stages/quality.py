@@ -326,7 +326,12 @@ class SemDedupStage(Stage):
             clusters = _concat([minhash, semantic])
             removed = _concat([removed_before, records])
             stats["removed"] = records.height
-        atomic_write(paths["kept"], lambda tmp: kept.sink_parquet(tmp, compression="zstd"))
+        # Row groups of a partition's rows: decontam's tasks are slices along them.
+        rows = ctx.config.run.partition_rows
+        atomic_write(
+            paths["kept"],
+            lambda tmp: kept.sink_parquet(tmp, compression="zstd", row_group_size=rows),
+        )
         for key, frame in (
             ("clusters", clusters),
             ("removed", removed),
