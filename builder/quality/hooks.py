@@ -15,6 +15,9 @@ from builder.quality.buckets import DIVERSITY_COLUMNS, EmbeddedCorpus
 if TYPE_CHECKING:  # pragma: no cover
     from builder.stages.base import RunContext
 
+#: Node-sample texts held at once by the diversity summary (a group of nodes' samples).
+SAMPLE_TEXTS = 20_000
+
 
 def judge_llm_settings(config: Any, *, keyless: bool = False) -> Any:
     """The ``[llm]`` settings of the judge's own endpoint (None: the judge uses ``[llm]``).
@@ -68,7 +71,7 @@ def quality_summary(ctx: RunContext, clean_path: Path) -> Any:
             return None
         for docs, vectors in corpus:
             acc.add(docs, vectors)
-        nodes = acc.nodes(corpus.texts)
+        nodes = acc.nodes(groups=corpus.text_groups, batch_rows=SAMPLE_TEXTS)
     sem_nodes = ctx.paths.work / "semdedup" / "nodes.parquet"
     if sem_nodes.exists():
         sem = pl.read_parquet(sem_nodes)

@@ -26,7 +26,7 @@ import hashlib
 import heapq
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -274,7 +274,11 @@ class DiversityAccumulator:
                 _keep_smallest(self._map, item, self.map_limit)
 
     def nodes(
-        self, fetch: Callable[[set[int]], dict[int, str]] | None = None, *, batch_rows: int = 50_000
+        self,
+        fetch: Callable[[set[int]], dict[int, str]] | None = None,
+        *,
+        batch_rows: int = 50_000,
+        groups: Callable[[list[set[int]]], Iterable[dict[int, str]]] | None = None,
     ) -> pl.DataFrame:
         """``METRIC_COLUMNS`` per node, as ``node_diversity`` returns them.
 
@@ -283,7 +287,9 @@ class DiversityAccumulator:
         most ``batch_rows`` rows (or one node's), so the texts held are bounded by that, not
         by the corpus (every document of a 200k corpus is in some topic's sample). Nodes are
         measured on a small thread pool: compression (zlib), the n-gram counts (Polars) and
-        the eigenvalues (LAPACK) release the GIL, so both cores work."""
+        the eigenvalues (LAPACK) release the GIL, so both cores work. ``groups`` (instead of
+        ``fetch``) takes every group's rows at once and yields each group's texts in order
+        (``EmbeddedCorpus.text_groups``: one pass over the corpus, not one per group)."""
         from concurrent.futures import ThreadPoolExecutor
 
         todo = [
@@ -291,24 +297,34 @@ class DiversityAccumulator:
             for node, sums in self._nodes.items()
             if sums.docs >= self.min_docs or node == ALL_NODE
         ]
-        if fetch is None and not self.keep_texts:
+        if groups is not None:
+            fetch = None
+        elif fetch is None and not self.keep_texts:
             raise ValueError("nodes() needs fetch when the accumulator keeps no texts")
-        groups: list[list[tuple[str, _NodeSums]]] = [[]]
+        fetching = fetch is not None or groups is not None
+        parts: list[list[tuple[str, _NodeSums]]] = [[]]
         held = 0
         for item in todo:
             size = len(item[1].sample)
-            if fetch is not None and groups[-1] and held + size > batch_rows:
-                groups.append([])
+            if fetching and parts[-1] and held + size > batch_rows:
+                parts.append([])
                 held = 0
-            groups[-1].append(item)
+            parts[-1].append(item)
             held += size
+        wanted = [{row for _, sums in part for _, row, _ in sums.sample} for part in parts]
+        texts_of: Iterator[dict[int, str] | None]
+        if groups is not None:
+            texts_of = iter(groups(wanted))
+        elif fetch is not None:
+            texts_of = (fetch(rows) for rows in wanted)
+        else:
+            texts_of = (None for _ in parts)
         out: list[dict] = []
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            for group in groups:
-                texts: dict[int, str] | None = None
-                if fetch is not None:
-                    texts = fetch({row for _, sums in group for _, row, _ in sums.sample})
-                out += pool.map(functools.partial(self._node_metrics, texts=texts), group)
+            for part in parts:
+                texts = next(texts_of)
+                out += pool.map(functools.partial(self._node_metrics, texts=texts), part)
+                del texts
         schema = {"node": pl.String, "depth": pl.Int32, "docs": pl.Int64}
         schema.update({c: pl.Float64 for c in METRIC_COLUMNS if c != "docs"})
         return pl.DataFrame(out, schema=schema).sort("depth", "node")
