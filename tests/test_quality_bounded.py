@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import polars as pl
+import pytest
 
 from builder.quality.buckets import LENGTH, EmbeddedCorpus, streamed_semantic_clusters
 from builder.quality.metrics import DiversityAccumulator

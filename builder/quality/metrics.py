@@ -372,9 +372,9 @@ class DiversityAccumulator:
                             grams[node] = gram if node not in grams else grams[node] + gram
                     self.max_grams_held = max(self.max_grams_held, len(grams))
                 ordered = [n for n in names[lo : lo + step] if n in grams]
-                scores = pool.map(lambda n: _vendi(grams[n], docs[n]), ordered)
+                scores = pool.map(_vendi, [grams[n] for n in ordered], [docs[n] for n in ordered])
                 out.update(zip(ordered, scores, strict=True))
-                del grams
+                grams.clear()
         return out
 
     def _node_metrics(
