@@ -260,13 +260,11 @@ class DiversityAccumulator:
             for i in idx.tolist():
                 _keep_smallest(sums.sample, (-keys[i], rows[i], texts[i]), self.sample)
             if self.embedded and embeddings is not None:
-                x = embeddings[idx].astype(np.float64)
-                total = x.sum(axis=0)
+                total, gram, self_sims = _block_sums(embeddings, idx, self.gram_nodes is None)
                 sums.total = total if sums.total is None else sums.total + total
-                if self.gram_nodes is None:
-                    gram = x.T @ x
+                if gram is not None:
                     sums.gram = gram if sums.gram is None else sums.gram + gram
-                sums.self_sims += float(np.einsum("ij,ij->", x, x))
+                sums.self_sims += self_sims
         if self.embedded and embeddings is not None and self.map_limit > 0:
             labels = (
                 frame[label_column].fill_null("?").cast(pl.String).to_list()
@@ -367,8 +365,8 @@ class DiversityAccumulator:
                         continue
                     for node, _depth, idx in _node_rows(frame):
                         if node in chunk:
-                            x = embeddings[idx].astype(np.float64)
-                            gram = x.T @ x
+                            gram = _block_sums(embeddings, idx, True)[1]
+                            assert gram is not None
                             grams[node] = gram if node not in grams else grams[node] + gram
                     self.max_grams_held = max(self.max_grams_held, len(grams))
                 ordered = [n for n in names[lo : lo + step] if n in grams]
@@ -409,6 +407,31 @@ class DiversityAccumulator:
         picked = sorted(self._map, key=lambda item: item[1]) if self.embedded else []
         vectors = np.stack([item[4] for item in picked]) if picked else np.zeros((0, 2))
         return _project([item[2] for item in picked], [item[3] for item in picked], vectors)
+
+
+#: Rows turned into float64 at once by ``_block_sums`` (4096 x 256 x 8 B = 8 MB): a node
+#: such as ``(all)`` holds a whole bucket, and one float64 copy of it (100 MB at 50k rows)
+#: left the heap fragmented long after it was freed.
+SUM_BLOCK = 4096
+
+
+def _block_sums(
+    embeddings: np.ndarray, idx: np.ndarray, with_gram: bool
+) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """The sum of the rows ``idx`` of ``embeddings``, their Gram matrix ``X^T X`` (when
+    ``with_gram``) and the sum of their squared norms, in float64, ``SUM_BLOCK`` rows at a
+    time (the same blocks in ``add`` and in ``nodes``' passes: the same sums)."""
+    d = embeddings.shape[1]
+    total = np.zeros(d, dtype=np.float64)
+    gram = np.zeros((d, d), dtype=np.float64) if with_gram else None
+    self_sims = 0.0
+    for lo in range(0, len(idx), SUM_BLOCK):
+        x = embeddings[idx[lo : lo + SUM_BLOCK]].astype(np.float64)
+        total += x.sum(axis=0)
+        if gram is not None:
+            gram += x.T @ x
+        self_sims += float(np.einsum("ij,ij->", x, x))
+    return total, gram, self_sims
 
 
 def _node_rows(frame: pl.DataFrame) -> Iterator[tuple[str, int, np.ndarray]]:
