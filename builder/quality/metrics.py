@@ -200,7 +200,9 @@ class DiversityAccumulator:
     """``node_diversity`` and ``embedding_map`` over a corpus read in batches, in any order.
 
     Memory is bounded by the taxonomy, not the corpus: per node a count, an embedding sum,
-    a d x d Gram matrix and the ``sample`` texts with the smallest id keys; for the map the
+    a d x d Gram matrix (or, with ``gram_nodes``, none: ``nodes`` sums them again over the
+    batches, that many nodes at a time) and the ``sample`` texts with the smallest id keys
+    (or their row numbers only, ``keep_texts=False``); for the map the
     ``map_limit`` vectors with the smallest keys (0: no map). Every row carries its corpus
     row number (``row_column``), so samples are put back in corpus order and any split into
     batches gives the result of the whole corpus in one batch (``node_diversity``; the map
