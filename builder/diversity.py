@@ -234,7 +234,9 @@ def diversity_report(
     with tempfile.TemporaryDirectory(prefix=".diversity-", dir=spill_dir) as tmp:
         spill = _Spill(Path(tmp), n_buckets, compact_rows=batch_rows)
         try:
-            for frame in base.collect_batches(chunk_size=max(1, batch_rows), maintain_order=True):
+            from builder.util.partitions import lazy_batches
+
+            for frame in lazy_batches(base, batch_rows):
                 for lo in range(0, frame.height, max(1, batch_rows)):
                     batch = frame.slice(lo, batch_rows)
                     if id_column not in keep:

@@ -453,9 +453,9 @@ class DocumentSummary:
 
 def _batches(documents: pl.LazyFrame, batch_rows: int) -> Iterator[pl.DataFrame]:
     """``documents`` in frames of at most ``batch_rows`` rows, in order."""
-    for frame in documents.collect_batches(chunk_size=batch_rows, maintain_order=True):
-        for lo in range(0, frame.height, batch_rows):
-            yield frame.slice(lo, batch_rows)
+    from builder.util.partitions import lazy_batches
+
+    yield from lazy_batches(documents, batch_rows)
 
 
 def _merge(parts: pl.DataFrame, keys: list[str], sums: list[str]) -> pl.DataFrame:

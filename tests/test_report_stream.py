@@ -83,3 +83,23 @@ def test_counted_quantiles_are_polars_quantiles(values: list[int], q: float) -> 
     distinct, n = counts[""].to_list(), counts["count"].to_list()
     assert nearest_quantile(distinct, n, q) == pl.Series(values).quantile(q)
     assert counted_median(distinct, n) == pl.Series(values).median()
+
+
+def test_lazy_batches_hold_one_slice_and_keep_the_order(tmp_path: Path) -> None:
+    """The report's reader: every row once, in order, never more than ``batch_rows`` at a
+    time, over several Parquet files (a scan of shards)."""
+    from builder.util.partitions import lazy_batches
+
+    frame = pl.DataFrame({"id": [f"d{i:04d}" for i in range(1000)], "n": list(range(1000))})
+    for k in range(3):
+        frame.slice(k * 400, 400).write_parquet(tmp_path / f"part-{k}.parquet", row_group_size=64)
+    lazy = pl.concat(
+        [pl.scan_parquet(tmp_path / f"part-{k}.parquet") for k in range(3)], how="diagonal_relaxed"
+    )
+    sizes = []
+    got = []
+    for batch in lazy_batches(lazy, 150):
+        sizes.append(batch.height)
+        got += batch["n"].to_list()
+    assert got == list(range(1000))
+    assert max(sizes) == 150 and len(sizes) == 7

@@ -8,6 +8,13 @@ sides by a hash of the id into buckets of about ``bucket_rows`` rows on disk (te
 files under ``work/<name>/_buckets``, removed on exit), then joins one bucket at a time;
 it can be iterated several times (semantic dedup makes two passes). A corpus of one bucket
 is read directly, without temporary files.
+
+Texts never travel with the buckets: a pass that needs only their lengths asks for
+``text_lengths`` (the length is computed as each read batch arrives and the text dropped), and
+the diversity summary's node samples get their texts from ``text_groups``, one pass over the
+corpus that writes each group's wanted texts to its own file. The corpus is read
+``read_rows`` rows at a time; ``max_rows_held`` records the most rows any read, bucket or
+group held at once (the tests' proof that memory does not follow the corpus).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from builder.util.memory import release_memory
@@ -29,9 +37,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from builder.quality.semdedup import SemanticResult
     from builder.stages.base import RunContext
 
-#: Rows of the corpus (texts and embeddings) held at once.
+#: Rows of the corpus (ids, paths and embeddings) held at once.
 BUCKET_ROWS = 50_000
-DIVERSITY_COLUMNS = ("id", "text", "taxonomy_path", "discipline")
+#: Rows read from the corpus or the embedding partitions at once (the split's batches,
+#: the length and text passes): texts are large, so fewer of them than a bucket.
+READ_ROWS = 10_000
+#: The columns the diversity summary streams (the node samples' texts come from
+#: ``EmbeddedCorpus.text_groups``, never with the buckets).
+DIVERSITY_COLUMNS = ("id", "taxonomy_path", "discipline")
+#: The column ``text_lengths`` adds: the text's length in characters.
+LENGTH = "_len"
 
 
 class EmbeddedCorpus:
@@ -47,6 +62,8 @@ class EmbeddedCorpus:
         columns: Sequence[str],
         *,
         bucket_rows: int | None = None,
+        read_rows: int | None = None,
+        text_lengths: bool = False,
         name: str = "diversity",
     ) -> None:
         self.path = path
@@ -54,10 +71,15 @@ class EmbeddedCorpus:
         self.rows = count_rows(self.files)
         names = set(pq.read_schema(self.files[0]).names) if self.files else set()
         self.columns = [c for c in columns if c in names]
+        #: True: each batch has ``LENGTH`` (characters of the text) and never the text.
+        self.text_lengths = text_lengths and "text" in names
         self.embedding_parts = list_parts(ctx.paths.stage_dir("quality") / "embeddings")
         self.bucket_rows = max(1, bucket_rows or BUCKET_ROWS)
+        self.read_rows = max(1, min(read_rows or READ_ROWS, self.bucket_rows))
         self.buckets = max(1, -(-self.rows // self.bucket_rows))
         self.tmp = ctx.paths.work / name / "_buckets"
+        #: The most rows held at once by one read batch, bucket or text group.
+        self.max_rows_held = 0
         self._split_done = False
 
     def __enter__(self) -> EmbeddedCorpus:
@@ -66,31 +88,112 @@ class EmbeddedCorpus:
     def __exit__(self, *exc: Any) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def _held(self, rows: int) -> None:
+        self.max_rows_held = max(self.max_rows_held, rows)
+
+    def _doc_batches(self) -> Iterator[pa.Table]:
+        """The corpus's ``columns`` ``read_rows`` at a time (with ``LENGTH`` instead of the
+        text when ``text_lengths``)."""
+        read = [*self.columns, *(["text"] if self.text_lengths else [])]
+        for table in iter_batches(self.files, batch_rows=self.read_rows, columns=read):
+            self._held(table.num_rows)
+            if self.text_lengths:
+                text = table.column("text")
+                lengths = pc.utf8_length(pc.fill_null(text, ""))
+                table = table.drop_columns(["text"]).append_column(LENGTH, lengths.cast(pa.int64()))
+            yield table
+
+    def _embedding_batches(self) -> Iterator[pa.Table]:
+        for table in iter_batches(self.embedding_parts, batch_rows=self.read_rows):
+            self._held(table.num_rows)
+            yield table
+
     def __iter__(self) -> Iterator[tuple[pl.DataFrame, np.ndarray | None]]:
         if self.rows == 0:
             return
         if self.buckets == 1:
-            docs = pl.read_parquet(self.files, columns=self.columns).with_row_index("_row")
-            parts = self.embedding_parts
-            embeddings = pl.concat([pl.read_parquet(p) for p in parts]) if parts else None
+            docs = pl.concat(
+                [_frame(t) for t in self._doc_batches()], how="vertical_relaxed"
+            ).with_row_index("_row")
+            parts = [_frame(t) for t in self._embedding_batches()]
+            embeddings = pl.concat(parts, how="vertical_relaxed") if parts else None
+            self._held(docs.height)
             yield docs, _vectors(docs, embeddings)
             return
         if not self._split_done:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            batches = iter_batches(self.files, batch_rows=self.bucket_rows, columns=self.columns)
-            _split(batches, self.tmp / "docs", self.buckets, rows=True)
-            batches = iter_batches(self.embedding_parts, batch_rows=self.bucket_rows)
-            _split(batches, self.tmp / "emb", self.buckets)
+            _split(self._doc_batches(), self.tmp / "docs", self.buckets, rows=True)
+            _split(self._embedding_batches(), self.tmp / "emb", self.buckets)
             self._split_done = True
         for b in range(self.buckets):
-            release_memory()  # the last bucket's texts and vectors, before the next one
+            release_memory()  # the last bucket's rows and vectors, before the next one
             docs_path = self.tmp / "docs" / f"{b}.parquet"
             emb_path = self.tmp / "emb" / f"{b}.parquet"
             if not docs_path.exists():
                 continue
             docs = pl.read_parquet(docs_path)
             embeddings = pl.read_parquet(emb_path) if emb_path.exists() else None
+            self._held(docs.height)
             yield docs, _vectors(docs, embeddings)
+
+    def text_groups(self, groups: Sequence[set[int]]) -> Iterator[dict[int, str]]:
+        """The texts of each group of corpus rows (``_row`` numbers; a null text is ""), one
+        dict per group, in order. One pass over the corpus writes every group's wanted texts
+        to its own temporary file; then the groups are read back one at a time, so the texts
+        held are one group's (and one read batch), whatever the corpus size."""
+        wanted = [np.fromiter(g, dtype=np.int64, count=len(g)) for g in groups]
+        if not any(len(w) for w in wanted):
+            yield from ({} for _ in groups)
+            return
+        if len(groups) == 1:  # one group: no need for files
+            yield self.texts(groups[0])
+            return
+        sel = pl.DataFrame(
+            {
+                "_row": np.concatenate(wanted),
+                "_g": np.repeat(np.arange(len(wanted), dtype=np.int64), [len(w) for w in wanted]),
+            }
+        ).sort("_row")
+        rows_sorted = sel["_row"].to_numpy()
+        out = self.tmp / "texts"
+        shutil.rmtree(out, ignore_errors=True)
+        offset = 0
+        with _BucketFiles(out) as files:
+            for batch in iter_batches(self.files, batch_rows=self.read_rows, columns=["text"]):
+                self._held(batch.num_rows)
+                lo, hi = np.searchsorted(rows_sorted, [offset, offset + batch.num_rows])
+                if hi > lo:
+                    part = sel.slice(int(lo), int(hi - lo))
+                    local = pa.array(part["_row"].to_numpy() - offset)
+                    table = pa.table(
+                        {
+                            "_row": part["_row"].to_arrow(),
+                            "text": pc.fill_null(batch.column("text").take(local), ""),
+                        }
+                    )
+                    files.append(table, part["_g"].to_numpy())
+                offset += batch.num_rows
+                if offset > rows_sorted[-1]:
+                    break
+        try:
+            for g in range(len(groups)):
+                path = out / f"{g}.parquet"
+                if not path.exists():
+                    yield {}
+                    continue
+                table = pq.read_table(path)
+                self._held(table.num_rows)
+                yield dict(
+                    zip(
+                        table.column("_row").to_pylist(),
+                        table.column("text").to_pylist(),
+                        strict=True,
+                    )
+                )
+                del table
+                path.unlink()
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
 
     def texts(self, rows: set[int]) -> dict[int, str]:
         """The texts of the corpus rows ``rows`` (``_row`` numbers; a null text is ""),
@@ -100,7 +203,8 @@ class EmbeddedCorpus:
         wanted = np.array(sorted(rows), dtype=np.int64)
         out: dict[int, str] = {}
         offset = 0
-        for batch in iter_batches(self.files, batch_rows=self.bucket_rows, columns=["text"]):
+        for batch in iter_batches(self.files, batch_rows=self.read_rows, columns=["text"]):
+            self._held(batch.num_rows)
             lo, hi = np.searchsorted(wanted, [offset, offset + batch.num_rows])
             if hi > lo:
                 picked = batch.column("text").take(pa.array(wanted[lo:hi] - offset))
@@ -108,6 +212,7 @@ class EmbeddedCorpus:
             offset += batch.num_rows
             if offset > wanted[-1]:
                 break
+        self._held(len(out))
         return {row: text or "" for row, text in out.items()}
 
 
@@ -136,14 +241,19 @@ class _BucketFiles:
             writer.close()
 
 
+def _frame(table: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
 def _split(tables: Iterator[pa.Table], out: Path, buckets: int, *, rows: bool = False) -> None:
     """Append each table's rows to ``out/<hash(id) % buckets>.parquet`` (with the running
     row number as ``_row`` when ``rows``)."""
     offset = 0
     with _BucketFiles(out) as files:
         for table in tables:
-            frame = pl.from_arrow(table)
-            assert isinstance(frame, pl.DataFrame)
+            frame = _frame(table)
             if rows:
                 frame = frame.with_row_index("_row", offset=offset)
             offset += frame.height
@@ -206,7 +316,7 @@ def streamed_semantic_clusters(
 
     sample = max(2, sample_rows or KMEANS_SAMPLE)
     with EmbeddedCorpus(
-        ctx, path, SEMDEDUP_COLUMNS, bucket_rows=bucket_rows, name="semdedup"
+        ctx, path, SEMDEDUP_COLUMNS, bucket_rows=bucket_rows, text_lengths=True, name="semdedup"
     ) as corpus:
         if corpus.rows < 2:
             return None
@@ -275,12 +385,16 @@ def streamed_semantic_clusters(
         return clusters_result(all_rows, groups, min(k, sample))
 
 
-SEMDEDUP_COLUMNS = ("id", "text", "verified")
+#: What semantic dedup streams besides the text lengths (``text_lengths``: never the texts).
+SEMDEDUP_COLUMNS = ("id", "verified")
 
 
 def _doc_fields(docs: pl.DataFrame) -> tuple[list[str], np.ndarray, list[bool | None]]:
     """Ids, text lengths and ``verified`` of a batch (the representative's order)."""
     ids = docs["id"].cast(pl.String).to_list()
-    lengths = docs["text"].fill_null("").str.len_chars().to_numpy().astype(np.int64)
+    if LENGTH in docs.columns:
+        lengths = docs[LENGTH].fill_null(0).to_numpy().astype(np.int64)
+    else:
+        lengths = np.zeros(len(ids), dtype=np.int64)
     verified = docs["verified"].to_list() if "verified" in docs.columns else [None] * len(ids)
     return ids, lengths, verified

@@ -15,6 +15,12 @@ from builder.quality.buckets import DIVERSITY_COLUMNS, EmbeddedCorpus
 if TYPE_CHECKING:  # pragma: no cover
     from builder.stages.base import RunContext
 
+#: Node-sample texts held at once by the diversity summary (a group of nodes' samples).
+SAMPLE_TEXTS = 20_000
+#: Taxonomy nodes whose d x d Gram matrices the summary holds at once (320 x 512 KB at 256
+#: dims = 160 MB; the starter taxonomy's 1,272 nodes take 4 passes over the buckets).
+GRAM_NODES = 320
+
 
 def judge_llm_settings(config: Any, *, keyless: bool = False) -> Any:
     """The ``[llm]`` settings of the judge's own endpoint (None: the judge uses ``[llm]``).
@@ -62,13 +68,17 @@ def quality_summary(ctx: RunContext, clean_path: Path) -> Any:
 
     # The node samples hold row numbers; their texts are read back a group of nodes at a
     # time (every document of a large corpus is in some topic's sample).
-    acc = DiversityAccumulator(keep_texts=False)
+    # The Gram matrices (512 KB a node at 256 dims) are summed again over the buckets for
+    # GRAM_NODES nodes at a time instead of all of them at once.
+    acc = DiversityAccumulator(keep_texts=False, gram_nodes=GRAM_NODES)
     with EmbeddedCorpus(ctx, clean_path, DIVERSITY_COLUMNS) as corpus:
         if corpus.rows == 0:
             return None
         for docs, vectors in corpus:
             acc.add(docs, vectors)
-        nodes = acc.nodes(corpus.texts)
+        nodes = acc.nodes(
+            groups=corpus.text_groups, batch_rows=SAMPLE_TEXTS, batches=lambda: iter(corpus)
+        )
     sem_nodes = ctx.paths.work / "semdedup" / "nodes.parquet"
     if sem_nodes.exists():
         sem = pl.read_parquet(sem_nodes)

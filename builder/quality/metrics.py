@@ -26,7 +26,7 @@ import hashlib
 import heapq
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -200,7 +200,9 @@ class DiversityAccumulator:
     """``node_diversity`` and ``embedding_map`` over a corpus read in batches, in any order.
 
     Memory is bounded by the taxonomy, not the corpus: per node a count, an embedding sum,
-    a d x d Gram matrix and the ``sample`` texts with the smallest id keys; for the map the
+    a d x d Gram matrix (or, with ``gram_nodes``, none: ``nodes`` sums them again over the
+    batches, that many nodes at a time) and the ``sample`` texts with the smallest id keys
+    (or their row numbers only, ``keep_texts=False``); for the map the
     ``map_limit`` vectors with the smallest keys (0: no map). Every row carries its corpus
     row number (``row_column``), so samples are put back in corpus order and any split into
     batches gives the result of the whole corpus in one batch (``node_diversity``; the map
@@ -215,13 +217,21 @@ class DiversityAccumulator:
         min_docs: int = 2,
         map_limit: int = 5000,
         keep_texts: bool = True,
+        gram_nodes: int | None = None,
     ) -> None:
         self.sample = sample
+        #: None: every node's Gram matrix is summed during ``add`` (d x d float64 each,
+        #: 512 KB at d = 256: ~650 MB for a 1,272-node taxonomy). A number: ``add`` keeps
+        #: none, and ``nodes(batches=...)`` sums them again over the batches for that many
+        #: nodes at a time (same batches, same order: the same sums).
+        self.gram_nodes = gram_nodes
         #: False: the samples hold row numbers only and ``nodes`` fetches their texts.
         self.keep_texts = keep_texts
         self.min_docs = min_docs
         self.map_limit = map_limit
         self.embedded = True
+        #: The most Gram matrices held at once by a ``nodes`` pass (``gram_nodes``).
+        self.max_grams_held = 0
         self._nodes: dict[str, _NodeSums] = {}
         self._map: list[tuple[int, int, str, str, np.ndarray]] = []  # max-heap by -key
 
@@ -244,12 +254,7 @@ class DiversityAccumulator:
         keys = [id_key(i) for i in ids]
         rows = frame[row_column].to_list()
         texts = frame["text"].fill_null("").to_list() if self.keep_texts else [None] * frame.height
-        base = frame.select(
-            *([pl.col("taxonomy_path")] if "taxonomy_path" in frame.columns else [])
-        ).with_row_index("_i")
-        expanded = expand_nodes(base).select("node", "depth", "_i")
-        for (node, depth), group in expanded.group_by(["node", "depth"], maintain_order=True):
-            idx = group["_i"].to_numpy()
+        for node, depth, idx in _node_rows(frame):
             sums = self._nodes.get(node)
             if sums is None:
                 sums = self._nodes[node] = _NodeSums(int(depth))
@@ -257,11 +262,11 @@ class DiversityAccumulator:
             for i in idx.tolist():
                 _keep_smallest(sums.sample, (-keys[i], rows[i], texts[i]), self.sample)
             if self.embedded and embeddings is not None:
-                x = embeddings[idx].astype(np.float64)
-                total, gram = x.sum(axis=0), x.T @ x
+                total, gram, self_sims = _block_sums(embeddings, idx, self.gram_nodes is None)
                 sums.total = total if sums.total is None else sums.total + total
-                sums.gram = gram if sums.gram is None else sums.gram + gram
-                sums.self_sims += float(np.einsum("ij,ij->", x, x))
+                if gram is not None:
+                    sums.gram = gram if sums.gram is None else sums.gram + gram
+                sums.self_sims += self_sims
         if self.embedded and embeddings is not None and self.map_limit > 0:
             labels = (
                 frame[label_column].fill_null("?").cast(pl.String).to_list()
@@ -274,7 +279,12 @@ class DiversityAccumulator:
                 _keep_smallest(self._map, item, self.map_limit)
 
     def nodes(
-        self, fetch: Callable[[set[int]], dict[int, str]] | None = None, *, batch_rows: int = 50_000
+        self,
+        fetch: Callable[[set[int]], dict[int, str]] | None = None,
+        *,
+        batch_rows: int = 50_000,
+        groups: Callable[[list[set[int]]], Iterable[dict[int, str]]] | None = None,
+        batches: Callable[[], Iterable[tuple[pl.DataFrame, np.ndarray | None]]] | None = None,
     ) -> pl.DataFrame:
         """``METRIC_COLUMNS`` per node, as ``node_diversity`` returns them.
 
@@ -283,7 +293,11 @@ class DiversityAccumulator:
         most ``batch_rows`` rows (or one node's), so the texts held are bounded by that, not
         by the corpus (every document of a 200k corpus is in some topic's sample). Nodes are
         measured on a small thread pool: compression (zlib), the n-gram counts (Polars) and
-        the eigenvalues (LAPACK) release the GIL, so both cores work."""
+        the eigenvalues (LAPACK) release the GIL, so both cores work. ``groups`` (instead of
+        ``fetch``) takes every group's rows at once and yields each group's texts in order
+        (``EmbeddedCorpus.text_groups``: one pass over the corpus, not one per group).
+        With ``gram_nodes``, ``batches()`` yields the batches ``add`` was given again, in
+        the same order, for the Vendi scores (``_vendi_in_passes``)."""
         from concurrent.futures import ThreadPoolExecutor
 
         todo = [
@@ -291,30 +305,83 @@ class DiversityAccumulator:
             for node, sums in self._nodes.items()
             if sums.docs >= self.min_docs or node == ALL_NODE
         ]
-        if fetch is None and not self.keep_texts:
+        vendi: dict[str, float | None] | None = None
+        if self.gram_nodes is not None and self.embedded:
+            if batches is None:
+                raise ValueError("nodes() needs batches when the accumulator keeps no Grams")
+            vendi = self._vendi_in_passes(todo, batches)
+        if groups is not None:
+            fetch = None
+        elif fetch is None and not self.keep_texts:
             raise ValueError("nodes() needs fetch when the accumulator keeps no texts")
-        groups: list[list[tuple[str, _NodeSums]]] = [[]]
+        fetching = fetch is not None or groups is not None
+        parts: list[list[tuple[str, _NodeSums]]] = [[]]
         held = 0
         for item in todo:
             size = len(item[1].sample)
-            if fetch is not None and groups[-1] and held + size > batch_rows:
-                groups.append([])
+            if fetching and parts[-1] and held + size > batch_rows:
+                parts.append([])
                 held = 0
-            groups[-1].append(item)
+            parts[-1].append(item)
             held += size
+        wanted = [{row for _, sums in part for _, row, _ in sums.sample} for part in parts]
+        texts_of: Iterator[dict[int, str] | None]
+        if groups is not None:
+            texts_of = iter(groups(wanted))
+        elif fetch is not None:
+            texts_of = (fetch(rows) for rows in wanted)
+        else:
+            texts_of = (None for _ in parts)
         out: list[dict] = []
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            for group in groups:
-                texts: dict[int, str] | None = None
-                if fetch is not None:
-                    texts = fetch({row for _, sums in group for _, row, _ in sums.sample})
-                out += pool.map(functools.partial(self._node_metrics, texts=texts), group)
+            for part in parts:
+                texts = next(texts_of)
+                measure = functools.partial(self._node_metrics, texts=texts, vendi=vendi)
+                out += pool.map(measure, part)
+                del texts
         schema = {"node": pl.String, "depth": pl.Int32, "docs": pl.Int64}
         schema.update({c: pl.Float64 for c in METRIC_COLUMNS if c != "docs"})
         return pl.DataFrame(out, schema=schema).sort("depth", "node")
 
+    def _vendi_in_passes(
+        self,
+        todo: list[tuple[str, _NodeSums]],
+        batches: Callable[[], Iterable[tuple[pl.DataFrame, np.ndarray | None]]],
+    ) -> dict[str, float | None]:
+        """The Vendi score of each node in ``todo``, its Gram matrix summed over
+        ``batches()`` as ``add`` would have, for ``gram_nodes`` nodes per pass: the Grams
+        held are that many, whatever the taxonomy."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        names = [node for node, sums in todo if sums.total is not None]
+        docs = {node: sums.docs for node, sums in todo}
+        step = max(1, self.gram_nodes or 1)
+        out: dict[str, float | None] = {}
+        self.max_grams_held = 0
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            for lo in range(0, len(names), step):
+                chunk = set(names[lo : lo + step])
+                grams: dict[str, np.ndarray] = {}
+                for frame, embeddings in batches():
+                    if embeddings is None or frame.height == 0:
+                        continue
+                    for node, _depth, idx in _node_rows(frame):
+                        if node in chunk:
+                            gram = _block_sums(embeddings, idx, True)[1]
+                            assert gram is not None
+                            grams[node] = gram if node not in grams else grams[node] + gram
+                    self.max_grams_held = max(self.max_grams_held, len(grams))
+                ordered = [n for n in names[lo : lo + step] if n in grams]
+                scores = pool.map(_vendi, [grams[n] for n in ordered], [docs[n] for n in ordered])
+                out.update(zip(ordered, scores, strict=True))
+                grams.clear()
+        return out
+
     def _node_metrics(
-        self, item: tuple[str, _NodeSums], texts: dict[int, str] | None = None
+        self,
+        item: tuple[str, _NodeSums],
+        texts: dict[int, str] | None = None,
+        vendi: dict[str, float | None] | None = None,
     ) -> dict:
         node, sums = item
         ordered = sorted(sums.sample, key=lambda entry: entry[1])  # corpus order
@@ -325,11 +392,16 @@ class DiversityAccumulator:
         metrics: dict = {"docs": sums.docs, "compression_ratio": compression_ratio(some)}
         for n, value in _distincts(some).items():
             metrics[f"distinct_{n}"] = value
-        embedded = self.embedded and sums.total is not None and sums.gram is not None
+        embedded = self.embedded and sums.total is not None
         metrics["mean_similarity"] = (
             _mean_similarity(sums.total, sums.self_sims, sums.docs) if embedded else None
         )
-        metrics["vendi"] = _vendi(sums.gram, sums.docs) if embedded else None
+        if not embedded:
+            metrics["vendi"] = None
+        elif vendi is not None:
+            metrics["vendi"] = vendi.get(node)
+        else:
+            metrics["vendi"] = _vendi(sums.gram, sums.docs) if sums.gram is not None else None
         return {"node": node, "depth": sums.depth, **metrics}
 
     def map(self) -> pl.DataFrame:
@@ -337,6 +409,42 @@ class DiversityAccumulator:
         picked = sorted(self._map, key=lambda item: item[1]) if self.embedded else []
         vectors = np.stack([item[4] for item in picked]) if picked else np.zeros((0, 2))
         return _project([item[2] for item in picked], [item[3] for item in picked], vectors)
+
+
+#: Rows turned into float64 at once by ``_block_sums`` (4096 x 256 x 8 B = 8 MB): a node
+#: such as ``(all)`` holds a whole bucket, and one float64 copy of it (100 MB at 50k rows)
+#: left the heap fragmented long after it was freed.
+SUM_BLOCK = 4096
+
+
+def _block_sums(
+    embeddings: np.ndarray, idx: np.ndarray, with_gram: bool
+) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """The sum of the rows ``idx`` of ``embeddings``, their Gram matrix ``X^T X`` (when
+    ``with_gram``) and the sum of their squared norms, in float64, ``SUM_BLOCK`` rows at a
+    time (the same blocks in ``add`` and in ``nodes``' passes: the same sums)."""
+    d = embeddings.shape[1]
+    total = np.zeros(d, dtype=np.float64)
+    gram = np.zeros((d, d), dtype=np.float64) if with_gram else None
+    self_sims = 0.0
+    for lo in range(0, len(idx), SUM_BLOCK):
+        x = embeddings[idx[lo : lo + SUM_BLOCK]].astype(np.float64)
+        total += x.sum(axis=0)
+        if gram is not None:
+            gram += x.T @ x
+        self_sims += float(np.einsum("ij,ij->", x, x))
+    return total, gram, self_sims
+
+
+def _node_rows(frame: pl.DataFrame) -> Iterator[tuple[str, int, np.ndarray]]:
+    """(node, depth, row indices) of every taxonomy node of the batch's documents (each
+    ``taxonomy_path`` and its ancestors, and ``(all)``), in first-seen order."""
+    base = frame.select(
+        *([pl.col("taxonomy_path")] if "taxonomy_path" in frame.columns else [])
+    ).with_row_index("_i")
+    expanded = expand_nodes(base).select("node", "depth", "_i")
+    for (node, depth), group in expanded.group_by(["node", "depth"], maintain_order=True):
+        yield str(node), int(depth), group["_i"].to_numpy()
 
 
 def _keep_smallest(heap: list, item: tuple, limit: int) -> None:

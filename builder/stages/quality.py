@@ -258,6 +258,8 @@ class SemDedupStage(Stage):
     """Semantic near-duplicates among MinHash's survivors (module docstring)."""
 
     name = "semdedup"
+    #: The most survivors held at once while ``kept.parquet`` was written (tests assert it).
+    max_rows_held: int = 0
     FILES = ("kept", "clusters", "removed", "nodes", "semantic")
 
     def inputs(self, ctx: RunContext) -> list[Path]:
@@ -303,35 +305,20 @@ class SemDedupStage(Stage):
             )
         dup_ids = semantic.filter(pl.col("removed"))["id"]
         nodes = _node_rates(kept_in, dup_ids) if rows_in else pl.DataFrame()
-        kept = pl.scan_parquet(kept_in)
         clusters, removed = minhash, removed_before
+        gone: pl.Series | None = None
+        rep_cluster: pl.DataFrame | None = None
         if d.semantic and len(dup_ids):
             records = removal_records(semantic, d.semantic_threshold)
-            gone = records["id"].implode()
+            gone = records["id"]
             rep_cluster = semantic.filter(~pl.col("removed")).select(
                 pl.col("id").alias("_sid"), pl.col("cluster_id").alias("_sc")
-            )
-            kept = (
-                kept.with_columns(pl.col("id").cast(pl.String).alias("_sid"))
-                .filter(~pl.col("_sid").is_in(gone))
-                .join(rep_cluster.lazy(), on="_sid", how="left", maintain_order="left")
-                .with_columns(
-                    pl.col("dup_cluster")
-                    .cast(pl.String)
-                    .fill_null(pl.col("_sc"))
-                    .alias("dup_cluster")
-                )
-                .drop("_sid", "_sc")
             )
             clusters = _concat([minhash, semantic])
             removed = _concat([removed_before, records])
             stats["removed"] = records.height
-        # Row groups of a partition's rows: decontam's tasks are slices along them.
-        rows = ctx.config.run.partition_rows
-        atomic_write(
-            paths["kept"],
-            lambda tmp: kept.sink_parquet(tmp, compression="zstd", row_group_size=rows),
-        )
+        # Row groups of at most a read batch: decontam's tasks are slices along them.
+        self.max_rows_held = _write_kept(kept_in, paths["kept"], gone, rep_cluster)
         for key, frame in (
             ("clusters", clusters),
             ("removed", removed),
@@ -347,18 +334,56 @@ class SemDedupStage(Stage):
         return {"stats": stats}
 
 
+def _write_kept(
+    kept_in: Path, out: Path, gone: pl.Series | None, rep_cluster: pl.DataFrame | None
+) -> int:
+    """Write the survivors to ``out`` a read batch at a time: without the ``gone`` ids, the
+    kept representatives' ``dup_cluster`` filled with their semantic group. Returns the most
+    rows held at once (a batch; never the corpus)."""
+    from builder.quality.buckets import READ_ROWS
+    from builder.util.partitions import iter_batches
+
+    schema = pq.read_schema(kept_in)
+    held = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal held
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for table in iter_batches(kept_in, batch_rows=READ_ROWS):
+                held = max(held, table.num_rows)
+                if gone is not None and rep_cluster is not None:
+                    frame = (
+                        _frame(table)
+                        .with_columns(pl.col("id").cast(pl.String).alias("_sid"))
+                        .filter(~pl.col("_sid").is_in(gone.implode()))
+                        .join(rep_cluster, on="_sid", how="left", maintain_order="left")
+                        .with_columns(
+                            pl.col("dup_cluster")
+                            .cast(pl.String)
+                            .fill_null(pl.col("_sc"))
+                            .alias("dup_cluster")
+                        )
+                        .drop("_sid", "_sc")
+                    )
+                    table = frame.to_arrow()
+                writer.write_table(table.cast(schema))
+
+    atomic_write(out, write)
+    return held
+
+
 def _node_rates(kept: Path, dup_ids: pl.Series) -> pl.DataFrame:
     """``node_rates`` of the semantic duplicates over the survivors, one batch at a time
     (per-node counts add up; the rates are computed from the sums)."""
     from builder.diversity import node_rates
-    from builder.quality.buckets import BUCKET_ROWS
+    from builder.quality.buckets import READ_ROWS
     from builder.util.partitions import iter_batches
 
     dups = dup_ids.implode()
     names = pq.read_schema(kept).names
     columns = [c for c in ("id", "taxonomy_path") if c in names]
     counts = []
-    for table in iter_batches(kept, batch_rows=BUCKET_ROWS, columns=columns):
+    for table in iter_batches(kept, batch_rows=READ_ROWS, columns=columns):
         flagged = _frame(table).with_columns(
             pl.col("id").cast(pl.String).is_in(dups).alias("semantic_dup")
         )

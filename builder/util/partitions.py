@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -53,7 +54,9 @@ def iter_batches(
     if isinstance(files, Path):
         files = [files]
     for path in files:
-        pf = pq.ParquetFile(path)
+        # No pre-buffering: with it, pyarrow reads the wanted columns of every row group of
+        # the file before the first batch (~200 MB of compressed text for a 200k-row file).
+        pf = pq.ParquetFile(path, pre_buffer=False)
         for batch in pf.iter_batches(batch_size=max(1, batch_rows), columns=columns):
             yield pa.Table.from_batches([batch])
 
@@ -138,3 +141,15 @@ class PartitionWriter:
             write_table(self.schema.empty_table(), path)
             self.parts.append(path)
         return list(self.parts)
+
+
+def lazy_batches(lazy: pl.LazyFrame, batch_rows: int) -> Iterator[pl.DataFrame]:
+    """``lazy``'s rows in order, in frames of at most ``batch_rows`` rows, each its own
+    streaming query over a slice (Parquet scans skip the row groups before it), so one
+    batch is held at a time. Polars' ``collect_batches`` runs ahead of a slow consumer and
+    buffers what it read: over 200k documents in 20k-row batches it peaked at 517 MB
+    against 252 MB this way (~0.4 s more per batch)."""
+    batch_rows = max(1, batch_rows)
+    total = int(lazy.select(pl.len()).collect().item())
+    for offset in range(0, total, batch_rows):
+        yield lazy.slice(offset, batch_rows).collect(engine="streaming")
