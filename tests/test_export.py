@@ -10,23 +10,21 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# datasets reads these when imported: never touch the network
-os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ["HF_HUB_OFFLINE"] = "1"
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-import datasets  # noqa: E402
-import polars as pl  # noqa: E402
-import pytest  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from builder.cli import main
+from builder.export import ExportOptions, export_run
+from builder.export.split import assign_test
+from tests.support.fake_openai_server import FakeOpenAIServer
+from tests.support.project import make_project, responder
 
-from builder.cli import main  # noqa: E402
-from builder.export import ExportOptions, export_run  # noqa: E402
-from builder.export.split import assign_test  # noqa: E402
-from tests.support.fake_openai_server import FakeOpenAIServer  # noqa: E402
-from tests.support.project import make_project, responder  # noqa: E402
+if TYPE_CHECKING:
+    import datasets
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +55,18 @@ def _cli(*argv: str) -> int:
     return 0
 
 
+def _datasets() -> Any:
+    """``datasets`` (~0.7 s to import), loaded by the tests that read an export, not at
+    collection; it reads the offline switches when imported: never touch the network."""
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import datasets
+
+    return datasets
+
+
 def _load(out: Path, tmp_path: Path) -> datasets.DatasetDict:
+    datasets = _datasets()
     assert datasets.config.HF_HUB_OFFLINE and datasets.config.HF_DATASETS_OFFLINE
     # a fresh cache each time: datasets would reuse its cache of an earlier export at this path
     cache = tempfile.mkdtemp(prefix="hf-", dir=tmp_path)

@@ -19,11 +19,14 @@ from builder.review.flags import load_flags
 from tests.support.fake_openai_server import FakeOpenAIServer
 from tests.support.project import responder
 from tests.support.review import (  # noqa: F401  (fixtures)
+    GROUP,
     PROPOSED_COMMENT,
     ReviewProject,
     built_project_fixture,
     project_fixture,
 )
+
+pytestmark = GROUP
 
 BASE = "http://127.0.0.1"
 

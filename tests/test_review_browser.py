@@ -14,6 +14,7 @@ from builder.review.flags import load_flags
 from tests.support.fake_openai_server import FakeOpenAIServer
 from tests.support.project import responder
 from tests.support.review import (  # noqa: F401  (fixtures)
+    GROUP,
     PROPOSED_COMMENT,
     ReviewProject,
     ReviewServer,
@@ -24,7 +25,7 @@ from tests.support.review import (  # noqa: F401  (fixtures)
     stop_review,
 )
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, GROUP]
 
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -7,6 +7,8 @@ small project of tests/support/project.py.
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
-from builder.cli import main
+from builder.cli import cli, main
 from builder.config import load_config
 from builder.run.build import run_stages
 from builder.stages import STAGES, Stage, build_stages
@@ -46,6 +49,24 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 def server() -> Any:
     with FakeOpenAIServer(responder=responder) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer(responder=responder) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def built(shared_server: FakeOpenAIServer, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One `corpus build` of the small project through the CLI (its own cache and outputs),
+    read by the tests below instead of each building the same corpus again."""
+    root = tmp_path_factory.mktemp("built")
+    config = make_project(root / "a", shared_server.base_url, SMALL)
+    env = {"CORPUS_CACHE_DIR": str(root / "cache"), "CORPUS_OUTPUT_DIR": str(root / "outputs")}
+    result = CliRunner().invoke(cli, ["build", "--config", str(config), "--run", "r"], env=env)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    return {"config": config, "env": env, "run": root / "outputs" / "r", "stderr": result.stderr}
 
 
 def run_files(run: Path) -> list[str]:
@@ -152,12 +173,14 @@ def test_a_new_stage_runs_once_and_is_skipped_when_up_to_date(
 
 
 def test_one_stage_commands_leave_exactly_the_files_of_the_build(
-    server: FakeOpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    shared_server: FakeOpenAIServer,
+    built: dict,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    built = make_project(tmp_path / "a", server.base_url, SMALL)
-    code, _out, err = run_cli(capsys, "build", "--config", str(built), "--run", "r")
-    assert code == 0, err
-    staged = make_project(tmp_path / "b", server.base_url, SMALL)
+    # The staged run starts from the build's cache, as a second run in one project would.
+    shutil.copytree(Path(built["env"]["CORPUS_CACHE_DIR"]), tmp_path / "cache")
+    staged = make_project(tmp_path / "b", shared_server.base_url, SMALL)
     run_b = tmp_path / "outputs" / "s"
     code, _out, err = run_cli(capsys, "filter", "--config", str(staged), "--run", "s")
     assert code == 2 and "run the stages before it first" in err  # nothing generated yet
@@ -174,7 +197,7 @@ def test_one_stage_commands_leave_exactly_the_files_of_the_build(
         code, out, err = run_cli(capsys, *argv)
         assert code == 0, (argv, err)
         assert "Traceback" not in err
-    run_a = tmp_path / "outputs" / "r"
+    run_a = built["run"]
     assert run_files(run_b) == run_files(run_a)
     assert ids_and_texts(run_b) == ids_and_texts(run_a)
     # Every stage finished in both and counted the same (timings aside).
@@ -188,15 +211,15 @@ def test_one_stage_commands_leave_exactly_the_files_of_the_build(
 
 
 def test_corpus_walk_prints_the_units_the_build_walked(
-    server: FakeOpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    built: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """After a build generated proposed syllabi (and walked their sessions), `corpus walk
     --config` prints exactly the build's units, in order."""
-    config = make_project(tmp_path / "p", server.base_url, SMALL)
-    code, _out, err = run_cli(capsys, "build", "--config", str(config))
-    assert code == 0, err
-    assert "[syllabi] written" in err  # proposed syllabi were written by this build
-    run = tmp_path / "outputs" / "test"
+    config = built["config"]
+    for var, value in built["env"].items():
+        monkeypatch.setenv(var, value)
+    assert "[syllabi] written" in built["stderr"]  # proposed syllabi were written by the build
+    run = built["run"]
     built = [
         row["unit_id"]
         for part in list_parts(run / "work" / "walk")
@@ -225,17 +248,17 @@ def test_unit_partitions_are_rewritten_only_when_the_walk_changes(
     assert again.requests_sent == 0
 
 
-def test_generated_rows_have_the_one_arrow_schema(server: FakeOpenAIServer, tmp_path: Path) -> None:
+def test_generated_rows_have_the_one_arrow_schema(built: dict) -> None:
     from builder.records import DOCUMENT_SCHEMA, GENERATED_SCHEMA, REJECTED_SCHEMA
 
-    config = load_config(make_project(tmp_path / "p", server.base_url, SMALL))
-    summary = run_stages(config, build_stages()[:4], progress=False)
-    work = summary.run_dir / "work"
+    work = built["run"] / "work"
     for directory, schema in (
         (work / "generate", GENERATED_SCHEMA),
         (work / "filter" / "kept", DOCUMENT_SCHEMA),
         (work / "filter" / "rejected", REJECTED_SCHEMA),
     ):
-        for part in list_parts(directory):
+        parts = list_parts(directory)
+        assert parts, directory
+        for part in parts:
             assert pq.read_schema(part).remove_metadata() == schema, part
     assert pa.types.is_list(GENERATED_SCHEMA.field("concepts").type)

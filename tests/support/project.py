@@ -135,6 +135,10 @@ def base_config(base_url: str, run: str = "test") -> dict[str, dict[str, Any]]:
         "dedup": {"threshold": 0.8, "workers": 1},
         "decontam": {"benchmarks": ["benchmarks/bench.jsonl"], "workers": 1},
         "output": {"dir": "outputs", "run": run, "license": "apache-2.0"},
+        # Partitioned stages in the build's own process: a spawned pool per stage costs each
+        # small build seconds of imports. The pool itself (same bytes as one process, killed
+        # builds leave no worker) is tested in test_local_pool.py, which sets CORPUS_WORKERS.
+        "run": {"workers": 1},
     }
 
 

@@ -120,9 +120,19 @@ def make_built_project(root: Path) -> ReviewProject:
     return project
 
 
+_BUILT: dict[str, ReviewProject] = {}
+GROUP = pytest.mark.xdist_group("review")
+"""Both review test modules carry this mark: under ``--dist loadgroup`` they run on one
+worker, which builds the review project once for the two of them."""
+
+
 @pytest.fixture(scope="module", name="built_project")
 def built_project_fixture(tmp_path_factory: pytest.TempPathFactory) -> ReviewProject:
-    return make_built_project(tmp_path_factory.mktemp("review") / "project")
+    """The built review project, made once per test process and shared by the review test
+    modules: tests never touch it, they work on a private copy (``project``)."""
+    if "project" not in _BUILT:
+        _BUILT["project"] = make_built_project(tmp_path_factory.mktemp("review") / "project")
+    return _BUILT["project"]
 
 
 @pytest.fixture(name="project")
