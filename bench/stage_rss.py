@@ -38,18 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from build_scale import ROOT, start_server, write_config  # noqa: E402
 
+sys.path.insert(0, str(ROOT))
+from builder.stages import STAGES as BUILD_STAGES  # noqa: E402
+
 #: Stages ``--alone`` reruns, in build order (syllabi and walk have no ``--run`` command:
 #: the in-build profile covers them).
-STAGES = (
-    "generate",
-    "filter",
-    "quality",
-    "dedup",
-    "semdedup",
-    "decontam",
-    "assemble",
-    "report",
-)
+STAGES = tuple(s for s in BUILD_STAGES if s not in ("syllabi", "walk"))
 
 #: Runs ``python -m builder`` with a per-stage peak RSS probe around every stage.
 PROBE = r"""
@@ -111,7 +105,6 @@ def _outputs(run: Path, stage: str) -> list[Path]:
     """What ``stage`` writes (deleted before a rerun), from the stage's own ``outputs``."""
     import contextlib
 
-    sys.path.insert(0, str(ROOT))
     from builder.config import load_config
     from builder.run.build import open_context
     from builder.stages import stage_named

@@ -22,7 +22,7 @@ import pytest
 
 from builder.cli import main
 from tests.support.fake_openai_server import FakeOpenAIServer
-from tests.support.project import ROOT, judging_responder, make_project, responder
+from tests.support.project import ROOT, judging_responder, make_project, responder, untimed
 
 PROJECT: dict[str, dict[str, Any]] = {
     "walk": {"subtree": ["algorithms", "arithmetic"]},
@@ -61,16 +61,6 @@ def _files(run: Path) -> dict[str, bytes]:
     for stage in POOLED:
         files += list((run / "work" / stage).rglob("part-*.parquet"))
     return {str(p.relative_to(run)): p.read_bytes() for p in files}
-
-
-def _untimed(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            k: _untimed(v)
-            for k, v in value.items()
-            if "seconds" not in k and "per_s" not in k and k != "created_at"
-        }
-    return value
 
 
 def _workers(run: Path, stage: str) -> set[int | None]:
@@ -113,7 +103,8 @@ def _two_builds(
         assert two[name] == data, name
     manifest = json.loads((run / "manifest.json").read_text())
     expected = json.loads((one / "manifest.json").read_text())
-    assert _untimed(manifest) == _untimed(expected)  # counts, requests, cost; not workers
+    # counts, requests, cost; not workers
+    assert untimed(manifest, ("created_at",)) == untimed(expected, ("created_at",))
     done = run / "work" / "_done"
     filtered = json.loads((done / "filter.json").read_text())["counters"]
     graded = json.loads((done / "quality.json").read_text())["counters"]["stats"]["judge"]

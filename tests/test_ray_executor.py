@@ -27,7 +27,7 @@ from builder.config import load_config
 from builder.run.build import run_stages
 from builder.stages import build_stages
 from tests.support.fake_openai_server import FakeOpenAIServer
-from tests.support.project import ROOT, judging_responder, make_project, responder
+from tests.support.project import ROOT, judging_responder, make_project, responder, untimed
 
 NODE_IP = "127.0.0.2"
 MB = 2**20
@@ -145,16 +145,6 @@ def local_run(generated: Path, place: Path, tmp_path_factory: pytest.TempPathFac
     return _keep(place / "outputs" / "r", tmp_path_factory.mktemp("local") / "r")
 
 
-def _untimed(value: Any, drop: tuple[str, ...] = ()) -> Any:
-    if isinstance(value, dict):
-        return {
-            k: _untimed(v, drop)
-            for k, v in value.items()
-            if "seconds" not in k and "per_s" not in k and k != "created_at" and k not in drop
-        }
-    return value
-
-
 def _corpus_files(run: Path) -> dict[str, bytes]:
     """Shards, rejected.parquet, the filter stage's partitions and decontam's outputs, by
     relative path."""
@@ -180,8 +170,8 @@ def _assert_same_corpus(
     expected = json.loads((reference / "manifest.json").read_text())
     if not same_history:
         assert manifest.pop("stats")["builds"] == expected.pop("stats")["builds"] + 1
-    drop = ("requests_cached",) if retried else ()
-    assert _untimed(manifest, drop) == _untimed(expected, drop)
+    drop = ("created_at", "requests_cached") if retried else ("created_at",)
+    assert untimed(manifest, drop) == untimed(expected, drop)
     assert "ray" not in json.dumps(manifest["config"])  # the executor is not in the manifest
 
 

@@ -369,6 +369,19 @@ def judging_responder(body: dict[str, Any]) -> Any:
     return json.dumps({"score": 4, "rationale": "Clear, correct and well built."})
 
 
+def untimed(value: Any, drop: tuple[str, ...] = ()) -> Any:
+    """``value`` (a manifest, a marker's counters) without what differs between two runs of
+    the same build: keys naming a duration or a rate (``seconds``, ``per_s``) at any depth,
+    and the keys in ``drop`` (e.g. ``created_at``, ``workers``)."""
+    if isinstance(value, dict):
+        return {
+            k: untimed(v, drop)
+            for k, v in value.items()
+            if "seconds" not in k and "per_s" not in k and k not in drop
+        }
+    return value
+
+
 def corpus(run_dir: Path) -> pl.DataFrame:
     """The documents of a finished run, sorted by id."""
     return pl.read_parquet(run_dir / "documents" / "*.parquet").sort("id")
