@@ -236,25 +236,24 @@ def diversity_report(
         try:
             from builder.util.partitions import lazy_batches
 
-            for frame in lazy_batches(base, batch_rows):
-                for lo in range(0, frame.height, max(1, batch_rows)):
-                    batch = frame.slice(lo, batch_rows)
-                    if id_column not in keep:
-                        batch = batch.with_row_index(id_column, offset=offset).with_columns(
-                            pl.col(id_column).cast(pl.String)
-                        )
-                    offset += batch.height
-                    expanded = expand_nodes(_flag_frame(batch, clusters, hits, id_column))
-                    held = max(held, expanded.height)
-                    part = _node_counts(expanded, flags)
-                    counts = part if counts is None else _sum_counts(counts, part, flags)
-                    for kind in _OPENER_KINDS:
-                        spill.write(
-                            kind,
-                            expanded.filter(pl.col(kind).is_not_null())
-                            .group_by("node", pl.col(kind).alias("value"))
-                            .agg(pl.len().cast(pl.Int64).alias("_n")),
-                        )
+            # frames of at most batch_rows rows, one held at a time
+            for batch in lazy_batches(base, batch_rows):
+                if id_column not in keep:
+                    batch = batch.with_row_index(id_column, offset=offset).with_columns(
+                        pl.col(id_column).cast(pl.String)
+                    )
+                offset += batch.height
+                expanded = expand_nodes(_flag_frame(batch, clusters, hits, id_column))
+                held = max(held, expanded.height)
+                part = _node_counts(expanded, flags)
+                counts = part if counts is None else _sum_counts(counts, part, flags)
+                for kind in _OPENER_KINDS:
+                    spill.write(
+                        kind,
+                        expanded.filter(pl.col(kind).is_not_null())
+                        .group_by("node", pl.col(kind).alias("value"))
+                        .agg(pl.len().cast(pl.Int64).alias("_n")),
+                    )
         finally:
             spill.close()
         repeats, openers, bucket_rows = spill.reduce(top)
