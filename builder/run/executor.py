@@ -130,10 +130,10 @@ class LocalExecutor:
                 yield result
             return
         from builder.parallel import process_map
-        from builder.run.pool import _die_with_parent
+        from builder.run.pool import die_with_parent
 
         call = functools.partial(_traced, fn)
-        for pid, node, result in process_map(call, todo, workers, initializer=_die_with_parent):
+        for pid, node, result in process_map(call, todo, workers, initializer=die_with_parent):
             if where is not None:
                 where(pid, node)
             yield result

@@ -42,7 +42,7 @@ SERVE_INTERVAL_S = 0.02
 _STAGES: dict[str, Any] = {}
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Worker initializer: ignore Ctrl-C, and get SIGKILL when the driver dies (Linux)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -117,11 +117,11 @@ def map_tasks(
         if stage.needs_llm(ctx):
             # the queues' server process dies with the build too (it holds its pipes)
             manager = SyncManager(ctx=mp)
-            manager.start(initializer=_die_with_parent)
+            manager.start(initializer=die_with_parent)
             stack.callback(manager.shutdown)
         broker = manager.Queue() if manager is not None else None
         pool = stack.enter_context(
-            ProcessPoolExecutor(max_workers=workers, mp_context=mp, initializer=_die_with_parent)
+            ProcessPoolExecutor(max_workers=workers, mp_context=mp, initializer=die_with_parent)
         )
         token = uuid.uuid4().hex
         pending = list(reversed(tasks))
