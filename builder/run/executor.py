@@ -18,20 +18,28 @@ import importlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from builder.errors import InputError
-from builder.stages.base import RunContext, Stage, digest_files
+from builder.records import sha256_hex
+from builder.run.partitioned import run_task
 from builder.util.faults import fault_point
+from builder.util.files import file_sha256
 from builder.util.memory import release_memory
 
 if TYPE_CHECKING:  # pragma: no cover
     from builder.config import CorpusConfig
     from builder.run.partitioned import PartitionTask
-    from builder.stages.base import PartitionStage
+    from builder.stages.base import PartitionStage, RunContext, Stage
 
 
-def _files(paths: list) -> list:
+def digest_files(paths: list[Path]) -> str:
+    """A fingerprint of output files: their names and contents."""
+    return sha256_hex([[p.name, file_sha256(p)] for p in paths])
+
+
+def _files(paths: list[Path]) -> list[Path]:
     out = []
     for p in paths:
         if p.is_dir():
@@ -97,8 +105,6 @@ class LocalExecutor:
         its result as it finishes: on a pool of worker processes when there are several
         tasks and the stage allows it (``local_only``; the workers' model calls come back
         here: ``builder.run.pool``), else one after another in this process."""
-        from builder.run.partitioned import run_task
-
         todo = list(tasks)
         workers = min(self.workers(), len(todo))
         if workers < 2 or stage.local_only(ctx):

@@ -193,9 +193,7 @@ def _remove_stale(
 def run_partitioned(stage: PartitionStage, ctx: RunContext) -> dict[str, Any]:
     """``PartitionStage.run``: plan the tasks, skip the finished ones, map the rest with
     ``ctx.executor`` (the local executor when none is set), record each as it finishes."""
-    from builder.run.executor import LocalExecutor
-
-    executor = ctx.executor if ctx.executor is not None else LocalExecutor()
+    executor = ctx.runner()
     fingerprint = stage.fingerprint(ctx)
     tasks = plan_tasks(stage, ctx, fingerprint)
     for name in stage.sinks():

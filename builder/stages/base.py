@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pyarrow as pa
 
 from builder.config import CorpusConfig
-from builder.records import sha256_hex
+from builder.run.executor import LocalExecutor
 from builder.run.markers import Markers
+from builder.run.partitioned import run_partitioned
 from builder.run.paths import RunDir
-from builder.util.files import file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
     from builder.run.ledger import Ledger, MeteredLLM
@@ -78,6 +78,11 @@ class RunContext:
     _llm: MeteredLLM | None = None
     _judge: MeteredLLM | None = None
     _taxonomy: Taxonomy | None = None
+
+    def runner(self) -> Any:
+        """The executor that maps this run's partitions and tasks: ``executor``, or a
+        ``LocalExecutor`` when none was set (a stage run on its own, from Python)."""
+        return self.executor if self.executor is not None else LocalExecutor()
 
     @property
     def markers(self) -> Markers:
@@ -176,11 +181,6 @@ class Stage(ABC):
         return ctx.paths.stage_dir(self.name)
 
 
-def digest_files(paths: list[Path]) -> str:
-    """A fingerprint of output files: their names and contents."""
-    return sha256_hex([[p.name, file_sha256(p)] for p in paths])
-
-
 def upstream(ctx: RunContext, *stages: str) -> list[str | None]:
     """The fingerprints the named stages finished with (part of a downstream fingerprint)."""
     return [ctx.markers.fingerprint(s) for s in stages]
@@ -244,6 +244,4 @@ class PartitionStage(Stage):
     def run(self, ctx: RunContext) -> dict[str, Any]:
         """Map ``run_partition`` over the input partitions with ``ctx.executor``; finished
         partitions of an interrupted run are skipped (``builder.run.partitioned``)."""
-        from builder.run.partitioned import run_partitioned
-
         return run_partitioned(self, ctx)
