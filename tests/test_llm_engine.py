@@ -17,7 +17,7 @@ from builder.llm import Engine, open_engine, resolve_cache_dir
 from builder.llm.base import LLM
 from builder.llm.cache import Cache, CacheEntry
 from builder.llm.endpoint import CACHE_FORMAT, Endpoint, cache_key, request_body
-from builder.llm.progress import LogProgress, Snapshot
+from builder.llm.progress import BarProgress, LogProgress, Snapshot
 from builder.records import ChatRequest, canonical_json, sha256_hex
 from builder.settings.llm import LLMSettings
 from tests.support.fake_openai_server import FakeOpenAIServer, FakeReply, Fault
@@ -647,3 +647,15 @@ def test_identical_requests_in_one_run_are_sent_once(srv):
     assert all(r.ok for r in results) and srv.count() == 2
     assert len({r.text for r in results if r.request_id.startswith("copy")}) == 1
     assert sum(r.cached for r in results) == 2 and stats.cached == 2
+
+
+def test_the_progress_bar_says_why_the_window_moved(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # a wide terminal: rich crops the line to its width
+    bar = BarProgress("llm")
+    bar.start(10)
+    reason = "cut 16 -> 4: 12 of 16 answers were 429"
+    snap = Snapshot(done=3, total=10, window=4, refused_last_minute=12, window_reason=reason)
+    bar.close(snap)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "window 4" in err and "429s/min 12" in err
+    assert "(cut 16 -> 4: 12 of 16 answers were 429)" in err, err
