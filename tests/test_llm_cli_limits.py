@@ -76,9 +76,7 @@ def progress_of(stderr: str) -> tuple[int, int]:
 def test_a_concurrency_limit_is_found_and_held(tmp_path):
     with FakeOpenAIServer(max_inflight=4, latency=0.05, retry_after=0.05) as srv:
         # a progress line whenever results come in: each says why the window last moved
-        result, ids, lines = run_cli(
-            tmp_path, srv, 120, "max_concurrency = 32\n", progress_s=0.001
-        )
+        result, ids, lines = run_cli(tmp_path, srv, 120, "max_concurrency = 32\n", progress_s=0.001)
         assert result.returncode == 0, result.stderr
         assert sorted(x["custom_id"] for x in lines) == sorted(ids)
         assert all(x["error"] is None for x in lines)
