@@ -256,6 +256,33 @@ def test_a_refused_slot_is_parked_until_the_round_ends():
     asyncio.run(main())
 
 
+def test_a_429_saying_nothing_is_left_pauses_every_launch_of_the_limiter():
+    """The headers of a refused answer reach the pacer through ``release``: with "no requests
+    left, reset in 5 s" and no limit, every launch waits for the reset (on the limiter's
+    clock); a 429 without such headers holds back nothing but its own request."""
+    clock = [0.0]
+    lim = EndpointLimiter(4, 1, clock=lambda: clock[0])
+
+    async def main():
+        await lim.acquire()
+        lim.release(lim.launch(), REFUSED)  # a plain 429: no pause
+        assert not lim.pacer.active
+        await asyncio.wait_for(lim.pace(1.0), 1)
+        await lim.acquire()
+        pause = RateLimitInfo(remaining_requests=0, reset_requests_s=5.0)
+        lim.release(lim.launch(), REFUSED, ratelimit=pause)
+        waiting = asyncio.ensure_future(lim.pace(1.0))
+        await asyncio.sleep(0)
+        assert not waiting.done() and lim.pacer.paused_s == pytest.approx(5.0)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        clock[0] = 5.0  # the reset has come
+        await asyncio.wait_for(lim.pace(1.0), 1)
+        assert lim.snapshot()["pacing"].startswith("paused 5.0 s")
+
+    asyncio.run(main())
+
+
 def test_job_queue_puts_retries_in_front():
     async def main():
         q = JobQueue()
