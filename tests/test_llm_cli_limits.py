@@ -1,6 +1,7 @@
 """``corpus llm run`` against the loopback fake server in each rate-limit mode (a concurrency
-limit, sporadic 429s, requests-per-minute with and without ``x-ratelimit-*`` headers), the
-API key kept out of every output, and ``--batch`` through the CLI.
+limit, sporadic 429s, the benchmark's fault mix, requests and tokens per minute set in
+``[llm]`` or announced by ``x-ratelimit-*`` headers), the API key kept out of every output,
+and ``--batch`` through the CLI.
 
 Assertions are on counts (429s the server sent and the engine saw, the window the progress
 line reports, ids written exactly once), never on times.
@@ -13,13 +14,14 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from builder.llm.cache import Cache
-from tests.support.fake_openai_server import FakeOpenAIServer, sporadic_429
+from tests.support.fake_openai_server import FakeOpenAIServer, Fault, fault_mix, sporadic_429
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRESS = re.compile(r"window (\d+), (\d+) 429s in the last minute")
@@ -105,6 +107,37 @@ def test_sporadic_429s_do_not_collapse_the_window(tmp_path):
         # of 4 holds it at 8 or less, above); the controller's exact path under sporadic
         # 429s is pinned on a simulated clock in test_llm_control.py
         assert window >= 16
+
+
+def test_the_fault_mix_answers_every_id_once_and_a_warm_rerun_sends_nothing(tmp_path):
+    """The benchmark's fault mix (429s, 500s, resets, malformed bodies, slow answers), denser:
+    every id written once and well, one extra request per failed attempt and none for any
+    other reason (nothing paid twice), and a rerun sends nothing."""
+    mix = fault_mix(
+        p429=0.05, p500=0.05, reset=0.02, malformed=0.02, hang=0.01, hang_s=0.3,
+        retry_after=0.05, seed=2,
+    )  # fmt: skip
+    injected: Counter[str] = Counter()
+
+    def faults(i: int, body: dict[str, Any]) -> Fault | None:
+        fault = mix(i, body)
+        if fault is not None:
+            injected[fault.kind] += 1
+        return fault
+
+    with FakeOpenAIServer(faults=faults, latency=0.02) as srv:
+        result, ids, lines = run_cli(tmp_path, srv, 400, "max_concurrency = 32\n")
+        assert result.returncode == 0, result.stderr
+        assert sorted(x["custom_id"] for x in lines) == sorted(ids)
+        assert all(x["error"] is None for x in lines)
+        assert set(injected) == {"429", "500", "reset", "malformed", "slow"}, injected
+        failed = sum(injected[k] for k in ("429", "500", "reset", "malformed"))
+        assert srv.count("chat") == 400 + failed
+        assert progress_of(result.stderr)[1] == srv.count("429") == injected["429"]
+        sent = srv.count("chat")
+        again, _, lines = run_cli(tmp_path, srv, 400, "max_concurrency = 32\n")
+        assert again.returncode == 0 and "400 already in" in again.stderr
+        assert srv.count("chat") == sent and len(lines) == 400
 
 
 # Pacing: the engine paces launches on its clock; the server counts arrivals on its own,
