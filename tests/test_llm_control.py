@@ -73,6 +73,21 @@ def test_a_plain_aimd_would_collapse_where_this_window_does_not():
     assert sim.c.cuts > 5 and min(w for t, w in sim.windows if t > 1.5) < 200
 
 
+@pytest.mark.parametrize("lag", [0.03, 0.1])
+def test_a_late_event_loop_still_converges_and_ignores_sporadic_429s(lag):
+    """A busy (or slower) machine: the engine's loop runs only every ``lag`` seconds, so it
+    reads answers (429s included), closes rounds and launches late and in bursts. The ramp
+    waits for the loop instead of running blind, so the limit is found with few 429s, and
+    sporadic 429s still do not collapse the window."""
+    sim = Simulation(WindowController(256), Endpoint(limit=64), 2000, loop_lag=lag).run()
+    assert all(60 <= w <= 72 for t, w in sim.windows if t > 5), sim.windows
+    assert sim.max_window < 100 and sim.refused <= 0.05 * 2000
+    assert sim.finish_time <= 2000 / 64 / 0.9
+    ep = Endpoint(sporadic=0.05)
+    sim = Simulation(WindowController(256), ep, 5000, seed=3, loop_lag=lag).run()
+    assert min(w for t, w in sim.windows if t > 1.5) >= 200 and sim.c.window == 256
+
+
 def test_recovers_quickly_after_a_burst_of_429s():
     ep = Endpoint(limit=100, burst=(10.0, 15.0))
     sim = Simulation(WindowController(256), ep, 5000).run()

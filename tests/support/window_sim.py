@@ -9,6 +9,7 @@ simulated clock: deterministic (seeded), instant, and free of the event loop.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,7 +111,10 @@ class Endpoint:
 class Simulation:
     """``n`` requests of ``tokens`` tokens each through ``controller`` (and ``pacer``) against
     ``endpoint``; a refused request is retried after Retry-After plus up to 10% jitter, like
-    the engine. Rate-limit headers reach the pacer with the answer that carries them."""
+    the engine. Rate-limit headers reach the pacer with the answer that carries them.
+
+    ``loop_lag`` models a busy machine: the engine's event loop runs only every ``loop_lag``
+    seconds, so it reads answers, closes rounds and launches late, in bursts."""
 
     def __init__(
         self,
@@ -120,6 +124,7 @@ class Simulation:
         *,
         pacer: RatePacer | None = None,
         tokens: float = 1.0,
+        loop_lag: float = 0.0,
         seed: int = 0,
         on_round: Callable[[float, WindowController], None] | None = None,
     ) -> None:
@@ -128,6 +133,7 @@ class Simulation:
         self.n = n
         self.pacer = pacer
         self.tokens = tokens
+        self.loop_lag = loop_lag
         self.rng = random.Random(seed)
         self.now = 0.0
         self.queue: list[int] = list(range(n))
@@ -154,7 +160,7 @@ class Simulation:
         self._seq += 1
         if headers is not None:
             self._headers[self._seq] = headers
-        heapq.heappush(self._events, (t, self._seq, kind, job, extra, ticket))
+        heapq.heappush(self._events, (self._late(t), self._seq, kind, job, extra, ticket))
 
     def _launch_all(self) -> None:
         while self.queue and self.c.can_launch():
@@ -174,10 +180,17 @@ class Simulation:
                 self.refused_at.append(self.now)
             self._push(self.now + after, outcome, job, after, ticket, headers)
 
+    def _late(self, t: float) -> float:
+        """When the event loop gets to something due at ``t``."""
+        if not self.loop_lag:
+            return t
+        late = math.ceil(t / self.loop_lag) * self.loop_lag
+        return late if late >= t else late + self.loop_lag  # never early (rounding)
+
     def run(self, until: float = 10_000.0) -> Simulation:
         self._launch_all()
         while self.done < self.n and self.now < until:
-            deadline = self.c.next_deadline()
+            deadline = self._late(self.c.next_deadline())
             if self._events and self._events[0][0] <= deadline:
                 t, seq, kind, job, extra, ticket = heapq.heappop(self._events)
                 headers = self._headers.pop(seq, None)
