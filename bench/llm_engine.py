@@ -488,7 +488,13 @@ def main() -> None:
     q = args.quick
     if args.only_429:
         only = set(args.scenarios.split(",")) if args.scenarios else None
-        print(json.dumps({"load_avg_before": os.getloadavg()[0], **under_429s(only=only)}))
+        load_before = os.getloadavg()[0]
+        figures = under_429s(only=only)
+        print(
+            json.dumps(
+                {"load_avg_before": load_before, **figures, "load_avg_after": os.getloadavg()[0]}
+            )
+        )
         return
     if args.only_embedded:
         print(json.dumps({"load_avg_before": os.getloadavg()[0], **embedded_vs_inprocess(5)}))

@@ -1,6 +1,7 @@
 """``corpus llm run`` against the loopback fake server in each rate-limit mode (a concurrency
-limit, sporadic 429s, requests-per-minute with and without ``x-ratelimit-*`` headers), the
-API key kept out of every output, and ``--batch`` through the CLI.
+limit, sporadic 429s, the benchmark's fault mix, requests and tokens per minute set in
+``[llm]`` or announced by ``x-ratelimit-*`` headers), the API key kept out of every output,
+and ``--batch`` through the CLI.
 
 Assertions are on counts (429s the server sent and the engine saw, the window the progress
 line reports, ids written exactly once), never on times.
@@ -13,13 +14,18 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from builder.llm.cache import Cache
-from tests.support.fake_openai_server import FakeOpenAIServer, sporadic_429
+from tests.support.fake_openai_server import FakeOpenAIServer, Fault, fault_mix, sporadic_429
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRESS = re.compile(r"window (\d+), (\d+) 429s in the last minute")
+REASON = re.compile(r"\[window: ([^\]]+)\]")
 
 
 def write_requests(path: Path, n: int) -> list[str]:
@@ -38,13 +44,14 @@ def run_cli(
     *args: str,
     env: dict[str, str] | None = None,
     attempts: int = 30,
+    progress_s: float = 3600,
 ):
     """Run ``corpus llm run`` on ``n`` requests; returns (process, ids, written lines)."""
     cfg = tmp_path / "corpus.toml"
     cfg.write_text(
         f'[llm]\nbase_url = "{srv.base_url}"\nmodel = "fake-model"\n'
         f"backoff_base_s = 0.01\nbackoff_max_s = 0.05\nmax_attempts = {attempts}\n"
-        f"progress_interval_s = 3600\n{config}"
+        f"progress_interval_s = {progress_s}\n{config}"
     )
     ids = write_requests(tmp_path / "req.jsonl", n)
     result = subprocess.run(
@@ -70,7 +77,8 @@ def progress_of(stderr: str) -> tuple[int, int]:
 
 def test_a_concurrency_limit_is_found_and_held(tmp_path):
     with FakeOpenAIServer(max_inflight=4, latency=0.05, retry_after=0.05) as srv:
-        result, ids, lines = run_cli(tmp_path, srv, 120, "max_concurrency = 32\n")
+        # a progress line whenever results come in: each says why the window last moved
+        result, ids, lines = run_cli(tmp_path, srv, 120, "max_concurrency = 32\n", progress_s=0.001)
         assert result.returncode == 0, result.stderr
         assert sorted(x["custom_id"] for x in lines) == sorted(ids)
         assert all(x["error"] is None for x in lines)
@@ -79,6 +87,10 @@ def test_a_concurrency_limit_is_found_and_held(tmp_path):
         assert window <= 8  # near the server's 4, far below max_concurrency 32
         assert srv.count("429") < 120  # a few per round trip, not a storm
         assert srv.count("chat") == 120 + srv.count("429")
+        reasons = REASON.findall(result.stderr)
+        # the window opened at 16 against a limit of 4: it was brought down by 429s
+        assert any(r.startswith(("ramp stopped at", "cut ")) for r in reasons), reasons
+        assert any("were refused (429)" in r or "answers were 429" in r for r in reasons)
 
 
 def test_sporadic_429s_do_not_collapse_the_window(tmp_path):
@@ -97,34 +109,81 @@ def test_sporadic_429s_do_not_collapse_the_window(tmp_path):
         assert window >= 16
 
 
-def test_configured_requests_per_minute_sends_no_429(tmp_path):
-    # The engine paces launches at 600/min on its clock; the server counts arrivals on its
-    # own, after a scheduling delay that varies on a loaded machine. A server limit equal to
-    # the configured one would refuse a request whenever a few delayed requests arrive
-    # together, so the server allows 1,200/min (a bucket of 20, refilled at 20/s): only an
-    # engine that ignored the setting (60 requests, 16 at a time, no pacing) exceeds it.
-    with FakeOpenAIServer(rpm=1200) as srv:  # 20 per second, no headers
-        result, ids, lines = run_cli(
-            tmp_path, srv, 60, "max_concurrency = 16\nmax_requests_per_minute = 600\n"
-        )
+def test_the_fault_mix_answers_every_id_once_and_a_warm_rerun_sends_nothing(tmp_path):
+    """The benchmark's fault mix (429s, 500s, resets, malformed bodies, slow answers), denser:
+    every id written once and well, one extra request per failed attempt and none for any
+    other reason (nothing paid twice), and a rerun sends nothing."""
+    mix = fault_mix(
+        p429=0.05, p500=0.05, reset=0.02, malformed=0.02, hang=0.01, hang_s=0.3,
+        retry_after=0.05, seed=2,
+    )  # fmt: skip
+    injected: Counter[str] = Counter()
+
+    def faults(i: int, body: dict[str, Any]) -> Fault | None:
+        fault = mix(i, body)
+        if fault is not None:
+            injected[fault.kind] += 1
+        return fault
+
+    with FakeOpenAIServer(faults=faults, latency=0.02) as srv:
+        result, ids, lines = run_cli(tmp_path, srv, 400, "max_concurrency = 32\n")
         assert result.returncode == 0, result.stderr
         assert sorted(x["custom_id"] for x in lines) == sorted(ids)
-        assert srv.count("429") == 0 and srv.count("chat") == 60
+        assert all(x["error"] is None for x in lines)
+        assert set(injected) == {"429", "500", "reset", "malformed", "slow"}, injected
+        failed = sum(injected[k] for k in ("429", "500", "reset", "malformed"))
+        assert srv.count("chat") == 400 + failed
+        assert progress_of(result.stderr)[1] == srv.count("429") == injected["429"]
+        sent = srv.count("chat")
+        again, _, lines = run_cli(tmp_path, srv, 400, "max_concurrency = 32\n")
+        assert again.returncode == 0 and "400 already in" in again.stderr
+        assert srv.count("chat") == sent and len(lines) == 400
 
 
-def test_ratelimit_headers_pace_the_run(tmp_path):
-    counts = {}
-    for headers in (True, False):
-        with FakeOpenAIServer(rpm=600, ratelimit_headers=headers) as srv:
-            path = tmp_path / str(headers)
-            path.mkdir()
-            result, ids, lines = run_cli(path, srv, 40, "max_concurrency = 16\n")
-            assert result.returncode == 0, result.stderr
-            assert sorted(x["custom_id"] for x in lines) == sorted(ids)
-            counts[headers] = srv.count("429")
-            assert progress_of(result.stderr)[1] == counts[headers]
-    # with the headers only the opening burst (16 against 10 per second) meets 429s
-    assert counts[True] <= 8 and counts[True] < counts[False]
+# Pacing: the engine paces launches on its clock; the server counts arrivals on its own,
+# after a scheduling delay that varies on a loaded machine. A server limit equal to the one the
+# engine paces by would refuse a request whenever a few delayed requests arrive together, so
+# each server below enforces twice the limit the engine is told (by the setting or by the
+# headers): only an engine that ignored what it was told exceeds it, which each test shows
+# with a run that is told nothing. Requests here are ~50 tokens (prompt bytes / 4 +
+# max_tokens 20), so 60,000 tokens per minute is ~20 requests per second, like 1,200 requests.
+LIMITS = {"requests": {"rpm": 1200}, "tokens": {"tpm": 60_000}}
+SETTINGS = {
+    "requests": "max_requests_per_minute = 600\n",
+    "tokens": "max_tokens_per_minute = 30000\n",
+}
+
+
+def paced_run(path: Path, n: int, config: str, **server: Any) -> int:
+    """429s the server sent for a run of ``n`` requests (every id written exactly once, the
+    engine's progress counting each 429)."""
+    path.mkdir()
+    with FakeOpenAIServer(**server) as srv:
+        result, ids, lines = run_cli(path, srv, n, f"max_concurrency = 16\n{config}")
+        assert result.returncode == 0, result.stderr
+        assert sorted(x["custom_id"] for x in lines) == sorted(ids)
+        assert srv.count("chat") == n + srv.count("429")
+        assert progress_of(result.stderr)[1] == srv.count("429")
+        return srv.count("429")
+
+
+@pytest.mark.parametrize("kind", ["requests", "tokens"])
+def test_configured_limits_per_minute_send_no_429(tmp_path, kind):
+    """``[llm] max_requests_per_minute`` / ``max_tokens_per_minute`` for an endpoint that
+    sends no headers (the tokens of a request estimated as the endpoint counts them)."""
+    assert paced_run(tmp_path / "told", 60, SETTINGS[kind], **LIMITS[kind]) == 0
+    assert paced_run(tmp_path / "blind", 60, "", **LIMITS[kind]) > 0
+
+
+@pytest.mark.parametrize("kind", ["requests", "tokens"])
+def test_ratelimit_headers_pace_the_run(tmp_path, kind):
+    """``x-ratelimit-*-requests`` or ``-tokens`` headers (announcing half of what the server
+    enforces): the engine paces by them and meets no 429; without them it does."""
+    told = paced_run(
+        tmp_path / "told", 60, "", ratelimit_headers=True, announce_share=0.5, **LIMITS[kind]
+    )
+    assert told == 0
+    assert paced_run(tmp_path / "blind", 60, "", **LIMITS[kind]) > 0
 
 
 def test_the_api_key_never_appears_in_any_output(tmp_path):

@@ -4,6 +4,7 @@ queue and backoff (builder.llm.window, builder.llm.control)."""
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 from hypothesis import given
@@ -72,6 +73,21 @@ def test_a_plain_aimd_would_collapse_where_this_window_does_not():
     assert sim.c.cuts > 5 and min(w for t, w in sim.windows if t > 1.5) < 200
 
 
+@pytest.mark.parametrize("lag", [0.03, 0.1])
+def test_a_late_event_loop_still_converges_and_ignores_sporadic_429s(lag):
+    """A busy (or slower) machine: the engine's loop runs only every ``lag`` seconds, so it
+    reads answers (429s included), closes rounds and launches late and in bursts. The ramp
+    waits for the loop instead of running blind, so the limit is found with few 429s, and
+    sporadic 429s still do not collapse the window."""
+    sim = Simulation(WindowController(256), Endpoint(limit=64), 2000, loop_lag=lag).run()
+    assert all(60 <= w <= 72 for t, w in sim.windows if t > 5), sim.windows
+    assert sim.max_window < 100 and sim.refused <= 0.05 * 2000
+    assert sim.finish_time <= 2000 / 64 / 0.9
+    ep = Endpoint(sporadic=0.05)
+    sim = Simulation(WindowController(256), ep, 5000, seed=3, loop_lag=lag).run()
+    assert min(w for t, w in sim.windows if t > 1.5) >= 200 and sim.c.window == 256
+
+
 def test_recovers_quickly_after_a_burst_of_429s():
     ep = Endpoint(limit=100, burst=(10.0, 15.0))
     sim = Simulation(WindowController(256), ep, 5000).run()
@@ -109,18 +125,60 @@ def test_decreases_at_most_once_per_round_trip():
 
 
 def test_rate_limit_headers_pace_requests_before_any_429():
+    """Headers arrive with answers: only requests sent before the first answer can meet a
+    429; from then on the pacer keeps under the limit. Blind, 429s go on all run long."""
     ep = Endpoint(rpm=3000, send_headers=True)
     sim = Simulation(WindowController(256), ep, 1000, pacer=RatePacer()).run()
-    assert sim.refused == 0 and sim.done == 1000
+    assert sim.done == 1000 and 0 < sim.refused <= 16
+    first_answer = sim.refused_at[0] + ep.refuse_latency
+    assert all(t <= first_answer for t in sim.refused_at)  # none once the headers were read
     assert 1000 / 50 <= sim.finish_time < 1000 / 50 + 2  # 50 requests/s, as the headers said
     blind = Simulation(WindowController(256), Endpoint(rpm=3000), 1000).run()
-    assert blind.refused > 0  # without the headers the limit is only found by 429s
+    assert blind.refused > 2 * sim.refused and max(blind.refused_at) > 5
+
+
+def test_token_headers_pace_estimated_tokens_before_any_429():
+    """The same with ``x-ratelimit-*-tokens`` only: requests of 100 tokens against 60,000
+    tokens per minute (10 requests per second)."""
+    ep = Endpoint(tpm=60_000, send_headers=True)
+    sim = Simulation(WindowController(256), ep, 500, pacer=RatePacer(), tokens=100).run()
+    assert sim.done == 500 and 0 < sim.refused <= 16
+    assert all(t <= sim.refused_at[0] + ep.refuse_latency for t in sim.refused_at)
+    assert sim.pacer is not None and sim.pacer.tokens is not None and sim.pacer.requests is None
+    assert sim.finish_time >= 500 / 10 - 1
+    blind = Simulation(WindowController(256), Endpoint(tpm=60_000), 500, tokens=100).run()
+    assert blind.refused > 2 * sim.refused and max(blind.refused_at) > 5
 
 
 def test_configured_requests_per_minute_paces_an_endpoint_without_headers():
     sim = Simulation(WindowController(256), Endpoint(), 600, pacer=RatePacer(rpm=1200)).run()
     assert sim.refused == 0
     assert sim.finish_time >= 600 / 20 - 1  # 20 requests/s
+    ep = Endpoint(rpm=1200)  # the same limit enforced by an endpoint that sends no headers
+    sim = Simulation(WindowController(256), ep, 600, pacer=RatePacer(rpm=1200)).run()
+    assert sim.refused == 0 and sim.done == 600
+    assert Simulation(WindowController(256), Endpoint(rpm=1200), 600).run().refused > 0
+
+
+def test_configured_tokens_per_minute_paces_an_endpoint_without_headers():
+    ep = Endpoint(tpm=60_000)
+    sim = Simulation(WindowController(256), ep, 500, pacer=RatePacer(tpm=60_000), tokens=100)
+    assert sim.run().refused == 0 and sim.done == 500
+    assert sim.finish_time >= 500 / 10 - 1  # 10 requests of 100 tokens per second
+
+
+def test_a_global_pause_holds_every_launch_until_the_reset():
+    """From 5 s to 15 s every answer is 429 with "nothing left until the reset" and no limit:
+    after the first such answer nothing is sent until the reset (Retry-After alone, by
+    contrast, holds back only the request that got it)."""
+    ep = Endpoint(pause=(5.0, 15.0))
+    sim = Simulation(WindowController(256), ep, 5000, pacer=RatePacer()).run()
+    assert sim.done == 5000 and sim.refused > 0
+    first = sim.refused_at[0]
+    assert all(t <= first + ep.refuse_latency for t in sim.refused_at)  # one volley only
+    assert sim.pacer is not None and "paused" in sim.pacer.reason
+    blind = Simulation(WindowController(256), Endpoint(pause=(5.0, 15.0)), 5000).run()
+    assert blind.refused > 5 * sim.refused and max(blind.refused_at) > 10
 
 
 def test_pacer_pauses_every_launch_when_nothing_is_left():
@@ -152,6 +210,11 @@ def test_parse_rate_limit_headers():
     assert info == RateLimitInfo(10000, 9999, 0.006, 2_000_000, 1_999_000, 90.5)
     assert parse_ratelimit({"content-type": "application/json"}) is None
     assert parse_duration("1h2m3s") == 3723 and parse_duration("2") == 2
+    # the forms OpenAI sends: minutes and seconds, seconds, milliseconds
+    assert parse_duration("6m0s") == 360 and parse_duration("1s") == 1
+    assert parse_duration("20ms") == pytest.approx(0.02)
+    assert parse_duration("1m30s") == 90 and parse_duration("0.5s") == 0.5
+    assert parse_duration("6m0") is None and parse_duration("s") is None
     assert parse_duration("soon") is None and parse_duration("") is None
     assert parse_duration("1700000060", now_epoch=1700000000) == 60
 
@@ -208,6 +271,33 @@ def test_a_refused_slot_is_parked_until_the_round_ends():
     asyncio.run(main())
 
 
+def test_a_429_saying_nothing_is_left_pauses_every_launch_of_the_limiter():
+    """The headers of a refused answer reach the pacer through ``release``: with "no requests
+    left, reset in 5 s" and no limit, every launch waits for the reset (on the limiter's
+    clock); a 429 without such headers holds back nothing but its own request."""
+    clock = [0.0]
+    lim = EndpointLimiter(4, 1, clock=lambda: clock[0])
+
+    async def main():
+        await lim.acquire()
+        lim.release(lim.launch(), REFUSED)  # a plain 429: no pause
+        assert not lim.pacer.active
+        await asyncio.wait_for(lim.pace(1.0), 1)
+        await lim.acquire()
+        pause = RateLimitInfo(remaining_requests=0, reset_requests_s=5.0)
+        lim.release(lim.launch(), REFUSED, ratelimit=pause)
+        waiting = asyncio.ensure_future(lim.pace(1.0))
+        await asyncio.sleep(0)
+        assert not waiting.done() and lim.pacer.paused_s == pytest.approx(5.0)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        clock[0] = 5.0  # the reset has come
+        await asyncio.wait_for(lim.pace(1.0), 1)
+        assert lim.snapshot()["pacing"].startswith("paused 5.0 s")
+
+    asyncio.run(main())
+
+
 def test_job_queue_puts_retries_in_front():
     async def main():
         q = JobQueue()
@@ -240,6 +330,19 @@ def test_backoff_is_bounded_jittered_and_honours_retry_after(attempt, base, cap,
         assert d <= ceiling + 1e-9
     else:
         assert d >= retry_after and d <= max(ceiling, retry_after * 1.1) + 1e-9
+
+
+def test_retries_told_the_same_retry_after_do_not_all_fire_at_once():
+    """100 requests refused together with ``Retry-After: 1`` come back spread over a tenth of
+    a second (the jitter), none before the second is up."""
+    rng = random.Random(7)
+    delays = sorted(backoff_delay(1, 0.5, 30.0, 1.0, rand=rng.random) for _ in range(100))
+    assert delays[0] >= 1.0 and delays[-1] <= 1.1
+    assert delays[-1] - delays[0] >= 0.08
+    assert len({round(d, 4) for d in delays}) >= 90  # not in lockstep
+    # without Retry-After, the exponential backoff is jittered too
+    plain = {backoff_delay(3, 0.5, 30.0, rand=rng.random) for _ in range(100)}
+    assert min(plain) >= 1.0 and max(plain) <= 2.0 and max(plain) - min(plain) >= 0.8
 
 
 def test_parse_retry_after_forms():

@@ -17,10 +17,10 @@ from builder.llm import Engine, open_engine, resolve_cache_dir
 from builder.llm.base import LLM
 from builder.llm.cache import Cache, CacheEntry
 from builder.llm.endpoint import CACHE_FORMAT, Endpoint, cache_key, request_body
-from builder.llm.progress import LogProgress, Snapshot
+from builder.llm.progress import BarProgress, LogProgress, Snapshot
 from builder.records import ChatRequest, canonical_json, sha256_hex
 from builder.settings.llm import LLMSettings
-from tests.support.fake_openai_server import FakeOpenAIServer, FakeReply, Fault
+from tests.support.fake_openai_server import FakeOpenAIServer, FakeReply, Fault, sporadic_429
 
 SCHEMA = {
     "title": "Answer",
@@ -369,6 +369,31 @@ def test_budget_stops_before_the_cap_and_a_rerun_resumes(srv):
     assert srv.count() == 20  # nothing sent twice
 
 
+def test_under_429s_the_budget_holds_and_nothing_is_paid_twice(srv):
+    """A concurrency limit of 3 and 10% sporadic 429s: retries keep their reservation, the
+    cap is not passed, every answer the server served (and billed) is yielded exactly once,
+    and a rerun with a higher cap pays only for the rest."""
+    srv.max_inflight, srv.retry_after, srv.latency = 3, 0.02, 0.02
+    srv.faults = sporadic_429(0.1, retry_after=0.02, seed=5)
+    prices = {"fake-model": {"input": 1000.0, "output": 1000.0}}  # USD per 1M tokens
+    s = settings_for(srv, prices=prices, max_tokens=10, max_concurrency=16, max_attempts=50)
+    requests = [req(i) for i in range(40)]
+    got = []
+    with pytest.raises(BudgetExceeded):
+        with open_engine(s, progress=False) as engine:
+            got.extend(engine.run(requests, max_cost=0.12))
+    assert 0 < len(got) < 40 and all(r.ok for r in got)
+    assert len({r.request_id for r in got}) == len(got)
+    assert sum(r.cost for r in got) <= 0.12
+    assert srv.count("429") > 0  # the window met the limit (it opens at 16)
+    assert srv.count() - srv.count("429") == len(got)  # served = yielded: none paid twice
+    with open_engine(s, progress=False) as engine:
+        rest = list(engine.run(requests, max_cost=100.0))
+    assert sorted(r.request_id for r in rest) == sorted(r.id for r in requests)
+    assert sum(r.cached for r in rest) == len(got)
+    assert srv.count() - srv.count("429") == 40  # each request served once over both runs
+
+
 def test_max_cost_needs_a_price(srv):
     with pytest.raises(ConfigError, match="price"):
         run_all(settings_for(srv), [req(0)], max_cost=1.0)
@@ -647,3 +672,15 @@ def test_identical_requests_in_one_run_are_sent_once(srv):
     assert all(r.ok for r in results) and srv.count() == 2
     assert len({r.text for r in results if r.request_id.startswith("copy")}) == 1
     assert sum(r.cached for r in results) == 2 and stats.cached == 2
+
+
+def test_the_progress_bar_says_why_the_window_moved(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # a wide terminal: rich crops the line to its width
+    bar = BarProgress("llm")
+    bar.start(10)
+    reason = "cut 16 -> 4: 12 of 16 answers were 429"
+    snap = Snapshot(done=3, total=10, window=4, refused_last_minute=12, window_reason=reason)
+    bar.close(snap)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "window 4" in err and "429s/min 12" in err
+    assert "(cut 16 -> 4: 12 of 16 answers were 429)" in err, err

@@ -5,7 +5,7 @@ few times a second). On a TTY a rich progress bar shows done / cached / failed, 
 served and queued, the concurrency window and 429s of the last minute, tokens per second, cost
 and ETA; elsewhere (CI, pipes, log files) one line goes to stderr every ``interval_s`` seconds
 and at the end (unless it would repeat the last one), so logs stay readable. Log lines also
-say why the window last moved, when that changed.
+say why the window last moved, when that changed; the bar says it too.
 """
 
 from __future__ import annotations
@@ -166,6 +166,10 @@ class BarProgress:
         if snap.window is not None:
             detail += f"window {snap.window}  429s/min {snap.refused_last_minute}  "
         detail += f"{tps:.0f} tok/s  ${snap.cost:.4f}"
+        if snap.window_reason:  # why the window last moved (escaped: it is not rich markup)
+            from rich.markup import escape
+
+            detail += f"  ({escape(snap.window_reason)})"
         self._bar.update(self._task, completed=snap.done, total=snap.total, detail=detail)
 
     def close(self, snap: Snapshot) -> None:

@@ -412,10 +412,11 @@ class _Bucket:
         self._refill(now)
         self.level -= amount  # may go negative: a large request borrows from the future
 
-    def observe(
-        self, now: float, limit: float | None, remaining: float | None, reset_s: float | None
-    ) -> None:
-        """Adopt the endpoint's figures: its limit, and never more left than it says."""
+    def observe(self, now: float, limit: float | None, remaining: float | None) -> None:
+        """Adopt the endpoint's figures: its limit, and never more left than it says. The
+        reset time is not needed here: OpenAI's is the time until the bucket is full again,
+        which the refill at the limit's rate already implies (with nothing left it would be a
+        whole minute, far later than the next request may go)."""
         if limit is not None and limit > 0 and limit != self.per_minute:
             self.set_limit(limit)
         self._refill(now)
@@ -464,11 +465,9 @@ class RatePacer:
         if self.tokens is None and info.limit_tokens:
             self.tokens = _Bucket(info.limit_tokens, now, level=0.0)
         if self.requests is not None:
-            self.requests.observe(
-                now, info.limit_requests, info.remaining_requests, info.reset_requests_s
-            )
+            self.requests.observe(now, info.limit_requests, info.remaining_requests)
         if self.tokens is not None:
-            self.tokens.observe(now, info.limit_tokens, info.remaining_tokens, info.reset_tokens_s)
+            self.tokens.observe(now, info.limit_tokens, info.remaining_tokens)
         for name, bucket, remaining, reset_s in (
             ("requests", self.requests, info.remaining_requests, info.reset_requests_s),
             ("tokens", self.tokens, info.remaining_tokens, info.reset_tokens_s),
