@@ -55,37 +55,39 @@ def check_levels(
     verdict: dict[str, str | None] = {}  # level name -> closest better name (None: fine)
     for name in counts:
         verdict[name] = close_level(name, levels)
-    # Where other nodes of the same depth in the same file use a known name, an unknown name
-    # is a mistake (one node renamed), not a vocabulary of its own.
-    known_at: dict[tuple[Any, int], Counter[str]] = {}
-    for n in nodes:
-        if n.level in known:
-            known_at.setdefault((n.file, n.depth), Counter())[n.level] += 1
     refused: set[str] = set()  # ids whose level is an error: no level warnings about them
-    for n in nodes:
-        if n.level is None or n.level in known:
-            continue
-        fix = verdict.get(n.level)
-        if fix is not None:
-            message = f"unknown level {n.level!r} of {n.id!r}"
-            hint = (
-                f"did you mean {fix!r}? known levels: {', '.join(levels)} "
-                "(add others to [taxonomy] levels)"
-            )
-        elif (n.file, n.depth) in known_at:
-            usual = known_at[n.file, n.depth].most_common(1)[0][0]
-            message = (
-                f"unknown level {n.level!r} of {n.id!r} (the other nodes at its depth in this "
-                f"file are {usual!r})"
-            )
-            hint = (
-                f"use level: {usual}, or add {n.level!r} to [taxonomy] levels if it is a level "
-                "of its own"
-            )
-        else:
-            continue  # a file of custom level names
-        refused.add(n.id)
-        errors.append(Problem(message, n.file, n.level_line, hint))
+    if counts - known:  # some unknown name (the common case, none, costs no pass)
+        # Where other nodes of the same depth in the same file use a known name, an unknown
+        # name is a mistake (one node renamed), not a vocabulary of its own.
+        known_at: dict[tuple[Any, int], Counter[str]] = {}
+        if any(verdict[name] is None for name in counts - known):
+            for n in nodes:
+                if n.level in known:
+                    known_at.setdefault((n.file, n.depth), Counter())[n.level] += 1
+        for n in nodes:
+            if n.level is None or n.level in known:
+                continue
+            fix = verdict[n.level]
+            if fix is not None:
+                message = f"unknown level {n.level!r} of {n.id!r}"
+                hint = (
+                    f"did you mean {fix!r}? known levels: {', '.join(levels)} "
+                    "(add others to [taxonomy] levels)"
+                )
+            elif (n.file, n.depth) in known_at:
+                usual = known_at[n.file, n.depth].most_common(1)[0][0]
+                message = (
+                    f"unknown level {n.level!r} of {n.id!r} (the other nodes at its depth in "
+                    f"this file are {usual!r})"
+                )
+                hint = (
+                    f"use level: {usual}, or add {n.level!r} to [taxonomy] levels if it is a "
+                    "level of its own"
+                )
+            else:
+                continue  # a file of custom level names
+            refused.add(n.id)
+            errors.append(Problem(message, n.file, n.level_line, hint))
     warnings: list[Problem] = []
     kid_levels: dict[str, Counter[str | None]] = {}  # parent id -> levels of its children
     for n in nodes:
