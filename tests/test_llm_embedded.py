@@ -107,6 +107,10 @@ def test_no_orphan_server_after_ctrl_c_sigterm_or_kill_9(tmp_path, sig):
         assert wait_until(lambda: not alive(server_pid), 60.0), (
             f"server {server_pid} survived {sig.name}"
         )
+        # It ended itself at once (the watchdog's os._exit), not through uvicorn's graceful
+        # shutdown, which logs this line and took 10-19 s.
+        log = (tmp_path / "cache" / "embedded-server.log").read_text(errors="replace")
+        assert "Shutting down" not in log, log
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -149,6 +153,7 @@ def test_corpus_llm_run_on_the_embedded_model_stops_promptly_on_a_signal(tmp_pat
         assert proc.returncode == code, err
         assert "Traceback" not in err and ("interrupt" in err.lower() or "SIGTERM" in err)
         assert servers and not any(alive(p) for p in servers)  # stopped before the exit
+        assert "Shutting down" not in log.read_text(errors="replace"), "not the graceful path"
         out = tmp_path / "out.jsonl"
         done = [json.loads(x)["custom_id"] for x in out.read_text().splitlines()]
         assert len(done) < 3  # stopped mid-run; what was written is whole lines

@@ -461,6 +461,27 @@ def test_cli_generate_against_fake_server(tax: Taxonomy, tax_dir: Path, tmp_path
     assert [s.title for s in syl.sessions] == ["algebra session 0 v0", "algebra session 1 v0"]
 
 
+def test_cli_generate_prints_each_progress_line_once(tax_dir: Path, tmp_path: Path) -> None:
+    # The `llm:` log line used to come twice for the last request (an update right before the
+    # close). With a log period of ~0 every change of the counters is one line, none twice.
+    with FakeOpenAIServer(responder=good(n=2)) as srv:
+        cfg = config_for(
+            srv,
+            tmp_path / "corpus.toml",
+            f'progress_interval_s = 0.000001\nmax_concurrency = 1\n[taxonomy]\ndir = "{tax_dir}"\n'
+            "[syllabus]\nmin_concepts = 3\nretries = 0\n",
+        )
+        code, out, err = run_cli("syllabus", "generate", "--config", str(cfg), "--sessions", "2")
+        assert code == 0, err
+        assert srv.count("chat") == 2
+    counters = [line.split(" queued")[0] for line in err.splitlines() if line.startswith("llm: ")]
+    assert counters, err
+    assert len(counters) == len(set(counters)), err
+    assert [c for c in counters if c.startswith("llm: 2/2 done")] == [
+        "llm: 2/2 done (0 cached, 0 failed), 0 sending, 0"
+    ], err
+
+
 @pytest.mark.integration
 def test_embedded_model_generates_or_records_why_not(tax: Taxonomy, tmp_path: Path) -> None:
     """The mechanics on the embedded model, never its content (which changes with the CPU):

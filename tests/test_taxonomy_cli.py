@@ -110,6 +110,51 @@ def test_validate_refuses_a_level_typo_at_its_line(tmp_path: Path) -> None:
     assert code == 2 and "unknown level 'subjet'" in err
 
 
+def test_an_unknown_level_among_known_ones_is_refused_but_a_vocabulary_is_not(
+    tmp_path: Path,
+) -> None:
+    # `course` on one subject (no typo of a known name) made each of its topics a subject of
+    # its own in the walk; its file uses `subject` at that depth, so it is a mistake.
+    root = tmp_path / "taxonomy"
+    shutil.copytree(DATA, root)
+    math = root / "mathematics.yaml"
+    good = math.read_text()
+    math.write_text(
+        good.replace("name: Algebra\n    level: subject", "name: Algebra\n    level: course")
+    )
+    for command in ("validate", "stats", "show"):
+        code, out, err = run("taxonomy", command, "--taxonomy", str(root))
+        assert code == 2 and out == ""
+        assert err.splitlines()[0] == (
+            f"{math}:9: unknown level 'course' of 'algebra' (the other nodes at its depth in "
+            "this file are 'subject') (use level: subject, or add 'course' to [taxonomy] levels "
+            "if it is a level of its own)"
+        )
+    code, _, err = run("walk", "--taxonomy", str(root))
+    assert code == 2 and "unknown level 'course'" in err
+    # Listed in [taxonomy] levels, it is a level of its own.
+    cfg = tmp_path / "corpus.toml"
+    cfg.write_text('[taxonomy]\nlevels = ["discipline", "subject", "course", "topic"]\n')
+    code, out, err = run("taxonomy", "validate", "--taxonomy", str(root), "--config", str(cfg))
+    assert code == 0 and out.startswith("ok: "), err
+    # A file of its own vocabulary, or a level below the known ones, is not a mistake.
+    math.write_text(
+        good.replace("level: discipline", "level: domain")
+        .replace("level: subject", "level: field")
+        .replace("level: topic", "level: subfield")
+    )
+    physics = root / "physics.yaml"
+    physics.write_text(
+        physics.read_text().replace(
+            "name: Kinematics\n",
+            "name: Kinematics\n        children: [{id: projectiles, name: Projectiles, "
+            "level: lesson}]\n",
+        )
+    )
+    code, out, err = run("taxonomy", "validate", "--taxonomy", str(root))
+    assert code == 0 and out.startswith("ok: ") and err == "", err
+
+
 def test_validate_broken_lists_every_problem_and_exits_2(broken: Path) -> None:
     code, out, err = run("taxonomy", "validate", "--taxonomy", str(broken))
     assert code == 2 and out == ""

@@ -342,6 +342,12 @@ def test_cli_refusals_exit_2_without_writing(root: Path) -> None:
     assert "nothing was written" in err and "mathematics.yaml:" in err
     code, _, err = run("taxonomy", "move", "algebra", "--to", "limits", *t)
     assert code == 2 and "lists its own descendant 'algebra'" in err
+    # Ids are words joined by '-': an '_' is refused, and the message does not say it is fine.
+    code, _, err = run("taxonomy", "add", "algebra", "--id", "group_theory", "--name", "G", *t)
+    assert code == 2 and err.strip() == (
+        "error: id 'group_theory' is not a slug (lowercase letters and digits in words joined "
+        "by single '-') (use 'group-theory')"
+    )
     assert "Traceback" not in err
     assert snapshot(root) == before
 

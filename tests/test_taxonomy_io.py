@@ -464,6 +464,32 @@ def test_too_few_levels_is_one_line_with_a_count(tmp_path: Path) -> None:
     )
 
 
+def test_import_says_which_level_names_validate_would_take_for_typos(tmp_path: Path) -> None:
+    rows = [["discipline", "subject", "topic", "subtopic"], ["Math", "Algebra", "Groups", "Cosets"]]
+    src = write_csv(tmp_path / "o.csv", rows)
+    into = tmp_path / "t"
+    code, out, err = run("taxonomy", "import", str(src), "--into", str(into))
+    assert code == 0, err
+    assert err.strip() == (
+        "note: level name(s) 'subtopic' are close to [taxonomy] levels names, so `corpus "
+        "taxonomy validate` takes them for typos: add them to [taxonomy] levels in corpus.toml"
+    )
+    code, _, err = run("taxonomy", "validate", "--taxonomy", str(into))
+    assert code == 2 and "unknown level 'subtopic'" in err
+    cfg = tmp_path / "corpus.toml"
+    cfg.write_text('[taxonomy]\nlevels = ["discipline", "subject", "topic", "subtopic"]\n')
+    code, out, err = run("taxonomy", "validate", "--taxonomy", str(into), "--config", str(cfg))
+    assert code == 0 and out.startswith("ok: "), err
+    # Configured, the import says nothing; a vocabulary of its own needs no note either.
+    code, _, err = run("taxonomy", "import", str(src), "--into", str(tmp_path / "t2"),
+                       "--config", str(cfg))  # fmt: skip
+    assert code == 0 and err == ""
+    rows[0] = ["domain", "field", "subfield", "lesson"]
+    code, _, err = run("taxonomy", "import", str(write_csv(tmp_path / "v.csv", rows)),
+                       "--into", str(tmp_path / "t3"))  # fmt: skip
+    assert code == 0 and err == ""
+
+
 def test_cli_import_stats_export_round_trip(tmp_path: Path) -> None:
     rows = four_level_rows(500, seed=2)
     src = write_csv(tmp_path / "o.csv", rows)

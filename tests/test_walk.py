@@ -669,6 +669,25 @@ def test_include_proposed_has_one_place(tmp_path: Path, tax_dir: Path) -> None:
     assert {"integrals", "open-sets"} <= {json.loads(line)["topic"] for line in out.splitlines()}
 
 
+def test_configured_level_names_hold_in_every_command(tmp_path: Path) -> None:
+    # "subjects" is close to the default "subject": a typo unless [taxonomy] levels names it.
+    # Validate, walk and plan read the same setting, so none refuses what another accepts.
+    from tests.support.project import make_project
+
+    levels = ["discipline", "subjects", "topic"]
+    config = make_project(tmp_path / "p", "http://127.0.0.1:9/v1", {"taxonomy": {"levels": levels}})
+    for f in (tmp_path / "p" / "taxonomy").glob("*.yaml"):
+        f.write_text(f.read_text().replace("level: subject\n", "level: subjects\n"))
+    for argv in (["taxonomy", "validate"], ["walk", "--limit", "1"], ["plan"]):
+        code, out, err = run_cli(*argv, "--config", str(config))
+        assert code == 0, (argv, err)
+        assert out and "unknown level" not in err
+    unset = tmp_path / "p" / "unset.toml"
+    unset.write_text(config.read_text().replace('levels = ["discipline", "subjects", "topic"]', ""))
+    code, out, err = run_cli("walk", "--limit", "1", "--config", str(unset))
+    assert code == 2 and "unknown level 'subjects'" in err
+
+
 def test_the_readme_walker_snippet_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("## The walker (for programmers)", 1)[1]

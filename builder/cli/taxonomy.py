@@ -492,6 +492,13 @@ def import_cmd(
         f"{verb} {len(result.files)} file(s) in {target}: {result.nodes} nodes ({counts})",
         err=dry_run,
     )
+    if result.unlisted_levels:
+        names = ", ".join(repr(name) for name in result.unlisted_levels)
+        click.echo(
+            f"note: level name(s) {names} are close to [taxonomy] levels names, so `corpus "
+            "taxonomy validate` takes them for typos: add them to [taxonomy] levels in corpus.toml",
+            err=True,
+        )
     if level_list is None and "level1" in result.per_level:
         click.echo(
             f"note: the outline is {len(result.per_level)} levels deep, more than [taxonomy] "

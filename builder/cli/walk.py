@@ -104,7 +104,7 @@ def walk(
     overrides = {f"walk.{k}": v for k, v in flags.items()}
     overrides["taxonomy.dir"] = str(Path(taxonomy_dir).resolve()) if taxonomy_dir else None
     cfg = load_config(config_path, overrides)
-    tax = load_taxonomy(cfg.path(cfg.taxonomy.dir))
+    tax = load_taxonomy(cfg.path(cfg.taxonomy.dir), levels=cfg.taxonomy.levels)
     # The one rule of which units a config walks (builder.run.inputs.open_walk): exactly the
     # units `corpus build --config` walks with the same flags set in its [walk] section.
     walker = open_walk(tax, cfg)

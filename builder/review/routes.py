@@ -60,7 +60,7 @@ def _taxonomy(request: Request) -> Any:
         stamp.append((str(path), st.st_mtime_ns, st.st_size))
     cache = request.app.state.taxonomy_cache
     if cache.get("stamp") != stamp:
-        cache["tax"] = load_taxonomy(root)
+        cache["tax"] = load_taxonomy(root, levels=_levels(request))
         cache["stamp"] = stamp
     return cache["tax"]
 

@@ -35,7 +35,7 @@ def _config_line(config: CorpusConfig, section: str, key: str) -> int | None:
 def _load_taxonomy(config: CorpusConfig) -> Taxonomy:
     from builder.taxonomy import load_taxonomy
 
-    return load_taxonomy(config.path(config.taxonomy.dir))
+    return load_taxonomy(config.path(config.taxonomy.dir), levels=config.taxonomy.levels)
 
 
 def _load_templates(config: CorpusConfig) -> TemplateSet:
@@ -206,7 +206,7 @@ def config_units(
     from builder.taxonomy import load_taxonomy
 
     if tax is None:
-        tax = load_taxonomy(cfg.path(cfg.taxonomy.dir))
+        tax = load_taxonomy(cfg.path(cfg.taxonomy.dir), levels=cfg.taxonomy.levels)
     if subtree is not None:
         cfg = cfg.model_copy(update={"walk": cfg.walk.model_copy(update={"subtree": subtree})})
     # The same walk as `corpus build` (statuses, syllabi and bounds), so both make the same units.
@@ -236,7 +236,7 @@ def find_unit(
         )
     if topic_id is None:
         raise InputError("give --unit UNIT_ID or --topic ID")
-    tax = load_taxonomy(cfg.path(cfg.taxonomy.dir))
+    tax = load_taxonomy(cfg.path(cfg.taxonomy.dir), levels=cfg.taxonomy.levels)
     if topic_id not in tax:
         ids = [node.id for node in tax]
         close = difflib.get_close_matches(topic_id, ids, n=3)

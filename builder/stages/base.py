@@ -131,7 +131,8 @@ class RunContext:
         if self._taxonomy is None:
             from builder.taxonomy import load_taxonomy
 
-            self._taxonomy = load_taxonomy(self.config.path(self.config.taxonomy.dir))
+            taxonomy = self.config.taxonomy
+            self._taxonomy = load_taxonomy(self.config.path(taxonomy.dir), levels=taxonomy.levels)
         return self._taxonomy
 
     def reload_taxonomy(self) -> None:

@@ -5,10 +5,12 @@ about one concern. Both work on the validator's raw nodes (``id``, ``parent``, `
 ``depth``, ``file``, ``line``, ``prerequisites``) and return ``Problem``s.
 
 **Levels.** A level name is accepted when it is one of the known level names (``[taxonomy]
-levels``, default discipline/subject/topic) or when it is not close to one (custom level
-vocabularies such as domain/field/subfield stay valid).
-``subjet`` next to ``subject``, or ``topik``, is an error with a did-you-mean: the walker and
-the syllabus code give ``subject`` a meaning, so a typo silently changes generation. A level
+levels``, default discipline/subject/topic) or a name of a custom vocabulary
+(domain/field/subfield, or a ``lesson`` level below topics, as imports write). ``subjet`` next
+to ``subject``, or ``topik``, is an error with a did-you-mean: the walker and the syllabus code
+give ``subject`` a meaning, so a typo silently changes generation. So is any other unknown name
+on a node whose file uses a known name at the same depth (``course`` on one subject made each of
+its topics a subject of its own): a level of its own goes into ``[taxonomy] levels``. A level
 that repeats an ancestor's level, or differs from what all its siblings use, is a warning.
 
 **Cycles.** A prerequisite means the *whole* prerequisite (its subtree) comes first. So besides
@@ -28,10 +30,19 @@ from typing import Any
 
 from builder.errors import Problem
 
-__all__ = ["DEFAULT_LEVELS", "check_levels", "find_cycles"]
+__all__ = ["DEFAULT_LEVELS", "check_levels", "close_level", "find_cycles"]
 
 DEFAULT_LEVELS = ("discipline", "subject", "topic")
 _LEVEL_CUTOFF = 0.75
+
+
+def close_level(name: str, levels: Sequence[str]) -> str | None:
+    """The known level ``name`` is a typo of, if any (``subjet`` -> ``subject``); ``None`` for
+    a known name or one of a custom vocabulary."""
+    if name in levels:
+        return None
+    close = difflib.get_close_matches(name, list(levels), n=1, cutoff=_LEVEL_CUTOFF)
+    return close[0] if close else None
 
 
 def check_levels(
@@ -43,30 +54,44 @@ def check_levels(
     errors: list[Problem] = []
     verdict: dict[str, str | None] = {}  # level name -> closest better name (None: fine)
     for name in counts:
-        if name in known:
-            verdict[name] = None
-            continue
-        better = [k for k in known if k != name]
-        close = difflib.get_close_matches(name, better, n=1, cutoff=_LEVEL_CUTOFF)
-        verdict[name] = close[0] if close else None
-    for n in nodes:
-        if n.level is None:
-            continue
-        fix = verdict.get(n.level)
-        if fix is not None:
-            errors.append(
-                Problem(
-                    f"unknown level {n.level!r} of {n.id!r}",
-                    n.file,
-                    n.level_line,
+        verdict[name] = close_level(name, levels)
+    refused: set[str] = set()  # ids whose level is an error: no level warnings about them
+    if counts - known:  # some unknown name (the common case, none, costs no pass)
+        # Where other nodes of the same depth in the same file use a known name, an unknown
+        # name is a mistake (one node renamed), not a vocabulary of its own.
+        known_at: dict[tuple[Any, int], Counter[str]] = {}
+        if any(verdict[name] is None for name in counts - known):
+            for n in nodes:
+                if n.level in known:
+                    known_at.setdefault((n.file, n.depth), Counter())[n.level] += 1
+        for n in nodes:
+            if n.level is None or n.level in known:
+                continue
+            fix = verdict[n.level]
+            if fix is not None:
+                message = f"unknown level {n.level!r} of {n.id!r}"
+                hint = (
                     f"did you mean {fix!r}? known levels: {', '.join(levels)} "
-                    "(add others to [taxonomy] levels)",
+                    "(add others to [taxonomy] levels)"
                 )
-            )
+            elif (n.file, n.depth) in known_at:
+                usual = known_at[n.file, n.depth].most_common(1)[0][0]
+                message = (
+                    f"unknown level {n.level!r} of {n.id!r} (the other nodes at its depth in "
+                    f"this file are {usual!r})"
+                )
+                hint = (
+                    f"use level: {usual}, or add {n.level!r} to [taxonomy] levels if it is a "
+                    "level of its own"
+                )
+            else:
+                continue  # a file of custom level names
+            refused.add(n.id)
+            errors.append(Problem(message, n.file, n.level_line, hint))
     warnings: list[Problem] = []
     kid_levels: dict[str, Counter[str | None]] = {}  # parent id -> levels of its children
     for n in nodes:
-        if n.level is None or verdict.get(n.level) is not None:
+        if n.level is None or n.id in refused:
             continue
         above = by_id.get(n.parent) if n.parent is not None else None
         while above is not None:

@@ -33,7 +33,7 @@ from builder.taxonomy.model import STATUSES, Taxonomy, UnknownNodeError
 from builder.taxonomy.parse import YamlSyntaxError, parse_yaml
 from builder.taxonomy.rtdoc import Doc, names, new_yaml, walk_maps
 from builder.taxonomy.tree import after_node, attach, children_of, insert_key
-from builder.taxonomy.validate import SLUG_RE, check_texts, discover_files, slugify
+from builder.taxonomy.validate import SLUG_RE, SLUG_RULE, check_texts, discover_files, slugify
 
 __all__ = ["DEFAULT_LEVELS", "NEW_DISCIPLINE", "TaxonomyEditor"]
 
@@ -139,7 +139,7 @@ class TaxonomyEditor:
         if not isinstance(node_id, str) or not SLUG_RE.match(node_id):
             fix = slugify(str(node_id))
             raise TaxonomyError(
-                f"id {node_id!r} is not a slug (lowercase letters, digits, '-' or '_')",
+                f"id {node_id!r} is not a slug ({SLUG_RULE})",
                 hint=f"use {fix!r}" if fix else "pick an id such as 'linear-algebra'",
             )
         if node_id in self._where:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import InputError, Problem, TaxonomyError, ValidationError
-from builder.taxonomy.crosscheck import DEFAULT_LEVELS
+from builder.taxonomy.crosscheck import close_level
 from builder.taxonomy.files import atomic_write_text
 from builder.taxonomy.model import Taxonomy
 from builder.taxonomy.outline import (
@@ -143,6 +143,9 @@ class ImportResult:
     per_level: dict[str, int]
     texts: dict[Path, str] = field(default_factory=dict)  # the new text of each file
     previous: dict[Path, str] = field(default_factory=dict)  # files it replaces (--force)
+    # Imported level names close to a configured one (``subtopic`` next to ``topic``):
+    # `corpus taxonomy validate` takes them for typos until they are in [taxonomy] levels.
+    unlisted_levels: list[str] = field(default_factory=list)
 
     def diff(self) -> str:
         """Unified diff of every file against what is on disk (empty for a new file)."""
@@ -212,11 +215,14 @@ def import_taxonomy(
             texts[p] = p.read_text(encoding="utf-8")
     texts.update(new_texts)
     texts = dict(sorted(texts.items()))
-    known = list(DEFAULT_LEVELS)
+    known = list(default_levels)
+    unlisted: list[str] = []
     for root in roots:
         for node, _ in root.walk():
             if node.level and node.level not in known:
                 known.append(node.level)
+                if close_level(node.level, default_levels) is not None:
+                    unlisted.append(node.level)
     problems, tax = check_texts(texts, into, levels=known)
     if problems or tax is None:
         raise ValidationError(
@@ -244,4 +250,5 @@ def import_taxonomy(
         per_level=per_level,
         texts=new_texts,
         previous={p: p.read_text(encoding="utf-8") for p in clashes},
+        unlisted_levels=unlisted,
     )

@@ -57,7 +57,7 @@ NODE_KEYS = (
 )
 _NODE_KEY_SET = frozenset(NODE_KEYS)
 SLUG_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*\Z")
-_SLUG_RULE = "lowercase letters and digits in words joined by single '-'"
+SLUG_RULE = "lowercase letters and digits in words joined by single '-'"
 _MAX_SUGGESTIONS = 20  # difflib over every id is O(n); only suggest for the first few errors
 
 
@@ -191,7 +191,7 @@ class _Checker:
             valid_id = False
             fix = slugify(node_id)
             self.problem(
-                f"id {node_id!r} is not a slug ({_SLUG_RULE})",
+                f"id {node_id!r} is not a slug ({SLUG_RULE})",
                 file,
                 lines["id"],
                 f"use {fix!r}" if fix else None,
