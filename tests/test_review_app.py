@@ -16,12 +16,14 @@ from builder.cli import main
 from builder.config import load_config
 from builder.review.app import TOKEN_COOKIE, ReviewSettings, create_app
 from builder.review.flags import load_flags
+from builder.review.queries import FACETS
 from tests.support.fake_openai_server import FakeOpenAIServer
 from tests.support.project import responder
 from tests.support.review import (  # noqa: F401  (fixtures)
     GROUP,
     PROPOSED_COMMENT,
     ReviewProject,
+    add_proposed_nodes,
     built_project_fixture,
     project_fixture,
 )
@@ -138,6 +140,23 @@ def test_documents_filters_match_a_direct_polars_query(
     assert _total(r.text, "kept") == corpus.filter(pl.col("template") == template).height
 
 
+@pytest.mark.parametrize("facet", FACETS)
+def test_documents_filter_by_every_facet(
+    client: TestClient, project: ReviewProject, facet: str
+) -> None:
+    """kind, template, audience and style each filter both sides as Polars would."""
+    corpus, rejected = project.corpus(), project.rejected()
+    value = corpus[facet].drop_nulls().mode().sort()[0]
+    r = client.get("/documents", params={facet: value})
+    assert r.status_code == 200
+    kept = corpus.filter(pl.col(facet) == value)
+    assert _total(r.text, "kept") == kept.height > 0
+    assert set(_ids(r.text, "kept")) == set(kept["id"].sort().head(50))
+    assert _total(r.text, "rejected") == rejected.filter(pl.col(facet) == value).height
+    r = client.get("/documents", params={facet: "no-such-" + facet})
+    assert _total(r.text, "kept") == 0 and _total(r.text, "rejected") == 0
+
+
 def test_quality_scores_are_shown_and_filterable(project: ReviewProject) -> None:
     """A run with a score column (what quality gates add) gets a score filter and per-node
     means on the taxonomy page."""
@@ -231,6 +250,36 @@ def test_provenance_is_re_rendered_when_the_cache_is_gone(
     assert messages(without.text) and messages(without.text) == messages(with_cache)
 
 
+def test_verification_output_of_an_exercise_the_verifier_rejected(
+    project: ReviewProject,
+) -> None:
+    """A document the verify stage dropped shows the verifier's reason and output, and is
+    listed under that reason (the fixture's responder writes only correct exercises, so the
+    rejected row is added here in rejected.parquet's own schema)."""
+    rejected = project.rejected()
+    exercise = project.corpus().filter(pl.col("exercise_type") == "code").row(0, named=True)
+    detail = "AssertionError: assert f(2) == 5 (the test run printed: got 4)"
+    extra = {
+        **{c: exercise.get(c) for c in rejected.columns},
+        "id": "f" * 32,
+        "stage": "verify",
+        "reason": "tests_failed",
+        "detail": detail,
+        "verified": False,
+    }
+    pl.concat([rejected, pl.DataFrame([extra], schema=rejected.schema)]).write_parquet(
+        project.run_dir / "rejected.parquet"
+    )
+    client = make_client(project)
+    r = client.get(f"/documents/{'f' * 32}")
+    assert r.status_code == 200 and 'id="doc-status">rejected' in r.text
+    verification = re.search(r'id="verification">(.*?)</p>', r.text, re.S)
+    assert verification and "verified: <strong>False</strong>" in verification.group(1)
+    assert "tests_failed: " + _escape(detail) in verification.group(1)
+    r = client.get("/documents", params={"status": "rejected", "reason": "tests_failed"})
+    assert _ids(r.text, "rejected") == ["f" * 32]
+
+
 @pytest.mark.parametrize("doc_id", ["0" * 32, "..%2F..%2Fcorpus.toml", "a b"])
 def test_unknown_or_malformed_document_ids_are_404(client: TestClient, doc_id: str) -> None:
     assert client.get(f"/documents/{doc_id}").status_code == 404
@@ -252,6 +301,23 @@ def test_approve_a_node_keeps_comments(client: TestClient, project: ReviewProjec
     assert f"status: approved  {PROPOSED_COMMENT}" in after
     assert "# Test taxonomy: computing" in after
     assert after == before.replace("status: proposed", "status: approved")
+
+
+def test_approve_and_reject_many_nodes_at_once(client: TestClient, project: ReviewProject) -> None:
+    add_proposed_nodes(project, ["trees", "heaps", "tries"])
+    proposed = re.findall(r'<tr id="node-([^"]+)">', client.get("/proposals").text)
+    assert proposed == ["graphs", "trees", "heaps", "tries"]
+    r = post(client, "/proposals/nodes", {"action": "approve", "ids": ["graphs", "trees"]})
+    assert r.status_code == 200 and "approved graphs" in r.text and "approved trees" in r.text
+    r = post(client, "/proposals/nodes", {"action": "reject", "ids": ["heaps", "tries"]})
+    assert r.status_code == 200
+    text = project.computing_yaml.read_text(encoding="utf-8")
+    assert (
+        "status: proposed" not in text and text.count(f"status: approved  {PROPOSED_COMMENT}") == 2
+    )
+    assert "id: heaps" not in text and "id: tries" not in text
+    assert "id: graphs" in text and "id: trees" in text
+    assert re.findall(r'<tr id="node-([^"]+)">', client.get("/proposals").text) == []
 
 
 def test_reject_a_node_removes_it(client: TestClient, project: ReviewProject) -> None:
@@ -487,6 +553,12 @@ def _total(page: str, which: str) -> int:
 
 def _ids(page: str, which: str) -> list[str]:
     return re.findall(r'<tr class="doc" data-id="([^"]+)"', _side(page, which))
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=True)
 
 
 def _unescape(text: str) -> str:

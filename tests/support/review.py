@@ -120,6 +120,21 @@ def make_built_project(root: Path) -> ReviewProject:
     return project
 
 
+def add_proposed_nodes(project: ReviewProject, ids: list[str]) -> None:
+    """Add more proposed topics under ``algorithms`` (after ``graphs``), each with the
+    curator's comment, so that tests can decide on several nodes at once."""
+    text = project.computing_yaml.read_text(encoding="utf-8")
+    if PROPOSED_NODE not in text:
+        raise AssertionError("the review project has no proposed graphs node")
+    extra = "".join(
+        PROPOSED_NODE.replace("id: graphs", f"id: {i}").replace("Graph algorithms", i.title())
+        for i in ids
+    )
+    project.computing_yaml.write_text(
+        text.replace(PROPOSED_NODE, PROPOSED_NODE + extra), encoding="utf-8"
+    )
+
+
 _BUILT: dict[str, ReviewProject] = {}
 GROUP = pytest.mark.xdist_group("review")
 """Both review test modules carry this mark: under ``--dist loadgroup`` they run on one
