@@ -374,6 +374,53 @@ def test_approve_and_reject_syllabi(project: ReviewProject) -> None:
     assert r.status_code == 400
 
 
+def test_edit_a_session_of_a_proposed_syllabus(client: TestClient, project: ReviewProject) -> None:
+    from builder.syllabus import load_syllabus
+    from builder.taxonomy import load_taxonomy
+
+    before = project.syllabus.read_text(encoding="utf-8")
+    block = re.search(r"  - title: [^\n]* 2\n(?:    .*\n)+", before)
+    assert block and 'id="edit-programming-2"' in client.get("/proposals").text
+    form = {
+        "title": "Loops and conditions",
+        "goals": "Write a loop\r\nChoose a branch\r\n",
+        "concepts": "for loop\nwhile loop\n\nif statement",
+    }
+    r = post(client, "/proposals/syllabi/programming/sessions/2/edit", form)
+    assert (
+        r.status_code == 200 and "session 2: title -&gt; &#39;Loops and conditions&#39;" in r.text
+    )
+    typed = (
+        "  - title: Loops and conditions\n"
+        "    goals:\n      - Write a loop\n      - Choose a branch\n"
+        "    concepts:\n      - for loop\n      - while loop\n      - if statement\n"
+    )
+    # exactly what a curator would have typed: that session, nothing else (comments kept)
+    after = project.syllabus.read_text(encoding="utf-8")
+    assert after == before.replace(block.group(0), typed)
+    syllabus = load_syllabus(load_taxonomy(project.taxonomy), "programming")
+    assert syllabus.status == "proposed" and syllabus.edited  # regeneration now keeps it
+    assert 'class="badge">edited' in client.get("/proposals").text
+
+    for url, data, status, message in [
+        (
+            "/proposals/syllabi/programming/sessions/2/edit",
+            {"title": " "},
+            400,
+            "needs a non-empty title",
+        ),
+        ("/proposals/syllabi/programming/sessions/9/edit", {"title": "x"}, 400, "no session 9"),
+        ("/proposals/syllabi/programming/sessions/1/edit", {"colour": "x"}, 200, "nothing changed"),
+        ("/proposals/syllabi/no-such/sessions/1/edit", {"title": "x"}, 404, "unknown subject"),
+    ]:
+        r = post(client, url, data)
+        assert r.status_code == status and message in r.text, url
+    assert project.syllabus.read_text(encoding="utf-8") == after  # nothing written
+    post(client, "/proposals/syllabi", {"action": "approve", "ids": ["programming"]})
+    r = post(client, "/proposals/syllabi/programming/sessions/1/edit", {"title": "x"})
+    assert r.status_code == 400 and "not proposed" in r.text
+
+
 # -- flags ------------------------------------------------------------------------------------
 
 
@@ -477,6 +524,7 @@ def test_read_only_refuses_every_write(project: ReviewProject) -> None:
         ("/proposals/nodes", {"action": "approve", "ids": ["graphs"]}),
         ("/proposals/nodes/graphs/edit", {"name": "G"}),
         ("/proposals/syllabi", {"action": "reject", "ids": ["programming"]}),
+        ("/proposals/syllabi/programming/sessions/1/edit", {"title": "T"}),
         ("/flags", {"mode": "one", "id": doc_id, "note": "x"}),
         ("/flags/unflag", {"ids": [doc_id]}),
     ]:
