@@ -515,6 +515,31 @@ def test_post_without_csrf_token_is_refused(client: TestClient, project: ReviewP
     assert r.status_code == 403 and load_flags(project.run_dir) == {}
 
 
+def _post_routes(client: TestClient) -> list[str]:
+    """Every POST route of the app, with path parameters filled in with real ids."""
+    from starlette.routing import Route
+
+    values = {"node_id": "graphs", "subject_id": "programming", "number": "1"}
+    urls = []
+    for route in client.app.routes:
+        if isinstance(route, Route) and "POST" in (route.methods or ()):
+            urls.append(re.sub(r"{(\w+)(?::\w+)?}", lambda m: values[m.group(1)], route.path))
+    return urls
+
+
+def test_every_post_route_checks_the_csrf_token(client: TestClient, project: ReviewProject) -> None:
+    urls = _post_routes(client)
+    assert len(urls) == 6 and "/proposals/syllabi/programming/sessions/1/edit" in urls
+    files = {p: p.read_bytes() for p in [project.computing_yaml, project.syllabus]}
+    for url in urls:
+        for data in ({}, {"csrf_token": "forged"}):
+            r = client.post(url, data={"ids": ["graphs"], "action": "approve", **data})
+            assert r.status_code == 403 and "CSRF" in r.text, url
+        r = client.post(url, headers={"x-csrf-token": csrf(client)}, data={"title": ""})
+        assert r.status_code != 403, url  # the header form of the token is accepted
+    assert {p: p.read_bytes() for p in files} == files
+
+
 def test_read_only_refuses_every_write(project: ReviewProject) -> None:
     client = make_client(project, read_only=True)
     before = project.computing_yaml.read_text(encoding="utf-8")
