@@ -287,7 +287,10 @@ def test_unknown_or_malformed_document_ids_are_404(client: TestClient, doc_id: s
 
 def test_static_files_are_served(client: TestClient) -> None:
     assert "select-all" in client.get("/static/review.js").text
-    assert client.get("/static/../app.py").status_code == 404
+    # encoded traversals reach the static handler (a plain ../ is resolved by the client)
+    for url in ("/static/..%2Fapp.py", "/static/%2e%2e%2fapp.py", "/static/%2fetc%2fpasswd"):
+        r = client.get(url)
+        assert r.status_code == 404 and "create_app" not in r.text and "root:" not in r.text
 
 
 # -- writes through the CLI's editors ---------------------------------------------------------
