@@ -394,6 +394,18 @@ def test_edit_a_session_of_a_proposed_syllabus(client: TestClient, project: Revi
     assert r.status_code == 400 and "not proposed" in r.text
 
 
+def test_editing_a_malformed_syllabus_session_is_refused(
+    client: TestClient, project: ReviewProject
+) -> None:
+    text = project.syllabus.read_text(encoding="utf-8")
+    broken = re.sub(r"sessions:\n  - title: ", "sessions:\n  - just a string\n  - title: ", text)
+    assert broken != text
+    project.syllabus.write_text(broken, encoding="utf-8")
+    r = post(client, "/proposals/syllabi/programming/sessions/1/edit", {"title": "Fixed"})
+    assert r.status_code == 400 and "session 1" in r.text and "not a mapping" in r.text
+    assert project.syllabus.read_text(encoding="utf-8") == broken
+
+
 # -- flags ------------------------------------------------------------------------------------
 
 

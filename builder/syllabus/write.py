@@ -158,6 +158,12 @@ def edit_session(
             hint=f"sessions are numbered 1 to {count}",
         )
     session = sessions[number - 1]
+    if not isinstance(session, dict):
+        raise TaxonomyError(
+            f"session {number} of the syllabus of {node.id!r} is not a mapping",
+            file=path,
+            hint=f"fix {_display(path)} by hand (see `corpus taxonomy validate`)",
+        )
     changes: list[str] = []
     for name in SESSION_FIELDS:
         if name not in values:
