@@ -137,7 +137,15 @@ def test_text_export_sections_and_optionally_exercises(
     assert set(rows["kind"]) == {"section"}
     assert sorted(rows["text"]) == sorted(docs.filter(pl.col("kind") == "section")["text"])
     export_run(run_dir, out, ExportOptions(format="text", kinds=("section", "exercise")))
-    assert _load(out, tmp_path)["train"].num_rows == docs.height
+    rows = _load(out, tmp_path)["train"]
+    assert rows.num_rows == docs.height
+    by_id = {r["id"]: r for r in _exercises(docs).iter_rows(named=True)}
+    exercises = [r for r in rows if r["kind"] == "exercise"]
+    assert len(exercises) == len(by_id) > 0
+    for row in exercises:  # rendered as text: the problem, then its worked answer
+        fields = json.loads(by_id[row["id"]]["structured"])
+        answer = fields.get("solution") or fields.get("worked_solution") or fields["answer"]
+        assert row["text"].index(fields["problem"].strip()) < row["text"].index(answer.strip())
 
 
 def test_filters_verified_only(run_dir: Path, docs: pl.DataFrame, tmp_path: Path) -> None:
@@ -233,6 +241,23 @@ def test_rerun_is_byte_identical_and_replaces_only_exports(run_dir: Path, tmp_pa
     (stranger / "notes.txt").write_text("keep me")
     code = _cli("export", "--run", str(run_dir), "--format", "chat", "-o", str(stranger))
     assert code == 2 and (stranger / "notes.txt").read_text() == "keep me"
+
+
+def test_a_failed_rerun_leaves_the_previous_export_whole(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert _cli("export", "--run", str(run_dir), "--format", "chat", "-o", str(out)) == 0
+    first = _digest(out)
+    rows = pl.read_parquet(out / "data" / "*.parquet")
+    assert rows.height > 0  # no --system: the user and the assistant only
+    assert {tuple(m["role"] for m in ms) for ms in rows["messages"].to_list()} == {
+        ("user", "assistant")
+    }
+    # This one fails after it has read every shard (nothing matches): the staging directory
+    # goes, the export that was there stays as it was.
+    code = _cli("export", "--run", str(run_dir), "--format", "text", "--kinds", "solution",
+                "-o", str(out))  # fmt: skip
+    assert code == 2 and _digest(out) == first
+    assert {p.name for p in tmp_path.iterdir()} == {"out"}
 
 
 @pytest.mark.parametrize(

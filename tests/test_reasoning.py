@@ -14,6 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from builder.cli import main
+from builder.config import load_config
+from builder.filters import check_row
 from builder.llm import open_engine
 from builder.reasoning import message_text, split_reasoning
 from builder.records import ChatRequest
@@ -145,12 +147,17 @@ def _wrong_draft(content: str) -> str:
     return "Draft: " + json.dumps(data)
 
 
+#: A thinking model going round in circles: were the filters to read the trace, the
+#: repetition filter would drop every document that carries it.
+LOOP = " ".join(["wait, let me check that step again"] * 40)
+
+
 def thinking_responder(form: str):
     def respond(body: dict[str, Any]) -> Any:
         reply = responder(body)
         if not isinstance(reply, FakeReply):
             reply = FakeReply(str(reply))
-        draft = _wrong_draft(reply.content)
+        draft = f"{_wrong_draft(reply.content)} {LOOP}"
         if form == "reasoning_content":
             return FakeReply(reply.content, reply.finish_reason, reasoning=draft)
         return FakeReply(f"<think>{draft}</think>\n{reply.content}", reply.finish_reason)
@@ -190,6 +197,18 @@ def test_build_keeps_reasoning_apart_and_verification_ignores_it(form: str, tmp_
         assert "Draft" not in text and "<think>" not in text and "12345" not in text
     checked = docs.filter(pl.col("exercise_type").is_in(["code", "quantitative"]))
     assert checked.height >= 2 and checked["verified"].all()  # the wrong drafts were not judged
+    # The filters judged the answer only: the looping trace would fail the repetition
+    # filter (checked here on the same row with the trace in its text), yet nothing was
+    # dropped for repetition and every kind of document kept its trace.
+    rejected = pl.read_parquet(runs / "test" / "rejected.parquet")
+    assert "repetition" not in rejected["reason"].to_list()
+    assert set(docs["kind"]) >= {"section", "exercise"}
+    assert docs["reasoning"].str.contains(LOOP, literal=True).all()
+    section = docs.filter(pl.col("kind") == "section").row(0, named=True)
+    filters = load_config(str(config)).filters  # the build's own filter settings
+    assert check_row(section, filters) is None
+    with_trace = {**section, "text": f"{section['reasoning']}\n\n{section['text']}"}
+    assert check_row(with_trace, filters)[1] == "repetition"
     cols = ["id", "text", "reasoning", "structured"]
     assert again.select(cols).equals(docs.select(cols))  # cache hits split the same way
 

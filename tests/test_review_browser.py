@@ -18,6 +18,7 @@ from tests.support.review import (  # noqa: F401  (fixtures)
     PROPOSED_COMMENT,
     ReviewProject,
     ReviewServer,
+    add_proposed_nodes,
     built_project_fixture,
     project_fixture,
     review_server_fixture,
@@ -73,6 +74,23 @@ def test_approve_a_node_and_reject_a_syllabus(
     assert "rejected the syllabus of programming" in page.locator("#messages").inner_text()
     assert not project.syllabus.exists()
     assert (project.syllabus.parent / ".rejected" / project.syllabus.name).exists()
+
+
+def test_select_all_approves_every_proposed_node_at_once(
+    page: Page, project: ReviewProject, review_server: ReviewServer
+) -> None:
+    add_proposed_nodes(project, ["trees", "heaps"])
+    page.goto(review_server.url + "proposals")
+    boxes = page.locator("#nodes-form input[name=ids]")
+    assert boxes.count() == 3
+    page.locator("#nodes-form input.select-all").check()  # the page's script ticks every row
+    assert all(boxes.nth(i).is_checked() for i in range(3))
+    page.click("#approve-nodes")
+    messages = page.locator("#messages").inner_text()
+    assert all(f"approved {i}" in messages for i in ("graphs", "trees", "heaps"))
+    text = project.computing_yaml.read_text(encoding="utf-8")
+    assert "status: proposed" not in text
+    assert text.count(f"status: approved  {PROPOSED_COMMENT}") == 3
 
 
 def test_flag_by_filter_then_build_drops_them(

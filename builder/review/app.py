@@ -126,6 +126,11 @@ def create_app(settings: ReviewSettings) -> Starlette:
             Route("/proposals/nodes", routes.decide_nodes, methods=["POST"]),
             Route("/proposals/nodes/{node_id}/edit", routes.edit_node_route, methods=["POST"]),
             Route("/proposals/syllabi", routes.decide_syllabi, methods=["POST"]),
+            Route(
+                "/proposals/syllabi/{subject_id}/sessions/{number:int}/edit",
+                routes.edit_session_route,
+                methods=["POST"],
+            ),
             Route("/documents", routes.documents_page),
             Route("/documents/{doc_id}", routes.document_page),
             Route("/flags", routes.flags_page),

@@ -8,7 +8,10 @@ anything is written, files replaced atomically):
   (``corpus taxonomy approve|reject``);
 - edit a node's name, description, level or weight: ``builder.taxonomy.edit.TaxonomyEditor``
   (``corpus taxonomy rename`` and friends);
-- approve a syllabus: ``builder.syllabus.approve_syllabus`` (``corpus syllabus approve``).
+- approve a syllabus: ``builder.syllabus.approve_syllabus`` (``corpus syllabus approve``);
+- edit a session of a proposed syllabus (title, goals, concepts):
+  ``builder.syllabus.write.edit_session``, the round-trip edit a curator makes by hand in the
+  file (the CLI has no command for it), validated like ``corpus syllabus approve`` validates.
 
 Rejecting a syllabus has no CLI twin: the proposed file is moved (atomically, never deleted)
 to ``<discipline>/syllabi/.rejected/<subject>.yaml``, where neither builds nor validation
@@ -32,6 +35,7 @@ __all__ = [
     "approve_nodes",
     "approve_syllabi",
     "edit_node",
+    "edit_syllabus_session",
     "node_proposals",
     "reject_nodes",
     "reject_syllabi",
@@ -213,6 +217,22 @@ def approve_syllabi(tax: Any, ids: list[str], settings: Any = None) -> list[str]
     return [
         f"approved {approve_syllabus(tax, sid, settings)}" for sid in _known(tax, ids, "subject")
     ]
+
+
+def edit_syllabus_session(
+    tax: Any, subject_id: str, number: int, form: dict[str, str], settings: Any = None
+) -> list[str]:
+    """Set a proposed syllabus's session ``number`` from form strings: ``title`` as given,
+    ``goals`` and ``concepts`` one per line. Returns the change lines (empty: no change)."""
+    from builder.syllabus.write import SESSION_FIELDS, edit_session
+
+    sid = _known(tax, [subject_id], "subject")[0]
+    values: dict[str, str | list[str]] = {}
+    for name in SESSION_FIELDS:
+        if name in form:
+            raw = form[name]
+            values[name] = raw if name == "title" else raw.splitlines()
+    return edit_session(tax, sid, number, values, settings)
 
 
 def reject_syllabi(tax: Any, ids: list[str]) -> list[str]:

@@ -344,6 +344,27 @@ async def decide_syllabi(request: Request) -> Response:
     )
 
 
+async def edit_session_route(request: Request) -> Response:
+    """Edit one session (title, goals, concepts) of a proposed syllabus."""
+    from builder.syllabus.write import SESSION_FIELDS
+
+    form = await checked_form(request)
+    subject_id = request.path_params["subject_id"]
+    number = request.path_params["number"]
+    values = {k: str(form[k]) for k in SESSION_FIELDS if k in form}
+    try:
+        tax = _taxonomy(request)
+        if subject_id not in tax:
+            raise HTTPException(404, f"unknown subject {subject_id!r}")
+        messages = proposals.edit_syllabus_session(
+            tax, subject_id, number, values, _syllabus_settings(request)
+        )
+    except BuilderError as exc:
+        return _problems(request, exc)
+    title = f"Edited the syllabus of {subject_id}"
+    return _done(request, title, messages or ["nothing changed"], "/proposals")
+
+
 async def flag_route(request: Request) -> Response:
     """Flag one document (``id``) or every corpus document matching a filter.
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from builder.errors import TaxonomyError, ValidationError
+from builder.errors import Problem, TaxonomyError, ValidationError
 from builder.settings.syllabus import SyllabusSettings
 from builder.syllabus.check import _load_file
 from builder.syllabus.model import Session, Syllabus, _display, sessions_sha256, syllabus_path
@@ -15,7 +15,7 @@ from builder.syllabus.model import Session, Syllabus, _display, sessions_sha256,
 if TYPE_CHECKING:
     from builder.taxonomy import Taxonomy
 
-__all__ = ["approve_syllabus", "render_syllabus"]
+__all__ = ["SESSION_FIELDS", "approve_syllabus", "edit_session", "render_syllabus"]
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -98,6 +98,98 @@ def approve_syllabus(
     yaml.dump(doc, buf)
     atomic_write_text(path, buf.getvalue())
     return path
+
+
+#: Fields of one session a curator may set with ``edit_session``.
+SESSION_FIELDS: tuple[str, ...] = ("title", "goals", "concepts")
+
+
+def edit_session(
+    tax: Taxonomy,
+    subject_id: str,
+    number: int,
+    values: Mapping[str, str | Sequence[str]],
+    settings: SyllabusSettings | None = None,
+) -> list[str]:
+    """Set fields of session ``number`` (1-based) of a proposed syllabus, as a curator
+    editing the file would: round-trip YAML (comments, order and ``content_sha256`` kept, so
+    the file then counts as edited and regeneration leaves it alone), the whole result
+    validated before anything is written, then replaced atomically.
+
+    ``values`` maps ``title`` to a string and ``goals``/``concepts`` to lists of strings.
+    Returns one line per changed field (empty when nothing changed). Raises
+    ``TaxonomyError`` for a missing file, an approved syllabus or an unknown session or
+    field, and ``ValidationError`` when the edited syllabus would be invalid.
+    """
+    from ruamel.yaml.comments import CommentedSeq
+
+    from builder.syllabus.check import _check_document
+    from builder.taxonomy.files import atomic_write_text
+    from builder.taxonomy.parse import parse_yaml
+
+    settings = settings or SyllabusSettings()
+    node = tax[subject_id]
+    path = syllabus_path(tax, node.id)
+    if not path.exists():
+        raise TaxonomyError(
+            f"{node.id!r} has no syllabus ({_display(path)} does not exist)",
+            hint=f"generate one with `corpus syllabus generate {node.id}`",
+        )
+    unknown = sorted(set(values) - set(SESSION_FIELDS))
+    if unknown:
+        raise TaxonomyError(
+            f"cannot edit {', '.join(unknown)} of a session",
+            hint=f"editable: {', '.join(SESSION_FIELDS)}",
+        )
+    yaml = _yaml()
+    doc = yaml.load(path.read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or doc.get("status") != "proposed":
+        raise TaxonomyError(
+            f"the syllabus of {node.id!r} is not proposed; only proposed syllabi are edited here",
+            file=path,
+            hint=f"edit {_display(path)} by hand",
+        )
+    sessions = doc.get("sessions")
+    if not isinstance(sessions, list) or not 1 <= number <= len(sessions):
+        count = len(sessions) if isinstance(sessions, list) else 0
+        raise TaxonomyError(
+            f"the syllabus of {node.id!r} has no session {number}",
+            file=path,
+            hint=f"sessions are numbered 1 to {count}",
+        )
+    session = sessions[number - 1]
+    if not isinstance(session, dict):
+        raise TaxonomyError(
+            f"session {number} of the syllabus of {node.id!r} is not a mapping",
+            file=path,
+            hint=f"fix {_display(path)} by hand (see `corpus taxonomy validate`)",
+        )
+    changes: list[str] = []
+    for name in SESSION_FIELDS:
+        if name not in values:
+            continue
+        value = values[name]
+        if name == "title":
+            new: Any = str(value).strip()
+            if session.get(name) != new:
+                session[name] = new
+                changes.append(f"session {number}: title -> {new!r}")
+        else:
+            items = [str(v).strip() for v in value if str(v).strip()]
+            if list(session.get(name) or []) != items:
+                session[name] = CommentedSeq(items)
+                changes.append(f"session {number}: {name} -> {'; '.join(items)}")
+    if not changes:
+        return []
+    buf = io.StringIO()
+    yaml.dump(doc, buf)
+    text = buf.getvalue()
+    data, dups = parse_yaml(text)
+    _syllabus, problems = _check_document(data, path, tax, settings)
+    if dups or problems:
+        raise ValidationError(problems or [Problem(msg, path, line) for line, msg in dups])
+    atomic_write_text(path, text)
+    return changes
 
 
 def render_syllabus(syllabus: Syllabus, tax: Taxonomy | None = None) -> str:

@@ -9,17 +9,22 @@ that writes never leak between tests.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
+from starlette.testclient import TestClient
 
 from builder.cli import main
+from builder.config import load_config
+from builder.review.app import ReviewSettings, create_app
 from tests.support.fake_openai_server import FakeOpenAIServer
 from tests.support.project import make_project, responder
 
@@ -120,10 +125,25 @@ def make_built_project(root: Path) -> ReviewProject:
     return project
 
 
+def add_proposed_nodes(project: ReviewProject, ids: list[str]) -> None:
+    """Add more proposed topics under ``algorithms`` (after ``graphs``), each with the
+    curator's comment, so that tests can decide on several nodes at once."""
+    text = project.computing_yaml.read_text(encoding="utf-8")
+    if PROPOSED_NODE not in text:
+        raise AssertionError("the review project has no proposed graphs node")
+    extra = "".join(
+        PROPOSED_NODE.replace("id: graphs", f"id: {i}").replace("Graph algorithms", i.title())
+        for i in ids
+    )
+    project.computing_yaml.write_text(
+        text.replace(PROPOSED_NODE, PROPOSED_NODE + extra), encoding="utf-8"
+    )
+
+
 _BUILT: dict[str, ReviewProject] = {}
 GROUP = pytest.mark.xdist_group("review")
-"""Both review test modules carry this mark: under ``--dist loadgroup`` they run on one
-worker, which builds the review project once for the two of them."""
+"""Every review test module carries this mark: under ``--dist loadgroup`` they run on one
+worker, which builds the review project once for all of them."""
 
 
 @pytest.fixture(scope="module", name="built_project")
@@ -192,3 +212,39 @@ def review_server_fixture(project: ReviewProject) -> Iterator[ReviewServer]:
     server = start_review(project)
     yield server
     stop_review(server)
+
+
+# -- request-level clients (Starlette's TestClient) -------------------------------------------
+
+BASE = "http://127.0.0.1"
+
+
+def make_client(project: ReviewProject, **overrides: Any) -> TestClient:
+    """A TestClient of the review app over ``project`` (``overrides``: ReviewSettings fields)."""
+    values: dict[str, Any] = {
+        "run_dir": project.run_dir,
+        "taxonomy_dir": project.taxonomy,
+        "cache_dir": project.cache,
+        "config": load_config(str(project.config)),
+        **overrides,
+    }
+    settings = ReviewSettings(**values)
+    return TestClient(create_app(settings), base_url=BASE)
+
+
+@pytest.fixture(name="client")
+def client_fixture(project: ReviewProject) -> TestClient:
+    return make_client(project)
+
+
+def csrf(client: TestClient) -> str:
+    """The CSRF token the app's pages embed (as a browser would read it)."""
+    page = client.get("/taxonomy").text
+    match = re.search(r'name="csrf-token" content="([^"]+)"', page)
+    assert match, "pages carry the CSRF token"
+    return match.group(1)
+
+
+def post(client: TestClient, url: str, data: dict[str, Any]) -> Any:
+    """POST ``data`` as a form with the page's CSRF token."""
+    return client.post(url, data={"csrf_token": csrf(client), **data})
