@@ -9,7 +9,8 @@ at ``--small`` and ``--large`` documents. The baseline is the same build at the 
 
 Targets (issue 11, 2 cores): rss_growth <= 1.3, docs_per_s >= 2,000 at the large size.
 Prints one JSON line last: docs, seconds, docs_per_s, peak_rss_mb_small, peak_rss_mb_large,
-rss_growth, plus the stage seconds of the large build.
+rss_growth, the stage seconds of the large build, and the quality stage's documents per second
+per core at the large size (issue 13's target for the relevance gate: >= 1,000).
 
     python bench/build_scale.py --small 20000 --large 200000
 """
@@ -128,11 +129,14 @@ def run_build(config: Path, cache: Path) -> dict:
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"build failed ({proc.returncode}):\n{err[-3000:]}")
-    manifest = json.loads((config.parent / "outputs" / "scale" / "manifest.json").read_text())
+    run = config.parent / "outputs" / "scale"
+    manifest = json.loads((run / "manifest.json").read_text())
+    quality = json.loads((run / "work" / "_done" / "quality.json").read_text())["counters"]
     return {
         "seconds": seconds,
         "documents": manifest["counts"]["documents"],
         "stages": manifest.get("stats", {}).get("stages", {}),
+        "quality_rows_in": quality["rows_in"],
         "log": err,
     }
 
@@ -202,6 +206,11 @@ def main() -> None:
         server.wait(30)
         shutil.rmtree(workdir, ignore_errors=True)
     small, large = results[args.small], results[args.large]
+    # The relevance gate's speed (issue 13: >= 1,000 documents/s per core): the quality stage
+    # (relevance, code checks, embeddings written) maps its partitions on one worker per CPU
+    # ([run] workers default), so wall seconds x CPUs bound the cores it used from above.
+    cpus = os.cpu_count() or 1
+    quality_s = large["stages"].get("quality", {}).get("seconds") or float("nan")
     print(
         json.dumps(
             {
@@ -213,6 +222,9 @@ def main() -> None:
                 "rss_growth": round(large["peak_rss_mb"] / small["peak_rss_mb"], 2),
                 "docs_small": small["documents"],
                 "stage_seconds_large": {k: v.get("seconds") for k, v in large["stages"].items()},
+                "quality_docs_per_s_per_core": round(large["quality_rows_in"] / quality_s / cpus),
+                "cpus": cpus,
+                "load_average": [round(x, 2) for x in os.getloadavg()],
             }
         )
     )
