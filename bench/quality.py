@@ -1,6 +1,6 @@
 """Quality gates benchmark: relevance precision/recall, relevance throughput, diversity cost.
 
-1. **Labelled set** (tests/bench/relevance_units.json: 16 textbook paragraphs over 8
+1. **Labelled set** (tests/bench/relevance_units.json: 64 textbook paragraphs over 19
    disciplines, two sibling topics per subject). Each document is paired with its own unit
    (on topic), with every unit of another discipline (cross-discipline mismatch) and with its
    sibling topic's unit (sibling mismatch). For thresholds 0.00..0.60 it reports the share of

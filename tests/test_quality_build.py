@@ -102,8 +102,8 @@ def test_gates_in_a_build(run: Path) -> None:
     # relevance: the king story is dropped off topic, with its score in the detail
     assert reasons[KING] == "off_topic"
     detail = rejected.filter(pl.col("text") == KING)["detail"][0]
-    assert re.fullmatch(r"relevance -?0\.\d+ < min_relevance 0\.3", detail)
-    assert (docs["relevance"] >= 0.3).all()
+    assert re.fullmatch(r"relevance -?0\.\d+ < min_relevance 0\.25", detail)
+    assert (docs["relevance"] >= 0.25).all()
     # code in prose: a wrong >>> example is flagged (kept: drop_code_errors is off)
     wrong = docs.filter(pl.col("text").str.starts_with("A function is"))
     assert wrong["code_ok"].to_list() == [False] and "double(4)" in wrong["code_detail"][0]
