@@ -62,6 +62,11 @@ def measure_threshold(embedder) -> dict:
         row = {"threshold": float(t)}
         for label in ("on_topic", "cross", "sibling"):
             row[f"{label}_dropped"] = round(float(drop[labels == label].mean()), 4)
+        # precision: the share of dropped pairs that are mismatches (cross or sibling)
+        dropped = int(drop.sum())
+        row["precision"] = (
+            round(float((drop & (labels != "on_topic")).sum() / dropped), 4) if dropped else None
+        )
         table.append(row)
     # the lowest threshold that catches >= 95% of cross-discipline mismatches while dropping
     # <= 2% of on-topic pairs: generated text is looser than these hand-written paragraphs,
