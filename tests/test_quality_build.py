@@ -120,6 +120,10 @@ def test_gates_in_a_build(run: Path) -> None:
     assert prog["semantic_dup"].to_list() == [1]
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stats"]["semdedup"]["removed"] == 1
+    # the gate's own cost is counted for bench/build_scale.py (documents per CPU-second)
+    quality = json.loads((run / "work" / "_done" / "quality.json").read_text())["counters"]
+    assert quality["stats"]["relevance_docs"] == quality["rows_in"] == 4
+    assert quality["stats"]["relevance_cpu_seconds"] > 0
 
 
 def test_drop_code_errors(tmp_path: Path) -> None:
