@@ -9,7 +9,10 @@ at ``--small`` and ``--large`` documents. The baseline is the same build at the 
 
 Targets (issue 11, 2 cores): rss_growth <= 1.3, docs_per_s >= 2,000 at the large size.
 Prints one JSON line last: docs, seconds, docs_per_s, peak_rss_mb_small, peak_rss_mb_large,
-rss_growth, plus the stage seconds of the large build.
+rss_growth, the stage seconds of the large build, and the relevance gate's speed at the large
+size (issue 13's target: >= 1,000 documents/s per core): ``relevance_docs_per_cpu_s`` (documents
+per CPU-second of the gate, from the quality stage's counters) and
+``quality_docs_per_s_per_core`` (the whole quality stage, wall time, one worker per CPU).
 
     python bench/build_scale.py --small 20000 --large 200000
 """
@@ -128,11 +131,16 @@ def run_build(config: Path, cache: Path) -> dict:
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"build failed ({proc.returncode}):\n{err[-3000:]}")
-    manifest = json.loads((config.parent / "outputs" / "scale" / "manifest.json").read_text())
+    run = config.parent / "outputs" / "scale"
+    manifest = json.loads((run / "manifest.json").read_text())
+    quality = json.loads((run / "work" / "_done" / "quality.json").read_text())["counters"]
     return {
         "seconds": seconds,
         "documents": manifest["counts"]["documents"],
         "stages": manifest.get("stats", {}).get("stages", {}),
+        "quality_rows_in": quality["rows_in"],
+        "relevance_docs": quality["stats"].get("relevance_docs", 0),
+        "relevance_cpu_s": quality["stats"].get("relevance_cpu_seconds", 0.0),
         "log": err,
     }
 
@@ -202,6 +210,13 @@ def main() -> None:
         server.wait(30)
         shutil.rmtree(workdir, ignore_errors=True)
     small, large = results[args.small], results[args.large]
+    # The relevance gate's speed (issue 13: >= 1,000 documents/s per core). Per CPU-second of
+    # the gate itself (embedding, scores, the off-topic split: the quality stage's counters),
+    # which other work on the machine hardly changes; and, load-sensitive, the whole quality
+    # stage's rows per wall second over its one worker per CPU ([run] workers default).
+    cpus = os.cpu_count() or 1
+    relevance_cpu_s = large["relevance_cpu_s"] or float("nan")
+    quality_s = large["stages"].get("quality", {}).get("seconds") or float("nan")
     print(
         json.dumps(
             {
@@ -213,6 +228,10 @@ def main() -> None:
                 "rss_growth": round(large["peak_rss_mb"] / small["peak_rss_mb"], 2),
                 "docs_small": small["documents"],
                 "stage_seconds_large": {k: v.get("seconds") for k, v in large["stages"].items()},
+                "relevance_docs_per_cpu_s": round(large["relevance_docs"] / relevance_cpu_s),
+                "quality_docs_per_s_per_core": round(large["quality_rows_in"] / quality_s / cpus),
+                "cpus": cpus,
+                "load_average": [round(x, 2) for x in os.getloadavg()],
             }
         )
     )

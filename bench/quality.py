@@ -1,6 +1,6 @@
 """Quality gates benchmark: relevance precision/recall, relevance throughput, diversity cost.
 
-1. **Labelled set** (tests/bench/relevance_units.json: 16 textbook paragraphs over 8
+1. **Labelled set** (tests/bench/relevance_units.json: 64 textbook paragraphs over 19
    disciplines, two sibling topics per subject). Each document is paired with its own unit
    (on topic), with every unit of another discipline (cross-discipline mismatch) and with its
    sibling topic's unit (sibling mismatch). For thresholds 0.00..0.60 it reports the share of
@@ -62,6 +62,11 @@ def measure_threshold(embedder) -> dict:
         row = {"threshold": float(t)}
         for label in ("on_topic", "cross", "sibling"):
             row[f"{label}_dropped"] = round(float(drop[labels == label].mean()), 4)
+        # precision: the share of dropped pairs that are mismatches (cross or sibling)
+        dropped = int(drop.sum())
+        row["precision"] = (
+            round(float((drop & (labels != "on_topic")).sum() / dropped), 4) if dropped else None
+        )
         table.append(row)
     # the lowest threshold that catches >= 95% of cross-discipline mismatches while dropping
     # <= 2% of on-topic pairs: generated text is looser than these hand-written paragraphs,

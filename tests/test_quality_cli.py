@@ -127,7 +127,12 @@ def test_card_and_report_show_quality_and_diversity(built: dict[str, Any]) -> No
     nodes = pl.read_parquet(data / "quality_nodes.parquet")
     assert {"compression_ratio", "distinct_4", "mean_similarity", "vendi"} <= set(nodes.columns)
     assert "(all)" in nodes["node"].to_list()
-    assert pl.read_parquet(data / "quality_map.parquet").height > 0
+    # the map: every document (under the map's limit), coloured by its discipline
+    emap = pl.read_parquet(data / "quality_map.parquet")
+    docs = pl.read_parquet(run / "documents" / "*.parquet")
+    assert sorted(emap["id"]) == sorted(docs["id"])
+    labels = dict(zip(docs["id"], docs["discipline"], strict=True))
+    assert [labels[i] for i in emap["id"]] == emap["label"].to_list()
     html = (run / "report.html").read_text(encoding="utf-8")
     assert 'id="fig-map"' in html and "Quality gates and diversity" in html
 

@@ -13,7 +13,12 @@ from builder.errors import LLMError
 from builder.quality.codecheck import check_code, check_documents
 from builder.quality.embed import EndpointEmbedder, WordLlamaEmbedder
 from builder.quality.metrics import mean_similarity, node_diversity, vendi_score
-from builder.quality.relevance import add_relevance, split_off_topic, unit_query
+from builder.quality.relevance import (
+    add_relevance,
+    relevance_scores,
+    split_off_topic,
+    unit_query,
+)
 from builder.quality.semdedup import removal_records, semantic_clusters
 from builder.settings.llm import LLMSettings
 from builder.settings.quality import EmbeddingSettings
@@ -111,6 +116,42 @@ def test_relevance_separates_the_king_story(embedder: WordLlamaEmbedder) -> None
     assert rejected["detail"][0].startswith(f"relevance {round(rel['king'], 3)} < min_relevance")
     kept_all, none = split_off_topic(scored, -1)
     assert kept_all.height == 3 and none.height == 0
+
+
+LABELLED = Path(__file__).resolve().parent / "bench" / "relevance_units.json"
+
+
+def test_the_default_min_relevance_is_the_measured_one(embedder: WordLlamaEmbedder) -> None:
+    """bench/quality.py's rule on its labelled set (tests/bench/relevance_units.json): the
+    default is the lowest threshold (0.05 steps) catching >= 95% of cross-discipline
+    mismatches with <= 2% of on-topic documents dropped; it holds with the bundled model."""
+    import json
+
+    from builder.settings.filters import FilterSettings
+
+    units = json.loads(LABELLED.read_text(encoding="utf-8"))
+    by_id = {u["unit_id"]: u for u in units}
+    texts, queries, labels = [], [], []
+    for u in units:
+        for other, label in [(u, "on_topic"), (by_id[u["sibling"]], "sibling")] + [
+            (o, "cross") for o in units if o["discipline"] != u["discipline"]
+        ]:
+            texts.append(u["text"])
+            queries.append(unit_query(other))
+            labels.append(label)
+    assert labels.count("on_topic") >= 50  # one drop is then under 2%
+    scores = relevance_scores(texts, queries, embedder)
+    kind = np.array(labels)
+
+    def meets(t: float) -> bool:
+        dropped = scores < t
+        return (
+            dropped[kind == "on_topic"].mean() <= 0.02 and dropped[kind == "cross"].mean() >= 0.95
+        )
+
+    default = FilterSettings().min_relevance
+    assert meets(default)
+    assert not meets(round(default - 0.05, 2))  # the lowest on the grid: widest margin
 
 
 def test_endpoint_embeddings_are_cached_and_retried(fake_openai, tmp_path: Path) -> None:

@@ -44,11 +44,12 @@ WORDLLAMA_TERMS = (
     "WordLlama 0.4.0.post1 (code: MIT, Lee Miller). Its weights file "
     "`weights/l2_supercat_256.safetensors` ships inside the MIT-licensed wheel and carries no "
     "licence of its own (no safetensors metadata, no separate notice). The weights were "
-    "trained from token-embedding codebooks extracted from Llama 2 70B (and other models "
-    "using the Llama 2 tokenizer), whose Llama 2 Community License (Meta) may therefore "
-    "extend to them; it permits use and redistribution with attribution, and forbids using "
-    "Llama Materials or their outputs to improve other large language models. Here the "
-    "embeddings only score and filter documents; none of their output is training text."
+    "trained from token-embedding codebooks extracted from several models sharing the Llama 2 "
+    "tokenizer, including Llama 2 70B and the MIT-licensed Phi-3 medium (per the package "
+    "README), so the Llama 2 Community License (Meta) may extend to them; it permits use and "
+    "redistribution with attribution, and forbids using Llama Materials or their outputs to "
+    "improve other large language models. Here the embeddings only score and filter "
+    "documents; none of their output is training text."
 )
 EMBED_CACHE_FORMAT = 1
 

@@ -14,6 +14,7 @@ semantic}.parquet``. The algorithms live in ``builder.quality`` (no I/O policy t
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,16 @@ class QualityStage(PartitionStage):
 
     @staticmethod
     def _fresh_stats() -> dict[str, Any]:
-        return {"code": {"checked": 0, "ok": 0, "failed": 0}, "off_topic": 0, "low_value": 0}
+        # relevance_cpu_seconds / relevance_docs: the gate's own CPU cost (bench/build_scale.py
+        # reports documents per CPU-second, which a loaded machine does not distort as it
+        # does wall time); "seconds" keeps it out of run-to-run comparisons (tests' untimed)
+        return {
+            "code": {"checked": 0, "ok": 0, "failed": 0},
+            "off_topic": 0,
+            "low_value": 0,
+            "relevance_docs": 0,
+            "relevance_cpu_seconds": 0.0,
+        }
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         self._stats = self._fresh_stats()
@@ -186,6 +196,9 @@ class QualityStage(PartitionStage):
         if config.embeddings.enabled and docs.height:
             from builder.quality.relevance import add_relevance, split_off_topic
 
+            started = time.process_time()
+            self._stats["relevance_docs"] += docs.height
+
             if self._embedder is None:
                 from builder.llm import resolve_cache_dir
                 from builder.quality.embed import open_embedder
@@ -205,6 +218,7 @@ class QualityStage(PartitionStage):
             docs = add_relevance(docs, self._queries or {}, self._embedder, vectors=vectors)
             docs, off = split_off_topic(docs, f.min_relevance)
             self._stats["off_topic"] += off.height
+            self._stats["relevance_cpu_seconds"] += time.process_time() - started
             rejected.append(off)
         # The educational-value judge.
         if config.judge.enabled and docs.height:
