@@ -73,8 +73,9 @@ def quality_summary(ctx: RunContext, clean_path: Path) -> Any:
     # GRAM_NODES nodes at a time instead of all of them at once.
     # Buckets of at most ``[run] partition_rows`` rows (not ``BUCKET_ROWS``, 50k): a bucket's
     # ids, paths and vectors are read, joined and turned into one float32 matrix, ~3 copies
-    # of ~1 KB a row at 256 dims. A 20k-document run is one bucket either way; a 200k one
-    # held 50k-row buckets (~150 MB) where the 20k run held 20k rows: that was growth.
+    # of ~1 KB a row at 256 dims. A 20k-document run is one bucket either way; at 200k,
+    # 50k-row buckets peaked at 797 MB against 564 with 20k rows (~15 CPU s cheaper: fewer
+    # files and passes' reads; bench/RESULTS.md, "Assemble stage").
     bucket_rows = min(buckets.BUCKET_ROWS, ctx.config.run.partition_rows)
     acc = DiversityAccumulator(keep_texts=False, gram_nodes=GRAM_NODES)
     with EmbeddedCorpus(ctx, clean_path, DIVERSITY_COLUMNS, bucket_rows=bucket_rows) as corpus:
