@@ -295,9 +295,30 @@ def assemble(
     docs_lf, rej_lf = drop_flagged(docs_lf, rej_lf, run)
     _check_ids(docs_lf)
 
+    batches = None
+    if isinstance(documents, str | os.PathLike) and _is_parquet_file(Path(documents)):
+        # The same rows as docs_lf, a record batch of the file at a time (``sort_by_id``).
+        empty = pl.LazyFrame(schema={c: pl.String for c in REJECTION_COLUMNS})
+
+        def prepare(raw: pl.DataFrame) -> pl.DataFrame:
+            lf = _normalise_documents(raw.lazy())[0]
+            return drop_flagged(lf, empty, run)[0].collect()
+
+        batches = (
+            prepare(pl.from_arrow(rb))  # type: ignore[arg-type]
+            for rb in pq.ParquetFile(documents, pre_buffer=False).iter_batches(
+                batch_size=config.run.partition_rows, use_threads=False
+            )
+        )
     scratch = run / SCRATCH_DIR
     with _locked(scratch):
-        return _assemble_locked(docs_lf, rej_lf, run, scratch, config, filled, extra, mapper)
+        return _assemble_locked(
+            docs_lf, rej_lf, run, scratch, config, filled, extra, mapper, batches
+        )
+
+
+def _is_parquet_file(path: Path) -> bool:
+    return path.suffix.lower() == ".parquet" and path.is_file()
 
 
 def _assemble_locked(
@@ -309,6 +330,7 @@ def _assemble_locked(
     filled: list[str],
     extra: dict[str, Any],
     mapper: TaskMap | None,
+    batches: Iterator[pl.DataFrame] | None = None,
 ) -> AssemblyResult:
     out = config.output
     _clean_scratch(scratch)
@@ -316,7 +338,9 @@ def _assemble_locked(
     # corpus of this run is touched.
     sorted_path = scratch / "sorted.parquet"
     try:
-        sort_by_id(docs_lf, sorted_path, scratch, max_rows=config.run.partition_rows)
+        sort_by_id(
+            docs_lf, sorted_path, scratch, max_rows=config.run.partition_rows, batches=batches
+        )
         rej_df = rej_lf.sort(
             "id", "stage", "reason", "detail", nulls_last=True, maintain_order=True
         ).collect()

@@ -56,13 +56,18 @@ def _threads() -> int:
 
 
 def count_tokens(
-    texts: Sequence[str] | Iterable[str], *, batch_size: int = BATCH_SIZE
+    texts: Sequence[str] | Iterable[str],
+    *,
+    batch_size: int = BATCH_SIZE,
+    threads: int | None = None,
 ) -> list[int]:
     """cl100k token count of every text, in order, encoding ``batch_size`` texts per call.
 
     Each batch goes through tiktoken's batch encoder (its Rust core releases the GIL, so
-    batches use a few threads). Raises ``TypeError`` for a non-string item: a missing text is
-    a bug upstream, not zero tokens.
+    batches use ``threads`` threads; None: up to 4, one a core). ``threads=1`` encodes the
+    texts one by one on this thread, for callers whose processes are already one a core.
+    Raises ``TypeError`` for a non-string item: a missing text is a bug upstream, not zero
+    tokens.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -71,8 +76,10 @@ def count_tokens(
     for i, t in enumerate(items):
         if not isinstance(t, str):
             raise TypeError(f"count_tokens: item {i} is {type(t).__name__}, not str")
+    if threads is not None and threads < 1:
+        raise ValueError("threads must be >= 1")
     counts: list[int] = []
-    threads = _threads()
+    threads = threads or _threads()
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]
         if len(batch) == 1 or threads == 1:

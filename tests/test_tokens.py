@@ -89,6 +89,17 @@ def test_batched_counts_match_reference(reference_cl100k, texts: list[str], batc
     ]
 
 
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.text(max_size=300), max_size=12), st.integers(1, 3))
+def test_threads_counts_match_reference(reference_cl100k, texts: list[str], threads: int) -> None:
+    # Assembly's token tasks count on one thread each (the tasks are the parallelism).
+    assert count_tokens(texts, threads=threads) == [
+        len(reference_cl100k.encode_ordinary(t)) for t in texts
+    ]
+
+
 def test_order_kept_across_batches() -> None:
     texts = [("word " * n).strip() for n in range(50)]
     assert count_tokens(texts, batch_size=7) == list(range(50))
@@ -105,6 +116,8 @@ def test_non_string_is_a_type_error() -> None:
         count_tokens(["ok", None])  # type: ignore[list-item]
     with pytest.raises(ValueError):
         count_tokens(["x"], batch_size=0)
+    with pytest.raises(ValueError, match="threads"):
+        count_tokens(["x"], threads=0)
 
 
 def test_offline_data_file_is_bundled() -> None:

@@ -63,6 +63,7 @@ def quality_summary(ctx: RunContext, clean_path: Path) -> Any:
     ``work/diversity/quality_*``; returns the ``QualitySummary`` (None without documents).
     Streams the corpus (``EmbeddedCorpus``): memory bounded by a bucket and the
     taxonomy, whatever the corpus size."""
+    from builder.quality import buckets
     from builder.quality.metrics import DiversityAccumulator
     from builder.quality.summary import QualitySummary
 
@@ -70,8 +71,14 @@ def quality_summary(ctx: RunContext, clean_path: Path) -> Any:
     # time (every document of a large corpus is in some topic's sample).
     # The Gram matrices (512 KB a node at 256 dims) are summed again over the buckets for
     # GRAM_NODES nodes at a time instead of all of them at once.
+    # Buckets of at most ``[run] partition_rows`` rows (not ``BUCKET_ROWS``, 50k): a bucket's
+    # ids, paths and vectors are read, joined and turned into one float32 matrix, ~3 copies
+    # of ~1 KB a row at 256 dims. A 20k-document run is one bucket either way; at 200k,
+    # 50k-row buckets peaked at 797 MB against 564 with 20k rows (~15 CPU s cheaper: fewer
+    # files and passes' reads; bench/RESULTS.md, "Assemble stage").
+    bucket_rows = min(buckets.BUCKET_ROWS, ctx.config.run.partition_rows)
     acc = DiversityAccumulator(keep_texts=False, gram_nodes=GRAM_NODES)
-    with EmbeddedCorpus(ctx, clean_path, DIVERSITY_COLUMNS) as corpus:
+    with EmbeddedCorpus(ctx, clean_path, DIVERSITY_COLUMNS, bucket_rows=bucket_rows) as corpus:
         if corpus.rows == 0:
             return None
         for docs, vectors in corpus:

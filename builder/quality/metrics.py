@@ -192,8 +192,28 @@ class _NodeSums:
     total: np.ndarray | None = None  # sum of the unit vectors (float64)
     self_sims: float = 0.0
     gram: np.ndarray | None = None  # X^T X (d x d, float64)
-    # the ``sample`` documents with the smallest id keys: a max-heap of (-key, row, text)
-    sample: list[tuple[int, int, str | None]] = field(default_factory=list)
+    # the ``sample`` documents with the smallest id keys: their keys, corpus rows and (with
+    # ``keep_texts``) texts, as arrays: 16 bytes a document, not a Python tuple of ~130
+    # (at 200k documents every one is in its topic's sample: 301k entries)
+    keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    texts: np.ndarray | None = None
+
+    def keep(
+        self, keys: np.ndarray, rows: np.ndarray, texts: np.ndarray | None, limit: int
+    ) -> None:
+        """Add candidates and keep the ``limit`` with the smallest keys (on equal keys the
+        one seen first, as the heap this replaces did)."""
+        k = np.concatenate([self.keys, keys])
+        r = np.concatenate([self.rows, rows])
+        t = None
+        if texts is not None:
+            t = texts if self.texts is None else np.concatenate([self.texts, texts])
+        if len(k) > limit:
+            keep = np.argsort(k, kind="stable")[:limit]
+            k, r = k[keep], r[keep]
+            t = t[keep] if t is not None else None
+        self.keys, self.rows, self.texts = k, r, t
 
 
 class DiversityAccumulator:
@@ -252,15 +272,24 @@ class DiversityAccumulator:
             self._map.clear()
         ids = frame["id"].cast(pl.String).to_list()
         keys = [id_key(i) for i in ids]
-        rows = frame[row_column].to_list()
-        texts = frame["text"].fill_null("").to_list() if self.keep_texts else [None] * frame.height
+        key_array = np.array(keys, dtype=np.uint64)
+        row_array = frame[row_column].to_numpy().astype(np.int64, copy=False)
+        texts = None
+        if self.keep_texts:
+            texts = np.empty(frame.height, dtype=object)
+            texts[:] = frame["text"].fill_null("").to_list()
+        rows = row_array.tolist()
         for node, depth, idx in _node_rows(frame):
             sums = self._nodes.get(node)
             if sums is None:
                 sums = self._nodes[node] = _NodeSums(int(depth))
             sums.docs += len(idx)
-            for i in idx.tolist():
-                _keep_smallest(sums.sample, (-keys[i], rows[i], texts[i]), self.sample)
+            sums.keep(
+                key_array[idx],
+                row_array[idx],
+                texts[idx] if texts is not None else None,
+                self.sample,
+            )
             if self.embedded and embeddings is not None:
                 total, gram, self_sims = _block_sums(embeddings, idx, self.gram_nodes is None)
                 sums.total = total if sums.total is None else sums.total + total
@@ -318,13 +347,13 @@ class DiversityAccumulator:
         parts: list[list[tuple[str, _NodeSums]]] = [[]]
         held = 0
         for item in todo:
-            size = len(item[1].sample)
+            size = len(item[1].rows)
             if fetching and parts[-1] and held + size > batch_rows:
                 parts.append([])
                 held = 0
             parts[-1].append(item)
             held += size
-        wanted = [{row for _, sums in part for _, row, _ in sums.sample} for part in parts]
+        wanted = [{row for _, sums in part for row in sums.rows.tolist()} for part in parts]
         texts_of: Iterator[dict[int, str] | None]
         if groups is not None:
             texts_of = iter(groups(wanted))
@@ -384,11 +413,12 @@ class DiversityAccumulator:
         vendi: dict[str, float | None] | None = None,
     ) -> dict:
         node, sums = item
-        ordered = sorted(sums.sample, key=lambda entry: entry[1])  # corpus order
+        order = np.argsort(sums.rows, kind="stable")  # corpus order
         if texts is None:
-            some = [text or "" for _, _, text in ordered]
+            kept = sums.texts[order].tolist() if sums.texts is not None else []
+            some = [text or "" for text in kept]
         else:
-            some = [texts[row] for _, row, _ in ordered]
+            some = [texts[row] for row in sums.rows[order].tolist()]
         metrics: dict = {"docs": sums.docs, "compression_ratio": compression_ratio(some)}
         for n, value in _distincts(some).items():
             metrics[f"distinct_{n}"] = value
