@@ -24,7 +24,9 @@ demo: $(STAMP)
 
 # The suite on 2 pytest-xdist workers: most tests wait on subprocesses and loopback servers, so
 # two workers halve the wall time on 2 cores. `--dist loadgroup` spreads tests one by one but
-# keeps each xdist_group together (the Ray cluster module: one cluster at a time). The options
+# keeps the tests sharing a module fixture (a built project, the Ray cluster) on one worker and
+# hands out the slowest files first (tests/support/xdist_groups.py, used by tests/conftest.py,
+# since xdist's own loadgroup drops the groups under pytest 9.2). The options
 # live here, not in pyproject's addopts, so a plain `pytest tests/test_x.py` stays serial and
 # debuggable (--pdb, -s). PYTEST_WORKERS=0 runs the suite serially.
 PYTEST_WORKERS ?= 2

@@ -10,7 +10,10 @@ open a connection outside the loopback range.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -18,8 +21,10 @@ from hypothesis import settings
 from tests.support.fake_openai_server import fake_openai, fake_openai_factory  # noqa: F401
 from tests.support.netguard import install_network_guard
 from tests.support.prerequisites import missing_prerequisites
+from tests.support.xdist_groups import WORKERINPUT_KEY, GroupScheduling, write_groups
 
 ROOT = Path(__file__).resolve().parent.parent
+_GROUPS_DIR = pytest.StashKey[Path]()
 
 
 # Property tests explore the same examples on every machine and run: a new counterexample is
@@ -50,18 +55,37 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         )
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's hook reads the groups into the node ids
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under `make test` (xdist, `--dist loadgroup`) a module's tests that share a module- or
-    class-scoped fixture (a built project, a cluster, a server) run on one worker, so the
-    fixture is made once, not once per worker; the other tests are spread one by one."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is not None:
-            continue
-        fixtureinfo = getattr(item, "_fixtureinfo", None)
-        defs = fixtureinfo.name2fixturedefs.values() if fixtureinfo is not None else ()
-        if any(d[-1].scope in ("module", "class") for d in defs if d):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))  # type: ignore[attr-defined]
+def _groups_dir(config: pytest.Config) -> Path:
+    """Where the workers leave their test groups for the controller (made once per run)."""
+    if _GROUPS_DIR not in config.stash:
+        path = Path(tempfile.mkdtemp(prefix="pytest-xdist-groups-"))
+        config.stash[_GROUPS_DIR] = path
+        config.add_cleanup(lambda: shutil.rmtree(path, ignore_errors=True))
+    return config.stash[_GROUPS_DIR]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """(xdist controller) Tell each worker where to write its test groups."""
+    node.workerinput[WORKERINPUT_KEY] = str(_groups_dir(node.config))
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # before xdist's own loadgroup scheduler
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under `make test` (xdist, `--dist loadgroup`) the tests of a module that share a
+    module- or class-scoped fixture (a built project, a cluster, a server) run on one worker,
+    so the fixture is made once; the other tests are spread one by one
+    (tests/support/xdist_groups.py says why this is not xdist's own loadgroup)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    return GroupScheduling(config, _groups_dir(config), log)
+
+
+@pytest.hookimpl(trylast=True)  # the node ids as the controller will receive them
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and WORKERINPUT_KEY in workerinput:
+        write_groups(items, Path(workerinput[WORKERINPUT_KEY]), workerinput["workerid"])
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -35,8 +35,9 @@ _ENV = ("CORPUS_CACHE_DIR", "CORPUS_OUTPUT_DIR", "CORPUS_EXECUTOR", "CORPUS_WORK
 POOLED = ("filter", "quality")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def server() -> Iterator[FakeOpenAIServer]:
+    """Per test (a thread, cheap), so the module's two builds can run on two workers."""
     with FakeOpenAIServer(responder=responder) as srv:
         yield srv
 

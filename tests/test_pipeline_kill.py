@@ -9,6 +9,7 @@ SIGINT, as Ctrl-C sends), so no kill depends on how fast the machine is.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ from builder.assemble import verify_run
 from builder.stages import STAGES
 from tests.support.fake_openai_server import FakeOpenAIServer
 from tests.support.project import ROOT, ids_and_texts, make_project, responder
+from tests.support.shared import made_once
 
 OVERRIDES: dict[str, dict[str, Any]] = {
     "llm": {"max_concurrency": 2},
@@ -102,47 +104,71 @@ def _complete(config: Path, cache: Path) -> str:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def server() -> Any:
-    srv = FakeOpenAIServer(responder=responder, latency=0.03).start()
-    yield srv
-    srv.stop()
+    with FakeOpenAIServer(responder=responder, latency=0.03) as srv:
+        yield srv
 
 
-@pytest.fixture(scope="module")
-def reference(server: FakeOpenAIServer, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """An uninterrupted build (own project, own cache): what every resumed build must equal."""
-    root = tmp_path_factory.mktemp("reference")
-    config = make_project(root / "project", server.base_url, OVERRIDES)
-    out = _complete(config, root / "cache")
-    run = root / "project" / "outputs" / "test"
-    assert verify_run(run) == []
-    return {
-        "docs": ids_and_texts(run),
-        "rejected": sorted(pl.read_parquet(run / "rejected.parquet")["id"].to_list()),
-        "stdout": out,
-        "run": run,
-    }
+def _reference_build(root: Path) -> None:
+    with FakeOpenAIServer(responder=responder, latency=0.03) as srv:
+        config = make_project(root / "project", srv.base_url, OVERRIDES)
+        out = _complete(config, root / "cache")
+    (root / "stdout.txt").write_text(out, encoding="utf-8")
 
 
-def _assert_same(run: Path, reference: dict) -> None:
+class Reference:
+    """An uninterrupted build (own project, own server and cache): what every resumed build
+    must equal. Built on first use, once per session for every worker
+    (``tests.support.shared``), so the tests comparing against it need not share a worker,
+    and each one's kills run before it waits for the reference."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._factory = tmp_path_factory
+
+    @functools.cached_property
+    def root(self) -> Path:
+        root = made_once(self._factory, "pipeline-kill-reference", _reference_build)
+        assert verify_run(root / "project" / "outputs" / "test") == []
+        return root
+
+    @property
+    def stdout(self) -> str:
+        return (self.root / "stdout.txt").read_text(encoding="utf-8")
+
+    @functools.cached_property
+    def docs(self) -> list[tuple[str, str]]:
+        return ids_and_texts(self.root / "project" / "outputs" / "test")
+
+    @functools.cached_property
+    def rejected(self) -> list[str]:
+        run = self.root / "project" / "outputs" / "test"
+        return sorted(pl.read_parquet(run / "rejected.parquet")["id"].to_list())
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    return Reference(tmp_path_factory)
+
+
+def _assert_same(run: Path, reference: Reference) -> None:
     assert verify_run(run) == []
     docs = ids_and_texts(run)
     assert len({i for i, _ in docs}) == len(docs)  # no duplicate
-    assert docs == reference["docs"]  # same ids and texts, nothing missing
+    assert docs == reference.docs  # same ids and texts, nothing missing
     rejected = sorted(pl.read_parquet(run / "rejected.parquet")["id"].to_list())
-    assert rejected == reference["rejected"]
+    assert rejected == reference.rejected
 
 
-def test_reference_build_prints_where_everything_is(reference: dict) -> None:
-    out = reference["stdout"]
+def test_reference_build_prints_where_everything_is(reference: Reference) -> None:
+    out = reference.stdout
     for label in ("card:", "report:", "shards:", "documents:", "rejected:", "time:"):
         assert label in out
-    assert len(reference["docs"]) > 20
+    assert len(reference.docs) > 20
 
 
 def test_ctrl_c_and_kill_9_during_generation_then_resume(
-    server: FakeOpenAIServer, reference: dict, tmp_path: Path
+    server: FakeOpenAIServer, reference: Reference, tmp_path: Path
 ) -> None:
     config = make_project(tmp_path / "project", server.base_url, OVERRIDES)
     cache = tmp_path / "cache"
@@ -171,20 +197,27 @@ def test_ctrl_c_and_kill_9_during_generation_then_resume(
     assert "up to date" not in out
     # The last build did not redo what the interrupted ones had finished.
     assert rows_at_kill < generated_rows(run)
-    assert server.count("chat") < len(reference["docs"]) + len(reference["rejected"])
+    assert server.count("chat") < len(reference.docs) + len(reference.rejected)
     assert "is up to date" in _complete(config, cache)
 
 
 @pytest.fixture(scope="module")
+def assembly_server() -> Any:
+    """The assembly tests' server: the one their copied project's config names."""
+    with FakeOpenAIServer(responder=responder, latency=0.03) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
 def before_assembly(
-    server: FakeOpenAIServer, reference: dict, tmp_path_factory: pytest.TempPathFactory
+    assembly_server: FakeOpenAIServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """A project (and its cache) whose build was killed right after the stage before
     assembly wrote its marker: every assembly test starts from a copy of it, so each runs
     only assembly and what follows instead of a whole build."""
     before = STAGES[STAGES.index("assemble") - 1]
     root = tmp_path_factory.mktemp("before-assembly")
-    config = make_project(root / "project", server.base_url, OVERRIDES)
+    config = make_project(root / "project", assembly_server.base_url, OVERRIDES)
     Build(config, root / "cache", fault=f"stage.marked.{before}:1").killed_by_fault()
     done = root / "project" / "outputs" / "test" / "work" / "_done"
     assert (done / f"{before}.json").exists() and not (done / "assemble.json").exists()
@@ -196,7 +229,11 @@ def before_assembly(
     ["assemble.shard:1", "assemble.shard:3", "assemble.manifest:1", "stage.marked.assemble:1"],
 )
 def test_kill_9_during_assembly_then_resume(
-    server: FakeOpenAIServer, before_assembly: Path, reference: dict, tmp_path: Path, fault: str
+    assembly_server: FakeOpenAIServer,
+    before_assembly: Path,
+    reference: Reference,
+    tmp_path: Path,
+    fault: str,
 ) -> None:
     """Killed after the first shard, mid-shards, after the manifest (card and report not
     written) and after assembly's marker (report not written): the rerun completes the
@@ -205,6 +242,7 @@ def test_kill_9_during_assembly_then_resume(
     config = tmp_path / "project" / "corpus.toml"
     cache = tmp_path / "cache"
     run = tmp_path / "project" / "outputs" / "test"
+    server = assembly_server
     server.reset_counts()
     build = Build(config, cache, fault=fault)
     build.killed_by_fault()
@@ -220,7 +258,7 @@ def test_kill_9_during_assembly_then_resume(
 
 
 def test_kill_9_during_dedup_then_resume(
-    server: FakeOpenAIServer, reference: dict, tmp_path: Path
+    server: FakeOpenAIServer, reference: Reference, tmp_path: Path
 ) -> None:
     config = make_project(tmp_path / "project", server.base_url, OVERRIDES)
     cache = tmp_path / "cache"

@@ -41,9 +41,9 @@ PROJECT: dict[str, dict[str, Any]] = {
     "llm": {"cache_dir": ".corpus-cache"},
     "output": {"dir": "outputs", "run": "r", "shard_max_rows": 5},
 }
-# Under `make test` (pytest-xdist, --dist loadgroup) the whole module runs on one worker: one
-# Ray cluster at a time, and the module-scoped cluster and builds are made once.
-pytestmark = pytest.mark.xdist_group("ray")
+# Under `make test` (pytest-xdist, --dist loadgroup) every test using the module's cluster runs
+# on one worker (tests/support/xdist_groups.py): one Ray cluster at a time, and the module-scoped
+# cluster and builds are made once. The test without a cluster runs wherever there is room.
 _ENV = (
     "CORPUS_CACHE_DIR", "CORPUS_OUTPUT_DIR", "CORPUS_EXECUTOR", "CORPUS_RAY_ADDRESS",
     "CORPUS_WORKERS",
@@ -333,10 +333,16 @@ def test_a_judge_on_its_own_endpoint_is_reached_through_the_driver(
     assert sent >= asked  # the build's meter counted the judge's requests too
 
 
-def test_the_local_executor_never_imports_ray(generated: Path, place: Path) -> None:
+def test_the_local_executor_never_imports_ray(tmp_path: Path) -> None:
     """With the local executor (the default) neither ``corpus build --help`` nor a build
-    imports Ray: a cost only for those who choose it."""
-    config = _copy(generated, place)
+    imports Ray: a cost only for those who choose it. (A project of its own, built from
+    scratch: no cluster, so this test need not wait for the cluster's worker.)"""
+    with FakeOpenAIServer(responder=responder) as srv:
+        config = make_project(tmp_path / "p", srv.base_url, PROJECT, run="r")
+        _assert_never_imports_ray(config)
+
+
+def _assert_never_imports_ray(config: Path) -> None:
     script = (
         "import sys\n"
         "from builder.cli import main\n"

@@ -71,3 +71,42 @@ def test_a_skip_is_reported_as_a_failure(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1, passed=1, xfailed=1)
     result.stdout.fnmatch_lines(["*skipped under the strict suite*no chromium*"])
+
+
+def test_tests_sharing_a_module_fixture_run_on_one_worker(pytester: pytest.Pytester) -> None:
+    """Under `make test`'s options, tests sharing a module-scoped fixture stay on one worker
+    (the fixture is made once) while tests sharing none spread over both workers."""
+    pytester.makeconftest("from tests.conftest import *  # noqa: F403\n")
+    pytester.makepyfile(
+        test_groups="""
+        import os
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def made(tmp_path_factory):
+            log = tmp_path_factory.getbasetemp().parent / "made.log"
+            with open(log, "a") as f:
+                f.write(os.environ["PYTEST_XDIST_WORKER"] + "\\n")
+
+        @pytest.mark.parametrize("i", range(6))
+        def test_shared(made, i):
+            pass
+
+        @pytest.mark.parametrize("i", range(6))
+        def test_alone(i):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "--dist", "loadgroup", "-v", "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(passed=12)
+    ran = {}
+    for line in result.outlines:
+        if "PASSED" in line and line.startswith("[gw"):
+            ran[line.split()[-1]] = line.split("]")[0].lstrip("[")
+    shared = {w for test, w in ran.items() if "test_shared" in test}
+    assert len(shared) == 1  # one worker ran every test of the group
+    assert set(ran.values()) == {"gw0", "gw1"}  # the others spread
+    logs = list(pytester.path.parent.glob("**/made.log"))
+    assert [p.read_text().split() for p in logs] == [sorted(shared)]  # made once
