@@ -21,7 +21,6 @@ from typing import Any
 
 _EXPORTS: dict[str, str] = {
     "LLM": "builder.llm.base",
-    "ScriptedLLM": "builder.llm.fake",
     "open_engine": "builder.llm.engine",
     "Engine": "builder.llm.engine",
     "EngineStats": "builder.llm.core",

@@ -1,8 +1,8 @@
 """The narrow interface every generating stage uses to talk to a model.
 
-Stages depend on ``LLM`` only, so tests inject ``ScriptedLLM`` (builder.llm.fake) and real
-runs inject the engine (``builder.llm.open_engine``). Results come back as they complete,
-in any order; each ``ChatResult.request_id`` names its ``ChatRequest``.
+Stages depend on ``LLM`` only: a run injects the engine (``builder.llm.open_engine``), a
+programmer may inject anything with the same methods. Results come back as they
+complete, in any order; each ``ChatResult.request_id`` names its ``ChatRequest``.
 """
 
 from __future__ import annotations
