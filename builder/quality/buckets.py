@@ -314,6 +314,7 @@ def streamed_semantic_clusters(
     )
 
     sample = max(2, sample_rows or KMEANS_SAMPLE)
+    bucket_rows = bucket_rows or SEMDEDUP_BUCKET_ROWS
     with EmbeddedCorpus(
         ctx, path, SEMDEDUP_COLUMNS, bucket_rows=bucket_rows, text_lengths=True, name="semdedup"
     ) as corpus:
@@ -439,6 +440,11 @@ def kmeans_sample(corpus: EmbeddedCorpus, sample: int) -> np.ndarray | None:
     assert x is not None and filled == len(keys)
     return x
 
+
+#: Rows of a bucket of semantic dedup above the k-means sample (its second and third passes
+#: hold a bucket's vectors next to the sample's): ~20 MB of 256-d vectors, held two or three
+#: times while joined, the same as a corpus of this size held whole.
+SEMDEDUP_BUCKET_ROWS = 20_000
 
 #: What semantic dedup streams besides the text lengths (``text_lengths``: never the texts).
 SEMDEDUP_COLUMNS = ("id", "verified")
