@@ -269,3 +269,23 @@ def test_a_piece_whose_files_changed_is_computed_again(
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed: 2 of" in resumed.stdout  # pieces 0 and 2; piece 1 computed again
     _same_outputs(tmp_path / "clean", tmp_path / "out")
+
+
+def test_default_buckets_are_bounded_by_entries_not_by_the_corpus(
+    corpus: pl.DataFrame, tmp_path: Path, monkeypatch
+) -> None:
+    """The default bucket count is the rows' band entries over ``BUCKET_ENTRIES``: with a
+    bound of 300 entries the 240 rows spread over many buckets, none of which held much more
+    than the bound (counted by the tasks), and the files equal those of one bucket."""
+    import builder.dedup.buckets as buckets
+
+    src = tmp_path / "in.parquet"
+    corpus.write_parquet(src, row_group_size=40)
+    settings = DedupSettings(partition_size=40)
+    one = dedup_files(src, tmp_path / "one", settings, workers=1, buckets=1)
+    monkeypatch.setattr(buckets, "BUCKET_ENTRIES", 300)
+    small = dedup_files(src, tmp_path / "small", settings, workers=1)
+    _same_outputs(tmp_path / "one", tmp_path / "small")
+    assert small.stats.buckets == -(-240 * settings.bands // 300)
+    assert one.stats.largest_bucket_entries > 4 * 300
+    assert 0 < small.stats.largest_bucket_entries <= 2 * 300

@@ -25,8 +25,12 @@ from builder.dedup.lsh import bucket_pairs, pair_jaccard, unique_pairs
 from builder.dedup.signatures import ENTRY, SignatureStore, piece_path
 from builder.util.files import atomic_write
 
-#: Band entries per bucket the default aims at (~14 bytes each, ~60 MB with the sort).
-BUCKET_ENTRIES = 4_000_000
+#: Band entries per bucket the default aims at: 14 bytes each on disk, ~65 bytes each while
+#: a task groups them (row numbers widened, masks, the sort's order and copies), so ~30 MB a
+#: task. The bucket count grows with the corpus and a bucket does not: 4M entries (one
+#: bucket up to 250k documents at 16 bands, grouped in the build's own process) measured
+#: +199 MB at 200k documents.
+BUCKET_ENTRIES = 500_000
 
 TaskMap = Callable[[Callable[[Any], Any], Sequence[Any]], Iterator[Any]]
 

@@ -437,9 +437,10 @@ def dedup_files(
     with the same input and settings reuses the pieces it had finished. ``mapper`` runs the
     signature and bucket tasks elsewhere (Ray tasks: ``outdir`` must then be on a
     filesystem every worker sees). ``buckets`` overrides the number of band buckets
-    (default: about 4M band entries each; results never depend on it). ``pool``: worker
-    processes the caller started early (so they import while it works); used when it has
-    the number of workers this run resolves to, else replaced. Either way it is closed here.
+    (default: about ``buckets.BUCKET_ENTRIES`` band entries each; results never depend on
+    it). ``pool``: worker processes the caller started early (so they import while it
+    works); used when it has the number of workers this run resolves to, else replaced.
+    Either way it is closed here.
     """
     settings = settings or DedupSettings()
     t0 = time.perf_counter()

@@ -102,11 +102,13 @@ class EmbeddedCorpus:
                 lengths = pc.utf8_length(pc.fill_null(text, ""))
                 table = table.drop_columns(["text"]).append_column(LENGTH, lengths.cast(pa.int64()))
             yield table
+            release_memory()  # the decoded row group: else the allocators keep it, ~+150 MB
 
     def _embedding_batches(self) -> Iterator[pa.Table]:
         for table in iter_batches(self.embedding_parts, batch_rows=self.read_rows):
             self._held(table.num_rows)
             yield table
+            release_memory()
 
     def __iter__(self) -> Iterator[tuple[pl.DataFrame, np.ndarray | None]]:
         if self.rows == 0:
@@ -230,7 +232,11 @@ class _BucketFiles:
             part = table.take(pa.array(np.flatnonzero(buckets == b)))
             writer = self.writers.get(b)
             if writer is None:
-                writer = self.writers[b] = pq.ParquetWriter(self.out / f"{b}.parquet", part.schema)
+                # No dictionary encoding: ids are unique and vectors are floats, so it never
+                # pays, and each writer's float dictionaries held ~+170 MB at 200k documents.
+                writer = self.writers[b] = pq.ParquetWriter(
+                    self.out / f"{b}.parquet", part.schema, use_dictionary=False
+                )
             writer.write_table(part.cast(writer.schema))
 
     def __enter__(self) -> _BucketFiles:
@@ -305,7 +311,6 @@ def streamed_semantic_clusters(
     documents are written to disk by cluster (``label % buckets``), and the near-duplicate
     pairs, groups and representatives are found one bucket of whole clusters at a time
     (pairs never cross clusters, so that is the same computation)."""
-    from builder.quality.metrics import id_key
     from builder.quality.semdedup import (
         assign,
         clusters_result,
@@ -315,6 +320,7 @@ def streamed_semantic_clusters(
     )
 
     sample = max(2, sample_rows or KMEANS_SAMPLE)
+    bucket_rows = bucket_rows or SEMDEDUP_BUCKET_ROWS
     with EmbeddedCorpus(
         ctx, path, SEMDEDUP_COLUMNS, bucket_rows=bucket_rows, text_lengths=True, name="semdedup"
     ) as corpus:
@@ -332,24 +338,13 @@ def streamed_semantic_clusters(
                 ids, x, threshold=threshold, cluster_size=cluster_size,
                 lengths=lengths, verified=verified, seed=seed,
             )  # fmt: skip
-        # Pass 1: the k-means sample (the smallest id keys), then its centres.
-        keys = np.zeros(0, dtype=np.uint64)
-        picked = np.zeros((0, 0), dtype=np.float32)
-        for docs, vectors in corpus:
-            if vectors is None:
-                return None
-            batch_keys = np.array(
-                [id_key(i) for i in docs["id"].cast(pl.String).to_list()], dtype=np.uint64
-            )
-            keys = np.concatenate([keys, batch_keys])
-            picked = vectors if picked.size == 0 else np.concatenate([picked, vectors])
-            if len(keys) > sample:
-                keep = np.argsort(keys, kind="stable")[:sample]
-                keys, picked = keys[keep], picked[keep]
-        keep = np.argsort(keys, kind="stable")
+        # Pass 1: the k-means sample (the smallest id keys, in key order), then its centres.
+        x = kmeans_sample(corpus, sample)
+        if x is None:
+            return None
         k = max(1, -(-corpus.rows // cluster_size))
-        _, centres = kmeans_fit(picked[keep], min(k, sample), seed=seed)
-        del picked, keys
+        _, centres = kmeans_fit(x, min(k, sample), seed=seed)
+        del x
         # Pass 2: every document to its nearest centre, written by cluster bucket.
         out = corpus.tmp / "clusters"
         with _BucketFiles(out) as files:
@@ -374,8 +369,10 @@ def streamed_semantic_clusters(
         groups = 0
         for b in sorted(files.writers):
             release_memory()
-            part = pl.read_parquet(out / f"{b}.parquet")
-            x = embedding_matrix(part["embedding"].cast(pl.List(pl.Float32)))
+            part = pl.read_parquet(
+                out / f"{b}.parquet", columns=["id", "length", "verified", "label"]
+            )
+            x = _fixed_vectors(pq.read_table(out / f"{b}.parquet", columns=["embedding"]))
             rows, found = group_rows(
                 part["id"].to_list(), x, part["label"].to_numpy(), threshold,
                 lengths=part["length"].to_numpy(), verified=part["verified"].to_list(),
@@ -384,6 +381,76 @@ def streamed_semantic_clusters(
             groups += found
         return clusters_result(all_rows, groups, min(k, sample))
 
+
+def _fixed_vectors(table: pa.Table) -> np.ndarray:
+    """The ``(n, d)`` float32 array of a table's one fixed-size-list column (no copy per
+    row: one flat buffer)."""
+    column = table.column(0).combine_chunks()
+    flat = column.values.to_numpy(zero_copy_only=False)
+    return flat.reshape(len(column), column.type.list_size)
+
+
+def _id_keys(ids: pl.Series) -> np.ndarray:
+    """The sampling keys (``metrics.id_key``) of a column of ids."""
+    from builder.quality.metrics import id_key
+
+    values = ids.cast(pl.String).to_list()
+    return np.fromiter((id_key(i) for i in values), dtype=np.uint64, count=len(values))
+
+
+def smallest_keys(corpus: EmbeddedCorpus, sample: int) -> np.ndarray:
+    """The ``sample`` smallest id keys of the corpus, sorted (repeats kept): one pass over
+    its ids only, holding at most ``sample`` keys plus one read batch."""
+    best = np.zeros(0, dtype=np.uint64)
+    for table in iter_batches(corpus.files, batch_rows=corpus.read_rows, columns=["id"]):
+        corpus._held(table.num_rows)
+        best = np.concatenate([best, _id_keys(_frame(table)["id"])])
+        if len(best) > sample:
+            best = np.partition(best, sample - 1)[:sample]
+    return np.sort(best)
+
+
+def kmeans_sample(corpus: EmbeddedCorpus, sample: int) -> np.ndarray | None:
+    """The vectors of the ``sample`` documents with the smallest id keys, in key order
+    (equal keys: in the order the buckets yield them), or None when any is missing.
+
+    The keys are chosen first from the ids alone (``smallest_keys``), so each sampled
+    vector goes straight to its row of one ``(sample, d)`` array as its bucket passes: the
+    sample is held once, never alongside a bucket's worth of candidates and their sorted
+    copy. The rows are those a stable sort of every key would put first, so this is the
+    sample (and the order) of keeping the smallest keys while streaming."""
+    keys = smallest_keys(corpus, sample)
+    top = keys[-1]
+    x: np.ndarray | None = None
+    filled = 0
+    next_slot: dict[int, int] = {}  # key -> its next free row (equal keys: in turn)
+    for docs, vectors in corpus:
+        if vectors is None:
+            return None
+        batch = _id_keys(docs["id"])
+        pos = np.flatnonzero(batch <= top)
+        if x is None:
+            x = np.empty((len(keys), vectors.shape[1]), dtype=np.float32)
+        lo = np.searchsorted(keys, batch[pos], side="left")
+        hi = np.searchsorted(keys, batch[pos], side="right")
+        take, dest = [], []
+        rows = zip(pos.tolist(), batch[pos].tolist(), lo.tolist(), hi.tolist(), strict=True)
+        for p, key, a, b in rows:
+            slot = next_slot.get(key, a)
+            if slot < b:  # equal keys past the sample's last one stay out, as in a sort
+                take.append(p)
+                dest.append(slot)
+                next_slot[key] = slot + 1
+        x[dest] = vectors[take]
+        filled += len(dest)
+    assert x is not None and filled == len(keys)
+    return x
+
+
+#: Rows of a bucket of semantic dedup above the k-means sample (its second and third passes
+#: hold a bucket's vectors next to the sample's): ~20 MB of 256-d vectors, held two or three
+#: times while joined, the same as a corpus of this size held whole.
+SEMDEDUP_BUCKET_ROWS = 20_000
 
 #: What semantic dedup streams besides the text lengths (``text_lengths``: never the texts).
 SEMDEDUP_COLUMNS = ("id", "verified")
