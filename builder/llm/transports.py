@@ -13,6 +13,7 @@ from typing import Any
 
 from builder.llm.endpoint import Endpoint
 from builder.llm.transport import Transport
+from builder.llm.transport_http import HttpTransport
 from builder.settings.llm import LLMSettings
 
 
@@ -30,6 +31,7 @@ def _azure_transport() -> type:
 
 #: ``[llm] transport`` name -> a function returning the class (see the module docstring).
 TRANSPORTS: dict[str, Callable[[], type]] = {
+    "http": lambda: HttpTransport,
     "aiohttp": lambda: Transport,
     "openai": _openai_transport,
     "azure": _azure_transport,
