@@ -240,3 +240,25 @@ def test_a_server_that_refuses_connections_is_a_retry():
 
     err = asyncio.run(go())
     assert err.kind == "retry" and "cannot connect" in err.reason
+
+
+def test_a_header_with_a_line_break_is_never_sent_as_is(scripted):
+    # the lean client leaves it to aiohttp, which refuses it: no request reaches the server
+    server = scripted([with_length()])
+    s = LLMSettings(
+        base_url=f"http://127.0.0.1:{server.port}/v1",
+        model="m",
+        default_headers={"X-Team": "t\r\nX-Injected: 1"},
+    )
+    ep = endpoints_from_settings(s)[0]
+
+    async def go() -> None:
+        transport = HttpTransport(ep, s)
+        try:
+            await transport.chat(b"{}")
+        finally:
+            await transport.close()
+
+    with pytest.raises(ValueError):
+        asyncio.run(go())
+    assert server.requests == []

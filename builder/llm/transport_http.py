@@ -256,7 +256,10 @@ class HttpTransport(Transport):
             path = parts.path + (f"?{parts.query}" if parts.query else "")
             host_header = parts.netloc
             lines = [f"POST {path} HTTP/1.1", f"Host: {host_header}"]
-            lines += [f"{k}: {v}" for k, v in self._headers().items()]
+            headers = self._headers()
+            if any("\r" in f"{k}{v}" or "\n" in f"{k}{v}" for k, v in headers.items()):
+                return None  # aiohttp refuses such a header with a clear error
+            lines += [f"{k}: {v}" for k, v in headers.items()]
             lines += ["Accept-Encoding: identity", "Connection: keep-alive"]
             try:
                 self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
