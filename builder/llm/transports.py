@@ -2,9 +2,9 @@
 
 Apart from the transports themselves so that the dependency goes one way: the SDK
 transports (``builder.llm.transport_openai``) and the lean one (``builder.llm.transport_http``)
-build on ``builder.llm.transport``, and only
-this module knows them all. The SDK ones are imported on first use: ``import openai`` alone
-costs ~0.6 s, which runs that never use the SDK should not pay.
+build on ``builder.llm.transport``, and only this module knows them all. The SDK ones are
+imported on first use: ``import openai`` alone costs ~0.6 s, which runs that never use the
+SDK should not pay.
 """
 
 from __future__ import annotations
