@@ -131,8 +131,7 @@ def main() -> None:
         if not (same_rows and same_cache):
             raise SystemExit(f"outputs differ: rows equal {same_rows}, cache equal {same_cache}")
     finally:
-        server.stdin.close()
-        server.wait(30)
+        build_scale.stop_server(server)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     per_1k = {name: statistics.median(v) / args.docs * 1000 for name, v in cpu.items()}

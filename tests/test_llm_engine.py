@@ -61,9 +61,10 @@ def srv():
         yield server
 
 
-@pytest.fixture(params=["aiohttp", "openai"])
+@pytest.fixture(params=["http", "aiohttp", "openai"])
 def transport(request) -> str:
-    """The fault-injection tests run on both transports: raw aiohttp and the openai client."""
+    """The fault-injection tests run on every transport: the lean client, raw aiohttp and the
+    openai client."""
     return request.param
 
 

@@ -17,6 +17,7 @@ from builder.llm import open_engine
 from builder.llm.check import check_endpoints
 from builder.llm.endpoint import endpoints_from_settings
 from builder.llm.transport import Transport
+from builder.llm.transport_http import HttpTransport
 from builder.llm.transport_openai import AzureOpenAITransport, OpenAITransport
 from builder.llm.transports import TRANSPORTS, make_transport
 from builder.records import ChatRequest
@@ -69,7 +70,10 @@ def srv():
 def test_registry_covers_every_configurable_transport():
     assert set(TRANSPORTS) == set(typing.get_args(TransportName))
     ep = endpoints_from_settings(LLMSettings(base_url="http://127.0.0.1:1/v1", model="m"))[0]
-    assert ep.transport == "aiohttp" and isinstance(make_transport(ep, LLMSettings()), Transport)
+    assert ep.transport == "http" and isinstance(make_transport(ep, LLMSettings()), HttpTransport)
+    ep.transport = "aiohttp"
+    made = make_transport(ep, LLMSettings())
+    assert isinstance(made, Transport) and not isinstance(made, HttpTransport)
     ep.transport = "openai"
     assert isinstance(make_transport(ep, LLMSettings()), OpenAITransport)
 
@@ -88,9 +92,9 @@ def test_no_key_means_no_authorization_header_and_sdk_env_keys_are_ignored(srv, 
     assert "Authorization" not in srv.headers[0]  # only api_key_env supplies a key
 
 
-def test_default_headers_are_sent_by_both_transports(srv):
+def test_default_headers_are_sent_by_every_transport(srv):
     headers = {"OpenAI-Organization": "org-test", "X-Team": "curriculum"}
-    for i, transport in enumerate(("aiohttp", "openai")):
+    for i, transport in enumerate(("http", "aiohttp", "openai")):
         srv.reset_counts()
         run_all(settings_for(srv, transport=transport, default_headers=headers), [req(i)])
         sent = {k.lower(): v for k, v in srv.headers[0].items()}  # names are case-insensitive
@@ -98,9 +102,10 @@ def test_default_headers_are_sent_by_both_transports(srv):
         assert sent["content-type"] == "application/json"
 
 
-def test_the_cache_does_not_depend_on_the_transport(srv):
+@pytest.mark.parametrize("first_transport", ["http", "aiohttp"])
+def test_the_cache_does_not_depend_on_the_transport(srv, first_transport):
     requests = [req(i) for i in range(6)]
-    first, _ = run_all(settings_for(srv, transport="aiohttp"), requests)
+    first, _ = run_all(settings_for(srv, transport=first_transport), requests)
     second, stats = run_all(settings_for(srv, transport="openai"), requests)
     assert srv.count() == 6 and stats.http_requests == 0 and all(r.cached for r in second)
     assert {r.request_sha256 for r in first} == {r.request_sha256 for r in second}

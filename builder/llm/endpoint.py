@@ -47,7 +47,7 @@ class Endpoint:
     embedded: bool = False
     cache_url: str = ""
     api_key: str | None = field(default=None, repr=False)
-    transport: str = "aiohttp"  # a key of builder.llm.transports.TRANSPORTS
+    transport: str = "http"  # a key of builder.llm.transports.TRANSPORTS
     api_version: str | None = None  # Azure OpenAI's api-version (transport "azure")
     headers: dict[str, str] = field(default_factory=dict)  # extra headers on every request
     max_requests_per_minute: float | None = None  # pace launches under these (None: no pacing

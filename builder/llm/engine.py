@@ -35,6 +35,7 @@ import os
 import queue
 import signal
 import threading
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -405,11 +406,7 @@ class Engine:
                         break
                     except queue.Empty:
                         continue
-                while len(outcomes) < 1024:
-                    try:
-                        outcomes = outcomes + outq.get_nowait()
-                    except queue.Empty:
-                        break
+                outcomes = _gather(outq, outcomes, drv.outstanding)
                 yield from drv.complete(outcomes)
         finally:
             if dispatch is not None and io is not None:
@@ -505,6 +502,40 @@ class Engine:
         async for result in self.arun([request]):
             return result
         raise LLMError(f"no result for request {request.id}")
+
+
+#: Outcomes stored per cache transaction that ``_gather`` waits for (at most ``COALESCE_S``)
+#: while many requests are in flight: one SQLite commit per 8 rows cost ~60% more CPU per
+#: row than one per 64, and the caller's thread asleep meanwhile leaves the GIL to the I/O.
+COALESCE = 64
+COALESCE_S = 0.01
+
+
+def _gather(
+    outq: queue.SimpleQueue[list[Outcome]], outcomes: list[Outcome], outstanding: int
+) -> list[Outcome]:
+    """``outcomes`` plus what else has finished: everything queued (up to 1024), and, when
+    more than ``COALESCE`` requests are outstanding, up to ``COALESCE_S`` of waiting for a
+    batch of ``COALESCE`` (a lone request is never held back)."""
+    deadline = None
+    while len(outcomes) < 1024:
+        try:
+            outcomes = outcomes + outq.get_nowait()
+            continue
+        except queue.Empty:
+            pass
+        if len(outcomes) >= COALESCE or outstanding <= COALESCE:
+            break
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + COALESCE_S
+        if now >= deadline:
+            break
+        try:
+            outcomes = outcomes + outq.get(timeout=deadline - now)
+        except queue.Empty:
+            break
+    return outcomes
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,9 +15,10 @@ Every failed attempt becomes an ``AttemptError`` whose ``kind`` tells the engine
 stop the run with one clear message. Messages never contain the API key.
 
 ``[llm] transport`` picks the class per endpoint from the registry in
-``builder.llm.transports`` (``make_transport``): ``aiohttp`` (this module, the default),
-``openai`` (the official ``openai.AsyncOpenAI`` client, ``builder.llm.transport_openai``) or
-``azure`` (``openai.AsyncAzureOpenAI``). All share the
+``builder.llm.transports`` (``make_transport``): ``http`` (the default: the lean HTTP/1.1 client
+of ``builder.llm.transport_http`` for plain-http chat completions, this class for the rest),
+``aiohttp`` (this module), ``openai`` (the official ``openai.AsyncOpenAI`` client,
+``builder.llm.transport_openai``) or ``azure`` (``openai.AsyncAzureOpenAI``). All share the
 ``chat``/``request_json``/``close`` interface, the ``Reply`` they return and the
 ``AttemptError`` classification, so the engine's retries, window and fail-fast do not depend on
 the choice; the cache key does not either (it hashes the body, which is the same).

@@ -1,9 +1,10 @@
 """The transport registry: ``[llm] transport`` name -> the class that carries requests.
 
 Apart from the transports themselves so that the dependency goes one way: the SDK
-transports (``builder.llm.transport_openai``) build on ``builder.llm.transport``, and only
-this module knows them all. The SDK ones are imported on first use: ``import openai`` alone
-costs ~0.6 s, which runs that never use the SDK should not pay.
+transports (``builder.llm.transport_openai``) and the lean one (``builder.llm.transport_http``)
+build on ``builder.llm.transport``, and only this module knows them all. The SDK ones are
+imported on first use: ``import openai`` alone costs ~0.6 s, which runs that never use the
+SDK should not pay.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from builder.llm.endpoint import Endpoint
 from builder.llm.transport import Transport
+from builder.llm.transport_http import HttpTransport
 from builder.settings.llm import LLMSettings
 
 
@@ -30,6 +32,7 @@ def _azure_transport() -> type:
 
 #: ``[llm] transport`` name -> a function returning the class (see the module docstring).
 TRANSPORTS: dict[str, Callable[[], type]] = {
+    "http": lambda: HttpTransport,
     "aiohttp": lambda: Transport,
     "openai": _openai_transport,
     "azure": _azure_transport,

@@ -12,8 +12,10 @@ SmolLM2 server); pointing the builder at any OpenAI-compatible server takes two 
 Several replicas share the load with ``[[llm.endpoints]]`` tables (same keys plus
 ``max_concurrency`` and ``kind``).
 
-``transport`` chooses how requests travel (per endpoint too): ``"aiohttp"`` (default: the
-engine speaks the OpenAI wire format over aiohttp, ~0.2 ms of client CPU per request),
+``transport`` chooses how requests travel (per endpoint too): ``"http"`` (default: the
+engine speaks the OpenAI wire format itself, with a lean HTTP/1.1 client for ``http://``
+chat completions and aiohttp for the rest: ``https://``, streams, proxies, Batch API calls),
+``"aiohttp"`` (aiohttp for everything, ~0.2 ms of client CPU per request),
 ``"openai"`` (through the official ``openai.AsyncOpenAI`` client, for its auth, proxy and
 header handling; ~1 ms more CPU per request) or ``"azure"`` (``openai.AsyncAzureOpenAI``;
 needs ``api_version`` and ``api_key_env``; ``base_url`` is the deployment URL, e.g.
@@ -34,9 +36,9 @@ from builder.settings.base import Section
 #: ``llama.cpp``: ``{"type": "json_object", "schema": ...}`` plus top_k/min_p/repeat_penalty.
 EndpointKind = Literal["openai", "llama.cpp"]
 
-#: How requests travel (``builder.llm.transports.TRANSPORTS``): raw aiohttp, ``openai.AsyncOpenAI``
-#: or ``openai.AsyncAzureOpenAI``.
-TransportName = Literal["aiohttp", "openai", "azure"]
+#: How requests travel (``builder.llm.transports.TRANSPORTS``): the lean client (aiohttp
+#: where it does not apply), raw aiohttp, ``openai.AsyncOpenAI`` or ``openai.AsyncAzureOpenAI``.
+TransportName = Literal["http", "aiohttp", "openai", "azure"]
 
 
 class EndpointSettings(Section):
@@ -74,7 +76,7 @@ class LLMSettings(Section):
     api_key_env: str | None = None
     kind: EndpointKind = "openai"
     endpoints: list[EndpointSettings] = Field(default_factory=list)
-    transport: TransportName = "aiohttp"  # see the module docstring
+    transport: TransportName = "http"  # see the module docstring
     api_version: str | None = None  # Azure OpenAI api-version (transport = "azure")
     # Extra headers on every request (e.g. {"OpenAI-Organization" = "org-..."}). They are part
     # of the config, which runs record: never put a secret here, keys go in api_key_env.
