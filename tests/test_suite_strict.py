@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 
 import pytest
 
 from tests.support.netguard import NetworkBlocked, is_loopback
 from tests.support.prerequisites import missing_prerequisites
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytest_plugins = ["pytester"]
 
@@ -73,9 +77,15 @@ def test_a_skip_is_reported_as_a_failure(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*skipped under the strict suite*no chromium*"])
 
 
-def test_tests_sharing_a_module_fixture_run_on_one_worker(pytester: pytest.Pytester) -> None:
+def test_tests_sharing_a_module_fixture_run_on_one_worker(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Under `make test`'s options, tests sharing a module-scoped fixture stay on one worker
     (the fixture is made once) while tests sharing none spread over both workers."""
+    # The sub-run's conftest imports this suite's: ``tests`` must be importable there too.
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    )
     pytester.makeconftest("from tests.conftest import *  # noqa: F403\n")
     pytester.makepyfile(
         test_groups="""
