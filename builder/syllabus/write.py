@@ -77,12 +77,7 @@ def approve_syllabus(
 
     settings = settings or SyllabusSettings()
     node = tax[subject_id]
-    path = syllabus_path(tax, node.id)
-    if not path.exists():
-        raise TaxonomyError(
-            f"{node.id!r} has no syllabus ({_display(path)} does not exist)",
-            hint=f"generate one with `corpus syllabus generate {node.id}`",
-        )
+    path = _existing_syllabus(tax, node.id)
     _syllabus, problems = _load_file(path, tax, settings)
     if problems:
         raise ValidationError(problems)
@@ -129,12 +124,7 @@ def edit_session(
 
     settings = settings or SyllabusSettings()
     node = tax[subject_id]
-    path = syllabus_path(tax, node.id)
-    if not path.exists():
-        raise TaxonomyError(
-            f"{node.id!r} has no syllabus ({_display(path)} does not exist)",
-            hint=f"generate one with `corpus syllabus generate {node.id}`",
-        )
+    path = _existing_syllabus(tax, node.id)
     unknown = sorted(set(values) - set(SESSION_FIELDS))
     if unknown:
         raise TaxonomyError(
@@ -215,3 +205,14 @@ def render_syllabus(syllabus: Syllabus, tax: Taxonomy | None = None) -> str:
             lines.append(f"{pad}goal: {goal}")
         lines.append(f"{pad}concepts: {', '.join(s.concepts)}")
     return "\n".join(lines) + "\n"
+
+
+def _existing_syllabus(tax: Taxonomy, subject_id: str) -> Path:
+    """The subject's syllabus file; ``TaxonomyError`` naming the fix when there is none."""
+    path = syllabus_path(tax, subject_id)
+    if not path.exists():
+        raise TaxonomyError(
+            f"{subject_id!r} has no syllabus ({_display(path)} does not exist)",
+            hint=f"generate one with `corpus syllabus generate {subject_id}`",
+        )
+    return path
