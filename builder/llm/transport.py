@@ -134,6 +134,14 @@ def classify_status(status: int, message: str, code: str, retry_after: float | N
     return AttemptError("request", detail, status=status)
 
 
+def status_error(ep: Endpoint, status: int, text: str, headers: Any) -> AttemptError:
+    """The ``AttemptError`` for a non-200 answer whose body starts with ``text``: the error's
+    message (redacted) and code from its JSON, classified by status, with ``Retry-After``.
+    Every transport reports an HTTP error through here."""
+    message, code = _error_details(text)
+    return classify_status(status, ep.redact(message), code, parse_retry_after(headers), ep.label)
+
+
 def decode_json_reply(raw: bytes) -> tuple[str, Any]:
     """``(text, body)`` of a JSON response; ``AttemptError`` (retry) when it is not JSON."""
     try:
@@ -254,11 +262,7 @@ class Transport:
             text = (await resp.content.read(_MAX_ERROR_BODY)).decode("utf-8", "replace")
         except (TimeoutError, aiohttp.ClientError):
             text = ""
-        message, code = _error_details(text)
-        message = self.ep.redact(message)
-        return classify_status(
-            resp.status, message, code, parse_retry_after(resp.headers), self.ep.label
-        )
+        return status_error(self.ep, resp.status, text, resp.headers)
 
     # -- small JSON calls (models, files, batches) -------------------------------------
     async def request_json(

@@ -38,11 +38,9 @@ from builder.llm.transport import (
     AttemptError,
     Reply,
     Transport,
-    _error_details,
     check_completion,
-    classify_status,
     decode_json_reply,
-    parse_retry_after,
+    status_error,
 )
 from builder.llm.window import parse_ratelimit
 from builder.settings.llm import LLMSettings
@@ -297,14 +295,7 @@ class HttpTransport(Transport):
 
     def _error(self, response: _Response) -> AttemptError:
         text = response.body[:_MAX_ERROR_BODY].decode("utf-8", "replace")
-        message, code = _error_details(text)
-        return classify_status(
-            response.status,
-            self.ep.redact(message),
-            code,
-            parse_retry_after(response.headers),
-            self.ep.label,
-        )
+        return status_error(self.ep, response.status, text, response.headers)
 
     async def _connect(self, host: str, port: int) -> _Connection:
         loop = asyncio.get_running_loop()

@@ -48,12 +48,10 @@ from builder.llm.transport import (
     AttemptError,
     Reply,
     Transport,
-    _error_details,
     assemble_stream,
     check_completion,
-    classify_status,
     decode_json_reply,
-    parse_retry_after,
+    status_error,
 )
 from builder.llm.window import parse_ratelimit
 from builder.settings.llm import LLMSettings
@@ -216,14 +214,7 @@ class OpenAITransport:
             text = resp.content[:_MAX_ERROR_BODY].decode("utf-8", "replace")
         except httpx2.HTTPError:  # not read (closed early)
             text = ""
-        message, code = _error_details(text)
-        err = classify_status(
-            resp.status_code,
-            self.ep.redact(message),
-            code,
-            parse_retry_after(resp.headers),
-            self.ep.label,
-        )
+        err = status_error(self.ep, resp.status_code, text, resp.headers)
         err.ratelimit = parse_ratelimit(resp.headers)
         return err
 
