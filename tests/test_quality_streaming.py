@@ -5,6 +5,7 @@ order equals ``node_diversity`` / ``embedding_map`` of the whole corpus, and
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -107,13 +108,14 @@ def test_node_texts_fetched_a_bounded_group_at_a_time_give_the_same_metrics() ->
     texts = frame["text"].to_list()
     asked: list[int] = []
 
-    def fetch(wanted: set[int]) -> dict[int, str]:
-        asked.append(len(wanted))
-        return {row: texts[row] for row in wanted}
+    def groups(wanted: list[set[int]]) -> Iterator[dict[int, str]]:
+        for rows_of_group in wanted:
+            asked.append(len(rows_of_group))
+            yield {row: texts[row] for row in rows_of_group}
 
-    assert_same_nodes(lean.nodes(fetch, batch_rows=60), kept.nodes())
+    assert_same_nodes(lean.nodes(groups=groups, batch_rows=60), kept.nodes())
     assert len(asked) > 3 and max(asked) <= 60  # 9 nodes of 40 rows: several groups
-    with pytest.raises(ValueError, match="fetch"):
+    with pytest.raises(ValueError, match="groups"):
         lean.nodes()
 
 

@@ -309,7 +309,6 @@ class DiversityAccumulator:
 
     def nodes(
         self,
-        fetch: Callable[[set[int]], dict[int, str]] | None = None,
         *,
         batch_rows: int = 50_000,
         groups: Callable[[list[set[int]]], Iterable[dict[int, str]]] | None = None,
@@ -317,14 +316,14 @@ class DiversityAccumulator:
     ) -> pl.DataFrame:
         """``METRIC_COLUMNS`` per node, as ``node_diversity`` returns them.
 
-        Without kept texts (``keep_texts=False``), ``fetch(rows)`` returns the texts of
-        corpus rows; nodes are measured a group at a time, each group's samples holding at
-        most ``batch_rows`` rows (or one node's), so the texts held are bounded by that, not
-        by the corpus (every document of a 200k corpus is in some topic's sample). Nodes are
-        measured on a small thread pool: compression (zlib), the n-gram counts (Polars) and
-        the eigenvalues (LAPACK) release the GIL, so both cores work. ``groups`` (instead of
-        ``fetch``) takes every group's rows at once and yields each group's texts in order
-        (``EmbeddedCorpus.text_groups``: one pass over the corpus, not one per group).
+        Without kept texts (``keep_texts=False``), ``groups(rows of each group)`` yields
+        each group's texts in order (``EmbeddedCorpus.text_groups``: one pass over the
+        corpus, not one per group); nodes are measured a group at a time, each group's
+        samples holding at most ``batch_rows`` rows (or one node's), so the texts held are
+        bounded by that, not by the corpus (every document of a 200k corpus is in some
+        topic's sample). Nodes are measured on a small thread pool: compression (zlib), the
+        n-gram counts (Polars) and the eigenvalues (LAPACK) release the GIL, so both cores
+        work.
         With ``gram_nodes``, ``batches()`` yields the batches ``add`` was given again, in
         the same order, for the Vendi scores (``_vendi_in_passes``)."""
         from concurrent.futures import ThreadPoolExecutor
@@ -339,26 +338,21 @@ class DiversityAccumulator:
             if batches is None:
                 raise ValueError("nodes() needs batches when the accumulator keeps no Grams")
             vendi = self._vendi_in_passes(todo, batches)
-        if groups is not None:
-            fetch = None
-        elif fetch is None and not self.keep_texts:
-            raise ValueError("nodes() needs fetch when the accumulator keeps no texts")
-        fetching = fetch is not None or groups is not None
+        if groups is None and not self.keep_texts:
+            raise ValueError("nodes() needs groups when the accumulator keeps no texts")
         parts: list[list[tuple[str, _NodeSums]]] = [[]]
         held = 0
         for item in todo:
             size = len(item[1].rows)
-            if fetching and parts[-1] and held + size > batch_rows:
+            if groups is not None and parts[-1] and held + size > batch_rows:
                 parts.append([])
                 held = 0
             parts[-1].append(item)
             held += size
-        wanted = [{row for _, sums in part for row in sums.rows.tolist()} for part in parts]
         texts_of: Iterator[dict[int, str] | None]
         if groups is not None:
+            wanted = [{row for _, sums in part for row in sums.rows.tolist()} for part in parts]
             texts_of = iter(groups(wanted))
-        elif fetch is not None:
-            texts_of = (fetch(rows) for rows in wanted)
         else:
             texts_of = (None for _ in parts)
         out: list[dict] = []
