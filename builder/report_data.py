@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import polars as pl
 
 from builder.assemble import SHARD_GLOB, Source, to_lazy
 from builder.tokens import count_tokens
+from builder.util.partitions import lazy_batches
 
 UNKNOWN_PATH = "(unknown)"
 #: Rejection stages counted as duplicates / contamination (prefix match: dedup-exact, ...).
@@ -451,13 +452,6 @@ class DocumentSummary:
         return pl.DataFrame(rows, schema=schema, orient="row")
 
 
-def _batches(documents: pl.LazyFrame, batch_rows: int) -> Iterator[pl.DataFrame]:
-    """``documents`` in frames of at most ``batch_rows`` rows, in order."""
-    from builder.util.partitions import lazy_batches
-
-    yield from lazy_batches(documents, batch_rows)
-
-
 def _merge(parts: pl.DataFrame, keys: list[str], sums: list[str]) -> pl.DataFrame:
     return parts.group_by(keys).agg(pl.col(s).sum() for s in sums)
 
@@ -497,7 +491,7 @@ def summarize_documents(
             for b in range(n_buckets)
         ]
         try:
-            for batch in _batches(documents, batch_rows):
+            for batch in lazy_batches(documents, batch_rows):
                 summary.max_rows_held = max(summary.max_rows_held, batch.height)
                 facts = document_facts(batch.lazy(), opener_words)
                 summary.documents += facts.height
