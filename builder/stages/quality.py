@@ -359,17 +359,18 @@ def _write_kept(
 
     schema = pq.read_schema(kept_in)
     held = 0
+    gone_list = gone.implode() if gone is not None else None
 
     def write(tmp: Path) -> None:
         nonlocal held
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for table in iter_batches(kept_in, batch_rows=READ_ROWS):
                 held = max(held, table.num_rows)
-                if gone is not None and rep_cluster is not None:
+                if gone_list is not None and rep_cluster is not None:
                     frame = (
                         _frame(table)
                         .with_columns(pl.col("id").cast(pl.String).alias("_sid"))
-                        .filter(~pl.col("_sid").is_in(gone.implode()))
+                        .filter(~pl.col("_sid").is_in(gone_list))
                         .join(rep_cluster, on="_sid", how="left", maintain_order="left")
                         .with_columns(
                             pl.col("dup_cluster")
