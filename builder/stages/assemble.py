@@ -154,7 +154,7 @@ class AssembleStage(Stage):
         from builder.assemble import assemble
         from builder.card import write_card
         from builder.quality.hooks import quality_summary
-        from builder.run.executor import LocalExecutor, TaskLog
+        from builder.run.executor import TaskLog
 
         config = ctx.config
         ctx.log("[assemble] writing shards, manifest, card and report")
@@ -165,7 +165,7 @@ class AssembleStage(Stage):
         release_memory()
         # Token counting as the executor's tasks (Ray tasks, or the local executor's
         # processes), one slice of the id-sorted documents each.
-        executor = ctx.executor if ctx.executor is not None else LocalExecutor()
+        executor = ctx.runner()
         tasks = TaskLog()
         result = assemble(
             self.inputs(ctx)[0],

@@ -55,13 +55,6 @@ def _clean_scratch(out: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def _executor(ctx: RunContext) -> Any:
-    """The build's executor (a plain ``LocalExecutor``, in this process, when none is set)."""
-    from builder.run.executor import LocalExecutor
-
-    return ctx.executor if ctx.executor is not None else LocalExecutor()
-
-
 def _stats(result: Any) -> dict[str, Any]:
     stats = result.stats.to_dict()
     stats.pop("settings", None)
@@ -164,7 +157,7 @@ class DecontamStage(Stage):
             rows = min(config.decontam.partition_size, config.run.partition_rows)
             settings = config.decontam.model_copy(update={"partition_size": rows})
             tasks = TaskLog()
-            mapper = functools.partial(_executor(ctx).map_tasks, where=tasks.add)
+            mapper = functools.partial(ctx.runner().map_tasks, where=tasks.add)
             result = decontaminate_files(source, bench, out, settings, mapper=mapper)
             stats = _stats(result)
             n_bad = result.contaminated.height
