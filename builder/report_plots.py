@@ -91,7 +91,6 @@ def plot_coverage(nodes: Mapping[str, TreeNode], *, planned: bool) -> bytes:
     """Treemap: area = planned share (taxonomy weights) or documents, colour = documents."""
     from matplotlib import colormaps
     from matplotlib.colors import LogNorm, Normalize
-    from matplotlib.patches import Rectangle
 
     fig = _figure(12, 7.5)
     ax = fig.add_subplot()
@@ -120,20 +119,20 @@ def plot_coverage(nodes: Mapping[str, TreeNode], *, planned: bool) -> bytes:
         ):
             draw(node, rx, ry, rw, rh)
 
+    # Rectangles are gathered and drawn as three collections (frames, filled leaves, empty
+    # hatched leaves) in this order: one artist each instead of one patch per node, which
+    # made this plot most of a small build's report time (~1,400 patches on the starter
+    # taxonomy). Frames come in depth-first order, so a parent's frame lies under its
+    # children's as before.
+    frames: list[tuple[float, float, float, float, float]] = []  # x, y, w, h, linewidth
+    filled: list[tuple[float, float, float, float, tuple]] = []  # x, y, w, h, colour
+    empties: list[tuple[float, float, float, float]] = []
+
     def draw(node: TreeNode, x: float, y: float, w: float, h: float) -> None:
         if w <= 0.5 or h <= 0.5:
             return
         if node.children:
-            ax.add_patch(
-                Rectangle(
-                    (x, y),
-                    w,
-                    h,
-                    facecolor="#f7f7f7",
-                    edgecolor="#333333",
-                    linewidth=max(0.4, 2.2 - node.depth * 0.7),
-                )
-            )
+            frames.append((x, y, w, h, max(0.4, 2.2 - node.depth * 0.7)))
             header = 16.0 if h > 60 and w > 40 else 0.0
             if header:
                 ax.text(
@@ -149,6 +148,7 @@ def plot_coverage(nodes: Mapping[str, TreeNode], *, planned: bool) -> bytes:
                     fontsize=9 if node.depth == 0 else 8,
                     fontweight="bold" if node.depth == 0 else "normal",
                     clip_on=True,
+                    zorder=4,
                 )
             pad = 3.0 if min(w, h) > 20 else 0.0
             layout(
@@ -160,23 +160,16 @@ def plot_coverage(nodes: Mapping[str, TreeNode], *, planned: bool) -> bytes:
             )
             return
         empty = node.documents == 0
-        ax.add_patch(
-            Rectangle(
-                (x, y),
-                w,
-                h,
-                facecolor="#f1eded" if empty else cmap(norm(max(node.documents, norm.vmin or 0))),
-                edgecolor="white",
-                hatch="///" if empty else None,
-                hatchcolor="#d9a3a3",
-                linewidth=0.8,
-            )
-        )
+        colour = None if empty else cmap(norm(max(node.documents, norm.vmin or 0)))
+        if colour is None:
+            empties.append((x, y, w, h))
+        else:
+            filled.append((x, y, w, h, colour))
         if w > 46 and h > 24:
-            colour = "black"
-            if not empty:
-                r, g, b, _ = cmap(norm(max(node.documents, norm.vmin or 0)))
-                colour = "white" if (0.299 * r + 0.587 * g + 0.114 * b) < 0.5 else "black"
+            ink = "black"
+            if colour is not None:
+                r, g, b, _ = colour
+                ink = "white" if (0.299 * r + 0.587 * g + 0.114 * b) < 0.5 else "black"
             size = 10 if w > 150 and h > 40 else 8 if w > 90 else 7
             ax.text(
                 x + w / 2,
@@ -185,12 +178,25 @@ def plot_coverage(nodes: Mapping[str, TreeNode], *, planned: bool) -> bytes:
                 ha="center",
                 va="center",
                 fontsize=size,
-                color=colour,
+                color=ink,
                 clip_on=True,
+                zorder=4,
                 bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5} if empty else None,
             )
 
     layout(roots, 0, 0, width, height)
+    _rectangles(ax, frames, facecolor="#f7f7f7", edgecolor="#333333", zorder=1)
+    _rectangles(ax, filled, edgecolor="white", linewidth=0.8, zorder=2)
+    _rectangles(
+        ax,
+        empties,
+        facecolor="#f1eded",
+        edgecolor="white",
+        linewidth=0.8,
+        hatch="///",
+        hatchcolor="#d9a3a3",
+        zorder=3,
+    )
     ax.set_xlim(0, width)
     ax.set_ylim(0, height)
     ax.set_axis_off()
@@ -205,6 +211,39 @@ def plot_coverage(nodes: Mapping[str, TreeNode], *, planned: bool) -> bytes:
         title = "Coverage: area and colour = documents"
     ax.set_title(title, fontsize=12)
     return _png(fig)
+
+
+def _rectangles(
+    ax: Any,
+    rects: Sequence[tuple],
+    *,
+    facecolor: str | None = None,
+    edgecolor: str,
+    linewidth: float | None = None,
+    hatch: str | None = None,
+    hatchcolor: str | None = None,
+    zorder: float,
+) -> None:
+    """Add ``rects`` (``x, y, w, h`` then a line width when ``linewidth`` is None, or a
+    face colour when ``facecolor`` is None) to ``ax`` as one collection."""
+    if not rects:
+        return
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    patches = [Rectangle((r[0], r[1]), r[2], r[3]) for r in rects]
+    collection = PatchCollection(
+        patches,
+        facecolors=facecolor if facecolor is not None else [r[4] for r in rects],
+        edgecolors=edgecolor,
+        linewidths=linewidth if linewidth is not None else [r[4] for r in rects],
+        zorder=zorder,
+    )
+    if hatch:
+        collection.set_hatch(hatch)
+    if hatchcolor:
+        collection.set_hatchcolor(hatchcolor)
+    ax.add_collection(collection, autolim=False)
 
 
 def _fit(text: str, width: float, fontsize: float) -> str:

@@ -36,6 +36,7 @@ from builder.run.ledger import Ledger, MeteredLLM, budget_message
 from builder.run.lock import run_lock
 from builder.run.paths import RunDir, with_run
 from builder.util.files import atomic_write_text
+from builder.util.memory import long_lived_frozen
 
 if TYPE_CHECKING:  # pragma: no cover
     from builder.llm.base import LLM
@@ -213,6 +214,7 @@ def run_stages(
     check_inputs(config)
     runner = make_executor(executor or config.run.executor, config)
     with contextlib.ExitStack() as outer:
+        outer.enter_context(long_lived_frozen())
         outer.callback(runner.close)
         engine_stack = outer.enter_context(contextlib.ExitStack())
         ctx = open_context(
