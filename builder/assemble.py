@@ -30,8 +30,7 @@ import itertools
 import json
 import os
 import platform
-import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,12 +52,12 @@ from builder.assemble_shards import (
     READ_BATCH_ROWS,
     ROW_OVERHEAD_BYTES,
     ShardInfo,
+    TokenCounting,
     _Counts,
     _row_groups,
     _shard_pieces,
     _write_parquet,
     _write_shard,
-    count_tokens_file,
     sort_by_id,
     with_token_counts,
 )
@@ -151,6 +150,8 @@ class AssemblyResult:
     max_rows_held: int = 0
     #: seconds spent counting tokens (the tasks over the sorted rows, wherever they ran)
     token_seconds: float = 0.0
+    #: what ``alongside`` returned (None without it)
+    alongside: Any = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,6 +257,7 @@ def assemble(
     config: CorpusConfig,
     extra_manifest: Mapping[str, Any] | None = None,
     mapper: TaskMap | None = None,
+    alongside: Callable[[], Any] | None = None,
 ) -> AssemblyResult:
     """Write the corpus, ``rejected.parquet`` and ``manifest.json`` into ``run_dir``.
 
@@ -270,6 +272,9 @@ def assemble(
     assembly writes itself (config, counts, shards, ...). ``mapper`` (an executor's
     ``map_tasks``) counts the tokens of each slice of ``[run] partition_rows`` sorted rows
     elsewhere (Ray tasks, local processes); None: here. The counts are the same either way.
+    ``alongside`` (e.g. the diversity summary) is called while the tokens are counted, after
+    the rows are sorted and before the shards are written, so its work fills the cores the
+    counting leaves idle; its result is ``AssemblyResult.alongside``.
     Raises ``InputError`` for missing columns, wrong column types, null or duplicate ids.
     """
     extra = dict(extra_manifest or {})
@@ -313,7 +318,7 @@ def assemble(
     scratch = run / SCRATCH_DIR
     with _locked(scratch):
         return _assemble_locked(
-            docs_lf, rej_lf, run, scratch, config, filled, extra, mapper, batches
+            docs_lf, rej_lf, run, scratch, config, filled, extra, mapper, batches, alongside
         )
 
 
@@ -331,6 +336,7 @@ def _assemble_locked(
     extra: dict[str, Any],
     mapper: TaskMap | None,
     batches: Iterator[pl.DataFrame] | None = None,
+    alongside: Callable[[], Any] | None = None,
 ) -> AssemblyResult:
     out = config.output
     _clean_scratch(scratch)
@@ -350,13 +356,16 @@ def _assemble_locked(
             hint="check the column types written by the stage before assembly",
         ) from None
 
-    # cl100k counts of the sorted rows, as tasks over slices of them (the executor's)
+    # cl100k counts of the sorted rows, as tasks over slices of them (the executor's), with
+    # ``alongside`` running here meanwhile
     tokens_path = scratch / "n_tokens.i64"
-    t0 = time.perf_counter()
-    count_tokens_file(
+    counting = TokenCounting(
         sorted_path.resolve(), tokens_path, rows=config.run.partition_rows, mapper=mapper
     )
-    token_seconds = time.perf_counter() - t0
+    try:
+        side = alongside() if alongside is not None else None
+    finally:
+        token_seconds = counting.join()
 
     _clean_run_dir(run)
     (run / DOCUMENTS_DIR).mkdir(exist_ok=True)
@@ -445,6 +454,7 @@ def _assemble_locked(
         rejected=rej_df.height,
         max_rows_held=counts.max_rows,
         token_seconds=token_seconds,
+        alongside=side,
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -212,6 +213,40 @@ def count_tokens_file(source: Path, dest: Path, *, rows: int, mapper: TaskMap | 
     if written != n:  # pragma: no cover - every slice maps to one result
         raise RuntimeError(f"token counts for {written} of {n} rows")
     return n
+
+
+class TokenCounting:
+    """``count_tokens_file`` on a background thread, so the caller can do other work while
+    the tasks run (assembly computes the diversity summary meanwhile): the thread mostly
+    waits for the executor's workers (or, without a mapper, runs tiktoken, which releases
+    the GIL). ``join()`` waits and re-raises the counting's error, if any."""
+
+    def __init__(
+        self, source: Path, dest: Path, *, rows: int, mapper: TaskMap | None = None
+    ) -> None:
+        import threading
+
+        self.seconds = 0.0
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                count_tokens_file(source, dest, rows=rows, mapper=mapper)
+            except BaseException as exc:  # noqa: BLE001 - handed to join()'s caller
+                self._error = exc
+            finally:
+                self.seconds = time.perf_counter() - t0
+
+        self._thread = threading.Thread(target=run, name="assemble-tokens", daemon=True)
+        self._thread.start()
+
+    def join(self) -> float:
+        """Wait for the counts; return the seconds they took. Raises the counting's error."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.seconds
 
 
 def with_token_counts(batches: Iterable[pl.DataFrame], counts: Path) -> Iterator[pl.DataFrame]:

@@ -77,7 +77,9 @@ def quality_summary(ctx: RunContext, clean_path: Path) -> Any:
     # 50k-row buckets peaked at 797 MB against 564 with 20k rows (~15 CPU s cheaper: fewer
     # files and passes' reads; bench/RESULTS.md, "Assemble stage").
     bucket_rows = min(buckets.BUCKET_ROWS, ctx.config.run.partition_rows)
-    acc = DiversityAccumulator(keep_texts=False, gram_nodes=GRAM_NODES)
+    # The lexical measures read at most ``[output] diversity_sample`` texts per node.
+    sample = ctx.config.output.diversity_sample
+    acc = DiversityAccumulator(sample=sample, keep_texts=False, gram_nodes=GRAM_NODES)
     with EmbeddedCorpus(ctx, clean_path, DIVERSITY_COLUMNS, bucket_rows=bucket_rows) as corpus:
         if corpus.rows == 0:
             return None
@@ -98,7 +100,13 @@ def quality_summary(ctx: RunContext, clean_path: Path) -> Any:
     emap = acc.map()
     qstats = _stage_stats(ctx, "quality")
     sstats = _stage_stats(ctx, "semdedup")
-    summary: dict[str, Any] = {"sample": 500}
+    summary: dict[str, Any] = {
+        "sample": sample,
+        "lexical_measures": (
+            f"compression ratio and distinct-n on a sample of at most {sample} documents per "
+            "node (smallest id hash; [output] diversity_sample); similarity and Vendi on all"
+        ),
+    }
     if qstats.get("embedder"):
         from builder.quality.embed import WORDLLAMA_MODEL, WORDLLAMA_TERMS
 

@@ -14,8 +14,13 @@ measures are reported together because each misses something:
   documents (1 when all are the same, n when all are orthogonal). The non-zero eigenvalues
   of X X^T / n equal those of X^T X / n, so it costs O(n d^2), not O(n^3).
 
-Lexical measures use at most ``sample`` (500) documents per node (a deterministic sample by id
-hash) so their cost is bounded; embedding measures use every document. ``embedding_map``
+Lexical measures use at most ``sample`` (``LEXICAL_SAMPLE``, 100; ``[output] diversity_sample``)
+documents per node: the ones with the smallest id hash, a deterministic sample, as peer tools
+measure diversity on a fixed-size sample. Their cost is then bounded by the taxonomy, not the
+corpus (at 200k documents a cap of 500 compressed and n-grammed 301k sampled texts, every
+topic's documents; 100 takes 127k), and every node with at least that many documents is
+measured on the same number of them (distinct-n falls as a sample grows, so equal samples
+compare fairly). Embedding measures use every document. ``embedding_map``
 projects embeddings to 2-D (PCA by SVD) for the report's map. Pure functions; no I/O.
 """
 
@@ -35,6 +40,9 @@ import polars as pl
 from builder.diversity import ALL_NODE, expand_nodes
 
 NGRAMS = (1, 2, 3, 4)
+#: Documents per node the lexical measures (compression ratio, distinct-n) use by default
+#: (``[output] diversity_sample``'s default).
+LEXICAL_SAMPLE = 100
 METRIC_COLUMNS = (
     "docs",
     "compression_ratio",
@@ -133,7 +141,7 @@ def node_diversity(
     *,
     text_column: str = "text",
     id_column: str = "id",
-    sample: int = 500,
+    sample: int = LEXICAL_SAMPLE,
     min_docs: int = 2,
 ) -> pl.DataFrame:
     """``METRIC_COLUMNS`` per taxonomy node (every ancestor of each ``taxonomy_path``) and for
@@ -194,7 +202,7 @@ class _NodeSums:
     gram: np.ndarray | None = None  # X^T X (d x d, float64)
     # the ``sample`` documents with the smallest id keys: their keys, corpus rows and (with
     # ``keep_texts``) texts, as arrays: 16 bytes a document, not a Python tuple of ~130
-    # (at 200k documents every one is in its topic's sample: 301k entries)
+    # (a cap of 500 held 301k entries at 200k documents: every one in its topic's sample)
     keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     texts: np.ndarray | None = None
@@ -233,7 +241,7 @@ class DiversityAccumulator:
     def __init__(
         self,
         *,
-        sample: int = 500,
+        sample: int = LEXICAL_SAMPLE,
         min_docs: int = 2,
         map_limit: int = 5000,
         keep_texts: bool = True,

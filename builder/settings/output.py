@@ -32,3 +32,8 @@ class OutputSettings(Section):
     pretty_name: str | None = None
     # Words that make up a document's "opener" in the report's repeated-openers table.
     opener_words: int = Field(4, ge=1, le=20)
+    # Documents per taxonomy node whose texts the card's and report's lexical diversity
+    # measures (compression ratio, distinct-n) use: the ones with the smallest id hash, so
+    # the sample is the same on every rebuild (builder.quality.metrics.LEXICAL_SAMPLE).
+    # Embedding measures (mean similarity, Vendi) always use every document.
+    diversity_sample: int = Field(100, ge=2)

@@ -159,12 +159,17 @@ class AssembleStage(Stage):
         config = ctx.config
         ctx.log("[assemble] writing shards, manifest, card and report")
         stats = build_stats(ctx)
-        quality = quality_summary(ctx, self.inputs(ctx)[0])
-        # The summary's per-node sums are freed now: hand their pages back before the shards
-        # are written, so the stage's peak is the larger of the two, not their sum.
-        release_memory()
+
+        def summary() -> Any:
+            quality = quality_summary(ctx, self.inputs(ctx)[0])
+            # The summary's per-node sums are freed now: hand their pages back before the
+            # shards are written, so the stage's peak is the larger of the two, not their sum.
+            release_memory()
+            return quality
+
         # Token counting as the executor's tasks (Ray tasks, or the local executor's
-        # processes), one slice of the id-sorted documents each.
+        # processes), one slice of the id-sorted documents each; the diversity summary is
+        # computed here while they run (it has single-threaded phases that leave cores idle).
         executor = ctx.runner()
         tasks = TaskLog()
         result = assemble(
@@ -174,7 +179,9 @@ class AssembleStage(Stage):
             config=config,
             extra_manifest={"stats": stats},
             mapper=functools.partial(executor.map_tasks, where=tasks.add),
+            alongside=summary,
         )
+        quality = result.alongside
         write_card(
             ctx.paths.root,
             config=config,
