@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from builder.util.memory import _libc, release_memory
+from builder.util.memory import release_memory
 from builder.util.partitions import count_rows, iter_batches, list_parts
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -102,13 +102,14 @@ class EmbeddedCorpus:
                 lengths = pc.utf8_length(pc.fill_null(text, ""))
                 table = table.drop_columns(["text"]).append_column(LENGTH, lengths.cast(pa.int64()))
             yield table
-            _release_buffers()  # the decoded row group: else the allocators keep it, ~+150 MB
+            # the decoded row group: else the allocators keep it, ~+150 MB
+            release_memory(collect=False)
 
     def _embedding_batches(self) -> Iterator[pa.Table]:
         for table in iter_batches(self.embedding_parts, batch_rows=self.read_rows):
             self._held(table.num_rows)
             yield table
-            _release_buffers()
+            release_memory(collect=False)
 
     def __iter__(self) -> Iterator[tuple[pl.DataFrame, np.ndarray | None]]:
         if self.rows == 0:
@@ -128,7 +129,7 @@ class EmbeddedCorpus:
             _split(self._embedding_batches(), self.tmp / "emb", self.buckets)
             self._split_done = True
         for b in range(self.buckets):
-            _release_buffers()  # the last bucket's rows and vectors, before the next one
+            release_memory(collect=False)  # the last bucket's rows and vectors, before the next one
             docs_path = self.tmp / "docs" / f"{b}.parquet"
             emb_path = self.tmp / "emb" / f"{b}.parquet"
             if not docs_path.exists():
@@ -216,20 +217,6 @@ class EmbeddedCorpus:
                 break
         self._held(len(out))
         return {row: text or "" for row, text in out.items()}
-
-
-def _release_buffers() -> None:
-    """Hand the memory of the batches and buckets just dropped back to the OS (Arrow's pool,
-    glibc's heaps): ``release_memory`` without its full garbage collection. Tables, frames
-    and arrays are freed by reference counting (no cycles); the collection walked every
-    object of the build, ~90 ms a call, ~4 CPU s of the summary's passes at 100k
-    documents, on its critical path."""
-    import pyarrow as pa
-
-    pa.default_memory_pool().release_unused()
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
 
 
 class _BucketFiles:

@@ -35,9 +35,16 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
-def release_memory() -> None:
-    """Collect garbage and return free heap memory to the OS (best effort)."""
-    gc.collect()
+def release_memory(*, collect: bool = True) -> None:
+    """Collect garbage and return free heap memory to the OS (best effort).
+
+    ``collect=False`` skips the full garbage collection: for a loop that drops tables,
+    frames and arrays (freed by reference counting, no cycles) and only needs Arrow's pool
+    and glibc's heaps handed back, where the collection walking every object of the build
+    would be most of the call's cost.
+    """
+    if collect:
+        gc.collect()
     try:
         import pyarrow as pa
 
