@@ -82,7 +82,11 @@ def sampling_seed(req_id: str, seed: int) -> int:
 
 
 def prompt_sha256(request: ChatRequest, model: str) -> str:
-    """Hash of what decides a request's output: model, messages, params, schema, sample."""
+    """Hash of what decides a request's output: model, messages, params, schema, sample.
+    (Taken from a ``PreparedRequest`` that carries it for ``model``.)"""
+    made = getattr(request, "prompt_sha256", None)
+    if made is not None and made[0] == model:
+        return made[1]
     return sha256_hex(
         {
             "model": model,

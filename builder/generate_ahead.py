@@ -1,0 +1,165 @@
+"""Planning generation requests in another process, one unit partition ahead.
+
+Rendering a request's prompts, serialising its bodies and hashing its cache keys cost more
+CPU than sending it (about a third of the generate stage's per-request work), and all of it
+ran on the thread that also drives the engine: one core, under the GIL. ``Planner`` hands
+the generate stage the plan of unit partition ``k`` while a spawned process (never forked:
+the engine has threads) already plans partition ``k + 1`` into ``PreparedRequest``s, so
+the engine's thread only looks them up and sends them. The first partition is planned here
+(the process is still starting), and so is any partition whose plan the process could not
+make or made from other template files: the requests are the same either way, since both
+sides run ``plan_requests`` and ``prepare`` on the same inputs (checked by the templates'
+sha256 and the engine's ``prepare_signature``). At most one plan waits in memory.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from builder.generate import plan_requests, prompt_sha256
+from builder.llm.endpoint import Endpoint, PreparedRequest, prepare, prepare_signature
+from builder.records import ChatRequest, Unit
+from builder.settings.generate import GenerateSettings
+from builder.settings.llm import LLMSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from builder.templates import TemplateSet
+
+#: the template set a planning process loaded, by directory (loaded once per process)
+_TEMPLATES: dict[str, TemplateSet] = {}
+
+
+def prepare_plan(
+    requests: list[ChatRequest],
+    endpoints: list[Endpoint],
+    settings: LLMSettings,
+    model: str,
+) -> list[ChatRequest]:
+    """``requests`` as ``PreparedRequest``s for ``endpoints`` and ``settings`` (those the
+    engine refuses stay plain requests: the engine reports them)."""
+    signature = prepare_signature(endpoints, settings)
+    out: list[ChatRequest] = []
+    for r in requests:
+        try:
+            prep = prepare(endpoints, r, settings)
+        except ValueError:
+            out.append(r)
+            continue
+        out.append(
+            PreparedRequest(
+                id=r.id,
+                messages=r.messages,
+                params=r.params,
+                schema=r.schema,
+                sample_index=r.sample_index,
+                metadata=r.metadata,
+                bodies=tuple(prep.bodies),
+                keys=tuple(prep.keys),
+                signature=signature,
+                prompt_sha256=(model, prompt_sha256(r, model)),
+            )
+        )
+    return out
+
+
+def plan_partition(
+    units_path: str,
+    templates_dir: str,
+    generate: GenerateSettings,
+    endpoints: list[tuple[str, str, str]],
+    settings: LLMSettings,
+    model: str,
+) -> tuple[dict[str, str], list[ChatRequest]]:
+    """The prepared first-wave plan of one unit partition, and the sha256 of every template
+    it was made from (what the caller compares with its own). Runs in the planning process."""
+    from builder.stages.walk import read_units
+    from builder.templates import load_templates
+
+    templates = _TEMPLATES.get(templates_dir)
+    if templates is None:
+        _TEMPLATES.clear()
+        templates = _TEMPLATES[templates_dir] = load_templates(templates_dir)
+    eps = [
+        Endpoint(base_url="http://127.0.0.1/v1", model=m, kind=kind, cache_url=url)
+        for kind, m, url in endpoints
+    ]
+    requests = plan_requests(read_units(Path(units_path)), templates, generate)
+    return _shas(templates), prepare_plan(requests, eps, settings, model)
+
+
+def _shas(templates: TemplateSet) -> dict[str, str]:
+    return {t.name: t.sha256 for t in templates}
+
+
+class Planner:
+    """The first-wave plans of a run's unit partitions, in order (see the module doc).
+
+    ``ahead`` False plans every partition here (``[run] workers = 1``, a single partition,
+    or an LLM that is not the engine). ``plan(k, units)`` must be called for k = 0, 1, ...
+    """
+
+    def __init__(
+        self,
+        parts: list[Path],
+        templates: TemplateSet,
+        templates_dir: Path,
+        generate: GenerateSettings,
+        engine: Any,
+        *,
+        ahead: bool,
+        log: Callable[[str], None],
+    ) -> None:
+        self.parts = parts
+        self.templates = templates
+        self.templates_dir = str(templates_dir)
+        self.generate = generate
+        self.engine = engine
+        self.log = log
+        self.pool: ProcessPoolExecutor | None = None
+        self.pending: dict[int, Future[tuple[dict[str, str], list[ChatRequest]]]] = {}
+        if ahead and len(parts) > 1:
+            from builder.run.pool import die_with_parent
+
+            self.pool = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
+            )
+
+    def _submit(self, k: int) -> None:
+        if self.pool is None or k >= len(self.parts) or k in self.pending:
+            return
+        eps = [(ep.kind, ep.model, ep.cache_url) for ep in self.engine.endpoints]
+        self.pending[k] = self.pool.submit(
+            plan_partition,
+            str(self.parts[k]),
+            self.templates_dir,
+            self.generate,
+            eps,
+            self.engine.settings,
+            self.engine.model_name,
+        )
+
+    def plan(self, k: int, units: list[Unit]) -> list[ChatRequest]:
+        """The first wave of unit partition ``k`` (whose units are ``units``)."""
+        self._submit(k + 1)
+        future = self.pending.pop(k, None)
+        if future is not None:
+            try:
+                shas, requests = future.result()
+            except Exception as exc:  # the same plan is made here (and its error raised)
+                self.log(f"[generate] planning process failed ({exc!r}); planning here")
+                self.close()
+            else:
+                if shas == _shas(self.templates):
+                    return requests
+        return plan_requests(units, self.templates, self.generate)
+
+    def close(self) -> None:
+        """Stop the planning process (plans not taken are dropped)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+        self.pending.clear()
