@@ -157,9 +157,10 @@ class Planner:
                     return requests
         return plan_requests(units, self.templates, self.generate)
 
-    def close(self) -> None:
-        """Stop the planning process (plans not taken are dropped)."""
+    def close(self, wait: bool = False) -> None:
+        """Stop the planning process (plans not taken are dropped); ``wait``: until it has
+        exited (it is idle once every plan was taken)."""
         if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool.shutdown(wait=wait, cancel_futures=True)
             self.pool = None
         self.pending.clear()

@@ -119,9 +119,7 @@ class Driver:
         """A result (cache hit, or a request the engine refuses), a job to send, or None when
         the budget cannot take it now (it is then ``held``)."""
         try:
-            prep = prepared(
-                self.engine.endpoints, request, self.engine.settings, self.signature
-            )
+            prep = prepared(self.engine.endpoints, request, self.engine.settings, self.signature)
         except ValueError as exc:
             return self._emit_failed(request, str(exc))
         return self._admit(prep, self.engine.cache.get_any(prep.keys))

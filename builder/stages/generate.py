@@ -186,6 +186,7 @@ class GenerateStage(Stage):
         try:
             for k, upath in enumerate(parts):
                 self._partition(ctx, k, upath, templates, planner, stats, failures, answered)
+            planner.close(wait=True)
         finally:
             planner.close()
             if stats.sent:
