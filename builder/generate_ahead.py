@@ -120,6 +120,7 @@ class Planner:
         self.engine = engine
         self.log = log
         self.pool: ProcessPoolExecutor | None = None
+        self.taken = 0  # plans taken from the planning process
         self.pending: dict[int, Future[tuple[dict[str, str], list[ChatRequest]]]] = {}
         if ahead and len(parts) > 1:
             from builder.run.pool import die_with_parent
@@ -154,6 +155,7 @@ class Planner:
                 self.close()
             else:
                 if shas == _shas(self.templates):
+                    self.taken += 1
                     return requests
         return plan_requests(units, self.templates, self.generate)
 

@@ -200,6 +200,11 @@ class GenerateStage(Stage):
             for f in journal.iterdir():
                 if f.name[:5].isdigit() and int(f.name[:5]) >= len(parts):
                     f.unlink()
+        if planner.taken:
+            ctx.log(
+                f"[generate] {planner.taken} of {len(parts)} unit partition(s) planned "
+                "in a planning process"
+            )
         ctx.log(
             f"[generate] {stats.planned} request(s) in {stats.waves} wave(s): "
             f"{stats.reused} already done, {stats.sent - stats.cached} sent, "
