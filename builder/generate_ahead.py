@@ -10,12 +10,24 @@ the engine's thread only looks them up and sends them. The first partition is pl
 make or made from other template files: the requests are the same either way, since both
 sides run ``plan_requests`` and ``prepare`` on the same inputs (checked by the templates'
 sha256 and the engine's ``prepare_signature``). At most one plan waits in memory.
+
+The trade: the engine's process saves ~65 us of CPU per request, the planning process
+spends ~110 us on it (the plan itself, pickling, its own start). That pays when a core is
+idle: with the model elsewhere and 3 or more CPUs it cuts the stage's wall time by about a
+quarter. On 2 CPUs shared with a local endpoint (bench/build_scale.py) the second core is
+already half taken by the endpoint, the planning process makes it the bottleneck and the
+build spends ~20% more CPU for no gain (bench/RESULTS.md), so ``[run] workers = 0`` (auto)
+plans here on fewer than 3 CPUs; ``workers >= 2`` asks for the planning process anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import multiprocessing
-from collections.abc import Callable
+import os
+import pickle
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +43,23 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: the template set a planning process loaded, by directory (loaded once per process)
 _TEMPLATES: dict[str, TemplateSet] = {}
+
+#: the cyclic garbage collector's thresholds while requests are planned and sent: a
+#: request's rows, dicts and strings are freed by reference counting, so the collector
+#: (every 700 allocations by default, each full pass walking every live object) finds
+#: nothing but costs ~10% of the generate stage's CPU
+FEW_COLLECTIONS = (50_000, 50, 1_000)
+
+
+@contextlib.contextmanager
+def few_collections() -> Iterator[None]:
+    """Run the block with ``FEW_COLLECTIONS`` thresholds, then restore the caller's."""
+    before = gc.get_threshold()
+    gc.set_threshold(*FEW_COLLECTIONS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 def prepare_plan(
@@ -73,22 +102,32 @@ def plan_partition(
     endpoints: list[tuple[str, str, str]],
     settings: LLMSettings,
     model: str,
-) -> tuple[dict[str, str], list[ChatRequest]]:
-    """The prepared first-wave plan of one unit partition, and the sha256 of every template
-    it was made from (what the caller compares with its own). Runs in the planning process."""
+) -> bytes:
+    """The prepared first-wave plan of one unit partition and the sha256 of every template
+    it was made from (what the caller compares with its own), pickled: the caller unpickles
+    it with the collector off (see ``Planner.plan``). Runs in the planning process."""
     from builder.stages.walk import read_units
     from builder.templates import load_templates
 
-    templates = _TEMPLATES.get(templates_dir)
-    if templates is None:
-        _TEMPLATES.clear()
-        templates = _TEMPLATES[templates_dir] = load_templates(templates_dir)
-    eps = [
-        Endpoint(base_url="http://127.0.0.1/v1", model=m, kind=kind, cache_url=url)
-        for kind, m, url in endpoints
-    ]
-    requests = plan_requests(read_units(Path(units_path)), templates, generate)
-    return _shas(templates), prepare_plan(requests, eps, settings, model)
+    with few_collections():
+        templates = _TEMPLATES.get(templates_dir)
+        if templates is None:
+            _TEMPLATES.clear()
+            templates = _TEMPLATES[templates_dir] = load_templates(templates_dir)
+        eps = [
+            Endpoint(base_url="http://127.0.0.1/v1", model=m, kind=kind, cache_url=url)
+            for kind, m, url in endpoints
+        ]
+        requests = plan_requests(read_units(Path(units_path)), templates, generate)
+        plan = prepare_plan(requests, eps, settings, model)
+        return pickle.dumps((_shas(templates), plan), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def plan_ahead(workers: int, cpus: int | None = None) -> bool:
+    """Whether ``[run] workers`` asks for a planning process (0: auto, by the CPU count)."""
+    if workers == 0:
+        return (cpus if cpus is not None else os.cpu_count() or 1) >= 3
+    return workers >= 2
 
 
 def _shas(templates: TemplateSet) -> dict[str, str]:
@@ -121,7 +160,7 @@ class Planner:
         self.log = log
         self.pool: ProcessPoolExecutor | None = None
         self.taken = 0  # plans taken from the planning process
-        self.pending: dict[int, Future[tuple[dict[str, str], list[ChatRequest]]]] = {}
+        self.pending: dict[int, Future[bytes]] = {}
         if ahead and len(parts) > 1:
             from builder.run.pool import die_with_parent
 
@@ -149,7 +188,14 @@ class Planner:
         future = self.pending.pop(k, None)
         if future is not None:
             try:
-                shas, requests = future.result()
+                data = future.result()
+                enabled = gc.isenabled()
+                gc.disable()  # tens of thousands of new objects, none of them garbage
+                try:
+                    shas, requests = pickle.loads(data)
+                finally:
+                    if enabled:
+                        gc.enable()
             except Exception as exc:  # the same plan is made here (and its error raised)
                 self.log(f"[generate] planning process failed ({exc!r}); planning here")
                 self.close()

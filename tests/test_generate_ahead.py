@@ -1,6 +1,7 @@
 """Planning unit partitions in a separate process (builder.generate_ahead) changes nothing
 a run leaves: the same generation partitions and the same cache entries as planning every
-partition in the build's own process (``[run] workers = 1``, as the test projects set).
+partition in the build's own process (``[run] workers = 1``, as the test projects set)
+with ``workers = 2`` asking for the planning process.
 And system prompts, rendered once per distinct values of the variables they read, are the
 prompts a fresh render gives."""
 
@@ -64,7 +65,7 @@ def test_planning_ahead_leaves_the_same_partitions_and_cache(tmp_path: Path) -> 
         ahead = make_project(
             tmp_path / "ahead",
             srv.base_url,
-            {**OVERRIDES, "run": {**OVERRIDES["run"], "workers": 0}},
+            {**OVERRIDES, "run": {**OVERRIDES["run"], "workers": 2}},
         )
         done_here = _generate(here, tmp_path / "cache-here")
         done_ahead = _generate(ahead, tmp_path / "cache-ahead")
@@ -126,3 +127,10 @@ def test_reused_system_prompts_equal_fresh_renders(tmp_path: Path) -> None:
     topics = _system_prompts(templates_dir, units, fresh=False)
     for unit, prompt in zip([u for u in units for _ in range(2)], topics, strict=True):
         assert f"Topic: {unit.topic_name}." in prompt
+
+
+def test_auto_plans_ahead_only_with_a_core_to_spare() -> None:
+    from builder.generate_ahead import plan_ahead
+
+    assert [plan_ahead(0, cpus) for cpus in (1, 2, 3, 8)] == [False, False, True, True]
+    assert [plan_ahead(w, 2) for w in (1, 2, 4)] == [False, True, True]

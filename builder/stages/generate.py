@@ -159,8 +159,9 @@ class GenerateStage(Stage):
 
     def planner(self, ctx: RunContext, parts: list[Path], templates: TemplateSet) -> Planner:
         """Who plans the unit partitions: a process one partition ahead when the model is
-        the engine and ``[run] workers`` is not 1 (see builder.generate_ahead)."""
-        from builder.generate_ahead import Planner
+        the engine and ``[run] workers`` is 2 or more, or 0 (auto) on 3 or more CPUs; else
+        this process (see builder.generate_ahead for why not on 2 CPUs)."""
+        from builder.generate_ahead import Planner, plan_ahead
         from builder.llm.engine import Engine
 
         engine = getattr(ctx.llm(), "inner", None)
@@ -170,7 +171,7 @@ class GenerateStage(Stage):
             ctx.config.path(ctx.config.generate.templates_dir),
             ctx.config.generate,
             engine,
-            ahead=isinstance(engine, Engine) and ctx.config.run.workers != 1,
+            ahead=isinstance(engine, Engine) and plan_ahead(ctx.config.run.workers),
             log=ctx.log,
         )
 
@@ -182,10 +183,13 @@ class GenerateStage(Stage):
         failures: Counter[str] = Counter()
         answered = [0, 0]  # rows stored, of which failed
         parts = unit_parts(ctx)
+        from builder.generate_ahead import few_collections
+
         planner = self.planner(ctx, parts, templates)
         try:
-            for k, upath in enumerate(parts):
-                self._partition(ctx, k, upath, templates, planner, stats, failures, answered)
+            with few_collections():
+                for k, upath in enumerate(parts):
+                    self._partition(ctx, k, upath, templates, planner, stats, failures, answered)
             planner.close(wait=True)
         finally:
             planner.close()
