@@ -33,7 +33,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from builder.generate import plan_requests, prompt_sha256
-from builder.llm.endpoint import Endpoint, PreparedRequest, prepare, prepare_signature
+from builder.llm.endpoint import (
+    Endpoint,
+    PreparedRequest,
+    messages_json,
+    prepare,
+    prepare_signature,
+)
 from builder.records import ChatRequest, Unit
 from builder.settings.generate import GenerateSettings
 from builder.settings.llm import LLMSettings
@@ -73,8 +79,9 @@ def prepare_plan(
     signature = prepare_signature(endpoints, settings)
     out: list[ChatRequest] = []
     for r in requests:
+        messages = messages_json(r.messages)  # escaped once: bodies, keys and prompt hash
         try:
-            prep = prepare(endpoints, r, settings)
+            prep = prepare(endpoints, r, settings, messages)
         except ValueError:
             out.append(r)
             continue
@@ -89,7 +96,7 @@ def prepare_plan(
                 bodies=tuple(prep.bodies),
                 keys=tuple(prep.keys),
                 signature=signature,
-                prompt_sha256=(model, prompt_sha256(r, model)),
+                prompt_sha256=(model, prompt_sha256(r, model, messages[1])),
             )
         )
     return out
@@ -138,7 +145,9 @@ class Planner:
     """The first-wave plans of a run's unit partitions, in order (see the module doc).
 
     ``ahead`` False plans every partition here (``[run] workers = 1``, a single partition,
-    or an LLM that is not the engine). ``plan(k, units)`` must be called for k = 0, 1, ...
+    or an LLM that is not the engine). ``engine`` (None: an LLM that is not the engine,
+    whose requests stay plain) is who prepares the requests for. ``plan(k, units)`` must be
+    called for k = 0, 1, ...
     """
 
     def __init__(
@@ -203,7 +212,13 @@ class Planner:
                 if shas == _shas(self.templates):
                     self.taken += 1
                     return requests
-        return plan_requests(units, self.templates, self.generate)
+        requests = plan_requests(units, self.templates, self.generate)
+        if self.engine is None:
+            return requests
+        # prepared here too: the messages are escaped once for bodies, keys and prompt hash
+        return prepare_plan(
+            requests, self.engine.endpoints, self.engine.settings, self.engine.model_name
+        )
 
     def close(self, wait: bool = False) -> None:
         """Stop the planning process (plans not taken are dropped); ``wait``: until it has

@@ -299,19 +299,30 @@ def messages_json(messages: Any) -> tuple[str, str]:
     )
 
 
-def encode_body(body: dict[str, Any]) -> tuple[str, str]:
+def canonical_with_messages(obj: dict[str, Any], canonical_messages: str) -> str:
+    """``canonical_json(obj)`` for a dict whose ``messages`` value has the canonical JSON
+    ``canonical_messages`` (from ``messages_json``): the messages are not escaped again."""
+    rest = dict(obj)
+    rest["messages"] = _HOLE
+    canonical = canonical_json(rest)
+    if canonical.count(_HOLE_JSON) != 1:
+        return canonical_json(obj)  # the hole's text elsewhere: no splice
+    return canonical.replace(_HOLE_JSON, canonical_messages, 1)
+
+
+def encode_body(body: dict[str, Any], messages: tuple[str, str] | None = None) -> tuple[str, str]:
     """``(sent, canonical)`` JSON of a request body: ``json.dumps`` of it in its own key order
     and ``canonical_json`` of it, with the messages (most of the bytes) escaped once.
 
     Send the body in its own key order: grammar-constrained decoders (llama.cpp, OpenAI
     strict mode) generate object fields in schema order, and a sorted schema would make the
     model write "final_answer" before "problem". The cache key hashes the canonical
-    (sorted) form, so it does not depend on that order.
+    (sorted) form, so it does not depend on that order. ``messages``: ``messages_json`` of
+    the body's messages, when the caller has it already.
     """
-    messages = body.get("messages")
-    if type(messages) is not list:
+    if type(body.get("messages")) is not list:
         return _SENT_JSON(body), canonical_json(body)
-    sent_messages, canonical_messages = messages_json(messages)
+    sent_messages, canonical_messages = messages or messages_json(body["messages"])
     rest = dict(body)
     rest["messages"] = _HOLE
     sent, canonical = _SENT_JSON(rest), canonical_json(rest)
@@ -323,8 +334,14 @@ def encode_body(body: dict[str, Any]) -> tuple[str, str]:
     )
 
 
-def prepare(endpoints: list[Endpoint], request: ChatRequest, settings: LLMSettings) -> Prepared:
-    """Bodies and keys of ``request`` for every endpoint (shared when kind and model match)."""
+def prepare(
+    endpoints: list[Endpoint],
+    request: ChatRequest,
+    settings: LLMSettings,
+    messages: tuple[str, str] | None = None,
+) -> Prepared:
+    """Bodies and keys of ``request`` for every endpoint (shared when kind and model match).
+    ``messages``: ``messages_json(request.messages)`` when the caller has it already."""
     bodies: list[str] = []
     keys: list[str] = []
     seen: dict[tuple[str, str], tuple[str, str]] = {}
@@ -332,7 +349,7 @@ def prepare(endpoints: list[Endpoint], request: ChatRequest, settings: LLMSettin
         sig = (ep.kind, ep.model)
         pair = seen.get(sig)
         if pair is None:
-            pair = encode_body(request_body(ep, request, settings))
+            pair = encode_body(request_body(ep, request, settings), messages)
             seen[sig] = pair
         bodies.append(pair[0])
         keys.append(cache_key(ep, pair[1], request.sample_index))

@@ -164,14 +164,15 @@ class GenerateStage(Stage):
         from builder.generate_ahead import Planner, plan_ahead
         from builder.llm.engine import Engine
 
-        engine = getattr(ctx.llm(), "inner", None)
+        inner = getattr(ctx.llm(), "inner", None)
+        engine = inner if isinstance(inner, Engine) else None
         return Planner(
             parts,
             templates,
             ctx.config.path(ctx.config.generate.templates_dir),
             ctx.config.generate,
             engine,
-            ahead=isinstance(engine, Engine) and plan_ahead(ctx.config.run.workers),
+            ahead=engine is not None and plan_ahead(ctx.config.run.workers),
             log=ctx.log,
         )
 
