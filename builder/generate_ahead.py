@@ -11,13 +11,16 @@ make or made from other template files: the requests are the same either way, si
 sides run ``plan_requests`` and ``prepare`` on the same inputs (checked by the templates'
 sha256 and the engine's ``prepare_signature``). At most one plan waits in memory.
 
-The trade: the engine's process saves ~65 us of CPU per request, the planning process
-spends ~110 us on it (the plan itself, pickling, its own start). That pays when a core is
-idle: with the model elsewhere and 3 or more CPUs it cuts the stage's wall time by about a
-quarter. On 2 CPUs shared with a local endpoint (bench/build_scale.py) the second core is
-already half taken by the endpoint, the planning process makes it the bottleneck and the
-build spends ~20% more CPU for no gain (bench/RESULTS.md), so ``[run] workers = 0`` (auto)
-plans here on fewer than 3 CPUs; ``workers >= 2`` asks for the planning process anyway.
+The trade (measured on 2 CPUs, bench/RESULTS.md): the engine's process spends ~60 us less
+CPU per request and the planning process ~100 us more (the plan itself, pickling, its own
+start). That pays only when a core would otherwise idle: with the model served elsewhere
+and 3 or more CPUs, the engine's thread (the stage's bottleneck) does about a quarter less
+work. On 2 CPUs shared with a local endpoint (bench/build_scale.py) the endpoint already
+takes half of the second core, the planning process makes that core the bottleneck, and the
+stage spends ~20% more CPU for no shorter wall time; so ``[run] workers = 0`` (auto) plans
+here on fewer than 3 CPUs, and ``workers >= 2`` asks for the planning process anyway.
+Requests planned here are prepared with the plan as well (``prepare_plan``): the messages
+are escaped once for the bodies, the cache keys and the prompt hash.
 """
 
 from __future__ import annotations
