@@ -140,6 +140,18 @@ def plan_ahead(workers: int, cpus: int | None = None) -> bool:
     return workers >= 2
 
 
+def _planning_process_init(parent: int) -> None:
+    """Initializer of the planning process: ignore Ctrl-C and get SIGKILL when the build
+    dies (``builder.run.pool.die_with_parent``); and exit at once if the build died before
+    that could take effect (a ``kill -9`` while this process was still starting), which
+    would otherwise leave it waiting forever on a task queue it holds both ends of."""
+    from builder.run.pool import die_with_parent
+
+    die_with_parent()
+    if os.getppid() != parent:
+        os._exit(0)
+
+
 def _shas(templates: TemplateSet) -> dict[str, str]:
     return {t.name: t.sha256 for t in templates}
 
@@ -174,10 +186,11 @@ class Planner:
         self.taken = 0  # plans taken from the planning process
         self.pending: dict[int, Future[bytes]] = {}
         if ahead and len(parts) > 1:
-            from builder.run.pool import die_with_parent
-
             self.pool = ProcessPoolExecutor(
-                1, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_planning_process_init,
+                initargs=(os.getpid(),),
             )
 
     def _submit(self, k: int) -> None:

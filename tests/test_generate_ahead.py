@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -45,9 +47,9 @@ def _generate(config: Path, cache: Path) -> subprocess.CompletedProcess:
     )
 
 
-def _rows(project: Path) -> list[list[dict]]:
+def _rows(project: Path, varying: tuple[str, ...] = ("created_at",)) -> list[list[dict]]:
     parts = list_parts(project / "outputs" / "test" / "work" / "generate")
-    return [pq.read_table(p).drop_columns(["created_at"]).to_pylist() for p in parts]
+    return [pq.read_table(p).drop_columns(list(varying)).to_pylist() for p in parts]
 
 
 def _cache(cache: Path) -> list[tuple[str, str]]:
@@ -134,3 +136,55 @@ def test_auto_plans_ahead_only_with_a_core_to_spare() -> None:
 
     assert [plan_ahead(0, cpus) for cpus in (1, 2, 3, 8)] == [False, False, True, True]
     assert [plan_ahead(w, 2) for w in (1, 2, 4)] == [False, True, True]
+
+
+def _marked(mark: str) -> list[int]:
+    """Pids of live processes whose environment holds ``mark``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if mark.encode() in (entry / "environ").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_kill_9_with_a_planning_process_leaves_none_and_resumes_to_the_same_rows(
+    tmp_path: Path,
+) -> None:
+    overrides = {**OVERRIDES, "run": {**OVERRIDES["run"], "workers": 2, "flush_rows": 2}}
+    mark = f"PLANNER_TEST_MARK={tmp_path}"
+    with FakeOpenAIServer(responder=responder) as srv:
+        ref = make_project(tmp_path / "ref", srv.base_url, overrides)
+        assert _generate(ref, tmp_path / "ref-cache").returncode == 0
+        config = make_project(tmp_path / "run", srv.base_url, overrides)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CORPUS_")}
+        env.update(
+            CORPUS_CACHE_DIR=str(tmp_path / "cache"),
+            CORPUS_FAULT="generate.journal:3",
+            PYTHONPATH=str(ROOT),
+            PLANNER_TEST_MARK=str(tmp_path),
+        )
+        killed = subprocess.run(
+            [sys.executable, "-m", "builder", "generate", "--config", str(config)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        # the planning process dies with the build (PR_SET_PDEATHSIG, or the end of its
+        # task pipe): poll until no process of this test's environment is left
+        deadline = time.monotonic() + 60
+        while _marked(mark) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _marked(mark) == []
+        resumed = _generate(config, tmp_path / "cache")
+        assert resumed.returncode == 0, resumed.stderr
+        assert "planned in a planning process" in resumed.stderr
+    # a resumed run finds what the killed one finished in the cache: only ``cached`` differs
+    varying = ("created_at", "cached")
+    assert _rows(tmp_path / "run", varying) == _rows(tmp_path / "ref", varying)
