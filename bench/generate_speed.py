@@ -7,9 +7,10 @@ and rendering, the engine (cache lookups and writes, admission, the I/O thread's
 the stage's rows and journal. For each tree the syllabi and walk stages run once; then each
 trial copies that run directory, takes a fresh LLM cache and runs ``generate`` alone in a
 fresh process (``run_named(cfg, ["generate"])``), timing it with ``time.process_time()``
-(every thread of the process; the server's CPU is not counted). Trials of the two trees
-alternate, so a load change on the shared machine hits both alike; the figure per tree is
-the median over its trials.
+(every thread of the process) plus the CPU of the processes it started and waited for (the
+planning process of builder.generate_ahead); the server's CPU is not counted. Trials of
+the two trees alternate, so a load change on the shared machine hits both alike; the figure
+per tree is the median over its trials.
 
 The two trees must produce the same work: the bench checks that their generated partitions
 hold the same rows (every column but ``created_at``, a wall-clock timestamp) and that their
@@ -41,17 +42,21 @@ sys.path.insert(0, str(ROOT / "bench"))
 import build_scale  # noqa: E402  (the same server and project as the build benchmark)
 
 WORKER = r"""
-import json, sys, time
+import json, resource, sys, time
 from builder.config import load_config
 from builder.run.build import run_named
 config, run_dir, cache_dir, phase = sys.argv[1:5]
 cfg = load_config(config)
 names = ["syllabi", "walk"] if phase == "walk" else ["generate"]
 quiet = lambda message: None
-c0, w0 = time.process_time(), time.perf_counter()
+def children():
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
+c0, k0, w0 = time.process_time(), children(), time.perf_counter()
 summary = run_named(cfg, names, run_dir, cache_dir=cache_dir, progress=False, log=quiet)
-c1, w1 = time.process_time(), time.perf_counter()
-print(json.dumps({"cpu_s": c1 - c0, "wall_s": w1 - w0, "sent": summary.requests_sent}))
+c1, k1, w1 = time.process_time(), children(), time.perf_counter()
+print(json.dumps({"cpu_s": c1 - c0 + k1 - k0, "child_cpu_s": k1 - k0, "wall_s": w1 - w0,
+                  "sent": summary.requests_sent}))
 """
 
 
@@ -120,8 +125,9 @@ def main() -> None:
                 wall[name].append(r["wall_s"])
                 load.append(os.getloadavg()[0])
                 print(
-                    f"trial {trial} {name:>8}: cpu {r['cpu_s']:6.2f} s, wall {r['wall_s']:6.2f} s,"
-                    f" load {load[-1]:.1f}",
+                    f"trial {trial} {name:>8}: cpu {r['cpu_s']:6.2f} s"
+                    f" (child processes {r.get('child_cpu_s', 0.0):5.2f} s),"
+                    f" wall {r['wall_s']:6.2f} s, load {load[-1]:.1f}",
                     flush=True,
                 )
                 if trial == 0:

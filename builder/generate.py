@@ -41,6 +41,7 @@ from typing import Any
 
 from builder.errors import ConfigError, TemplateError
 from builder.llm.base import LLM
+from builder.llm.endpoint import canonical_with_messages
 from builder.records import ChatRequest, ChatResult, Unit, sha256_hex
 from builder.settings.generate import GenerateSettings
 from builder.templates import (
@@ -81,17 +82,23 @@ def sampling_seed(req_id: str, seed: int) -> int:
     return int(hashlib.sha256(f"{seed}:{req_id}".encode()).hexdigest()[:8], 16) % 2**31
 
 
-def prompt_sha256(request: ChatRequest, model: str) -> str:
-    """Hash of what decides a request's output: model, messages, params, schema, sample."""
-    return sha256_hex(
-        {
-            "model": model,
-            "messages": list(request.messages),
-            "params": request.params,
-            "schema": request.schema,
-            "sample_index": request.sample_index,
-        }
-    )
+def prompt_sha256(request: ChatRequest, model: str, canonical_messages: str | None = None) -> str:
+    """Hash of what decides a request's output: model, messages, params, schema, sample.
+    Taken from a ``PreparedRequest`` that carries it for ``model``; ``canonical_messages``:
+    the canonical JSON of the messages when the caller has it (``messages_json``)."""
+    made = getattr(request, "prompt_sha256", None)
+    if made is not None and made[0] == model:
+        return made[1]
+    material = {
+        "model": model,
+        "messages": list(request.messages),
+        "params": request.params,
+        "schema": request.schema,
+        "sample_index": request.sample_index,
+    }
+    if canonical_messages is None:
+        return sha256_hex(material)
+    return sha256_hex(canonical_with_messages(material, canonical_messages))
 
 
 # --------------------------------------------------------------------------- plan

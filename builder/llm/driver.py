@@ -31,7 +31,8 @@ from builder.llm.core import EngineCore
 from builder.llm.dispatch import Job, Outcome
 from builder.llm.endpoint import (
     Prepared,
-    prepare,
+    prepare_signature,
+    prepared,
 )
 from builder.llm.progress import NoProgress, Snapshot
 from builder.llm.schema import check_output
@@ -65,6 +66,8 @@ class Driver:
         self.fatal: BuilderError | None = None
         self.snap = Snapshot(total=total)
         self.window = max(8, 2 * sum(ep.max_concurrency for ep in engine.endpoints))
+        #: requests prepared elsewhere under this signature are not prepared again
+        self.signature = prepare_signature(engine.endpoints, engine.settings)
         self.progress = NoProgress() if quiet else engine.new_progress()
         self.progress.start(total)
         self.worst_price: Price | None = None
@@ -88,7 +91,7 @@ class Driver:
         keys: list[str] = []
         for request in requests:
             try:
-                prep = prepare(engine.endpoints, request, engine.settings)
+                prep = prepared(engine.endpoints, request, engine.settings, self.signature)
             except ValueError as exc:
                 staged.append((request, None, str(exc)))
                 continue
@@ -116,7 +119,7 @@ class Driver:
         """A result (cache hit, or a request the engine refuses), a job to send, or None when
         the budget cannot take it now (it is then ``held``)."""
         try:
-            prep = prepare(self.engine.endpoints, request, self.engine.settings)
+            prep = prepared(self.engine.endpoints, request, self.engine.settings, self.signature)
         except ValueError as exc:
             return self._emit_failed(request, str(exc))
         return self._admit(prep, self.engine.cache.get_any(prep.keys))

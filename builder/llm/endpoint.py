@@ -244,7 +244,7 @@ def cache_key(ep: Endpoint, body_json: str, sample_index: int) -> str:
         + ',"body":'
         + body_json
         + ',"sample_index":'
-        + json.dumps(sample_index)
+        + (str(sample_index) if type(sample_index) is int else json.dumps(sample_index))
         + ',"v":'
         + str(CACHE_FORMAT)
         + "}"
@@ -261,8 +261,87 @@ class Prepared:
     keys: list[str]  # cache keys: over the canonical (sorted) form of the same body
 
 
-def prepare(endpoints: list[Endpoint], request: ChatRequest, settings: LLMSettings) -> Prepared:
-    """Bodies and keys of ``request`` for every endpoint (shared when kind and model match)."""
+#: JSON in the order built (what is sent), as ``json.dumps(..., ensure_ascii=False,
+#: separators=(",", ":"), default=str)``, with one encoder for every call
+_SENT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+#: what stands for the messages while the rest of a body is serialised: a string no body
+#: holds (it encodes as "\u0000..."), replaced by the messages' own JSON afterwards
+_HOLE = "\x00messages\x00"
+_HOLE_JSON = _SENT_JSON(_HOLE)
+
+
+def _message_json(message: Any) -> tuple[str, str]:
+    """``(sent, canonical)`` JSON of one chat message: its content string is escaped once
+    for both (a {"role", "content"} message of strings; anything else the long way)."""
+    if (
+        type(message) is dict
+        and len(message) == 2
+        and type(message.get("content")) is str
+        and type(message.get("role")) is str
+    ):
+        role, content = _SENT_JSON(message["role"]), _SENT_JSON(message["content"])
+        if next(iter(message)) == "role":
+            sent = '{"role":' + role + ',"content":' + content + "}"
+        else:
+            sent = '{"content":' + content + ',"role":' + role + "}"
+        return sent, '{"content":' + content + ',"role":' + role + "}"
+    return _SENT_JSON(message), canonical_json(message)
+
+
+def messages_json(messages: Any) -> tuple[str, str]:
+    """``(sent, canonical)`` JSON of a message list: the same text as ``json.dumps`` (keys
+    in the order built) and ``canonical_json``, each message's content escaped once."""
+    pairs = [_message_json(m) for m in messages]
+    return (
+        "[" + ",".join(p[0] for p in pairs) + "]",
+        "[" + ",".join(p[1] for p in pairs) + "]",
+    )
+
+
+def canonical_with_messages(obj: dict[str, Any], canonical_messages: str) -> str:
+    """``canonical_json(obj)`` for a dict whose ``messages`` value has the canonical JSON
+    ``canonical_messages`` (from ``messages_json``): the messages are not escaped again."""
+    rest = dict(obj)
+    rest["messages"] = _HOLE
+    canonical = canonical_json(rest)
+    if canonical.count(_HOLE_JSON) != 1:
+        return canonical_json(obj)  # the hole's text elsewhere: no splice
+    return canonical.replace(_HOLE_JSON, canonical_messages, 1)
+
+
+def encode_body(body: dict[str, Any], messages: tuple[str, str] | None = None) -> tuple[str, str]:
+    """``(sent, canonical)`` JSON of a request body: ``json.dumps`` of it in its own key order
+    and ``canonical_json`` of it, with the messages (most of the bytes) escaped once.
+
+    Send the body in its own key order: grammar-constrained decoders (llama.cpp, OpenAI
+    strict mode) generate object fields in schema order, and a sorted schema would make the
+    model write "final_answer" before "problem". The cache key hashes the canonical
+    (sorted) form, so it does not depend on that order. ``messages``: ``messages_json`` of
+    the body's messages, when the caller has it already.
+    """
+    if type(body.get("messages")) is not list:
+        return _SENT_JSON(body), canonical_json(body)
+    sent_messages, canonical_messages = messages or messages_json(body["messages"])
+    rest = dict(body)
+    rest["messages"] = _HOLE
+    sent, canonical = _SENT_JSON(rest), canonical_json(rest)
+    if sent.count(_HOLE_JSON) != 1 or canonical.count(_HOLE_JSON) != 1:
+        return _SENT_JSON(body), canonical_json(body)  # the hole's text elsewhere: no splice
+    return (
+        sent.replace(_HOLE_JSON, sent_messages, 1),
+        canonical.replace(_HOLE_JSON, canonical_messages, 1),
+    )
+
+
+def prepare(
+    endpoints: list[Endpoint],
+    request: ChatRequest,
+    settings: LLMSettings,
+    messages: tuple[str, str] | None = None,
+) -> Prepared:
+    """Bodies and keys of ``request`` for every endpoint (shared when kind and model match).
+    ``messages``: ``messages_json(request.messages)`` when the caller has it already."""
     bodies: list[str] = []
     keys: list[str] = []
     seen: dict[tuple[str, str], tuple[str, str]] = {}
@@ -270,14 +349,45 @@ def prepare(endpoints: list[Endpoint], request: ChatRequest, settings: LLMSettin
         sig = (ep.kind, ep.model)
         pair = seen.get(sig)
         if pair is None:
-            body = request_body(ep, request, settings)
-            # Send the body in its own key order: grammar-constrained decoders (llama.cpp,
-            # OpenAI strict mode) generate object fields in schema order, and a sorted schema
-            # would make the model write "final_answer" before "problem". The cache key
-            # hashes the canonical (sorted) form, so it does not depend on that order.
-            sent = json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=str)
-            pair = (sent, canonical_json(body))
+            pair = encode_body(request_body(ep, request, settings), messages)
             seen[sig] = pair
         bodies.append(pair[0])
         keys.append(cache_key(ep, pair[1], request.sample_index))
     return Prepared(request, bodies, keys)
+
+
+def prepare_signature(endpoints: list[Endpoint], settings: LLMSettings) -> str:
+    """What ``prepare`` depends on besides the request (each endpoint's kind, model and cache
+    identity, and the settings), as one hash: a ``PreparedRequest`` made under another
+    signature is prepared again."""
+    return sha256_hex(
+        [
+            [[ep.kind, ep.model, ep.cache_url] for ep in endpoints],
+            settings.model_dump(mode="json"),
+        ]
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedRequest(ChatRequest):
+    """A ``ChatRequest`` that carries its bodies and cache keys, made where it was planned
+    (the generate stage plans in another process, so the engine's thread is spared the
+    JSON and hashing). The engine uses them when ``signature`` is its own
+    ``prepare_signature`` and prepares the request again otherwise; to anything else it is
+    a plain ``ChatRequest``. ``prompt_sha256`` is ``(model, builder.generate.prompt_sha256)``
+    when the planner computed it."""
+
+    bodies: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
+    signature: str = ""
+    prompt_sha256: tuple[str, str] | None = None
+
+
+def prepared(
+    endpoints: list[Endpoint], request: ChatRequest, settings: LLMSettings, signature: str
+) -> Prepared:
+    """``prepare(endpoints, request, settings)``, taken from the request when it is a
+    ``PreparedRequest`` made under ``signature`` (``prepare_signature`` of the same)."""
+    if type(request) is PreparedRequest and request.signature == signature:
+        return Prepared(request, list(request.bodies), list(request.keys))
+    return prepare(endpoints, request, settings)

@@ -33,6 +33,7 @@ from builder.util.files import atomic_write
 from builder.util.partitions import list_parts, part_name, write_table
 
 if TYPE_CHECKING:  # pragma: no cover
+    from builder.generate_ahead import Planner
     from builder.templates import TemplateSet
 
 JOURNAL = "_journal"
@@ -156,6 +157,25 @@ class GenerateStage(Stage):
 
         return load_templates(ctx.config.path(ctx.config.generate.templates_dir))
 
+    def planner(self, ctx: RunContext, parts: list[Path], templates: TemplateSet) -> Planner:
+        """Who plans the unit partitions: a process one partition ahead when the model is
+        the engine and ``[run] workers`` is 2 or more, or 0 (auto) on 3 or more CPUs; else
+        this process (see builder.generate_ahead for why not on 2 CPUs)."""
+        from builder.generate_ahead import Planner, plan_ahead
+        from builder.llm.engine import Engine
+
+        inner = getattr(ctx.llm(), "inner", None)
+        engine = inner if isinstance(inner, Engine) else None
+        return Planner(
+            parts,
+            templates,
+            ctx.config.path(ctx.config.generate.templates_dir),
+            ctx.config.generate,
+            engine,
+            ahead=engine is not None and plan_ahead(ctx.config.run.workers),
+            log=ctx.log,
+        )
+
     def run(self, ctx: RunContext) -> dict[str, Any]:
         stats = self.stats = GenerateStats()
         templates = self.templates(ctx)
@@ -164,10 +184,16 @@ class GenerateStage(Stage):
         failures: Counter[str] = Counter()
         answered = [0, 0]  # rows stored, of which failed
         parts = unit_parts(ctx)
+        from builder.generate_ahead import few_collections
+
+        planner = self.planner(ctx, parts, templates)
         try:
-            for k, upath in enumerate(parts):
-                self._partition(ctx, k, upath, templates, stats, failures, answered)
+            with few_collections():
+                for k, upath in enumerate(parts):
+                    self._partition(ctx, k, upath, templates, planner, stats, failures, answered)
+            planner.close(wait=True)
         finally:
+            planner.close()
             if stats.sent:
                 ctx.did_work = True
         keep = {part_name(k) for k in range(len(parts))}
@@ -179,6 +205,11 @@ class GenerateStage(Stage):
             for f in journal.iterdir():
                 if f.name[:5].isdigit() and int(f.name[:5]) >= len(parts):
                     f.unlink()
+        if planner.taken:
+            ctx.log(
+                f"[generate] {planner.taken} of {len(parts)} unit partition(s) planned "
+                "in a planning process"
+            )
         ctx.log(
             f"[generate] {stats.planned} request(s) in {stats.waves} wave(s): "
             f"{stats.reused} already done, {stats.sent - stats.cached} sent, "
@@ -199,13 +230,13 @@ class GenerateStage(Stage):
         k: int,
         upath: Path,
         templates: TemplateSet,
+        planner: Planner,
         stats: GenerateStats,
         failures: Counter[str],
         answered: list[int],
     ) -> None:
         from builder.generate import (
             FINISHED_STATUSES,
-            plan_requests,
             plan_transforms,
             prompt_sha256,
             result_row,
@@ -232,7 +263,7 @@ class GenerateStage(Stage):
         # run's result, or None (no result yet)
         rows: dict[str, dict[str, Any] | _Fresh | None] = {}
         fresh = 0
-        wave: list[ChatRequest] = plan_requests(units, templates, settings)
+        wave: list[ChatRequest] = planner.plan(k, units)
         step = 0
         while wave:
             stats.waves = max(stats.waves, step + 1)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -150,6 +151,13 @@ class TemplateSet:
     styles: dict[str, Persona]
     openers: dict[str, list[str]]
     env: SandboxedEnvironment = field(repr=False)
+    #: what repeats across renders, made once: persona and params dicts, plain schemas, the
+    #: variables a system template reads (see ``_system``)
+    _made: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    #: system template renders by the values of the variables they read
+    _system_renders: dict[tuple[Any, ...], str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __getitem__(self, name: str) -> Template:
         try:
@@ -238,8 +246,8 @@ class TemplateSet:
         context: dict[str, Any] = unit.to_dict()
         context.update(
             unit=unit,
-            audience={"id": audience, **self.audiences[audience].model_dump()},
-            style={"id": style, **self.styles[style].model_dump()},
+            audience=self._persona("audience", audience),
+            style=self._persona("style", style),
             opener=opener or "",
             sample_index=sample_index,
             kind=template.kind,
@@ -252,7 +260,7 @@ class TemplateSet:
         system = template.front.system
         if system:
             if system in self.templates:
-                messages.append({"role": "system", "content": self._render_body(system, context)})
+                messages.append({"role": "system", "content": self._system(system, context)})
             else:
                 messages.append({"role": "system", "content": _tidy(system)})
         messages.append({"role": "user", "content": self._render_body(name, context)})
@@ -260,10 +268,59 @@ class TemplateSet:
         return Rendered(
             template=name,
             messages=tuple(messages),
-            params=template.front.params.model_dump(exclude_none=True),
-            schema=_plain(schema) if schema else None,
+            params=dict(self._params(template)),
+            schema=self._plain_schema(name, source, schema) if schema else None,
             opener=opener,
         )
+
+    def _params(self, template: Template) -> dict[str, Any]:
+        """A template's front-matter params as sent (dumped once per template)."""
+        key = ("params", template.name)
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = template.front.params.model_dump(exclude_none=True)
+        return made
+
+    def _plain_schema(self, name: str, source: str | None, schema: Any) -> Any:
+        """The plain-dict schema of a render (converted once per template and source)."""
+        key = ("schema", name, source)
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = _plain(schema)
+        return made
+
+    def _persona(self, which: str, name: str) -> dict[str, Any]:
+        """The ``audience`` / ``style`` variable: a fresh dict per render (a template may
+        change it), copied from one made per persona instead of dumping the model again."""
+        key = (which, name)
+        made = self._made.get(key)
+        if made is None:
+            persona = (self.audiences if which == "audience" else self.styles)[name]
+            made = self._made[key] = {"id": name, **persona.model_dump()}
+        return dict(made)
+
+    def _system(self, name: str, context: dict[str, Any]) -> str:
+        """System template ``name`` rendered for ``context``, reused when the variables it
+        reads have the values of an earlier render: it usually reads two or three (the
+        discipline, the audience), so a corpus renders it a few hundred times, not once per
+        request. A template whose output may depend on more than the variables it names
+        (an include or import, the ``random`` filter) is rendered every time."""
+        names = self._made.get(("reads", name), ())
+        if names == ():
+            names = self._made[("reads", name)] = _reads(self.env, name)
+        if names is None:
+            return self._render_body(name, context)
+        try:
+            key = (name, *(_frozen(context.get(n, _ABSENT)) for n in names))
+            text = self._system_renders.get(key)
+        except TypeError:  # a value that cannot be a key: render it
+            return self._render_body(name, context)
+        if text is None:
+            text = self._render_body(name, context)
+            if len(self._system_renders) >= _SYSTEM_RENDERS:
+                self._system_renders.clear()
+            self._system_renders[key] = text
+        return text
 
     def _render_body(self, name: str, context: dict[str, Any]) -> str:
         template = self.templates[name]
@@ -294,6 +351,42 @@ class TemplateSet:
 
 
 # --------------------------------------------------------------------------- helpers
+
+#: system renders kept by ``TemplateSet._system`` (past that the memo starts again)
+_SYSTEM_RENDERS = 4096
+_ABSENT = object()
+#: nodes that make a template's output depend on more than the variables it names
+_NOT_PURE = (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)
+
+
+def _reads(env: SandboxedEnvironment, name: str) -> tuple[str, ...] | None:
+    """The variables template ``name`` reads, or None when its output may depend on more
+    (it includes or imports another template, or draws with the ``random`` filter)."""
+    if env.loader is None:
+        return None
+    ast = env.parse(env.loader.get_source(env, name)[0])
+    if any(True for _ in ast.find_all(_NOT_PURE)):
+        return None
+    if any(f.name == "random" for f in ast.find_all(nodes.Filter)):
+        return None
+    return tuple(sorted(meta.find_undeclared_variables(ast)))
+
+
+def _frozen(value: Any) -> Any:
+    """``value`` as a dict key that tells apart what renders differently (1, 1.0, True and
+    "1" are four keys; dict order is kept, a template may loop over it). Raises TypeError
+    for a type it does not know."""
+    if type(value) is str or value is None or value is _ABSENT:
+        return value
+    if type(value) in (int, float, bool):
+        return (type(value), value)
+    if type(value) is dict:
+        return (dict, tuple((k, _frozen(v)) for k, v in value.items()))
+    if type(value) in (list, tuple):
+        return (type(value), tuple(_frozen(v) for v in value))
+    if type(value) is Unit:
+        return value
+    raise TypeError(f"not a memo key: {type(value).__name__}")
 
 
 def seeded_random(*parts: object) -> random.Random:
