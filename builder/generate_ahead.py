@@ -147,9 +147,7 @@ def _planning_process_init(parent: int) -> None:
     would otherwise leave it waiting forever on a task queue it holds both ends of."""
     from builder.run.pool import die_with_parent
 
-    die_with_parent()
-    if os.getppid() != parent:
-        os._exit(0)
+    die_with_parent(parent)
 
 
 def _shas(templates: TemplateSet) -> dict[str, str]:

@@ -139,7 +139,9 @@ class LocalExecutor:
         from builder.run.pool import die_with_parent
 
         call = functools.partial(_traced, fn)
-        for pid, node, result in process_map(call, todo, workers, initializer=die_with_parent):
+        for pid, node, result in process_map(
+            call, todo, workers, initializer=die_with_parent, initargs=(os.getpid(),)
+        ):
             if where is not None:
                 where(pid, node)
             yield result

@@ -42,8 +42,13 @@ SERVE_INTERVAL_S = 0.02
 _STAGES: dict[str, Any] = {}
 
 
-def die_with_parent() -> None:
-    """Worker initializer: ignore Ctrl-C, and get SIGKILL when the driver dies (Linux)."""
+def die_with_parent(parent: int | None = None) -> None:
+    """Worker initializer: ignore Ctrl-C, and get SIGKILL when the driver dies (Linux).
+
+    With ``parent`` (the driver's pid), a worker whose driver died before the signal could
+    be armed (a ``kill -9`` while the worker was still starting) exits at once: it would
+    otherwise wait forever on a task queue it holds both ends of.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import ctypes
@@ -52,6 +57,8 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the pool's own EOF handling remains
         pass
+    if parent is not None and os.getppid() != parent:
+        os._exit(0)
 
 
 def _run(token: str, stage: PartitionStage, ctx: RunContext, task: PartitionTask) -> Any:
@@ -117,11 +124,16 @@ def map_tasks(
         if stage.needs_llm(ctx):
             # the queues' server process dies with the build too (it holds its pipes)
             manager = SyncManager(ctx=mp)
-            manager.start(initializer=die_with_parent)
+            manager.start(initializer=die_with_parent, initargs=(os.getpid(),))
             stack.callback(manager.shutdown)
         broker = manager.Queue() if manager is not None else None
         pool = stack.enter_context(
-            ProcessPoolExecutor(max_workers=workers, mp_context=mp, initializer=die_with_parent)
+            ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=mp,
+                initializer=die_with_parent,
+                initargs=(os.getpid(),),
+            )
         )
         token = uuid.uuid4().hex
         pending = list(reversed(tasks))
