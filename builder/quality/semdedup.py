@@ -61,9 +61,7 @@ def kmeans_fit(
     for _ in range(iterations):
         used = centres
         labels = assign(x, centres, block=block)
-        sums = np.zeros_like(centres)
-        np.add.at(sums, labels, x)
-        counts = np.bincount(labels, minlength=k)
+        sums, counts = _cluster_sums(x, labels, k)
         empty = counts == 0
         sums[empty] = x[rng.integers(n, size=int(empty.sum()))]
         new = _unit(sums)
@@ -71,6 +69,27 @@ def kmeans_fit(
             break
         centres = new.astype(np.float32)
     return labels, used
+
+
+def _cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster row sums and counts: the same float32 sums, added in the same row order,
+    as ``np.add.at(sums, labels, x)``, at a fraction of its cost (``add.at`` was half of
+    semdedup's CPU). Step r adds every cluster's r-th row (in row order) at once: one
+    vectorised add per rank instead of one Python-level scatter per row."""
+    counts = np.bincount(labels, minlength=k)
+    sums = np.zeros((k, x.shape[1]), dtype=x.dtype)
+    by_label = np.argsort(labels, kind="stable")
+    starts = np.cumsum(counts) - counts
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[by_label] = np.arange(len(labels)) - starts[labels[by_label]]
+    by_rank = np.argsort(rank, kind="stable")
+    per_rank = np.bincount(rank)
+    at = 0
+    for size in per_rank.tolist():
+        rows = by_rank[at : at + size]
+        sums[labels[rows]] += x[rows]  # labels are distinct within one rank
+        at += size
+    return sums, counts
 
 
 def assign(x: np.ndarray, centres: np.ndarray, *, block: int = 8192) -> np.ndarray:
