@@ -45,8 +45,21 @@ INSTALL_HINT = "run `make demo`, or `pip install -r requirements.lock` in the pr
 
 # Runs in the server process: a watchdog thread exits the process as soon as the builder's
 # end of the pipe (fd argv[1]) closes, then the server runs as ``python -m llama_cpp.server``.
+# The model loads without llama.cpp's CPU "extra buffer types" (``use_extra_bufts``, which
+# llama_cpp.server does not expose): on a CPU that reports AMX, a llama-cpp-python built
+# with -march=native (pip's default) puts the weights in AMX tile buffers, and on the
+# Xeons with AMX these machines run on, under their hypervisor, its first ``ldtilecfg``
+# raises a general protection fault that kills the server at the first request. The plain
+# CPU kernels run everywhere; the 135M model hardly notices.
 _LAUNCHER = (
     "import os, runpy, sys, threading\n"
+    "import llama_cpp.llama_cpp as _ll\n"
+    "_defaults = _ll.llama_model_default_params\n"
+    "def _params():\n"
+    "    params = _defaults()\n"
+    "    params.use_extra_bufts = False\n"
+    "    return params\n"
+    "_ll.llama_model_default_params = _params\n"
     "fd = int(sys.argv[1])\n"
     "def watch():\n"
     "    while True:\n"
