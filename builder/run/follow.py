@@ -42,17 +42,23 @@ if TYPE_CHECKING:  # pragma: no cover
     from builder.run.partitioned import PartitionTask
     from builder.stages.base import PartitionStage, RunContext, Stage
 
-#: The follower's worker runs at this niceness: the stage it follows keeps its pace.
-FOLLOW_NICE = 10
+#: Where ``SCHED_IDLE`` is missing, the follower's worker runs at this niceness.
+FOLLOW_NICE = 19
 
 #: The stage copies the worker keeps (one per followed stage), by follower token.
 _STAGES: dict[str, Any] = {}
 
 
 def _init_worker(parent: int) -> None:
+    """The worker runs only on CPU time nobody else wants: Linux's ``SCHED_IDLE`` policy
+    (a waking task of the build or of the model server preempts it at once), else the
+    lowest priority (``nice``)."""
     die_with_parent(parent)
-    with contextlib.suppress(OSError):
-        os.nice(FOLLOW_NICE)
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux
+        with contextlib.suppress(OSError):
+            os.nice(FOLLOW_NICE)
 
 
 def _run(token: str, stage: PartitionStage, ctx: RunContext, task: PartitionTask) -> Any:
