@@ -79,6 +79,9 @@ _INLINE_CODE = re.compile(r"`[^`\n]*`")
 _MATH = re.compile(r"\$\$.*?\$\$|\$[^$\n]*\$|\\\(.*?\\\)|\\\[.*?\\\]", re.S)
 _URL = re.compile(r"https?://\S+")
 _WORD = re.compile(r"\w+", re.U)
+#: ASCII characters that ``\w`` does not match, mapped to a space: for ASCII text,
+#: ``text.translate(_NOT_WORD).split()`` is ``_WORD.findall(text)`` at a third of the cost.
+_NOT_WORD = str.maketrans({c: " " for c in map(chr, range(128)) if not (c.isalnum() or c == "_")})
 _SPACES = re.compile(r"[ \t]{2,}|\t")
 
 Verifier = Callable[..., Any]
@@ -109,7 +112,15 @@ def repetition_ratio(text: str, n: int = 3, min_words: int = 1) -> float:
 
     Texts with fewer than ``min_words`` words score 0 (too little to judge).
     """
-    return _repetition(_WORD.findall(text.lower()), n, min_words)
+    return _repetition(_words(text), n, min_words)
+
+
+def _words(text: str) -> list[str]:
+    r"""``_WORD.findall(text.lower())``: the lowercased ``\w+`` words of ``text``."""
+    low = text.lower()
+    if low.isascii():
+        return low.translate(_NOT_WORD).split()
+    return _WORD.findall(low)
 
 
 def _repetition(words: list[str], n: int, min_words: int) -> float:
@@ -220,9 +231,9 @@ def check_row(row: dict[str, Any], settings: FilterSettings) -> tuple[str, str, 
             return "filter", "too_short", f"{n_tokens} tokens < min_tokens {minimum}"
     prose = prose_of(row)
     if settings.max_repetition < 1:
-        words = _WORD.findall(prose.lower())
+        words = _words(prose)
         if len(words) < settings.repetition_min_words:
-            words = _WORD.findall(text.lower())
+            words = _words(text)
         ratio = _repetition(words, settings.repetition_ngram, settings.repetition_min_words)
         if ratio > settings.max_repetition:
             return (

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from builder.errors import LLMError
@@ -316,3 +319,23 @@ def test_verification_marks_and_rejects(tmp_path: Path) -> None:
     off = VerifySettings(enabled=False)
     kept, _ = filter_documents(rows, filters, off)
     assert [d["verified"] for d in kept] == [None, None, None]
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(["loop", "Loop", "x_1", "42", "don't", "co-op", "Ünïcode", "K"]),
+            st.text(max_size=6),
+        ),
+        max_size=40,
+    ),
+    st.integers(1, 4),
+)
+def test_repetition_ratio_counts_regex_words(parts: list[str], n: int) -> None:
+    """The words are ``\\w+`` matches of the lowercased text, whether it is ASCII (a fast
+    path) or not: the ratio equals one computed from ``re.findall``."""
+    text = " ".join(parts)
+    words = re.findall(r"\w+", text.lower())
+    grams = set(zip(*(words[i:] for i in range(n)), strict=False))
+    expected = 0.0 if len(words) < n else 1.0 - len(grams) / (len(words) - n + 1)
+    assert repetition_ratio(text, n) == expected

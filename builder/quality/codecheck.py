@@ -95,7 +95,9 @@ class CodeCheck:
 
 def fences(text: str) -> list[tuple[str, str]]:
     """(label, body) of every fenced code block, labels lowercased."""
-    return [(m.group(1).lower(), m.group(2)) for m in _FENCE.finditer(text or "")]
+    if not text or "```" not in text:  # most prose: one substring scan, not a regex per line
+        return []
+    return [(m.group(1).lower(), m.group(2)) for m in _FENCE.finditer(text)]
 
 
 def _syntax_error(source: str, what: str) -> str | None:
@@ -108,15 +110,18 @@ def _syntax_error(source: str, what: str) -> str | None:
     return None
 
 
-def plan_checks(text: str) -> tuple[list[str], list[tuple[str, str, int]], str | None]:
+def plan_checks(
+    text: str, found: list[tuple[str, str]] | None = None
+) -> tuple[list[str], list[tuple[str, str, int]], str | None]:
     """(plain Python fences, examples as (source, want, line), first syntax problem or None).
 
     Pure parsing; nothing runs. Example sources are compiled to find syntax errors early.
+    ``found``: the text's ``fences`` when the caller has them already.
     """
     plain: list[str] = []
     examples: list[tuple[str, str, int]] = []
     parser = doctest.DocTestParser()
-    for i, (label, body) in enumerate(fences(text), 1):
+    for i, (label, body) in enumerate(fences(text) if found is None else found, 1):
         if ">>>" in body and label in EXAMPLE_LABELS:
             try:
                 found = parser.get_examples(body)
@@ -140,17 +145,42 @@ def plan_checks(text: str) -> tuple[list[str], list[tuple[str, str, int]], str |
     return plain, examples, None
 
 
-def check_code(text: str, settings: VerifySettings | None = None, *, run: bool = True) -> CodeCheck:
-    """Check the Python in one text (see the module docstring); ``run=False`` parses only."""
-    plain, examples, problem = plan_checks(text)
-    n_fences = len(fences(text))
+@dataclass(frozen=True)
+class _Run:
+    """A text whose examples must run in the sandbox (what ``_parsed`` could not decide)."""
+
+    plain: list[str]
+    examples: list[tuple[str, str, int]]
+    n_fences: int
+
+
+def _parsed(text: str, run: bool) -> CodeCheck | _Run:
+    """The verdict when parsing decides it, else what to run."""
+    found = fences(text)
+    n_fences = len(found)
+    if not found:
+        return CodeCheck(None, "", 0, 0)
+    plain, examples, problem = plan_checks(text, found)
     if problem:
         return CodeCheck(False, problem, n_fences, len(examples))
     if not plain and not examples:
         return CodeCheck(None, "", n_fences, 0)
     if not examples or not run:
         return CodeCheck(True, f"{len(plain)} fence(s) parse", n_fences, len(examples))
+    return _Run(plain, examples, n_fences)
+
+
+def check_code(text: str, settings: VerifySettings | None = None, *, run: bool = True) -> CodeCheck:
+    """Check the Python in one text (see the module docstring); ``run=False`` parses only."""
+    parsed = _parsed(text, run)
+    return parsed if isinstance(parsed, CodeCheck) else _run(parsed, settings)
+
+
+def _run(job: _Run, settings: VerifySettings | None) -> CodeCheck:
+    """Run a text's examples (after its plain fences) in the sandbox."""
     from builder.verify.sandbox import run_in_sandbox
+
+    plain, examples, n_fences = job.plain, job.examples, job.n_fences
 
     tests = _TESTS.format(examples=examples[:MAX_EXAMPLES])
     result = run_in_sandbox("\n\n".join(plain), tests, settings or VerifySettings())
@@ -167,15 +197,18 @@ def check_documents(
     *,
     workers: int = 2,
 ) -> list[CodeCheck]:
-    """``check_code`` of every section (other kinds get ``CodeCheck(None)``), sandboxes in
-    parallel threads (each run is its own process)."""
+    """``check_code`` of every section (other kinds get ``CodeCheck(None)``): parsed here,
+    and only the sections with examples to run go to the sandboxes, in parallel threads
+    (each run is its own process)."""
     settings = settings or VerifySettings()
-    kinds = list(kinds)
-
-    def one(i: int) -> CodeCheck:
-        if kinds[i] != "section":
-            return CodeCheck(None)
-        return check_code(texts[i], settings)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(one, range(len(texts))))
+    checks: list[CodeCheck | _Run] = [
+        _parsed(text, True) if kind == "section" else CodeCheck(None)
+        for text, kind in zip(texts, kinds, strict=True)
+    ]
+    jobs = [i for i, check in enumerate(checks) if isinstance(check, _Run)]
+    if jobs:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
+            done = pool.map(lambda i: _run(checks[i], settings), jobs)  # type: ignore[arg-type]
+            for i, check in zip(jobs, done, strict=True):
+                checks[i] = check
+    return checks  # type: ignore[return-value]

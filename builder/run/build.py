@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from builder.config import CorpusConfig
 from builder.run.executor import make_executor
+from builder.run.follow import followers, following
 from builder.run.inputs import check_inputs
 from builder.run.ledger import Ledger, MeteredLLM, budget_message
 from builder.run.lock import run_lock
@@ -235,7 +236,9 @@ def run_stages(
             try:
                 with budget_message(lambda: ctx.llm_opened, max_cost):
                     for i, stage in enumerate(stages):
-                        runner.run_stage(stage, ctx)
+                        # filter and quality start on generate's partitions as they come
+                        with following(ctx, followers(stages, i, ctx)):
+                            runner.run_stage(stage, ctx)
                         if i == last_llm:
                             engine_stack.close()  # no model server outlives its stages
             finally:

@@ -89,6 +89,9 @@ class LocalExecutor:
     #: sizes it from ``[dedup] workers``) map them elsewhere: ``fn, tasks -> results as
     #: they finish``; None here: their own pool.
     task_map: Any = None
+    #: Whether partitioned stages may follow the stage before them on a local worker
+    #: process while it runs (``builder.run.follow``).
+    can_follow = True
 
     def __init__(self, config: CorpusConfig | None = None) -> None:
         self.config = config

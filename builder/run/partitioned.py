@@ -14,8 +14,12 @@ whatever order they finished (``run_task`` is a pure function of the stage, the 
 and one input file).
 
 Each finished task is recorded in ``work/<stage>/_partitions/<n>.json`` (its identity: the
-stage fingerprint, the input's name and row count, the batch size; the files it wrote; its
-counters) by the driver once the task's files are in place. A rerun after a crash skips a
+stage's ``task_fingerprint``, the input's name, bytes (sha256) and row count, where its
+outputs start, the batch size; the files it wrote; its counters) by the driver once the
+task's files are in place. The identity hashes the input file itself rather than the
+upstream stage's fingerprint, so it is known as soon as that one file is written: a
+``builder.run.follow.Follower`` runs tasks while the stage before is still running, and the
+stage later skips them like the finished tasks of an interrupted run. A rerun after a crash skips a
 task whose record matches and whose files exist, so a resumed stage redoes only unfinished
 partitions. A task writes each file atomically (temp, fsync, rename) and writes the same
 bytes if run twice (a retried Ray task), so no partition is ever half written or different.
@@ -35,7 +39,7 @@ import pyarrow.parquet as pq
 
 from builder.records import sha256_hex, to_table
 from builder.util.faults import fault_point
-from builder.util.files import atomic_write_text
+from builder.util.files import atomic_write_text, file_sha256
 from builder.util.partitions import list_parts, part_name, write_table
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,21 +78,29 @@ def batch_rows_for(meta: pq.FileMetaData, max_rows: int, max_bytes: int) -> int:
     return max(1, min(max_rows, int(max_bytes * rows // (2 * size))))
 
 
-def plan_tasks(
-    stage: PartitionStage, ctx: RunContext, fingerprint: str | None
-) -> list[PartitionTask]:
-    """The stage's tasks in input order (from the input footers only)."""
+def make_task(
+    ctx: RunContext, task_fingerprint: str | None, index: int, path: Path, first: int
+) -> PartitionTask:
+    """Task ``index`` of a stage: input file ``path``, its outputs numbered from ``first``
+    (the batches of the files before it). Reads the file's footer and hashes its bytes."""
     run = ctx.config.run
+    meta = pq.ParquetFile(path).metadata
+    rows = meta.num_rows
+    batch_rows = batch_rows_for(meta, run.partition_rows, run.partition_bytes)
+    batches = _batches_of(rows, batch_rows)
+    identity = sha256_hex([task_fingerprint, path.name, file_sha256(path), rows, first, batch_rows])
+    return PartitionTask(index, str(path), rows, first, batches, identity, batch_rows)
+
+
+def plan_tasks(stage: PartitionStage, ctx: RunContext) -> list[PartitionTask]:
+    """The stage's tasks in input order (from the input footers and bytes)."""
+    task_fingerprint = stage.task_fingerprint(ctx)
     tasks: list[PartitionTask] = []
     first = 0
     for i, path in enumerate(stage.input_parts(ctx)):
-        meta = pq.ParquetFile(path).metadata
-        rows = meta.num_rows
-        batch_rows = batch_rows_for(meta, run.partition_rows, run.partition_bytes)
-        batches = _batches_of(rows, batch_rows)
-        identity = sha256_hex([fingerprint, path.name, rows, batch_rows])
-        tasks.append(PartitionTask(i, str(path), rows, first, batches, identity, batch_rows))
-        first += batches
+        task = make_task(ctx, task_fingerprint, i, path, first)
+        tasks.append(task)
+        first += task.batches
     return tasks
 
 
@@ -156,7 +168,23 @@ def _record_path(stage: PartitionStage, ctx: RunContext, task: PartitionTask) ->
     return stage.out_dir(ctx) / RECORDS / f"{task.index:05d}.json"
 
 
-def _finished(stage: PartitionStage, ctx: RunContext, task: PartitionTask) -> dict | None:
+def prepare_dirs(stage: PartitionStage, ctx: RunContext) -> None:
+    """Create the stage's sink folders and its task records' folder."""
+    for name in stage.sinks():
+        stage.sink_dir(ctx, name).mkdir(parents=True, exist_ok=True)
+    (stage.out_dir(ctx) / RECORDS).mkdir(parents=True, exist_ok=True)
+
+
+def record_task(
+    stage: PartitionStage, ctx: RunContext, task: PartitionTask, result: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the record of a finished task (its files are in place); return it."""
+    record = {"identity": task.identity, "task": asdict(task), **result}
+    atomic_write_text(_record_path(stage, ctx, task), json.dumps(record, sort_keys=True))
+    return record
+
+
+def finished(stage: PartitionStage, ctx: RunContext, task: PartitionTask) -> dict | None:
     """The task's record when it finished with this identity and its files still exist."""
     try:
         record = json.loads(_record_path(stage, ctx, task).read_text(encoding="utf-8"))
@@ -194,27 +222,25 @@ def run_partitioned(stage: PartitionStage, ctx: RunContext) -> dict[str, Any]:
     """``PartitionStage.run``: plan the tasks, skip the finished ones, map the rest with
     ``ctx.executor`` (the local executor when none is set), record each as it finishes."""
     executor = ctx.runner()
-    fingerprint = stage.fingerprint(ctx)
-    tasks = plan_tasks(stage, ctx, fingerprint)
-    for name in stage.sinks():
-        stage.sink_dir(ctx, name).mkdir(parents=True, exist_ok=True)
-    (stage.out_dir(ctx) / RECORDS).mkdir(parents=True, exist_ok=True)
+    fingerprint = stage.task_fingerprint(ctx)
+    tasks = plan_tasks(stage, ctx)
+    prepare_dirs(stage, ctx)
     results: dict[int, dict[str, Any]] = {}
     todo: list[PartitionTask] = []
     for task in tasks:
         # A stage without a fingerprint cannot tell changed inputs: it redoes every task.
-        record = _finished(stage, ctx, task) if fingerprint is not None else None
+        record = finished(stage, ctx, task) if fingerprint is not None else None
         if record is None:
             todo.append(task)
         else:
             results[task.index] = record
     skipped = len(results)
+    # of those, the ones a follower ran while the stage before was running
+    followed = sum(bool(record.get("followed")) for record in results.values())
     done = skipped
     step = max(1, len(tasks) // 20)
     for task, result in executor.map_partitions(stage, ctx, todo):
-        record = {"identity": task.identity, "task": asdict(task), **result}
-        atomic_write_text(_record_path(stage, ctx, task), json.dumps(record, sort_keys=True))
-        results[task.index] = record
+        results[task.index] = record_task(stage, ctx, task, result)
         done += 1
         if done % step == 0 or done == len(tasks):
             ctx.log(f"[{stage.name}] partition {done}/{len(tasks)} done ({executor.name})")
@@ -237,5 +263,6 @@ def run_partitioned(stage: PartitionStage, ctx: RunContext) -> dict[str, Any]:
     stage.max_rows_seen = counters["max_rows_held"]
     counters["partitions_skipped"] = skipped
     counters["partitions_run"] = len(todo)
+    counters["partitions_followed"] = followed
     stage.finish(ctx, counters)
     return counters

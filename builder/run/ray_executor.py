@@ -222,6 +222,7 @@ class RayExecutor(LocalExecutor):
     """Partitioned stages as Ray tasks; everything else as ``LocalExecutor`` (see above)."""
 
     name = "ray"
+    can_follow = False  # the cluster maps the stages' tasks once the stage before is done
 
     def __init__(self, config: CorpusConfig | None = None) -> None:
         super().__init__(config)

@@ -38,6 +38,11 @@ class RunSettings(Section):
     #: Ray cluster address: ``auto`` (an existing cluster, else a local one), or
     #: ``host:port`` of a head node.
     ray_address: str = Field("auto", min_length=1, exclude=True)
+    #: Run filter and quality on each generation partition as soon as generate has written
+    #: it (one worker process at low CPU priority, local executor only), so they use the
+    #: CPU that waiting on the model leaves idle; the stages then skip what it finished.
+    #: Same bytes either way (left out of the config's hash).
+    follow: bool = Field(True, exclude=True)
 
     @property
     def partition_bytes(self) -> int:

@@ -73,11 +73,20 @@ class RunContext:
     #: Maps partitioned stages (``LocalExecutor`` or ``RayExecutor``; None: local).
     executor: Any = None
     did_work: bool = False
+    #: Told each partition a stage finished writing, when something follows that stage
+    #: (``builder.run.follow``); stages call ``partition_written``.
+    on_partition: Callable[[Path], None] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     counters: dict[str, dict[str, Any]] = field(default_factory=dict)
     _llm: MeteredLLM | None = None
     _judge: MeteredLLM | None = None
     _taxonomy: Taxonomy | None = None
+
+    def partition_written(self, path: Path) -> None:
+        """A stage has written output partition ``path`` for good (in input order): stages
+        that follow it may start on it now."""
+        if self.on_partition is not None and path.exists():
+            self.on_partition(path)
 
     def runner(self) -> Any:
         """The executor that maps this run's partitions and tasks: ``executor``, or a
@@ -154,6 +163,9 @@ class Stage(ABC):
     #: True when ``run`` may call ``ctx.llm()`` (the executor closes the engine after the
     #: last such stage, so a model server never outlives the stages that need it).
     uses_llm: ClassVar[bool] = False
+    #: True when ``run`` calls ``ctx.partition_written`` for each output partition as soon
+    #: as it is final, so the stages after it can follow it (``builder.run.follow``).
+    emits_partitions: ClassVar[bool] = False
 
     def inputs(self, ctx: RunContext) -> list[Path]:
         """Run-directory paths this stage reads (checked to exist before it runs)."""
@@ -203,9 +215,21 @@ class PartitionStage(Stage):
     """
 
     max_rows_seen: int = 0
+    #: The stage whose partitions this one reads, and the sink of it ("" for that stage's
+    #: own folder): a ``builder.run.follow.Follower`` can then run this stage's tasks as
+    #: that stage writes them. None: it reads something else.
+    follows: ClassVar[tuple[str, str] | None] = None
 
     @abstractmethod
     def input_parts(self, ctx: RunContext) -> list[Path]: ...
+
+    def task_fingerprint(self, ctx: RunContext) -> str | None:
+        """Hash of everything one task's outputs depend on besides the bytes of its input
+        file (which its identity hashes): the stage's settings and the fingerprints of any
+        other stage it reads, but not of the stage whose partitions it maps. Known before
+        that stage has finished, so a task can run as soon as its input is written.
+        Default: ``fingerprint`` (tasks then run only after the stage before finished)."""
+        return self.fingerprint(ctx)
 
     @abstractmethod
     def sinks(self) -> dict[str, pa.Schema]: ...

@@ -23,6 +23,7 @@ class FilterStage(PartitionStage):
 
     name = "filter"
     uses_llm = True  # second samples of quantitative exercises
+    follows = ("generate", "")
 
     def __init__(self) -> None:
         self._reasons: Counter[str] = Counter()
@@ -38,11 +39,13 @@ class FilterStage(PartitionStage):
         return {"kept": DOCUMENT_SCHEMA, "rejected": REJECTED_SCHEMA}
 
     def fingerprint(self, ctx: RunContext) -> str | None:
+        return sha256_hex([upstream(ctx, "generate"), self.task_fingerprint(ctx)])
+
+    def task_fingerprint(self, ctx: RunContext) -> str | None:
         config = ctx.config
         needs_model = config.verify.enabled and config.verify.second_sample
         return sha256_hex(
             {
-                "generate": upstream(ctx, "generate"),
                 "filters": config.filters.model_dump(mode="json"),
                 "verify": config.verify.model_dump(mode="json"),
                 # second samples come from the model: another model, other verdicts

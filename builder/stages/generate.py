@@ -139,6 +139,7 @@ class GenerateStage(Stage):
 
     name = "generate"
     uses_llm = True
+    emits_partitions = True  # each part-NNNNN.parquet once its unit partition is done
 
     def __init__(self) -> None:
         self.stats: GenerateStats | None = None
@@ -191,6 +192,7 @@ class GenerateStage(Stage):
             with few_collections():
                 for k, upath in enumerate(parts):
                     self._partition(ctx, k, upath, templates, planner, stats, failures, answered)
+                    ctx.partition_written(out / part_name(k))
             planner.close(wait=True)
         finally:
             planner.close()

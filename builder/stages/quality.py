@@ -58,12 +58,14 @@ class QualityStage(PartitionStage):
 
     name = "quality"
     uses_llm = True  # the judge (when enabled) and the embeddings endpoint's budget
+    follows = ("filter", "kept")
 
     def __init__(self) -> None:
         self._embedder: Any = None
         self._queries: dict[str, str] | None = None
         self._units: dict[str, Any] | None = None
-        self._stats: dict[str, Any] = {}
+        # fresh here too: a follower's worker calls run_partition without run
+        self._stats: dict[str, Any] = self._fresh_stats()
 
     def inputs(self, ctx: RunContext) -> list[Path]:
         return [ctx.paths.stage_dir("filter") / "kept"]
@@ -87,6 +89,9 @@ class QualityStage(PartitionStage):
         return load_judge_template(config.path(config.judge.template))
 
     def fingerprint(self, ctx: RunContext) -> str | None:
+        return sha256_hex([upstream(ctx, "filter"), self.task_fingerprint(ctx)])
+
+    def task_fingerprint(self, ctx: RunContext) -> str | None:
         config = ctx.config
         f = config.filters
         template = self._template(ctx)
@@ -95,7 +100,7 @@ class QualityStage(PartitionStage):
             judge_model = config.judge.model if config.judge.base_url else ctx.llm().model_name
         return sha256_hex(
             {
-                "upstream": upstream(ctx, "walk", "filter"),
+                "upstream": upstream(ctx, "walk"),  # the units' queries
                 "gates": {
                     k: getattr(f, k)
                     for k in ("min_relevance", "min_edu_score", "check_code", "drop_code_errors")

@@ -13,7 +13,8 @@ Points: ``generate.journal`` (after a journal file of results is written),
 shard is written), ``assemble.manifest`` (manifest written, card not yet),
 ``stage.marked`` (after any stage's marker is written), ``stage.marked.<stage>`` (after
 that stage's marker is written), ``partition.done`` (after a
-partitioned stage recorded a finished input partition, on the driver).
+partitioned stage recorded a finished input partition, on the driver), ``follow.done``
+(after a follower recorded a task it ran while generate was running).
 """
 
 from __future__ import annotations

@@ -1,0 +1,245 @@
+"""Partitioned stages that follow the stage before them, partition by partition.
+
+While ``generate`` runs, the build's process mostly waits on the model: a core is partly
+idle for the whole stage. A ``Follower`` fills it. Each time generate has written a
+partition, the follower runs filter's task for it, then quality's tasks for what filter
+kept, on one worker process at low CPU priority (``nice``), so the model calls keep their
+pace.
+
+It computes each task exactly as the stage's own plan will (``make_task``, inputs taken in
+input order, outputs numbered after those of the tasks before) and writes the same record
+once the task's files are in place. When the stages then run, they find those tasks
+finished and skip them, as after an interrupted run (a task's identity hashes its input
+file, not the upstream stage's fingerprint: ``builder.run.partitioned``). So the files are
+the same with or without a follower, and a follower that stops early (an error, the end of
+generate, Ctrl-C) only leaves more for the stages to do: its errors are not raised here,
+since the stage, redoing the task, raises them with its usual context.
+
+At most one task is handed to the worker at a time: when generate ends, ``close`` drops the
+tasks not started (the stages run them on every core) and waits only for the running one.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import multiprocessing
+import os
+import queue
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from builder.run.partitioned import finished, make_task, prepare_dirs, record_task, run_task
+from builder.run.pool import die_with_parent
+from builder.util.faults import fault_point
+
+if TYPE_CHECKING:  # pragma: no cover
+    from builder.run.partitioned import PartitionTask
+    from builder.stages.base import PartitionStage, RunContext, Stage
+
+#: Where ``SCHED_IDLE`` is missing, the follower's worker runs at this niceness.
+FOLLOW_NICE = 19
+
+#: The stage copies the worker keeps (one per followed stage), by follower token.
+_STAGES: dict[str, Any] = {}
+
+
+def _init_worker(parent: int) -> None:
+    """The worker runs only on CPU time nobody else wants: Linux's ``SCHED_IDLE`` policy
+    (a waking task of the build or of the model server preempts it at once), else the
+    lowest priority (``nice``)."""
+    die_with_parent(parent)
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux
+        with contextlib.suppress(OSError):
+            os.nice(FOLLOW_NICE)
+
+
+def _run(token: str, stage: PartitionStage, ctx: RunContext, task: PartitionTask) -> Any:
+    """One task in the follower's worker, with the first copy of its stage it received (what
+    the stage loads once, e.g. the embedding model, stays loaded for its later tasks)."""
+    kept = _STAGES.setdefault(token, stage)
+    return {**run_task(kept, ctx, task), "worker": os.getpid(), "followed": True}
+
+
+@dataclass
+class _Lane:
+    """One following stage: where its next task starts, and the records not yet passed on
+    to the stage after it (which takes them in input order)."""
+
+    stage: PartitionStage
+    fingerprint: str | None
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    index: int = 0
+    first: int = 0
+    records: dict[int, dict[str, Any]] = field(default_factory=dict)
+    passed: int = 0
+
+
+class Follower:
+    """Run ``stages`` (each reading the one before's partitions; the first reads what the
+    followed stage writes) over each partition reported with ``written``, in order."""
+
+    def __init__(self, ctx: RunContext, stages: Sequence[PartitionStage]) -> None:
+        self.ctx = ctx
+        self.lanes = [_Lane(s, s.task_fingerprint(ctx)) for s in stages]
+        for stage in stages:
+            prepare_dirs(stage, ctx)
+        self.worker_ctx = ctx.for_worker(None)
+        self.error: BaseException | None = None
+        self.ran = 0
+        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._todo: collections.deque[tuple[int, PartitionTask]] = collections.deque()
+        self._running: Future | None = None
+        self._stopping = False
+        self._draining = False
+        self._pool: ProcessPoolExecutor | None = None  # started with the first task
+        self._thread = threading.Thread(target=self._loop, name="follower", daemon=True)
+        self._thread.start()
+
+    def written(self, path: Path) -> None:
+        """The followed stage has written partition ``path`` (call in input order)."""
+        self._events.put(("input", 0, path))
+
+    def close(self, *, drain: bool = False) -> None:
+        """Stop: drop the tasks not started (``drain``: run them first), wait for the
+        running one and record it."""
+        self._events.put(("drain",) if drain else ("close",))
+        self._thread.join()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        names = ", ".join(lane.stage.name for lane in self.lanes)
+        if self.ran:
+            self.ctx.log(f"[{names}] {self.ran} partition(s) done while generating")
+        if self.error is not None:  # the stages redo the task and report its error
+            self.ctx.log(f"[{names}] stopped following: {self.error!r}".splitlines()[0])
+
+    # The rest runs on the follower's thread only.
+
+    def _loop(self) -> None:
+        while True:
+            event = self._events.get()
+            try:
+                if event[0] == "input":
+                    self._input(event[1], event[2])
+                elif event[0] == "done":
+                    self._done(event[1], event[2], event[3])
+                elif event[0] == "drain":
+                    self._draining = True
+                else:
+                    self._stopping = True
+                    self._todo.clear()
+            except Exception as exc:  # the stage redoes the task and reports it itself
+                self.error = exc
+                self._stopping = True
+                self._todo.clear()
+            if not self._stopping:
+                self._pump()
+                if self._draining and self._running is None and not self._todo:
+                    return
+            elif self._running is None:
+                return
+
+    def _input(self, level: int, path: Path) -> None:
+        if self._stopping:
+            return
+        lane = self.lanes[level]
+        task = make_task(self.ctx, lane.fingerprint, lane.index, path, lane.first)
+        lane.index += 1
+        lane.first += task.batches
+        record = finished(lane.stage, self.ctx, task)
+        if record is not None:  # done by an earlier run
+            self._pass_on(level, task, record)
+        else:
+            self._todo.append((level, task))
+
+    def _pump(self) -> None:
+        if self._running is not None or not self._todo:
+            return
+        level, task = self._todo.popleft()
+        lane = self.lanes[level]
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(os.getpid(),),
+            )
+        future = self._pool.submit(_run, lane.token, lane.stage, self.worker_ctx, task)
+        self._running = future
+        future.add_done_callback(
+            lambda f, level=level, task=task: self._events.put(("done", level, task, f))
+        )
+
+    def _done(self, level: int, task: PartitionTask, future: Future) -> None:
+        self._running = None
+        result = future.result()  # a task's error stops the follower (see _loop)
+        record = record_task(self.lanes[level].stage, self.ctx, task, result)
+        self.ran += 1
+        fault_point("follow.done")
+        self._pass_on(level, task, record)
+
+    def _pass_on(self, level: int, task: PartitionTask, record: dict[str, Any]) -> None:
+        """Hand the outputs of the lane's finished tasks, in input order, to the next lane."""
+        if level + 1 >= len(self.lanes):
+            return
+        lane, after = self.lanes[level], self.lanes[level + 1]
+        lane.records[task.index] = record
+        assert after.stage.follows is not None
+        sink = after.stage.follows[1]
+        while lane.passed in lane.records:
+            done = lane.records.pop(lane.passed)
+            lane.passed += 1
+            for name in (done.get("outputs") or {}).get(sink, []):
+                self._input(level + 1, lane.stage.sink_dir(self.ctx, sink) / name)
+
+
+def followers(stages: Sequence[Stage], i: int, ctx: RunContext) -> list[PartitionStage]:
+    """The partitioned stages right after ``stages[i]`` that can follow it (a stage that
+    ``emits_partitions``): each reads the
+    partitions of the one before, runs without the model for this config and may run on a
+    worker process. Empty when ``[run] follow`` is off, ``[run] workers`` is 1 or the
+    executor cannot (Ray maps tasks on its own cluster)."""
+    from builder.stages.base import PartitionStage
+
+    if not stages[i].emits_partitions or not ctx.config.run.follow:
+        return []
+    runner = ctx.runner()
+    # ``[run] workers = 1`` keeps partitioned stages in the build's own process
+    if not getattr(runner, "can_follow", False) or runner.workers() < 2:
+        return []
+    chain: list[PartitionStage] = []
+    before = stages[i].name
+    for stage in stages[i + 1 :]:
+        if not isinstance(stage, PartitionStage) or stage.follows is None:
+            break
+        if stage.follows[0] != before or stage.needs_llm(ctx) or stage.local_only(ctx):
+            break
+        chain.append(stage)
+        before = stage.name
+    return chain
+
+
+@contextlib.contextmanager
+def following(
+    ctx: RunContext, stages: Sequence[PartitionStage], *, drain: bool = False
+) -> Iterator[None]:
+    """While the block runs, ``ctx.partition_written`` feeds a ``Follower`` of ``stages``
+    (nothing to follow: the block runs alone). ``drain``: at the end of the block, finish
+    every task reported instead of leaving the ones not started to the stages."""
+    if not stages:
+        yield
+        return
+    follower = Follower(ctx, stages)
+    ctx.on_partition = follower.written
+    try:
+        yield
+    finally:
+        ctx.on_partition = None
+        follower.close(drain=drain)

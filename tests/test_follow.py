@@ -1,0 +1,170 @@
+"""Filter and quality following generate (``[run] follow``, ``builder.run.follow``): the
+tasks a follower runs while generate is still running are the ones the stages would have
+run, byte for byte, and the stages skip them; a build killed right after the follower
+recorded a task resumes to the same corpus without redoing it.
+
+Builds run against the loopback fake server on a project with tiny partitions (many tasks)
+and two local workers (a follower is a worker process: ``[run] workers = 1`` has none).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from builder.cli import main
+from builder.config import load_config
+from builder.run.build import open_context
+from builder.run.executor import LocalExecutor
+from builder.run.follow import followers, following
+from builder.stages import build_stages
+from tests.support.fake_openai_server import FakeOpenAIServer
+from tests.support.project import ROOT, make_project, responder
+
+PROJECT: dict[str, dict[str, Any]] = {
+    "walk": {"subtree": ["algorithms", "arithmetic"]},
+    "generate": {"documents_per_unit": 2},
+    # code exercises are still executed; no second samples (the follower sends no request)
+    "verify": {"second_sample": False},
+    "run": {"partition_rows": 3, "units_per_partition": 1, "flush_rows": 2, "workers": 2},
+    "llm": {"cache_dir": ".corpus-cache"},
+    "output": {"dir": "outputs", "run": "r", "shard_max_rows": 5},
+}
+_ENV = ("CORPUS_CACHE_DIR", "CORPUS_OUTPUT_DIR", "CORPUS_EXECUTOR", "CORPUS_WORKERS")
+FOLLOWING = ("filter", "quality")
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer(responder=responder) as srv:
+        yield srv
+
+
+@pytest.fixture(autouse=True)
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in _ENV:
+        monkeypatch.delenv(var, raising=False)
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    """Shards, rejections and the following stages' partitions, by relative path."""
+    files = [*run.glob("documents/*.parquet"), run / "rejected.parquet"]
+    for stage in FOLLOWING:
+        files += list((run / "work" / stage).rglob("part-*.parquet"))
+    return {str(p.relative_to(run)): p.read_bytes() for p in files}
+
+
+def _counters(run: Path, stage: str) -> dict[str, Any]:
+    return json.loads((run / "work" / "_done" / f"{stage}.json").read_text())["counters"]
+
+
+def _generated(server: FakeOpenAIServer, tmp_path: Path) -> Path:
+    """A project whose documents are generated (the rows carry their generation time, so
+    the builds compared start from one generated copy, at one path)."""
+    generated = tmp_path / "generated"
+    config = make_project(generated, server.base_url, PROJECT)
+    main(["generate", "--config", str(config)])  # raises SystemExit on failure
+    return generated
+
+
+def _reference(generated: Path, place: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
+    """The corpus built from ``generated`` at ``place`` without a follower (one worker)."""
+    shutil.copytree(generated, place)
+    monkeypatch.setenv("CORPUS_WORKERS", "1")
+    with contextlib.suppress(SystemExit):
+        main(["build", "--config", str(place / "corpus.toml"), "--no-progress"])
+    monkeypatch.delenv("CORPUS_WORKERS")
+    run = place / "outputs" / "r"
+    for stage in FOLLOWING:
+        assert _counters(run, stage)["partitions_followed"] == 0
+    files = _files(run)
+    shutil.rmtree(place)
+    return files
+
+
+def _same(files: dict[str, bytes], reference: dict[str, bytes]) -> None:
+    assert sorted(files) == sorted(reference)
+    assert len([k for k in files if "/kept/" in k]) >= 6  # many partitions to follow
+    for name, data in reference.items():
+        assert files[name] == data, name
+
+
+def test_tasks_run_while_generating_are_the_stages_own(
+    server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every filter and quality task run by a follower of generate (drained, so that none is
+    left to the stages): the stages then run none themselves and write the same files."""
+    generated, place = _generated(server, tmp_path), tmp_path / "p"
+    reference = _reference(generated, place, monkeypatch)
+    shutil.copytree(generated, place)
+    config = load_config(place / "corpus.toml")
+    stages = build_stages()
+    with contextlib.ExitStack() as stack:
+        ctx = open_context(config, stack=stack)
+        ctx.executor = LocalExecutor(config)
+        names = {stage.name: [s.name for s in followers(stages, i, ctx)] for i, stage in
+                 enumerate(stages)}  # fmt: skip
+        assert names["generate"] == list(FOLLOWING)
+        assert all(not chain for name, chain in names.items() if name != "generate")
+        for i, stage in enumerate(stages):
+            with following(ctx, followers(stages, i, ctx), drain=True):
+                ctx.executor.run_stage(stage, ctx)
+    run = ctx.paths.root
+    for stage in FOLLOWING:
+        counters = _counters(run, stage)
+        assert counters["partitions_run"] == 0, stage
+        assert counters["partitions_followed"] == counters["partitions_skipped"] > 0, stage
+    _same(_files(run), reference)
+
+
+def test_a_build_killed_after_a_followed_task_resumes_without_redoing_it(
+    server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generated, place = _generated(server, tmp_path), tmp_path / "p"
+    reference = _reference(generated, place, monkeypatch)
+    shutil.copytree(generated, place)
+    config = place / "corpus.toml"
+    run = place / "outputs" / "r"
+    argv = [sys.executable, "-m", "builder", "build", "--config", str(config), "--no-progress"]
+    env = {k: v for k, v in os.environ.items() if k not in _ENV}
+    env["PYTHONPATH"] = str(ROOT)
+    killed = subprocess.run(
+        argv, env={**env, "CORPUS_FAULT": "follow.done:1"}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    records = [json.loads(p.read_text()) for p in (run / "work" / "filter").glob("_p*/*.json")]
+    assert [r.get("followed") for r in records] == [True]  # killed right after recording it
+    assert not (run / "work" / "_done" / "filter.json").exists()
+    resumed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _counters(run, "filter")["partitions_followed"] >= 1
+    _same(_files(run), reference)
+
+
+def test_no_follower_without_worker_processes_or_when_turned_off(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    stages = build_stages()
+    at = [s.name for s in stages].index("generate")
+    for run_settings, expected in (
+        ({"workers": 2}, list(FOLLOWING)),
+        ({"workers": 1}, []),
+        ({"workers": 2, "follow": False}, []),
+    ):
+        project = {**PROJECT, "run": {**PROJECT["run"], **run_settings}}
+        config = load_config(make_project(tmp_path / "p", server.base_url, project))
+        with contextlib.ExitStack() as stack:
+            ctx = open_context(config, stack=stack)
+            ctx.executor = LocalExecutor(config)
+            assert [s.name for s in followers(stages, at, ctx)] == expected, run_settings
+        shutil.rmtree(tmp_path / "p")
