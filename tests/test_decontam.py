@@ -218,3 +218,21 @@ def test_compressed_benchmark_and_input_files_are_read_as_they_are(
     assert isinstance(r.exception, InputError), r.exception
     assert str(broken) in str(r.exception) and "decompress" in str(r.exception)
     assert "UTF-8" not in str(r.exception)
+
+
+def test_prefilter_drops_no_hit(setup, monkeypatch: pytest.MonkeyPatch):
+    """The top-bits table only skips n-grams that no benchmark key has: the hits are the
+    same as with a table that lets every n-gram through to the binary search."""
+    from builder.decontam_index import BenchmarkIndex
+
+    corpus, files, _ = setup
+    settings = DecontamSettings(fuzzy=True)
+    fast = decontaminate(corpus, files, settings, workers=1).hits
+
+    def everything(self: BenchmarkIndex, keys: np.ndarray) -> tuple[np.ndarray, np.uint64]:
+        return np.ones(2, dtype=bool), np.uint64(63)  # every top bit: True
+
+    monkeypatch.setattr(BenchmarkIndex, "prefilter", everything)
+    slow = decontaminate(corpus, files, settings, workers=1).hits
+    assert fast.height >= 5
+    assert fast.equals(slow)
