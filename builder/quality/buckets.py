@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,8 +126,17 @@ class EmbeddedCorpus:
             return
         if not self._split_done:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            _split(self._doc_batches(), self.tmp / "docs", self.buckets, rows=True)
-            _split(self._embedding_batches(), self.tmp / "emb", self.buckets)
+            # The documents and the embeddings are split on two threads (reading, hashing
+            # and writing Parquet mostly release the GIL); each writes its own files.
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                docs = pool.submit(
+                    _split, self._doc_batches(), self.tmp / "docs", self.buckets, rows=True
+                )
+                vectors = pool.submit(
+                    _split, self._embedding_batches(), self.tmp / "emb", self.buckets
+                )
+                docs.result()
+                vectors.result()
             self._split_done = True
         for b in range(self.buckets):
             release_memory(collect=False)  # the last bucket's rows and vectors, before the next one

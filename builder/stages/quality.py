@@ -15,6 +15,7 @@ semantic}.parquet``. The algorithms live in ``builder.quality`` (no I/O policy t
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -313,10 +314,25 @@ class SemDedupStage(Stage):
         stats: dict[str, Any] = {"rows_in": rows_in, "applied": d.semantic}
         semantic = clusters_result([], 0, 0).clusters
         result = None
+        copying = None
+        if not d.semantic:
+            # Report only: the survivors pass unchanged, so they are written on a thread
+            # while the near-duplicates are found (Parquet I/O mostly releases the GIL).
+            pool = ThreadPoolExecutor(max_workers=1)
+            copying = pool.submit(_write_kept, kept_in, paths["kept"], None, None)
+            pool.shutdown(wait=False)
         if d.enabled and rows_in > 1:
-            result = streamed_semantic_clusters(
-                ctx, kept_in, threshold=d.semantic_threshold, cluster_size=d.semantic_cluster_size
-            )
+            try:
+                result = streamed_semantic_clusters(
+                    ctx,
+                    kept_in,
+                    threshold=d.semantic_threshold,
+                    cluster_size=d.semantic_cluster_size,
+                )
+            except BaseException:
+                if copying is not None:  # no thread outlives the stage
+                    copying.exception()
+                raise
         if result is not None:
             semantic = result.clusters
             stats.update(
@@ -337,7 +353,10 @@ class SemDedupStage(Stage):
             removed = _concat([removed_before, records])
             stats["removed"] = records.height
         # Row groups of at most a read batch: decontam's tasks are slices along them.
-        self.max_rows_held = _write_kept(kept_in, paths["kept"], gone, rep_cluster)
+        if copying is not None:
+            self.max_rows_held = copying.result()
+        else:
+            self.max_rows_held = _write_kept(kept_in, paths["kept"], gone, rep_cluster)
         for key, frame in (
             ("clusters", clusters),
             ("removed", removed),
