@@ -88,8 +88,24 @@ def make_task(
     rows = meta.num_rows
     batch_rows = batch_rows_for(meta, run.partition_rows, run.partition_bytes)
     batches = _batches_of(rows, batch_rows)
-    identity = sha256_hex([task_fingerprint, path.name, file_sha256(path), rows, first, batch_rows])
+    identity = sha256_hex([task_fingerprint, path.name, _digest(path), rows, first, batch_rows])
     return PartitionTask(index, str(path), rows, first, batches, identity, batch_rows)
+
+
+#: sha256 of input files by (path, inode, size, mtime): a follower and then the stage plan
+#: the same task in one process; a file rewritten (atomically: a new inode) is hashed again.
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def _digest(path: Path) -> str:
+    st = path.stat()
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        if len(_DIGESTS) >= 4096:
+            _DIGESTS.clear()
+        digest = _DIGESTS[key] = file_sha256(path)
+    return digest
 
 
 def plan_tasks(stage: PartitionStage, ctx: RunContext) -> list[PartitionTask]:
