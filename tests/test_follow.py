@@ -28,25 +28,23 @@ from builder.run.executor import LocalExecutor
 from builder.run.follow import followers, following
 from builder.stages import build_stages
 from tests.support.fake_openai_server import FakeOpenAIServer
-from tests.support.project import ROOT, make_project, responder
+from tests.support.project import BUILD_ENV, ROOT, TINY_PARTITIONS, make_project, responder
 
 PROJECT: dict[str, dict[str, Any]] = {
-    "walk": {"subtree": ["algorithms", "arithmetic"]},
-    "generate": {"documents_per_unit": 2},
+    **TINY_PARTITIONS,
     # code exercises are still executed; no second samples (the follower sends no request)
     "verify": {"second_sample": False},
-    "run": {"partition_rows": 3, "units_per_partition": 1, "flush_rows": 2, "workers": 2},
-    "llm": {"cache_dir": ".corpus-cache"},
-    "output": {"dir": "outputs", "run": "r", "shard_max_rows": 5},
+    "run": {**TINY_PARTITIONS["run"], "workers": 2},
 }
-_ENV = ("CORPUS_CACHE_DIR", "CORPUS_OUTPUT_DIR", "CORPUS_EXECUTOR", "CORPUS_WORKERS")
+_ENV = BUILD_ENV
 FOLLOWING = ("filter", "quality")
 
 
 @pytest.fixture
-def server() -> Iterator[FakeOpenAIServer]:
+def base_url() -> Iterator[str]:
+    """The loopback fake server's address, per test (a thread, cheap)."""
     with FakeOpenAIServer(responder=responder) as srv:
-        yield srv
+        yield srv.base_url
 
 
 @pytest.fixture(autouse=True)
@@ -67,11 +65,11 @@ def _counters(run: Path, stage: str) -> dict[str, Any]:
     return json.loads((run / "work" / "_done" / f"{stage}.json").read_text())["counters"]
 
 
-def _generated(server: FakeOpenAIServer, tmp_path: Path) -> Path:
+def _generated(base_url: str, tmp_path: Path) -> Path:
     """A project whose documents are generated (the rows carry their generation time, so
     the builds compared start from one generated copy, at one path)."""
     generated = tmp_path / "generated"
-    config = make_project(generated, server.base_url, PROJECT)
+    config = make_project(generated, base_url, PROJECT)
     main(["generate", "--config", str(config)])  # raises SystemExit on failure
     return generated
 
@@ -99,11 +97,11 @@ def _same(files: dict[str, bytes], reference: dict[str, bytes]) -> None:
 
 
 def test_tasks_run_while_generating_are_the_stages_own(
-    server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    base_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every filter and quality task run by a follower of generate (drained, so that none is
     left to the stages): the stages then run none themselves and write the same files."""
-    generated, place = _generated(server, tmp_path), tmp_path / "p"
+    generated, place = _generated(base_url, tmp_path), tmp_path / "p"
     reference = _reference(generated, place, monkeypatch)
     shutil.copytree(generated, place)
     config = load_config(place / "corpus.toml")
@@ -127,9 +125,9 @@ def test_tasks_run_while_generating_are_the_stages_own(
 
 
 def test_a_build_killed_after_a_followed_task_resumes_without_redoing_it(
-    server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    base_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    generated, place = _generated(server, tmp_path), tmp_path / "p"
+    generated, place = _generated(base_url, tmp_path), tmp_path / "p"
     reference = _reference(generated, place, monkeypatch)
     shutil.copytree(generated, place)
     config = place / "corpus.toml"
@@ -152,7 +150,7 @@ def test_a_build_killed_after_a_followed_task_resumes_without_redoing_it(
 
 
 def test_no_follower_without_worker_processes_or_when_turned_off(
-    server: FakeOpenAIServer, tmp_path: Path
+    base_url: str, tmp_path: Path
 ) -> None:
     stages = build_stages()
     at = [s.name for s in stages].index("generate")
@@ -162,7 +160,7 @@ def test_no_follower_without_worker_processes_or_when_turned_off(
         ({"workers": 2, "follow": False}, []),
     ):
         project = {**PROJECT, "run": {**PROJECT["run"], **run_settings}}
-        config = load_config(make_project(tmp_path / "p", server.base_url, project))
+        config = load_config(make_project(tmp_path / "p", base_url, project))
         with contextlib.ExitStack() as stack:
             ctx = open_context(config, stack=stack)
             ctx.executor = LocalExecutor(config)

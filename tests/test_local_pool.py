@@ -22,16 +22,18 @@ import pytest
 
 from builder.cli import main
 from tests.support.fake_openai_server import FakeOpenAIServer
-from tests.support.project import ROOT, judging_responder, make_project, responder, untimed
+from tests.support.project import (
+    BUILD_ENV,
+    ROOT,
+    TINY_PARTITIONS,
+    judging_responder,
+    make_project,
+    responder,
+    untimed,
+)
 
-PROJECT: dict[str, dict[str, Any]] = {
-    "walk": {"subtree": ["algorithms", "arithmetic"]},
-    "generate": {"documents_per_unit": 2},
-    "run": {"partition_rows": 3, "units_per_partition": 1, "flush_rows": 2},
-    "llm": {"cache_dir": ".corpus-cache"},
-    "output": {"dir": "outputs", "run": "r", "shard_max_rows": 5},
-}
-_ENV = ("CORPUS_CACHE_DIR", "CORPUS_OUTPUT_DIR", "CORPUS_EXECUTOR", "CORPUS_WORKERS")
+PROJECT = TINY_PARTITIONS
+_ENV = BUILD_ENV
 POOLED = ("filter", "quality")
 
 

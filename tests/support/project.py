@@ -390,3 +390,16 @@ def corpus(run_dir: Path) -> pl.DataFrame:
 def ids_and_texts(run_dir: Path) -> list[tuple[str, str]]:
     df = corpus(run_dir)
     return list(zip(df["id"].to_list(), df["text"].to_list(), strict=True))
+
+
+#: A project of tiny partitions (many partition tasks from a few documents), for the tests of
+#: how partitioned stages are mapped (``test_local_pool``, ``test_follow``).
+TINY_PARTITIONS: dict[str, dict[str, Any]] = {
+    "walk": {"subtree": ["algorithms", "arithmetic"]},
+    "generate": {"documents_per_unit": 2},
+    "run": {"partition_rows": 3, "units_per_partition": 1, "flush_rows": 2},
+    "llm": {"cache_dir": ".corpus-cache"},
+    "output": {"dir": "outputs", "run": "r", "shard_max_rows": 5},
+}
+#: Environment variables that would override those projects' settings.
+BUILD_ENV = ("CORPUS_CACHE_DIR", "CORPUS_OUTPUT_DIR", "CORPUS_EXECUTOR", "CORPUS_WORKERS")
