@@ -119,8 +119,9 @@ def write_report(
     nodes that got no documents (limited to the config's ``walk.subtree`` when set).
     ``coverage`` is the walker's ``Coverage`` (adds a "units planned" column per node) or a
     frame shown as a table; ``diversity`` (``builder.diversity.DiversityReport``, or a dict
-    of name -> frame plus an optional ``summary`` dict) is shown as extra tables. Returns the
-    path of ``report.html``.
+    of name -> frame plus an optional ``summary`` dict) is shown as extra tables; it may be a
+    callable returning one, called once the documents are summarised and the plots drawn (so
+    it can be computed meanwhile: a future's ``result``). Returns the path of ``report.html``.
     """
     import json
 
@@ -340,6 +341,8 @@ def write_report(
     by_kind = facts.by_kind()
     opener_total_share = float(openers["share"].sum()) if openers.height else 0.0
     distinct = facts.distinct_openers if n_docs else 0
+    if callable(diversity):  # computed meanwhile (``ReportStage``: on a thread)
+        diversity = diversity()
     diversity_tables = [(title, Markup(table)) for title, table in _diversity_tables(diversity)]
     stage_keys: list[str] = []
     for v in stages.values():

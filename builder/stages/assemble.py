@@ -10,6 +10,7 @@ executor's tasks (Ray tasks with ``--executor ray``); the rest runs here.
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -221,18 +222,16 @@ class ReportStage(Stage):
     def run(self, ctx: RunContext) -> dict[str, Any]:
         from builder.assemble import read_manifest
         from builder.diversity import diversity_report
-        from builder.quality.summary import QualitySummary
-        from builder.report import write_report
 
         work = ctx.paths.work
         manifest = read_manifest(ctx.paths.root)
         before_dedup = _scan(list_parts(work / "quality" / "kept"))
-        diversity = None
-        if before_dedup is not None and before_dedup.select(pl.len()).collect().item():
+
+        def diversity() -> Any:
             clusters = work / "dedup" / "clusters.parquet"
             hits = work / "decontam" / "hits.parquet"
             self.out_dir(ctx).mkdir(parents=True, exist_ok=True)
-            diversity = diversity_report(
+            found = diversity_report(
                 before_dedup,
                 pl.read_parquet(clusters) if clusters.exists() else None,
                 pl.read_parquet(hits) if hits.exists() else None,
@@ -240,7 +239,29 @@ class ReportStage(Stage):
                 batch_rows=ctx.config.run.partition_rows,
                 spill_dir=self.out_dir(ctx),
             )
-            diversity.write(self.out_dir(ctx))
+            found.write(self.out_dir(ctx))
+            return found
+
+        # The diversity tables (over the documents before dedup) are computed on a thread
+        # while write_report summarises the corpus and draws its plots (Polars' scans and
+        # the PNG encoding release the GIL).
+        pool = ThreadPoolExecutor(max_workers=1)
+        pending = None
+        if before_dedup is not None and before_dedup.select(pl.len()).collect().item():
+            pending = pool.submit(diversity)
+        pool.shutdown(wait=False)
+        try:
+            self._write(ctx, manifest, pending.result if pending is not None else None)
+        finally:
+            if pending is not None:
+                pending.exception()  # never leave it running
+        return {}
+
+    def _write(self, ctx: RunContext, manifest: dict[str, Any], diversity: Any) -> None:
+        from builder.quality.summary import QualitySummary
+        from builder.report import write_report
+
+        work = ctx.paths.work
         write_report(
             ctx.paths.root,
             diversity=diversity,
@@ -255,4 +276,3 @@ class ReportStage(Stage):
                 else None
             ),
         )
-        return {}
