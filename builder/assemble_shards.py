@@ -1,7 +1,7 @@
-"""Assembly's shards: the external sort by id, the token counts of the sorted rows (tasks
-over slices of them, mapped by the build's executor), shards cut by rows and bytes and
-written row group by row group (memory bounded by ``[output] row_group_rows``, not the shard
-size), and the running counts for the manifest."""
+"""Assembly's shards: the external sort by id, the token counts (tasks over slices of the
+input rows, or of the sorted rows, mapped by the build's executor), shards cut by rows and
+bytes and written row group by row group (memory bounded by ``[output] row_group_rows``, not
+the shard size), and the running counts for the manifest."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import functools
 import itertools
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,9 @@ DOCUMENTS_DIR = "documents"
 ROW_OVERHEAD_BYTES = 512
 #: Rows per record batch read back from the sorted scratch file.
 READ_BATCH_ROWS = 4096
+#: Column carried through the sort when the tokens are counted over the input file: each
+#: row's position in it, where its count is in the counts file (dropped before the shards).
+ROW_COLUMN = "__assemble_row"
 
 
 @dataclass(frozen=True)
@@ -187,11 +190,13 @@ def count_tokens_file(source: Path, dest: Path, *, rows: int, mapper: TaskMap | 
     """Write the cl100k token count of every row of ``source`` (a Parquet file with a
     ``text`` column) to ``dest``, as int64 in row order; return the rows.
 
-    One task per slice of about ``rows`` rows (along row groups), mapped by ``mapper`` (an
-    executor's ``map_tasks``: Ray tasks or local processes; ``source`` and ``dest`` must then
-    be on a filesystem the workers see) or run here. Each task returns its slice's counts and
-    they go to their place in ``dest`` as they arrive, so memory holds one slice's counts,
-    whatever the corpus size and the order the tasks finish in.
+    One task per slice of about ``rows`` rows (along row groups; a row group of more rows
+    is split into slices of about ``rows``, each decoding the group's texts: cheap next to
+    tokenizing them), mapped by ``mapper`` (an executor's ``map_tasks``: Ray tasks or local
+    processes; ``source`` and ``dest`` must then be on a filesystem the workers see) or run
+    here. Each task returns its slice's counts and they go to their place in ``dest`` as they
+    arrive, so memory holds one slice's counts, whatever the corpus size and the order the
+    tasks finish in.
 
     With several slices the tasks are the parallelism: each counts on one thread (tiktoken's
     batch threads on top of one task per core cost ~30% more CPU for the same counts).
@@ -202,7 +207,8 @@ def count_tokens_file(source: Path, dest: Path, *, rows: int, mapper: TaskMap | 
     with dest.open("wb") as out:
         if not n:
             return 0
-        parts = list(open_table(source, text_column="text").partitions(rows))
+        table = open_table(source, text_column="text")
+        parts = list(table.partitions(rows, workers=-(-n // max(1, rows))))
         task = functools.partial(_count_slice, threads=1 if len(parts) > 1 else None)
         results = mapper(task, parts) if mapper is not None else map(task, parts)
         written = 0
@@ -215,47 +221,101 @@ def count_tokens_file(source: Path, dest: Path, *, rows: int, mapper: TaskMap | 
     return n
 
 
-class TokenCounting:
-    """``count_tokens_file`` on a background thread, so the caller can do other work while
-    the tasks run (assembly computes the diversity summary meanwhile): the thread mostly
-    waits for the executor's workers (or, without a mapper, runs tiktoken, which releases
-    the GIL). ``join()`` waits and re-raises the counting's error, if any."""
+class Background:
+    """``fn()`` on a background thread, so the caller can do other work meanwhile (assembly
+    sorts the rows while the token tasks and the diversity summary run). ``join()`` waits
+    and returns ``fn``'s result or re-raises its error; ``seconds`` is how long it ran."""
 
-    def __init__(
-        self, source: Path, dest: Path, *, rows: int, mapper: TaskMap | None = None
-    ) -> None:
+    def __init__(self, fn: Callable[[], Any], name: str) -> None:
         import threading
 
         self.seconds = 0.0
+        self._result: Any = None
         self._error: BaseException | None = None
 
         def run() -> None:
             t0 = time.perf_counter()
             try:
-                count_tokens_file(source, dest, rows=rows, mapper=mapper)
+                self._result = fn()
             except BaseException as exc:  # noqa: BLE001 - handed to join()'s caller
                 self._error = exc
             finally:
                 self.seconds = time.perf_counter() - t0
 
-        self._thread = threading.Thread(target=run, name="assemble-tokens", daemon=True)
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
         self._thread.start()
 
-    def join(self) -> float:
-        """Wait for the counts; return the seconds they took. Raises the counting's error."""
+    def join(self) -> Any:
+        """Wait for ``fn``; return its result. Raises its error."""
         self._thread.join()
         if self._error is not None:
             raise self._error
+        return self._result
+
+    def wait(self) -> None:
+        """Wait for ``fn`` and drop its outcome (the caller is failing for another reason
+        and must not leave it writing into the scratch files it removes)."""
+        self._thread.join()
+
+
+class TokenCounting(Background):
+    """``count_tokens_file`` on a background thread: the thread mostly waits for the
+    executor's workers (or, without a mapper, runs tiktoken, which releases the GIL).
+    ``join()`` waits, re-raises the counting's error, if any, and returns its seconds."""
+
+    def __init__(
+        self, source: Path, dest: Path, *, rows: int, mapper: TaskMap | None = None
+    ) -> None:
+        super().__init__(
+            functools.partial(count_tokens_file, source, dest, rows=rows, mapper=mapper),
+            "assemble-tokens",
+        )
+
+    def join(self) -> float:
+        """Wait for the counts; return the seconds they took. Raises the counting's error."""
+        super().join()
         return self.seconds
 
 
-def with_token_counts(batches: Iterable[pl.DataFrame], counts: Path) -> Iterator[pl.DataFrame]:
-    """The batches (rows in the order ``count_tokens_file`` counted them) with their
-    ``n_tokens`` column set from ``counts``, read as far as the batches go."""
+def with_token_counts(
+    batches: Iterable[pl.DataFrame], counts: Path, *, by_row: bool = False
+) -> Iterator[pl.DataFrame]:
+    """The batches with their ``n_tokens`` column set from ``counts``.
+
+    ``by_row``: the counts are of the input rows, in input order, and each row's count is
+    looked up by its ``ROW_COLUMN`` (which is then dropped) in a memory map of the file, so
+    memory holds one batch's counts however many rows there are. Otherwise the batches' rows
+    are in the order ``count_tokens_file`` counted them and the file is read as far as they go.
+    """
+    if by_row:
+        table: np.ndarray | None = None
+        for df in batches:
+            if table is None and df.height:
+                table = np.memmap(counts, dtype=np.int64, mode="r")
+            rows = df[ROW_COLUMN].to_numpy()
+            n = table[rows] if table is not None else np.zeros(0, dtype=np.int64)
+            yield df.drop(ROW_COLUMN).with_columns(pl.Series("n_tokens", n, dtype=pl.Int64))
+        del table
+        return
     with counts.open("rb") as fh:
         for df in batches:
             n = np.fromfile(fh, dtype=np.int64, count=df.height)
             yield df.with_columns(pl.Series("n_tokens", n, dtype=pl.Int64))
+
+
+def numbered_batches(
+    path: Path, rows: int, prepare: Callable[[pl.DataFrame], pl.DataFrame]
+) -> Iterator[pl.DataFrame]:
+    """The rows of the Parquet file ``path``, a record batch of ``rows`` rows at a time, each
+    given its position in the file as a last column ``ROW_COLUMN`` (int64) and then passed
+    to ``prepare`` (which may drop rows: the positions stay those of the file)."""
+    offset = 0
+    pf = pq.ParquetFile(path, pre_buffer=False)
+    for rb in pf.iter_batches(batch_size=rows, use_threads=False):
+        df: pl.DataFrame = pl.from_arrow(rb)  # type: ignore[assignment]
+        pos = np.arange(offset, offset + df.height, dtype=np.int64)
+        offset += df.height
+        yield prepare(df.with_columns(pl.Series(ROW_COLUMN, pos, dtype=pl.Int64)))
 
 
 def _write_frames(frames: Iterable[pl.DataFrame], dest: Path, *, group: int) -> None:
