@@ -239,6 +239,10 @@ def run_stages(
                         # filter and quality start on generate's partitions as they come
                         with following(ctx, followers(stages, i, ctx)):
                             runner.run_stage(stage, ctx)
+                        # After each stage, not only on progress ticks (which a stage that
+                        # sends little may never reach): a build killed later keeps in the
+                        # ledger what it spent and that it ran.
+                        flush_ledger(ctx)
                         if i == last_llm:
                             engine_stack.close()  # no model server outlives its stages
             finally:
