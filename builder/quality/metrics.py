@@ -65,7 +65,7 @@ def _distincts(texts: Sequence[str], ngrams: Sequence[int] = NGRAMS) -> dict[int
 
     Words are Polars' ``\\w+`` matches of the lowercased text, hashed to 64 bits; an n-gram
     is a polynomial hash of its words' hashes (mod 2^64), formed only within a document;
-    distinct ones are counted by a hash set (Polars' ``n_unique``, ~20x ``np.unique``).
+    distinct ones are counted by ``_count_distinct``.
     """
     words = pl.Series(list(texts), dtype=pl.String).fill_null("").str.to_lowercase()
     words = words.str.extract_all(r"\w+")
@@ -85,8 +85,16 @@ def _distincts(texts: Sequence[str], ngrams: Sequence[int] = NGRAMS) -> dict[int
         for j in range(1, n):
             grams = grams * np.uint64(1_000_003) + hashes[j : total - n + 1 + j]
         grams = grams[left[: total - n + 1] >= n]
-        out[n] = round(pl.Series(grams).n_unique() / len(grams), 4) if len(grams) else None
+        out[n] = round(_count_distinct(grams) / len(grams), 4) if len(grams) else None
     return out
+
+
+def _count_distinct(values: np.ndarray) -> int:
+    """The distinct values of a non-empty array, from one sort. A node sample's ~20k
+    n-grams: Polars' ``n_unique`` spent ~5x the CPU, mostly dispatching to its thread pool
+    (``np.unique`` is slower still); the count is the same."""
+    ordered = np.sort(values)
+    return int(np.count_nonzero(ordered[1:] != ordered[:-1])) + 1
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float | None:
