@@ -140,7 +140,11 @@ class EmbeddedCorpus:
                     _split, self._doc_batches(), self.tmp / "docs", self.buckets, rows=True
                 )
                 vectors = pool.submit(
-                    _split, self._embedding_batches(), self.tmp / "emb", self.buckets
+                    _split,
+                    self._embedding_batches(),
+                    self.tmp / "emb",
+                    self.buckets,
+                    vectors="embedding",
                 )
                 docs.result()
                 vectors.result()
@@ -335,9 +339,17 @@ def _frame(table: pa.Table) -> pl.DataFrame:
     return frame
 
 
-def _split(tables: Iterator[pa.Table], out: Path, buckets: int, *, rows: bool = False) -> None:
+def _split(
+    tables: Iterator[pa.Table],
+    out: Path,
+    buckets: int,
+    *,
+    rows: bool = False,
+    vectors: str | None = None,
+) -> None:
     """Append each table's rows to ``out/<hash(id) % buckets>.arrow`` (with the running
-    row number as ``_row`` when ``rows``)."""
+    row number as ``_row`` when ``rows``; the list column ``vectors`` as fixed-size lists,
+    ``_fixed_lists``)."""
     offset = 0
     with _BucketFiles(out) as files:
         for table in tables:
@@ -346,7 +358,25 @@ def _split(tables: Iterator[pa.Table], out: Path, buckets: int, *, rows: bool = 
                 frame = frame.with_row_index("_row", offset=offset)
             offset += frame.height
             keys = (frame["id"].cast(pl.String).hash(seed=7) % buckets).to_numpy()
-            files.append(frame.to_arrow(), keys)
+            arrow = frame.to_arrow()
+            if vectors is not None and vectors in arrow.column_names:
+                arrow = _fixed_lists(arrow, vectors)
+            files.append(arrow, keys)
+
+
+def _fixed_lists(table: pa.Table, name: str) -> pa.Table:
+    """``table`` with its list column ``name`` cast to fixed-size lists when every list has
+    the same length (the same values and nulls): Arrow takes those rows ~50x faster (a
+    copy of each row's block, not of each value by index), ~1 CPU s of the split at 200k.
+    Lists of unequal lengths stay as they are."""
+    column = table.column(name)
+    if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type):
+        return table
+    lengths = pc.min_max(pc.list_value_length(column)).as_py()
+    if lengths["min"] is None or lengths["min"] != lengths["max"] or lengths["min"] == 0:
+        return table
+    fixed = column.cast(pa.list_(column.type.value_type, lengths["min"]))
+    return table.set_column(table.column_names.index(name), name, fixed)
 
 
 def _vectors(docs: pl.DataFrame, embeddings: pl.DataFrame | None) -> np.ndarray | None:
