@@ -325,8 +325,10 @@ def _write_joined(path: Path, docs: pl.DataFrame, vectors: np.ndarray | None) ->
 
 
 def _read_joined(path: Path, with_vectors: bool) -> tuple[pl.DataFrame, np.ndarray | None]:
-    """A bucket's rows and vectors as ``_write_joined`` wrote them."""
-    table = read_bucket(path)
+    """A bucket's rows and vectors as ``_write_joined`` wrote them, memory-mapped (no copy:
+    the file is read again each pass; the mapping lives as long as the rows do)."""
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_file(source).read_all()
     if not with_vectors:
         return _frame(table), None
     vectors = _fixed_vectors(table.select([_VECTORS]))
