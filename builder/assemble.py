@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import itertools
 import json
 import os
 import platform
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,20 +49,15 @@ from builder.assemble_inputs import (
 )
 from builder.assemble_shards import (
     DOCUMENTS_DIR,
-    READ_BATCH_ROWS,
     ROW_COLUMN,
     ROW_OVERHEAD_BYTES,
     Background,
     ShardInfo,
     TokenCounting,
-    _Counts,
-    _row_groups,
-    _shard_pieces,
     _write_parquet,
-    _write_shard,
     numbered_batches,
     sort_by_id,
-    with_token_counts,
+    write_documents,
 )
 from builder.errors import BuilderError, InputError
 from builder.records import REJECTION_COLUMNS
@@ -165,7 +160,9 @@ def _clean_scratch(scratch: Path) -> None:
     """Empty the scratch directory, keeping the lock file that the caller holds."""
     if scratch.is_dir():
         for p in scratch.iterdir():
-            if p.name != LOCK_NAME:
+            if p.is_dir():  # the shards written before they replace the previous corpus
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.name != LOCK_NAME:
                 p.unlink(missing_ok=True)
 
 
@@ -388,55 +385,32 @@ def _assemble_locked(
         raise
     if counting is None:  # other inputs: the counts of the sorted rows, in their order
         counting = TokenCounting(sorted_path.resolve(), tokens_path, rows=rows, mapper=mapper)
+    if side_job is None and alongside is not None:
+        side_job = Background(alongside, "assemble-alongside")
     try:
-        if side_job is not None:
-            side = side_job.join()
-        else:
-            side = alongside() if alongside is not None else None
-    finally:
         token_seconds = counting.join()
+        # The shards are written into the scratch folder while ``alongside`` (the diversity
+        # summary) finishes: its last phases run on one core, and the shards need only the
+        # sorted rows and their counts. They replace the previous corpus once both are done,
+        # so a failure of either (or a kill) leaves the previous corpus as it was.
+        shards, counts, arrow_schema = write_documents(
+            sorted_path,
+            tokens_path,
+            scratch,
+            out,
+            by_row=count_input is not None,
+            after_shard=lambda: (fault_point("assemble.shard"), release_memory()),
+        )
+        side = side_job.join() if side_job is not None else None
+    except BaseException:
+        if side_job is not None:
+            side_job.wait()  # never left running past the scratch files' removal
+        raise
 
     _clean_run_dir(run)
     (run / DOCUMENTS_DIR).mkdir(exist_ok=True)
-
-    schema = pl.read_parquet_schema(sorted_path)
-    schema.pop(ROW_COLUMN, None)
-    arrow_schema = _arrow_schema(pl.Schema(schema))
-    counts = _Counts()
-    shards: list[ShardInfo] = []
-
-    def batches() -> Iterator[pl.DataFrame]:
-        pf = pq.ParquetFile(sorted_path, pre_buffer=False)
-        for rb in pf.iter_batches(batch_size=READ_BATCH_ROWS, use_threads=False):
-            yield pl.from_arrow(rb)  # type: ignore[misc]
-
-    max_bytes = int(out.shard_max_mb * 1024 * 1024)
-    counted = with_token_counts(batches(), tokens_path, by_row=count_input is not None)
-    pieces = _shard_pieces(counted, out.shard_max_rows, max_bytes)
-    for i, shard_pieces in itertools.groupby(pieces, key=lambda p: p[0]):
-        # One row group at a time: memory is bounded by row_group_rows, not the shard size.
-        groups = _row_groups((piece for _i, piece in shard_pieces), out.row_group_rows)
-        shards.append(
-            _write_shard(
-                groups,
-                run,
-                i,
-                arrow_schema,
-                out.row_group_rows,
-                out.compression_level,
-                counts,
-            )
-        )
-        fault_point("assemble.shard")
-        release_memory()
-    if not shards:  # an empty corpus still loads: one shard with the schema and no rows
-        empty = pl.DataFrame(schema=schema)
-        shards.append(
-            _write_shard(
-                iter([empty]), run, 0, arrow_schema, out.row_group_rows, out.compression_level
-            )
-        )
-
+    for shard in shards:
+        os.replace(scratch / shard.path, run / shard.path)
     rej_table = rej_df.to_arrow().cast(_arrow_schema(rej_df.schema))
     rej_path = run / REJECTED_NAME
     _write_parquet(

@@ -19,12 +19,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from builder.assemble_inputs import _arrow_schema
 from builder.io_tables import Partition, read_partition_batches
 from builder.tokens import count_tokens
 from builder.util.files import atomic_write, file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
     from builder.dedup.engine import TaskMap
+    from builder.settings.output import OutputSettings
 
 #: Folder of the corpus shards in a run directory.
 DOCUMENTS_DIR = "documents"
@@ -444,3 +446,50 @@ def _write_shard(
         seen["first"],
         seen["last"],
     )
+
+
+def write_documents(
+    sorted_path: Path,
+    tokens_path: Path,
+    run: Path,
+    out: OutputSettings,
+    *,
+    by_row: bool,
+    after_shard: Callable[[], Any] = lambda: None,
+) -> tuple[list[ShardInfo], _Counts, pa.Schema]:
+    """The corpus shards under ``run/documents`` (made if missing) from the id-sorted rows
+    and their token counts (``with_token_counts``; ``by_row`` as there), cut at ``out``'s
+    shard limits and written one row group at a time (memory is bounded by
+    ``row_group_rows``, not the shard size). ``after_shard`` runs after each shard is in
+    place. Returns the shards, the counts of what they hold and the rows' Arrow schema."""
+    schema = pl.read_parquet_schema(sorted_path)
+    schema.pop(ROW_COLUMN, None)
+    arrow_schema = _arrow_schema(pl.Schema(schema))
+    counts = _Counts()
+    shards: list[ShardInfo] = []
+
+    def batches() -> Iterator[pl.DataFrame]:
+        pf = pq.ParquetFile(sorted_path, pre_buffer=False)
+        for rb in pf.iter_batches(batch_size=READ_BATCH_ROWS, use_threads=False):
+            yield pl.from_arrow(rb)  # type: ignore[misc]
+
+    (run / DOCUMENTS_DIR).mkdir(exist_ok=True)
+    max_bytes = int(out.shard_max_mb * 1024 * 1024)
+    counted = with_token_counts(batches(), tokens_path, by_row=by_row)
+    pieces = _shard_pieces(counted, out.shard_max_rows, max_bytes)
+    for i, shard_pieces in itertools.groupby(pieces, key=lambda p: p[0]):
+        groups = _row_groups((piece for _i, piece in shard_pieces), out.row_group_rows)
+        shards.append(
+            _write_shard(
+                groups, run, i, arrow_schema, out.row_group_rows, out.compression_level, counts
+            )
+        )
+        after_shard()
+    if not shards:  # an empty corpus still loads: one shard with the schema and no rows
+        empty = pl.DataFrame(schema=schema)
+        shards.append(
+            _write_shard(
+                iter([empty]), run, 0, arrow_schema, out.row_group_rows, out.compression_level
+            )
+        )
+    return shards, counts, arrow_schema

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import xxhash
 
 from builder.decontam_index import (
@@ -67,6 +68,7 @@ from builder.io_tables import (
 )
 from builder.parallel import process_map
 from builder.settings.dedup import DecontamSettings
+from builder.util.files import atomic_copy
 
 _SUB_ROWS = 5000
 
@@ -429,6 +431,17 @@ def decontaminate_files(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _single_parquet(source: TableSource) -> bool:
+    """Whether ``source`` is one Parquet file whose schema is the table's (so a copy of its
+    bytes holds the table's rows and schema)."""
+    if len(source.files) != 1:
+        return False
+    try:
+        return pq.read_schema(source.files[0]).equals(source.schema, check_metadata=True)
+    except (OSError, pa.ArrowInvalid):
+        return False
+
+
 def _split_write(
     source: TableSource,
     out: Path,
@@ -455,6 +468,13 @@ def _split_write(
             strict=True,
         )
     }
+    if has_ids and not bad.any() and _single_parquet(source):
+        # Nothing is contaminated: the clean file is the input as it is (a byte copy, not
+        # a decode and encode of every text) and rejected.parquet has no rows.
+        atomic_copy(source.files[0], out / "clean.parquet")
+        with ParquetSink(out / "rejected.parquet", rej_schema):
+            pass
+        return out / "clean.parquet", out / "rejected.parquet"
     id_arrow = ids.to_arrow().cast(pa.string()) if not has_ids else None
     offset = 0
     with (

@@ -223,6 +223,7 @@ KILL_SCRIPT = textwrap.dedent(
     import os, signal, sys
     sys.path.insert(0, {root!r})
     import builder.assemble as A
+    import builder.assemble_shards as S
     from builder.config import CorpusConfig
 
     mode, after = sys.argv[1], int(sys.argv[2])
@@ -236,7 +237,7 @@ KILL_SCRIPT = textwrap.dedent(
                 tmp.write_bytes(b"PAR1" + b"\\0" * 1000)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    real_parquet, real_shard = A._write_parquet, A._write_shard
+    real_parquet, real_shard = A._write_parquet, S._write_shard
 
     def dying_write(table, path, **kw):  # rejected.parquet
         die_after(path)
@@ -246,7 +247,7 @@ KILL_SCRIPT = textwrap.dedent(
         die_after(run / A.DOCUMENTS_DIR / f"part-{{index:05d}}.parquet")
         return real_shard(groups, run, index, *args, **kw)
 
-    A._write_parquet, A._write_shard = dying_write, dying_shard
+    A._write_parquet, S._write_shard = dying_write, dying_shard
     cfg = CorpusConfig.model_validate({{"output": {{"shard_max_rows": 60}}}})
     A.assemble(sys.argv[3], sys.argv[4], sys.argv[5], config=cfg)
     print("finished without being killed")
@@ -254,7 +255,9 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(("mode", "after"), [("between-shards", 2), ("mid-file", 4)])
+@pytest.mark.parametrize(
+    ("mode", "after"), [("between-shards", 2), ("mid-file", 4), ("between-shards", 7)]
+)
 def test_kill_9_then_rerun_gives_identical_corpus(
     tmp_path: Path, rows, rejected, mode: str, after: int
 ) -> None:
@@ -278,9 +281,17 @@ def test_kill_9_then_rerun_gives_identical_corpus(
         timeout=120,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
-    assert not (killed / "manifest.json").exists()  # incomplete runs have no manifest
-    with pytest.raises(InputError, match="did not finish"):
-        read_manifest(killed)
+    if after < 7:
+        # Killed while the 7 shards were written (into the scratch folder): the older run
+        # is untouched and still complete.
+        assert verify_run(killed) == []
+        assert read_manifest(killed)["counts"]["documents"] == 10
+    else:
+        # Killed at rejected.parquet, once the new shards had replaced the older run's:
+        # incomplete runs have no manifest.
+        assert not (killed / "manifest.json").exists()
+        with pytest.raises(InputError, match="did not finish"):
+            read_manifest(killed)
     leftovers = [p.name for p in killed.rglob(".*") if p.is_file()]
     if mode == "mid-file":
         assert any(name.endswith(".tmp") for name in leftovers)

@@ -236,3 +236,28 @@ def test_prefilter_drops_no_hit(setup, monkeypatch: pytest.MonkeyPatch):
     slow = decontaminate(corpus, files, settings, workers=1).hits
     assert fast.height >= 5
     assert fast.equals(slow)
+
+
+def test_uncontaminated_parquet_input_is_copied_as_it_is(setup, tmp_path: Path):
+    """With no contaminated row, clean.parquet is the input Parquet file byte for byte
+    (no decode and encode of every text) and rejected.parquet is empty with the columns a
+    contaminated run gives it; one contaminated row makes it a rewrite without that row."""
+    corpus, files, _ = setup
+    clean_rows = corpus.filter(~pl.col("id").is_in([corpus["id"][i] for i in (3, 7, 20, 30)]))
+    src = tmp_path / "in.parquet"
+    clean_rows.write_parquet(src, row_group_size=40)
+    res = decontaminate_files(src, files, tmp_path / "out", DecontamSettings(), workers=1)
+    assert res.contaminated.height == 0
+    assert (tmp_path / "out" / "clean.parquet").read_bytes() == src.read_bytes()
+    rejected = pl.read_parquet(tmp_path / "out" / "rejected.parquet")
+    assert rejected.height == 0
+    assert rejected.columns == [*clean_rows.columns, "stage", "reason", "detail"]
+
+    dirty = tmp_path / "dirty.parquet"
+    corpus.write_parquet(dirty, row_group_size=40)
+    res = decontaminate_files(dirty, files, tmp_path / "out2", DecontamSettings(), workers=1)
+    assert res.contaminated.height > 0
+    clean = pl.read_parquet(tmp_path / "out2" / "clean.parquet")
+    assert (tmp_path / "out2" / "clean.parquet").read_bytes() != dirty.read_bytes()
+    assert clean.height == corpus.height - res.contaminated.height
+    assert clean.columns == corpus.columns

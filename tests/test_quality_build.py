@@ -223,6 +223,9 @@ def test_semantic_duplicates_are_reported_per_node_when_not_removed(tmp_path: Pa
     node = "computing/programming/variables"
     sem = pl.read_parquet(run / "work" / "semdedup" / "nodes.parquet")
     assert sem.filter(pl.col("node") == node)["semantic_dup"].to_list() == [1]
+    # Nothing removed: the survivors file is dedup's, copied byte for byte.
+    survivors = (run / "work" / "semdedup" / "kept.parquet").read_bytes()
+    assert survivors == (run / "work" / "dedup" / "kept.parquet").read_bytes()
     quality = pl.read_parquet(run / "work" / "diversity" / "quality_nodes.parquet")
     assert quality.filter(pl.col("node") == node)["semantic_dups"].to_list() == [1]
     card = (run / "README.md").read_text(encoding="utf-8")

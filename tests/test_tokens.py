@@ -100,6 +100,54 @@ def test_threads_counts_match_reference(reference_cl100k, texts: list[str], thre
     ]
 
 
+#: ASCII characters the cl100k pattern treats differently: letters, digits, apostrophes and
+#: contraction letters, each kind of whitespace (and the file separators, which are not
+#: whitespace to tiktoken), punctuation and control characters.
+_TRICKY_ASCII = (
+    list("aZsdmtlvreSDMTLVRE019'\" .,!?-_:;()[]{}#$%&*+/<=>@^`|~")
+    + [" ", "  ", "\t", "\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1f", "\x00", "\x7f"]
+    + ["'s", "'LL", "'ve", " 'Re", "1234", "hello", " world", "\n\n", "   "]
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.one_of(
+            st.lists(st.sampled_from(_TRICKY_ASCII), max_size=40).map("".join),
+            st.text(st.characters(max_codepoint=127), max_size=200),
+        ),
+        max_size=8,
+    )
+)
+def test_ascii_fast_path_matches_tiktoken(reference_cl100k, texts: list[str]) -> None:
+    """ASCII texts are counted from Python ``re`` pieces: the pieces encode to tiktoken's
+    exact token sequence, and the counts are tiktoken's."""
+    from builder.tokens import _ASCII_PIECES
+
+    enc = encoding()
+    for text in texts:
+        pieces = _ASCII_PIECES.findall(text)
+        assert "".join(pieces) == text
+        ids = [t for piece in pieces for t in enc._encode_single_piece(piece)]
+        assert ids == reference_cl100k.encode_ordinary(text)
+    assert count_tokens(texts, threads=1) == [
+        len(reference_cl100k.encode_ordinary(t)) for t in texts
+    ]
+
+
+def test_ascii_fast_path_is_on_and_mixes_with_tiktoken() -> None:
+    """The fast path is active for the pinned tiktoken (its pattern is the checked one), and
+    a batch mixing ASCII and other texts keeps its order."""
+    from builder.tokens import _ascii_counter
+
+    assert _ascii_counter() is not None
+    texts = ["plain ascii words", "Café naïve", "x", "数学は美しい", "", "it's 2024!"]
+    assert count_tokens(texts, batch_size=4) == [len(encoding().encode_ordinary(t)) for t in texts]
+
+
 def test_order_kept_across_batches() -> None:
     texts = [("word " * n).strip() for n in range(50)]
     assert count_tokens(texts, batch_size=7) == list(range(50))

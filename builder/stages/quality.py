@@ -28,7 +28,7 @@ from builder.records import DOCUMENT_SCHEMA, REJECTED_SCHEMA, sha256_hex
 from builder.stages.base import PartitionStage, RunContext, Stage, upstream
 from builder.stages.filter import kept_parts
 from builder.stages.walk import read_units, unit_parts
-from builder.util.files import atomic_write
+from builder.util.files import atomic_copy, atomic_write
 
 EMBEDDINGS_SCHEMA = pa.schema(
     [pa.field("id", pa.string()), pa.field("embedding", pa.list_(pa.float32()))]
@@ -316,10 +316,11 @@ class SemDedupStage(Stage):
         result = None
         copying = None
         if not d.semantic:
-            # Report only: the survivors pass unchanged, so they are written on a thread
-            # while the near-duplicates are found (Parquet I/O mostly releases the GIL).
+            # Report only: the survivors pass unchanged, so the input file is copied as it
+            # is (its row groups are dedup's, already of a partition's size), on a thread
+            # while the near-duplicates are found.
             pool = ThreadPoolExecutor(max_workers=1)
-            copying = pool.submit(_write_kept, kept_in, paths["kept"], None, None)
+            copying = pool.submit(_copy_kept, kept_in, paths["kept"])
             pool.shutdown(wait=False)
         if d.enabled and rows_in > 1:
             try:
@@ -370,6 +371,13 @@ class SemDedupStage(Stage):
             + (" removed" if d.semantic else " reported (set [dedup] semantic = true to remove)")
         )
         return {"stats": stats}
+
+
+def _copy_kept(kept_in: Path, out: Path) -> int:
+    """``kept_in``'s bytes to ``out`` (report-only semantic dedup: nothing is removed);
+    returns the rows held at once: none."""
+    atomic_copy(kept_in, out)
+    return 0
 
 
 def _write_kept(

@@ -118,6 +118,15 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     _write_via(Path(path), "wb", lambda fh: fh.write(data))
 
 
+def atomic_copy(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Copy ``source``'s bytes to ``path`` atomically (``atomic_write``): for a stage whose
+    output holds exactly its input's rows, a byte copy instead of decoding and encoding
+    them again (the kernel copies; ~0.2 s instead of ~2 CPU s for 160 MB of Parquet)."""
+    import shutil
+
+    return atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """sha256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
