@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from builder.quality.buckets import DIVERSITY_COLUMNS, EmbeddedCorpus
+from builder.util.files import remove_temp_files
 
 if TYPE_CHECKING:  # pragma: no cover
     from builder.stages.base import RunContext
@@ -77,6 +78,8 @@ def quality_summary(ctx: RunContext, clean_path: Path) -> Any:
     # 50k-row buckets peaked at 797 MB against 564 with 20k rows (~15 CPU s cheaper: fewer
     # files and passes' reads; bench/RESULTS.md, "Assemble stage").
     bucket_rows = min(buckets.BUCKET_ROWS, ctx.config.run.partition_rows)
+    # A killed assembly may have stopped this mid-write (it runs beside the shards).
+    remove_temp_files(ctx.paths.work / "diversity")
     # The lexical measures read at most ``[output] diversity_sample`` texts per node.
     sample = ctx.config.output.diversity_sample
     acc = DiversityAccumulator(sample=sample, keep_texts=False, gram_nodes=GRAM_NODES)

@@ -118,6 +118,16 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     _write_via(Path(path), "wb", lambda fh: fh.write(data))
 
 
+def remove_temp_files(directory: str | os.PathLike[str]) -> None:
+    """Remove the temp files that writers of this module left in ``directory`` when a
+    ``kill -9`` stopped them mid-write (``.<name>.<random>.tmp``); for a stage that starts
+    over in a folder it writes to."""
+    folder = Path(directory)
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+
+
 def atomic_copy(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     """Copy ``source``'s bytes to ``path`` atomically (``atomic_write``): for a stage whose
     output holds exactly its input's rows, a byte copy instead of decoding and encoding
