@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any
 
+import pyarrow as pa
+
 from builder.records import DOCUMENT_COLUMNS, EXTRA_COLUMNS, REJECTION_COLUMNS
 from builder.settings.filters import FilterSettings, VerifySettings
 from builder.templates import structured_field, structured_problem
@@ -288,6 +290,21 @@ def filter_documents(
     reason, unless ``drop_unverified`` is off (then it is kept with ``verified = False``).
     Input rows are not modified.
     """
+    outcomes = _outcomes(rows, filter_settings, verify_settings, llm, verifier)
+    kept = [doc for where, doc in outcomes if where == "kept"]
+    rejected = [row for where, row in outcomes if where == "rejected"]
+    return kept, rejected
+
+
+def _outcomes(
+    rows: Iterable[dict[str, Any]],
+    filter_settings: FilterSettings,
+    verify_settings: VerifySettings,
+    llm: Any,
+    verifier: Verifier | None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """``filter_documents``' verdicts: ("kept", document) or ("rejected", row), one per
+    input row, in input order."""
     outcomes: list[tuple[str, dict[str, Any]] | None] = []
     to_verify: list[tuple[int, dict[str, Any]]] = []
     for source in rows:
@@ -319,11 +336,77 @@ def filter_documents(
                 outcomes[slot] = ("rejected", to_rejected(doc, "verify", reason, result.detail))
             else:
                 outcomes[slot] = ("kept", doc)
-    kept = [doc for outcome in outcomes if outcome and outcome[0] == "kept" for doc in [outcome[1]]]
-    rejected = [
-        r for outcome in outcomes if outcome and outcome[0] == "rejected" for r in [outcome[1]]
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+#: The columns ``check_row`` reads (with ``prose_of`` and the refusal and length checks).
+_CHECK_COLUMNS = (
+    "status",
+    "error",
+    "completion_tokens",
+    "text",
+    "output",
+    "structured",
+    "exercise_type",
+    "kind",
+)
+
+
+def filter_table(
+    table: pa.Table,
+    filter_settings: FilterSettings,
+    verify_settings: VerifySettings,
+    llm: Any = None,
+) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """``filter_documents`` over a table of generation rows (``GENERATED_SCHEMA``):
+    (kept documents as a ``DOCUMENT_SCHEMA`` table, rejected rows), each in input order,
+    the same rows and values as ``filter_documents`` of the table's rows gives.
+
+    Rows without structured output that need no verification are checked from a few
+    columns and, when they pass, taken from the table as they are (with ``n_tokens`` where
+    ``check_row`` counted it) instead of becoming dicts and a table again; the others (and
+    every rejected row) go through ``filter_documents``.
+    """
+    from builder.records import DOCUMENT_SCHEMA, decode_row, to_table
+
+    names = set(table.column_names)
+    cols = {c: table.column(c).to_pylist() for c in _CHECK_COLUMNS if c in names}
+    n = table.num_rows
+    structured = cols.get("structured") or [None] * n
+    kinds = cols.get("kind") or [None] * n
+    verify = verify_settings.enabled
+    fast: list[int] = []
+    counted: dict[int, int] = {}
+    slow: list[int] = []
+    for i in range(n):
+        if structured[i] is not None or (verify and kinds[i] == "exercise"):
+            slow.append(i)
+            continue
+        row = {c: v[i] for c, v in cols.items()}
+        if check_row(row, filter_settings) is None:
+            fast.append(i)
+            if row.get("n_tokens") is not None:
+                counted[i] = row["n_tokens"]
+        else:
+            slow.append(i)  # rejected: its full row is built below
+    kept = to_table(table.take(pa.array(fast, pa.int64())), DOCUMENT_SCHEMA)
+    if counted:
+        old = kept.column("n_tokens").to_pylist()
+        new = [counted.get(i, v) for i, v in zip(fast, old, strict=True)]
+        at = kept.schema.get_field_index("n_tokens")
+        kept = kept.set_column(at, kept.schema.field(at), pa.array(new, pa.int64()))
+    if not slow:
+        return kept, []
+    rows = [decode_row(r) for r in table.take(pa.array(slow, pa.int64())).to_pylist()]
+    outcomes = _outcomes(rows, filter_settings, verify_settings, llm, None)
+    slow_kept = [
+        (i, doc) for i, (where, doc) in zip(slow, outcomes, strict=True) if where == "kept"
     ]
-    return kept, rejected
+    if slow_kept:
+        order = [*fast, *(i for i, _doc in slow_kept)]
+        both = pa.concat_tables([kept, to_table([doc for _i, doc in slow_kept], DOCUMENT_SCHEMA)])
+        kept = both.take(pa.array(sorted(range(len(order)), key=order.__getitem__), pa.int64()))
+    return kept, [row for where, row in outcomes if where == "rejected"]
 
 
 def rejection_counts(rejected: Iterable[dict[str, Any]]) -> dict[str, int]:

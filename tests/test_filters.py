@@ -339,3 +339,41 @@ def test_repetition_ratio_counts_regex_words(parts: list[str], n: int) -> None:
     grams = set(zip(*(words[i:] for i in range(n)), strict=False))
     expected = 0.0 if len(words) < n else 1.0 - len(grams) / (len(words) - n + 1)
     assert repetition_ratio(text, n) == expected
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def test_filter_table_equals_filter_documents(tmp_path: Path) -> None:
+    """The filter stage's table path keeps and rejects the same rows, with the same values
+    and order, as ``filter_documents`` over the rows as dicts: passing sections taken from
+    the table (one with its tokens counted), rejections, structured exercises and verified
+    code exercises (kept or rejected) interleaved."""
+    import pyarrow as pa
+
+    from builder.filters import filter_table
+    from builder.records import DOCUMENT_SCHEMA, GENERATED_SCHEMA, to_table
+
+    short = "A limit is the value a function approaches near a point."
+    wrong = {**EXERCISES["code"], "solution": "def add(a, b):\n    return a - b"}
+    rows = rows_for(tmp_path, GOOD)
+    rows += rows_for(tmp_path, EXERCISES["code"], template="exercise_code")
+    rows += rows_for(tmp_path, LOOP)
+    rows += rows_for(tmp_path, short)
+    rows += rows_for(tmp_path, wrong, template="exercise_code")
+    rows += rows_for(tmp_path, GOOD.replace("limit", "boundary"))
+    rows += rows_for(tmp_path, EXERCISES["conceptual"], template="exercise_conceptual")
+    rows += rows_for(tmp_path, FRENCH)
+    rows += rows_for(tmp_path, "I'm sorry, but I can't help with that request.\n\n" + GOOD)
+    table = to_table(rows, GENERATED_SCHEMA)
+    for filters, verify in [
+        (FilterSettings(min_tokens=0, min_tokens_by_kind={"section": 12}), VerifySettings()),
+        (FilterSettings(min_tokens=0), VerifySettings(enabled=False)),
+        (FilterSettings(), VerifySettings(drop_unverified=False)),
+    ]:
+        kept, rejected = filter_documents(rows, filters, verify)
+        got_kept, got_rejected = filter_table(table, filters, verify)
+        assert isinstance(got_kept, pa.Table)
+        assert got_kept.equals(to_table(kept, DOCUMENT_SCHEMA))
+        assert got_rejected == rejected
+        assert 0 < len(kept) < len(rows)

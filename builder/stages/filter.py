@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 
-from builder.records import DOCUMENT_SCHEMA, REJECTED_SCHEMA, decode_row, sha256_hex
+from builder.records import DOCUMENT_SCHEMA, REJECTED_SCHEMA, sha256_hex
 from builder.stages.base import PartitionStage, RunContext, upstream
 from builder.stages.generate import generated_parts
 
@@ -62,15 +63,14 @@ class FilterStage(PartitionStage):
         self._verified = 0
         return super().run(ctx)
 
-    def run_partition(self, ctx: RunContext, table: pa.Table) -> dict[str, list[dict[str, Any]]]:
-        from builder.filters import filter_documents
+    def run_partition(self, ctx: RunContext, table: pa.Table) -> dict[str, Any]:
+        from builder.filters import filter_table
 
         config = ctx.config
-        rows = [decode_row(r) for r in table.to_pylist()]
         llm = ctx.llm() if config.verify.enabled and config.verify.second_sample else None
-        kept, rejected = filter_documents(rows, config.filters, config.verify, llm=llm)
+        kept, rejected = filter_table(table, config.filters, config.verify, llm=llm)
         self._reasons.update(f"{r['stage']}/{r['reason']}" for r in rejected)
-        self._verified += sum(1 for d in kept if d.get("verified") is True)
+        self._verified += pa.compute.sum(kept.column("verified")).as_py() or 0
         return {"kept": kept, "rejected": rejected}
 
     def task_counters(self) -> dict[str, Any]:
