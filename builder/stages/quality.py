@@ -54,6 +54,10 @@ def _frame(table: pa.Table) -> pl.DataFrame:
     return pl.from_arrow(table)  # type: ignore[return-value]
 
 
+#: The unit fields ``unit_query`` reads (and the id).
+_QUERY_COLUMNS = ("unit_id", "topic_name", "topic", "description", "session", "concepts")
+
+
 class QualityStage(PartitionStage):
     """Code in prose, relevance and the judge over each kept partition (module docstring)."""
 
@@ -119,11 +123,18 @@ class QualityStage(PartitionStage):
         from builder.quality.relevance import unit_query
 
         self._queries, self._units = {}, {}
+        judge = ctx.config.judge.enabled
         for part in unit_parts(ctx):
-            for unit in read_units(part):
-                self._queries[unit.unit_id] = unit_query(unit)
-                if ctx.config.judge.enabled:
+            if judge:
+                for unit in read_units(part):
+                    self._queries[unit.unit_id] = unit_query(unit)
                     self._units[unit.unit_id] = unit
+                continue
+            # Only the query's fields, as plain rows (every worker loads every unit).
+            names = set(pq.read_schema(part).names)
+            table = pq.read_table(part, columns=[c for c in _QUERY_COLUMNS if c in names])
+            for row in table.to_pylist():
+                self._queries[row["unit_id"]] = unit_query(row)
 
     def needs_llm(self, ctx: RunContext) -> bool:
         return ctx.config.judge.enabled
