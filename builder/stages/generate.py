@@ -414,10 +414,16 @@ class _Finisher:
             self.wait()
 
     def wait(self) -> None:
-        """Wait for the write in flight; raise its error."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
+        """Wait for the write in flight; raise its error. (Interrupted while waiting, it
+        is still in flight: ``close`` waits for it again.)"""
+        pending = self._pending
+        if pending is None:
+            return
+        try:
             pending.result()
+        finally:
+            if pending.done():
+                self._pending = None
 
     def close(self, *, quiet: bool = False) -> None:
         """Wait for the write in flight (``quiet``: on the way out of an error or an
@@ -434,6 +440,8 @@ class _Finisher:
 
 
 def _finish(ctx: RunContext, target: Path, journal: _Journal, done: list[Any] | None) -> None:
+    """One partition's end, in this order so a kill between any two steps resumes: the file
+    in place, then its journal gone, then the stages that follow told."""
     if done is not None:
         write_table(_assemble(done, journal.tables), target)
     journal.clear()
