@@ -254,7 +254,8 @@ def test_resume_sends_nothing_for_finished_requests(tmp_path: Path, server) -> N
 def test_journaled_results_are_kept_when_the_partition_was_not_written(
     tmp_path: Path, server
 ) -> None:
-    """Results journaled before a stop (the partition file not written yet) are reused."""
+    """Results journaled before a stop (the partition file not written yet) are reused,
+    here from a Parquet journal file as versions before the Arrow IPC journal wrote."""
     project = Project(tmp_path, server.base_url, units(2), documents_per_unit=2, evolve=False)
     project.generate()
     gen = project.run / "work" / "generate"
