@@ -254,7 +254,8 @@ def test_resume_sends_nothing_for_finished_requests(tmp_path: Path, server) -> N
 def test_journaled_results_are_kept_when_the_partition_was_not_written(
     tmp_path: Path, server
 ) -> None:
-    """Results journaled before a stop (the partition file not written yet) are reused."""
+    """Results journaled before a stop (the partition file not written yet) are reused,
+    here from a Parquet journal file as versions before the Arrow IPC journal wrote."""
     project = Project(tmp_path, server.base_url, units(2), documents_per_unit=2, evolve=False)
     project.generate()
     gen = project.run / "work" / "generate"
@@ -266,6 +267,31 @@ def test_journaled_results_are_kept_when_the_partition_was_not_written(
     stats = project.generate()
     assert server.count("chat") == 0 and stats["reused"] == 4
     assert (gen / "part-00000.parquet").exists() and not list(journal.glob("*.parquet"))
+
+
+def test_a_partition_that_cannot_be_written_stops_the_stage_and_keeps_its_journal(
+    tmp_path: Path, server
+) -> None:
+    """The partition file is written in the background: its error still stops the stage,
+    and the journal (the only copy of the results) stays until a later run writes it."""
+    from builder.records import GENERATED_SCHEMA
+    from builder.stages.generate import journal_files
+    from builder.util.partitions import write_table
+
+    project = Project(tmp_path, server.base_url, units(2), documents_per_unit=2, evolve=False)
+    gen = project.run / "work" / "generate"
+    # A directory where the partition file goes: renaming the written file onto it fails
+    # (it reads as an empty partition, so every request is still sent).
+    write_table(GENERATED_SCHEMA.empty_table(), gen / "part-00000.parquet" / "x.parquet")
+    with pytest.raises(OSError):
+        project.generate()
+    assert server.count("chat") == 4
+    assert journal_files(gen / "_journal") and len(project.rows()) == 4
+    shutil.rmtree(gen / "part-00000.parquet")
+    server.reset_counts()
+    stats = project.generate()
+    assert server.count("chat") == 0 and stats["reused"] == 4
+    assert (gen / "part-00000.parquet").is_file() and not journal_files(gen / "_journal")
 
 
 def test_failures_are_recorded_then_retried(tmp_path: Path, server) -> None:

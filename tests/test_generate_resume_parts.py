@@ -11,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from builder.generate import FINISHED_STATUSES
 from builder.records import GENERATED_SCHEMA, decode_row, to_table
+from builder.stages.generate import journal_files, read_run_generated
 from builder.util.partitions import list_parts, write_table
 from tests.support.fake_openai_server import FakeOpenAIServer
 from tests.support.project import ROOT, make_project, responder
@@ -45,6 +48,15 @@ def _generate(config: Path, cache: Path, fault: str | None = None) -> subprocess
     )
 
 
+# Requests a ``corpus generate`` sends besides the generation ones: the syllabus the test
+# responder always answers wrongly (retried by every run), the solver's checks of answers.
+NOT_GENERATION = ("You are an experienced university curriculum", "You are a careful problem")
+
+
+def _system(body: dict) -> str:
+    return next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
+
+
 def _parts(project: Path) -> list[Path]:
     return list_parts(project / "outputs" / "test" / "work" / "generate")
 
@@ -60,7 +72,7 @@ def test_resumed_partitions_equal_an_uninterrupted_runs(tmp_path: Path) -> None:
         killed = _generate(config, tmp_path / "cache", fault="generate.journal:3")
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         journal = tmp_path / "run" / "outputs" / "test" / "work" / "generate" / "_journal"
-        assert list(journal.glob("*.parquet"))  # the resumed run starts from a journal
+        assert journal_files(journal)  # the resumed run starts from a journal
         resumed = _generate(config, tmp_path / "cache")
         assert resumed.returncode == 0, resumed.stderr
     finally:
@@ -68,7 +80,7 @@ def test_resumed_partitions_equal_an_uninterrupted_runs(tmp_path: Path) -> None:
 
     ref_parts, parts = _parts(tmp_path / "ref"), _parts(tmp_path / "run")
     assert [p.name for p in parts] == [p.name for p in ref_parts] and len(parts) > 1
-    assert not list(journal.glob("*.parquet"))  # every journal was folded into its partition
+    assert not list(journal.iterdir())  # every journal was folded into its partition
     kinds = set()
     for ref, part in zip(ref_parts, parts, strict=True):
         expected = pq.read_table(ref).drop_columns(VARYING)
@@ -81,3 +93,36 @@ def test_resumed_partitions_equal_an_uninterrupted_runs(tmp_path: Path) -> None:
         write_table(to_table([decode_row(r) for r in got.to_pylist()], GENERATED_SCHEMA), again)
         assert again.read_bytes() == part.read_bytes(), part.name
     assert {"section", "exercise"} <= kinds
+
+
+def test_a_killed_runs_journal_is_resumed_without_resending_its_requests(
+    tmp_path: Path,
+) -> None:
+    """The journal a ``kill -9`` left (Arrow IPC files) is read back by the next run: none
+    of its finished requests is sent again, even with no LLM cache to answer them."""
+    with FakeOpenAIServer(responder=responder) as srv:
+        config = make_project(tmp_path / "run", srv.base_url, OVERRIDES)
+        killed = _generate(config, tmp_path / "cache", fault="generate.journal:3")
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        run = tmp_path / "run" / "outputs" / "test"
+        journal = run / "work" / "generate" / "_journal"
+        files = journal_files(journal)
+        assert [f.suffix for f in files] == [".arrow"] * 3  # one file per flush, new format
+        with pa.ipc.open_file(pa.memory_map(str(files[0]))) as reader:
+            assert reader.schema == GENERATED_SCHEMA
+        saved = read_run_generated(run)
+        finished = {rid for rid, row in saved.items() if row["status"] in FINISHED_STATUSES}
+        assert len(finished) >= 6  # three flushes of two rows
+
+        sent_before = srv.count("chat")
+        srv.reset_counts()
+        resumed = _generate(config, tmp_path / "no-cache")  # nothing can come from a cache
+        assert resumed.returncode == 0, resumed.stderr
+        asked = [b for b in srv.requests if not _system(b).startswith(NOT_GENERATION)]
+    planned = len(read_run_generated(run))
+    assert f"{len(finished)} already done, {planned - len(finished)} sent" in resumed.stderr
+    assert len(asked) == planned - len(finished) < planned
+    assert sent_before >= len(finished)
+    rows = read_run_generated(run)
+    assert all(rows[rid]["created_at"] == saved[rid]["created_at"] for rid in finished)
+    assert not list(journal.iterdir())

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow.parquet as pq
 import pytest
 
 from builder.assemble import verify_run
 from builder.stages import STAGES
+from builder.stages.generate import read_run_generated
 from tests.support.fake_openai_server import FakeOpenAIServer
 from tests.support.project import ROOT, ids_and_texts, make_project, responder
 from tests.support.shared import made_once
@@ -51,15 +51,9 @@ def _env(cache: Path, fault: str | None = None) -> dict[str, str]:
 
 
 def generated_rows(run: Path) -> int:
-    """Rows the generation stage has saved so far (partitions and journal files)."""
-    gen = run / "work" / "generate"
-    total = 0
-    for f in [*gen.glob("part-*.parquet"), *gen.glob("_journal/*.parquet")]:
-        try:
-            total += pq.ParquetFile(f).metadata.num_rows
-        except FileNotFoundError:  # a journal file removed once its partition was written
-            continue
-    return total
+    """Requests the generation stage has saved a row of so far (partitions and journal
+    files; read once the build has stopped)."""
+    return len(read_run_generated(run))
 
 
 class Build:

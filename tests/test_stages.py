@@ -23,6 +23,7 @@ from builder.config import load_config
 from builder.run.build import run_stages
 from builder.stages import STAGES, Stage, build_stages
 from builder.stages.base import PartitionStage, RunContext
+from builder.stages.generate import journal_files
 from builder.util.partitions import list_parts
 from tests.support.fake_openai_server import FakeOpenAIServer
 from tests.support.project import ids_and_texts, make_project, responder, untimed
@@ -113,7 +114,7 @@ def test_stages_hold_one_bounded_partition(built: dict) -> None:
     assert all(pq.ParquetFile(p).metadata.num_rows <= 2 for p in units)
     # One generation partition per unit partition, nothing left in the journal.
     assert len(list_parts(work / "generate")) == len(units)
-    assert not list((work / "generate" / "_journal").glob("*.parquet"))
+    assert not journal_files(work / "generate" / "_journal")
     assert json.loads((built["run"] / "manifest.json").read_text())["counts"]["documents"] > 0
 
 

@@ -3,10 +3,11 @@ generation partition ``work/generate/part-NNNNN.parquet`` per unit partition.
 
 Partition ``k`` holds the rows of unit partition ``k``'s plan (all evolution waves) in plan
 order, so the corpus order never depends on completion order. While a partition is being
-generated its results are journaled to ``work/generate/_journal/NNNNN-MMMMM.parquet``
-every ``[run] flush_rows`` results (or every few seconds, uncompressed); the partition is
-then assembled from the journal's tables in plan order (each result is converted to Arrow
-once) and the journal is removed.
+generated its results are journaled to ``work/generate/_journal/NNNNN-MMMMM.arrow``
+(Arrow IPC files, uncompressed) every ``[run] flush_rows`` results (or every few seconds);
+the partition is then assembled from the journal's tables in plan order (each result is
+converted to Arrow once) and written (zstd Parquet) on a background thread while the next
+partition is planned and sent; once it is in place the journal is removed.
 Resume: a request with a finished row (same prompt and model) in the partition or its
 journal is not sent again; results a ``kill -9`` lost before their journal flush are
 answered by the LLM cache. Memory holds one unit partition's results (as Arrow tables;
@@ -15,8 +16,10 @@ Python rows only for rows read back and for the parents of the next evolve wave)
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -37,6 +40,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from builder.templates import TemplateSet
 
 JOURNAL = "_journal"
+#: Journal files: Arrow IPC (what this version writes), and Parquet (what versions before it
+#: wrote; still read, so a run they left unfinished resumes).
+JOURNAL_SUFFIXES = (".arrow", ".parquet")
+JOURNAL_RE = re.compile(r"^(\d{5,})-(\d{5,})\.(?:arrow|parquet)$")
 FLUSH_S = 5.0
 
 
@@ -84,10 +91,12 @@ class GenerateStats:
 
 
 class _Journal:
-    """Results of one partition in flight, saved in small atomic Parquet files.
+    """Results of one partition in flight, saved in small atomic Arrow IPC files.
 
-    The files are uncompressed (they live until the partition is written; compressing them
-    cost more CPU than building the table), and the tables written are kept: the partition
+    The files are uncompressed Arrow IPC, not Parquet: they live until the partition is
+    written and are only read back by a resumed run, and writing them is a copy of the
+    table's buffers (Parquet's encoding, statistics and dictionary attempts over every
+    column cost ~8% of the stage's main thread). The tables written are kept: the partition
     is assembled from them at the end instead of converting every row a second time.
     """
 
@@ -97,13 +106,14 @@ class _Journal:
         self.flush_rows = flush_rows
         self.rows: list[dict[str, Any]] = []
         self.tables: list[pa.Table] = []
-        self.seq = len(self.files())
+        files = self.files()
+        # after the last file left (not their count: a kill while ``clear`` ran leaves gaps)
+        self.seq = _journal_key(files[-1])[1] + 1 if files else 0
         self.last = time.monotonic()
 
     def files(self) -> list[Path]:
-        if not self.directory.is_dir():
-            return []
-        return sorted(self.directory.glob(f"{self.part:05d}-*.parquet"))
+        """This partition's journal files, oldest first (either format)."""
+        return journal_files(self.directory, self.part)
 
     def add(self, row: dict[str, Any]) -> tuple[int, int]:
         """Journal ``row``; returns where it lands: (table, row) in ``tables``."""
@@ -117,9 +127,9 @@ class _Journal:
         self.last = time.monotonic()
         if not self.rows:
             return
-        path = self.directory / f"{self.part:05d}-{self.seq:05d}.parquet"
+        path = self.directory / f"{self.part:05d}-{self.seq:05d}{JOURNAL_SUFFIXES[0]}"
         table = to_table(self.rows, GENERATED_SCHEMA)
-        atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="none"))
+        atomic_write(path, lambda tmp: _write_ipc(table, tmp))
         self.tables.append(table)
         self.seq += 1
         self.rows = []
@@ -130,7 +140,34 @@ class _Journal:
             f.unlink()
 
 
+def journal_files(directory: Path, part: int | None = None) -> list[Path]:
+    """The journal files in ``directory`` (of partition ``part`` only, if given), by
+    partition then sequence number: later files supersede earlier ones."""
+    if not directory.is_dir():
+        return []
+    found = [f for f in directory.iterdir() if JOURNAL_RE.match(f.name)]
+    if part is not None:
+        found = [f for f in found if _journal_key(f)[0] == part]
+    return sorted(found, key=_journal_key)
+
+
+def _journal_key(path: Path) -> tuple[int, int]:
+    """(partition, sequence number) of a journal file's name."""
+    m = JOURNAL_RE.match(path.name)
+    assert m is not None
+    return int(m.group(1)), int(m.group(2))
+
+
+def _write_ipc(table: pa.Table, path: Path) -> None:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
 def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a generation partition (Parquet) or journal file (Arrow IPC or Parquet)."""
+    if path.suffix == ".arrow":
+        with pa.memory_map(str(path)) as source:
+            return pa.ipc.open_file(source).read_all().to_pylist()
     return pq.read_table(path).to_pylist()
 
 
@@ -188,13 +225,19 @@ class GenerateStage(Stage):
         from builder.generate_ahead import few_collections
 
         planner = self.planner(ctx, parts, templates)
+        finisher = _Finisher(ctx)
+        finished = False
         try:
             with few_collections():
                 for k, upath in enumerate(parts):
-                    self._partition(ctx, k, upath, templates, planner, stats, failures, answered)
-                    ctx.partition_written(out / part_name(k))
+                    self._partition(
+                        ctx, k, upath, templates, planner, finisher, stats, failures, answered
+                    )
+            finisher.wait()
+            finished = True
             planner.close(wait=True)
         finally:
+            finisher.close(quiet=not finished)
             planner.close()
             if stats.sent:
                 ctx.did_work = True
@@ -202,11 +245,9 @@ class GenerateStage(Stage):
         for p in list_parts(out):
             if p.name not in keep:
                 p.unlink()
-        journal = out / JOURNAL
-        if journal.is_dir():
-            for f in journal.iterdir():
-                if f.name[:5].isdigit() and int(f.name[:5]) >= len(parts):
-                    f.unlink()
+        for f in journal_files(out / JOURNAL):
+            if _journal_key(f)[0] >= len(parts):
+                f.unlink()
         if planner.taken:
             ctx.log(
                 f"[generate] {planner.taken} of {len(parts)} unit partition(s) planned "
@@ -233,6 +274,7 @@ class GenerateStage(Stage):
         upath: Path,
         templates: TemplateSet,
         planner: Planner,
+        finisher: _Finisher,
         stats: GenerateStats,
         failures: Counter[str],
         answered: list[int],
@@ -268,6 +310,7 @@ class GenerateStage(Stage):
         wave: list[ChatRequest] = planner.plan(k, units)
         step = 0
         while wave:
+            finisher.check()  # the previous partition's write failed: stop now
             stats.waves = max(stats.waves, step + 1)
             stats.planned += len(wave)
             todo = []
@@ -335,9 +378,74 @@ class GenerateStage(Stage):
             if status == "failed":
                 answered[1] += 1
                 failures[str(error or "unknown error")] += 1
-        if fresh or list(done) != old_order:
-            write_table(_assemble(list(done.values()), journal.tables), target)
-        journal.clear()
+        changed = fresh or list(done) != old_order
+        finisher.submit(target, journal, list(done.values()) if changed else None)
+
+
+class _Finisher:
+    """Finishes the generated partitions on a background thread, one at a time, in order:
+    assemble and write the partition file (zstd Parquet: pyarrow releases the GIL while it
+    encodes and compresses), then remove its journal, then tell the stages that follow
+    (``ctx.partition_written``). Meanwhile the main thread plans and sends the next
+    partition's requests, the stage's critical path.
+
+    At most one partition is in flight (``submit`` waits for the one before), so memory
+    holds at most two partitions' results. A write's error is raised by the next ``check``,
+    ``submit`` or ``wait``. A kill at any point leaves the partition file whole or absent
+    (atomic write) and its journal in place until the file is, so a resume loses nothing.
+    """
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
+
+    def submit(self, target: Path, journal: _Journal, done: list[Any] | None) -> None:
+        """Finish partition ``target``: write ``done`` (its rows in plan order, as in
+        ``_assemble``; None: the file already holds them) and clear ``journal``."""
+        self.wait()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate-write")
+        self._pending = self._pool.submit(_finish, self.ctx, target, journal, done)
+
+    def check(self) -> None:
+        """Raise the error of a finished write (nothing while it runs)."""
+        if self._pending is not None and self._pending.done():
+            self.wait()
+
+    def wait(self) -> None:
+        """Wait for the write in flight; raise its error. (Interrupted while waiting, it
+        is still in flight: ``close`` waits for it again.)"""
+        pending = self._pending
+        if pending is None:
+            return
+        try:
+            pending.result()
+        finally:
+            if pending.done():
+                self._pending = None
+
+    def close(self, *, quiet: bool = False) -> None:
+        """Wait for the write in flight (``quiet``: on the way out of an error or an
+        interrupt, log its own error rather than raise it over the first one)."""
+        try:
+            self.wait()
+        except Exception as exc:
+            if not quiet:
+                raise
+            self.ctx.log(f"[generate] writing a partition failed too: {exc!r}")
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+
+
+def _finish(ctx: RunContext, target: Path, journal: _Journal, done: list[Any] | None) -> None:
+    """One partition's end, in this order so a kill between any two steps resumes: the file
+    in place, then its journal gone, then the stages that follow told."""
+    if done is not None:
+        write_table(_assemble(done, journal.tables), target)
+    journal.clear()
+    ctx.partition_written(target)
 
 
 def _assemble(done: list[dict[str, Any] | _Fresh], tables: list[pa.Table]) -> pa.Table:
@@ -370,7 +478,7 @@ def read_run_generated(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     a later row of an id supersedes an earlier one). For inspection and tests: it holds all
     rows in memory."""
     gen = Path(run_dir) / "work" / GenerateStage.name
-    files = [*list_parts(gen), *sorted((gen / JOURNAL).glob("*.parquet"))]
+    files = [*list_parts(gen), *journal_files(gen / JOURNAL)]
     rows: dict[str, dict[str, Any]] = {}
     for f in files:
         for row in _read_rows(f):
