@@ -199,3 +199,18 @@ def test_the_writer_commits_in_order_and_reports_its_failure(tmp_path):
         broken.submit([_entry("k-late")])
     assert not cache.contains("k-failed") and not cache.contains("k-late")
     cache.close()
+
+
+def test_put_many_keeps_the_first_of_duplicate_keys_across_insert_blocks(tmp_path):
+    cache = Cache(tmp_path)
+    assert cache.put_many([_entry(f"k{i}") for i in range(10)]) == 10
+    # 75 entries: two full multi-row blocks and a remainder; keys repeat within a block,
+    # across blocks and against the 10 already stored
+    batch = [_entry(f"k{i % 50}") for i in range(75)]
+    batch = [CacheEntry(**{**e.__dict__, "text": f"second {n}"}) for n, e in enumerate(batch)]
+    assert cache.put_many(batch) == 40
+    assert cache.count() == 50
+    assert cache.get("k3").text == "t"  # stored first: kept
+    assert cache.get("k20").text == "second 20"  # first of k20 in the batch (not n=70)
+    assert cache.get("k49").text == "second 49"
+    cache.close()

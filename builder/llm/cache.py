@@ -109,6 +109,14 @@ _INSERT = (
     f"INSERT OR IGNORE INTO responses ({', '.join(_RESPONSE_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _RESPONSE_COLUMNS)})"
 )
+#: rows stored by one multi-row INSERT: one statement step for all of them, where
+#: ``executemany`` steps once per row and the sqlite3 module gives up and takes back the GIL
+#: around every step (a writer thread then waits for the GIL once per row)
+ROWS_PER_INSERT = 32
+_INSERT_BLOCK = (
+    f"INSERT OR IGNORE INTO responses ({', '.join(_RESPONSE_COLUMNS)}) VALUES "
+    + ",".join(["(" + ", ".join("?" for _ in _RESPONSE_COLUMNS) + ")"] * ROWS_PER_INSERT)
+)
 _COLUMNS = (
     "SELECT key, base_url, model, status, text, parsed, finish_reason, prompt_tokens, "
     "completion_tokens, cost, latency_s, error FROM responses WHERE key "
@@ -408,7 +416,11 @@ class Cache:
             before = conn.total_changes
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(_INSERT, rows)
+                k = ROWS_PER_INSERT
+                whole = len(rows) - len(rows) % k
+                for i in range(0, whole, k):
+                    conn.execute(_INSERT_BLOCK, [v for row in rows[i : i + k] for v in row])
+                conn.executemany(_INSERT, rows[whole:])
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
