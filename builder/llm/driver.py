@@ -58,7 +58,9 @@ class Driver:
         self.engine = engine
         self.budget = Budget(max_cost)
         self.raw = raw
-        self.outstanding = 0
+        self.outstanding = 0  # admitted, not yet answered (and identical requests waiting)
+        #: answered, waiting for their cache commit before they are yielded (``settle``)
+        self.storing = 0
         self.tokens = itertools.count()
         self.held: Prepared | None = None
         #: staged requests: (request, prepared or None, its error, cache hit, ``stored``
@@ -84,8 +86,12 @@ class Driver:
 
     # -- admission -----------------------------------------------------------------------
     def room(self) -> int:
-        """How many more requests admission may pull from the caller now."""
-        return self.window - self.outstanding if self.fatal is None else 0
+        """How many more requests admission may pull from the caller now: up to ``window``
+        outstanding, while fewer than ``window`` answers wait for their commit (admission
+        goes on while the cache writer commits; memory holds at most twice the window)."""
+        if self.fatal is not None or self.storing >= self.window:
+            return 0
+        return self.window - self.outstanding
 
     def stage(self, requests: list[ChatRequest]) -> None:
         """Prepare ``requests`` and look all their keys up in the cache at once (one query
@@ -256,6 +262,8 @@ class Driver:
         settled: list[Settled] = []
         st = engine.stats
         for o in outcomes:
+            self.outstanding -= 1
+            self.storing += 1
             self.budget.settle(o.job.token, o.cost)
             if o.fatal is not None:
                 settled.append((o, None))
@@ -312,12 +320,12 @@ class Driver:
         """The results of settled outcomes whose entries are committed (``stored``: some
         were), with a copy for each identical request that joined one while it was in
         flight or being stored (its key stays in ``followers`` until now, so such a
-        request is never sent again); they leave the window here."""
+        request is never sent again)."""
         if stored:
             self.stored += 1
         results: list[Any] = []
         for o, result in settled:
-            self.outstanding -= 1
+            self.storing -= 1
             followers = self.followers.pop(o.job.prep.keys[0], ())
             if result is None:  # fatal: the run stops after what finished is yielded
                 if self.fatal is None:

@@ -14,7 +14,8 @@ Shape of a run (``Engine.run``)::
     yield each batch once it is committed
 
 Memory is bounded: at most ``window`` requests (2x the total concurrency) are between
-"pulled from the iterable" and "yielded", however many the iterable holds. The caller's
+"pulled from the iterable" and "answered", and at most ``window`` more answered and waiting
+for their commit, however many the iterable holds. The caller's
 iterable is consumed on the caller's thread (so it may use thread-bound things such as a
 sqlite connection); only HTTP runs on the I/O thread. Everything is written to the cache
 before it is yielded, so a kill -9 at any moment loses at most the requests in flight, and a
@@ -377,7 +378,10 @@ class Engine:
             nonlocal writer
             entries, settled = drv.settle(outcomes)
             ticket = pending[-1][0] if pending else 0  # nothing to store: due with the last
-            if entries:
+            if entries and not pending and drv.outstanding == 0:
+                # nothing else in flight to overlap with (one ``complete``, a run's last batch)
+                self.cache.put_many(entries)
+            elif entries:
                 if writer is None:
                     writer = CacheWriter(self.cache, lambda: outq.put([]))
                 ticket = writer.submit(entries)
@@ -395,7 +399,7 @@ class Engine:
                 yield from committed()
                 if drv.fatal is not None:
                     break
-                while drv.fatal is None and drv.outstanding < drv.window:
+                while drv.room() > 0:
                     if drv.held is not None:
                         job = drv.retry_held()
                         if job is None:
@@ -406,7 +410,7 @@ class Engine:
                         if exhausted:
                             break
                         # Pull what the window has room for and look it up in one query:
-                        # still at most ``window`` requests between pulled and yielded.
+                        # still at most ``window`` requests between pulled and answered.
                         room = drv.room()
                         batch = list(itertools.islice(it, room))
                         exhausted = len(batch) < room
@@ -423,7 +427,7 @@ class Engine:
                         yield got
                         drv.progress.update(drv.refresh_snap())
                 flush()
-                if drv.outstanding == 0:
+                if drv.outstanding == 0 and not pending:
                     if drv.held is not None:
                         drv.give_up_held()
                         continue
@@ -440,8 +444,7 @@ class Engine:
                     except queue.Empty:
                         continue
                 if outcomes:
-                    in_flight = drv.outstanding - sum(len(p[1]) for p in pending)
-                    hand_off(_gather(outq, outcomes, in_flight))
+                    hand_off(_gather(outq, outcomes, drv.outstanding))
         finally:
             if dispatch is not None and io is not None:
                 with contextlib.suppress(Exception):
