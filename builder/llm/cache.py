@@ -41,9 +41,6 @@ CACHE_FILE = "llm-cache.sqlite3"
 SCHEMA_VERSION = 1
 #: page size of new cache files (SQLite's largest but one; existing files keep theirs)
 PAGE_SIZE = 32768
-#: SQLite page cache of each connection, in KiB (the default 2 MB holds 62 pages of 32 KB,
-#: far fewer than the key index has leaves: every insert then re-read its leaf from the OS)
-CACHE_KIB = 16384
 #: keys looked up per SELECT by ``get_many`` (well under SQLite's bound on parameters)
 _LOOKUP_CHUNK = 256
 
@@ -108,14 +105,6 @@ _RESPONSE_COLUMNS = (
 _INSERT = (
     f"INSERT OR IGNORE INTO responses ({', '.join(_RESPONSE_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _RESPONSE_COLUMNS)})"
-)
-#: rows stored by one multi-row INSERT: one statement step for all of them, where
-#: ``executemany`` steps once per row and the sqlite3 module gives up and takes back the GIL
-#: around every step (a writer thread then waits for the GIL once per row)
-ROWS_PER_INSERT = 32
-_INSERT_BLOCK = (
-    f"INSERT OR IGNORE INTO responses ({', '.join(_RESPONSE_COLUMNS)}) VALUES "
-    + ",".join(["(" + ", ".join("?" for _ in _RESPONSE_COLUMNS) + ")"] * ROWS_PER_INSERT)
 )
 _COLUMNS = (
     "SELECT key, base_url, model, status, text, parsed, finish_reason, prompt_tokens, "
@@ -242,9 +231,6 @@ class Cache:
             # response and text, ~6 KB) fits one page instead of an overflow chain, and the
             # WAL checkpoints copy fewer, larger pages. Halves the CPU of storing an entry.
             conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-            # A page cache that holds the key index of a large cache: storing an entry then
-            # costs ~30% less CPU (measured: 150k rows, 130 per commit: 40 -> 28 us/row).
-            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             # Switching a new file to WAL takes an exclusive lock for which SQLite may answer
             # "locked" at once (no busy wait) while another process does the same: retry.
             mode = _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
@@ -303,20 +289,6 @@ class Cache:
             except sqlite3.Error:
                 pass
         self._local = threading.local()
-
-    def close_thread_connection(self) -> None:
-        """Close the calling thread's connection, if it has one (a thread that ends, such
-        as a run's cache writer, must not leave its connection open until ``close``)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            return
-        self._local.conn = None
-        with self._lock:
-            self._connections = [c for c in self._connections if c is not conn]
-        try:
-            conn.close()
-        except sqlite3.Error:
-            pass
 
     # -- responses ---------------------------------------------------------------------
     def get(self, key: str) -> CachedResponse | None:
@@ -416,11 +388,7 @@ class Cache:
             before = conn.total_changes
             conn.execute("BEGIN IMMEDIATE")
             try:
-                k = ROWS_PER_INSERT
-                whole = len(rows) - len(rows) % k
-                for i in range(0, whole, k):
-                    conn.execute(_INSERT_BLOCK, [v for row in rows[i : i + k] for v in row])
-                conn.executemany(_INSERT, rows[whole:])
+                conn.executemany(_INSERT, rows)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import itertools
 import json
-import queue
 import threading
 import time
 from collections import deque
@@ -39,9 +38,6 @@ from builder.llm.progress import NoProgress, Snapshot
 from builder.llm.schema import check_output
 from builder.records import ChatRequest, ChatResult
 
-#: a settled outcome and its result (None: the outcome stops the run), waiting for release
-Settled = tuple[Outcome, Any]
-
 # ---------------------------------------------------------------------------------------------
 # The driver: what a run does between the caller and the dispatcher (sync and async share it)
 
@@ -58,9 +54,7 @@ class Driver:
         self.engine = engine
         self.budget = Budget(max_cost)
         self.raw = raw
-        self.outstanding = 0  # admitted, not yet answered (and identical requests waiting)
-        #: answered, waiting for their cache commit before they are yielded (``settle``)
-        self.storing = 0
+        self.outstanding = 0
         self.tokens = itertools.count()
         self.held: Prepared | None = None
         #: staged requests: (request, prepared or None, its error, cache hit, ``stored``
@@ -86,12 +80,8 @@ class Driver:
 
     # -- admission -----------------------------------------------------------------------
     def room(self) -> int:
-        """How many more requests admission may pull from the caller now: up to ``window``
-        outstanding, while fewer than ``window`` answers wait for their commit (admission
-        goes on while the cache writer commits; memory holds at most twice the window)."""
-        if self.fatal is not None or self.storing >= self.window:
-            return 0
-        return self.window - self.outstanding
+        """How many more requests admission may pull from the caller now."""
+        return self.window - self.outstanding if self.fatal is None else 0
 
     def stage(self, requests: list[ChatRequest]) -> None:
         """Prepare ``requests`` and look all their keys up in the cache at once (one query
@@ -248,28 +238,13 @@ class Driver:
 
     def complete(self, outcomes: list[Outcome]) -> list[Any]:
         """Store finished outcomes (one transaction), settle the budget, build results."""
-        entries, settled = self.settle(outcomes)
-        if entries:
-            self.engine.cache.put_many(entries)
-        return self.release(settled, stored=bool(entries))
-
-    def settle(self, outcomes: list[Outcome]) -> tuple[list[CacheEntry], list[Settled]]:
-        """The cache entries of finished outcomes (failures are never stored) and their
-        results, with the budget settled and the counters updated. Nothing is handed to the
-        caller here: ``release`` does, once the entries are committed."""
         engine = self.engine
         entries = []
-        settled: list[Settled] = []
-        st = engine.stats
         for o in outcomes:
-            self.outstanding -= 1
-            self.storing += 1
-            self.budget.settle(o.job.token, o.cost)
             if o.fatal is not None:
-                settled.append((o, None))
                 continue
-            ep = engine.endpoints[o.endpoint]
             if o.status != "failed":
+                ep = engine.endpoints[o.endpoint]
                 entries.append(
                     CacheEntry(
                         key=o.key,
@@ -289,6 +264,20 @@ class Driver:
                         response="[" + ",".join(o.job.raws) + "]",
                     )
                 )
+        if entries:
+            engine.cache.put_many(entries)
+            self.stored += 1
+        results: list[Any] = []
+        st = engine.stats
+        for o in outcomes:
+            self.outstanding -= 1
+            self.budget.settle(o.job.token, o.cost)
+            if o.fatal is not None:
+                if self.fatal is None:
+                    self.fatal = o.fatal
+                self.outstanding -= len(self.followers.pop(o.job.prep.keys[0], ()))
+                continue
+            ep = engine.endpoints[o.endpoint]
             request = o.job.prep.request
             st.prompt_tokens += o.job.prompt_tokens
             st.completion_tokens += o.job.completion_tokens
@@ -313,33 +302,13 @@ class Driver:
                 error=o.error,
                 metadata=dict(request.metadata),
             )
-            settled.append((o, (result, o.job.bodies or None) if self.raw else result))
-        return entries, settled
-
-    def release(self, settled: list[Settled], stored: bool) -> list[Any]:
-        """The results of settled outcomes whose entries are committed (``stored``: some
-        were), with a copy for each identical request that joined one while it was in
-        flight or being stored (its key stays in ``followers`` until now, so such a
-        request is never sent again)."""
-        if stored:
-            self.stored += 1
-        results: list[Any] = []
-        for o, result in settled:
-            self.storing -= 1
-            followers = self.followers.pop(o.job.prep.keys[0], ())
-            if result is None:  # fatal: the run stops after what finished is yielded
-                if self.fatal is None:
-                    self.fatal = o.fatal
-                self.outstanding -= len(followers)
-                continue
-            results.append(result)
-            plain = result[0] if self.raw else result
-            for follower in followers:
+            results.append((result, o.job.bodies or None) if self.raw else result)
+            for follower in self.followers.pop(o.job.prep.keys[0], ()):
                 # the same request again while this one was in flight: same answer, no HTTP
                 self.outstanding -= 1
                 self._count(o.status, True)
                 copy = dataclasses.replace(
-                    plain,
+                    result,
                     request_id=follower.request.id,
                     metadata=dict(follower.request.metadata),
                     cached=True,
@@ -377,41 +346,6 @@ class Driver:
                 f"{b.stopped} request(s) not sent",
                 hint="rerun with a higher --max-cost to continue; finished work is cached",
             )
-
-
-#: Outcomes handed to the cache writer at once that ``_gather`` waits for (at most
-#: ``COALESCE_S``) while many requests are in flight: one SQLite commit per 8 rows cost ~60%
-#: more CPU per row than one per 64 (the writer also merges what queues up meanwhile), and
-#: the caller's thread asleep meanwhile leaves the GIL to the I/O.
-COALESCE = 64
-COALESCE_S = 0.01
-
-
-def _gather(
-    outq: queue.SimpleQueue[list[Outcome]], outcomes: list[Outcome], outstanding: int
-) -> list[Outcome]:
-    """``outcomes`` plus what else has finished: everything queued (up to 1024), and, when
-    more than ``COALESCE`` requests are outstanding, up to ``COALESCE_S`` of waiting for a
-    batch of ``COALESCE`` (a lone request is never held back)."""
-    deadline = None
-    while len(outcomes) < 1024:
-        try:
-            outcomes = outcomes + outq.get_nowait()
-            continue
-        except queue.Empty:
-            pass
-        if len(outcomes) >= COALESCE or outstanding <= COALESCE:
-            break
-        now = time.monotonic()
-        if deadline is None:
-            deadline = now + COALESCE_S
-        if now >= deadline:
-            break
-        try:
-            outcomes = outcomes + outq.get(timeout=deadline - now)
-        except queue.Empty:
-            break
-    return outcomes
 
 
 # ---------------------------------------------------------------------------------------------
