@@ -17,27 +17,18 @@ import pytest
 
 from builder.llm import open_engine
 from builder.llm.cache import CACHE_FILE, Cache, CacheEntry
-from builder.records import ChatRequest
 from builder.settings.llm import LLMSettings
+from tests.support.engine import fake_settings, user_request
 from tests.support.fake_openai_server import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _settings(srv: FakeOpenAIServer, **kw) -> LLMSettings:
-    base = dict(
-        base_url=srv.base_url,
-        model="fake-model",
-        backoff_base_s=0.01,
-        backoff_max_s=0.05,
-        max_concurrency=8,
-    )
-    base.update(kw)
-    return LLMSettings(**base)
+    return fake_settings(srv, kw.pop("max_concurrency", 8), **kw)
 
 
-def _req(rid: str, content: str) -> ChatRequest:
-    return ChatRequest(id=rid, messages=({"role": "user", "content": content},))
+_req = user_request
 
 
 def _stored(path: Path, key: str) -> bool:

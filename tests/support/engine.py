@@ -57,3 +57,25 @@ def config_for(server: FakeOpenAIServer, path: Path, extra: str = "") -> Path:
         encoding="utf-8",
     )
     return path
+
+
+def fake_settings(srv: FakeOpenAIServer, concurrency: int, **kw: Any) -> Any:
+    """``LLMSettings`` for the fake server: fast backoff, ``concurrency`` requests at once."""
+    from builder.settings.llm import LLMSettings
+
+    base: dict[str, Any] = dict(
+        base_url=srv.base_url,
+        model="fake-model",
+        backoff_base_s=0.01,
+        backoff_max_s=0.05,
+        max_concurrency=concurrency,
+    )
+    base.update(kw)
+    return LLMSettings(**base)
+
+
+def user_request(rid: str, content: str) -> Any:
+    """A one-message chat request with id ``rid``."""
+    from builder.records import ChatRequest
+
+    return ChatRequest(id=rid, messages=({"role": "user", "content": content},))
