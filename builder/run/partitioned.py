@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from builder.records import sha256_hex, to_table
 from builder.util.faults import fault_point
-from builder.util.files import atomic_write_text, file_sha256
+from builder.util.files import atomic_write_text, file_sha256, remove_temp_files
 from builder.util.partitions import list_parts, part_name, write_table
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -225,8 +225,7 @@ def _remove_stale(
         for p in list_parts(stage.sink_dir(ctx, name)):
             if p.name not in keep[name]:
                 p.unlink()
-        for p in stage.sink_dir(ctx, name).glob(".part-*.tmp"):
-            p.unlink(missing_ok=True)
+        remove_temp_files(stage.sink_dir(ctx, name))
     records = stage.out_dir(ctx) / RECORDS
     if records.is_dir():
         for p in records.glob("*.json"):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute
+import pyarrow.compute as pc
 
 from builder.records import DOCUMENT_SCHEMA, REJECTED_SCHEMA, sha256_hex
 from builder.stages.base import PartitionStage, RunContext, upstream
@@ -70,7 +70,7 @@ class FilterStage(PartitionStage):
         llm = ctx.llm() if config.verify.enabled and config.verify.second_sample else None
         kept, rejected = filter_table(table, config.filters, config.verify, llm=llm)
         self._reasons.update(f"{r['stage']}/{r['reason']}" for r in rejected)
-        self._verified += pa.compute.sum(kept.column("verified")).as_py() or 0
+        self._verified += pc.sum(kept.column("verified")).as_py() or 0
         return {"kept": kept, "rejected": rejected}
 
     def task_counters(self) -> dict[str, Any]:
