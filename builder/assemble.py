@@ -55,7 +55,7 @@ from builder.assemble_shards import (
     ShardInfo,
     TokenCounting,
     _write_parquet,
-    numbered_batches,
+    bucket_by_id,
     sort_by_id,
     write_documents,
 )
@@ -272,12 +272,12 @@ def assemble(
     assembly writes itself (config, counts, shards, ...). ``mapper`` (an executor's
     ``map_tasks``) counts the tokens of each slice of ``[run] partition_rows`` rows
     elsewhere (Ray tasks, local processes); None: here. The counts are the same either way.
-    When ``documents`` is a Parquet file, the slices are of that file and are counted while
-    the rows are sorted; otherwise they are of the sorted rows, after the sort.
+    The slices are of the input file (other inputs are first spilled to a scratch file) and
+    are counted while the rows are sorted.
     ``alongside`` (e.g. the diversity summary; it must not read assembly's scratch files) is
     called while the tokens are counted, before the shards are written, so its work fills the
-    cores the counting leaves idle: on another thread from the start when ``documents`` is a
-    Parquet file, else here after the sort. Its result is ``AssemblyResult.alongside``.
+    cores the counting leaves idle: on another thread, from the start (after the spill).
+    Its result is ``AssemblyResult.alongside``.
     Raises ``InputError`` for missing columns, wrong column types, null or duplicate ids.
     """
     extra = dict(extra_manifest or {})
@@ -303,21 +303,18 @@ def assemble(
     docs_lf, rej_lf = drop_flagged(docs_lf, rej_lf, run)
     _check_ids(docs_lf)
 
-    batches = None
-    count_input: Path | None = None
+    source: Path | None = None
+    prepare: Callable[[pl.DataFrame], pl.DataFrame] | None = None
     if isinstance(documents, str | os.PathLike) and _is_parquet_file(Path(documents)):
-        # The same rows as docs_lf, a record batch of the file at a time (``sort_by_id``),
-        # each with its position in the file: the token counts are of the file's rows, in
-        # its order, counted while the rows are sorted, and looked up by that position.
+        # The same rows as docs_lf, read from the file a record batch at a time
+        # (``bucket_by_id``), each normalised, without the flagged rows.
         empty = pl.LazyFrame(schema={c: pl.String for c in REJECTION_COLUMNS})
 
         def prepare(raw: pl.DataFrame) -> pl.DataFrame:
             lf = _normalise_documents(raw.lazy())[0]
             return drop_flagged(lf, empty, run)[0].collect()
 
-        batches = numbered_batches(Path(documents), config.run.partition_rows, prepare)
-        docs_lf = docs_lf.with_columns(pl.lit(None, pl.Int64).alias(ROW_COLUMN))
-        count_input = Path(documents)
+        source = Path(documents)
     scratch = run / SCRATCH_DIR
     with _locked(scratch):
         return _assemble_locked(
@@ -329,9 +326,9 @@ def assemble(
             filled,
             extra,
             mapper,
-            batches,
+            source,
+            prepare,
             alongside,
-            count_input,
         )
 
 
@@ -348,28 +345,33 @@ def _assemble_locked(
     filled: list[str],
     extra: dict[str, Any],
     mapper: TaskMap | None,
-    batches: Iterator[pl.DataFrame] | None = None,
-    alongside: Callable[[], Any] | None = None,
-    count_input: Path | None = None,
+    source: Path | None,
+    prepare: Callable[[pl.DataFrame], pl.DataFrame] | None,
+    alongside: Callable[[], Any] | None,
 ) -> AssemblyResult:
     out = config.output
     _clean_scratch(scratch)
-    sorted_path = scratch / "sorted.parquet"
     tokens_path = scratch / "n_tokens.i64"
     rows = config.run.partition_rows
-    # cl100k counts as tasks over slices of the rows (the executor's). Over the input file
-    # they start now, with ``alongside`` on another thread, and both run while the rows are
-    # sorted (~8 CPU s at 200k documents that used to run with nothing beside them).
+    schema = pl.Schema({**docs_lf.collect_schema(), ROW_COLUMN: pl.Int64})
+    # The rows are read from ``source`` (other inputs are first spilled to a scratch file)
+    # and streamed into id-range buckets. Their cl100k counts are tasks over slices of the
+    # same file (the executor's), looked up by each row's position in it; the counting and
+    # ``alongside`` (on another thread) run while the rows are bucketed.
     counting = side_job = None
     try:
-        if count_input is not None:
-            counting = TokenCounting(count_input.resolve(), tokens_path, rows=rows, mapper=mapper)
-            if alongside is not None:
-                side_job = Background(alongside, "assemble-alongside")
-        # Convert and sort into scratch first: bad input fails here, before the previous
+        # Convert and bucket into scratch first: bad input fails here, before the previous
         # corpus of this run is touched.
         try:
-            sort_by_id(docs_lf, sorted_path, scratch, max_rows=rows, batches=batches)
+            if source is None:
+                source = scratch / "input.parquet"
+                # Polars' sink buffers a whole row group (default ~250k rows): bound it.
+                group = max(1, min(rows, 10_000))
+                docs_lf.sink_parquet(source, compression="lz4", row_group_size=group)
+            counting = TokenCounting(source.resolve(), tokens_path, rows=rows, mapper=mapper)
+            if alongside is not None:
+                side_job = Background(alongside, "assemble-alongside")
+            sorted_rows = bucket_by_id(source, scratch, schema, max_rows=rows, prepare=prepare)
             rej_df = rej_lf.sort(
                 "id", "stage", "reason", "detail", nulls_last=True, maintain_order=True
             ).collect()
@@ -383,10 +385,7 @@ def _assemble_locked(
             if job is not None:
                 job.wait()  # neither may outlive the scratch files the lock's exit removes
         raise
-    if counting is None:  # other inputs: the counts of the sorted rows, in their order
-        counting = TokenCounting(sorted_path.resolve(), tokens_path, rows=rows, mapper=mapper)
-    if side_job is None and alongside is not None:
-        side_job = Background(alongside, "assemble-alongside")
+    assert counting is not None
     try:
         token_seconds = counting.join()
         # The shards are written into the scratch folder while ``alongside`` (the diversity
@@ -394,11 +393,10 @@ def _assemble_locked(
         # sorted rows and their counts. They replace the previous corpus once both are done,
         # so a failure of either (or a kill) leaves the previous corpus as it was.
         shards, counts, arrow_schema = write_documents(
-            sorted_path,
+            sorted_rows,
             tokens_path,
             scratch,
             out,
-            by_row=count_input is not None,
             after_shard=lambda: (fault_point("assemble.shard"), release_memory()),
         )
         side = side_job.join() if side_job is not None else None

@@ -1,5 +1,5 @@
 """Assembly's shards: the external sort by id, the token counts (tasks over slices of the
-input rows, or of the sorted rows, mapped by the build's executor), shards cut by rows and
+input rows, mapped by the build's executor, looked up by each row's position), shards cut by rows and
 bytes and written row group by row group (memory bounded by ``[output] row_group_rows``, not
 the shard size), and the running counts for the manifest."""
 
@@ -279,34 +279,23 @@ class TokenCounting(Background):
         return self.seconds
 
 
-def with_token_counts(
-    batches: Iterable[pl.DataFrame], counts: Path, *, by_row: bool = False
-) -> Iterator[pl.DataFrame]:
-    """The batches with their ``n_tokens`` column set from ``counts``.
-
-    ``by_row``: the counts are of the input rows, in input order, and each row's count is
-    looked up by its ``ROW_COLUMN`` (which is then dropped) in a memory map of the file, so
-    memory holds one batch's counts however many rows there are. Otherwise the batches' rows
-    are in the order ``count_tokens_file`` counted them and the file is read as far as they go.
-    """
-    if by_row:
-        table: np.ndarray | None = None
-        for df in batches:
-            if table is None and df.height:
-                table = np.memmap(counts, dtype=np.int64, mode="r")
-            rows = df[ROW_COLUMN].to_numpy()
-            n = table[rows] if table is not None else np.zeros(0, dtype=np.int64)
-            yield df.drop(ROW_COLUMN).with_columns(pl.Series("n_tokens", n, dtype=pl.Int64))
-        del table
-        return
-    with counts.open("rb") as fh:
-        for df in batches:
-            n = np.fromfile(fh, dtype=np.int64, count=df.height)
-            yield df.with_columns(pl.Series("n_tokens", n, dtype=pl.Int64))
+def with_token_counts(batches: Iterable[pl.DataFrame], counts: Path) -> Iterator[pl.DataFrame]:
+    """The batches with their ``n_tokens`` column set from ``counts`` (``count_tokens_file``'s
+    int64 counts of the input rows, in input order): each row's count is looked up by its
+    ``ROW_COLUMN`` (which is then dropped) in a memory map of the file, so memory holds one
+    batch's counts however many rows there are."""
+    table: np.ndarray | None = None
+    for df in batches:
+        if table is None and df.height:
+            table = np.memmap(counts, dtype=np.int64, mode="r")
+        rows = df[ROW_COLUMN].to_numpy()
+        n = table[rows] if table is not None else np.zeros(0, dtype=np.int64)
+        yield df.drop(ROW_COLUMN).with_columns(pl.Series("n_tokens", n, dtype=pl.Int64))
+    del table
 
 
 def numbered_batches(
-    path: Path, rows: int, prepare: Callable[[pl.DataFrame], pl.DataFrame]
+    path: Path, rows: int, prepare: Callable[[pl.DataFrame], pl.DataFrame] | None = None
 ) -> Iterator[pl.DataFrame]:
     """The rows of the Parquet file ``path``, a record batch of ``rows`` rows at a time, each
     given its position in the file as a last column ``ROW_COLUMN`` (int64) and then passed
@@ -317,59 +306,41 @@ def numbered_batches(
         df: pl.DataFrame = pl.from_arrow(rb)  # type: ignore[assignment]
         pos = np.arange(offset, offset + df.height, dtype=np.int64)
         offset += df.height
-        yield prepare(df.with_columns(pl.Series(ROW_COLUMN, pos, dtype=pl.Int64)))
+        df = df.with_columns(pl.Series(ROW_COLUMN, pos, dtype=pl.Int64))
+        yield prepare(df) if prepare is not None else df
 
 
-def _write_frames(frames: Iterable[pl.DataFrame], dest: Path, *, group: int) -> None:
-    """Write ``frames`` (one schema) to ``dest`` as lz4 Parquet, one frame held at a time."""
-    writer: pq.ParquetWriter | None = None
-    try:
-        for df in frames:
-            table = df.to_arrow()
-            if writer is None:
-                writer = pq.ParquetWriter(dest, table.schema, compression="lz4")
-            writer.write_table(table.cast(writer.schema), row_group_size=group)
-    finally:
-        if writer is not None:
-            writer.close()
+@dataclass
+class SortedRows:
+    """The rows of ``bucket_by_id``: range buckets of ascending ids in scratch files (each
+    sorted when it is read) or, for an input of at most one bucket, the sorted table."""
+
+    schema: pl.Schema  # the rows' columns (with ``ROW_COLUMN``)
+    rows: int
+    buckets: list[Path]
+    table: pa.Table | None = None
+
+    def frames(self, batch_rows: int = READ_BATCH_ROWS) -> Iterator[pl.DataFrame]:
+        """The rows in id order, ``batch_rows`` at a time; one bucket is held at a time and
+        its file is removed once read."""
+        if self.table is not None:
+            tables: Iterable[pa.Table] = [self.table]
+        else:
+            tables = self._bucket_tables()
+        for table in tables:
+            for rb in table.to_batches(max_chunksize=batch_rows):
+                yield pl.from_arrow(rb)  # type: ignore[misc]
+
+    def _bucket_tables(self) -> Iterator[pa.Table]:
+        for path in self.buckets:
+            table = pq.read_table(path).sort_by("id")
+            path.unlink()
+            yield table
 
 
-def sort_by_id(
-    lf: pl.LazyFrame,
-    dest: Path,
-    scratch: Path,
-    *,
-    max_rows: int,
-    batches: Iterable[pl.DataFrame] | None = None,
-) -> int:
-    """Write ``lf`` to ``dest`` sorted by id, holding about ``max_rows`` rows at a time.
-
-    An external sort: the rows are streamed once into range buckets of about ``max_rows``
-    rows each (split points from a sample of the ids), then each bucket is sorted alone and
-    appended; buckets cover ascending id ranges, so the result is sorted. Small inputs are
-    sorted in one go. Returns the number of rows.
-
-    ``batches`` (frames of ``lf``'s rows and schema, each of bounded size) are written
-    instead of running ``lf`` through Polars' streaming sink: over a 200k-document Parquet
-    file (400 MB of text in 8k-row groups) the sink ran ahead of its writer and peaked
-    ~470 MB above where it started (~60 MB at 20k), where reading record batches with
-    pyarrow peaks one batch above. Assembly passes them when its input is a Parquet file.
-    """
-    unsorted = scratch / "unsorted.parquet"
-    group = max(1, min(max_rows, 10_000))
-    if batches is not None:
-        # the schema first (an empty frame), so a source without rows still has one
-        _write_frames(itertools.chain([lf.clear().collect()], batches), unsorted, group=group)
-    else:
-        # Polars' sink buffers a whole row group (default ~250k rows): bound it.
-        lf.sink_parquet(unsorted, compression="lz4", row_group_size=group)
-    pf = pq.ParquetFile(unsorted, pre_buffer=False)
-    n = pf.metadata.num_rows
-    if n <= max_rows:
-        table = pq.read_table(unsorted).sort_by("id")
-        pq.write_table(table, dest, compression="lz4", row_group_size=group)
-        unsorted.unlink()
-        return n
+def _split_points(pf: pq.ParquetFile, n: int, max_rows: int) -> np.ndarray:
+    """Ids cutting ``pf``'s rows into ranges of about ``max_rows / 2`` rows (room for skew),
+    from a sample of about 20k of its ids (the id column alone is read)."""
     step = max(1, n // 20_000)
     sample: list[str] = []
     seen = 0
@@ -379,34 +350,75 @@ def sort_by_id(
         sample.extend(ids[first::step])
         seen += len(ids)
     sample.sort()
-    buckets = max(2, -(-2 * n // max_rows))  # about half max_rows each: room for skew
-    splits = np.array(
+    buckets = max(2, -(-2 * n // max_rows))
+    return np.array(
         sorted({sample[len(sample) * i // buckets] for i in range(1, buckets)}), dtype=object
     )
+
+
+def bucket_by_id(
+    source: Path,
+    scratch: Path,
+    schema: pl.Schema,
+    *,
+    max_rows: int,
+    prepare: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+) -> SortedRows:
+    """The first pass of an external sort by id of the Parquet file ``source``, holding about
+    ``max_rows`` rows at a time: its rows (``numbered_batches``: with their position in the
+    file as ``ROW_COLUMN``, then ``prepare``, cast to ``schema``) are streamed once into
+    range buckets of about ``max_rows / 2`` rows each (lz4 files in ``scratch``; split points
+    from a sample of the ids). ``SortedRows.frames`` sorts each bucket as it reads it; the
+    buckets cover ascending id ranges, so the rows come in id order. An input of at most
+    ``max_rows`` rows is sorted in memory."""
+    pf = pq.ParquetFile(source, pre_buffer=False)
+    n = pf.metadata.num_rows
+    arrow = pl.DataFrame(schema=schema).to_arrow().schema
+    batches = (df.to_arrow().cast(arrow) for df in numbered_batches(source, max_rows, prepare))
+    if n <= max_rows:
+        table = pa.concat_tables([arrow.empty_table(), *batches]).sort_by("id")
+        return SortedRows(schema, table.num_rows, [], table)
+    splits = _split_points(pf, n, max_rows)
     paths = [scratch / f"bucket-{i:05d}.parquet" for i in range(len(splits) + 1)]
     writers: dict[int, pq.ParquetWriter] = {}
+    rows = 0
     try:
-        for batch in pf.iter_batches(batch_size=max_rows, use_threads=False):
-            table = pa.Table.from_batches([batch])
+        for table in batches:
+            rows += table.num_rows
             ids = np.array(table.column("id").to_pylist(), dtype=object)
             which = np.searchsorted(splits, ids, side="right")
-            for b in np.unique(which):
-                part = table.filter(pa.array(which == b))
+            # one gather puts each bucket's rows together, then a slice per bucket
+            order = np.argsort(which, kind="stable")
+            grouped = table.take(pa.array(order))
+            bounds = np.searchsorted(which[order], np.arange(len(paths) + 1), side="left")
+            for b in np.flatnonzero(np.diff(bounds)).tolist():
+                part = grouped.slice(int(bounds[b]), int(bounds[b + 1] - bounds[b]))
                 if b not in writers:
-                    writers[b] = pq.ParquetWriter(paths[b], table.schema, compression="lz4")
+                    writers[b] = pq.ParquetWriter(paths[b], arrow, compression="lz4")
                 writers[b].write_table(part)
     finally:
         for w in writers.values():
             w.close()
+    return SortedRows(schema, rows, [p for b, p in enumerate(paths) if b in writers])
+
+
+def sort_by_id(lf: pl.LazyFrame, dest: Path, scratch: Path, *, max_rows: int) -> int:
+    """Write ``lf`` to ``dest`` (lz4 Parquet) sorted by id, holding about ``max_rows`` rows
+    at a time (``bucket_by_id`` over the rows spilled to a scratch file). Returns the rows."""
+    unsorted = scratch / "unsorted.parquet"
+    group = max(1, min(max_rows, 10_000))
+    # Polars' sink buffers a whole row group (default ~250k rows): bound it.
+    lf.sink_parquet(unsorted, compression="lz4", row_group_size=group)
+    schema = lf.collect_schema()
+    arrow = pl.DataFrame(schema=schema).to_arrow().schema
+    rows = bucket_by_id(
+        unsorted, scratch, schema, max_rows=max_rows, prepare=lambda df: df.drop(ROW_COLUMN)
+    )
     unsorted.unlink()
-    schema = pf.schema_arrow
-    with pq.ParquetWriter(dest, schema, compression="lz4") as out:
-        for b, path in enumerate(paths):
-            if b not in writers:
-                continue
-            out.write_table(pq.read_table(path).sort_by("id"), row_group_size=group)
-            path.unlink()
-    return n
+    with pq.ParquetWriter(dest, arrow, compression="lz4") as out:
+        for df in rows.frames():
+            out.write_table(df.to_arrow().cast(arrow), row_group_size=group)
+    return rows.rows
 
 
 def _write_shard(
@@ -449,33 +461,25 @@ def _write_shard(
 
 
 def write_documents(
-    sorted_path: Path,
+    rows: SortedRows,
     tokens_path: Path,
     run: Path,
     out: OutputSettings,
     *,
-    by_row: bool,
     after_shard: Callable[[], Any] = lambda: None,
 ) -> tuple[list[ShardInfo], _Counts, pa.Schema]:
     """The corpus shards under ``run/documents`` (made if missing) from the id-sorted rows
-    and their token counts (``with_token_counts``; ``by_row`` as there), cut at ``out``'s
-    shard limits and written one row group at a time (memory is bounded by
-    ``row_group_rows``, not the shard size). ``after_shard`` runs after each shard is in
-    place. Returns the shards, the counts of what they hold and the rows' Arrow schema."""
-    schema = pl.read_parquet_schema(sorted_path)
-    schema.pop(ROW_COLUMN, None)
-    arrow_schema = _arrow_schema(pl.Schema(schema))
+    and their token counts (``with_token_counts``), cut at ``out``'s shard limits and written
+    one row group at a time (memory is bounded by ``row_group_rows`` and a bucket of the
+    sort, not the shard size). ``after_shard`` runs after each shard is in place. Returns
+    the shards, the counts of what they hold and the rows' Arrow schema."""
+    schema = pl.Schema({k: v for k, v in rows.schema.items() if k != ROW_COLUMN})
+    arrow_schema = _arrow_schema(schema)
     counts = _Counts()
     shards: list[ShardInfo] = []
-
-    def batches() -> Iterator[pl.DataFrame]:
-        pf = pq.ParquetFile(sorted_path, pre_buffer=False)
-        for rb in pf.iter_batches(batch_size=READ_BATCH_ROWS, use_threads=False):
-            yield pl.from_arrow(rb)  # type: ignore[misc]
-
     (run / DOCUMENTS_DIR).mkdir(exist_ok=True)
     max_bytes = int(out.shard_max_mb * 1024 * 1024)
-    counted = with_token_counts(batches(), tokens_path, by_row=by_row)
+    counted = with_token_counts(rows.frames(), tokens_path)
     pieces = _shard_pieces(counted, out.shard_max_rows, max_bytes)
     for i, shard_pieces in itertools.groupby(pieces, key=lambda p: p[0]):
         groups = _row_groups((piece for _i, piece in shard_pieces), out.row_group_rows)
