@@ -215,11 +215,12 @@ def diversity_report(
 
     ``data`` may be a LazyFrame over large Parquet files: it is read ``batch_rows`` rows at a
     time and only the id, taxonomy path and the first characters of each text are read.
-    Per-node counts are added batch by batch; the opener repeats need a global grouping, so
-    each batch's (node, opener) counts go to bucket files (by a hash of the opener) in a
-    temporary directory under ``spill_dir`` and each bucket is grouped on its own. The
-    tables equal ``diversity_from_openers`` over all rows at once. ``max_rows_held`` of the
-    report is the most rows held at once (a batch expanded over its nodes, or one bucket).
+    Per-path counts are added batch by batch (then spread over the nodes); the opener
+    repeats need a global grouping, so each batch's (path, opener) counts go to bucket files
+    (by a hash of the opener) in a temporary directory under ``spill_dir`` and each bucket is
+    grouped on its own. The tables equal ``diversity_from_openers`` over all rows at once.
+    ``max_rows_held`` of the report is the most rows held at once (a batch, or one bucket
+    spread over its nodes).
     """
     lazy = data.lazy() if isinstance(data, pl.DataFrame) else data
     names = lazy.collect_schema().names()
@@ -228,7 +229,7 @@ def diversity_report(
     total = int(base.select(pl.len()).collect().item())
     n_buckets = max(1, 2 * math.ceil(total / max(1, batch_rows)))
     flags = ["exact_dup", "near_dup", "dup", "contaminated"]
-    counts: pl.DataFrame | None = None
+    counts: pl.DataFrame | None = None  # per taxonomy path: docs and flag counts
     held = 0
     offset = 0
     with tempfile.TemporaryDirectory(prefix=".diversity-", dir=spill_dir) as tmp:
@@ -243,15 +244,19 @@ def diversity_report(
                         pl.col(id_column).cast(pl.String)
                     )
                 offset += batch.height
-                expanded = expand_nodes(_flag_frame(batch, clusters, hits, id_column))
-                held = max(held, expanded.height)
-                part = _node_counts(expanded, flags)
-                counts = part if counts is None else _sum_counts(counts, part, flags)
+                held = max(held, batch.height)
+                flagged = _with_path(_flag_frame(batch, clusters, hits, id_column))
+                # Counts are summed per path and only then spread over the nodes: a batch
+                # has far fewer paths than documents.
+                part = _path_counts(flagged, flags)
+                counts = part if counts is None else _path_counts(part, flags, counts)
                 for kind in _OPENER_KINDS:
                     spill.write(
                         kind,
-                        expanded.filter(pl.col(kind).is_not_null())
-                        .group_by("node", pl.col(kind).alias("value"))
+                        flagged.filter(pl.col(kind).is_not_null())
+                        .group_by(
+                            pl.col("taxonomy_path").alias("path"), pl.col(kind).alias("value")
+                        )
                         .agg(pl.len().cast(pl.Int64).alias("_n")),
                     )
         finally:
@@ -259,12 +264,50 @@ def diversity_report(
         repeats, openers, bucket_rows = spill.reduce(top)
     held = max(held, bucket_rows)
     if counts is None:
-        counts = _node_counts(
+        node_counts = _node_counts(
             expand_nodes(_flag_frame(base.collect(), None, None, id_column)), flags
         )
-    report = _assemble_report(counts, repeats, openers, clusters, flags, total, opener_words, top)
+    else:
+        node_counts = (
+            expand_nodes(counts)
+            .group_by("node", "depth")
+            .agg(pl.col("docs").sum().cast(pl.UInt32), *[pl.col(f).sum() for f in flags])
+        )
+    report = _assemble_report(
+        node_counts, repeats, openers, clusters, flags, total, opener_words, top
+    )
     report.max_rows_held = held
     return report
+
+
+def _with_path(frame: pl.DataFrame, path_column: str = "taxonomy_path") -> pl.DataFrame:
+    """``frame`` with its taxonomy path as one string (``expand_nodes``' reading of it;
+    null, a row of the ``(all)`` node only, when there is none)."""
+    if path_column not in frame.columns:
+        return frame.with_columns(pl.lit(None, pl.String).alias(path_column))
+    dtype = frame.schema[path_column]
+    if isinstance(dtype, pl.List | pl.Array):
+        return frame.with_columns(pl.col(path_column).cast(pl.List(pl.String)).list.join("/"))
+    if dtype != pl.String:
+        return frame.with_columns(pl.col(path_column).cast(pl.String))
+    return frame
+
+
+def _path_counts(
+    rows: pl.DataFrame, flags: list[str], before: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """Per taxonomy path: ``docs`` and the count of each flag, of ``rows`` (documents) or,
+    with ``before``, of two such tables (``rows`` is then one too) added up."""
+    if before is None:
+        return rows.group_by("taxonomy_path").agg(
+            pl.len().cast(pl.Int64).alias("docs"),
+            *[pl.col(f).fill_null(False).sum().cast(pl.Int64) for f in flags],
+        )
+    return (
+        pl.concat([before, rows])
+        .group_by("taxonomy_path")
+        .agg(pl.col("docs").sum(), *[pl.col(f).sum() for f in flags])
+    )
 
 
 _OPENER_KINDS = ("first_words", "first_sentence")
@@ -278,14 +321,6 @@ def _node_counts(expanded: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
     return expanded.group_by("node", "depth").agg(aggs)
 
 
-def _sum_counts(a: pl.DataFrame, b: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
-    return (
-        pl.concat([a, b])
-        .group_by("node", "depth")
-        .agg(pl.col("docs").sum().cast(pl.UInt32), *[pl.col(f).sum() for f in flags])
-    )
-
-
 class _Spill:
     """Bucket files of (node, opener value, count) rows, one set per opener kind."""
 
@@ -295,7 +330,7 @@ class _Spill:
         self.directory = directory
         self.n = n_buckets
         self.compact_rows = max(1, compact_rows)
-        self.schema = pa.schema([("node", pa.string()), ("value", pa.string()), ("_n", pa.int64())])
+        self.schema = pa.schema([("path", pa.string()), ("value", pa.string()), ("_n", pa.int64())])
         self.sinks: dict[str, list[Any]] = {
             kind: [self._open(kind, b) for b in range(n_buckets)] for kind in _OPENER_KINDS
         }
@@ -319,7 +354,7 @@ class _Spill:
         self.max_rows_held = max(self.max_rows_held, table.num_rows)
         frame = pl.from_arrow(table)
         assert isinstance(frame, pl.DataFrame)
-        return frame.group_by("node", "value").agg(pl.col("_n").sum())
+        return frame.group_by("path", "value").agg(pl.col("_n").sum())
 
     def write(self, kind: str, rows: pl.DataFrame) -> None:
         """Append counts to their buckets; a bucket that grew past ``compact_rows`` rows is
@@ -328,7 +363,7 @@ class _Spill:
         for (b,), part in rows.with_columns(bucket).group_by("_b"):
             i = int(b)  # type: ignore[call-overload]
             self.sinks[kind][i].write_table(
-                part.select("node", "value", "_n").to_arrow().cast(self.schema)
+                part.select("path", "value", "_n").to_arrow().cast(self.schema)
             )
             self.rows[kind][i] += part.height
             if self.rows[kind][i] > self.compact_rows:
@@ -346,13 +381,23 @@ class _Spill:
     def reduce(self, top: int) -> tuple[pl.DataFrame, pl.DataFrame, int]:
         """Per node, the documents whose opener is repeated in that node (one column per
         kind); the ``top`` most repeated openers of the whole corpus per kind; the most
-        rows one bucket held."""
+        rows one bucket held. An opener lives in one bucket with all its paths; one met
+        once in the corpus repeats in no node, so only the others are spread over the
+        nodes of their paths."""
         repeats: list[pl.DataFrame] = []
         openers: list[pl.DataFrame] = []
         for kind in _OPENER_KINDS:
             column = _REPEAT_COLUMNS[kind]
             for b in range(self.n):
-                grouped = self._read(kind, b).filter(pl.col("_n") >= 2)
+                counts = self._read(kind, b)
+                counts = counts.filter(pl.col("_n").sum().over("value") >= 2)
+                expanded = expand_nodes(counts.rename({"path": "taxonomy_path"}))
+                self.max_rows_held = max(self.max_rows_held, expanded.height)
+                grouped = (
+                    expanded.group_by("node", "value")
+                    .agg(pl.col("_n").sum())
+                    .filter(pl.col("_n") >= 2)
+                )
                 repeats.append(
                     grouped.group_by("node").agg(
                         pl.lit(column).alias("kind"), pl.col("_n").sum().alias("n")
