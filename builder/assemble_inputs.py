@@ -102,7 +102,10 @@ def _rows_to_frame(rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
 
 def _scan_path(path: Path, what: str) -> pl.LazyFrame | None:
     if path.is_dir():
-        files = sorted(path.glob("*.parquet")) or sorted(path.glob("*.jsonl"))
+        parquet = sorted(path.glob("*.parquet"))
+        if parquet:
+            return scan_parquet_files(parquet)
+        files = sorted(path.glob("*.jsonl"))
         if not files:
             return None
         return _concat([_scan_path(f, what) for f in files])
@@ -122,6 +125,19 @@ def _scan_path(path: Path, what: str) -> pl.LazyFrame | None:
         file=path,
         hint="give Parquet (.parquet) or JSON lines (.jsonl) files",
     )
+
+
+def scan_parquet_files(paths: Sequence[Path]) -> pl.LazyFrame:
+    """The rows of the Parquet files ``paths`` (at least one) as one lazy scan.
+
+    Files of one schema are one multi-file scan, where a slice skips the files before it:
+    over a concatenation of scans each slice (``lazy_batches``) read every file up to its
+    end, ~10x the CPU over 25 partitions. Files of different columns are concatenated
+    (missing columns null, types relaxed)."""
+    schemas = {tuple(pl.read_parquet_schema(p).items()) for p in paths}
+    if len(schemas) == 1:
+        return pl.scan_parquet(list(paths))
+    return pl.concat([pl.scan_parquet(p) for p in paths], how="diagonal_relaxed")
 
 
 def _concat(frames: Iterable[pl.LazyFrame | None]) -> pl.LazyFrame | None:

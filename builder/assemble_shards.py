@@ -1,7 +1,7 @@
 """Assembly's shards: the external sort by id, the token counts (tasks over slices of the
-input rows, mapped by the build's executor, looked up by each row's position), shards cut by rows and
-bytes and written row group by row group (memory bounded by ``[output] row_group_rows``, not
-the shard size), and the running counts for the manifest."""
+input rows, mapped by the build's executor, looked up by each row's position), shards cut by
+rows and bytes and written row group by row group (memory bounded by ``[output]
+row_group_rows``, not the shard size), and the running counts for the manifest."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import polars as pl
 
+from builder.assemble_inputs import scan_parquet_files
 from builder.records import sha256_hex
 from builder.stages.base import RunContext, Stage, upstream
 from builder.stages.walk import load_coverage
@@ -30,10 +31,9 @@ STAGE_NAMES = (
 
 
 def _scan(paths: list[Path]) -> pl.LazyFrame | None:
+    """The rows of those of ``paths`` that exist, as one lazy scan (``scan_parquet_files``)."""
     paths = [p for p in paths if p.exists()]
-    if not paths:
-        return None
-    return pl.concat([pl.scan_parquet(p) for p in paths], how="diagonal_relaxed")
+    return scan_parquet_files(paths) if paths else None
 
 
 def rejected_frame(ctx: RunContext) -> pl.LazyFrame | None:
