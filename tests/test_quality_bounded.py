@@ -138,7 +138,9 @@ def test_semdedup_stage_writes_its_survivors_a_batch_at_a_time(tmp_path: Path, m
 
 def test_grams_summed_again_a_few_nodes_at_a_time_give_the_same_vendi() -> None:
     """``gram_nodes``: no Gram during ``add``; ``nodes`` sums them again over the same
-    batches, at most 2 nodes' Grams at once, and gets exactly the same scores."""
+    batches, at most 2 nodes' Grams at once, and gets the same scores (each node's rows
+    are gathered over the batches before they are multiplied: other float sums, the same
+    scores to the 4 places they are rounded to, within one unit)."""
     frame, x = corpus(900)
     rows = frame.with_row_index("_row")
     batches = [(rows.slice(s, 150), x[s : s + 150]) for s in range(0, 900, 150)]
@@ -149,7 +151,8 @@ def test_grams_summed_again_a_few_nodes_at_a_time_give_the_same_vendi() -> None:
         lean.add(docs, vectors)
     ours = lean.nodes(batches=lambda: iter(batches))
     theirs = whole.nodes()
-    assert ours.equals(theirs)  # same sums in the same order: identical, not just close
+    assert ours.drop("vendi").equals(theirs.drop("vendi"))
+    assert ours["vendi"].to_numpy() == pytest.approx(theirs["vendi"].to_numpy(), abs=1.01e-4)
     assert ours.height == 8 and ours["vendi"].null_count() == 0
     assert lean.max_grams_held == 2
     with pytest.raises(ValueError, match="batches"):

@@ -391,8 +391,11 @@ class DiversityAccumulator:
         batches: Callable[[], Iterable[tuple[pl.DataFrame, np.ndarray | None]]],
     ) -> dict[str, float | None]:
         """The Vendi score of each node in ``todo``, its Gram matrix summed over
-        ``batches()`` as ``add`` would have, for ``gram_nodes`` nodes per pass: the Grams
-        held are that many, whatever the taxonomy."""
+        ``batches()``, for ``gram_nodes`` nodes per pass: the Grams held are that many,
+        whatever the taxonomy. A node's rows are gathered over the batches and multiplied
+        ``GRAM_ROWS`` or more at a time: a topic has a few rows in each batch, and one
+        d x d product (and sum) per batch and node cost ~6x the arithmetic it needs. The
+        sums are those of ``add`` up to float summation order."""
         from concurrent.futures import ThreadPoolExecutor
 
         names = [node for node, sums in todo if sums.total is not None]
@@ -403,18 +406,16 @@ class DiversityAccumulator:
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
             for lo in range(0, len(names), step):
                 chunk = set(names[lo : lo + step])
-                grams: dict[str, np.ndarray] = {}
+                sums = _GramSums()
                 for frame, embeddings in batches():
                     if embeddings is None or frame.height == 0:
                         continue
                     for node, _depth, idx in _node_rows(frame):
                         if node in chunk:
-                            gram = _block_gram(embeddings, idx)
-                            if node in grams:
-                                grams[node] += gram  # in place: the same sum
-                            else:
-                                grams[node] = gram
-                    self.max_grams_held = max(self.max_grams_held, len(grams))
+                            sums.add(node, embeddings[idx])
+                    self.max_grams_held = max(self.max_grams_held, len(sums.grams))
+                grams = sums.finish()
+                self.max_grams_held = max(self.max_grams_held, len(grams))
                 ordered = [n for n in names[lo : lo + step] if n in grams]
                 scores = pool.map(_vendi, [grams[n] for n in ordered], [docs[n] for n in ordered])
                 out.update(zip(ordered, scores, strict=True))
@@ -456,10 +457,46 @@ class DiversityAccumulator:
         return _project([item[2] for item in picked], [item[3] for item in picked], vectors)
 
 
+#: Rows of one node gathered before its Gram matrix is updated (``_vendi_in_passes``): at
+#: most this many float32 rows (256 KB at 256 dims) per node of a pass wait, and a topic's
+#: ~160 rows of a 200k corpus take one product instead of one per batch.
+GRAM_ROWS = 256
 #: Rows turned into float64 at once by ``_block_sums`` (4096 x 256 x 8 B = 8 MB): a node
 #: such as ``(all)`` holds a whole bucket, and one float64 copy of it (100 MB at 50k rows)
 #: left the heap fragmented long after it was freed.
 SUM_BLOCK = 4096
+
+
+class _GramSums:
+    """Gram matrices ``X^T X`` (float64) of some nodes' rows, given a few rows at a time:
+    each node's rows wait until ``GRAM_ROWS`` or more have come, then one product adds
+    them all (``finish`` adds the rest and returns the matrices by node)."""
+
+    def __init__(self) -> None:
+        self.grams: dict[str, np.ndarray] = {}
+        self._pending: dict[str, list[np.ndarray]] = {}
+        self._rows: dict[str, int] = {}
+
+    def add(self, node: str, rows: np.ndarray) -> None:
+        self._pending.setdefault(node, []).append(rows)
+        self._rows[node] = self._rows.get(node, 0) + len(rows)
+        if self._rows[node] >= GRAM_ROWS:
+            self._flush(node)
+
+    def finish(self) -> dict[str, np.ndarray]:
+        for node in list(self._pending):
+            self._flush(node)
+        return self.grams
+
+    def _flush(self, node: str) -> None:
+        blocks = self._pending.pop(node)
+        del self._rows[node]
+        x = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        gram = _block_gram(x, np.arange(len(x)))
+        if node in self.grams:
+            self.grams[node] += gram  # in place: no 512 KB temporary
+        else:
+            self.grams[node] = gram
 
 
 def _block_gram(embeddings: np.ndarray, idx: np.ndarray) -> np.ndarray:
