@@ -157,3 +157,27 @@ def test_grams_summed_again_a_few_nodes_at_a_time_give_the_same_vendi() -> None:
     assert lean.max_grams_held == 2
     with pytest.raises(ValueError, match="batches"):
         lean.nodes()
+
+
+def test_nodes_with_fewer_documents_than_dimensions_get_the_same_vendi_from_their_kernel() -> None:
+    """A node of n < d documents is measured on its n x n kernel (its rows kept over the
+    batches, no d x d Gram): the same scores as the Grams summed during ``add``, and the
+    passes' budget of 2 Grams then holds more than 2 such nodes."""
+    frame, x = corpus(300, dim=64)
+    # many small nodes: 30 topics of ~10 documents, fewer than the 64 dimensions
+    frame = frame.with_columns(
+        (pl.lit("math/t") + (pl.int_range(300) % 30).cast(pl.String)).alias("taxonomy_path")
+    )
+    rows = frame.with_row_index("_row")
+    batches = [(rows.slice(s, 70), x[s : s + 70]) for s in range(0, 300, 70)]
+    whole = DiversityAccumulator(sample=30)
+    lean = DiversityAccumulator(sample=30, gram_nodes=2)
+    for docs, vectors in batches:
+        whole.add(docs, vectors)
+        lean.add(docs, vectors)
+    ours = lean.nodes(batches=lambda: iter(batches))
+    theirs = whole.nodes()
+    assert ours.height == 32 and ours["vendi"].null_count() == 0  # 30 topics, math, (all)
+    assert ours.drop("vendi").equals(theirs.drop("vendi"))
+    assert ours["vendi"].to_numpy() == pytest.approx(theirs["vendi"].to_numpy(), abs=1.01e-4)
+    assert lean.max_grams_held > 2  # kernels of ~10 x 10: cheaper than a 64 x 64 Gram each

@@ -390,33 +390,50 @@ class DiversityAccumulator:
         todo: list[tuple[str, _NodeSums]],
         batches: Callable[[], Iterable[tuple[pl.DataFrame, np.ndarray | None]]],
     ) -> dict[str, float | None]:
-        """The Vendi score of each node in ``todo``, its Gram matrix summed over
-        ``batches()``, for ``gram_nodes`` nodes per pass: the Grams held are that many,
-        whatever the taxonomy. A node's rows are gathered over the batches and multiplied
-        ``GRAM_ROWS`` or more at a time: a topic has a few rows in each batch, and one
-        d x d product (and sum) per batch and node cost ~6x the arithmetic it needs. The
-        sums are those of ``add`` up to float summation order."""
+        """The Vendi score of each node in ``todo`` from its rows in ``batches()``, a few
+        nodes per pass: what a pass holds is bounded by ``gram_nodes`` d x d float64
+        matrices, whatever the taxonomy.
+
+        A node of ``n >= d`` documents gets its Gram matrix ``X^T X`` (d x d), its rows
+        gathered over the batches and multiplied ``GRAM_ROWS`` or more at a time (a topic
+        has a few rows in each batch: one product and sum per batch cost ~6x the arithmetic
+        it needs); the sums are those of ``add`` up to float summation order. A node of
+        fewer documents (most topics) keeps its rows (n x d) and gets the kernel ``X X^T``
+        (n x n): the same non-zero eigenvalues, a smaller eigenvalue problem and less
+        memory, so a pass measures more of them."""
         from concurrent.futures import ThreadPoolExecutor
 
         names = [node for node, sums in todo if sums.total is not None]
+        if not names:
+            return {}
         docs = {node: sums.docs for node, sums in todo}
-        step = max(1, self.gram_nodes or 1)
+        d = len(next(sums.total for _, sums in todo if sums.total is not None))
+        budget = max(1, self.gram_nodes or 1) * d * d * 8
+        cost = {n: (docs[n] * d * 8 if docs[n] < d else d * d * 8) for n in names}
+        chunks: list[list[str]] = [[]]
+        used = 0
+        for node in names:
+            if chunks[-1] and used + cost[node] > budget:
+                chunks.append([])
+                used = 0
+            chunks[-1].append(node)
+            used += cost[node]
         out: dict[str, float | None] = {}
         self.max_grams_held = 0
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            for lo in range(0, len(names), step):
-                chunk = set(names[lo : lo + step])
-                sums = _GramSums()
+            for chunk in chunks:
+                members = set(chunk)
+                sums = _GramSums(small={n for n in chunk if docs[n] < d})
                 for frame, embeddings in batches():
                     if embeddings is None or frame.height == 0:
                         continue
                     for node, _depth, idx in _node_rows(frame):
-                        if node in chunk:
+                        if node in members:
                             sums.add(node, embeddings[idx])
                     self.max_grams_held = max(self.max_grams_held, len(sums.grams))
                 grams = sums.finish()
                 self.max_grams_held = max(self.max_grams_held, len(grams))
-                ordered = [n for n in names[lo : lo + step] if n in grams]
+                ordered = [n for n in chunk if n in grams]
                 scores = pool.map(_vendi, [grams[n] for n in ordered], [docs[n] for n in ordered])
                 out.update(zip(ordered, scores, strict=True))
                 grams.clear()
@@ -470,22 +487,29 @@ SUM_BLOCK = 4096
 class _GramSums:
     """Gram matrices ``X^T X`` (float64) of some nodes' rows, given a few rows at a time:
     each node's rows wait until ``GRAM_ROWS`` or more have come, then one product adds
-    them all (``finish`` adds the rest and returns the matrices by node)."""
+    them all. The ``small`` nodes' rows all wait: ``finish`` gives them the kernel
+    ``X X^T`` instead (n x n; the same non-zero eigenvalues). ``finish`` adds the rest and
+    returns the matrices by node."""
 
-    def __init__(self) -> None:
+    def __init__(self, small: set[str] | None = None) -> None:
         self.grams: dict[str, np.ndarray] = {}
+        self.small = small or set()
         self._pending: dict[str, list[np.ndarray]] = {}
         self._rows: dict[str, int] = {}
 
     def add(self, node: str, rows: np.ndarray) -> None:
         self._pending.setdefault(node, []).append(rows)
         self._rows[node] = self._rows.get(node, 0) + len(rows)
-        if self._rows[node] >= GRAM_ROWS:
+        if self._rows[node] >= GRAM_ROWS and node not in self.small:
             self._flush(node)
 
     def finish(self) -> dict[str, np.ndarray]:
         for node in list(self._pending):
-            self._flush(node)
+            if node in self.small:
+                x = np.concatenate(self._pending.pop(node)).astype(np.float64)
+                self.grams[node] = x @ x.T
+            else:
+                self._flush(node)
         return self.grams
 
     def _flush(self, node: str) -> None:
