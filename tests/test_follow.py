@@ -166,3 +166,43 @@ def test_no_follower_without_worker_processes_or_when_turned_off(
             ctx.executor = LocalExecutor(config)
             assert [s.name for s in followers(stages, at, ctx)] == expected, run_settings
         shutil.rmtree(tmp_path / "p")
+
+
+def test_a_build_drains_the_followed_tasks_and_a_failed_block_drops_them(
+    base_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``corpus build``: the partitions the follower had not reached when generate finished
+    are run by the follower (on the executor's two processes), so filter and quality run
+    none themselves, and the corpus is the one built without a follower. A block that fails
+    leaves the tasks not started to the stages: only the one running is recorded."""
+    generated, place = _generated(base_url, tmp_path), tmp_path / "p"
+    reference = _reference(generated, place, monkeypatch)
+    shutil.copytree(generated, place)
+    with contextlib.suppress(SystemExit):
+        main(["build", "--config", str(place / "corpus.toml"), "--no-progress"])
+    run = place / "outputs" / "r"
+    for stage in FOLLOWING:
+        counters = _counters(run, stage)
+        assert counters["partitions_run"] == 0, stage
+        assert counters["partitions_followed"] == counters["partitions_skipped"] > 0, stage
+    _same(_files(run), reference)
+
+    failed = tmp_path / "failed"
+    shutil.copytree(generated, failed)
+    config = load_config(failed / "corpus.toml")
+    stages = build_stages()
+    at = [s.name for s in stages].index("generate")
+    with contextlib.ExitStack() as stack:
+        ctx = open_context(config, stack=stack)
+        ctx.executor = LocalExecutor(config)
+        for stage in stages[: at + 1]:
+            ctx.executor.run_stage(stage, ctx)  # up to date: `corpus generate` ran
+        parts = sorted((ctx.paths.work / "generate").glob("part-*.parquet"))
+        assert len(parts) >= 6
+        with pytest.raises(RuntimeError, match="stop"):
+            with following(ctx, followers(stages, at, ctx), drain=True):
+                for part in parts:
+                    ctx.partition_written(part)
+                raise RuntimeError("stop")
+    records = list((ctx.paths.work / "filter").glob("_p*/*.json"))
+    assert len(records) <= 1  # the task running when the block failed, no other

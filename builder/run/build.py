@@ -237,7 +237,7 @@ def run_stages(
                 with budget_message(lambda: ctx.llm_opened, max_cost):
                     for i, stage in enumerate(stages):
                         # filter and quality start on generate's partitions as they come
-                        with following(ctx, followers(stages, i, ctx)):
+                        with following(ctx, followers(stages, i, ctx), drain=True):
                             runner.run_stage(stage, ctx)
                         # After each stage, not only on progress ticks (which a stage that
                         # sends little may never reach): a build killed later keeps in the

@@ -86,8 +86,13 @@ class Follower:
     """Run ``stages`` (each reading the one before's partitions; the first reads what the
     followed stage writes) over each partition reported with ``written``, in order."""
 
-    def __init__(self, ctx: RunContext, stages: Sequence[PartitionStage]) -> None:
+    def __init__(
+        self, ctx: RunContext, stages: Sequence[PartitionStage], *, workers: int = 1
+    ) -> None:
         self.ctx = ctx
+        #: processes for the tasks left when the followed stage is done (``close(drain=True)``);
+        #: while it runs, one task at a time (it needs the other cores)
+        self.workers = max(1, workers)
         self.lanes = [_Lane(s, s.task_fingerprint(ctx)) for s in stages]
         for stage in stages:
             prepare_dirs(stage, ctx)
@@ -96,7 +101,7 @@ class Follower:
         self.ran = 0
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._todo: collections.deque[tuple[int, PartitionTask]] = collections.deque()
-        self._running: Future | None = None
+        self._running: set[Future] = set()
         self._stopping = False
         self._draining = False
         self._pool: ProcessPoolExecutor | None = None  # started with the first task
@@ -108,8 +113,8 @@ class Follower:
         self._events.put(("input", 0, path))
 
     def close(self, *, drain: bool = False) -> None:
-        """Stop: drop the tasks not started (``drain``: run them first), wait for the
-        running one and record it."""
+        """Stop: drop the tasks not started (``drain``: run them first, ``workers`` at a
+        time), wait for the running ones and record them."""
         self._events.put(("drain",) if drain else ("close",))
         self._thread.join()
         if self._pool is not None:
@@ -141,9 +146,9 @@ class Follower:
                 self._todo.clear()
             if not self._stopping:
                 self._pump()
-                if self._draining and self._running is None and not self._todo:
+                if self._draining and not self._running and not self._todo:
                     return
-            elif self._running is None:
+            elif not self._running:
                 return
 
     def _input(self, level: int, path: Path) -> None:
@@ -160,25 +165,27 @@ class Follower:
             self._todo.append((level, task))
 
     def _pump(self) -> None:
-        if self._running is not None or not self._todo:
-            return
-        level, task = self._todo.popleft()
-        lane = self.lanes[level]
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=1,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(os.getpid(),),
+        # The pool starts its processes as tasks need them: one while the followed stage
+        # runs, up to ``workers`` once it is done and the rest is drained.
+        limit = self.workers if self._draining else 1
+        while len(self._running) < limit and self._todo:
+            level, task = self._todo.popleft()
+            lane = self.lanes[level]
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self.workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_init_worker,
+                    initargs=(os.getpid(),),
+                )
+            future = self._pool.submit(_run, lane.token, lane.stage, self.worker_ctx, task)
+            self._running.add(future)
+            future.add_done_callback(
+                lambda f, level=level, task=task: self._events.put(("done", level, task, f))
             )
-        future = self._pool.submit(_run, lane.token, lane.stage, self.worker_ctx, task)
-        self._running = future
-        future.add_done_callback(
-            lambda f, level=level, task=task: self._events.put(("done", level, task, f))
-        )
 
     def _done(self, level: int, task: PartitionTask, future: Future) -> None:
-        self._running = None
+        self._running.discard(future)
         result = future.result()  # a task's error stops the follower (see _loop)
         record = record_task(self.lanes[level].stage, self.ctx, task, result)
         self.ran += 1
@@ -231,15 +238,25 @@ def following(
     ctx: RunContext, stages: Sequence[PartitionStage], *, drain: bool = False
 ) -> Iterator[None]:
     """While the block runs, ``ctx.partition_written`` feeds a ``Follower`` of ``stages``
-    (nothing to follow: the block runs alone). ``drain``: at the end of the block, finish
-    every task reported instead of leaving the ones not started to the stages."""
+    (nothing to follow: the block runs alone). ``drain``: when the block succeeds, finish
+    every task reported, on the executor's worker count of processes, instead of leaving
+    the ones not started to the stages: the follower's processes have the stages loaded,
+    and a partition's quality task starts as soon as its filter task is done rather than
+    after every filter task. A block that fails (an error, Ctrl-C, the budget) drops them."""
     if not stages:
         yield
         return
-    follower = Follower(ctx, stages)
+    follower = Follower(ctx, stages, workers=ctx.runner().workers())
     ctx.on_partition = follower.written
     try:
         yield
-    finally:
+    except BaseException:
         ctx.on_partition = None
+        follower.close()
+        raise
+    ctx.on_partition = None
+    try:
         follower.close(drain=drain)
+    except BaseException:  # Ctrl-C while draining: stop after the running tasks
+        follower.close()
+        raise
