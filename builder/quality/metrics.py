@@ -392,7 +392,7 @@ class DiversityAccumulator:
     ) -> dict[str, float | None]:
         """The Vendi score of each node in ``todo`` from its rows in ``batches()``, a few
         nodes per pass: what a pass holds is bounded by ``gram_nodes`` d x d float64
-        matrices, whatever the taxonomy.
+        matrices (with their waiting rows), whatever the taxonomy.
 
         A node of ``n >= d`` documents gets its Gram matrix ``X^T X`` (d x d), its rows
         gathered over the batches and multiplied ``GRAM_ROWS`` or more at a time (a topic
@@ -408,8 +408,10 @@ class DiversityAccumulator:
             return {}
         docs = {node: sums.docs for node, sums in todo}
         d = len(next(sums.total for _, sums in todo if sums.total is not None))
-        budget = max(1, self.gram_nodes or 1) * d * d * 8
-        cost = {n: (docs[n] * d * 8 if docs[n] < d else d * d * 8) for n in names}
+        # what a node holds in a pass: its Gram and waiting rows, or its rows and kernel
+        big = d * d * 8 + GRAM_ROWS * d * 4
+        cost = {n: (docs[n] * d * 8 if docs[n] < d else big) for n in names}
+        budget = max(1, self.gram_nodes or 1) * big
         chunks: list[list[str]] = [[]]
         used = 0
         for node in names:
@@ -474,10 +476,10 @@ class DiversityAccumulator:
         return _project([item[2] for item in picked], [item[3] for item in picked], vectors)
 
 
-#: Rows of one node gathered before its Gram matrix is updated (``_vendi_in_passes``): at
-#: most this many float32 rows (256 KB at 256 dims) per node of a pass wait, and a topic's
-#: ~160 rows of a 200k corpus take one product instead of one per batch.
-GRAM_ROWS = 256
+#: Rows of a node (one with as many documents as dimensions or more) gathered before its
+#: Gram matrix is updated (``_vendi_in_passes``): at most this many float32 rows (128 KB at
+#: 256 dims) wait per node of a pass, and a few products replace one per batch.
+GRAM_ROWS = 128
 #: Rows turned into float64 at once by ``_block_sums`` (4096 x 256 x 8 B = 8 MB): a node
 #: such as ``(all)`` holds a whole bucket, and one float64 copy of it (100 MB at 50k rows)
 #: left the heap fragmented long after it was freed.
