@@ -121,6 +121,15 @@ def vendi_score(x: np.ndarray) -> float | None:
     return _vendi(xf.T @ xf, x.shape[0])
 
 
+def _vendi_of(matrix: np.ndarray, n: int) -> float | None:
+    """``_vendi`` of a Gram matrix (square), or of the kernel ``X X^T`` of rows ``X`` with
+    fewer rows than columns (the same non-zero eigenvalues as ``X^T X``)."""
+    if matrix.shape[0] != matrix.shape[1]:
+        x = matrix.astype(np.float64)
+        matrix = x @ x.T
+    return _vendi(matrix, n)
+
+
 def _vendi(gram: np.ndarray, n: int) -> float | None:
     """``vendi_score`` from ``X^T X`` (d x d) of ``n`` rows."""
     if n == 0:
@@ -410,7 +419,7 @@ class DiversityAccumulator:
         d = len(next(sums.total for _, sums in todo if sums.total is not None))
         # what a node holds in a pass: its Gram and waiting rows, or its rows and kernel
         big = d * d * 8 + GRAM_ROWS * d * 4
-        cost = {n: (docs[n] * d * 8 if docs[n] < d else big) for n in names}
+        cost = {n: (docs[n] * d * 4 if docs[n] < d else big) for n in names}
         budget = max(1, self.gram_nodes or 1) * big
         chunks: list[list[str]] = [[]]
         used = 0
@@ -436,9 +445,11 @@ class DiversityAccumulator:
                 grams = sums.finish()
                 self.max_grams_held = max(self.max_grams_held, len(grams))
                 ordered = [n for n in chunk if n in grams]
-                scores = pool.map(_vendi, [grams[n] for n in ordered], [docs[n] for n in ordered])
+                # a small node's kernel is made in the task: one at a time per thread
+                scores = pool.map(
+                    _vendi_of, [grams.pop(n) for n in ordered], [docs[n] for n in ordered]
+                )
                 out.update(zip(ordered, scores, strict=True))
-                grams.clear()
         return out
 
     def _node_metrics(
@@ -489,9 +500,9 @@ SUM_BLOCK = 4096
 class _GramSums:
     """Gram matrices ``X^T X`` (float64) of some nodes' rows, given a few rows at a time:
     each node's rows wait until ``GRAM_ROWS`` or more have come, then one product adds
-    them all. The ``small`` nodes' rows all wait: ``finish`` gives them the kernel
-    ``X X^T`` instead (n x n; the same non-zero eigenvalues). ``finish`` adds the rest and
-    returns the matrices by node."""
+    them all. The ``small`` nodes' rows all wait: ``finish`` returns their rows, whose
+    kernel ``X X^T`` (n x n; the same non-zero eigenvalues) ``_vendi_of`` makes. ``finish``
+    adds the rest and returns the matrices by node."""
 
     def __init__(self, small: set[str] | None = None) -> None:
         self.grams: dict[str, np.ndarray] = {}
@@ -506,10 +517,11 @@ class _GramSums:
             self._flush(node)
 
     def finish(self) -> dict[str, np.ndarray]:
+        """Each node's Gram matrix (d x d), or a small node's rows (n x d float32, fewer
+        rows than columns: ``_vendi_of`` makes the kernel)."""
         for node in list(self._pending):
             if node in self.small:
-                x = np.concatenate(self._pending.pop(node)).astype(np.float64)
-                self.grams[node] = x @ x.T
+                self.grams[node] = np.concatenate(self._pending.pop(node))
             else:
                 self._flush(node)
         return self.grams
