@@ -142,8 +142,20 @@ def test_grams_summed_again_a_few_nodes_at_a_time_give_the_same_vendi() -> None:
     are gathered over the batches before they are multiplied: other float sums, the same
     scores to the 4 places they are rounded to, within one unit)."""
     frame, x = corpus(900)
+    lean, ours = _lean_nodes_equal_whole(frame, x, batch=150)
+    assert ours.height == 8 and ours["vendi"].null_count() == 0
+    assert lean.max_grams_held == 2
+    with pytest.raises(ValueError, match="batches"):
+        lean.nodes()
+
+
+def _lean_nodes_equal_whole(
+    frame: pl.DataFrame, x: np.ndarray, *, batch: int
+) -> tuple[DiversityAccumulator, pl.DataFrame]:
+    """The accumulator with ``gram_nodes=2`` over ``batch``-row batches and its nodes,
+    checked against the one summing every Gram during ``add`` (Vendi to 1e-4)."""
     rows = frame.with_row_index("_row")
-    batches = [(rows.slice(s, 150), x[s : s + 150]) for s in range(0, 900, 150)]
+    batches = [(rows.slice(s, batch), x[s : s + batch]) for s in range(0, frame.height, batch)]
     whole = DiversityAccumulator(sample=30)
     lean = DiversityAccumulator(sample=30, gram_nodes=2)
     for docs, vectors in batches:
@@ -153,10 +165,7 @@ def test_grams_summed_again_a_few_nodes_at_a_time_give_the_same_vendi() -> None:
     theirs = whole.nodes()
     assert ours.drop("vendi").equals(theirs.drop("vendi"))
     assert ours["vendi"].to_numpy() == pytest.approx(theirs["vendi"].to_numpy(), abs=1.01e-4)
-    assert ours.height == 8 and ours["vendi"].null_count() == 0
-    assert lean.max_grams_held == 2
-    with pytest.raises(ValueError, match="batches"):
-        lean.nodes()
+    return lean, ours
 
 
 def test_nodes_with_fewer_documents_than_dimensions_get_the_same_vendi_from_their_kernel() -> None:
@@ -168,16 +177,6 @@ def test_nodes_with_fewer_documents_than_dimensions_get_the_same_vendi_from_thei
     frame = frame.with_columns(
         (pl.lit("math/t") + (pl.int_range(300) % 30).cast(pl.String)).alias("taxonomy_path")
     )
-    rows = frame.with_row_index("_row")
-    batches = [(rows.slice(s, 70), x[s : s + 70]) for s in range(0, 300, 70)]
-    whole = DiversityAccumulator(sample=30)
-    lean = DiversityAccumulator(sample=30, gram_nodes=2)
-    for docs, vectors in batches:
-        whole.add(docs, vectors)
-        lean.add(docs, vectors)
-    ours = lean.nodes(batches=lambda: iter(batches))
-    theirs = whole.nodes()
+    lean, ours = _lean_nodes_equal_whole(frame, x, batch=70)
     assert ours.height == 32 and ours["vendi"].null_count() == 0  # 30 topics, math, (all)
-    assert ours.drop("vendi").equals(theirs.drop("vendi"))
-    assert ours["vendi"].to_numpy() == pytest.approx(theirs["vendi"].to_numpy(), abs=1.01e-4)
     assert lean.max_grams_held > 2  # kernels of ~10 x 10: cheaper than a 64 x 64 Gram each
