@@ -11,6 +11,7 @@ import pyarrow as pa
 from builder.dedup.plan import Plan
 from builder.diversity import node_rates
 from builder.io_tables import ParquetSink, TableSource, arrow_mask
+from builder.util.ahead import read_ahead
 
 
 def with_dup_cluster(frame: pl.DataFrame, plan: Plan, offset: int = 0) -> pl.DataFrame:
@@ -80,7 +81,8 @@ def write_kept(
     id_arrow = ids.to_arrow() if not has_ids else None
     offset = 0
     with ParquetSink(path, schema) as sink:
-        for batch in source.iter_batches():
+        # the next batches are read and decoded while this one is compressed
+        for batch in read_ahead(source.iter_batches(), depth=2):
             lo, hi = offset, offset + batch.num_rows
             offset = hi
             mask = plan.keep[lo:hi]
