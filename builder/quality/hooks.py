@@ -18,9 +18,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Node-sample texts held at once by the diversity summary (a group of nodes' samples).
 SAMPLE_TEXTS = 20_000
-#: Taxonomy nodes whose d x d Gram matrices the summary holds at once (320 x 512 KB at 256
-#: dims = 160 MB; the starter taxonomy's 1,272 nodes take 4 passes over the buckets).
-GRAM_NODES = 320
+#: Taxonomy nodes whose d x d Gram matrices (with their waiting rows) the summary holds at
+#: once: 200 x 640 KB at 256 dims = 125 MB; a node with fewer documents than dimensions
+#: counts as its float32 rows (a topic of 160 documents: 160 KB). The starter taxonomy's
+#: 1,272 nodes at 200k documents take 3 passes over the buckets (320 nodes: 2 passes, 40 MB
+#: more at assemble's peak, ~0.8 CPU s less).
+GRAM_NODES = 200
 
 
 def judge_llm_settings(config: Any, *, keyless: bool = False) -> Any:
