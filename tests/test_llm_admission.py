@@ -3,20 +3,14 @@ for new files, and a kill right after a cache commit (nothing committed is paid 
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
-from pathlib import Path
 
 from builder.llm import open_engine
 from builder.llm.cache import CACHE_FILE, PAGE_SIZE, Cache, CacheEntry
 from builder.settings.llm import LLMSettings
-from tests.support.engine import fake_settings, user_request
+from tests.support.engine import fake_settings, run_engine_killed, user_request
 from tests.support.fake_openai_server import FakeOpenAIServer, FakeReply
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _settings(srv: FakeOpenAIServer, **kw) -> LLMSettings:
@@ -135,20 +129,6 @@ def test_admission_pulls_at_most_a_window_ahead_and_keeps_the_order(tmp_path):
         srv.stop()
 
 
-KILLED_RUN = r"""
-import sys
-from builder.llm import open_engine
-from builder.records import ChatRequest
-from builder.settings.llm import LLMSettings
-s = LLMSettings(base_url=sys.argv[1], model="fake-model", max_concurrency=2)
-reqs = [ChatRequest(id=f"r{i}", messages=({"role": "user", "content": f"q{i}"},))
-        for i in range(int(sys.argv[3]))]
-with open_engine(s, cache_dir=sys.argv[2], progress=False) as engine:
-    for _ in engine.run(reqs):
-        pass
-"""
-
-
 def test_kill_9_right_after_a_cache_commit_loses_nothing_committed(tmp_path):
     """The engine stores each completed batch in one transaction. Killed (SIGKILL, from the
     ``llm.cache.commit`` fault point) right after its second commit, the cache holds exactly
@@ -156,16 +136,7 @@ def test_kill_9_right_after_a_cache_commit_loses_nothing_committed(tmp_path):
     n = 40  # window 8: at most 8 outcomes per commit, so the second commit comes early
     srv = FakeOpenAIServer().start()
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CORPUS_")}
-        env["CORPUS_FAULT"] = "llm.cache.commit:2"
-        env["PYTHONPATH"] = str(ROOT)
-        proc = subprocess.run(
-            [sys.executable, "-c", KILLED_RUN, srv.base_url, str(tmp_path), str(n)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = run_engine_killed(srv, tmp_path, n, fault="llm.cache.commit:2", concurrency=2)
         assert proc.returncode == -signal.SIGKILL, proc.stderr
         with sqlite3.connect(tmp_path / CACHE_FILE) as conn:
             committed = conn.execute("SELECT count(*) FROM responses").fetchone()[0]

@@ -6,11 +6,8 @@ are yielded, never stored; of duplicate keys the first answer is kept."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,10 +15,8 @@ import pytest
 from builder.llm import open_engine
 from builder.llm.cache import CACHE_FILE, Cache, CacheEntry
 from builder.settings.llm import LLMSettings
-from tests.support.engine import fake_settings, user_request
+from tests.support.engine import fake_settings, run_engine_killed, user_request
 from tests.support.fake_openai_server import FakeOpenAIServer
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _settings(srv: FakeOpenAIServer, **kw) -> LLMSettings:
@@ -77,34 +72,13 @@ def test_failures_are_yielded_but_never_stored(tmp_path):
         srv.stop()
 
 
-KILLED_RUN = r"""
-import sys
-from builder.llm import open_engine
-from builder.records import ChatRequest
-from builder.settings.llm import LLMSettings
-s = LLMSettings(base_url=sys.argv[1], model="fake-model", max_concurrency=4)
-reqs = [ChatRequest(id=f"r{i}", messages=({"role": "user", "content": f"q{i}"},))
-        for i in range(int(sys.argv[3]))]
-with open_engine(s, cache_dir=sys.argv[2], progress=False) as engine:
-    for r in engine.run(reqs):
-        print(r.request_id, flush=True)  # the caller's journal
-"""
-
-
 @pytest.mark.parametrize("commit", [1, 3])
 def test_kill_9_at_a_commit_loses_no_result_the_caller_saw(tmp_path, commit):
     n = 120
     srv = FakeOpenAIServer().start()
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CORPUS_")}
-        env["CORPUS_FAULT"] = f"llm.cache.commit:{commit}"
-        env["PYTHONPATH"] = str(ROOT)
-        proc = subprocess.run(
-            [sys.executable, "-c", KILLED_RUN, srv.base_url, str(tmp_path), str(n)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        proc = run_engine_killed(
+            srv, tmp_path, n, fault=f"llm.cache.commit:{commit}", concurrency=4
         )
         assert proc.returncode == -signal.SIGKILL, proc.stderr
         journaled = set(proc.stdout.split())

@@ -9,6 +9,9 @@ that involve the model: cache keys, schema checks, repair retries and budgets al
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +19,16 @@ from typing import Any
 
 from tests.support.fake_openai_server import FakeOpenAIServer
 
-__all__ = ["config_for", "fake_engine", "is_repair", "json_reply", "prompt_of"]
+__all__ = [
+    "config_for",
+    "fake_engine",
+    "fake_settings",
+    "is_repair",
+    "json_reply",
+    "prompt_of",
+    "run_engine_killed",
+    "user_request",
+]
 
 
 @contextmanager
@@ -79,3 +91,36 @@ def user_request(rid: str, content: str) -> Any:
     from builder.records import ChatRequest
 
     return ChatRequest(id=rid, messages=({"role": "user", "content": content},))
+
+
+#: A process running ``argv[3]`` one-message requests through ``open_engine`` (at most
+#: ``argv[4]`` in flight) against ``argv[1]`` with its cache in ``argv[2]``, printing each
+#: result's id as it gets it (the caller's journal): what ``run_engine_killed`` starts.
+_KILLED_RUN = r"""
+import sys
+from builder.llm import open_engine
+from builder.records import ChatRequest
+from builder.settings.llm import LLMSettings
+s = LLMSettings(base_url=sys.argv[1], model="fake-model", max_concurrency=int(sys.argv[4]))
+reqs = [ChatRequest(id=f"r{i}", messages=({"role": "user", "content": f"q{i}"},))
+        for i in range(int(sys.argv[3]))]
+with open_engine(s, cache_dir=sys.argv[2], progress=False) as engine:
+    for r in engine.run(reqs):
+        print(r.request_id, flush=True)
+"""
+
+
+def run_engine_killed(
+    srv: FakeOpenAIServer, cache_dir: Path, n: int, *, fault: str, concurrency: int
+) -> subprocess.CompletedProcess[str]:
+    """Requests ``r0``.. ``r{n-1}`` (content ``q<i>``) run through the engine in another
+    process with the fault point ``fault`` (``name:count``, ``CORPUS_FAULT``) armed; its
+    stdout holds the ids of the results the caller got before it stopped."""
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORPUS_")}
+    env["CORPUS_FAULT"] = fault
+    env["PYTHONPATH"] = str(root)
+    argv = [sys.executable, "-c", _KILLED_RUN, srv.base_url, str(cache_dir), str(n)]
+    return subprocess.run(
+        [*argv, str(concurrency)], env=env, capture_output=True, text=True, timeout=120
+    )
