@@ -38,6 +38,14 @@ import numpy as np
 import polars as pl
 
 from builder.diversity import ALL_NODE, expand_nodes
+from builder.quality.vendi import (
+    GRAM_ROWS,
+    SUM_BLOCK,
+    GramSums,
+    vendi_from_gram,
+    vendi_of,
+)
+from builder.quality.vendi import vendi_score as vendi_score  # public here too
 
 NGRAMS = (1, 2, 3, 4)
 #: Documents per node the lexical measures (compression ratio, distinct-n) use by default
@@ -113,31 +121,6 @@ def _mean_similarity(total: np.ndarray, self_sims: float, n: int) -> float | Non
     if n < 2:
         return None
     return round((float(total @ total) - self_sims) / (n * (n - 1)), 4)
-
-
-def vendi_score(x: np.ndarray) -> float | None:
-    """Vendi score of unit vectors ``x``: the effective number of distinct documents."""
-    xf = x.astype(np.float64)
-    return _vendi(xf.T @ xf, x.shape[0])
-
-
-def _vendi_of(matrix: np.ndarray, n: int) -> float | None:
-    """``_vendi`` of a Gram matrix (square), or of the kernel ``X X^T`` of rows ``X`` with
-    fewer rows than columns (the same non-zero eigenvalues as ``X^T X``)."""
-    if matrix.shape[0] != matrix.shape[1]:
-        x = matrix.astype(np.float64)
-        matrix = x @ x.T
-    return _vendi(matrix, n)
-
-
-def _vendi(gram: np.ndarray, n: int) -> float | None:
-    """``vendi_score`` from ``X^T X`` (d x d) of ``n`` rows."""
-    if n == 0:
-        return None
-    eig = np.linalg.eigvalsh(gram / n)
-    eig = eig[eig > 1e-12]
-    eig = eig / eig.sum()
-    return round(float(np.exp(-(eig * np.log(eig)).sum())), 4)
 
 
 def id_key(doc_id: str) -> int:
@@ -434,7 +417,7 @@ class DiversityAccumulator:
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
             for chunk in chunks:
                 members = set(chunk)
-                sums = _GramSums(small={n for n in chunk if docs[n] < d})
+                sums = GramSums(small={n for n in chunk if docs[n] < d})
                 for frame, embeddings in batches():
                     if embeddings is None or frame.height == 0:
                         continue
@@ -447,7 +430,7 @@ class DiversityAccumulator:
                 ordered = [n for n in chunk if n in grams]
                 # a small node's kernel is made in the task: one at a time per thread
                 scores = pool.map(
-                    _vendi_of, [grams.pop(n) for n in ordered], [docs[n] for n in ordered]
+                    vendi_of, [grams.pop(n) for n in ordered], [docs[n] for n in ordered]
                 )
                 out.update(zip(ordered, scores, strict=True))
         return out
@@ -477,7 +460,8 @@ class DiversityAccumulator:
         elif vendi is not None:
             metrics["vendi"] = vendi.get(node)
         else:
-            metrics["vendi"] = _vendi(sums.gram, sums.docs) if sums.gram is not None else None
+            gram = sums.gram
+            metrics["vendi"] = vendi_from_gram(gram, sums.docs) if gram is not None else None
         return {"node": node, "depth": sums.depth, **metrics}
 
     def map(self) -> pl.DataFrame:
@@ -485,77 +469,6 @@ class DiversityAccumulator:
         picked = sorted(self._map, key=lambda item: item[1]) if self.embedded else []
         vectors = np.stack([item[4] for item in picked]) if picked else np.zeros((0, 2))
         return _project([item[2] for item in picked], [item[3] for item in picked], vectors)
-
-
-#: Rows of a node (one with as many documents as dimensions or more) gathered before its
-#: Gram matrix is updated (``_vendi_in_passes``): at most this many float32 rows (128 KB at
-#: 256 dims) wait per node of a pass, and a few products replace one per batch.
-GRAM_ROWS = 128
-#: Rows turned into float64 at once by ``_block_sums`` (4096 x 256 x 8 B = 8 MB): a node
-#: such as ``(all)`` holds a whole bucket, and one float64 copy of it (100 MB at 50k rows)
-#: left the heap fragmented long after it was freed.
-SUM_BLOCK = 4096
-
-
-class _GramSums:
-    """Gram matrices ``X^T X`` (float64) of some nodes' rows, given a few rows at a time:
-    each node's rows wait until ``GRAM_ROWS`` or more have come, then one product adds
-    them all. The ``small`` nodes' rows all wait: ``finish`` returns their rows, whose
-    kernel ``X X^T`` (n x n; the same non-zero eigenvalues) ``_vendi_of`` makes. ``finish``
-    adds the rest and returns the matrices by node."""
-
-    def __init__(self, small: set[str] | None = None) -> None:
-        self.grams: dict[str, np.ndarray] = {}
-        self.small = small or set()
-        self._pending: dict[str, list[np.ndarray]] = {}
-        self._rows: dict[str, int] = {}
-
-    def add(self, node: str, rows: np.ndarray) -> None:
-        self._pending.setdefault(node, []).append(rows)
-        self._rows[node] = self._rows.get(node, 0) + len(rows)
-        if self._rows[node] >= GRAM_ROWS and node not in self.small:
-            self._flush(node)
-
-    def finish(self) -> dict[str, np.ndarray]:
-        """Each node's Gram matrix (d x d), or a small node's rows (n x d float32, fewer
-        rows than columns: ``_vendi_of`` makes the kernel)."""
-        for node in list(self._pending):
-            if node in self.small:
-                self.grams[node] = np.concatenate(self._pending.pop(node))
-            else:
-                self._flush(node)
-        return self.grams
-
-    def _flush(self, node: str) -> None:
-        blocks = self._pending.pop(node)
-        del self._rows[node]
-        x = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-        gram = _block_gram(x, np.arange(len(x)))
-        if node in self.grams:
-            self.grams[node] += gram  # in place: no 512 KB temporary
-        else:
-            self.grams[node] = gram
-
-
-def _block_gram(embeddings: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """The Gram matrix of ``_block_sums`` alone, for the passes that need nothing else:
-    the same blocks, summed in the same order, the same matrix bit for bit. The first
-    block's product plus 0.0 in place is ``np.zeros(...) + product`` (IEEE addition
-    commutes, signed zeros included), without a fresh 512 KB of zeros: most nodes have a
-    few rows a batch, and for a 19-row block alone the zeros cost ~3x the product (in the
-    200k summary the saving is small, ~0.3 CPU s)."""
-    gram: np.ndarray | None = None
-    for lo in range(0, len(idx), SUM_BLOCK):
-        x = embeddings[idx[lo : lo + SUM_BLOCK]].astype(np.float64)
-        if gram is None:
-            gram = x.T @ x
-            gram += 0.0
-        else:
-            gram += x.T @ x
-    if gram is None:
-        d = embeddings.shape[1]
-        return np.zeros((d, d), dtype=np.float64)
-    return gram
 
 
 def _block_sums(
