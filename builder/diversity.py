@@ -50,19 +50,23 @@ def opener_exprs(text_column: str = "text", words: int = 5) -> list[pl.Expr]:
     ]
 
 
+def _path_string(frame: pl.DataFrame, path_column: str) -> pl.Expr:
+    """A row's taxonomy path as one string: a path given as a list of names (["Physics",
+    "Mechanics"]) is "/"-joined, another type cast."""
+    column = pl.col(path_column)
+    dtype = frame.schema[path_column]
+    if isinstance(dtype, pl.List | pl.Array):
+        return column.cast(pl.List(pl.String)).list.join("/")
+    return column.cast(pl.String) if dtype != pl.String else column
+
+
 def expand_nodes(frame: pl.DataFrame, path_column: str = "taxonomy_path") -> pl.DataFrame:
     """One row per (row, node) for every ancestor-or-self node of each row's taxonomy path,
     plus the ``(all)`` node. Node names are path prefixes such as ``math/calculus``."""
     base = frame.with_columns(pl.lit(ALL_NODE).alias("node"), pl.lit(0).alias("depth"))
     if path_column not in frame.columns:
         return base
-    column = pl.col(path_column)
-    dtype = frame.schema[path_column]
-    if isinstance(dtype, pl.List | pl.Array):
-        # A path given as a list of names (["Physics", "Mechanics"]): one path, "/"-joined.
-        column = column.cast(pl.List(pl.String)).list.join("/")
-    elif dtype != pl.String:
-        column = column.cast(pl.String)
+    column = _path_string(frame, path_column)
     parts = frame.with_columns(column.str.strip_chars("/").str.split("/").alias("_parts")).filter(
         pl.col("_parts").is_not_null() & (pl.col("_parts").list.len() > 0)
     )
@@ -249,7 +253,7 @@ def diversity_report(
                 # Counts are summed per path and only then spread over the nodes: a batch
                 # has far fewer paths than documents.
                 part = _path_counts(flagged, flags)
-                counts = part if counts is None else _path_counts(part, flags, counts)
+                counts = part if counts is None else _add_path_counts(counts, part, flags)
                 for kind in _OPENER_KINDS:
                     spill.write(
                         kind,
@@ -285,26 +289,21 @@ def _with_path(frame: pl.DataFrame, path_column: str = "taxonomy_path") -> pl.Da
     null, a row of the ``(all)`` node only, when there is none)."""
     if path_column not in frame.columns:
         return frame.with_columns(pl.lit(None, pl.String).alias(path_column))
-    dtype = frame.schema[path_column]
-    if isinstance(dtype, pl.List | pl.Array):
-        return frame.with_columns(pl.col(path_column).cast(pl.List(pl.String)).list.join("/"))
-    if dtype != pl.String:
-        return frame.with_columns(pl.col(path_column).cast(pl.String))
-    return frame
+    return frame.with_columns(_path_string(frame, path_column).alias(path_column))
 
 
-def _path_counts(
-    rows: pl.DataFrame, flags: list[str], before: pl.DataFrame | None = None
-) -> pl.DataFrame:
-    """Per taxonomy path: ``docs`` and the count of each flag, of ``rows`` (documents) or,
-    with ``before``, of two such tables (``rows`` is then one too) added up."""
-    if before is None:
-        return rows.group_by("taxonomy_path").agg(
-            pl.len().cast(pl.Int64).alias("docs"),
-            *[pl.col(f).fill_null(False).sum().cast(pl.Int64) for f in flags],
-        )
+def _path_counts(rows: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
+    """Per taxonomy path of ``rows`` (documents): ``docs`` and the count of each flag."""
+    return rows.group_by("taxonomy_path").agg(
+        pl.len().cast(pl.Int64).alias("docs"),
+        *[pl.col(f).fill_null(False).sum().cast(pl.Int64) for f in flags],
+    )
+
+
+def _add_path_counts(a: pl.DataFrame, b: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
+    """Two ``_path_counts`` tables added up."""
     return (
-        pl.concat([before, rows])
+        pl.concat([a, b])
         .group_by("taxonomy_path")
         .agg(pl.col("docs").sum(), *[pl.col(f).sum() for f in flags])
     )
