@@ -57,6 +57,7 @@ from builder.assemble_shards import (
     _write_parquet,
     bucket_by_id,
     sort_by_id,
+    spill,
     write_documents,
 )
 from builder.errors import BuilderError, InputError
@@ -364,10 +365,7 @@ def _assemble_locked(
         # corpus of this run is touched.
         try:
             if source is None:
-                source = scratch / "input.parquet"
-                # Polars' sink buffers a whole row group (default ~250k rows): bound it.
-                group = max(1, min(rows, 10_000))
-                docs_lf.sink_parquet(source, compression="lz4", row_group_size=group)
+                source = spill(docs_lf, scratch / "input.parquet", rows=rows)
             counting = TokenCounting(source.resolve(), tokens_path, rows=rows, mapper=mapper)
             if alongside is not None:
                 side_job = Background(alongside, "assemble-alongside")

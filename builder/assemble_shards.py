@@ -410,13 +410,19 @@ def bucket_by_id(
     return SortedRows(schema, rows, [p for b, p in enumerate(paths) if b in writers])
 
 
+def spill(lf: pl.LazyFrame, path: Path, *, rows: int) -> Path:
+    """``lf``'s rows written to the lz4 Parquet file ``path`` by Polars' streaming sink, in
+    row groups of at most ``rows`` (and 10k) rows: the sink buffers a whole row group
+    (~250k rows by default), so memory follows the group size."""
+    lf.sink_parquet(path, compression="lz4", row_group_size=max(1, min(rows, 10_000)))
+    return path
+
+
 def sort_by_id(lf: pl.LazyFrame, dest: Path, scratch: Path, *, max_rows: int) -> int:
     """Write ``lf`` to ``dest`` (lz4 Parquet) sorted by id, holding about ``max_rows`` rows
     at a time (``bucket_by_id`` over the rows spilled to a scratch file). Returns the rows."""
-    unsorted = scratch / "unsorted.parquet"
+    unsorted = spill(lf, scratch / "unsorted.parquet", rows=max_rows)
     group = max(1, min(max_rows, 10_000))
-    # Polars' sink buffers a whole row group (default ~250k rows): bound it.
-    lf.sink_parquet(unsorted, compression="lz4", row_group_size=group)
     schema = lf.collect_schema()
     arrow = pl.DataFrame(schema=schema).to_arrow().schema
     rows = bucket_by_id(
