@@ -44,6 +44,7 @@ from builder.decontam_index import (
     BenchmarkIndex,
     IndexSpec,
     _empty_hits,
+    attach_ids,
     benchmark_files,
     build_index,
     index_spec,
@@ -241,12 +242,6 @@ def _settings_dict(s: DecontamSettings) -> dict[str, Any]:
     return {k: getattr(s, k) for k in keys}
 
 
-def _attach_ids(hits: pl.DataFrame, ids: pl.Series) -> pl.DataFrame:
-    rows = hits["row"].to_numpy()
-    out = hits.with_columns(ids.gather(rows).alias("id")).drop("row")
-    return out.select(list(HIT_COLUMNS)).sort("id", "benchmark", "item")
-
-
 def _reasons(hits: pl.DataFrame) -> pl.DataFrame:
     first = hits.group_by("id", maintain_order=True).agg(
         pl.len().alias("_n"),
@@ -325,7 +320,7 @@ def decontaminate(
     raw = pl.concat(hits_parts) if hits_parts else _empty_hits(with_row=True)
     bad = np.zeros(n, dtype=bool)
     bad[raw["row"].to_numpy()] = True
-    hits = _attach_ids(raw, ids)
+    hits = attach_ids(raw, ids)
     reasons = _reasons(hits).rename({"id": id_column}) if hits.height else None
     contaminated = frame.filter(pl.Series(bad))
     if reasons is not None:
@@ -351,6 +346,7 @@ def decontaminate_files(
     field: str | None = None,
     workers: int | None = None,
     mapper: TaskMap | None = None,
+    hits: pl.DataFrame | None = None,
 ) -> DecontamResult:
     """Decontaminate Parquet/JSONL input of any size into ``outdir``.
 
@@ -363,6 +359,11 @@ def decontaminate_files(
     files instead of carrying the index, and a worker builds the index once and keeps it
     for its later tasks (``benchmarks`` must be files, and the input and ``outdir`` on a
     filesystem the workers see). None: this process, or a pool of ``workers``.
+
+    ``hits``: the hits of a scan already made with the same index (``HIT_COLUMNS``; e.g. by
+    dedup's signature tasks, ``dedup_files(..., scan=...)``) over rows that include every
+    row of the input, by id: the input is then not scanned again, and its rows are
+    decontaminated with the hits of their ids. The input must have ``id_column``.
     """
     settings = settings or DecontamSettings()
     t0 = time.perf_counter()
@@ -383,6 +384,15 @@ def decontaminate_files(
         )
         n = source.num_rows
         has_ids = id_column in source.columns
+        if hits is not None:
+            if not has_ids:
+                raise ValueError("decontaminate_files: hits by id need an input with ids")
+            ids = source.read_columns([id_column])[id_column]
+            check_ids(ids, column=id_column, file=source.label)
+            return _finish_files(
+                source, out, settings, index, t0, hits.filter(pl.col("id").is_in(ids.implode())),
+                ids.is_in(hits["id"].implode()).to_numpy(), ids, has_ids, id_column, 0,
+            )  # fmt: skip
         hint = workers or settings.workers or os.cpu_count() or 1
         spec = None
         if mapper is None:
@@ -415,20 +425,39 @@ def decontaminate_files(
         raw = pl.concat(parts) if parts else _empty_hits(with_row=True)
         bad = np.zeros(n, dtype=bool)
         bad[raw["row"].to_numpy()] = True
-        hits = _attach_ids(raw, ids)
-        reasons = _reasons(hits) if hits.height else _reasons(_empty_hits(id_dtype=ids.dtype))
-        paths = {"hits": write_parquet_atomic(hits, out / "hits.parquet")}
-        paths["clean"], paths["rejected"] = _split_write(
-            source, out, bad, ids, has_ids, id_column, reasons
+        hits = attach_ids(raw, ids)
+        return _finish_files(
+            source, out, settings, index, t0, hits, bad, ids, has_ids, id_column, nworkers
         )
-        contaminated = pl.read_parquet(paths["rejected"])
-        stats = _stats(n, bad, hits, index, nworkers, t0, settings)
-        tax = None
-        if "taxonomy_path" in source.columns:
-            tax = source.read_columns(["taxonomy_path"])["taxonomy_path"]
-        return DecontamResult(None, hits, contaminated, stats, paths, nodes=_nodes(tax, bad))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _finish_files(
+    source: TableSource,
+    out: Path,
+    settings: DecontamSettings,
+    index: BenchmarkIndex,
+    t0: float,
+    hits: pl.DataFrame,
+    bad: np.ndarray,
+    ids: pl.Series,
+    has_ids: bool,
+    id_column: str,
+    nworkers: int,
+) -> DecontamResult:
+    """Write ``decontaminate_files``' outputs from the hits by id and the rows they flag."""
+    reasons = _reasons(hits) if hits.height else _reasons(_empty_hits(id_dtype=ids.dtype))
+    paths = {"hits": write_parquet_atomic(hits, out / "hits.parquet")}
+    paths["clean"], paths["rejected"] = _split_write(
+        source, out, bad, ids, has_ids, id_column, reasons
+    )
+    contaminated = pl.read_parquet(paths["rejected"])
+    stats = _stats(source.num_rows, bad, hits, index, nworkers, t0, settings)
+    tax = None
+    if "taxonomy_path" in source.columns:
+        tax = source.read_columns(["taxonomy_path"])["taxonomy_path"]
+    return DecontamResult(None, hits, contaminated, stats, paths, nodes=_nodes(tax, bad))
 
 
 def _single_parquet(source: TableSource) -> bool:

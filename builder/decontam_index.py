@@ -322,14 +322,20 @@ def scan_texts(
 ) -> pl.DataFrame:
     """Hits of a batch of texts: one row per (text, benchmark item) with ``row`` = position
     in ``texts``, plus the columns of ``HIT_COLUMNS`` except ``id``."""
-    tokens = tokenize(texts)
+    return scan_tokens(tokenize(texts), index, settings)
+
+
+def scan_tokens(tokens: Tokens, index: BenchmarkIndex, settings: DecontamSettings) -> pl.DataFrame:
+    """``scan_texts`` of texts already tokenized (``tokenize``: dedup's signature tasks scan
+    the words they made for MinHash, so decontamination need not read the texts again)."""
+    n_texts = len(tokens.counts)
     wh = word_hashes(tokens)
     n = index.ngram
     found: list[tuple[np.ndarray, ...]] = []
 
     def scan(size: int, keys: np.ndarray, item: np.ndarray, ipos: np.ndarray | None, method: str):
         g = ngram_hashes(tokens, size, short=False, hashes=wh, with_positions=True)
-        doc_of = np.repeat(np.arange(len(texts), dtype=np.int64), g.counts)
+        doc_of = np.repeat(np.arange(n_texts, dtype=np.int64), g.counts)
         d, p, it, ip = _lookup(
             g.hashes, doc_of, g.positions, keys, item, ipos, index.prefilter(keys)
         )
@@ -424,6 +430,14 @@ def _hit_schema(with_row: bool = False, id_dtype: pl.DataType = pl.String) -> di
         }
     )
     return schema
+
+
+def attach_ids(hits: pl.DataFrame, ids: pl.Series) -> pl.DataFrame:
+    """Hits with ``row`` (a position in ``ids``) replaced by the row's id, as written to
+    ``hits.parquet`` (``HIT_COLUMNS``, sorted by id, benchmark and item)."""
+    rows = hits["row"].to_numpy()
+    out = hits.with_columns(ids.gather(rows).alias("id")).drop("row")
+    return out.select(list(HIT_COLUMNS)).sort("id", "benchmark", "item")
 
 
 def _empty_hits(with_row: bool = False, id_dtype: pl.DataType = pl.String) -> pl.DataFrame:

@@ -251,3 +251,77 @@ def test_generated_rows_have_the_one_arrow_schema(built: dict) -> None:
         for part in parts:
             assert pq.read_schema(part).remove_metadata() == schema, part
     assert pa.types.is_list(GENERATED_SCHEMA.field("concepts").type)
+
+
+def _decontam_counters(run: Path) -> dict[str, Any]:
+    return json.loads((run / "work" / "_done" / "decontam.json").read_text())["counters"]
+
+
+def _decontam_again(
+    built: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], bench: str | None = None
+) -> Path:
+    """The built run and its project copied under ``tmp_path`` (so the benchmark file has
+    another path: another index), ``bench`` as the copy's benchmark item, and its decontam
+    stage run again by the one-stage command; returns the copied run."""
+    project = tmp_path / "project"
+    shutil.copytree(built["config"].parent, project)
+    if bench is not None:
+        (project / "benchmarks" / "bench.jsonl").write_text(
+            json.dumps({"id": "b1", "text": bench}) + "\n", encoding="utf-8"
+        )
+    run = tmp_path / "run"
+    shutil.copytree(built["run"], run)
+    config = str(project / built["config"].name)
+    code, _out, err = run_cli(capsys, "decontam", "--config", config, "--run", str(run))
+    assert code == 0, err
+    return run
+
+
+def test_decontam_takes_the_hits_dedup_scanned_equal_to_its_own_scan(
+    built: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The build's dedup tasks scanned every row against decontam's index (the words they
+    tokenize for MinHash), and decontam took those hits instead of reading the texts again.
+    Its own scan (another index: the benchmark file moved) writes the same files."""
+    ours = _decontam_counters(built["run"])
+    assert ours["stats"]["scanned_by"] == "dedup" and "tasks" not in ours
+    assert ours["stats"]["contaminated"] >= 1  # the section quoting the benchmark item
+    scan = pq.read_schema(built["run"] / "work" / "dedup" / "ngram_hits.parquet")
+    assert (
+        scan.metadata[b"dedup_fingerprint"]
+        == json.loads((built["run"] / "work" / "_done" / "dedup.json").read_text())[
+            "fingerprint"
+        ].encode()
+    )
+    run = _decontam_again(built, tmp_path, capsys)
+    theirs = _decontam_counters(run)
+    assert theirs["stats"]["scanned_by"] == "decontam" and theirs["tasks"]["count"] >= 1
+    drop = ("scanned_by", "workers")
+    assert untimed(theirs["stats"], drop) == untimed(ours["stats"], drop)
+    ours_dir, theirs_dir = built["run"] / "work" / "decontam", run / "work" / "decontam"
+    assert (theirs_dir / "clean.parquet").read_bytes() == (ours_dir / "clean.parquet").read_bytes()
+    # Hits and rejections name the benchmark file, which moved with the project.
+    moved = pl.col(pl.String).str.replace_all(
+        str(built["config"].parent), str(tmp_path / "project"), literal=True
+    )
+    for name in ("hits.parquet", "rejected.parquet"):
+        expected = pl.read_parquet(ours_dir / name).with_columns(moved)
+        assert pl.read_parquet(theirs_dir / name).equals(expected), name
+        assert expected.height >= 1, name
+
+
+def test_decontam_scans_itself_when_dedups_hits_are_for_another_index(
+    built: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A benchmark item that no document quotes: dedup's hits (made with the old item) are
+    not this index's, so decontam scans, and finds nothing."""
+    run = _decontam_again(
+        built,
+        tmp_path,
+        capsys,
+        bench="words that no section of this corpus has ever contained, not once, in any line",
+    )
+    counters = _decontam_counters(run)
+    assert counters["stats"]["scanned_by"] == "decontam"
+    assert counters["stats"]["contaminated"] == 0 and counters["stats"]["hits"] == 0
+    assert pl.read_parquet(run / "work" / "decontam" / "rejected.parquet").height == 0

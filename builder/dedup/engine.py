@@ -50,6 +50,7 @@ from builder.dedup.signatures import (
     Spec,
     iter_rows_frames,
     piece_path,
+    read_scan_hits,
     run_piece,
 )
 from builder.dedup.source import (
@@ -257,10 +258,11 @@ def _sign(
     progress: ProgressFn | None,
     total: int,
     texts: pl.Series | None = None,
+    scan: Any = None,
 ) -> tuple[_Signed, list[PieceDone]]:
     t0 = time.perf_counter()
     tasks = [
-        PieceTask(p, spec, str(work), text_column, want_text_hash, opener_words, texts)
+        PieceTask(p, spec, str(work), text_column, want_text_hash, opener_words, texts, scan)
         for p in pieces
     ]
     done = _run_pieces(tasks, task_map, progress, total)
@@ -423,6 +425,7 @@ def dedup_files(
     mapper: TaskMap | None = None,
     buckets: int | None = None,
     pool: WorkerPool | None = None,
+    scan: Any = None,
 ) -> DedupResult:
     """Deduplicate Parquet/JSONL input of any size into ``outdir``, in bounded memory.
 
@@ -440,7 +443,10 @@ def dedup_files(
     (default: about ``buckets.BUCKET_ENTRIES`` band entries each; results never depend on
     it). ``pool``: worker processes the caller started early (so they import while it
     works); used when it has the number of workers this run resolves to, else replaced.
-    Either way it is closed here.
+    Either way it is closed here. ``scan``: a decontamination index
+    (``builder.decontam_index.IndexSpec``) that the signature tasks also scan every row
+    against, with the words they tokenize anyway; the hits, by id, are the result's
+    ``scan_hits`` (what ``decontaminate_files(..., hits=...)`` takes instead of a scan).
     """
     settings = settings or DedupSettings()
     t0 = time.perf_counter()
@@ -465,6 +471,7 @@ def dedup_files(
             "text_hash": want_hash,
             "opener_words": opener_words,
             "pieces": [asdict(p) for p in planned.pieces],
+            "scan": None if scan is None else scan.token,
         },
     )
     nworkers = _resolve_workers(workers, settings, len(planned.pieces))
@@ -481,6 +488,7 @@ def dedup_files(
             task_map=task_map,
             progress=progress,
             total=planned.rows_estimate if source is None else source.num_rows,
+            scan=scan,
         )
         fault_point("dedup.signatures")
         if source is None:
@@ -508,6 +516,11 @@ def dedup_files(
         del small
         plan, largest = _decide(signed, ids, verified, settings, spec, task_map)
         pool.close(wait=False)  # the workers exit while the kept rows are written
+        scan_hits = None
+        if scan is not None:
+            from builder.decontam_index import attach_ids
+
+            scan_hits = attach_ids(read_scan_hits(work, signed.offsets.tolist()), ids)
         plan_seconds = time.perf_counter() - t_plan
 
         # The kept rows (the one big write: compressing every kept text) are written on a
@@ -546,6 +559,7 @@ def dedup_files(
         paths=paths,
         nodes=nodes,
         diversity=report,
+        scan_hits=scan_hits,
     )
 
 

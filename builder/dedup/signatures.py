@@ -10,7 +10,10 @@ A task normalises and tokenises its texts, and writes, each file atomically
   ordered by bucket (``key % buckets``), band, row; the index holds each bucket's start, so
   a bucket task reads only its slice of every piece (the shuffle's map output);
 - ``pNNNNN.table.arrow``: the parsed rows of a JSONL piece (Arrow IPC; the kept rows are
-  written from it later, so JSONL is parsed once, in parallel).
+  written from it later, so JSONL is parsed once, in parallel);
+- ``pNNNNN.hits.parquet``: with a decontamination index (``PieceTask.scan``), the benchmark
+  n-gram hits of the piece's rows (``builder.decontam_index.scan_tokens`` over the words
+  tokenized for the signatures: the texts are read and tokenized once for both).
 
 A piece whose marker exists is finished: a rerun after a kill reuses it and computes only
 the others. Nothing here depends on which process runs the task (local pool or Ray).
@@ -64,6 +67,9 @@ class PieceTask:
     want_text_hash: bool
     opener_words: int | None  # None: no opener columns
     texts: pl.Series | None = None  # memory pieces
+    #: The decontamination index to scan the rows against as well (``builder.decontam_index.
+    #: IndexSpec``; the worker builds it once), or None.
+    scan: Any = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,7 @@ def run_piece(task: PieceTask) -> PieceDone:
                 return PieceDone(piece.index, 0, 0.0, error=f"text dtype {dtype}")
     hasher = _hasher(spec)
     sigs, exact, lengths, shingles, entries, hashes, heads = [], [], [], [], [], [], []
+    hits: list[pl.DataFrame] = []
     row = 0
     for batch in text_batches(piece, task.text_column, frame=frame, texts=task.texts):
         texts = batch.to_list()
@@ -186,6 +193,10 @@ def run_piece(task: PieceTask) -> PieceDone:
             )
         if task.opener_words is not None:
             heads.append(batch.str.slice(0, HEAD_CHARS).rename("t"))
+        if task.scan is not None:
+            found = _scan(task.scan, tokens)
+            if found.height:
+                hits.append(found.with_columns(pl.col("row") + row))
         row += len(texts)
     if piece.kind != "jsonl" and row != piece.length:
         raise RuntimeError(f"piece {piece.index} yielded {row} rows, expected {piece.length}")
@@ -221,6 +232,12 @@ def run_piece(task: PieceTask) -> PieceDone:
         piece_path(wd, piece.index, "rows.parquet"),
         lambda tmp: rows_frame.write_parquet(tmp, compression="uncompressed", statistics=False),
     )
+    if task.scan is not None:
+        found = pl.concat(hits) if hits else _no_hits()
+        _scratch(
+            piece_path(wd, piece.index, "hits.parquet"),
+            lambda tmp: found.write_parquet(tmp, compression="uncompressed", statistics=False),
+        )
     ordered, index = _bucketed(cat(entries, ENTRY), spec.buckets)
     _save_npy(piece_path(wd, piece.index, "bands.npy"), ordered)
     _save_npy(piece_path(wd, piece.index, "index.npy"), index)
@@ -234,6 +251,29 @@ def run_piece(task: PieceTask) -> PieceDone:
     marker = json.dumps({"rows": row, "seconds": round(seconds, 4), "sizes": sizes})
     _scratch(piece_path(wd, piece.index, "done.json"), lambda tmp: tmp.write_text(marker))
     return PieceDone(piece.index, row, seconds)
+
+
+def _scan(spec: Any, tokens: Any) -> pl.DataFrame:
+    """The decontamination hits of one batch's words (``row``: position in the batch)."""
+    from builder.decontam_index import load_index, scan_tokens
+
+    return scan_tokens(tokens, load_index(spec), spec.settings)
+
+
+def _no_hits() -> pl.DataFrame:
+    from builder.decontam_index import _empty_hits
+
+    return _empty_hits(with_row=True)
+
+
+def read_scan_hits(workdir: str | Path, offsets: Sequence[int]) -> pl.DataFrame:
+    """Every piece's decontamination hits, ``row`` numbered over all pieces (row order)."""
+    frames = []
+    for k in range(len(offsets) - 1):
+        frame = pl.read_parquet(piece_path(workdir, k, "hits.parquet"))
+        if frame.height:
+            frames.append(frame.with_columns(pl.col("row") + int(offsets[k])))
+    return pl.concat(frames) if frames else _no_hits()
 
 
 class SignatureStore:

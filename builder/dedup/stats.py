@@ -102,3 +102,6 @@ class DedupResult:
     nodes: pl.DataFrame | None = None
     # The full diversity report, when asked for (dedup_files(..., diversity=True)).
     diversity: DiversityReport | None = None
+    # Decontamination hits of every input row, by id, when asked for (dedup_files(...,
+    # scan=IndexSpec)): builder.decontam_index.HIT_COLUMNS.
+    scan_hits: pl.DataFrame | None = None

@@ -4,7 +4,12 @@
 ``dup_cluster`` set), ``clusters.parquet`` and ``removed.parquet`` (one rejection record per
 removed document). ``decontam`` reads ``work/semdedup/kept.parquet`` (the MinHash and
 semantic survivors) and writes ``work/decontam/clean.parquet``, ``hits.parquet`` and
-``rejected.parquet``. Both stream their input (signatures and n-gram keys are arrays;
+``rejected.parquet``. When decontam has benchmark files, dedup's signature tasks also scan
+every row against their n-gram index with the words they tokenize anyway, and write the
+hits by id to ``work/dedup/ngram_hits.parquet`` (its metadata names the index and the dedup
+run); decontam then reads them for its input's ids instead of reading and tokenizing every
+text again, and scans itself when they are missing or were made for another index or
+another dedup run. Both stream their input (signatures and n-gram keys are arrays;
 texts are read batch by batch), so memory does not grow with the texts. A run killed
 mid-stage leaves no marker: the stage reruns from its inputs and gives the same result;
 dedup keeps its intermediates in ``work/dedup/dedup-partial/`` meanwhile, so its rerun
@@ -55,6 +60,46 @@ def _clean_scratch(out: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+#: Dedup's scan for decontam (module docstring), and the metadata keys that say for what.
+SCAN_HITS = "ngram_hits.parquet"
+_SCAN_KEYS = (b"decontam_index", b"dedup_fingerprint")
+
+
+def _decontam_settings(ctx: RunContext) -> Any:
+    """[decontam] as the stage scans with it: slices of at most a partition's rows."""
+    config = ctx.config
+    rows = min(config.decontam.partition_size, config.run.partition_rows)
+    return config.decontam.model_copy(update={"partition_size": rows})
+
+
+def _scan_spec(ctx: RunContext, bench: list[Path]) -> Any:
+    """The ``IndexSpec`` decontam's index is built from (benchmark files expanded)."""
+    from builder.decontam_index import benchmark_files as expand
+    from builder.decontam_index import index_spec
+
+    return index_spec([str(p) for p in expand(bench)], _decontam_settings(ctx))
+
+
+def _write_scan_hits(path: Path, hits: pl.DataFrame, token: str, fingerprint: str) -> None:
+    table = hits.to_arrow()
+    meta = dict(zip(_SCAN_KEYS, (token.encode(), fingerprint.encode()), strict=True))
+    write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **meta}), path)
+
+
+def _read_scan_hits(path: Path, token: str, fingerprint: str | None) -> pl.DataFrame | None:
+    """Dedup's hits when they were made with index ``token`` by the dedup run whose marker
+    holds ``fingerprint``; else None (decontam scans itself)."""
+    if fingerprint is None or not path.is_file():
+        return None
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return None
+    if [meta.get(k) for k in _SCAN_KEYS] != [token.encode(), fingerprint.encode()]:
+        return None
+    return pl.read_parquet(path)
+
+
 def _stats(result: Any) -> dict[str, Any]:
     stats = result.stats.to_dict()
     stats.pop("settings", None)
@@ -87,6 +132,7 @@ class DedupStage(Stage):
         config = ctx.config
         out = self.out_dir(ctx)
         _clean_scratch(out)
+        (out / SCAN_HITS).unlink(missing_ok=True)  # only ever this run's
         kept, clusters, removed = self.outputs(ctx)
         parts = list_parts(self.inputs(ctx)[0])
         n = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
@@ -94,7 +140,13 @@ class DedupStage(Stage):
         if config.dedup.enabled and n:
             # The executor's task map (Ray) computes the signatures; None: a local pool.
             mapper = getattr(ctx.executor, "task_map", None)
-            result = dedup_files(self.inputs(ctx)[0], out, config.dedup, mapper=mapper)
+            bench = benchmark_files(config)
+            scan = _scan_spec(ctx, bench) if bench else None
+            result = dedup_files(self.inputs(ctx)[0], out, config.dedup, mapper=mapper, scan=scan)
+            if scan is not None and result.scan_hits is not None:
+                fingerprint = self.fingerprint(ctx)
+                assert fingerprint is not None
+                _write_scan_hits(out / SCAN_HITS, result.scan_hits, scan.token, fingerprint)
             write_table(result.removed.to_arrow(), removed)
             stats = _stats(result)
             # How much a resumed run reused is this call's, not the stage's result.
@@ -152,14 +204,22 @@ class DecontamStage(Stage):
         stats: dict[str, Any] = {"rows_in": n, "rows_out": n}
         tasks = None
         if bench and n:
-            # The n-gram scan as the executor's tasks (Ray tasks, or the local executor's
-            # processes), one slice of at most a partition's rows each.
-            rows = min(config.decontam.partition_size, config.run.partition_rows)
-            settings = config.decontam.model_copy(update={"partition_size": rows})
-            tasks = TaskLog()
-            mapper = functools.partial(ctx.runner().map_tasks, where=tasks.add)
-            result = decontaminate_files(source, bench, out, settings, mapper=mapper)
+            settings = _decontam_settings(ctx)
+            scanned = _read_scan_hits(
+                ctx.paths.stage_dir("dedup") / SCAN_HITS,
+                _scan_spec(ctx, bench).token,
+                ctx.markers.fingerprint("dedup"),
+            )
+            if scanned is not None:  # dedup's tasks scanned every row with this index
+                result = decontaminate_files(source, bench, out, settings, hits=scanned)
+            else:
+                # The n-gram scan as the executor's tasks (Ray tasks, or the local
+                # executor's processes), one slice of at most a partition's rows each.
+                tasks = TaskLog()
+                mapper = functools.partial(ctx.runner().map_tasks, where=tasks.add)
+                result = decontaminate_files(source, bench, out, settings, mapper=mapper)
             stats = _stats(result)
+            stats["scanned_by"] = "decontam" if scanned is None else "dedup"
             n_bad = result.contaminated.height
         else:
             atomic_copy(source, clean)  # nothing to check against: the input as it is
