@@ -33,11 +33,17 @@ from builder.quality.metrics import (
 from builder.quality.semdedup import semantic_clusters
 from builder.run.paths import RunDir
 from builder.stages.base import RunContext
-from builder.stages.quality import EMBEDDINGS_SCHEMA
+from builder.stages.quality import EMBEDDINGS_SCHEMA, embeddings_table
 from builder.util.partitions import part_name, write_table
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi".split()
 PATHS = ["math/algebra/groups", "math/algebra/rings", "math/calculus", "cs/algorithms", "cs"]
+
+
+#: The embeddings of runs before they carried the texts' lengths.
+OLD_EMBEDDINGS_SCHEMA = pa.schema(
+    [pa.field("id", pa.string()), pa.field("embedding", pa.list_(pa.float32()))]
+)
 
 
 def corpus(n: int, dim: int = 16, seed: int = 5) -> tuple[pl.DataFrame, np.ndarray]:
@@ -131,22 +137,28 @@ def test_a_batch_without_embeddings_turns_the_embedding_measures_off() -> None:
     assert_same_nodes(nodes, node_diversity(frame, None))
 
 
-def _run_dir(tmp_path: Path, frame: pl.DataFrame, x: np.ndarray) -> tuple[RunContext, Path]:
+def _run_dir(
+    tmp_path: Path, frame: pl.DataFrame, x: np.ndarray, lengths: pl.Series | None = None
+) -> tuple[RunContext, Path]:
     """A run directory with the clean corpus and the quality stage's embeddings (shuffled,
-    in several partitions, as the stage leaves them)."""
+    in several partitions, as the stage leaves them). Without ``lengths`` the embeddings are
+    an older run's: no text lengths."""
     ctx = RunContext(config=CorpusConfig(), paths=RunDir(tmp_path / "run"))
     clean = tmp_path / "clean.parquet"
     frame.write_parquet(clean, row_group_size=10_000)
     order = np.random.default_rng(3).permutation(frame.height)
     emb_dir = ctx.paths.stage_dir("quality") / "embeddings"
     for k, chunk in enumerate(np.array_split(order, 4)):
-        table = pa.table(
-            {
-                "id": frame["id"].gather(chunk).to_list(),
-                "embedding": [v.tolist() for v in x[chunk]],
-            },
-            schema=EMBEDDINGS_SCHEMA,
-        )
+        if lengths is not None:
+            table = embeddings_table(frame["id"].gather(chunk), x[chunk], lengths.gather(chunk))
+        else:
+            table = pa.table(
+                {
+                    "id": frame["id"].gather(chunk).to_list(),
+                    "embedding": [v.tolist() for v in x[chunk]],
+                },
+                schema=OLD_EMBEDDINGS_SCHEMA,
+            )
         write_table(table, emb_dir / part_name(k))
     return ctx, clean
 
@@ -186,9 +198,12 @@ def test_the_summary_is_the_same_in_one_bucket_or_many(tmp_path: Path, monkeypat
     assert_same_nodes(one.nodes, node_diversity(frame, x))
 
 
-def _semantic_run(tmp_path: Path, n: int, pairs: int) -> tuple[RunContext, Path, list, np.ndarray]:
+def _semantic_run(
+    tmp_path: Path, n: int, pairs: int, lengths: bool = False
+) -> tuple[RunContext, Path, list, np.ndarray]:
     """A run directory whose survivors hold ``pairs`` planted near-duplicate pairs among
-    ``n`` random documents (the copy is slightly shorter: the original represents it)."""
+    ``n`` random documents (the copy is slightly shorter: the original represents it);
+    ``lengths``: the embeddings carry the texts' lengths, as the quality stage writes them."""
     frame, x = corpus(n, dim=32, seed=11)
     rng = np.random.default_rng(4)
     texts = frame["text"].to_list()
@@ -198,7 +213,7 @@ def _semantic_run(tmp_path: Path, n: int, pairs: int) -> tuple[RunContext, Path,
         x[b] = noisy / np.linalg.norm(noisy)
         texts[b] = texts[a][:-1]
     frame = frame.with_columns(pl.Series("text", texts), pl.lit(None, pl.Boolean).alias("verified"))
-    ctx, kept = _run_dir(tmp_path, frame, x)
+    ctx, kept = _run_dir(tmp_path, frame, x, frame["text"].str.len_chars() if lengths else None)
     return ctx, kept, frame["id"].to_list(), x
 
 
@@ -217,6 +232,35 @@ def test_semantic_dedup_in_buckets_is_exactly_the_in_memory_result(tmp_path: Pat
         whole.removed,
         whole.kmeans_clusters,
     )
+
+
+def test_semantic_dedup_takes_the_text_lengths_from_the_embeddings(tmp_path: Path) -> None:
+    """The quality stage's embeddings carry the texts' lengths: semantic dedup uses them
+    (never reading the texts) and finds what it finds from the texts; lengths that say the
+    copies are the longer texts make the copies the representatives."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old_ctx, old_kept, ids, x = _semantic_run(tmp_path / "old", 1500, 20)
+    ctx, kept, _, _ = _semantic_run(tmp_path / "new", 1500, 20, lengths=True)
+    with EmbeddedCorpus(ctx, kept, ("id",), text_lengths=True) as corpus_:
+        assert corpus_.lengths_embedded
+    with EmbeddedCorpus(old_ctx, old_kept, ("id",), text_lengths=True) as corpus_:
+        assert not corpus_.lengths_embedded
+    args = {"threshold": 0.95, "cluster_size": 200, "sample_rows": 5000, "bucket_rows": 300}
+    ours = streamed_semantic_clusters(ctx, kept, **args)
+    theirs = streamed_semantic_clusters(old_ctx, old_kept, **args)
+    assert ours is not None and theirs is not None and ours.groups >= 20
+    assert ours.clusters.equals(theirs.clusters)
+    # Lengths that contradict the texts: the (shorter) copies now represent their pairs.
+    for part in (ctx.paths.stage_dir("quality") / "embeddings").glob("*.parquet"):
+        table = pl.read_parquet(part)
+        copy = pl.col("id").is_in([ids[2 * p + 1] for p in range(20)])
+        swapped = table.with_columns(pl.when(copy).then(10_000).otherwise(1).alias("length"))
+        write_table(swapped.to_arrow().cast(EMBEDDINGS_SCHEMA), part)
+    flipped = streamed_semantic_clusters(ctx, kept, **args)
+    assert flipped is not None
+    removed = flipped.clusters.filter(pl.col("removed"))
+    assert sorted(removed["id"].to_list()) == sorted(ids[2 * p] for p in range(20))
 
 
 def test_semantic_dedup_above_the_sample_finds_the_same_duplicates(tmp_path: Path) -> None:
@@ -245,9 +289,12 @@ def test_semantic_dedup_without_embeddings_is_none(tmp_path: Path) -> None:
 
 def test_embeddings_are_written_column_wise_as_the_rows_would_be() -> None:
     from builder.records import to_table
-    from builder.stages.quality import embeddings_table
 
     frame, x = corpus(50)
-    rows = [{"id": i, "embedding": v} for i, v in zip(frame["id"], x.tolist(), strict=True)]
-    ours = to_table(embeddings_table(frame["id"], x), EMBEDDINGS_SCHEMA)
+    lengths = frame["text"].str.len_chars()
+    rows = [
+        {"id": i, "embedding": v, "length": n}
+        for i, v, n in zip(frame["id"], x.tolist(), lengths, strict=True)
+    ]
+    ours = to_table(embeddings_table(frame["id"], x, lengths), EMBEDDINGS_SCHEMA)
     assert ours.equals(to_table(rows, EMBEDDINGS_SCHEMA))

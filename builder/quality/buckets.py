@@ -9,13 +9,13 @@ files under ``work/<name>/_buckets``, removed on exit), then joins one bucket at
 it can be iterated several times (semantic dedup makes two passes, the diversity summary's
 Vendi scores a few more): the first pass writes each bucket's joined rows and vectors back
 (``joined/<bucket>.arrow``), so later passes read them without a join or a list-to-matrix
-conversion. A corpus of one bucket is read directly, without temporary files. The temporary
-files are Arrow IPC, uncompressed: each is read back once or a few times by this process,
-and Parquet's encoding and compression cost CPU both ways for nothing there.
+conversion. A corpus of one bucket is read directly, without temporary files. Temporary
+files are uncompressed Arrow IPC: read back once or a few times here, Parquet would cost CPU.
 
 Texts never travel with the buckets: a pass that needs only their lengths asks for
-``text_lengths`` (the length is computed as each read batch arrives and the text dropped), and
-the diversity summary's node samples get their texts from ``text_groups``, one pass over the
+``text_lengths`` (from the embeddings, which carry them; for an older run's, computed as each
+read batch arrives), and the diversity summary's node samples get their texts from
+``text_groups``, one pass over the
 corpus that writes each group's wanted texts to its own file. The corpus is read
 ``read_rows`` rows at a time; ``max_rows_held`` records the most rows any read, bucket or
 group held at once (the tests' proof that memory does not follow the corpus).
@@ -44,11 +44,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Rows of the corpus (ids, paths and embeddings) held at once.
 BUCKET_ROWS = 50_000
-#: Rows read from the corpus or the embedding partitions at once (the split's batches,
-#: the length and text passes): texts are large, so fewer of them than a bucket.
+#: Rows read from the corpus or the embedding partitions at once (texts are large).
 READ_ROWS = 10_000
-#: The columns the diversity summary streams (the node samples' texts come from
-#: ``EmbeddedCorpus.text_groups``, never with the buckets).
+#: The columns the diversity summary streams (texts come from ``text_groups``).
 DIVERSITY_COLUMNS = ("id", "taxonomy_path", "discipline")
 #: The column ``text_lengths`` adds: the text's length in characters.
 LENGTH = "_len"
@@ -79,6 +77,12 @@ class EmbeddedCorpus:
         #: True: each batch has ``LENGTH`` (characters of the text) and never the text.
         self.text_lengths = text_lengths and "text" in names
         self.embedding_parts = list_parts(ctx.paths.stage_dir("quality") / "embeddings")
+        #: True: the lengths come with the embeddings, and the texts are not read at all.
+        self.lengths_embedded = (
+            self.text_lengths
+            and bool(self.embedding_parts)
+            and all("length" in pq.read_schema(p).names for p in self.embedding_parts)
+        )
         self.bucket_rows = max(1, bucket_rows or BUCKET_ROWS)
         self.read_rows = max(1, min(read_rows or READ_ROWS, self.bucket_rows))
         self.buckets = max(1, -(-self.rows // self.bucket_rows))
@@ -101,10 +105,11 @@ class EmbeddedCorpus:
     def _doc_batches(self) -> Iterator[pa.Table]:
         """The corpus's ``columns`` ``read_rows`` at a time (with ``LENGTH`` instead of the
         text when ``text_lengths``)."""
-        read = [*self.columns, *(["text"] if self.text_lengths else [])]
+        from_text = self.text_lengths and not self.lengths_embedded
+        read = [*self.columns, *(["text"] if from_text else [])]
         for table in iter_batches(self.files, batch_rows=self.read_rows, columns=read):
             self._held(table.num_rows)
-            if self.text_lengths:
+            if from_text:
                 text = table.column("text")
                 lengths = pc.utf8_length(pc.fill_null(text, ""))
                 table = table.drop_columns(["text"]).append_column(LENGTH, lengths.cast(pa.int64()))
@@ -128,7 +133,7 @@ class EmbeddedCorpus:
             parts = [_frame(t) for t in self._embedding_batches()]
             embeddings = pl.concat(parts, how="vertical_relaxed") if parts else None
             self._held(docs.height)
-            yield docs, _vectors(docs, embeddings)
+            yield self._with_lengths(docs, embeddings), _vectors(docs, embeddings)
             return
         if not self._split_done:
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -162,6 +167,7 @@ class EmbeddedCorpus:
                 docs = _frame(read_bucket(docs_path))
                 embeddings = _frame(read_bucket(emb_path)) if emb_path.exists() else None
                 vectors = _vectors(docs, embeddings)
+                docs = self._with_lengths(docs, embeddings)
                 del embeddings
                 if vectors is None or vectors.shape[1] > 0:  # (Arrow has no 0-wide vectors)
                     _write_joined(joined, docs, vectors)
@@ -170,6 +176,17 @@ class EmbeddedCorpus:
                     emb_path.unlink(missing_ok=True)
             self._held(docs.height)
             yield docs, vectors
+
+    def _with_lengths(self, docs: pl.DataFrame, embeddings: pl.DataFrame | None) -> pl.DataFrame:
+        """``docs`` with ``LENGTH`` from the embeddings (0 without one: no vectors then)."""
+        if not self.lengths_embedded:
+            return docs
+        if embeddings is None:
+            return docs.with_columns(pl.lit(0, dtype=pl.Int64).alias(LENGTH))
+        found = docs.select(pl.col("id").cast(pl.String)).join(
+            embeddings.select("id", "length"), on="id", how="left", maintain_order="left"
+        )
+        return docs.with_columns(found["length"].fill_null(0).alias(LENGTH))
 
     def text_groups(self, groups: Sequence[set[int]]) -> Iterator[dict[int, str]]:
         """The texts of each group of corpus rows (``_row`` numbers; a null text is ""), one
@@ -402,9 +419,8 @@ def embedding_matrix(column: pl.Series) -> np.ndarray:
     return flat.reshape(n, -1) if n else np.zeros((0, 0), dtype=np.float32)
 
 
-#: Documents whose vectors train semantic dedup's k-means (all of them when there are no
-#: more; above, the ones with the smallest id keys, and every document is then assigned to
-#: the nearest centre in a second pass).
+#: Documents whose vectors train semantic dedup's k-means (above: those with the smallest id
+#: keys; every document is then assigned to the nearest centre in a second pass).
 KMEANS_SAMPLE = 50_000
 
 
@@ -478,21 +494,25 @@ def streamed_semantic_clusters(
                     }
                 )
                 files.append(table, labels % corpus.buckets)
-        # Pass 3: groups within each bucket of whole clusters.
-        all_rows: list[dict] = []
-        groups = 0
-        for b in sorted(files.writers):
-            release_memory()
+
+        # Pass 3: groups within each bucket of whole clusters, two buckets at a time.
+        def bucket_groups(b: int) -> tuple[list[dict], int]:
             table = read_bucket(files.path(b))
             part = _frame(table.select(["id", "length", "verified", "label"]))
             x = _fixed_vectors(table.select(["embedding"]))
             del table
-            rows, found = group_rows(
+            return group_rows(
                 part["id"].to_list(), x, part["label"].to_numpy(), threshold,
                 lengths=part["length"].to_numpy(), verified=part["verified"].to_list(),
             )  # fmt: skip
-            all_rows += rows
-            groups += found
+
+        all_rows: list[dict] = []
+        groups = 0
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for rows, found in pool.map(bucket_groups, sorted(files.writers)):
+                release_memory()
+                all_rows += rows
+                groups += found
         return clusters_result(all_rows, groups, min(k, sample))
 
 
@@ -561,9 +581,8 @@ def kmeans_sample(corpus: EmbeddedCorpus, sample: int) -> np.ndarray | None:
     return x
 
 
-#: Rows of a bucket of semantic dedup above the k-means sample (its second and third passes
-#: hold a bucket's vectors next to the sample's): ~20 MB of 256-d vectors, held two or three
-#: times while joined, the same as a corpus of this size held whole.
+#: Rows of a bucket of semantic dedup above the k-means sample: ~20 MB of 256-d vectors, held
+#: two or three times while joined (its third pass: two buckets at a time).
 SEMDEDUP_BUCKET_ROWS = 20_000
 
 #: What semantic dedup streams besides the text lengths (``text_lengths``: never the texts).
