@@ -206,3 +206,35 @@ def test_a_build_drains_the_followed_tasks_and_a_failed_block_drops_them(
                 raise RuntimeError("stop")
     records = list((ctx.paths.work / "filter").glob("_p*/*.json"))
     assert len(records) <= 1  # the task running when the block failed, no other
+
+
+def test_the_followers_worker_loads_the_stages_before_the_first_partition(
+    base_url: str, tmp_path: Path
+) -> None:
+    """Told that generate will write new partitions, the follower starts its worker and
+    loads what filter and quality load once (the language detector and tokenizer, the
+    embedding model and the units) before any partition is written."""
+    from builder.run.follow import Follower
+
+    generated = _generated(base_url, tmp_path)
+    config = load_config(generated / "corpus.toml")
+    stages = build_stages()
+    at = [s.name for s in stages].index("generate")
+    with contextlib.ExitStack() as stack:
+        ctx = open_context(config, stack=stack)
+        ctx.executor = LocalExecutor(config)
+        for stage in stages[: at + 1]:
+            ctx.executor.run_stage(stage, ctx)
+        chain = followers(stages, at, ctx)
+        assert [s.name for s in chain] == list(FOLLOWING)
+        idle = Follower(ctx, chain, workers=2)
+        idle.close(drain=True)
+        follower = Follower(ctx, chain, workers=2)
+        follower.warm_up()
+        follower.warm_up()  # once
+        follower.close(drain=True)
+    assert idle.warmed == {}  # no new partition: no worker started
+    assert set(follower.warmed) == set(FOLLOWING) and follower.ran == 0
+    assert "pycld2" in (follower.warmed["filter"] or "")
+    assert (follower.warmed["quality"] or "").endswith(" units")
+    assert not list((ctx.paths.work / "filter").glob("_p*/*.json"))  # no task ran

@@ -61,6 +61,12 @@ def _init_worker(parent: int) -> None:
             os.nice(FOLLOW_NICE)
 
 
+def _warm(lanes: list[tuple[str, PartitionStage]], ctx: RunContext) -> dict[str, str | None]:
+    """Warm the worker's copies of the followed stages (``PartitionStage.warm``), the ones
+    its tasks then use; returns what each loaded."""
+    return {stage.name: _STAGES.setdefault(token, stage).warm(ctx) for token, stage in lanes}
+
+
 def _run(token: str, stage: PartitionStage, ctx: RunContext, task: PartitionTask) -> Any:
     """One task in the follower's worker, with the first copy of its stage it received (what
     the stage loads once, e.g. the embedding model, stays loaded for its later tasks)."""
@@ -99,6 +105,8 @@ class Follower:
         self.worker_ctx = ctx.for_worker(None)
         self.error: BaseException | None = None
         self.ran = 0
+        #: what the worker loaded for each stage before its first task (``warm``)
+        self.warmed: dict[str, str | None] = {}
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._todo: collections.deque[tuple[int, PartitionTask]] = collections.deque()
         self._running: set[Future] = set()
@@ -107,6 +115,14 @@ class Follower:
         self._pool: ProcessPoolExecutor | None = None  # started with the first task
         self._thread = threading.Thread(target=self._loop, name="follower", daemon=True)
         self._thread.start()
+        self._warm_asked = False
+
+    def warm_up(self) -> None:
+        """The followed stage will write new partitions: start the worker now, and load what
+        the stages load once while it writes the first (a core idles meanwhile). Once."""
+        if not self._warm_asked:
+            self._warm_asked = True
+            self._events.put(("warm",))
 
     def written(self, path: Path) -> None:
         """The followed stage has written partition ``path`` (call in input order)."""
@@ -120,6 +136,9 @@ class Follower:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         names = ", ".join(lane.stage.name for lane in self.lanes)
+        loaded = "; ".join(f"{k}: {v}" for k, v in self.warmed.items() if v)
+        if loaded:
+            self.ctx.log(f"[{names}] worker loaded ahead of its first task: {loaded}")
         if self.ran:
             self.ctx.log(f"[{names}] {self.ran} partition(s) done while generating")
         if self.error is not None:  # the stages redo the task and report its error
@@ -135,6 +154,12 @@ class Follower:
                     self._input(event[1], event[2])
                 elif event[0] == "done":
                     self._done(event[1], event[2], event[3])
+                elif event[0] == "warm":
+                    self._warm()
+                elif event[0] == "warmed":
+                    self._running.discard(event[1])
+                    if not event[1].exception():  # else the first task loads it itself
+                        self.warmed = event[1].result()
                 elif event[0] == "drain":
                     self._draining = True
                 else:
@@ -164,6 +189,25 @@ class Follower:
         else:
             self._todo.append((level, task))
 
+    def _start_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(os.getpid(),),
+            )
+        return self._pool
+
+    def _warm(self) -> None:
+        """The first worker's first task: warm the stages (counts as the running task)."""
+        if self._stopping:
+            return
+        lanes = [(lane.token, lane.stage) for lane in self.lanes]
+        future = self._start_pool().submit(_warm, lanes, self.worker_ctx)
+        self._running.add(future)
+        future.add_done_callback(lambda f: self._events.put(("warmed", f)))
+
     def _pump(self) -> None:
         # The pool starts its processes as tasks need them: one while the followed stage
         # runs, up to ``workers`` once it is done and the rest is drained.
@@ -171,14 +215,8 @@ class Follower:
         while len(self._running) < limit and self._todo:
             level, task = self._todo.popleft()
             lane = self.lanes[level]
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    max_workers=self.workers,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_init_worker,
-                    initargs=(os.getpid(),),
-                )
-            future = self._pool.submit(_run, lane.token, lane.stage, self.worker_ctx, task)
+            pool = self._start_pool()
+            future = pool.submit(_run, lane.token, lane.stage, self.worker_ctx, task)
             self._running.add(future)
             future.add_done_callback(
                 lambda f, level=level, task=task: self._events.put(("done", level, task, f))
@@ -247,14 +285,14 @@ def following(
         yield
         return
     follower = Follower(ctx, stages, workers=ctx.runner().workers())
-    ctx.on_partition = follower.written
+    ctx.on_partition, ctx.on_work_ahead = follower.written, follower.warm_up
     try:
         yield
     except BaseException:
-        ctx.on_partition = None
+        ctx.on_partition = ctx.on_work_ahead = None
         follower.close()
         raise
-    ctx.on_partition = None
+    ctx.on_partition = ctx.on_work_ahead = None
     try:
         follower.close(drain=drain)
     except BaseException:  # Ctrl-C while draining: stop after the running tasks

@@ -76,11 +76,20 @@ class RunContext:
     #: Told each partition a stage finished writing, when something follows that stage
     #: (``builder.run.follow``); stages call ``partition_written``.
     on_partition: Callable[[Path], None] | None = None
+    #: Told when such a stage is about to write a partition that did not exist
+    #: (``work_ahead``).
+    on_work_ahead: Callable[[], None] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     counters: dict[str, dict[str, Any]] = field(default_factory=dict)
     _llm: MeteredLLM | None = None
     _judge: MeteredLLM | None = None
     _taxonomy: Taxonomy | None = None
+
+    def work_ahead(self) -> None:
+        """A stage that emits partitions is about to write one that did not exist: the
+        stages that follow it will have work (a follower's worker loads them meanwhile)."""
+        if self.on_work_ahead is not None:
+            self.on_work_ahead()
 
     def partition_written(self, path: Path) -> None:
         """A stage has written output partition ``path`` for good (in input order): stages
@@ -247,6 +256,13 @@ class PartitionStage(Stage):
         """Whether its partitions must run in the build's own process with this config
         (default: no; the local executor may map them on worker processes)."""
         return False
+
+    def warm(self, ctx: RunContext) -> str | None:
+        """Load what its tasks load once per copy of the stage (a model, the units), before
+        the first: a follower's worker does it while the stage it follows has not written
+        a partition yet, on a core that would idle. Returns what it loaded, for the log.
+        Default: nothing."""
+        return None
 
     def finish(self, ctx: RunContext, counters: dict[str, Any]) -> None:
         """Called after the last partition (e.g. to log a summary); default: nothing."""

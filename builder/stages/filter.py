@@ -63,6 +63,15 @@ class FilterStage(PartitionStage):
         self._verified = 0
         return super().run(ctx)
 
+    def warm(self, ctx: RunContext) -> str | None:
+        """The language detector and the token counter, loaded ahead of the first task."""
+        from builder.filters import detect_language
+        from builder.tokens import ENCODING_LABEL, encoding
+
+        detect_language("A sentence in English, to load the language detector.")
+        encoding()
+        return f"pycld2, {ENCODING_LABEL}"
+
     def run_partition(self, ctx: RunContext, table: pa.Table) -> dict[str, Any]:
         from builder.filters import filter_table
 

@@ -291,6 +291,8 @@ class GenerateStage(Stage):
         model = llm.model_name
         out = self.out_dir(ctx)
         target = out / part_name(k)
+        if not target.exists():
+            ctx.work_ahead()  # a new partition: what follows generate will have work
         journal = _Journal(out / JOURNAL, k, ctx.config.run.flush_rows)
         prior: dict[str, dict[str, Any]] = {}
         old_order: list[str] = []

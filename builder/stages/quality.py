@@ -126,6 +126,34 @@ class QualityStage(PartitionStage):
             }
         )
 
+    def warm(self, ctx: RunContext) -> str | None:
+        """The offline embedding model and the units' queries, loaded ahead of the first
+        task (an endpoint embedder opens with the task: it spends from the budget)."""
+        config = ctx.config
+        if not config.embeddings.enabled or config.embeddings.base_url:
+            return None
+        self._open_relevance(ctx)
+        assert self._embedder is not None
+        return f"{self._embedder.name}, {len(self._queries or {})} units"
+
+    def _open_relevance(self, ctx: RunContext) -> None:
+        """The embedder and the units' queries, once per copy of the stage."""
+        config = ctx.config
+        if self._embedder is None:
+            from builder.llm import resolve_cache_dir
+            from builder.quality.embed import open_embedder
+
+            remaining = getattr(ctx.llm_opened, "remaining", None)
+            self._embedder = open_embedder(
+                config.embeddings,
+                config.llm,
+                resolve_cache_dir(None, config.llm, root=config.root),
+                max_cost=remaining() if remaining is not None else None,
+            )
+            self._stats["embedder"] = self._embedder.name
+        if self._queries is None:
+            self._load_units(ctx)
+
     def _load_units(self, ctx: RunContext) -> None:
         from builder.quality.relevance import unit_query
 
@@ -222,21 +250,8 @@ class QualityStage(PartitionStage):
 
             started = time.process_time()
             self._stats["relevance_docs"] += docs.height
-
-            if self._embedder is None:
-                from builder.llm import resolve_cache_dir
-                from builder.quality.embed import open_embedder
-
-                remaining = getattr(ctx.llm_opened, "remaining", None)
-                self._embedder = open_embedder(
-                    config.embeddings,
-                    config.llm,
-                    resolve_cache_dir(None, config.llm, root=config.root),
-                    max_cost=remaining() if remaining is not None else None,
-                )
-                self._stats["embedder"] = self._embedder.name
-            if self._queries is None:
-                self._load_units(ctx)
+            self._open_relevance(ctx)
+            assert self._embedder is not None
             vectors = self._embedder.embed(docs["text"].fill_null("").to_list())
             out["embeddings"] = embeddings_table(
                 docs["id"].cast(pl.String), vectors, docs["text"].str.len_chars().fill_null(0)
