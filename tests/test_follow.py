@@ -174,7 +174,7 @@ def test_a_build_drains_the_followed_tasks_and_a_failed_block_drops_them(
     """``corpus build``: the partitions the follower had not reached when generate finished
     are run by the follower (on the executor's two processes), so filter and quality run
     none themselves, and the corpus is the one built without a follower. A block that fails
-    leaves the tasks not started to the stages: only the one running is recorded."""
+    leaves the tasks not started to the stages: only the ones running are recorded."""
     generated, place = _generated(base_url, tmp_path), tmp_path / "p"
     reference = _reference(generated, place, monkeypatch)
     shutil.copytree(generated, place)
@@ -205,7 +205,7 @@ def test_a_build_drains_the_followed_tasks_and_a_failed_block_drops_them(
                     ctx.partition_written(part)
                 raise RuntimeError("stop")
     records = list((ctx.paths.work / "filter").glob("_p*/*.json"))
-    assert len(records) <= 1  # the task running when the block failed, no other
+    assert len(records) <= 2  # the tasks running when the block failed (one a worker)
 
 
 def test_the_followers_worker_loads_the_stages_before_the_first_partition(

@@ -3,8 +3,9 @@
 While ``generate`` runs, the build's process mostly waits on the model: a core is partly
 idle for the whole stage. A ``Follower`` fills it. Each time generate has written a
 partition, the follower runs filter's task for it, then quality's tasks for what filter
-kept, on one worker process at low CPU priority (``nice``), so the model calls keep their
-pace.
+kept, on ``workers`` processes at the lowest CPU priority (``SCHED_IDLE``): they only get
+CPU time the build and the model server leave, so the model calls keep their pace. Two of
+them fill the gaps one leaves (its reads, its fsyncs, a task's start).
 
 It computes each task exactly as the stage's own plan will (``make_task``, inputs taken in
 input order, outputs numbered after those of the tasks before) and writes the same record
@@ -15,8 +16,9 @@ the same with or without a follower, and a follower that stops early (an error, 
 generate, Ctrl-C) only leaves more for the stages to do: its errors are not raised here,
 since the stage, redoing the task, raises them with its usual context.
 
-At most one task is handed to the worker at a time: when generate ends, ``close`` drops the
-tasks not started (the stages run them on every core) and waits only for the running one.
+At most one task is handed to each worker at a time: when generate fails or is interrupted,
+``close`` drops the tasks not started (the stages run them) and waits only for the running
+ones; when it succeeds, the follower drains what is left on its workers.
 """
 
 from __future__ import annotations
@@ -96,8 +98,7 @@ class Follower:
         self, ctx: RunContext, stages: Sequence[PartitionStage], *, workers: int = 1
     ) -> None:
         self.ctx = ctx
-        #: processes for the tasks left when the followed stage is done (``close(drain=True)``);
-        #: while it runs, one task at a time (it needs the other cores)
+        #: processes for the tasks, while the followed stage runs and after it (``drain``)
         self.workers = max(1, workers)
         self.lanes = [_Lane(s, s.task_fingerprint(ctx)) for s in stages]
         for stage in stages:
@@ -200,19 +201,18 @@ class Follower:
         return self._pool
 
     def _warm(self) -> None:
-        """The first worker's first task: warm the stages (counts as the running task)."""
+        """Every worker's first task: warm the stages (each counts as a running task)."""
         if self._stopping:
             return
         lanes = [(lane.token, lane.stage) for lane in self.lanes]
-        future = self._start_pool().submit(_warm, lanes, self.worker_ctx)
-        self._running.add(future)
-        future.add_done_callback(lambda f: self._events.put(("warmed", f)))
+        for _ in range(self.workers):
+            future = self._start_pool().submit(_warm, lanes, self.worker_ctx)
+            self._running.add(future)
+            future.add_done_callback(lambda f: self._events.put(("warmed", f)))
 
     def _pump(self) -> None:
-        # The pool starts its processes as tasks need them: one while the followed stage
-        # runs, up to ``workers`` once it is done and the rest is drained.
-        limit = self.workers if self._draining else 1
-        while len(self._running) < limit and self._todo:
+        # The pool starts its processes as tasks need them, up to ``workers``.
+        while len(self._running) < self.workers and self._todo:
             level, task = self._todo.popleft()
             lane = self.lanes[level]
             pool = self._start_pool()
