@@ -359,7 +359,9 @@ class _Spill:
         """Append counts to their buckets; a bucket that grew past ``compact_rows`` rows is
         rewritten with its counts summed (a frequent opener adds a row per batch)."""
         bucket = (rows["value"].hash(seed=7) % self.n).cast(pl.Int64).alias("_b")
-        for (b,), part in rows.with_columns(bucket).group_by("_b"):
+        # one split in Polars (iterating a group_by gathers each group by index: ~3x slower)
+        parts = rows.with_columns(bucket).partition_by("_b", as_dict=True, include_key=False)
+        for (b,), part in parts.items():
             i = int(b)  # type: ignore[call-overload]
             self.sinks[kind][i].write_table(
                 part.select("path", "value", "_n").to_arrow().cast(self.schema)
