@@ -56,6 +56,7 @@ from builder.assemble_shards import (
     TokenCounting,
     _write_parquet,
     bucket_by_id,
+    copy_token_counts,
     sort_by_id,
     spill,
     write_documents,
@@ -149,6 +150,8 @@ class AssemblyResult:
     max_rows_held: int = 0
     #: seconds spent counting tokens (the tasks over the sorted rows, wherever they ran)
     token_seconds: float = 0.0
+    #: True when the documents' own counts were taken (``assemble(counted=True)``)
+    counted: bool = False
     #: what ``alongside`` returned (None without it)
     alongside: Any = None
 
@@ -259,6 +262,7 @@ def assemble(
     extra_manifest: Mapping[str, Any] | None = None,
     mapper: TaskMap | None = None,
     alongside: Callable[[], Any] | None = None,
+    counted: bool = False,
 ) -> AssemblyResult:
     """Write the corpus, ``rejected.parquet`` and ``manifest.json`` into ``run_dir``.
 
@@ -279,6 +283,9 @@ def assemble(
     called while the tokens are counted, before the shards are written, so its work fills the
     cores the counting leaves idle: on another thread, from the start (after the spill).
     Its result is ``AssemblyResult.alongside``.
+    ``counted``: the documents (a Parquet file) carry their texts' cl100k counts already
+    (the build's filter stage counts every document it keeps): when every row has one, they
+    are taken as they are instead of counting again (``AssemblyResult.counted``).
     Raises ``InputError`` for missing columns, wrong column types, null or duplicate ids.
     """
     extra = dict(extra_manifest or {})
@@ -330,6 +337,7 @@ def assemble(
             source,
             prepare,
             alongside,
+            counted and source is not None,
         )
 
 
@@ -349,6 +357,7 @@ def _assemble_locked(
     source: Path | None,
     prepare: Callable[[pl.DataFrame], pl.DataFrame] | None,
     alongside: Callable[[], Any] | None,
+    counted: bool,
 ) -> AssemblyResult:
     out = config.output
     _clean_scratch(scratch)
@@ -366,7 +375,11 @@ def _assemble_locked(
         try:
             if source is None:
                 source = spill(docs_lf, scratch / "input.parquet", rows=rows)
-            counting = TokenCounting(source.resolve(), tokens_path, rows=rows, mapper=mapper)
+            counted = counted and copy_token_counts(source, tokens_path)
+            if counted:  # the documents' own counts, in the file's row order
+                counting = TokenCounting.done()
+            else:
+                counting = TokenCounting(source.resolve(), tokens_path, rows=rows, mapper=mapper)
             if alongside is not None:
                 side_job = Background(alongside, "assemble-alongside")
             sorted_rows = bucket_by_id(source, scratch, schema, max_rows=rows, prepare=prepare)
@@ -455,6 +468,7 @@ def _assemble_locked(
         rejected=rej_df.height,
         max_rows_held=counts.max_rows,
         token_seconds=token_seconds,
+        counted=counted,
         alongside=side,
     )
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from builder.assemble_inputs import _arrow_schema
@@ -223,6 +224,21 @@ def count_tokens_file(source: Path, dest: Path, *, rows: int, mapper: TaskMap | 
     return n
 
 
+def copy_token_counts(source: Path, dest: Path) -> bool:
+    """Write ``source``'s own ``n_tokens`` (a Parquet file's column) to ``dest`` as
+    ``count_tokens_file`` writes counts, when every row has one (non-negative); else write
+    nothing and return False (the rows are counted then)."""
+    if "n_tokens" not in pq.read_schema(source).names:
+        return False
+    column = pq.read_table(source, columns=["n_tokens"]).column(0)
+    if column.null_count or (len(column) and pc.min(column).as_py() < 0):
+        return False
+    counts = column.cast(pa.int64()).to_numpy()
+    with dest.open("wb") as out:
+        out.write(np.ascontiguousarray(counts, dtype=np.int64).tobytes())
+    return True
+
+
 class Background:
     """``fn()`` on a background thread, so the caller can do other work meanwhile (assembly
     sorts the rows while the token tasks and the diversity summary run). ``join()`` waits
@@ -277,6 +293,13 @@ class TokenCounting(Background):
         """Wait for the counts; return the seconds they took. Raises the counting's error."""
         super().join()
         return self.seconds
+
+    @classmethod
+    def done(cls) -> TokenCounting:
+        """A counting with nothing to do (the counts are written already)."""
+        job = cls.__new__(cls)
+        Background.__init__(job, lambda: None, "assemble-tokens")
+        return job
 
 
 def with_token_counts(batches: Iterable[pl.DataFrame], counts: Path) -> Iterator[pl.DataFrame]:

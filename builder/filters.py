@@ -409,6 +409,23 @@ def filter_table(
     return kept, [row for where, row in outcomes if where == "rejected"]
 
 
+def with_token_counts(kept: pa.Table) -> pa.Table:
+    """``kept`` (a ``filter_table`` result) with every row's ``n_tokens``: the cl100k count of
+    its text (``builder.tokens.count_tokens``; the rows ``check_row`` counted keep theirs), so
+    assembly takes them instead of reading and counting every text again."""
+    from builder.tokens import count_tokens
+
+    counts = kept.column("n_tokens").to_pylist()
+    missing = [i for i, n in enumerate(counts) if n is None]
+    if not missing:
+        return kept
+    texts = kept.column("text").take(pa.array(missing, pa.int64())).to_pylist()
+    for i, n in zip(missing, count_tokens([t or "" for t in texts], threads=1), strict=True):
+        counts[i] = n
+    at = kept.schema.get_field_index("n_tokens")
+    return kept.set_column(at, kept.schema.field(at), pa.array(counts, pa.int64()))
+
+
 def rejection_counts(rejected: Iterable[dict[str, Any]]) -> dict[str, int]:
     """Rejected rows counted by ``stage/reason`` (for reports and the CLI)."""
     counts = Counter(f"{r['stage']}/{r['reason']}" for r in rejected)

@@ -82,3 +82,41 @@ def test_a_parquet_file_gives_the_same_files_as_its_rows(tmp_path: Path) -> None
     assert file.rejected_file.sha256 == frame.rejected_file.sha256
     assert file.manifest["counts"] == frame.manifest["counts"]
     assert file.documents == 59
+
+
+def test_the_documents_own_counts_are_taken_when_every_row_has_one(tmp_path: Path) -> None:
+    """``counted=True`` (the build: its filter stage counts every document it keeps): the
+    file's own ``n_tokens`` land in their rows, flagged row dropped, no counting task; a
+    file with a row without a count is counted as without ``counted``."""
+    path, ids = _input_file(tmp_path, 75)
+    frame = pl.read_parquet(path)
+    # counts that are not the texts' (so the test sees which were taken): 1000 + position
+    own = frame.with_columns(pl.int_range(1000, 1075, dtype=pl.Int64).alias("n_tokens"))
+    pq.write_table(own.to_arrow(), path, row_group_size=30)
+    config = make_config(CONFIG)
+    runs = {}
+    for name in ("counted", "missing"):
+        run = tmp_path / name
+        run.mkdir()
+        append_flags(run, [ids[37]], "flag", "off topic")
+        source = path
+        if name == "missing":
+            source = tmp_path / "missing.parquet"
+            one_null = own.with_columns(
+                pl.when(pl.col("id") == ids[3]).then(None).otherwise("n_tokens").alias("n_tokens")
+            )
+            pq.write_table(one_null.to_arrow(), source, row_group_size=30)
+        log = TaskLog()
+        mapper = functools.partial(LocalExecutor(config).map_tasks, where=log.add)
+        runs[name] = (assemble(source, None, run, config=config, mapper=mapper, counted=True), log)
+    result, log = runs["counted"]
+    assert result.counted and log.to_dict()["count"] == 0
+    docs = _shard_rows(tmp_path / "counted")
+    expected = dict(zip(own["id"], own["n_tokens"], strict=True))
+    assert docs["id"].to_list() == sorted(set(ids) - {ids[37]})
+    assert docs["n_tokens"].to_list() == [expected[i] for i in docs["id"]]
+    assert result.tokens == sum(expected[i] for i in docs["id"])
+    result, log = runs["missing"]
+    assert not result.counted and log.to_dict()["count"] == 8
+    docs = _shard_rows(tmp_path / "missing")
+    assert docs["n_tokens"].to_list() == count_tokens(docs["text"].to_list())

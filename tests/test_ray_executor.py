@@ -183,11 +183,14 @@ def _filter_counters(run: Path) -> dict[str, Any]:
     return _counters(run, "filter")
 
 
-def _task_records(run: Path) -> dict[str, dict[str, Any]]:
-    """Where assemble's token-count tasks ran (their marker). Decontam's n-gram scan ran in
-    dedup's signature tasks (Ray tasks on Ray), which tokenize the texts anyway."""
-    assert _counters(run, "decontam")["stats"]["scanned_by"] == "dedup"
-    return {"assemble": _counters(run, "assemble")["token_tasks"]}
+def _scans_and_counts(run: Path) -> tuple[str, str]:
+    """Who scanned for contamination and who counted the tokens (their markers): dedup's
+    signature tasks (Ray tasks on Ray) scan, as they tokenize the texts anyway, and the
+    filter stage's tasks count, as they read them anyway."""
+    return (
+        _counters(run, "decontam")["stats"]["scanned_by"],
+        _counters(run, "assemble")["tokens_counted_by"],
+    )
 
 
 def test_a_build_on_ray_equals_the_local_build_byte_for_byte(
@@ -211,15 +214,8 @@ def test_a_build_on_ray_equals_the_local_build_byte_for_byte(
     assert decontam == {**_counters(local_run, "decontam")["stats"], "seconds": decontam["seconds"]}
     rejected = pl.read_parquet(run / "rejected.parquet")
     assert rejected.filter(pl.col("stage") == "decontam").height == decontam["contaminated"]
-    # Assemble's token counts ran as Ray tasks: in worker processes (never this driver) on
-    # the cluster's nodes, several tasks each; locally, in this process.
-    nodes = {n.node_id for n in cluster.list_all_nodes()}
-    for stage, tasks in _task_records(run).items():
-        assert tasks["count"] >= 4, stage
-        assert tasks["workers"] and os.getpid() not in tasks["workers"], stage
-        assert tasks["nodes"] and set(tasks["nodes"]) <= nodes, stage
-    for stage, tasks in _task_records(local_run).items():
-        assert tasks["nodes"] == [] and tasks["workers"] == [os.getpid()], stage
+    # The scan ran in dedup's tasks and the counts in filter's, on Ray as locally.
+    assert _scans_and_counts(run) == _scans_and_counts(local_run) == ("dedup", "filter")
     # A second build (local now) finds everything up to date: same fingerprints.
     code = _cli("build", "--config", str(config), "--no-progress", "--executor", "local")
     assert code == 0
@@ -389,3 +385,52 @@ def test_corpus_dedup_on_ray_equals_local_byte_for_byte(
 
     clusters = pl.read_parquet(tmp_path / "ray" / "clusters.parquet")
     assert set(clusters["kind"].to_list()) == {"exact", "near"}
+
+
+def test_decontams_scan_and_the_token_counts_as_ray_tasks_equal_local(
+    cluster: Any, local_run: Path, generated: Path, place: Path, tmp_path: Path, clean_env: None
+) -> None:
+    """Decontam's own scan (when dedup's hits are for another index) and assembly's own
+    token counts (documents without counts) as Ray tasks: in worker processes (never this
+    driver) on the cluster's nodes, several tasks each, with the files and counts of the
+    same work in this process."""
+    import functools
+
+    import numpy as np
+
+    from builder.assemble_shards import count_tokens_file
+    from builder.decontam import decontaminate_files
+    from builder.run.executor import TaskLog
+    from builder.run.ray_executor import RayExecutor
+    from builder.tokens import count_tokens
+
+    config = load_config(_copy(generated, place))
+    config = config.model_copy(
+        update={"run": config.run.model_copy(update={"ray_address": cluster.address})}
+    )
+    executor = RayExecutor(config)
+    source = local_run / "work" / "semdedup" / "kept.parquet"
+    bench = [place / "benchmarks" / "bench.jsonl"]
+    settings = config.decontam.model_copy(update={"partition_size": 3})
+    nodes = {n.node_id for n in cluster.list_all_nodes()}
+    scan, count = TaskLog(), TaskLog()
+    mapped = decontaminate_files(
+        source, bench, tmp_path / "ray", settings,
+        mapper=functools.partial(executor.map_tasks, where=scan.add),
+    )  # fmt: skip
+    decontaminate_files(source, bench, tmp_path / "here", settings)
+    assert mapped.contaminated.height >= 1
+    for name in ("hits.parquet", "clean.parquet", "rejected.parquet"):
+        a = (tmp_path / "ray" / name).read_bytes()
+        assert a == (tmp_path / "here" / name).read_bytes(), name
+    rows = count_tokens_file(
+        source, tmp_path / "counts.i64", rows=3,
+        mapper=functools.partial(executor.map_tasks, where=count.add),
+    )  # fmt: skip
+    texts = pl.read_parquet(source)["text"].to_list()
+    assert rows == len(texts)
+    assert np.fromfile(tmp_path / "counts.i64", dtype=np.int64).tolist() == count_tokens(texts)
+    for tasks in (scan.to_dict(), count.to_dict()):
+        assert tasks["count"] >= 4
+        assert tasks["workers"] and os.getpid() not in tasks["workers"]
+        assert tasks["nodes"] and set(tasks["nodes"]) <= nodes

@@ -325,3 +325,17 @@ def test_decontam_scans_itself_when_dedups_hits_are_for_another_index(
     assert counters["stats"]["scanned_by"] == "decontam"
     assert counters["stats"]["contaminated"] == 0 and counters["stats"]["hits"] == 0
     assert pl.read_parquet(run / "work" / "decontam" / "rejected.parquet").height == 0
+
+
+def test_assembly_takes_the_token_counts_the_filter_stage_made(built: dict) -> None:
+    """The filter stage counts every document it keeps; assembly takes those counts (no
+    counting of its own), and they are the cl100k counts of the shards' texts."""
+    from builder.tokens import count_tokens
+
+    run = built["run"]
+    marker = json.loads((run / "work" / "_done" / "assemble.json").read_text())["counters"]
+    assert marker["tokens_counted_by"] == "filter" and marker["token_tasks"]["count"] == 0
+    kept = pl.concat([pl.read_parquet(p) for p in list_parts(run / "work" / "filter" / "kept")])
+    assert kept.height and kept["n_tokens"].null_count() == 0
+    docs = pl.concat([pl.read_parquet(p) for p in sorted((run / "documents").glob("*.parquet"))])
+    assert docs.height and docs["n_tokens"].to_list() == count_tokens(docs["text"].to_list())

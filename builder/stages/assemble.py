@@ -181,6 +181,7 @@ class AssembleStage(Stage):
             extra_manifest={"stats": stats},
             mapper=functools.partial(executor.map_tasks, where=tasks.add),
             alongside=summary,
+            counted=True,  # the filter stage counted every document it kept
         )
         quality = result.alongside
         write_card(
@@ -200,6 +201,7 @@ class AssembleStage(Stage):
             "documents": result.documents,
             "tokens": result.tokens,
             "token_tasks": {**tasks.to_dict(), "seconds": round(result.token_seconds, 3)},
+            "tokens_counted_by": "filter" if result.counted else "assemble",
         }
 
 
