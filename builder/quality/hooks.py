@@ -19,11 +19,11 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Node-sample texts held at once by the diversity summary (a group of nodes' samples).
 SAMPLE_TEXTS = 20_000
 #: Taxonomy nodes whose d x d Gram matrices (with their waiting rows) the summary holds at
-#: once: 200 x 640 KB at 256 dims = 125 MB; a node with fewer documents than dimensions
-#: counts as its float32 rows (a topic of 160 documents: 160 KB). The starter taxonomy's
-#: 1,272 nodes at 200k documents take 3 passes over the buckets (320 nodes: 2 passes, 40 MB
-#: more at assemble's peak, ~0.8 CPU s less).
-GRAM_NODES = 200
+#: once: 128 x 640 KB at 256 dims = 80 MB; a node with fewer documents than dimensions
+#: counts as its float32 rows (a topic of 160 documents: 160 KB). At 200k documents the
+#: passes overlap the shards' writing: 200 nodes at a time made assemble's peak ~55 MB
+#: higher for the same CPU (320: 2 passes instead of 3, ~0.8 CPU s less, +95 MB).
+GRAM_NODES = 128
 
 
 def judge_llm_settings(config: Any, *, keyless: bool = False) -> Any:
