@@ -510,7 +510,7 @@ def streamed_semantic_clusters(
         groups = 0
         with ThreadPoolExecutor(max_workers=2) as pool:
             for rows, found in pool.map(bucket_groups, sorted(files.writers)):
-                release_memory()
+                release_memory(collect=False)  # the bucket's arrays; its rows are kept
                 all_rows += rows
                 groups += found
         return clusters_result(all_rows, groups, min(k, sample))
