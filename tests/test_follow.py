@@ -89,6 +89,19 @@ def _reference(generated: Path, place: Path, monkeypatch: pytest.MonkeyPatch) ->
     return files
 
 
+def _generated_context(project: Path, stack: contextlib.ExitStack) -> tuple[Any, list, int]:
+    """The build's context of a generated ``project``, its stages run up to generate (up
+    to date: `corpus generate` ran), the stages and generate's index."""
+    config = load_config(project / "corpus.toml")
+    stages = build_stages()
+    at = [s.name for s in stages].index("generate")
+    ctx = open_context(config, stack=stack)
+    ctx.executor = LocalExecutor(config)
+    for stage in stages[: at + 1]:
+        ctx.executor.run_stage(stage, ctx)
+    return ctx, stages, at
+
+
 def _same(files: dict[str, bytes], reference: dict[str, bytes]) -> None:
     assert sorted(files) == sorted(reference)
     assert len([k for k in files if "/kept/" in k]) >= 6  # many partitions to follow
@@ -189,14 +202,8 @@ def test_a_build_drains_the_followed_tasks_and_a_failed_block_drops_them(
 
     failed = tmp_path / "failed"
     shutil.copytree(generated, failed)
-    config = load_config(failed / "corpus.toml")
-    stages = build_stages()
-    at = [s.name for s in stages].index("generate")
     with contextlib.ExitStack() as stack:
-        ctx = open_context(config, stack=stack)
-        ctx.executor = LocalExecutor(config)
-        for stage in stages[: at + 1]:
-            ctx.executor.run_stage(stage, ctx)  # up to date: `corpus generate` ran
+        ctx, stages, at = _generated_context(failed, stack)
         parts = sorted((ctx.paths.work / "generate").glob("part-*.parquet"))
         assert len(parts) >= 6
         with pytest.raises(RuntimeError, match="stop"):
@@ -216,15 +223,8 @@ def test_the_followers_worker_loads_the_stages_before_the_first_partition(
     embedding model and the units) before any partition is written."""
     from builder.run.follow import Follower
 
-    generated = _generated(base_url, tmp_path)
-    config = load_config(generated / "corpus.toml")
-    stages = build_stages()
-    at = [s.name for s in stages].index("generate")
     with contextlib.ExitStack() as stack:
-        ctx = open_context(config, stack=stack)
-        ctx.executor = LocalExecutor(config)
-        for stage in stages[: at + 1]:
-            ctx.executor.run_stage(stage, ctx)
+        ctx, stages, at = _generated_context(_generated(base_url, tmp_path), stack)
         chain = followers(stages, at, ctx)
         assert [s.name for s in chain] == list(FOLLOWING)
         idle = Follower(ctx, chain, workers=2)
