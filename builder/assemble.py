@@ -376,9 +376,7 @@ def _assemble_locked(
             if source is None:
                 source = spill(docs_lf, scratch / "input.parquet", rows=rows)
             counted = counted and copy_token_counts(source, tokens_path)
-            if counted:  # the documents' own counts, in the file's row order
-                counting = TokenCounting.done()
-            else:
+            if not counted:  # else the documents' own counts are in place, in file order
                 counting = TokenCounting(source.resolve(), tokens_path, rows=rows, mapper=mapper)
             if alongside is not None:
                 side_job = Background(alongside, "assemble-alongside")
@@ -396,9 +394,8 @@ def _assemble_locked(
             if job is not None:
                 job.wait()  # neither may outlive the scratch files the lock's exit removes
         raise
-    assert counting is not None
     try:
-        token_seconds = counting.join()
+        token_seconds = counting.join() if counting is not None else 0.0
         # The shards are written into the scratch folder while ``alongside`` (the diversity
         # summary) finishes: its last phases run on one core, and the shards need only the
         # sorted rows and their counts. They replace the previous corpus once both are done,

@@ -226,16 +226,17 @@ def count_tokens_file(source: Path, dest: Path, *, rows: int, mapper: TaskMap | 
 
 def copy_token_counts(source: Path, dest: Path) -> bool:
     """Write ``source``'s own ``n_tokens`` (a Parquet file's column) to ``dest`` as
-    ``count_tokens_file`` writes counts, when every row has one (non-negative); else write
-    nothing and return False (the rows are counted then)."""
-    if "n_tokens" not in pq.read_schema(source).names:
+    ``count_tokens_file`` writes counts, a record batch at a time, when every row has one
+    (non-negative); else return False (the rows are counted then, over ``dest``)."""
+    pf = pq.ParquetFile(source)
+    if "n_tokens" not in pf.schema_arrow.names:
         return False
-    column = pq.read_table(source, columns=["n_tokens"]).column(0)
-    if column.null_count or (len(column) and pc.min(column).as_py() < 0):
-        return False
-    counts = column.cast(pa.int64()).to_numpy()
     with dest.open("wb") as out:
-        out.write(np.ascontiguousarray(counts, dtype=np.int64).tobytes())
+        for batch in pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=["n_tokens"]):
+            column = batch.column(0)
+            if column.null_count or (len(column) and pc.min(column).as_py() < 0):
+                return False
+            out.write(column.cast(pa.int64()).to_numpy().astype(np.int64, copy=False).tobytes())
     return True
 
 
@@ -293,13 +294,6 @@ class TokenCounting(Background):
         """Wait for the counts; return the seconds they took. Raises the counting's error."""
         super().join()
         return self.seconds
-
-    @classmethod
-    def done(cls) -> TokenCounting:
-        """A counting with nothing to do (the counts are written already)."""
-        job = cls.__new__(cls)
-        Background.__init__(job, lambda: None, "assemble-tokens")
-        return job
 
 
 def with_token_counts(batches: Iterable[pl.DataFrame], counts: Path) -> Iterator[pl.DataFrame]:
