@@ -392,9 +392,7 @@ def filter_table(
     kept = to_table(table.take(pa.array(fast, pa.int64())), DOCUMENT_SCHEMA)
     if counted:
         old = kept.column("n_tokens").to_pylist()
-        new = [counted.get(i, v) for i, v in zip(fast, old, strict=True)]
-        at = kept.schema.get_field_index("n_tokens")
-        kept = kept.set_column(at, kept.schema.field(at), pa.array(new, pa.int64()))
+        kept = _set_counts(kept, [counted.get(i, v) for i, v in zip(fast, old, strict=True)])
     if not slow:
         return kept, []
     rows = [decode_row(r) for r in table.take(pa.array(slow, pa.int64())).to_pylist()]
@@ -422,6 +420,11 @@ def with_token_counts(kept: pa.Table) -> pa.Table:
     texts = kept.column("text").take(pa.array(missing, pa.int64())).to_pylist()
     for i, n in zip(missing, count_tokens([t or "" for t in texts], threads=1), strict=True):
         counts[i] = n
+    return _set_counts(kept, counts)
+
+
+def _set_counts(kept: pa.Table, counts: list[int | None]) -> pa.Table:
+    """``kept`` with ``counts`` as its ``n_tokens`` column."""
     at = kept.schema.get_field_index("n_tokens")
     return kept.set_column(at, kept.schema.field(at), pa.array(counts, pa.int64()))
 

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -78,6 +78,9 @@ from builder.io_tables import (
 from builder.settings.dedup import DedupSettings
 from builder.util.faults import fault_point
 from builder.util.files import atomic_write_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from builder.decontam_index import IndexSpec
 
 __all__ = [
     "CLUSTER_COLUMNS",
@@ -258,7 +261,7 @@ def _sign(
     progress: ProgressFn | None,
     total: int,
     texts: pl.Series | None = None,
-    scan: Any = None,
+    scan: IndexSpec | None = None,
 ) -> tuple[_Signed, list[PieceDone]]:
     t0 = time.perf_counter()
     tasks = [
@@ -425,7 +428,7 @@ def dedup_files(
     mapper: TaskMap | None = None,
     buckets: int | None = None,
     pool: WorkerPool | None = None,
-    scan: Any = None,
+    scan: IndexSpec | None = None,
 ) -> DedupResult:
     """Deduplicate Parquet/JSONL input of any size into ``outdir``, in bounded memory.
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -34,10 +34,13 @@ import xxhash
 
 from builder.dedup.lsh import band_keys
 from builder.dedup.minhash import MinHasher
-from builder.dedup.normalize import ngram_offsets, tokenize
+from builder.dedup.normalize import Tokens, ngram_offsets, tokenize
 from builder.dedup.openers import HEAD_CHARS, openers
 from builder.dedup.piece import Piece, read_jsonl_piece, text_batches
 from builder.util.files import atomic_write
+
+if TYPE_CHECKING:  # pragma: no cover
+    from builder.decontam_index import IndexSpec
 
 #: Entries of the band files: the band key, the row within its piece, the band.
 ENTRY = np.dtype([("key", "<u8"), ("row", "<u4"), ("band", "<u2")])
@@ -69,7 +72,7 @@ class PieceTask:
     texts: pl.Series | None = None  # memory pieces
     #: The decontamination index to scan the rows against as well (``builder.decontam_index.
     #: IndexSpec``; the worker builds it once), or None.
-    scan: Any = None
+    scan: IndexSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,7 @@ def run_piece(task: PieceTask) -> PieceDone:
     return PieceDone(piece.index, row, seconds)
 
 
-def _scan(spec: Any, tokens: Any) -> pl.DataFrame:
+def _scan(spec: IndexSpec, tokens: Tokens) -> pl.DataFrame:
     """The decontamination hits of one batch's words (``row``: position in the batch)."""
     from builder.decontam_index import load_index, scan_tokens
 

@@ -114,9 +114,9 @@ class Follower:
         self._stopping = False
         self._draining = False
         self._pool: ProcessPoolExecutor | None = None  # started with the first task
+        self._warm_asked = False
         self._thread = threading.Thread(target=self._loop, name="follower", daemon=True)
         self._thread.start()
-        self._warm_asked = False
 
     def warm_up(self) -> None:
         """The followed stage will write new partitions: start the worker now, and load what
