@@ -1,16 +1,19 @@
-"""The corpus joined with its embeddings, one hash bucket at a time, in bounded memory.
+"""The corpus joined with its embeddings, one bucket at a time, in bounded memory.
 
 The quality stage writes each document's embedding to its own partitions, in its order; the
 passes that need texts (or lengths) and vectors together (the diversity summary, semantic
 dedup) would otherwise join the whole corpus with every embedding in memory: ~1 KB of
-vector plus the text per document, growing with the corpus. ``EmbeddedCorpus`` splits both
-sides by a hash of the id into buckets of about ``bucket_rows`` rows on disk (temporary
-files under ``work/<name>/_buckets``, removed on exit), then joins one bucket at a time;
-it can be iterated several times (semantic dedup makes two passes, the diversity summary's
-Vendi scores a few more): the first pass writes each bucket's joined rows and vectors back
-(``joined/<bucket>.arrow``), so later passes read them without a join or a list-to-matrix
-conversion. A corpus of one bucket is read directly, without temporary files. Temporary
-files are uncompressed Arrow IPC: read back once or a few times here, Parquet would cost CPU.
+vector plus the text per document, growing with the corpus. When the corpus's rows are, in
+order, some of the embeddings' (what the stages leave), ``EmbeddedCorpus`` reads both side by
+side and writes chunks of ``bucket_rows`` rows with their vectors (``joined.merge_in_order``);
+otherwise it splits both sides by a hash of the id into buckets of about ``bucket_rows`` rows
+on disk (temporary files under ``work/<name>/_buckets``, removed on exit), then joins one
+bucket at a time. It can be iterated several times (semantic dedup makes two passes, the
+diversity summary's Vendi scores a few more): the first pass writes each bucket's joined rows
+and vectors back (``joined/<bucket>.arrow``), so later passes read them without a join or a
+list-to-matrix conversion. A corpus of one bucket is read directly, without temporary
+files. Temporary files are uncompressed Arrow IPC: read back once or a few times here,
+Parquet would cost CPU.
 
 Texts never travel with the buckets: a pass that needs only their lengths asks for
 ``text_lengths`` (from the embeddings, which carry them; for an older run's, computed as each
@@ -35,6 +38,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from builder.quality.joined import (
+    LENGTH,
+    _BucketFiles,
+    _fixed_vectors,
+    _frame,
+    _read_joined,
+    _split,
+    _write_joined,
+    bucket_path,
+    merge_in_order,
+    read_bucket,
+)
 from builder.util.memory import release_memory
 from builder.util.partitions import count_rows, iter_batches, list_parts
 
@@ -48,8 +63,6 @@ BUCKET_ROWS = 50_000
 READ_ROWS = 10_000
 #: The columns the diversity summary streams (texts come from ``text_groups``).
 DIVERSITY_COLUMNS = ("id", "taxonomy_path", "discipline")
-#: The column ``text_lengths`` adds: the text's length in characters.
-LENGTH = "_len"
 
 
 class EmbeddedCorpus:
@@ -138,6 +151,18 @@ class EmbeddedCorpus:
         if not self._split_done:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self._joined.clear()
+            merged = merge_in_order(
+                self._doc_batches(),
+                self._embedding_batches(),
+                self.tmp / "joined",
+                self.bucket_rows,
+                lengths=self.lengths_embedded,
+                held=self._held,
+            )
+            if merged is not None:  # the rows in order, with their vectors: joined already
+                self._joined = dict.fromkeys(range(merged), True)
+                self._split_done = True
+        if not self._split_done:
             # The documents and the embeddings are split on two threads (reading, hashing
             # and writing Parquet mostly release the GIL); each writes its own files.
             with ThreadPoolExecutor(max_workers=2) as pool:
@@ -268,136 +293,6 @@ class EmbeddedCorpus:
         return {row: text or "" for row, text in out.items()}
 
 
-def bucket_path(out: Path, bucket: int) -> Path:
-    """The temporary file of ``bucket`` under ``out`` (``_BucketFiles``)."""
-    return out / f"{bucket}.arrow"
-
-
-def read_bucket(path: Path) -> pa.Table:
-    """A temporary file written by ``_BucketFiles`` (or ``_write_joined``), read whole."""
-    with pa.OSFile(str(path)) as source:
-        return pa.ipc.open_file(source).read_all()
-
-
-class _BucketFiles:
-    """Rows appended to ``out/<bucket>.arrow`` (``bucket_path``), one Arrow IPC writer per
-    bucket seen (uncompressed: module docstring)."""
-
-    def __init__(self, out: Path) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        self.out = out
-        self.writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
-        self._schemas: dict[int, pa.Schema] = {}  # each file's: its first part's
-        self._sinks: list[pa.NativeFile] = []
-
-    def path(self, bucket: int) -> Path:
-        return bucket_path(self.out, bucket)
-
-    def append(self, table: pa.Table, buckets: np.ndarray) -> None:
-        """Append each row of ``table`` to the file of its entry in ``buckets`` (in their
-        order within each bucket: one stable sort and one take, not one scan per bucket)."""
-        if table.num_rows == 0:
-            return
-        order = np.argsort(buckets, kind="stable")
-        ordered = buckets[order]
-        table = table.take(pa.array(order))
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        ends = np.r_[starts[1:], len(ordered)]
-        for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
-            b = int(ordered[lo])
-            part = table.slice(lo, hi - lo)
-            writer = self.writers.get(b)
-            if writer is None:
-                sink = pa.OSFile(str(self.path(b)), "wb")
-                self._sinks.append(sink)
-                writer = self.writers[b] = pa.ipc.new_file(sink, part.schema)
-                self._schemas[b] = part.schema
-            writer.write_table(part.cast(self._schemas[b]))
-
-    def __enter__(self) -> _BucketFiles:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for writer in self.writers.values():
-            writer.close()
-        for sink in self._sinks:
-            sink.close()
-
-
-#: The vectors' column in a joined bucket file (``_write_joined``).
-_VECTORS = "_vectors"
-
-
-def _write_joined(path: Path, docs: pl.DataFrame, vectors: np.ndarray | None) -> None:
-    """A bucket's rows with their vectors (a fixed-size list column, when any), for the
-    passes after the first (``_read_joined``)."""
-    table = docs.to_arrow()
-    if vectors is not None:
-        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel(), pa.float32())
-        column = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
-        table = table.append_column(_VECTORS, column)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-
-
-def _read_joined(path: Path, with_vectors: bool) -> tuple[pl.DataFrame, np.ndarray | None]:
-    """A bucket's rows and vectors as ``_write_joined`` wrote them, memory-mapped (no copy:
-    the file is read again each pass; the mapping lives as long as the rows do)."""
-    with pa.memory_map(str(path)) as source:
-        table = pa.ipc.open_file(source).read_all()
-    if not with_vectors:
-        return _frame(table), None
-    vectors = _fixed_vectors(table.select([_VECTORS]))
-    return _frame(table.drop_columns([_VECTORS])), vectors
-
-
-def _frame(table: pa.Table) -> pl.DataFrame:
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    return frame
-
-
-def _split(
-    tables: Iterator[pa.Table],
-    out: Path,
-    buckets: int,
-    *,
-    rows: bool = False,
-    vectors: str | None = None,
-) -> None:
-    """Append each table's rows to ``out/<hash(id) % buckets>.arrow`` (with the running
-    row number as ``_row`` when ``rows``; the list column ``vectors`` as fixed-size lists,
-    ``_fixed_lists``)."""
-    offset = 0
-    with _BucketFiles(out) as files:
-        for table in tables:
-            frame = _frame(table)
-            if rows:
-                frame = frame.with_row_index("_row", offset=offset)
-            offset += frame.height
-            keys = (frame["id"].cast(pl.String).hash(seed=7) % buckets).to_numpy()
-            arrow = frame.to_arrow()
-            if vectors is not None and vectors in arrow.column_names:
-                arrow = _fixed_lists(arrow, vectors)
-            files.append(arrow, keys)
-
-
-def _fixed_lists(table: pa.Table, name: str) -> pa.Table:
-    """``table`` with its list column ``name`` cast to fixed-size lists when every list has
-    the same length (the same values and nulls): Arrow takes those rows ~50x faster (a
-    copy of each row's block, not of each value by index), ~1 CPU s of the split at 200k.
-    Lists of unequal lengths stay as they are."""
-    column = table.column(name)
-    if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type):
-        return table
-    lengths = pc.min_max(pc.list_value_length(column)).as_py()
-    if lengths["min"] is None or lengths["min"] != lengths["max"] or lengths["min"] == 0:
-        return table
-    fixed = column.cast(pa.list_(column.type.value_type, lengths["min"]))
-    return table.set_column(table.column_names.index(name), name, fixed)
-
-
 def _vectors(docs: pl.DataFrame, embeddings: pl.DataFrame | None) -> np.ndarray | None:
     """The embeddings of ``docs``' rows in order (None when any is missing)."""
     if embeddings is None or embeddings.height == 0 or docs.height == 0:
@@ -514,14 +409,6 @@ def streamed_semantic_clusters(
                 all_rows += rows
                 groups += found
         return clusters_result(all_rows, groups, min(k, sample))
-
-
-def _fixed_vectors(table: pa.Table) -> np.ndarray:
-    """The ``(n, d)`` float32 array of a table's one fixed-size-list column (no copy per
-    row: one flat buffer)."""
-    column = table.column(0).combine_chunks()
-    flat = column.values.to_numpy(zero_copy_only=False)
-    return flat.reshape(len(column), column.type.list_size)
 
 
 def _id_keys(ids: pl.Series) -> np.ndarray:
