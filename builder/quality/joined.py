@@ -183,25 +183,17 @@ def merge_in_order(
     with another's vector; a document left over at the end has no embedding."""
     import shutil
 
+    written = None
     try:
-        written = _merge(docs, embeddings, out, rows, lengths=lengths, held=held)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    if written is None:
-        shutil.rmtree(out, ignore_errors=True)
+        written = _merge(docs, embeddings, out, rows, lengths, held)
+    finally:
+        if written is None:  # not in order, or an error: no half-written chunks are left
+            shutil.rmtree(out, ignore_errors=True)
     return written
 
 
-def _merge(
-    docs: Iterator[pa.Table],
-    embeddings: Iterator[pa.Table],
-    out: Path,
-    rows: int,
-    *,
-    lengths: bool,
-    held: Callable[[int], None],
-) -> int | None:
+def _merge(docs, embeddings, out, rows, lengths, held) -> int | None:
+    """``merge_in_order``'s work (its arguments, as it passes them)."""
     pending: pa.Table | None = None  # documents read and not matched yet
     docs_left = True
     offset = 0  # the corpus row of the first pending document
