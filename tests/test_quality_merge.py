@@ -157,3 +157,24 @@ def test_semantic_dedup_and_the_summary_agree_on_both_paths(tmp_path: Path) -> N
     summaries = [quality_summary(ordered, clean_a), quality_summary(shuffled, clean_b)]
     assert summaries[0] is not None and summaries[1] is not None
     assert_same_nodes(summaries[0].nodes, summaries[1].nodes)
+
+
+def test_fixed_size_vectors_fall_back_to_the_split(tmp_path: Path) -> None:
+    """Embeddings written as fixed-size lists (another writer's) are read by the split."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from builder.util.partitions import list_parts
+
+    frame, x = corpus(600)
+    ctx, clean = _ordered_run(tmp_path, frame, x, rejected=10, parts=2)
+    for part in list_parts(ctx.paths.stage_dir("quality") / "embeddings"):
+        table = pq.read_table(part)
+        values = table.column("embedding").combine_chunks().values
+        fixed = pa.FixedSizeListArray.from_arrays(values, x.shape[1])
+        write_table(table.set_column(1, "embedding", fixed), part)
+    with EmbeddedCorpus(ctx, clean, DIVERSITY_COLUMNS, bucket_rows=200) as embedded:
+        rows, sizes = _by_row(embedded)
+    assert sorted(rows) == list(range(600)) and len(sizes) == 3
+    for row, (_fields, vector) in rows.items():
+        assert vector == x[row].tolist()

@@ -237,6 +237,8 @@ def _merge(docs, embeddings, out, rows, lengths, held) -> int | None:
         # the batch's vectors as one array, then the matched rows (Arrow's filter of a
         # list column copies list by list: ~40% of the merge)
         column = emb.column("embedding").combine_chunks()
+        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+            return None  # (fixed-size lists: an older writer's; the split reads them)
         sizes = pc.min_max(pc.list_value_length(column)).as_py()
         if column.null_count or not sizes["min"] or sizes["min"] != sizes["max"]:
             return None
