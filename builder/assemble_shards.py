@@ -427,11 +427,16 @@ def bucket_by_id(
     return SortedRows(schema, rows, [p for b, p in enumerate(paths) if b in writers])
 
 
+def _spill_group(rows: int) -> int:
+    """Rows per row group of a scratch file: at most ``rows`` and 10k."""
+    return max(1, min(rows, 10_000))
+
+
 def spill(lf: pl.LazyFrame, path: Path, *, rows: int) -> Path:
     """``lf``'s rows written to the lz4 Parquet file ``path`` by Polars' streaming sink, in
-    row groups of at most ``rows`` (and 10k) rows: the sink buffers a whole row group
-    (~250k rows by default), so memory follows the group size."""
-    lf.sink_parquet(path, compression="lz4", row_group_size=max(1, min(rows, 10_000)))
+    row groups of ``_spill_group(rows)``: the sink buffers a whole row group (~250k rows by
+    default), so memory follows the group size."""
+    lf.sink_parquet(path, compression="lz4", row_group_size=_spill_group(rows))
     return path
 
 
@@ -439,7 +444,7 @@ def sort_by_id(lf: pl.LazyFrame, dest: Path, scratch: Path, *, max_rows: int) ->
     """Write ``lf`` to ``dest`` (lz4 Parquet) sorted by id, holding about ``max_rows`` rows
     at a time (``bucket_by_id`` over the rows spilled to a scratch file). Returns the rows."""
     unsorted = spill(lf, scratch / "unsorted.parquet", rows=max_rows)
-    group = max(1, min(max_rows, 10_000))
+    group = _spill_group(max_rows)
     schema = lf.collect_schema()
     arrow = pl.DataFrame(schema=schema).to_arrow().schema
     rows = bucket_by_id(
