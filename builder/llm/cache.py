@@ -14,6 +14,18 @@ after retries) are never stored: a rerun tries them again.
 Batch API jobs are recorded here too (``batches`` / ``batch_items``) the moment they are
 submitted, so a killed process resumes polling instead of paying twice.
 
+Keys are looked up in a second file beside it, ``llm-cache.keys.sqlite3`` (attached to
+every connection): key -> row id, in SQLite's small default pages. A stored key dirties one
+index leaf; in the main file's 32 KB pages each insert copied a 32 KB leaf to the WAL, which
+was most of the cost of storing an entry (measured in bench/RESULTS.md, "Wave 14"). One
+transaction writes both files, but in WAL mode SQLite commits them one after the other (the
+main file first), so a kill between the two commits leaves rows the key file does not know:
+every write transaction (and every open) first indexes the rows above the key file's
+high-water mark, under the write lock, so they are found again and never stored twice. A
+lookup also checks the row's own key, so a key file that outlived its main file (deleted,
+restored from elsewhere) can miss but never answer with another request's row; a missing key
+file is rebuilt from the rows.
+
 The schema carries a version; ``MIGRATIONS`` upgrades older files in place (simonw/llm's
 ``migrations.py`` pattern). A file from a newer builder, a corrupt file or a lock held too
 long is a ``CacheError`` that says which file and what to do.
@@ -27,6 +39,7 @@ import random
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +51,9 @@ from builder.util.faults import fault_point
 T = TypeVar("T")
 
 CACHE_FILE = "llm-cache.sqlite3"
-SCHEMA_VERSION = 1
+#: the key index (attached as ``keyidx``): small pages, so storing a key writes 4 KB, not 32 KB
+KEYS_FILE = "llm-cache.keys.sqlite3"
+SCHEMA_VERSION = 2
 #: page size of new cache files (SQLite's largest but one; existing files keep theirs)
 PAGE_SIZE = 32768
 #: keys looked up per SELECT by ``get_many`` (well under SQLite's bound on parameters)
@@ -82,7 +97,50 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS batch_items_batch ON batch_items (batch_id);
     """,
+    # 2: rows get an explicit id and lose the key's unique index (it moves to KEYS_FILE,
+    # which ``_catch_up`` fills from the rows); the rows are copied in their order.
+    """
+    ALTER TABLE responses RENAME TO responses_v1;
+    CREATE TABLE responses (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        base_url TEXT NOT NULL,
+        model TEXT NOT NULL,
+        status TEXT NOT NULL,
+        text TEXT,
+        parsed TEXT,
+        finish_reason TEXT,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        cost REAL NOT NULL DEFAULT 0,
+        latency_s REAL NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 1,
+        error TEXT,
+        request TEXT NOT NULL,
+        response TEXT NOT NULL
+    );
+    INSERT INTO responses (key, created_at, base_url, model, status, text, parsed,
+        finish_reason, prompt_tokens, completion_tokens, cost, latency_s, attempts, error,
+        request, response)
+    SELECT key, created_at, base_url, model, status, text, parsed, finish_reason,
+        prompt_tokens, completion_tokens, cost, latency_s, attempts, error, request, response
+    FROM responses_v1 ORDER BY rowid;
+    DROP TABLE responses_v1;
+    """,
 ]
+#: the key file's schema (created on every open: a lost key file is rebuilt from the rows)
+_KEYS_SCHEMA = """
+    CREATE TABLE IF NOT EXISTS keyidx.response_keys (
+        key TEXT PRIMARY KEY,
+        id INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS keyidx.indexed (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        cache_id TEXT NOT NULL,
+        through INTEGER NOT NULL
+    );
+"""
 
 _RESPONSE_COLUMNS = (
     "key",
@@ -103,12 +161,17 @@ _RESPONSE_COLUMNS = (
     "response",
 )
 _INSERT = (
-    f"INSERT OR IGNORE INTO responses ({', '.join(_RESPONSE_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _RESPONSE_COLUMNS)})"
+    f"INSERT INTO responses (id, {', '.join(_RESPONSE_COLUMNS)}) "
+    f"VALUES (?, {', '.join('?' for _ in _RESPONSE_COLUMNS)})"
+)
+#: a key's row, found through the key file and checked against the row's own key
+_JOIN = (
+    "FROM keyidx.response_keys AS k JOIN main.responses AS r ON r.id = k.id AND r.key = k.key "
+    "WHERE k.key "
 )
 _COLUMNS = (
-    "SELECT key, base_url, model, status, text, parsed, finish_reason, prompt_tokens, "
-    "completion_tokens, cost, latency_s, error FROM responses WHERE key "
+    "SELECT r.key, r.base_url, r.model, r.status, r.text, r.parsed, r.finish_reason, "
+    "r.prompt_tokens, r.completion_tokens, r.cost, r.latency_s, r.error " + _JOIN
 )
 _SELECT = _COLUMNS + "= ?"
 _SELECT_MANY = _COLUMNS + "IN "
@@ -190,6 +253,7 @@ class Cache:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self.path = self.directory / CACHE_FILE
+        self.keys_path = self.directory / KEYS_FILE
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
@@ -231,13 +295,18 @@ class Cache:
             # response and text, ~6 KB) fits one page instead of an overflow chain, and the
             # WAL checkpoints copy fewer, larger pages. Halves the CPU of storing an entry.
             conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-            # Switching a new file to WAL takes an exclusive lock for which SQLite may answer
-            # "locked" at once (no busy wait) while another process does the same: retry.
-            mode = _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
-            if str(mode).lower() != "wal":
-                raise sqlite3.DatabaseError(f"cannot switch to WAL mode (got {mode})")
-            # NORMAL in WAL mode: a power cut may lose the last transactions, never corrupt.
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("ATTACH DATABASE ? AS keyidx", (str(self.keys_path),))
+            for schema in ("main", "keyidx"):
+                # Switching a new file to WAL takes an exclusive lock for which SQLite may
+                # answer "locked" at once (no busy wait) while another process does the
+                # same: retry.
+                pragma = f"PRAGMA {schema}.journal_mode = WAL"
+                mode = _retry_locked(lambda q=pragma: conn.execute(q).fetchone()[0])
+                if str(mode).lower() != "wal":
+                    raise sqlite3.DatabaseError(f"cannot switch to WAL mode (got {mode})")
+                # NORMAL in WAL mode: a power cut may lose the last transactions, never
+                # corrupt.
+                conn.execute(f"PRAGMA {schema}.synchronous = NORMAL")
         except sqlite3.Error as exc:
             raise self._fail(exc) from None
         self._local.conn = conn
@@ -272,12 +341,54 @@ class Cache:
                         "INSERT OR REPLACE INTO meta (name, value) VALUES ('schema_version', ?)",
                         (str(version),),
                     )
+                self._bind_keys(conn)
+                self._catch_up(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             raise self._fail(exc) from None
+
+    @staticmethod
+    def _bind_keys(conn: sqlite3.Connection) -> None:
+        """Create the key file's tables, and empty them when they belong to another main
+        file (each main file has a random id, which its key file records)."""
+        for statement in _KEYS_SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        row = conn.execute("SELECT value FROM meta WHERE name = 'cache_id'").fetchone()
+        if row is None:
+            row = (uuid.uuid4().hex,)
+            conn.execute("INSERT INTO meta (name, value) VALUES ('cache_id', ?)", row)
+        bound = conn.execute("SELECT cache_id FROM keyidx.indexed").fetchone()
+        if bound != row:
+            conn.execute("DELETE FROM keyidx.response_keys")
+            conn.execute(
+                "INSERT OR REPLACE INTO keyidx.indexed (one, cache_id, through) VALUES (1, ?, 0)",
+                row,
+            )
+
+    @staticmethod
+    def _catch_up(conn: sqlite3.Connection) -> int:
+        """Index the rows the key file does not know yet (a kill between the two files'
+        commits, a lost key file, a migrated file); returns the highest row id. Runs inside
+        a write transaction, so the rows above the mark are exactly those."""
+        through = int(conn.execute("SELECT through FROM keyidx.indexed").fetchone()[0])
+        top = int(conn.execute("SELECT coalesce(max(id), 0) FROM main.responses").fetchone()[0])
+        if top != through:
+            # Above the mark: rows never indexed. Below it (a key file newer than its rows):
+            # nothing to add, and the lookups' key check ignores what it points to.
+            conn.execute(
+                "INSERT INTO keyidx.response_keys (key, id) "
+                "SELECT key, min(id) FROM main.responses WHERE id > ? GROUP BY key "
+                "ON CONFLICT (key) DO UPDATE SET id = excluded.id WHERE NOT EXISTS "
+                "(SELECT 1 FROM main.responses AS r WHERE r.id = response_keys.id "
+                "AND r.key = response_keys.key)",
+                (through,),
+            )
+            conn.execute("UPDATE keyidx.indexed SET through = ?", (top,))
+        return top
 
     def close(self) -> None:
         """Close every connection this object opened (from any thread)."""
@@ -319,6 +430,16 @@ class Cache:
                 found[row[0]] = _response(row)
         return found
 
+    @staticmethod
+    def _present(conn: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` that have a row."""
+        found: set[str] = set()
+        for i in range(0, len(keys), _LOOKUP_CHUNK):
+            chunk = keys[i : i + _LOOKUP_CHUNK]
+            sql = "SELECT k.key " + _JOIN + "IN (" + ",".join("?" * len(chunk)) + ")"
+            found.update(key for (key,) in conn.execute(sql, chunk))
+        return found
+
     def get_any(self, keys: Sequence[str]) -> CachedResponse | None:
         """The first of ``keys`` that is cached (several endpoints: one key per endpoint)."""
         for key in keys:
@@ -329,7 +450,7 @@ class Cache:
 
     def contains(self, key: str) -> bool:
         try:
-            row = self._conn().execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone()
+            row = self._conn().execute("SELECT 1 " + _JOIN + "= ?", (key,)).fetchone()
         except sqlite3.Error as exc:
             raise self._fail(exc) from None
         return row is not None
@@ -339,7 +460,7 @@ class Cache:
         try:
             row = (
                 self._conn()
-                .execute("SELECT request, response FROM responses WHERE key = ?", (key,))
+                .execute("SELECT r.request, r.response " + _JOIN + "= ?", (key,))
                 .fetchone()
             )
         except sqlite3.Error as exc:
@@ -385,19 +506,30 @@ class Cache:
             return 0
         conn = self._conn()
         try:
-            before = conn.total_changes
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(_INSERT, rows)
+                top = self._catch_up(conn)
+                stored = self._present(conn, [r[0] for r in rows])
+                fresh = []
+                for r in rows:
+                    if r[0] not in stored:
+                        stored.add(r[0])
+                        fresh.append((top + len(fresh) + 1, *r))
+                if fresh:
+                    conn.executemany(_INSERT, fresh)
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO keyidx.response_keys (key, id) VALUES (?, ?)",
+                        [(r[1], r[0]) for r in fresh],
+                    )
+                    conn.execute("UPDATE keyidx.indexed SET through = ?", (top + len(fresh),))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            added = conn.total_changes - before
         except sqlite3.Error as exc:
             raise self._fail(exc) from None
         fault_point("llm.cache.commit")
-        return added
+        return len(fresh)
 
     def count(self) -> int:
         try:
