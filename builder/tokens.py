@@ -68,8 +68,12 @@ _ASCII_PIECES = re.compile(
     r"|\s++\Z|\s*[\r\n]|\s+(?!\S)|\s",
     re.ASCII,
 )
-#: Pieces whose token count a process remembers (~100 B each); cleared when full.
+#: Pieces whose token count a process remembers (~100 B each); cleared when full. The same
+#: bound holds the space-separated chunks the counter remembers.
 PIECE_CACHE_SIZE = 1 << 18
+#: cl100k's whitespace (``\s``) among ASCII characters (not the file separators \x1c-\x1f,
+#: which Python's ``str.isspace`` counts), and the empty string (``x[-1:]`` of an empty x).
+_WHITESPACE = ("", " ", "\t", "\n", "\r", "\x0b", "\x0c")
 
 
 @functools.cache
@@ -89,9 +93,10 @@ def _ascii_counter() -> Callable[[str], int] | None:
     if single is None or getattr(enc, "_pat_str", None) != CL100K_PATTERN:
         return None
     known: dict[str, int] = {}
+    spaced: dict[str, int] = {}  # chunk -> tokens of " " + chunk
     findall = _ASCII_PIECES.findall
 
-    def count(text: str) -> int:
+    def by_pieces(text: str) -> int:
         pieces = findall(text)
         try:
             return sum(map(known.__getitem__, pieces))
@@ -104,6 +109,35 @@ def _ascii_counter() -> Callable[[str], int] | None:
             n = known.get(piece)
             if n is None:
                 n = known[piece] = len(single(piece))
+            total += n
+        return total
+
+    def count(text: str) -> int:
+        # No piece runs on past a non-space into a space after it (letters, digits and
+        # punctuation runs stop there, a space is only ever a piece's first character), and
+        # a piece depends only on the text from its start on. So where every space follows a
+        # non-space, the pieces of a text are those of its first chunk, then those of " " +
+        # each following chunk: counted per distinct chunk, without the regex scan. Where
+        # whitespace precedes a space (``\s+(?!\S)`` keeps a run's last space for the next
+        # word), it is counted piece by piece.
+        chunks = text.split(" ")
+        if len(chunks) < 2 or chunks[0][-1:] in _WHITESPACE:
+            return by_pieces(text)
+        last = chunks.pop()
+        total = by_pieces(chunks[0]) + (spaced.get(last) or by_pieces(" " + last))
+        del chunks[0]
+        try:
+            return total + sum(map(spaced.__getitem__, chunks))
+        except KeyError:
+            pass
+        if len(spaced) > PIECE_CACHE_SIZE:
+            spaced.clear()
+        for chunk in chunks:
+            n = spaced.get(chunk)
+            if n is None:
+                if chunk[-1:] in _WHITESPACE:  # empty, or ends with whitespace
+                    return by_pieces(text)
+                n = spaced[chunk] = by_pieces(" " + chunk)
             total += n
         return total
 
@@ -166,5 +200,8 @@ def _encode_counts(enc: tiktoken.Encoding, texts: list[str], threads: int) -> li
 
 
 def count_tokens_one(text: str) -> int:
-    """cl100k token count of one text (convenience for callers counting a single string)."""
+    """cl100k token count of one text (for callers counting one string at a time)."""
+    fast = _ascii_counter()
+    if fast is not None and isinstance(text, str) and text.isascii():
+        return fast(text)
     return count_tokens([text])[0]

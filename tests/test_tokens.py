@@ -174,3 +174,30 @@ def test_offline_data_file_is_bundled() -> None:
     path = Path(offline._get_data_path("cl100k_base.tiktoken"))
     assert path.exists()
     assert encoding().n_vocab == 100277
+
+
+def test_counts_by_space_separated_chunks_match_tiktoken(reference_cl100k) -> None:
+    """The ASCII counter counts a text by its space-separated chunks where every space
+    follows a non-space; whitespace before a space (which a piece may run across) is counted
+    piece by piece, in the first chunk, a middle one or the last. Each text is counted twice
+    (the second time from the remembered chunks)."""
+    texts = [
+        "x\n\t y z",
+        "x\n\t\t y",
+        "a b\n\t c d",
+        "a b\t\t c",
+        "a \n b",
+        "  a b c",
+        "a  b c",
+        "a   b   c",
+        "a b c ",
+        "a b c  \n",
+        "a b c\n\t",
+        " 12 345 6789 it's 'LL x.\n y",
+        "word, another. third! (fourth) 'quoted' \"double\" end",
+        "\x1c a\x1f b",
+        "tab\tinside words\there",
+    ]
+    expected = [len(reference_cl100k.encode_ordinary(t)) for t in texts]
+    assert count_tokens(texts, threads=1) == expected
+    assert count_tokens(texts, threads=1) == expected
