@@ -197,8 +197,8 @@ def count_tokens(text: str) -> int:
 def check_row(row: dict[str, Any], settings: FilterSettings) -> tuple[str, str, str] | None:
     """The first (stage, reason, detail) that rejects ``row``, or None if it passes.
 
-    Sets ``row["n_tokens"]`` when the text had to be counted (fewer words than
-    ``min_tokens``); otherwise it stays None and assembly counts it.
+    Sets ``row["n_tokens"]`` (the text's cl100k count) once it got that far, so every row
+    that passes carries its count (assembly takes it, ``assemble(counted=True)``).
     """
     status = row.get("status", "ok")
     if status == "failed":
@@ -223,14 +223,9 @@ def check_row(row: dict[str, Any], settings: FilterSettings) -> tuple[str, str, 
         if match:
             return "filter", "refusal", f"refusal phrase: {match[:120]!r}"
     minimum = settings.min_tokens_by_kind.get(row.get("kind") or "", settings.min_tokens)
-    # cl100k never joins two whitespace-separated words into one token, so a text with at
-    # least ``minimum`` words has at least ``minimum`` tokens: encode only when that does not
-    # settle it (assembly counts every kept document's tokens exactly).
-    if len(text.split()) < minimum:
-        n_tokens = count_tokens(text)
-        row["n_tokens"] = n_tokens
-        if n_tokens < minimum:
-            return "filter", "too_short", f"{n_tokens} tokens < min_tokens {minimum}"
+    n_tokens = row["n_tokens"] = count_tokens(text)
+    if n_tokens < minimum:
+        return "filter", "too_short", f"{n_tokens} tokens < min_tokens {minimum}"
     prose = prose_of(row)
     if settings.max_repetition < 1:
         words = _words(prose)
@@ -363,9 +358,9 @@ def filter_table(
     the same rows and values as ``filter_documents`` of the table's rows gives.
 
     Rows without structured output that need no verification are checked from a few
-    columns and, when they pass, taken from the table as they are (with ``n_tokens`` where
-    ``check_row`` counted it) instead of becoming dicts and a table again; the others (and
-    every rejected row) go through ``filter_documents``.
+    columns and, when they pass, taken from the table as they are (with the ``n_tokens``
+    ``check_row`` counted) instead of becoming dicts and a table again; the others (and
+    every rejected row) go through ``filter_documents``. Every kept row has its count.
     """
     from builder.records import DOCUMENT_SCHEMA, decode_row, to_table
 
@@ -376,7 +371,7 @@ def filter_table(
     kinds = cols.get("kind") or [None] * n
     verify = verify_settings.enabled
     fast: list[int] = []
-    counted: dict[int, int] = {}
+    counts: list[int] = []
     slow: list[int] = []
     for i in range(n):
         if structured[i] is not None or (verify and kinds[i] == "exercise"):
@@ -385,14 +380,12 @@ def filter_table(
         row = {c: v[i] for c, v in cols.items()}
         if check_row(row, filter_settings) is None:
             fast.append(i)
-            if row.get("n_tokens") is not None:
-                counted[i] = row["n_tokens"]
+            counts.append(row["n_tokens"])
         else:
             slow.append(i)  # rejected: its full row is built below
     kept = to_table(table.take(pa.array(fast, pa.int64())), DOCUMENT_SCHEMA)
-    if counted:
-        old = kept.column("n_tokens").to_pylist()
-        kept = _set_counts(kept, [counted.get(i, v) for i, v in zip(fast, old, strict=True)])
+    at = kept.schema.get_field_index("n_tokens")
+    kept = kept.set_column(at, kept.schema.field(at), pa.array(counts, pa.int64()))
     if not slow:
         return kept, []
     rows = [decode_row(r) for r in table.take(pa.array(slow, pa.int64())).to_pylist()]
@@ -405,28 +398,6 @@ def filter_table(
         both = pa.concat_tables([kept, to_table([doc for _i, doc in slow_kept], DOCUMENT_SCHEMA)])
         kept = both.take(pa.array(sorted(range(len(order)), key=order.__getitem__), pa.int64()))
     return kept, [row for where, row in outcomes if where == "rejected"]
-
-
-def with_token_counts(kept: pa.Table) -> pa.Table:
-    """``kept`` (a ``filter_table`` result) with every row's ``n_tokens``: the cl100k count of
-    its text (``builder.tokens.count_tokens``; the rows ``check_row`` counted keep theirs), so
-    assembly takes them instead of reading and counting every text again."""
-    from builder.tokens import count_tokens
-
-    counts = kept.column("n_tokens").to_pylist()
-    missing = [i for i, n in enumerate(counts) if n is None]
-    if not missing:
-        return kept
-    texts = kept.column("text").take(pa.array(missing, pa.int64())).to_pylist()
-    for i, n in zip(missing, count_tokens([t or "" for t in texts], threads=1), strict=True):
-        counts[i] = n
-    return _set_counts(kept, counts)
-
-
-def _set_counts(kept: pa.Table, counts: list[int | None]) -> pa.Table:
-    """``kept`` with ``counts`` as its ``n_tokens`` column."""
-    at = kept.schema.get_field_index("n_tokens")
-    return kept.set_column(at, kept.schema.field(at), pa.array(counts, pa.int64()))
 
 
 def rejection_counts(rejected: Iterable[dict[str, Any]]) -> dict[str, int]:

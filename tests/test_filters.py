@@ -21,6 +21,7 @@ from builder.filters import (
 )
 from builder.records import DOCUMENT_COLUMNS, REJECTION_COLUMNS
 from builder.settings.filters import FilterSettings, VerifySettings
+from builder.tokens import count_tokens_one as count_tokens
 from tests.support.fake_openai_server import FakeOpenAIServer, FakeReply
 from tests.support.generation import Generated, generate_rows
 
@@ -140,10 +141,9 @@ def test_good_document_is_kept_with_its_columns(tmp_path: Path) -> None:
     (doc,) = kept
     assert list(doc)[: len(DOCUMENT_COLUMNS)] == list(DOCUMENT_COLUMNS)
     assert list(doc)[len(DOCUMENT_COLUMNS) :] == list(EXTRA_COLUMNS)
-    # More words than min_tokens: at least as many tokens, so the filter did not encode it
-    # (assembly counts every kept document's tokens).
-    assert len(doc["text"].split()) >= 150
-    assert doc["n_tokens"] is None and doc["verified"] is None and doc["kind"] == "section"
+    # Every kept document carries its cl100k count (assembly takes it).
+    assert doc["n_tokens"] == count_tokens(doc["text"]) >= 150
+    assert doc["verified"] is None and doc["kind"] == "section"
 
 
 # --------------------------------------------------------------------------- each reason
@@ -195,9 +195,10 @@ def test_too_short_counts_cl100k_tokens(tmp_path: Path) -> None:
     assert (rej["stage"], rej["reason"]) == ("filter", "too_short")
     assert "< min_tokens 150" in rej["detail"]
     kept, _ = run(rows, min_tokens_by_kind={"section": 5})
-    assert len(kept) == 1 and kept[0]["n_tokens"] is None  # 11 words >= 5: no count needed
+    assert len(kept) == 1 and kept[0]["n_tokens"] == 12
     kept, _ = run(rows, min_tokens_by_kind={"section": 12})
-    assert len(kept) == 1 and kept[0]["n_tokens"] == 12  # 11 words < 12: counted exactly
+    assert len(kept) == 1 and kept[0]["n_tokens"] == 12
+    assert only_rejection(rows, min_tokens_by_kind={"section": 13})["reason"] == "too_short"
 
 
 def test_few_words_many_tokens_are_counted_not_guessed(tmp_path: Path) -> None:

@@ -175,9 +175,7 @@ def test_a_cache_of_the_first_schema_is_migrated_with_every_row(tmp_path):
             "request, response) VALUES (?, 1.5, 'u', 'm', 'ok', ?, ?, ?, '[]')",
             [(f"key-{i:05d}", f"old {i}", '{"n": 1}' if i == 7 else None, "{}") for i in range(40)],
         )
-        conn.execute(
-            "INSERT INTO batches VALUES ('b1', 'u', 'f1', 'submitted', 1.0, 1.0, 2)"
-        )
+        conn.execute("INSERT INTO batches VALUES ('b1', 'u', 'f1', 'submitted', 1.0, 1.0, 2)")
     cache = Cache(tmp_path)
     keys = [f"key-{i:05d}" for i in range(40)]
     assert _texts(cache, keys) == {k: f"old {i}" for i, k in enumerate(keys)}

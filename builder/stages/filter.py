@@ -73,12 +73,12 @@ class FilterStage(PartitionStage):
         return f"pycld2, {ENCODING_LABEL}"
 
     def run_partition(self, ctx: RunContext, table: pa.Table) -> dict[str, Any]:
-        from builder.filters import filter_table, with_token_counts
+        from builder.filters import filter_table
 
         config = ctx.config
         llm = ctx.llm() if config.verify.enabled and config.verify.second_sample else None
+        # Every kept row carries its token count: assembly takes them (``counted=True``).
         kept, rejected = filter_table(table, config.filters, config.verify, llm=llm)
-        kept = with_token_counts(kept)  # assembly takes them (``assemble(counted=True)``)
         self._reasons.update(f"{r['stage']}/{r['reason']}" for r in rejected)
         self._verified += pc.sum(kept.column("verified")).as_py() or 0
         return {"kept": kept, "rejected": rejected}
