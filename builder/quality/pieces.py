@@ -95,9 +95,12 @@ class PieceTokenizer:
         words = pl.concat(parts).sort("doc", maintain_order=True).explode("w")
         if not words.height:
             return np.zeros(0, dtype=np.int64), np.zeros(len(texts), dtype=np.int64)
-        distinct = words.select(pl.col("w").unique()).with_row_index("u")
-        words = words.join(distinct, on="w", how="left", maintain_order="left")
-        cached = self._lookup(distinct["w"].to_list())[words["u"].to_numpy()]
+        # Each distinct word numbered by a categorical of its own (a fresh mapping, freed
+        # with it): no unique-then-join over every word of the batch.
+        categories = pl.Categories.random()
+        coded = words["w"].cast(pl.Categorical(categories))
+        distinct = categories.to_series().to_list()  # while ``coded`` holds the mapping
+        cached = self._lookup(distinct)[coded.to_physical().to_numpy()]
         lengths = self._len[cached]
         total = int(lengths.sum())
         # positions of every token in ``_ids``: each piece's start, then consecutive
