@@ -102,25 +102,13 @@ class WordLlamaEmbedder:
         self.batch_size = batch_size
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        from scipy.sparse import csr_matrix
-
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        vocab = self.matrix.shape[0]
         for start in range(0, len(texts), self.batch_size):
             chunk = [
                 t[: self.max_chars] if t else "" for t in texts[start : start + self.batch_size]
             ]
-            ids, lengths = self.pieces.encode(chunk)
-            if not lengths.any():
-                continue
-            flat = np.clip(ids, 0, vocab - 1)
-            # token counts per document (a sparse docs x vocab matrix) times the table: the
-            # mean of the token vectors without materialising one vector per token
-            indptr = np.concatenate(([0], np.cumsum(lengths)))
-            counts = csr_matrix(
-                (np.ones(len(flat), dtype=np.float32), flat, indptr), shape=(len(chunk), vocab)
-            )
-            sums = np.asarray(counts @ self.matrix, dtype=np.float32)
+            # the mean of each text's token vectors, without one vector per token
+            sums, lengths = self.pieces.token_sums(chunk, self.matrix)
             nonempty = lengths > 0
             out[start : start + len(chunk)][nonempty] = sums[nonempty] / lengths[nonempty, None]
         return _normalise(out)

@@ -7,9 +7,11 @@ after another character, so a text's tokens are the concatenation of the tokens 
 *pieces*: the maximal substrings that start with a ``▁`` run (``▁▁▁if``, ``▁word.``).
 ``PieceTokenizer`` splits a batch into pieces with Polars, looks each distinct piece up in a
 bounded cache of token ids and tokenizes only the ones it has not seen, then lays the ids
-out again in text order. The ids are exactly the whole-text tokenizer's (tests compare them
-on prose, code and odd whitespace), so the embeddings do not change; prose repeats its words,
-so after the first batches almost every piece is a cache hit (bench/quality.py measures it).
+out again in text order (``encode``). The ids are exactly the whole-text tokenizer's (tests
+compare them on prose, code and odd whitespace); prose repeats its words, so after the first
+batches almost every piece is a cache hit (bench/quality.py measures it). ``token_sums``
+sums an embedding table's rows over each text's tokens from the same pieces, a distinct
+piece's rows once per batch.
 """
 
 from __future__ import annotations
@@ -70,9 +72,9 @@ class PieceTokenizer:
             index.update(zip(missing, range(first, first + len(missing)), strict=True))
         return np.fromiter((index[w] for w in words), dtype=np.int64, count=len(words))
 
-    def encode(self, texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids, lengths)``: every text's token ids, one text after another (int64), and
-        each text's number of tokens; a null or empty text has none."""
+    def _words(self, texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """The batch's pieces in text order: each one's text index, its number among the
+        batch's distinct pieces, and those distinct pieces (each without its first ``▁``)."""
         frame = (
             pl.DataFrame({"t": pl.Series(list(texts), dtype=pl.String)})
             .with_row_index("doc")
@@ -94,19 +96,60 @@ class PieceTokenizer:
             parts.append(odd.select("doc", pieces.list.eval(pl.element().str.slice(1)).alias("w")))
         words = pl.concat(parts).sort("doc", maintain_order=True).explode("w")
         if not words.height:
-            return np.zeros(0, dtype=np.int64), np.zeros(len(texts), dtype=np.int64)
-        # Each distinct word numbered by a categorical of its own (a fresh mapping, freed
-        # with it): no unique-then-join over every word of the batch.
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), []
+        # Each distinct piece numbered by a categorical of its own (a fresh mapping, freed
+        # with it): no unique-then-join over every piece of the batch.
         categories = pl.Categories.random()
         coded = words["w"].cast(pl.Categorical(categories))
         distinct = categories.to_series().to_list()  # while ``coded`` holds the mapping
-        cached = self._lookup(distinct)[coded.to_physical().to_numpy()]
+        codes = coded.to_physical().to_numpy().astype(np.int64)
+        return words["doc"].to_numpy().astype(np.int64), codes, distinct
+
+    def _ids_of(self, cached: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The token ids of the cached pieces ``cached``, one after another, and each one's
+        number of tokens."""
         lengths = self._len[cached]
         total = int(lengths.sum())
         # positions of every token in ``_ids``: each piece's start, then consecutive
         offsets = np.repeat(self._start[cached] - (np.cumsum(lengths) - lengths), lengths)
-        ids = self._ids[offsets + np.arange(total)].astype(np.int64)
-        per_text = np.bincount(
-            words["doc"].to_numpy(), weights=lengths, minlength=len(texts)
-        ).astype(np.int64)
+        return self._ids[offsets + np.arange(total)].astype(np.int64), lengths
+
+    def encode(self, texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, lengths)``: every text's token ids, one text after another (int64), and
+        each text's number of tokens; a null or empty text has none."""
+        doc, codes, distinct = self._words(texts)
+        if not len(doc):
+            return np.zeros(0, dtype=np.int64), np.zeros(len(texts), dtype=np.int64)
+        ids, lengths = self._ids_of(self._lookup(distinct)[codes])
+        per_text = np.bincount(doc, weights=lengths, minlength=len(texts)).astype(np.int64)
         return ids, per_text
+
+    def token_sums(
+        self, texts: Sequence[str | None], table: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(sums, lengths)``: for each text the sum of the rows of ``table`` (vocabulary x
+        d) of its tokens (ids past the table clipped to its last row), and its number of
+        tokens. Each distinct piece's row sum is taken once, then each text sums its pieces'
+        (a texts x pieces matrix of counts times a pieces x d one): fewer rows added than
+        one per token, and no token list per text. The sums equal the per-token sums up to
+        float rounding (another order of additions)."""
+        from scipy.sparse import csr_matrix
+
+        doc, codes, distinct = self._words(texts)
+        if not len(doc):
+            return np.zeros((len(texts), table.shape[1]), np.float32), np.zeros(
+                len(texts), np.int64
+            )
+        ids, lengths = self._ids_of(self._lookup(distinct))
+        vocab = table.shape[0]
+        bounds = np.concatenate(([0], np.cumsum(lengths)))
+        piece_tokens = csr_matrix(
+            (np.ones(len(ids), np.float32), np.clip(ids, 0, vocab - 1), bounds),
+            shape=(len(distinct), vocab),
+        )
+        counts = csr_matrix(
+            (np.ones(len(codes), np.float32), (doc, codes)), shape=(len(texts), len(distinct))
+        )
+        sums = np.asarray(counts @ np.asarray(piece_tokens @ table), dtype=np.float32)
+        per_text = np.bincount(doc, weights=lengths[codes], minlength=len(texts))
+        return sums, per_text.astype(np.int64)
