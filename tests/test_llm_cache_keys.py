@@ -8,6 +8,9 @@ from __future__ import annotations
 import shutil
 import sqlite3
 
+import pytest
+
+from builder.errors import CacheError
 from builder.llm.cache import (
     CACHE_FILE,
     KEYS_FILE,
@@ -191,3 +194,20 @@ def test_a_cache_of_the_first_schema_is_migrated_with_every_row(tmp_path):
         keys_in_order = [r[0] for r in conn.execute("SELECT key FROM responses ORDER BY id")]
     assert ids == list(range(1, 41))
     assert keys_in_order == keys + ["key-00040"]
+
+
+def test_a_damaged_key_file_is_named_and_deleting_it_recovers_every_answer(tmp_path):
+    cache = Cache(tmp_path)
+    cache.put_many([_entry(i) for i in range(5)])
+    cache.close()
+    _remove_keys_file(tmp_path)
+    (tmp_path / KEYS_FILE).write_bytes(b"not a database" * 300)
+    with pytest.raises(CacheError) as exc_info:
+        Cache(tmp_path)
+    assert KEYS_FILE in str(exc_info.value)
+    (tmp_path / KEYS_FILE).unlink()
+    cache = Cache(tmp_path)
+    assert _texts(cache, [_entry(i).key for i in range(5)]) == {
+        e.key: e.text for e in map(_entry, range(5))
+    }
+    cache.close()

@@ -279,7 +279,8 @@ class Cache:
         return CacheError(
             f"the LLM cache is unreadable ({text})",
             file=self.path,
-            hint=f"delete the cache directory {self.directory} and try again",
+            hint=f"delete {self.keys_path.name} in {self.directory} (it is rebuilt from the "
+            "answers) and try again; if that is not enough, delete the cache directory",
         )
 
     def _conn(self) -> sqlite3.Connection:
