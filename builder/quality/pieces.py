@@ -147,8 +147,11 @@ class PieceTokenizer:
             (np.ones(len(ids), np.float32), np.clip(ids, 0, vocab - 1), bounds),
             shape=(len(distinct), vocab),
         )
+        # pieces come in text order: each text's row of counts is its pieces' codes, repeats
+        # left in (the product sums them), so no conversion from coordinates and no sort
+        rows = np.concatenate(([0], np.cumsum(np.bincount(doc, minlength=len(texts)))))
         counts = csr_matrix(
-            (np.ones(len(codes), np.float32), (doc, codes)), shape=(len(texts), len(distinct))
+            (np.ones(len(codes), np.float32), codes, rows), shape=(len(texts), len(distinct))
         )
         sums = np.asarray(counts @ np.asarray(piece_tokens @ table), dtype=np.float32)
         per_text = np.bincount(doc, weights=lengths[codes], minlength=len(texts))
