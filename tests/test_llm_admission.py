@@ -7,8 +7,9 @@ import signal
 import sqlite3
 
 from builder.llm import open_engine
-from builder.llm.cache import CACHE_FILE, PAGE_SIZE, Cache, CacheEntry
+from builder.llm.cache import CACHE_FILE, PAGE_SIZE, Cache
 from builder.settings.llm import LLMSettings
+from tests.support.cache import cache_entry
 from tests.support.engine import fake_settings, run_engine_killed, user_request
 from tests.support.fake_openai_server import FakeOpenAIServer, FakeReply
 
@@ -20,29 +21,9 @@ def _settings(srv: FakeOpenAIServer, **kw) -> LLMSettings:
 _req = user_request
 
 
-def _entry(i: int) -> CacheEntry:
-    return CacheEntry(
-        key=f"k{i:04d}",
-        base_url="http://127.0.0.1:1/v1",
-        model="m",
-        status="ok",
-        text=f"answer {i} " * 300,  # ~3 KB: more than one 4 KB page holds with its bodies
-        parsed={"n": i} if i % 2 else None,
-        finish_reason="stop",
-        prompt_tokens=i,
-        completion_tokens=2 * i,
-        cost=0.001 * i,
-        latency_s=0.5,
-        attempts=1,
-        error=None,
-        request='{"messages":[]}',
-        response="[{}]",
-    )
-
-
 def test_get_many_answers_like_get_for_hits_misses_and_repeats(tmp_path):
     cache = Cache(tmp_path)
-    cache.put_many([_entry(i) for i in range(600)])  # more keys than one lookup query takes
+    cache.put_many([cache_entry(i) for i in range(600)])  # more keys than one lookup query takes
     keys = [f"k{i:04d}" for i in range(0, 600, 1)] + ["missing", "k0003", "k0599"]
     found = cache.get_many(keys)
     assert sorted(found) == [f"k{i:04d}" for i in range(600)]
@@ -55,7 +36,7 @@ def test_get_many_answers_like_get_for_hits_misses_and_repeats(tmp_path):
 
 def test_new_cache_files_get_large_pages_and_old_files_keep_theirs(tmp_path):
     new = Cache(tmp_path / "new")
-    new.put_many([_entry(1)])
+    new.put_many([cache_entry(1)])
     new.close()
     with sqlite3.connect(tmp_path / "new" / CACHE_FILE) as conn:
         assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
@@ -69,7 +50,7 @@ def test_new_cache_files_get_large_pages_and_old_files_keep_theirs(tmp_path):
     conn.execute("CREATE TABLE t (x)")
     conn.close()
     old = Cache(old_dir)
-    old.put_many([_entry(i) for i in range(20)])
+    old.put_many([cache_entry(i) for i in range(20)])
     assert old.get_many(["k0003", "k0019"]).keys() == {"k0003", "k0019"}
     assert old.count() == 20
     old.close()

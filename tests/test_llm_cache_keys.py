@@ -18,32 +18,29 @@ from builder.llm.cache import (
     PAGE_SIZE,
     SCHEMA_VERSION,
     Cache,
-    CacheEntry,
 )
-
-
-def _entry(i: int, text: str | None = None) -> CacheEntry:
-    return CacheEntry(
-        key=f"key-{i:05d}",
-        base_url="http://127.0.0.1:1/v1",
-        model="m",
-        status="ok",
-        text=text if text is not None else f"answer {i} " * 50,
-        parsed={"n": i} if i % 3 == 0 else None,
-        finish_reason="stop",
-        prompt_tokens=i,
-        completion_tokens=2 * i,
-        cost=0.001 * i,
-        latency_s=0.25,
-        attempts=1,
-        error=None,
-        request=f'{{"n":{i}}}',
-        response=f'[{{"id":"r{i}"}}]',
-    )
+from tests.support.cache import cache_entry
 
 
 def _texts(cache: Cache, keys: list[str]) -> dict[str, str | None]:
     return {k: hit.text for k, hit in cache.get_many(keys).items()}
+
+
+def _all_found(cache: Cache, numbers: range | list[int]) -> bool:
+    """Whether every entry ``cache_entry(i)`` of ``numbers`` is answered with its own text."""
+    entries = [cache_entry(i) for i in numbers]
+    return _texts(cache, [e.key for e in entries]) == {e.key: e.text for e in entries}
+
+
+def _rows_only(directory, rows: list[tuple[int, str, str]]) -> None:
+    """Rows (id, key, text) committed to the main file only, as a kill between the two files'
+    commits leaves them (SQLite commits the main file first)."""
+    with sqlite3.connect(directory / CACHE_FILE) as conn:
+        conn.executemany(
+            "INSERT INTO responses (id, key, created_at, base_url, model, status, text, "
+            "request, response) VALUES (?, ?, 0, 'u', 'm', 'ok', ?, '{}', '[]')",
+            rows,
+        )
 
 
 def _remove_keys_file(directory) -> None:
@@ -53,19 +50,19 @@ def _remove_keys_file(directory) -> None:
 
 def test_keys_have_their_own_small_page_file_and_the_rows_no_key_index(tmp_path):
     cache = Cache(tmp_path)
-    assert cache.put_many([_entry(i) for i in range(50)]) == 50
+    assert cache.put_many([cache_entry(i) for i in range(50)]) == 50
     # Stored again, with other texts: the first answer stays, nothing is added.
-    assert cache.put_many([_entry(i, "later") for i in range(45, 55)]) == 5
+    assert cache.put_many([cache_entry(i, "later") for i in range(45, 55)]) == 5
     assert cache.count() == 55
-    assert _texts(cache, ["key-00047", "key-00052"]) == {
-        "key-00047": _entry(47).text,
-        "key-00052": "later",
+    assert _texts(cache, ["k0047", "k0052"]) == {
+        "k0047": cache_entry(47).text,
+        "k0052": "later",
     }
     # The same key twice in one batch: the first one is stored.
-    assert cache.put_many([_entry(60, "first"), _entry(60, "second")]) == 1
-    assert cache.get("key-00060").text == "first"
-    assert cache.contains("key-00060") and not cache.contains("key-00061")
-    assert cache.raw("key-00003") == ({"n": 3}, [{"id": "r3"}])
+    assert cache.put_many([cache_entry(60, "first"), cache_entry(60, "second")]) == 1
+    assert cache.get("k0060").text == "first"
+    assert cache.contains("k0060") and not cache.contains("k0061")
+    assert cache.raw("k0003") == ({"n": 3}, [{"id": "r3"}])
     cache.close()
     with sqlite3.connect(tmp_path / CACHE_FILE) as conn:
         assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
@@ -80,90 +77,75 @@ def test_keys_have_their_own_small_page_file_and_the_rows_no_key_index(tmp_path)
 
 def test_rows_committed_without_their_keys_are_found_and_never_stored_twice(tmp_path):
     cache = Cache(tmp_path)
-    cache.put_many([_entry(i) for i in range(10)])
-    # What a kill between the two commits leaves: the main file has the rows (ids 11-15),
-    # the key file does not (SQLite commits the main file first).
-    with sqlite3.connect(tmp_path / CACHE_FILE) as conn:
-        conn.executemany(
-            "INSERT INTO responses (id, key, created_at, base_url, model, status, text, "
-            "request, response) VALUES (?, ?, 0, 'u', 'm', 'ok', ?, '{}', '[]')",
-            [(11 + j, f"key-{i:05d}", f"orphan {i}") for j, i in enumerate(range(10, 15))],
-        )
-    assert cache.get_many(["key-00012"]) == {}  # not indexed yet
+    cache.put_many([cache_entry(i) for i in range(10)])
+    # A kill between the two commits: the main file has rows 11-15, the key file not.
+    _rows_only(
+        tmp_path, [(11 + j, f"k{i:04d}", f"orphan {i}") for j, i in enumerate(range(10, 15))]
+    )
+    assert cache.get_many(["k0012"]) == {}  # not indexed yet
     # The next write indexes them first: the orphan (first writer) stays, one row is new.
-    assert cache.put_many([_entry(12, "again"), _entry(20)]) == 1
+    assert cache.put_many([cache_entry(12, "again"), cache_entry(20)]) == 1
     assert cache.count() == 16
-    assert _texts(cache, ["key-00012", "key-00014", "key-00020"]) == {
-        "key-00012": "orphan 12",
-        "key-00014": "orphan 14",
-        "key-00020": _entry(20).text,
+    assert _texts(cache, ["k0012", "k0014", "k0020"]) == {
+        "k0012": "orphan 12",
+        "k0014": "orphan 14",
+        "k0020": cache_entry(20).text,
     }
     cache.close()
 
     # Opening a cache indexes them too (before any write).
-    with sqlite3.connect(tmp_path / CACHE_FILE) as conn:
-        conn.execute(
-            "INSERT INTO responses (id, key, created_at, base_url, model, status, text, "
-            "request, response) VALUES (17, 'key-00030', 0, 'u', 'm', 'ok', 'x', '{}', '[]')"
-        )
+    _rows_only(tmp_path, [(17, "k0030", "x")])
     reopened = Cache(tmp_path)
-    assert _texts(reopened, ["key-00030", "key-00001"]) == {
-        "key-00030": "x",
-        "key-00001": _entry(1).text,
-    }
+    assert _texts(reopened, ["k0030"]) == {"k0030": "x"} and _all_found(reopened, range(10))
     reopened.close()
 
 
 def test_a_lost_key_file_is_rebuilt_from_the_rows(tmp_path):
     cache = Cache(tmp_path)
-    cache.put_many([_entry(i) for i in range(300)])
+    cache.put_many([cache_entry(i) for i in range(300)])
     cache.close()
     _remove_keys_file(tmp_path)
     rebuilt = Cache(tmp_path)
-    keys = [_entry(i).key for i in range(300)]
-    assert _texts(rebuilt, keys) == {e.key: e.text for e in map(_entry, range(300))}
-    assert rebuilt.put_many([_entry(5, "again"), _entry(300)]) == 1
+    assert _all_found(rebuilt, range(300))
+    assert rebuilt.put_many([cache_entry(5, "again"), cache_entry(300)]) == 1
     rebuilt.close()
 
 
 def test_a_key_file_of_another_cache_is_replaced(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     first = Cache(a)
-    first.put_many([_entry(i) for i in range(10)])
+    first.put_many([cache_entry(i) for i in range(10)])
     first.close()
     second = Cache(b)
-    second.put_many([_entry(i) for i in range(100, 110)])  # the same row ids, other keys
+    second.put_many([cache_entry(i) for i in range(100, 110)])  # the same row ids, other keys
     second.close()
     _remove_keys_file(a)
     shutil.copy(b / KEYS_FILE, a / KEYS_FILE)
     cache = Cache(a)
-    assert cache.get("key-00100") is None
-    assert _texts(cache, ["key-00000", "key-00009"]) == {
-        "key-00000": _entry(0).text,
-        "key-00009": _entry(9).text,
-    }
+    assert cache.get("k0100") is None
+    assert _all_found(cache, range(10))
     cache.close()
 
 
 def test_a_key_file_newer_than_its_rows_never_answers_with_another_row(tmp_path):
     cache = Cache(tmp_path)
-    cache.put_many([_entry(i) for i in range(10)])
+    cache.put_many([cache_entry(i) for i in range(10)])
     cache.close()
     backup = tmp_path / "backup.sqlite3"
     shutil.copy(tmp_path / CACHE_FILE, backup)  # closed: the WAL is checkpointed
     cache = Cache(tmp_path)
-    cache.put_many([_entry(i) for i in range(10, 20)])  # ids 11-20
+    cache.put_many([cache_entry(i) for i in range(10, 20)])  # ids 11-20
     cache.close()
     shutil.copy(backup, tmp_path / CACHE_FILE)  # the rows of ids 11-20 are gone again
     cache = Cache(tmp_path)
-    assert cache.get("key-00015") is None
+    assert cache.get("k0015") is None
     # New rows take ids 11-20 again; the key file's old entries point at them.
-    assert cache.put_many([_entry(i) for i in range(30, 40)]) == 10
-    assert cache.get("key-00015") is None and not cache.contains("key-00015")
-    assert cache.get("key-00035").text == _entry(35).text
+    assert cache.put_many([cache_entry(i) for i in range(30, 40)]) == 10
+    assert cache.get("k0015") is None and not cache.contains("k0015")
+    assert cache.get("k0035").text == cache_entry(35).text
     # And the lost answer can be stored again, under its own key.
-    assert cache.put_many([_entry(15)]) == 1
-    assert cache.get("key-00015").text == _entry(15).text
+    assert cache.put_many([cache_entry(15)]) == 1
+    assert cache.get("k0015").text == cache_entry(15).text
     cache.close()
 
 
@@ -176,15 +158,15 @@ def test_a_cache_of_the_first_schema_is_migrated_with_every_row(tmp_path):
         conn.executemany(
             "INSERT INTO responses (key, created_at, base_url, model, status, text, parsed, "
             "request, response) VALUES (?, 1.5, 'u', 'm', 'ok', ?, ?, ?, '[]')",
-            [(f"key-{i:05d}", f"old {i}", '{"n": 1}' if i == 7 else None, "{}") for i in range(40)],
+            [(f"k{i:04d}", f"old {i}", '{"n": 1}' if i == 7 else None, "{}") for i in range(40)],
         )
         conn.execute("INSERT INTO batches VALUES ('b1', 'u', 'f1', 'submitted', 1.0, 1.0, 2)")
     cache = Cache(tmp_path)
-    keys = [f"key-{i:05d}" for i in range(40)]
+    keys = [f"k{i:04d}" for i in range(40)]
     assert _texts(cache, keys) == {k: f"old {i}" for i, k in enumerate(keys)}
-    assert cache.get("key-00007").parsed == {"n": 1}
+    assert cache.get("k0007").parsed == {"n": 1}
     assert cache.open_batches() == [("b1", "u", "submitted")]
-    assert cache.put_many([_entry(3), _entry(40)]) == 1
+    assert cache.put_many([cache_entry(3), cache_entry(40)]) == 1
     assert cache.count() == 41
     cache.close()
     with sqlite3.connect(tmp_path / CACHE_FILE) as conn:
@@ -193,12 +175,12 @@ def test_a_cache_of_the_first_schema_is_migrated_with_every_row(tmp_path):
         ids = [r[0] for r in conn.execute("SELECT id FROM responses WHERE id <= 40 ORDER BY id")]
         keys_in_order = [r[0] for r in conn.execute("SELECT key FROM responses ORDER BY id")]
     assert ids == list(range(1, 41))
-    assert keys_in_order == keys + ["key-00040"]
+    assert keys_in_order == keys + ["k0040"]
 
 
 def test_a_damaged_key_file_is_named_and_deleting_it_recovers_every_answer(tmp_path):
     cache = Cache(tmp_path)
-    cache.put_many([_entry(i) for i in range(5)])
+    cache.put_many([cache_entry(i) for i in range(5)])
     cache.close()
     _remove_keys_file(tmp_path)
     (tmp_path / KEYS_FILE).write_bytes(b"not a database" * 300)
@@ -207,7 +189,5 @@ def test_a_damaged_key_file_is_named_and_deleting_it_recovers_every_answer(tmp_p
     assert KEYS_FILE in str(exc_info.value)
     (tmp_path / KEYS_FILE).unlink()
     cache = Cache(tmp_path)
-    assert _texts(cache, [_entry(i).key for i in range(5)]) == {
-        e.key: e.text for e in map(_entry, range(5))
-    }
+    assert _all_found(cache, range(5))
     cache.close()

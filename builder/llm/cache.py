@@ -59,12 +59,9 @@ PAGE_SIZE = 32768
 #: keys looked up per SELECT by ``get_many`` (well under SQLite's bound on parameters)
 _LOOKUP_CHUNK = 256
 
-# Each entry upgrades the schema from version i to i+1 (index 0 creates it).
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE IF NOT EXISTS responses (
-        key TEXT PRIMARY KEY,
-        created_at REAL NOT NULL,
+#: a response row's columns after its key, the same in schema versions 1 and 2 (frozen: a
+#: new column is a new migration)
+_RESPONSE_FIELDS = """created_at REAL NOT NULL,
         base_url TEXT NOT NULL,
         model TEXT NOT NULL,
         status TEXT NOT NULL,
@@ -78,7 +75,20 @@ MIGRATIONS: list[str] = [
         attempts INTEGER NOT NULL DEFAULT 1,
         error TEXT,
         request TEXT NOT NULL,
-        response TEXT NOT NULL
+        response TEXT NOT NULL"""
+#: a response row's columns but its id (what ``put_many`` stores, what migration 2 copies)
+_COPIED = (
+    "key, created_at, base_url, model, status, text, parsed, finish_reason, prompt_tokens, "
+    "completion_tokens, cost, latency_s, attempts, error, request, response"
+)
+_RESPONSE_COLUMNS = tuple(_COPIED.split(", "))
+
+# Each entry upgrades the schema from version i to i+1 (index 0 creates it).
+MIGRATIONS: list[str] = [
+    f"""
+    CREATE TABLE IF NOT EXISTS responses (
+        key TEXT PRIMARY KEY,
+        {_RESPONSE_FIELDS}
     );
     CREATE TABLE IF NOT EXISTS batches (
         batch_id TEXT PRIMARY KEY,
@@ -99,33 +109,14 @@ MIGRATIONS: list[str] = [
     """,
     # 2: rows get an explicit id and lose the key's unique index (it moves to KEYS_FILE,
     # which ``_catch_up`` fills from the rows); the rows are copied in their order.
-    """
+    f"""
     ALTER TABLE responses RENAME TO responses_v1;
     CREATE TABLE responses (
         id INTEGER PRIMARY KEY,
         key TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        base_url TEXT NOT NULL,
-        model TEXT NOT NULL,
-        status TEXT NOT NULL,
-        text TEXT,
-        parsed TEXT,
-        finish_reason TEXT,
-        prompt_tokens INTEGER NOT NULL DEFAULT 0,
-        completion_tokens INTEGER NOT NULL DEFAULT 0,
-        cost REAL NOT NULL DEFAULT 0,
-        latency_s REAL NOT NULL DEFAULT 0,
-        attempts INTEGER NOT NULL DEFAULT 1,
-        error TEXT,
-        request TEXT NOT NULL,
-        response TEXT NOT NULL
+        {_RESPONSE_FIELDS}
     );
-    INSERT INTO responses (key, created_at, base_url, model, status, text, parsed,
-        finish_reason, prompt_tokens, completion_tokens, cost, latency_s, attempts, error,
-        request, response)
-    SELECT key, created_at, base_url, model, status, text, parsed, finish_reason,
-        prompt_tokens, completion_tokens, cost, latency_s, attempts, error, request, response
-    FROM responses_v1 ORDER BY rowid;
+    INSERT INTO responses ({_COPIED}) SELECT {_COPIED} FROM responses_v1 ORDER BY rowid;
     DROP TABLE responses_v1;
     """,
 ]
@@ -142,24 +133,6 @@ _KEYS_SCHEMA = """
     );
 """
 
-_RESPONSE_COLUMNS = (
-    "key",
-    "created_at",
-    "base_url",
-    "model",
-    "status",
-    "text",
-    "parsed",
-    "finish_reason",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost",
-    "latency_s",
-    "attempts",
-    "error",
-    "request",
-    "response",
-)
 _INSERT = (
     f"INSERT INTO responses (id, {', '.join(_RESPONSE_COLUMNS)}) "
     f"VALUES (?, {', '.join('?' for _ in _RESPONSE_COLUMNS)})"
