@@ -141,3 +141,14 @@ def test_signature_workers_import_no_pyarrow() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_a_replaced_early_pool_has_exited_when_dedup_returns(tmp_path: Path) -> None:
+    """Early workers the run does not use are waited for before ``dedup_files`` returns,
+    even when the run finishes before they have started."""
+    path = tmp_path / "in.parquet"
+    synthetic_corpus(60, seed=5).select("id", "text").write_parquet(path)
+    early = WorkerPool(2)
+    dedup_files(path, tmp_path / "out", DedupSettings(workers=1), pool=early)
+    assert early.closed
+    assert multiprocessing.active_children() == []

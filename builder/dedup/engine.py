@@ -478,7 +478,8 @@ def dedup_files(
         },
     )
     nworkers = _resolve_workers(workers, settings, len(planned.pieces))
-    pool = _pool_of(1 if mapper is not None else nworkers, pool)
+    early = pool
+    pool = _pool_of(1 if mapper is not None else nworkers, early)
     task_map = mapper or pool.map
     try:
         signed, done = _sign(
@@ -552,6 +553,8 @@ def dedup_files(
         stats.seconds = time.perf_counter() - t0
     finally:
         pool.close()
+        if early is not None and early is not pool:
+            early.close()  # a replaced early pool: wait for its workers' exit too
     # Finished: the intermediates have served (a kill before this line keeps them).
     shutil.rmtree(work, ignore_errors=True)
     return DedupResult(
