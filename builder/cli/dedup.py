@@ -193,6 +193,8 @@ def _dedup_files(cfg: Any, *args: Any, pool: Any = None, **kwargs: Any) -> Any:
         return dedup_files(*args, mapper=executor.task_map, **kwargs)
     finally:
         executor.close()
+        if pool is not None:
+            pool.close()  # wait for the early workers, which exited meanwhile
 
 
 def _echo_nodes(nodes, columns: list[str]) -> None:
