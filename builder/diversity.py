@@ -88,11 +88,22 @@ def expand_nodes(frame: pl.DataFrame, path_column: str = "taxonomy_path") -> pl.
 def node_rates(
     rows: pl.DataFrame, flags: list[str], *, path_column: str = "taxonomy_path"
 ) -> pl.DataFrame:
-    """Per node: ``docs`` and, for each boolean column in ``flags``, its count and rate."""
-    expanded = expand_nodes(
-        rows.select([c for c in (path_column, *flags) if c in rows.columns]), path_column
+    """Per node: ``docs`` and, for each boolean column in ``flags``, its count and rate.
+
+    The rows are counted per distinct path first, and only those paths are expanded to
+    their nodes: what is held follows the taxonomy, not the rows (a row per document and
+    ancestor node held ~240 MB at 200k documents, in dedup's and decontam's process)."""
+    sums = [pl.col(f).fill_null(False).sum().cast(pl.Int64).alias(f) for f in flags]
+    if path_column in rows.columns:
+        per_path = rows.group_by(path_column).agg(pl.len().alias("_docs"), *sums)
+    else:
+        per_path = rows.select(pl.len().alias("_docs"), *sums).filter(pl.col("_docs") > 0)
+    counts = (
+        expand_nodes(per_path, path_column)
+        .group_by("node", "depth")
+        .agg(pl.col("_docs").sum().alias("docs"), *[pl.col(f).sum().alias(f) for f in flags])
     )
-    return _with_rates(_node_counts(expanded, flags), flags)
+    return _with_rates(counts, flags)
 
 
 def _with_rates(counts: pl.DataFrame, flags: list[str]) -> pl.DataFrame:

@@ -57,3 +57,42 @@ def test_without_taxonomy_or_clusters():
     assert rep.nodes["node"].to_list() == [ALL_NODE]
     assert rep.summary["dup_rate"] == 0 and rep.cluster_sizes.height == 0
     assert format_node_rates(rep.nodes, ["dup_rate"]) == ""
+
+
+def test_node_rates_count_per_path_then_expand_only_the_paths(monkeypatch) -> None:
+    """``node_rates`` equals counting one row per (row, ancestor node), while expanding only
+    the distinct paths: what it holds follows the taxonomy, not the number of rows."""
+    import random
+
+    from builder import diversity
+
+    rng = random.Random(3)
+    paths = ["math/calc/limits", "math/calc", "math/alg", "bio", None, "", "/phys//q/"]
+    n = 3000
+    rows = pl.DataFrame(
+        {
+            "taxonomy_path": [rng.choice(paths) for _ in range(n)],
+            "a": [rng.choice([True, False, None]) for _ in range(n)],
+        },
+        schema={"taxonomy_path": pl.String, "a": pl.Boolean},
+    )
+    expanded_rows: list[int] = []
+    expand = diversity.expand_nodes
+
+    def counting(frame: pl.DataFrame, *args: object) -> pl.DataFrame:
+        expanded_rows.append(frame.height)
+        return expand(frame, *args)
+
+    monkeypatch.setattr(diversity, "expand_nodes", counting)
+    got = diversity.node_rates(rows, ["a"])
+    assert expanded_rows == [rows["taxonomy_path"].n_unique()]
+    # The per-row reading: every row under each of its nodes, then counted.
+    per_row = (
+        expand(rows)
+        .group_by("node", "depth")
+        .agg(pl.len().alias("docs"), pl.col("a").fill_null(False).sum().cast(pl.Int64))
+        .with_columns((pl.col("a") / pl.col("docs")).round(4).alias("a_rate"))
+        .sort("depth", "node")
+    )
+    assert got.to_dicts() == per_row.to_dicts()
+    assert got.filter(pl.col("node") == ALL_NODE)["docs"].item() == n
