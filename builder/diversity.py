@@ -90,20 +90,14 @@ def node_rates(
 ) -> pl.DataFrame:
     """Per node: ``docs`` and, for each boolean column in ``flags``, its count and rate.
 
-    The rows are counted per distinct path first, and only those paths are expanded to
-    their nodes: what is held follows the taxonomy, not the rows (a row per document and
-    ancestor node held ~240 MB at 200k documents, in dedup's and decontam's process)."""
-    sums = [pl.col(f).fill_null(False).sum().cast(pl.Int64).alias(f) for f in flags]
-    if path_column in rows.columns:
-        per_path = rows.group_by(path_column).agg(pl.len().alias("_docs"), *sums)
-    else:
-        per_path = rows.select(pl.len().alias("_docs"), *sums).filter(pl.col("_docs") > 0)
-    counts = (
-        expand_nodes(per_path, path_column)
-        .group_by("node", "depth")
-        .agg(pl.col("_docs").sum().alias("docs"), *[pl.col(f).sum().alias(f) for f in flags])
-    )
-    return _with_rates(counts, flags)
+    The rows are counted per path first (``_path_counts``) and only the paths are spread
+    over their nodes: what is held follows the taxonomy, not the rows (a row per document
+    and ancestor node held ~240 MB at 200k documents, in dedup's and decontam's process)."""
+    kept = rows.select([c for c in (path_column, *flags) if c in rows.columns])
+    paths = _with_path(kept, path_column)
+    if path_column != "taxonomy_path":
+        paths = paths.rename({path_column: "taxonomy_path"})
+    return _with_rates(_spread(_path_counts(paths, flags), flags), flags)
 
 
 def _with_rates(counts: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
@@ -283,11 +277,7 @@ def diversity_report(
             expand_nodes(_flag_frame(base.collect(), None, None, id_column)), flags
         )
     else:
-        node_counts = (
-            expand_nodes(counts)
-            .group_by("node", "depth")
-            .agg(pl.col("docs").sum().cast(pl.UInt32), *[pl.col(f).sum() for f in flags])
-        )
+        node_counts = _spread(counts, flags)
     report = _assemble_report(
         node_counts, repeats, openers, clusters, flags, total, opener_words, top
     )
@@ -308,6 +298,15 @@ def _path_counts(rows: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
     return rows.group_by("taxonomy_path").agg(
         pl.len().cast(pl.Int64).alias("docs"),
         *[pl.col(f).fill_null(False).sum().cast(pl.Int64) for f in flags],
+    )
+
+
+def _spread(counts: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
+    """A ``_path_counts`` table summed over the nodes of each path (``expand_nodes``)."""
+    return (
+        expand_nodes(counts)
+        .group_by("node", "depth")
+        .agg(pl.col("docs").sum().cast(pl.UInt32), *[pl.col(f).sum() for f in flags])
     )
 
 
