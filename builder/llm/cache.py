@@ -40,7 +40,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,7 +56,7 @@ KEYS_FILE = "llm-cache.keys.sqlite3"
 SCHEMA_VERSION = 2
 #: page size of new cache files (SQLite's largest but one; existing files keep theirs)
 PAGE_SIZE = 32768
-#: keys looked up per SELECT by ``get_many`` (well under SQLite's bound on parameters)
+#: keys looked up per SELECT (``_by_keys``; well under SQLite's bound on parameters)
 _LOOKUP_CHUNK = 256
 
 #: a response row's columns after its key, the same in schema versions 1 and 2 (frozen: a
@@ -148,6 +148,7 @@ _COLUMNS = (
 )
 _SELECT = _COLUMNS + "= ?"
 _SELECT_MANY = _COLUMNS + "IN "
+_KEYS_IN = "SELECT k.key " + _JOIN + "IN "
 
 #: outcomes that are model outputs and therefore cached; anything else is never stored
 CACHEABLE_STATUSES = frozenset({"ok", "length", "invalid"})
@@ -200,6 +201,22 @@ def _response(row: Sequence[Any]) -> CachedResponse:
 
 def _json_or_none(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _by_keys(conn: sqlite3.Connection, select: str, keys: Sequence[str]) -> Iterator[Any]:
+    """The rows of ``select`` (ending in ``IN``) for ``keys``, ``_LOOKUP_CHUNK`` keys per
+    query (well under SQLite's bound on parameters)."""
+    for i in range(0, len(keys), _LOOKUP_CHUNK):
+        chunk = keys[i : i + _LOOKUP_CHUNK]
+        yield from conn.execute(select + "(" + ",".join("?" * len(chunk)) + ")", chunk)
+
+
+def _execute_all(conn: sqlite3.Connection, script: str) -> None:
+    """Each statement of ``script`` in the transaction under way (``executescript`` would
+    commit it first)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 def _retry_locked(fn: Callable[[], T], seconds: float = 30.0) -> T:
@@ -307,9 +324,7 @@ class Cache:
                         hint="upgrade the builder, or use another --cache-dir",
                     )
                 while version < SCHEMA_VERSION:
-                    for statement in MIGRATIONS[version].split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
+                    _execute_all(conn, MIGRATIONS[version])
                     version += 1
                     conn.execute(
                         "INSERT OR REPLACE INTO meta (name, value) VALUES ('schema_version', ?)",
@@ -328,9 +343,7 @@ class Cache:
     def _bind_keys(conn: sqlite3.Connection) -> None:
         """Create the key file's tables, and empty them when they belong to another main
         file (each main file has a random id, which its key file records)."""
-        for statement in _KEYS_SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        _execute_all(conn, _KEYS_SCHEMA)
         row = conn.execute("SELECT value FROM meta WHERE name = 'cache_id'").fetchone()
         if row is None:
             row = (uuid.uuid4().hex,)
@@ -390,29 +403,11 @@ class Cache:
         """The cached outcomes of those of ``keys`` that are cached, by key: one query per
         few hundred keys instead of one per key (the engine looks up a whole admission
         batch at once)."""
-        wanted = list(dict.fromkeys(keys))
-        found: dict[str, CachedResponse] = {}
-        conn = self._conn()
-        for i in range(0, len(wanted), _LOOKUP_CHUNK):
-            chunk = wanted[i : i + _LOOKUP_CHUNK]
-            sql = _SELECT_MANY + "(" + ",".join("?" * len(chunk)) + ")"
-            try:
-                rows = conn.execute(sql, chunk).fetchall()
-            except sqlite3.Error as exc:
-                raise self._fail(exc) from None
-            for row in rows:
-                found[row[0]] = _response(row)
-        return found
-
-    @staticmethod
-    def _present(conn: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
-        """Those of ``keys`` that have a row."""
-        found: set[str] = set()
-        for i in range(0, len(keys), _LOOKUP_CHUNK):
-            chunk = keys[i : i + _LOOKUP_CHUNK]
-            sql = "SELECT k.key " + _JOIN + "IN (" + ",".join("?" * len(chunk)) + ")"
-            found.update(key for (key,) in conn.execute(sql, chunk))
-        return found
+        try:
+            rows = list(_by_keys(self._conn(), _SELECT_MANY, list(dict.fromkeys(keys))))
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from None
+        return {row[0]: _response(row) for row in rows}
 
     def get_any(self, keys: Sequence[str]) -> CachedResponse | None:
         """The first of ``keys`` that is cached (several endpoints: one key per endpoint)."""
@@ -483,7 +478,7 @@ class Cache:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 top = self._catch_up(conn)
-                stored = self._present(conn, [r[0] for r in rows])
+                stored = {k for (k,) in _by_keys(conn, _KEYS_IN, [r[0] for r in rows])}
                 fresh = []
                 for r in rows:
                     if r[0] not in stored:
