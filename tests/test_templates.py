@@ -96,38 +96,36 @@ def test_render_is_deterministic_and_varies_with_inputs() -> None:
     assert other_unit.messages[-1]["content"] != user
 
 
-def test_render_gives_the_text_jinja_s_own_render_gives() -> None:
+def test_render_gives_the_text_jinja_s_own_render_gives(monkeypatch) -> None:
     """The render path (one context dict, the compiled template kept) writes exactly what
-    ``Template.render`` writes, for every shipped template, audience and style."""
+    ``Template.render`` writes, for every shipped template, audience and style (a fresh
+    set each time, so no render is reused from the other path's caches)."""
     import builder.templates.model as model
 
-    tset = load_templates(SHIPPED)
-    sources = {t.exercise_type: t.name for t in tset if t.kind == "exercise" and t.exercise_type}
     plain: list[str] = []
-    real = model._render
-    original = lambda template, context: template.render(context)  # noqa: E731
-    for render in (real, original):
-        model._render = render
+    for render in (model._render, lambda template, context: template.render(context)):
+        monkeypatch.setattr(model, "_render", render)
+        tset = load_templates(SHIPPED)
+        sources = {
+            t.exercise_type: t.name for t in tset if t.kind == "exercise" and t.exercise_type
+        }
         out = []
-        try:
-            for template in tset:
-                if template.kind == "system":
-                    continue  # rendered through the templates that use it
-                extra = source = None
-                if template.kind == "transform":
-                    ex_type, source = next(iter(sources.items()))
-                    extra = {**sample_transform_extra(ex_type, sample_units()[0])}
-                    extra["exercise_type"] = ex_type
-                for unit in sample_units()[:2]:
-                    for aud in tset.audiences_for(template):
-                        for sty in tset.styles_for(template):
-                            got = tset.render(
-                                template.name, unit, audience=aud, style=sty,
-                                extra=extra, source=source,
-                            )  # fmt: skip
-                            out.append(repr(got.messages))
-        finally:
-            model._render = real
+        for template in tset:
+            if template.kind == "system":
+                continue  # rendered through the templates that use it
+            extra = source = None
+            if template.kind == "transform":
+                ex_type, source = next(iter(sources.items()))
+                extra = {**sample_transform_extra(ex_type, sample_units()[0])}
+                extra["exercise_type"] = ex_type
+            for unit in sample_units()[:2]:
+                for aud in tset.audiences_for(template):
+                    for sty in tset.styles_for(template):
+                        got = tset.render(
+                            template.name, unit, audience=aud, style=sty,
+                            extra=extra, source=source,
+                        )  # fmt: skip
+                        out.append(repr(got.messages))
         plain.append("\n".join(out))
     assert plain[0] == plain[1] and len(plain[0]) > 1000
 
