@@ -192,14 +192,7 @@ def merge_in_order(
     return written
 
 
-def _merge(
-    docs: Iterator[pa.Table],
-    embeddings: Iterator[pa.Table],
-    out: Path,
-    rows: int,
-    lengths: bool,
-    held: Callable[[int], None],
-) -> int | None:
+def _merge(docs, embeddings, out, rows, lengths, held) -> int | None:
     """``merge_in_order``'s work (its arguments, as it passes them)."""
     pending: pa.Table | None = None  # documents read and not matched yet
     docs_left = True
