@@ -50,6 +50,7 @@ from builder.quality.joined import (
     merge_in_order,
     read_bucket,
 )
+from builder.util.ahead import read_ahead
 from builder.util.memory import release_memory
 from builder.util.partitions import count_rows, iter_batches, list_parts
 
@@ -131,7 +132,9 @@ class EmbeddedCorpus:
             release_memory(collect=False)
 
     def _embedding_batches(self) -> Iterator[pa.Table]:
-        for table in iter_batches(self.embedding_parts, batch_rows=self.read_rows):
+        # Read (Parquet list decoding, off the GIL) one batch ahead of the join that takes
+        # them: ~0.8 s of semantic dedup's first pass at 200k documents ran on one core.
+        for table in read_ahead(iter_batches(self.embedding_parts, batch_rows=self.read_rows)):
             self._held(table.num_rows)
             yield table
             release_memory(collect=False)
