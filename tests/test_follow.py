@@ -238,3 +238,41 @@ def test_the_followers_worker_loads_the_stages_before_the_first_partition(
     assert "pycld2" in (follower.warmed["filter"] or "")
     assert (follower.warmed["quality"] or "").endswith(" units")
     assert not list((ctx.paths.work / "filter").glob("_p*/*.json"))  # no task ran
+
+
+def test_a_new_runs_follower_workers_start_and_load_before_its_first_stage(
+    base_url: str, tmp_path: Path
+) -> None:
+    """A new run starts the follower's workers before its first stage, and they load what
+    the stages load once (the embedding model) as they start, so the follower's warm-up
+    finds it loaded. A rerun, whose generate has written partitions, starts none; nor does
+    a run without worker processes."""
+    from builder.run.follow import Follower, early_workers
+
+    stages = build_stages()
+    at = [s.name for s in stages].index("generate")
+    config = load_config(make_project(tmp_path / "p", base_url, PROJECT))
+    with contextlib.ExitStack() as stack:
+        ctx = open_context(config, stack=stack)
+        ctx.executor = LocalExecutor(config)
+        early = early_workers(stages, ctx)
+        assert early is not None and early[0] == at
+        for stage in stages[:at]:
+            ctx.executor.run_stage(stage, ctx)
+        follower = Follower(ctx, followers(stages, at, ctx), workers=2, pool=early[1])
+        follower.warm_up()
+        follower.close(drain=True)
+    assert "(loaded as the worker started)" in (follower.warmed["quality"] or "")
+    assert (follower.warmed["quality"] or "").endswith(" units")
+
+    with contextlib.suppress(SystemExit):
+        main(["build", "--config", str(tmp_path / "p" / "corpus.toml"), "--no-progress"])
+    one = {**PROJECT, "run": {**PROJECT["run"], "workers": 1}}
+    for project, place in ((PROJECT, tmp_path / "p"), (one, tmp_path / "one")):
+        if not place.exists():
+            make_project(place, base_url, project)
+        config = load_config(place / "corpus.toml")
+        with contextlib.ExitStack() as stack:
+            ctx = open_context(config, stack=stack)
+            ctx.executor = LocalExecutor(config)
+            assert early_workers(stages, ctx) is None, place.name

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from builder.config import CorpusConfig
 from builder.run.executor import make_executor
-from builder.run.follow import followers, following
+from builder.run.follow import early_workers, followers, following
 from builder.run.inputs import check_inputs
 from builder.run.ledger import Ledger, MeteredLLM, budget_message
 from builder.run.lock import run_lock
@@ -233,11 +233,16 @@ def run_stages(
         ctx.paths.work.mkdir(parents=True, exist_ok=True)
         last_llm = max((i for i, s in enumerate(stages) if s.uses_llm), default=-1)
         with run_lock(ctx.paths.work):
+            # A new run's follower workers load their stages while syllabi and walk run.
+            early = early_workers(stages, ctx)
+            if early is not None:  # (shut down by its follower, or here on the way out)
+                outer.callback(early[1].shutdown, wait=True, cancel_futures=True)
             try:
                 with budget_message(lambda: ctx.llm_opened, max_cost):
                     for i, stage in enumerate(stages):
                         # filter and quality start on generate's partitions as they come
-                        with following(ctx, followers(stages, i, ctx), drain=True):
+                        pool = early[1] if early is not None and early[0] == i else None
+                        with following(ctx, followers(stages, i, ctx), drain=True, pool=pool):
                             runner.run_stage(stage, ctx)
                         # After each stage, not only on progress ticks (which a stage that
                         # sends little may never reach): a build killed later keeps in the

@@ -5,7 +5,9 @@ idle for the whole stage. A ``Follower`` fills it. Each time generate has writte
 partition, the follower runs filter's task for it, then quality's tasks for what filter
 kept, on ``workers`` processes at the lowest CPU priority (``SCHED_IDLE``): they only get
 CPU time the build and the model server leave, so the model calls keep their pace. Two of
-them fill the gaps one leaves (its reads, its fsyncs, a task's start).
+them fill the gaps one leaves (its reads, its fsyncs, a task's start). On a new run the
+build starts them before its first stages (``early_workers``), which use one core: they
+import and load the stages' models there, not on generate's busy cores.
 
 It computes each task exactly as the stage's own plan will (``make_task``, inputs taken in
 input order, outputs numbered after those of the tasks before) and writes the same record
@@ -41,6 +43,7 @@ from builder.run.pool import die_with_parent
 from builder.util.faults import fault_point
 
 if TYPE_CHECKING:  # pragma: no cover
+    from builder.config import CorpusConfig
     from builder.run.partitioned import PartitionTask
     from builder.stages.base import PartitionStage, RunContext, Stage
 
@@ -51,22 +54,57 @@ FOLLOW_NICE = 19
 _STAGES: dict[str, Any] = {}
 
 
-def _init_worker(parent: int) -> None:
+def _init_worker(
+    parent: int,
+    stages: list[PartitionStage] | None = None,
+    config: CorpusConfig | None = None,
+) -> None:
     """The worker runs only on CPU time nobody else wants: Linux's ``SCHED_IDLE`` policy
     (a waking task of the build or of the model server preempts it at once), else the
-    lowest priority (``nice``)."""
+    lowest priority (``nice``). With ``stages``, it then preloads them (``start_workers``);
+    an error there is left to the tasks, which load the same things and report it."""
     die_with_parent(parent)
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):  # not Linux
         with contextlib.suppress(OSError):
             os.nice(FOLLOW_NICE)
+    if stages is not None and config is not None:
+        with contextlib.suppress(Exception):
+            for stage in stages:
+                stage.preload(config)
 
 
 def _warm(lanes: list[tuple[str, PartitionStage]], ctx: RunContext) -> dict[str, str | None]:
     """Warm the worker's copies of the followed stages (``PartitionStage.warm``), the ones
     its tasks then use; returns what each loaded."""
     return {stage.name: _STAGES.setdefault(token, stage).warm(ctx) for token, stage in lanes}
+
+
+def _new_pool(workers: int, *preload: Any) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(os.getpid(), *preload),
+    )
+
+
+def _started() -> int:
+    return os.getpid()
+
+
+def start_workers(
+    stages: Sequence[PartitionStage], config: CorpusConfig, workers: int
+) -> ProcessPoolExecutor:
+    """A follower's ``workers`` processes, started now, each loading what ``stages`` load
+    once per process (``PartitionStage.preload``) at ``SCHED_IDLE`` as it starts: the build
+    starts them before its first stages, which run on one core, so that work is off
+    generate's busy cores. Hand the pool to ``following``."""
+    pool = _new_pool(workers, list(stages), config)
+    for _ in range(workers):  # the pool starts a process for each task no worker is free for
+        pool.submit(_started)
+    return pool
 
 
 def _run(token: str, stage: PartitionStage, ctx: RunContext, task: PartitionTask) -> Any:
@@ -95,7 +133,12 @@ class Follower:
     followed stage writes) over each partition reported with ``written``, in order."""
 
     def __init__(
-        self, ctx: RunContext, stages: Sequence[PartitionStage], *, workers: int = 1
+        self,
+        ctx: RunContext,
+        stages: Sequence[PartitionStage],
+        *,
+        workers: int = 1,
+        pool: ProcessPoolExecutor | None = None,
     ) -> None:
         self.ctx = ctx
         #: processes for the tasks, while the followed stage runs and after it (``drain``)
@@ -113,7 +156,8 @@ class Follower:
         self._running: set[Future] = set()
         self._stopping = False
         self._draining = False
-        self._pool: ProcessPoolExecutor | None = None  # started with the first task
+        #: started with the first task, unless given (``start_workers``)
+        self._pool: ProcessPoolExecutor | None = pool
         self._warm_asked = False
         self._thread = threading.Thread(target=self._loop, name="follower", daemon=True)
         self._thread.start()
@@ -192,12 +236,7 @@ class Follower:
 
     def _start_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(os.getpid(),),
-            )
+            self._pool = _new_pool(self.workers)
         return self._pool
 
     def _warm(self) -> None:
@@ -271,20 +310,43 @@ def followers(stages: Sequence[Stage], i: int, ctx: RunContext) -> list[Partitio
     return chain
 
 
+def early_workers(
+    stages: Sequence[Stage], ctx: RunContext
+) -> tuple[int, ProcessPoolExecutor] | None:
+    """``(i, pool)``: the workers of the follower of ``stages[i]``, started now
+    (``start_workers``), when stages run before it and it has written nothing yet (a new
+    run: those stages will run too, and so will it). None otherwise: a rerun may find
+    everything up to date, and would start processes for nothing."""
+    for i, stage in enumerate(stages):
+        chain = followers(stages, i, ctx)
+        if not chain:
+            continue
+        if i == 0 or any(path.exists() for path in stage.outputs(ctx)):
+            return None
+        return i, start_workers(chain, ctx.config, ctx.runner().workers())
+    return None
+
+
 @contextlib.contextmanager
 def following(
-    ctx: RunContext, stages: Sequence[PartitionStage], *, drain: bool = False
+    ctx: RunContext,
+    stages: Sequence[PartitionStage],
+    *,
+    drain: bool = False,
+    pool: ProcessPoolExecutor | None = None,
 ) -> Iterator[None]:
     """While the block runs, ``ctx.partition_written`` feeds a ``Follower`` of ``stages``
     (nothing to follow: the block runs alone). ``drain``: when the block succeeds, finish
     every task reported, on the executor's worker count of processes, instead of leaving
     the ones not started to the stages: the follower's processes have the stages loaded,
     and a partition's quality task starts as soon as its filter task is done rather than
-    after every filter task. A block that fails (an error, Ctrl-C, the budget) drops them."""
+    after every filter task. A block that fails (an error, Ctrl-C, the budget) drops them.
+    ``pool``: the workers ``start_workers`` started for these stages (shut down with the
+    follower)."""
     if not stages:
         yield
         return
-    follower = Follower(ctx, stages, workers=ctx.runner().workers())
+    follower = Follower(ctx, stages, workers=ctx.runner().workers(), pool=pool)
     ctx.on_partition, ctx.on_work_ahead = follower.written, follower.warm_up
     try:
         yield

@@ -264,6 +264,11 @@ class PartitionStage(Stage):
         Default: nothing."""
         return None
 
+    def preload(self, config: CorpusConfig) -> None:
+        """Load what its tasks load once per process and what depends on ``config`` only,
+        never on the run's files: the first task of a follower's worker started while the
+        build's first stages run (``builder.run.follow.start_workers``). Default: nothing."""
+
     def finish(self, ctx: RunContext, counters: dict[str, Any]) -> None:
         """Called after the last partition (e.g. to log a summary); default: nothing."""
 

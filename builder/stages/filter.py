@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,6 +17,9 @@ import pyarrow.compute as pc
 from builder.records import DOCUMENT_SCHEMA, REJECTED_SCHEMA, sha256_hex
 from builder.stages.base import PartitionStage, RunContext, upstream
 from builder.stages.generate import generated_parts
+
+if TYPE_CHECKING:  # pragma: no cover
+    from builder.config import CorpusConfig
 
 
 class FilterStage(PartitionStage):
@@ -65,12 +68,17 @@ class FilterStage(PartitionStage):
 
     def warm(self, ctx: RunContext) -> str | None:
         """The language detector and the token counter, loaded ahead of the first task."""
+        from builder.tokens import ENCODING_LABEL
+
+        self.preload(ctx.config)
+        return f"pycld2, {ENCODING_LABEL}"
+
+    def preload(self, config: CorpusConfig) -> None:
         from builder.filters import detect_language
-        from builder.tokens import ENCODING_LABEL, encoding
+        from builder.tokens import encoding
 
         detect_language("A sentence in English, to load the language detector.")
         encoding()
-        return f"pycld2, {ENCODING_LABEL}"
 
     def run_partition(self, ctx: RunContext, table: pa.Table) -> dict[str, Any]:
         from builder.filters import filter_table

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -29,6 +29,9 @@ from builder.stages.base import PartitionStage, RunContext, Stage, upstream
 from builder.stages.filter import kept_parts
 from builder.stages.walk import read_units, unit_parts
 from builder.util.files import atomic_copy, atomic_write
+
+if TYPE_CHECKING:  # pragma: no cover
+    from builder.config import CorpusConfig
 
 #: A document's embedding, and its text's length in characters (semantic dedup's choice of
 #: representative needs it, and reading it here spares that stage a pass over every text).
@@ -60,6 +63,10 @@ def embeddings_table(ids: pl.Series, vectors: np.ndarray, lengths: pl.Series) ->
 def _frame(table: pa.Table) -> pl.DataFrame:
     return pl.from_arrow(table)  # type: ignore[return-value]
 
+
+#: Local embedders ``QualityStage.preload`` opened in this process, by their settings: the
+#: first copy of the stage to need one takes it.
+_PRELOADED: dict[str, Any] = {}
 
 #: The unit fields ``unit_query`` reads (and the id).
 _QUERY_COLUMNS = ("unit_id", "topic_name", "topic", "description", "session", "concepts")
@@ -132,9 +139,25 @@ class QualityStage(PartitionStage):
         config = ctx.config
         if not config.embeddings.enabled or config.embeddings.base_url:
             return None
+        early = self._embedder is None and config.embeddings.model_dump_json() in _PRELOADED
         self._open_relevance(ctx)
         assert self._embedder is not None
-        return f"{self._embedder.name}, {len(self._queries or {})} units"
+        when = " (loaded as the worker started)" if early else ""
+        return f"{self._embedder.name}{when}, {len(self._queries or {})} units"
+
+    def preload(self, config: CorpusConfig) -> None:
+        """The local embedding model and what the tasks import (an endpoint embedder opens
+        with the task: it spends from the build's budget)."""
+        if not config.embeddings.enabled or config.embeddings.base_url:
+            return
+        import scipy.sparse  # noqa: F401 - the embedder's sums
+
+        from builder.quality import relevance  # noqa: F401
+        from builder.quality.embed import open_embedder
+
+        key = config.embeddings.model_dump_json()
+        if key not in _PRELOADED:
+            _PRELOADED[key] = open_embedder(config.embeddings, config.llm)
 
     def _open_relevance(self, ctx: RunContext) -> None:
         """The embedder and the units' queries, once per copy of the stage."""
@@ -143,13 +166,15 @@ class QualityStage(PartitionStage):
             from builder.llm import resolve_cache_dir
             from builder.quality.embed import open_embedder
 
-            remaining = getattr(ctx.llm_opened, "remaining", None)
-            self._embedder = open_embedder(
-                config.embeddings,
-                config.llm,
-                resolve_cache_dir(None, config.llm, root=config.root),
-                max_cost=remaining() if remaining is not None else None,
-            )
+            self._embedder = _PRELOADED.pop(config.embeddings.model_dump_json(), None)
+            if self._embedder is None:
+                remaining = getattr(ctx.llm_opened, "remaining", None)
+                self._embedder = open_embedder(
+                    config.embeddings,
+                    config.llm,
+                    resolve_cache_dir(None, config.llm, root=config.root),
+                    max_cost=remaining() if remaining is not None else None,
+                )
             self._stats["embedder"] = self._embedder.name
         if self._queries is None:
             self._load_units(ctx)
