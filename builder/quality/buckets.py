@@ -51,6 +51,7 @@ from builder.quality.joined import (
     read_bucket,
 )
 from builder.util.ahead import read_ahead
+from builder.util.blas import one_blas_thread
 from builder.util.memory import release_memory
 from builder.util.partitions import count_rows, iter_batches, list_parts
 
@@ -406,7 +407,7 @@ def streamed_semantic_clusters(
 
         all_rows: list[dict] = []
         groups = 0
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        with one_blas_thread(), ThreadPoolExecutor(max_workers=2) as pool:
             for rows, found in pool.map(bucket_groups, sorted(files.writers)):
                 release_memory(collect=False)  # the bucket's arrays; its rows are kept
                 all_rows += rows

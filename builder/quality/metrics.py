@@ -46,6 +46,7 @@ from builder.quality.vendi import (
     vendi_of,
 )
 from builder.quality.vendi import vendi_score as vendi_score  # public here too
+from builder.util.blas import one_blas_thread
 
 NGRAMS = (1, 2, 3, 4)
 #: Documents per node the lexical measures (compression ratio, distinct-n) use by default
@@ -334,9 +335,18 @@ class DiversityAccumulator:
         bounded by that, not by the corpus (every document of a 200k corpus is in some
         topic's sample). Nodes are measured on a small thread pool: compression (zlib), the
         n-gram counts (Polars) and the eigenvalues (LAPACK) release the GIL, so both cores
-        work.
+        work; LAPACK itself runs on one thread meanwhile (``one_blas_thread``).
         With ``gram_nodes``, ``batches()`` yields the batches ``add`` was given again, in
         the same order, for the Vendi scores (``_vendi_in_passes``)."""
+        with one_blas_thread():
+            return self._nodes_measured(batch_rows, groups, batches)
+
+    def _nodes_measured(
+        self,
+        batch_rows: int,
+        groups: Callable[[list[set[int]]], Iterable[dict[int, str]]] | None,
+        batches: Callable[[], Iterable[tuple[pl.DataFrame, np.ndarray | None]]] | None,
+    ) -> pl.DataFrame:
         from concurrent.futures import ThreadPoolExecutor
 
         todo = [
