@@ -83,8 +83,15 @@ class EmbeddedCorpus:
         read_rows: int | None = None,
         text_lengths: bool = False,
         name: str = "diversity",
+        ahead: bool = False,
     ) -> None:
         self.path = path
+        #: True: the embedding partitions are read one batch ahead of the join, on a thread
+        #: (Parquet's list decoding is off the GIL): for a caller that leaves a core idle
+        #: (semantic dedup's first pass ran ~0.8 s of it on one core at 200k documents),
+        #: for one more batch held (the diversity summary, beside the shards, peaked ~45 MB
+        #: higher with it at 200k, no faster).
+        self.ahead = ahead
         self.files = list_parts(path) if path.is_dir() else [path]
         self.rows = count_rows(self.files)
         names = set(pq.read_schema(self.files[0]).names) if self.files else set()
@@ -133,9 +140,8 @@ class EmbeddedCorpus:
             release_memory(collect=False)
 
     def _embedding_batches(self) -> Iterator[pa.Table]:
-        # Read (Parquet list decoding, off the GIL) one batch ahead of the join that takes
-        # them: ~0.8 s of semantic dedup's first pass at 200k documents ran on one core.
-        for table in read_ahead(iter_batches(self.embedding_parts, batch_rows=self.read_rows)):
+        tables = iter_batches(self.embedding_parts, batch_rows=self.read_rows)
+        for table in read_ahead(tables) if self.ahead else tables:
             self._held(table.num_rows)
             yield table
             release_memory(collect=False)
@@ -351,7 +357,13 @@ def streamed_semantic_clusters(
     sample = max(2, sample_rows or KMEANS_SAMPLE)
     bucket_rows = bucket_rows or SEMDEDUP_BUCKET_ROWS
     with EmbeddedCorpus(
-        ctx, path, SEMDEDUP_COLUMNS, bucket_rows=bucket_rows, text_lengths=True, name="semdedup"
+        ctx,
+        path,
+        SEMDEDUP_COLUMNS,
+        bucket_rows=bucket_rows,
+        text_lengths=True,
+        name="semdedup",
+        ahead=True,
     ) as corpus:
         if corpus.rows < 2:
             return None
