@@ -87,10 +87,10 @@ class EmbeddedCorpus:
     ) -> None:
         self.path = path
         #: True: the embedding partitions are read one batch ahead of the join, on a thread
-        #: (Parquet's list decoding is off the GIL): for a caller that leaves a core idle
-        #: (semantic dedup's first pass ran ~0.8 s of it on one core at 200k documents),
-        #: for one more batch held (the diversity summary, beside the shards, peaked ~45 MB
-        #: higher with it at 200k, no faster).
+        #: (Parquet's list decoding is off the GIL), for one more batch held: for a caller
+        #: that leaves a core idle (semantic dedup's first pass ran ~0.8 s of it on one core
+        #: at 200k documents), not the diversity summary (its stage was no faster with it:
+        #: the shards keep the other core busy).
         self.ahead = ahead
         self.files = list_parts(path) if path.is_dir() else [path]
         self.rows = count_rows(self.files)
