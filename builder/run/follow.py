@@ -91,6 +91,7 @@ def _new_pool(workers: int, *preload: Any) -> ProcessPoolExecutor:
 
 
 def _started() -> int:
+    """A task that only makes the pool start a worker (which preloads as it starts)."""
     return os.getpid()
 
 

@@ -265,9 +265,10 @@ class PartitionStage(Stage):
         return None
 
     def preload(self, config: CorpusConfig) -> None:
-        """Load what its tasks load once per process and what depends on ``config`` only,
-        never on the run's files: the first task of a follower's worker started while the
-        build's first stages run (``builder.run.follow.start_workers``). Default: nothing."""
+        """Load what its tasks load once per process and that depends on ``config`` only,
+        never on the run's files: a follower's worker does it as it starts when the build
+        starts it before its first stages (``builder.run.follow.start_workers``).
+        Default: nothing."""
 
     def finish(self, ctx: RunContext, counters: dict[str, Any]) -> None:
         """Called after the last partition (e.g. to log a summary); default: nothing."""
