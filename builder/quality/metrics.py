@@ -262,6 +262,9 @@ class DiversityAccumulator:
         #: The most Gram matrices held at once by a ``nodes`` pass (``gram_nodes``).
         self.max_grams_held = 0
         self._nodes: dict[str, _NodeSums] = {}
+        #: With ``gram_nodes``: each batch's nodes and their rows, as ``add`` found them (the
+        #: Vendi passes are given the same batches again, and start from these).
+        self._batch_nodes: list[list[tuple[str, np.ndarray]]] = []
         self._map: list[tuple[int, int, str, str, np.ndarray]] = []  # max-heap by -key
 
     def add(
@@ -274,6 +277,9 @@ class DiversityAccumulator:
     ) -> None:
         """Count one batch: ``frame`` has ``id``, ``text``, ``taxonomy_path``, the corpus
         row number and (for the map) a label column; ``embeddings`` rows follow it."""
+        found = list(_node_rows(frame)) if frame.height else []
+        if self.gram_nodes is not None:  # one entry per batch, so the passes' k-th is this
+            self._batch_nodes.append([(node, idx) for node, _depth, idx in found])
         if frame.height == 0:
             return
         if embeddings is None:
@@ -288,7 +294,7 @@ class DiversityAccumulator:
             texts = np.empty(frame.height, dtype=object)
             texts[:] = frame["text"].fill_null("").to_list()
         rows = row_array.tolist()
-        for node, depth, idx in _node_rows(frame):
+        for node, depth, idx in found:
             sums = self._nodes.get(node)
             if sums is None:
                 sums = self._nodes[node] = _NodeSums(int(depth))
@@ -425,9 +431,9 @@ class DiversityAccumulator:
         out: dict[str, float | None] = {}
         self.max_grams_held = 0
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            # each batch's nodes and their rows, from the first pass on (every pass is given
-            # the same batches: a few MB at 200k documents, ~0.3 s of each later pass)
-            node_rows: dict[int, list[tuple[str, np.ndarray]]] = {}
+            # each batch's nodes and their rows, as ``add`` found them (every pass is given
+            # the same batches: a few MB at 200k documents, ~0.3 s of each pass)
+            node_rows = dict(enumerate(self._batch_nodes))
             for chunk in chunks:
                 members = set(chunk)
                 sums = GramSums(small={n for n in chunk if docs[n] < d})
