@@ -247,7 +247,7 @@ def test_a_new_runs_follower_workers_start_and_load_before_its_first_stage(
     the stages load once (the embedding model) as they start, so the follower's warm-up
     finds it loaded. A rerun, whose generate has written partitions, starts none; nor does
     a run without worker processes."""
-    from builder.run.follow import Follower, early_workers
+    from builder.run.follow import Follower, early_workers, start_workers
 
     stages = build_stages()
     at = [s.name for s in stages].index("generate")
@@ -262,8 +262,15 @@ def test_a_new_runs_follower_workers_start_and_load_before_its_first_stage(
         follower = Follower(ctx, followers(stages, at, ctx), workers=2, pool=early[1])
         follower.warm_up()
         follower.close(drain=True)
-    assert "(loaded as the worker started)" in (follower.warmed["quality"] or "")
-    assert (follower.warmed["quality"] or "").endswith(" units")
+        # One process given both warm tasks: the second finds its stages warm and loads
+        # nothing, which leaves what the first loaded on record.
+        chain = followers(stages, at, ctx)
+        shared = Follower(ctx, chain, workers=2, pool=start_workers(chain, ctx.config, 1))
+        shared.warm_up()
+        shared.close(drain=True)
+    for one in (follower, shared):
+        assert "(loaded as the worker started)" in (one.warmed["quality"] or "")
+        assert (one.warmed["quality"] or "").endswith(" units")
 
     with contextlib.suppress(SystemExit):
         main(["build", "--config", str(tmp_path / "p" / "corpus.toml"), "--no-progress"])

@@ -77,8 +77,15 @@ def _init_worker(
 
 def _warm(lanes: list[tuple[str, PartitionStage]], ctx: RunContext) -> dict[str, str | None]:
     """Warm the worker's copies of the followed stages (``PartitionStage.warm``), the ones
-    its tasks then use; returns what each loaded."""
-    return {stage.name: _STAGES.setdefault(token, stage).warm(ctx) for token, stage in lanes}
+    its tasks then use; returns what each loaded: None for a stage this process has warmed
+    already (the pool may hand one process two of the follower's warm tasks)."""
+    loaded: dict[str, str | None] = {}
+    for token, stage in lanes:
+        if token in _STAGES:
+            loaded[stage.name] = None
+        else:
+            loaded[stage.name] = _STAGES.setdefault(token, stage).warm(ctx)
+    return loaded
 
 
 def _new_pool(workers: int, *preload: Any) -> ProcessPoolExecutor:
@@ -205,7 +212,9 @@ class Follower:
                 elif event[0] == "warmed":
                     self._running.discard(event[1])
                     if not event[1].exception():  # else the first task loads it itself
-                        self.warmed = event[1].result()
+                        for name, loaded in event[1].result().items():
+                            if self.warmed.get(name) is None:
+                                self.warmed[name] = loaded
                 elif event[0] == "drain":
                     self._draining = True
                 else:
