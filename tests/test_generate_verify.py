@@ -117,7 +117,7 @@ def test_hostile_solutions_are_contained_and_recorded(fake_openai, tmp_path: Pat
     rows = run_generate(fake_openai, reply, list(SOLUTIONS), "exercise_code", tmp_path)
     assert len(rows) == len(SOLUTIONS)
     assert fake_openai.count("chat") == len(SOLUTIONS)
-    verify = VerifySettings(timeout_s=2.0, max_output_kb=16)
+    verify = VerifySettings(timeout_s=10.0, max_output_kb=16)
     kept, rejected = filter_documents(rows, FilterSettings(min_tokens=20), verify)
     assert [name_of(d) for d in kept] == ["correct"]
     assert kept[0]["verified"] is True

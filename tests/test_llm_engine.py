@@ -37,7 +37,9 @@ def settings_for(srv: FakeOpenAIServer, **kw) -> LLMSettings:
         model="fake-model",
         backoff_base_s=0.01,
         backoff_max_s=0.05,
-        read_timeout_s=2.0,
+        # long: an answer that a loaded CPU delays must not time out and be sent again (the
+        # tests count requests); a test of a hanging server sets its own
+        read_timeout_s=30.0,
         connect_timeout_s=2.0,
         max_concurrency=8,
     )

@@ -222,9 +222,10 @@ def test_answers_that_are_not_http_or_are_cut_are_retries(scripted, answer, reas
 
 
 def test_a_server_that_refuses_connections_is_a_retry():
-    sock = socket.create_server(("127.0.0.1", 0))
+    # bound and never listening (kept open: no other process can take the port meanwhile)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    sock.close()  # nothing listens there now
     s = LLMSettings(base_url=f"http://127.0.0.1:{port}/v1", model="m")
     ep = endpoints_from_settings(s)[0]
 
@@ -239,6 +240,7 @@ def test_a_server_that_refuses_connections_is_a_retry():
         raise AssertionError("no error")
 
     err = asyncio.run(go())
+    sock.close()
     assert err.kind == "retry" and "cannot connect" in err.reason
 
 
