@@ -431,18 +431,15 @@ class DiversityAccumulator:
         out: dict[str, float | None] = {}
         self.max_grams_held = 0
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            # each batch's nodes and their rows, as ``add`` found them (every pass is given
-            # the same batches: a few MB at 200k documents, ~0.3 s of each pass)
-            node_rows = dict(enumerate(self._batch_nodes))
             for chunk in chunks:
                 members = set(chunk)
                 sums = GramSums(small={n for n in chunk if docs[n] < d})
-                for k, (frame, embeddings) in enumerate(batches()):
+                # each batch with its nodes and their rows, as ``add`` found them (every pass
+                # is given the same batches: a few MB at 200k documents, ~0.3 s of each pass)
+                for (frame, embeddings), found in zip(batches(), self._batch_nodes, strict=True):
                     if embeddings is None or frame.height == 0:
                         continue
-                    if k not in node_rows:
-                        node_rows[k] = [(node, idx) for node, _depth, idx in _node_rows(frame)]
-                    for node, idx in node_rows[k]:
+                    for node, idx in found:
                         if node in members:
                             sums.add(node, embeddings[idx])
                     self.max_grams_held = max(self.max_grams_held, len(sums.grams))
