@@ -84,7 +84,8 @@ def _warm(lanes: list[tuple[str, PartitionStage]], ctx: RunContext) -> dict[str,
         if token in _STAGES:
             loaded[stage.name] = None
         else:
-            loaded[stage.name] = _STAGES.setdefault(token, stage).warm(ctx)
+            _STAGES[token] = stage
+            loaded[stage.name] = stage.warm(ctx)
     return loaded
 
 
