@@ -229,12 +229,39 @@ def _stats(
     )
 
 
+#: Rows of taxonomy paths read at once for the contamination rates per node.
+_NODE_BATCH_ROWS = 65_536
+
+
 def _nodes(paths: pl.Series | None, bad: np.ndarray) -> pl.DataFrame | None:
     if paths is None:
         return None
     from builder.diversity import node_rates
 
     return node_rates(pl.DataFrame({"taxonomy_path": paths, "contaminated": bad}), ["contaminated"])
+
+
+def _file_nodes(source: TableSource, bad: np.ndarray) -> pl.DataFrame | None:
+    """``_nodes`` of a file source's paths, read a batch at a time: never a path per
+    document at once (None without a ``taxonomy_path`` column)."""
+    if "taxonomy_path" not in source.columns:
+        return None
+    from builder.diversity import node_rates_batches
+
+    def batches() -> Iterator[pl.DataFrame]:
+        offset = 0
+        for batch in source.iter_batches(["taxonomy_path"], batch_rows=_NODE_BATCH_ROWS):
+            rows: pl.DataFrame = pl.from_arrow(batch)  # type: ignore[assignment]
+            flags = bad[offset : offset + rows.height]
+            offset += rows.height
+            yield rows.with_columns(pl.Series("contaminated", flags, dtype=pl.Boolean))
+        if offset == 0:  # no rows: the empty table's rates
+            yield pl.DataFrame(
+                {"taxonomy_path": [], "contaminated": []},
+                schema={"taxonomy_path": pl.String, "contaminated": pl.Boolean},
+            )
+
+    return node_rates_batches(batches(), ["contaminated"])
 
 
 def _settings_dict(s: DecontamSettings) -> dict[str, Any]:
@@ -454,10 +481,7 @@ def _finish_files(
     )
     contaminated = pl.read_parquet(paths["rejected"])
     stats = _stats(source.num_rows, bad, hits, index, nworkers, t0, settings)
-    tax = None
-    if "taxonomy_path" in source.columns:
-        tax = source.read_columns(["taxonomy_path"])["taxonomy_path"]
-    return DecontamResult(None, hits, contaminated, stats, paths, nodes=_nodes(tax, bad))
+    return DecontamResult(None, hits, contaminated, stats, paths, nodes=_file_nodes(source, bad))
 
 
 def _single_parquet(source: TableSource) -> bool:

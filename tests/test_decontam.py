@@ -261,3 +261,53 @@ def test_uncontaminated_parquet_input_is_copied_as_it_is(setup, tmp_path: Path):
     assert (tmp_path / "out2" / "clean.parquet").read_bytes() != dirty.read_bytes()
     assert clean.height == corpus.height - res.contaminated.height
     assert clean.columns == corpus.columns
+
+
+def test_file_rates_per_node_read_the_paths_a_batch_at_a_time(tmp_path, monkeypatch) -> None:
+    """``decontaminate_files`` counts contamination per node from the paths of a batch at a
+    time (never a path per document at once), with the same rates as all rows together."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from builder import decontam
+    from builder.diversity import node_rates
+
+    bench = tmp_path / "bench.jsonl"
+    secret = "the quick brown fox jumps over the lazy dog near the quiet river bank today"
+    bench.write_text(json.dumps({"question": secret}) + "\n")
+    paths = ["math/algebra", "math/calculus", "physics"]
+    n = 50
+    texts = [f"document {i} about topic {i % 7} " * 3 for i in range(n)]
+    texts[3] = f"intro {secret} outro"
+    texts[20] = f"{secret} again"
+    table = pa.table(
+        {
+            "id": [f"d{i}" for i in range(n)],
+            "taxonomy_path": [paths[i % 3] for i in range(n)],
+            "text": texts,
+        }
+    )
+    src = tmp_path / "in.parquet"
+    pq.write_table(table, src, row_group_size=16)
+    monkeypatch.setattr(decontam, "_NODE_BATCH_ROWS", 8)
+    seen: list[int] = []
+    batches = decontam.TableSource.iter_batches
+
+    def counted(self, *args, **kwargs):
+        for batch in batches(self, *args, **kwargs):
+            if batch.schema.names == ["taxonomy_path"]:
+                seen.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(decontam.TableSource, "iter_batches", counted)
+    result = decontam.decontaminate_files(src, [bench], tmp_path / "out", workers=1)
+    assert sum(seen) == n and max(seen) <= 8
+    bad = [i in (3, 20) for i in range(n)]
+    want = node_rates(
+        pl.DataFrame(
+            {"taxonomy_path": table.column("taxonomy_path").to_pylist(), "contaminated": bad}
+        ),
+        ["contaminated"],
+    )
+    assert result.nodes is not None and result.nodes.to_dicts() == want.to_dicts()
+    assert result.contaminated["id"].sort().to_list() == ["d20", "d3"]

@@ -96,3 +96,31 @@ def test_node_rates_count_per_path_then_expand_only_the_paths(monkeypatch) -> No
     )
     assert got.to_dicts() == per_row.to_dicts()
     assert got.filter(pl.col("node") == ALL_NODE)["docs"].item() == n
+
+
+def test_node_rates_over_batches_equal_node_rates_over_all_rows() -> None:
+    """Per-path counts added batch by batch give the rates of all the rows at once,
+    whatever the cut (paths and nulls spread over several batches, a path type cast)."""
+    import random
+
+    from builder.diversity import node_rates, node_rates_batches
+
+    rng = random.Random(5)
+    paths = ["math/calc/limits", "math/calc", "math/alg", "bio", None, "", "/phys//q/"]
+    n = 2000
+    rows = pl.DataFrame(
+        {
+            "taxonomy_path": [rng.choice(paths) for _ in range(n)],
+            "a": [rng.choice([True, False, None]) for _ in range(n)],
+            "b": [rng.random() < 0.2 for _ in range(n)],
+        },
+        schema={"taxonomy_path": pl.String, "a": pl.Boolean, "b": pl.Boolean},
+    )
+    whole = node_rates(rows, ["a", "b"])
+    for cuts in ([1], [0, 700, 1999], [250, 500, 1000, 1500]):
+        bounds = [0, *cuts, n]
+        parts = [rows.slice(lo, hi - lo) for lo, hi in zip(bounds, bounds[1:], strict=False)]
+        assert node_rates_batches(parts, ["a", "b"]).to_dicts() == whole.to_dicts()
+    as_lists = rows.with_columns(pl.col("taxonomy_path").str.split("/"))
+    listed = node_rates_batches([as_lists.head(900), as_lists.tail(n - 900)], ["a", "b"])
+    assert listed.to_dicts() == node_rates(as_lists, ["a", "b"]).to_dicts()
