@@ -59,23 +59,31 @@ def test_without_taxonomy_or_clusters():
     assert format_node_rates(rep.nodes, ["dup_rate"]) == ""
 
 
+def _flagged_paths(n: int, *, seed: int, second: bool = False) -> pl.DataFrame:
+    """``n`` rows of odd taxonomy paths (nested, null, empty, stray slashes) and a nullable
+    flag ``a`` (and a flag ``b`` when ``second``), drawn with ``seed``."""
+    import random
+
+    rng = random.Random(seed)
+    paths = ["math/calc/limits", "math/calc", "math/alg", "bio", None, "", "/phys//q/"]
+    columns = {
+        "taxonomy_path": [rng.choice(paths) for _ in range(n)],
+        "a": [rng.choice([True, False, None]) for _ in range(n)],
+    }
+    if second:
+        columns["b"] = [rng.random() < 0.2 for _ in range(n)]
+    return pl.DataFrame(
+        columns, schema={c: pl.Boolean for c in columns} | {"taxonomy_path": pl.String}
+    )
+
+
 def test_node_rates_count_per_path_then_expand_only_the_paths(monkeypatch) -> None:
     """``node_rates`` equals counting one row per (row, ancestor node), while expanding only
     the distinct paths: what it holds follows the taxonomy, not the number of rows."""
-    import random
-
     from builder import diversity
 
-    rng = random.Random(3)
-    paths = ["math/calc/limits", "math/calc", "math/alg", "bio", None, "", "/phys//q/"]
     n = 3000
-    rows = pl.DataFrame(
-        {
-            "taxonomy_path": [rng.choice(paths) for _ in range(n)],
-            "a": [rng.choice([True, False, None]) for _ in range(n)],
-        },
-        schema={"taxonomy_path": pl.String, "a": pl.Boolean},
-    )
+    rows = _flagged_paths(n, seed=3)
     expanded_rows: list[int] = []
     expand = diversity.expand_nodes
 
@@ -101,21 +109,10 @@ def test_node_rates_count_per_path_then_expand_only_the_paths(monkeypatch) -> No
 def test_node_rates_over_batches_equal_node_rates_over_all_rows() -> None:
     """Per-path counts added batch by batch give the rates of all the rows at once,
     whatever the cut (paths and nulls spread over several batches, a path type cast)."""
-    import random
-
     from builder.diversity import node_rates, node_rates_batches
 
-    rng = random.Random(5)
-    paths = ["math/calc/limits", "math/calc", "math/alg", "bio", None, "", "/phys//q/"]
     n = 2000
-    rows = pl.DataFrame(
-        {
-            "taxonomy_path": [rng.choice(paths) for _ in range(n)],
-            "a": [rng.choice([True, False, None]) for _ in range(n)],
-            "b": [rng.random() < 0.2 for _ in range(n)],
-        },
-        schema={"taxonomy_path": pl.String, "a": pl.Boolean, "b": pl.Boolean},
-    )
+    rows = _flagged_paths(n, seed=5, second=True)
     whole = node_rates(rows, ["a", "b"])
     for cuts in ([1], [0, 700, 1999], [250, 500, 1000, 1500]):
         bounds = [0, *cuts, n]
