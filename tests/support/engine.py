@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +85,24 @@ def fake_settings(srv: FakeOpenAIServer, concurrency: int, **kw: Any) -> Any:
     )
     base.update(kw)
     return LLMSettings(**base)
+
+
+def assert_only_uncommitted_resent(
+    srv: FakeOpenAIServer, requests: list[Any], cached: set[str]
+) -> None:
+    """After a run stopped (killed, or its caller gone) and a rerun of ``requests``: the
+    request of every result the rerun took from the cache (``cached`` ids) reached the server
+    exactly once, and every other one once or twice (the stopped run may have sent it
+    before it stopped). Counted per request by content (``srv`` made with ``record=True``),
+    not as a difference of totals: requests the stopped process had written may reach the
+    server's handlers after the rerun began (on a loaded machine, seconds later)."""
+    sent = Counter(body["messages"][0]["content"] for body in srv.requests)
+    for request in requests:
+        times = sent[request.messages[0]["content"]]
+        if request.id in cached:
+            assert times == 1, f"{request.id}: committed, yet sent {times} times"
+        else:
+            assert times in (1, 2), f"{request.id}: sent {times} times"
 
 
 def user_request(rid: str, content: str) -> Any:
