@@ -11,6 +11,7 @@ from builder.llm.cache import CACHE_FILE, PAGE_SIZE, Cache
 from builder.settings.llm import LLMSettings
 from tests.support.cache import cache_entry
 from tests.support.engine import (
+    RERUN_HEADERS,
     assert_only_uncommitted_resent,
     fake_settings,
     run_engine_killed,
@@ -130,9 +131,8 @@ def test_kill_9_right_after_a_cache_commit_loses_nothing_committed(tmp_path):
         assert srv.count("chat") >= committed
 
         requests = [_req(f"r{i}", f"q{i}") for i in range(n)]
-        with open_engine(
-            _settings(srv, max_concurrency=2), cache_dir=tmp_path, progress=False
-        ) as engine:
+        rerun = _settings(srv, max_concurrency=2, default_headers=RERUN_HEADERS)
+        with open_engine(rerun, cache_dir=tmp_path, progress=False) as engine:
             results = list(engine.run(requests))
         assert sorted(r.request_id for r in results) == sorted(r.id for r in requests)
         assert all(r.ok for r in results)

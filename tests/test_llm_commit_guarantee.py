@@ -16,6 +16,7 @@ from builder.llm import open_engine
 from builder.llm.cache import CACHE_FILE, Cache, CacheEntry
 from builder.settings.llm import LLMSettings
 from tests.support.engine import (
+    RERUN_HEADERS,
     assert_only_uncommitted_resent,
     fake_settings,
     run_engine_killed,
@@ -92,9 +93,8 @@ def test_kill_9_at_a_commit_loses_no_result_the_caller_saw(tmp_path, commit):
         assert len(journaled) <= committed
 
         requests = [_req(f"r{i}", f"q{i}") for i in range(n)]
-        with open_engine(
-            _settings(srv, max_concurrency=4), cache_dir=tmp_path, progress=False
-        ) as engine:
+        rerun = _settings(srv, max_concurrency=4, default_headers=RERUN_HEADERS)
+        with open_engine(rerun, cache_dir=tmp_path, progress=False) as engine:
             results = list(engine.run(requests))
         assert sorted(r.request_id for r in results) == sorted(r.id for r in requests)
         cached = {r.request_id for r in results if r.cached}
@@ -118,7 +118,8 @@ def test_a_caller_that_stops_early_leaves_a_consistent_cache_and_no_resend(tmp_p
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         stored = Cache(tmp_path).count()
         assert 31 <= stored <= n
-        with open_engine(_settings(srv), cache_dir=tmp_path, progress=False) as engine:
+        rerun = _settings(srv, default_headers=RERUN_HEADERS)
+        with open_engine(rerun, cache_dir=tmp_path, progress=False) as engine:
             results = list(engine.run(requests))
         cached = {r.request_id for r in results if r.cached}
         assert len(cached) == stored

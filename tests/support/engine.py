@@ -87,22 +87,33 @@ def fake_settings(srv: FakeOpenAIServer, concurrency: int, **kw: Any) -> Any:
     return LLMSettings(**base)
 
 
+#: Headers a rerun sends (``fake_settings(..., default_headers=RERUN_HEADERS)``), so that
+#: the fake server's record tells its requests from those of the run before it.
+RERUN_HEADERS = {"X-Test-Rerun": "1"}
+
+
 def assert_only_uncommitted_resent(
     srv: FakeOpenAIServer, requests: list[Any], cached: set[str]
 ) -> None:
-    """After a run stopped (killed, or its caller gone) and a rerun of ``requests``: the
-    request of every result the rerun took from the cache (``cached`` ids) reached the server
-    exactly once, and every other one once or twice (the stopped run may have sent it
-    before it stopped). Counted per request by content (``srv`` made with ``record=True``),
-    not as a difference of totals: requests the stopped process had written may reach the
-    server's handlers after the rerun began (on a loaded machine, seconds later)."""
-    sent = Counter(body["messages"][0]["content"] for body in srv.requests)
+    """After a run stopped (killed, or its caller gone) and a rerun of ``requests`` sent with
+    ``RERUN_HEADERS``: the rerun sent every request it did not take from the cache
+    (``cached`` ids) exactly once, and none of the others. Counted per request from the
+    server's record (``srv`` made with ``record=True``), by the rerun's header, not as a
+    difference of totals: requests the stopped process had written may reach the server's
+    handlers after the rerun began (on a loaded machine, seconds later)."""
+    mark = {k.lower(): v for k, v in RERUN_HEADERS.items()}
+    rerun = Counter(
+        body["messages"][0]["content"]
+        for body, headers in zip(srv.requests, srv.chat_headers, strict=True)
+        if all({k.lower(): v for k, v in headers.items()}.get(k) == v for k, v in mark.items())
+    )
     for request in requests:
-        times = sent[request.messages[0]["content"]]
+        times = rerun[request.messages[0]["content"]]
         if request.id in cached:
-            assert times == 1, f"{request.id}: committed, yet sent {times} times"
+            assert times == 0, f"{request.id}: committed, yet sent again {times} times"
         else:
-            assert times in (1, 2), f"{request.id}: sent {times} times"
+            assert times == 1, f"{request.id}: sent {times} times by the rerun"
+    assert sum(rerun.values()) == len(requests) - len(cached)
 
 
 def user_request(rid: str, content: str) -> Any:

@@ -277,6 +277,7 @@ class FakeOpenAIServer:
         self.batch_expire = batch_expire  # items left out of the first batch, which "expires"
         self._port = port
         self.requests: list[dict[str, Any]] = []  # chat bodies, in arrival order
+        self.chat_headers: list[dict[str, str]] = []  # each chat body's headers, beside it
         self.arrivals: list[float] = []  # time.monotonic() of each chat request
         self.headers: list[dict[str, str]] = []  # headers of every request
         self.counts: Counter[str] = Counter()  # "chat", "models", "files", "batches", ...
@@ -372,6 +373,7 @@ class FakeOpenAIServer:
     def reset_counts(self) -> None:
         self.counts.clear()
         self.requests.clear()
+        self.chat_headers.clear()
         self.arrivals.clear()
         self.headers.clear()
         self.chat_index = 0
@@ -562,6 +564,7 @@ class FakeOpenAIServer:
                 return self._error(400, "could not parse the JSON body")
             if self.record:
                 self.requests.append(body)
+                self.chat_headers.append(dict(request.headers))
             if self.max_inflight is not None and self.inflight > self.max_inflight:
                 self.counts["429"] += 1
                 return self._error(
