@@ -47,6 +47,7 @@ from builder.decontam_index import (
     attach_ids,
     benchmark_files,
     build_index,
+    hits_with_ids,
     index_spec,
     load_benchmark_items,
     load_index,
@@ -54,6 +55,7 @@ from builder.decontam_index import (
     scan_texts,
 )
 from builder.dedup.engine import TaskMap, _generated_ids, _init_worker, _task_size, check_ids
+from builder.dedup.rowids import IdCheck, check_source_ids, column_batches, take
 from builder.errors import InputError
 from builder.io_tables import (
     ParquetSink,
@@ -414,11 +416,10 @@ def decontaminate_files(
         if hits is not None:
             if not has_ids:
                 raise ValueError("decontaminate_files: hits by id need an input with ids")
-            ids = source.read_columns([id_column])[id_column]
-            check_ids(ids, column=id_column, file=source.label)
+            bad, present, id_dtype = _flag_ids(source, id_column, hits["id"])
             return _finish_files(
-                source, out, settings, index, t0, hits.filter(pl.col("id").is_in(ids.implode())),
-                ids.is_in(hits["id"].implode()).to_numpy(), ids, has_ids, id_column, 0,
+                source, out, settings, index, t0, hits.filter(pl.col("id").is_in(present)),
+                bad, None, id_dtype, id_column, 0,
             )  # fmt: skip
         hint = workers or settings.workers or os.cpu_count() or 1
         spec = None
@@ -444,20 +445,45 @@ def decontaminate_files(
             parts.append(hits)
             if th is not None:
                 hashes[offset : offset + len(th)] = th
-        if has_ids:
-            ids = source.read_columns([id_column])[id_column]
-            check_ids(ids, column=id_column, file=source.label)
-        else:
-            ids = _generated_ids(hashes).rename(id_column)
         raw = pl.concat(parts) if parts else _empty_hits(with_row=True)
+        rows = raw["row"].to_numpy()
         bad = np.zeros(n, dtype=bool)
-        bad[raw["row"].to_numpy()] = True
-        hits = attach_ids(raw, ids)
+        bad[rows] = True
+        generated = None
+        if has_ids:  # checked, and read at the hits' rows only: a batch at a time
+            id_dtype = check_source_ids(source, id_column, source.label)
+            hits = hits_with_ids(raw, take(source, id_column, rows))
+        else:
+            generated = _generated_ids(hashes).rename(id_column)
+            id_dtype = generated.dtype
+            hits = attach_ids(raw, generated)
         return _finish_files(
-            source, out, settings, index, t0, hits, bad, ids, has_ids, id_column, nworkers
+            source, out, settings, index, t0, hits, bad, generated, id_dtype, id_column, nworkers
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _flag_ids(
+    source: TableSource, id_column: str, wanted: pl.Series
+) -> tuple[np.ndarray, pl.Series, pl.DataType]:
+    """One pass over ``source``'s ids, a batch at a time: checked (present, unique), which
+    rows have an id in ``wanted`` (the few hit ids), those of ``wanted`` found, and the ids'
+    type."""
+    check = IdCheck(id_column, source.label)
+    want = wanted.unique().implode()
+    flags: list[np.ndarray] = [np.zeros(0, dtype=bool)]
+    present: list[pl.Series] = []
+    dtype: pl.DataType = wanted.dtype
+    for ids in column_batches(source, id_column):
+        check.add(ids)
+        dtype = ids.dtype
+        mask = ids.is_in(want).fill_null(False)
+        flags.append(mask.to_numpy())
+        present.append(ids.filter(mask))
+    check.finish(lambda: column_batches(source, id_column))
+    found = pl.concat(present) if present else wanted.clear()
+    return np.concatenate(flags), found.implode(), dtype
 
 
 def _finish_files(
@@ -468,16 +494,17 @@ def _finish_files(
     t0: float,
     hits: pl.DataFrame,
     bad: np.ndarray,
-    ids: pl.Series,
-    has_ids: bool,
+    generated: pl.Series | None,
+    id_dtype: pl.DataType,
     id_column: str,
     nworkers: int,
 ) -> DecontamResult:
-    """Write ``decontaminate_files``' outputs from the hits by id and the rows they flag."""
-    reasons = _reasons(hits) if hits.height else _reasons(_empty_hits(id_dtype=ids.dtype))
+    """Write ``decontaminate_files``' outputs from the hits by id and the rows they flag
+    (``generated``: the ids made for an input without any, in its row order)."""
+    reasons = _reasons(hits) if hits.height else _reasons(_empty_hits(id_dtype=id_dtype))
     paths = {"hits": write_parquet_atomic(hits, out / "hits.parquet")}
     paths["clean"], paths["rejected"] = _split_write(
-        source, out, bad, ids, has_ids, id_column, reasons
+        source, out, bad, generated, id_column, reasons
     )
     contaminated = pl.read_parquet(paths["rejected"])
     stats = _stats(source.num_rows, bad, hits, index, nworkers, t0, settings)
@@ -499,13 +526,12 @@ def _split_write(
     source: TableSource,
     out: Path,
     bad: np.ndarray,
-    ids: pl.Series,
-    has_ids: bool,
+    generated: pl.Series | None,
     id_column: str,
     reasons: pl.DataFrame,
 ) -> tuple[Path, Path]:
     schema = source.schema
-    if not has_ids:
+    if generated is not None:
         schema = schema.insert(0, pa.field(id_column, pa.string()))
     rej_schema = schema
     for name in ("stage", "reason", "detail"):
@@ -521,14 +547,14 @@ def _split_write(
             strict=True,
         )
     }
-    if has_ids and not bad.any() and _single_parquet(source):
+    if generated is None and not bad.any() and _single_parquet(source):
         # Nothing is contaminated: the clean file is the input as it is (a byte copy, not
         # a decode and encode of every text) and rejected.parquet has no rows.
         atomic_copy(source.files[0], out / "clean.parquet")
         with ParquetSink(out / "rejected.parquet", rej_schema):
             pass
         return out / "clean.parquet", out / "rejected.parquet"
-    id_arrow = ids.to_arrow().cast(pa.string()) if not has_ids else None
+    id_arrow = generated.to_arrow().cast(pa.string()) if generated is not None else None
     offset = 0
     with (
         ParquetSink(out / "clean.parquet", schema) as clean,

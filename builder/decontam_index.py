@@ -435,8 +435,12 @@ def _hit_schema(with_row: bool = False, id_dtype: pl.DataType = pl.String) -> di
 def attach_ids(hits: pl.DataFrame, ids: pl.Series) -> pl.DataFrame:
     """Hits with ``row`` (a position in ``ids``) replaced by the row's id, as written to
     ``hits.parquet`` (``HIT_COLUMNS``, sorted by id, benchmark and item)."""
-    rows = hits["row"].to_numpy()
-    out = hits.with_columns(ids.gather(rows).alias("id")).drop("row")
+    return hits_with_ids(hits, ids.gather(hits["row"].to_numpy()))
+
+
+def hits_with_ids(hits: pl.DataFrame, hit_ids: pl.Series) -> pl.DataFrame:
+    """``attach_ids`` given each hit's id (``hit_ids``, in the hits' order)."""
+    out = hits.with_columns(hit_ids.alias("id")).drop("row")
     return out.select(list(HIT_COLUMNS)).sort("id", "benchmark", "item")
 
 

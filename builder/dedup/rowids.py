@@ -1,0 +1,170 @@
+"""A table's per-row columns read a batch at a time: never a value per row of the corpus.
+
+Dedup and decontam need a table's ids for three things: to check that they are present and
+unique, to flag the rows whose ids are in a small set (the rows that hit a benchmark), and to
+name a few rows by position (the members of duplicate clusters, the rows of hits). Reading the
+whole id column for that held ~30-60 bytes a document in the main process (plus a hash table
+as large for the uniqueness check), so memory grew with the corpus. Here each is one pass over
+batches of ``batch_rows`` rows; what stays is 8 bytes a row (a 64-bit hash of each id, sorted
+for the uniqueness check) and what the caller asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from builder.errors import InputError
+
+#: Rows of a column read at once.
+BATCH_ROWS = 65_536
+
+
+class BatchSource(Protocol):
+    """What is read here of a table source (``io_tables.TableSource``,
+    ``dedup.source.ArrowFilesSource``)."""
+
+    def iter_batches(
+        self, columns: list[str] | None = None, *, batch_rows: int = ...
+    ) -> Iterator[pa.RecordBatch]: ...
+
+
+def column_batches(
+    source: BatchSource, column: str, batch_rows: int | None = None
+) -> Iterator[pl.Series]:
+    """``column`` of every row in order, ``batch_rows`` (default ``BATCH_ROWS``) rows at a
+    time."""
+    for batch in source.iter_batches([column], batch_rows=batch_rows or BATCH_ROWS):
+        yield pl.Series(column, batch.column(0))
+
+
+def _hash(ids: pl.Series) -> np.ndarray:
+    return ids.hash(seed=0x5EED).to_numpy()
+
+
+class IdCheck:
+    """``plan.check_ids`` over batches of ids: present in every row, and unique.
+
+    Empty ids are counted as the batches come. For uniqueness each id keeps a 64-bit hash;
+    ``finish`` sorts them, and only when two are equal (a repeated id, or by chance two ids
+    with one hash) reads the ids again to tell which (``again``: the same batches anew).
+    """
+
+    def __init__(
+        self,
+        column: str,
+        file: str | os.PathLike[str] | None,
+        hasher: Callable[[pl.Series], np.ndarray] = _hash,
+    ) -> None:
+        self.column = column
+        self.file = file
+        self.hasher = hasher
+        self.rows = 0
+        self._hashes: list[np.ndarray] = []
+        self._nulls = 0
+        self._first_null: int | None = None
+
+    def add(self, ids: pl.Series) -> None:
+        nulls = ids.null_count()
+        if nulls:
+            if self._first_null is None:
+                self._first_null = self.rows + int(ids.is_null().arg_true()[0])
+            self._nulls += nulls
+        elif self._first_null is None:
+            self._hashes.append(np.asarray(self.hasher(ids), dtype=np.uint64))
+        self.rows += len(ids)
+
+    def finish(self, again: Callable[[], Iterator[pl.Series]]) -> None:
+        """Raise ``InputError`` for the first problem: empty ids, else a repeated one."""
+        if self._first_null is not None:
+            raise InputError(
+                f"id column '{self.column}' is empty in {self._nulls} row(s), first at row "
+                f"{self._first_null}",
+                file=self.file,
+                hint="fill the ids, or pass --id-column of another column (a missing id column "
+                "gets ids from the text)",
+            )
+        hashes = np.concatenate(self._hashes) if self._hashes else np.zeros(0, np.uint64)
+        self._hashes = []
+        hashes.sort()
+        twins = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+        del hashes
+        if len(twins) == 0:
+            return
+        # The rows whose hash is shared, with their ids: the only ones that can repeat.
+        found: list[pl.DataFrame] = []
+        offset = 0
+        for ids in again():
+            hit = np.flatnonzero(np.isin(np.asarray(self.hasher(ids), dtype=np.uint64), twins))
+            if len(hit):
+                found.append(pl.DataFrame({"row": hit + offset, "id": ids.gather(hit)}))
+            offset += len(ids)
+        rows = pl.concat(found).filter(pl.col("id").is_duplicated()).sort("row")
+        if rows.height == 0:  # only hashes met: the ids differ
+            return
+        value = rows["id"][0]
+        first_two = rows.filter(pl.col("id") == value)["row"].head(2).to_list()
+        raise InputError(
+            f"id column '{self.column}' has {rows.height} rows with repeated ids "
+            f"(e.g. {value!r} at rows {first_two[0]} and {first_two[1]})",
+            file=self.file,
+            hint="ids must be unique; drop the column to get ids from the text",
+        )
+
+
+def check_source_ids(
+    source: BatchSource, column: str, file: str | os.PathLike[str] | None
+) -> pl.DataType:
+    """Check ``source``'s ids a batch at a time (``IdCheck``); their Polars type."""
+    check = IdCheck(column, file)
+    dtype: pl.DataType = pl.String
+    for ids in column_batches(source, column):
+        check.add(ids)
+        dtype = ids.dtype
+    check.finish(lambda: column_batches(source, column))
+    return dtype
+
+
+def take(source: BatchSource, column: str, rows: np.ndarray) -> pl.Series:
+    """``column``'s values at positions ``rows`` (any order, repeats allowed), reading the
+    column a batch at a time and keeping only those values."""
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    wanted = rows[order]
+    parts: list[pl.Series] = []
+    offset = 0
+    dtype: pl.DataType | None = None
+    for values in column_batches(source, column):
+        dtype = values.dtype
+        lo, hi = np.searchsorted(wanted, [offset, offset + len(values)])
+        if hi > lo:
+            parts.append(values.gather(wanted[lo:hi] - offset))
+        offset += len(values)
+        if hi == len(wanted):
+            break
+    if sum(len(p) for p in parts) != len(rows):
+        raise IndexError(f"take: rows beyond the table's {offset} rows")
+    if len(parts) == 0:
+        return pl.Series(column, [], dtype=dtype or pl.String)
+    got = pl.concat(parts)
+    inverse = np.empty(len(rows), dtype=np.int64)
+    inverse[order] = np.arange(len(rows), dtype=np.int64)
+    return got.gather(inverse)
+
+
+def names_on_disk(
+    source: BatchSource, id_column: str, verified: str | None = "verified"
+) -> Callable[[np.ndarray], tuple[pl.Series, pl.Series | None]]:
+    """What dedup's plan asks of the rows it names (``plan.RowNames``): their ids and
+    ``verified`` flags (when the table has that column), read at those rows only."""
+    flags = verified if verified in getattr(source, "columns", []) else None
+
+    def names(rows: np.ndarray) -> tuple[pl.Series, pl.Series | None]:
+        return take(source, id_column, rows), None if flags is None else take(source, flags, rows)
+
+    return names
