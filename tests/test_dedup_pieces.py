@@ -289,3 +289,72 @@ def test_default_buckets_are_bounded_by_entries_not_by_the_corpus(
     assert small.stats.buckets == -(-240 * settings.bands // 300)
     assert one.stats.largest_bucket_entries > 4 * 300
     assert 0 < small.stats.largest_bucket_entries <= 2 * 300
+
+
+@st.composite
+def _plan_inputs(draw):
+    """Rows with repeated exact keys, tied lengths, verified flags (or none), ids in another
+    order than the rows, some without words; signatures of 8 slots from 3 values (so pairs
+    often reach the 0.75 threshold)."""
+    n = draw(st.integers(1, 40))
+    keys = draw(st.lists(st.integers(0, max(1, n // 3)), min_size=n, max_size=n))
+    exact = np.array([[k, k * 7] for k in keys], dtype=np.uint64)
+    lengths = np.array(draw(st.lists(st.integers(1, 4), min_size=n, max_size=n)), np.int64)
+    shingles = np.array(draw(st.lists(st.sampled_from([0, 5, 9]), min_size=n, max_size=n)))
+    ids = [f"id{v:03d}" for v in draw(st.permutations(range(n)))]
+    verified = draw(
+        st.one_of(st.none(), st.lists(st.sampled_from([True, False, None]), min_size=n, max_size=n))
+    )
+    sigs = np.array(
+        draw(st.lists(st.lists(st.integers(0, 2), min_size=8, max_size=8), min_size=n, max_size=n))
+    )
+    for row, key in enumerate(keys):  # an exact key's rows have one signature (one text)
+        sigs[row] = sigs[keys.index(key)]
+    exact_on = draw(st.booleans())
+    return n, exact, lengths, shingles, ids, verified, sigs, exact_on
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(_plan_inputs())
+def test_the_plan_over_duplicate_groups_equals_the_plan_over_every_row(inputs) -> None:
+    """``make_plan`` names only the rows of duplicate groups (its arrays follow the
+    duplicates, not the corpus): every table it returns equals the dense plan's."""
+    from builder.dedup.lsh import pair_jaccard
+    from builder.dedup.plan import RowArrays, make_plan, names_of
+    from tests.support.dense_plan import dense_plan
+
+    n, exact, lengths, shingles, ids, verified, sigs, exact_on = inputs
+    rows = RowArrays(exact, lengths, shingles)
+    id_col = pl.Series("id", ids)
+    ver_col = None if verified is None else pl.Series("verified", verified, dtype=pl.Boolean)
+    settings = DedupSettings(num_perm=8, bands=4, rows=2, threshold=0.75, exact=exact_on)
+    asked: list[np.ndarray] = []
+
+    def find_pairs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        asked.append(mask.copy())
+        c = np.flatnonzero(mask)
+        pairs = np.array([(a, b) for a, b in combinations(c.tolist(), 2)], dtype=np.int64)
+        pairs = pairs.reshape(-1, 2)
+        return pairs, pair_jaccard(sigs, pairs)
+
+    named: list[int] = []
+    names = names_of(id_col, ver_col)
+
+    def counted(r: np.ndarray):
+        named.append(len(r))
+        return names(r)
+
+    want = dense_plan(rows, id_col, ver_col, sigs, settings, find_pairs)
+    got = make_plan(rows, counted, sigs, settings, find_pairs)
+    assert np.array_equal(asked[0], asked[1])  # the same candidates for the band grouping
+    assert np.array_equal(got.keep, want.keep)
+    for name in ("clusters", "removed", "rep_cluster"):
+        assert getattr(got, name).equals(getattr(want, name)), name
+    assert (got.candidate_pairs, got.verified_pairs) == (want.candidate_pairs, want.verified_pairs)
+    members = want.clusters.height
+    assert max(named) <= members  # never a name per row, only per member of a cluster
+    removed = want.clusters.filter("removed")
+    by_id = dict(zip(ids, range(n), strict=True))
+    assert got.removed_rows.tolist() == sorted(by_id[i] for i in removed["id"])
+    kinds = dict(zip(removed["id"], removed["kind"], strict=True))
+    assert got.removed_exact.tolist() == [kinds[ids[r]] == "exact" for r in got.removed_rows]

@@ -167,3 +167,38 @@ def test_decontam_files_read_the_ids_a_batch_at_a_time(
     )
     with pytest.raises(InputError, match=r"repeated ids \(e.g. 'd0' at rows 0 and 49\)"):
         decontam.decontaminate_files(dup, [bench], tmp_path / "dup", workers=1, hits=hits)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_dedup_files_never_read_a_column_of_the_whole_input(
+    tmp_path: Path, monkeypatch, fmt: str
+) -> None:
+    """Ids checked and named a batch at a time, rates per node from a batch of paths at a
+    time: the same kept rows, clusters, removals and node rates as the table in memory."""
+    from builder.dedup import dedup_files, dedup_table
+    from builder.settings.dedup import DedupSettings
+    from tests.support.synthetic import synthetic_corpus
+
+    corpus = synthetic_corpus(90, seed=3, exact_frac=0.15, near_frac=0.2, words=(60, 90))
+    n = corpus.height
+    corpus = corpus.with_columns(
+        pl.Series(
+            "taxonomy_path", [["math", "algebra", "math", "physics"][i % 4] for i in range(n)]
+        ),
+        pl.Series("verified", [[True, False, None][i % 3] for i in range(n)], dtype=pl.Boolean),
+    )
+    src = tmp_path / f"in.{fmt}"
+    if fmt == "parquet":
+        corpus.write_parquet(src, row_group_size=16)
+    else:
+        corpus.write_ndjson(src)
+    settings = DedupSettings()
+    want = dedup_table(corpus, settings, workers=1)
+    assert want.removed.height >= 10 and set(want.removed["kind"]) == {"exact", "near"}
+    seen = _no_whole_columns(monkeypatch)
+    got = dedup_files(src, tmp_path / "out", settings, workers=1)
+    assert seen and max(seen) <= 8 and sum(seen) >= 2 * n  # checked, then named
+    assert got.clusters.equals(want.clusters)
+    assert got.removed.equals(want.removed)
+    assert pl.read_parquet(tmp_path / "out" / "kept.parquet").equals(want.kept)
+    assert got.nodes is not None and got.nodes.equals(want.nodes)

@@ -8,6 +8,9 @@ band keys live in files, not in memory):
    MinHash signature and band keys, and write them to the work directory, one set of files
    per piece, atomically, with a marker last. A rerun after a kill reuses finished pieces.
 2. **Exact groups** (``plan.py``): rows with equal exact keys; one representative each.
+   From here on only the rows of duplicate groups are named: their ids (and ``verified``)
+   are read from the input at those rows (``rowids.take``), after one pass that checks every
+   id a batch at a time, so no column of the whole corpus is held.
 3. **Near groups**: candidate pairs from equal band keys among exact representatives with
    words, grouped one bucket at a time from the pieces' bucketed band files
    (``buckets.py``: a shuffle, bounded by bucket size), verified by estimated Jaccard >=
@@ -40,9 +43,25 @@ import numpy as np
 import polars as pl
 
 from builder.dedup.buckets import bucket_count, find_pairs
-from builder.dedup.output import node_dup_rates, plan_kept_rows, with_dup_cluster, write_kept
-from builder.dedup.plan import Plan, RowArrays, check_ids, generated_ids, make_plan
+from builder.dedup.output import (
+    diversity_of,
+    node_dup_rates,
+    node_dup_rates_of,
+    plan_kept_rows,
+    with_dup_cluster,
+    write_kept,
+)
+from builder.dedup.plan import (
+    Plan,
+    RowArrays,
+    RowNames,
+    check_ids,
+    generated_ids,
+    make_plan,
+    names_of,
+)
 from builder.dedup.pool import WorkerPool, init_worker
+from builder.dedup.rowids import check_source_ids, names_on_disk, take
 from builder.dedup.signatures import (
     PieceDone,
     PieceTask,
@@ -64,8 +83,7 @@ from builder.dedup.source import (
     plain_jsonl_inputs,
     read_jsonl_piece,
 )
-from builder.dedup.stats import CLUSTER_COLUMNS, DedupResult, DedupStats
-from builder.diversity import DiversityReport, diversity_from_openers
+from builder.dedup.stats import CLUSTER_COLUMNS, DedupResult, DedupStats, settings_dict
 from builder.errors import InputError
 from builder.io_tables import (
     TableSource,
@@ -289,8 +307,7 @@ def _sign(
 
 def _decide(
     signed: _Signed,
-    ids: pl.Series,
-    verified: pl.Series | None,
+    names: RowNames,
     settings: DedupSettings,
     spec: Spec,
     task_map: TaskMap,
@@ -312,14 +329,14 @@ def _decide(
         )
         return pairs, jac
 
-    plan = make_plan(signed.rows, ids, verified, store, settings, pairs_of)
+    plan = make_plan(signed.rows, names, store, settings, pairs_of)
     return plan, largest[0]
 
 
 def _stats(
     settings: DedupSettings, plan: Plan, signed: _Signed, workers: int, largest: int, buckets: int
 ) -> DedupStats:
-    stats = DedupStats(workers=workers, settings=_settings_dict(settings))
+    stats = DedupStats(workers=workers, settings=settings_dict(settings))
     stats.rows_in = signed.rows.n
     stats.rows_out = int(plan.keep.sum())
     removed_kind = plan.removed["kind"]
@@ -401,11 +418,11 @@ def dedup_table(
             ids = generated_ids(signed.text_hash).rename(id_column)
             frame = data.with_columns(ids).select([id_column, *data.columns])
         verified = frame["verified"] if "verified" in frame.columns else None
-        plan, largest = _decide(signed, ids, verified, settings, spec, pool.map)
+        plan, largest = _decide(signed, names_of(ids, verified), settings, spec, pool.map)
     kept = with_dup_cluster(frame.filter(pl.Series(plan.keep)), plan_kept_rows(plan))
     stats = _stats(settings, plan, signed, nworkers, largest, nb)
     nodes = node_dup_rates(
-        frame["taxonomy_path"] if "taxonomy_path" in frame.columns else None, plan, ids
+        frame["taxonomy_path"] if "taxonomy_path" in frame.columns else None, plan
     )
     stats.seconds = time.perf_counter() - t0
     return DedupResult(
@@ -506,25 +523,33 @@ def dedup_files(
         has_ids = id_column in source.columns
 
         t_plan = time.perf_counter()
-        small = source.read_columns(
-            [c for c in (id_column, "verified", "taxonomy_path") if c in source.columns]
-        )
+        # The ids are checked and read a batch at a time: the plan names only the rows of
+        # duplicate groups, so no column of the whole corpus is held (unless ids are made
+        # from the texts, or the diversity report wants every row's).
+        generated = None
         if has_ids:
-            ids = small[id_column]
-            check_ids(ids, column=id_column, file=source.label)
+            check_source_ids(source, id_column, source.label)
+            names = names_on_disk(source, id_column)
         else:
             assert signed.text_hash is not None
-            ids = generated_ids(signed.text_hash).rename(id_column)
-        verified = small["verified"] if "verified" in small.columns else None
-        tax = small["taxonomy_path"] if "taxonomy_path" in small.columns else None
-        del small
-        plan, largest = _decide(signed, ids, verified, settings, spec, task_map)
+            generated = generated_ids(signed.text_hash).rename(id_column)
+            verified = (
+                source.read_columns(["verified"])["verified"]
+                if "verified" in source.columns
+                else None
+            )
+            names = names_of(generated, verified)
+        plan, largest = _decide(signed, names, settings, spec, task_map)
         pool.close(wait=False)  # the workers exit while the kept rows are written
         scan_hits = None
         if scan is not None:
-            from builder.decontam_index import attach_ids
+            from builder.decontam_index import attach_ids, hits_with_ids
 
-            scan_hits = attach_ids(read_scan_hits(work, signed.offsets.tolist()), ids)
+            raw = read_scan_hits(work, signed.offsets.tolist())
+            if generated is None:
+                scan_hits = hits_with_ids(raw, take(source, id_column, raw["row"].to_numpy()))
+            else:
+                scan_hits = attach_ids(raw, generated)
         plan_seconds = time.perf_counter() - t_plan
 
         # The kept rows (the one big write: compressing every kept text) are written on a
@@ -533,9 +558,9 @@ def dedup_files(
         t_write = time.perf_counter()
         with ThreadPoolExecutor(1, thread_name_prefix="dedup-kept") as writer:
             kept = writer.submit(
-                write_kept, source, out / "kept.parquet", plan, ids, has_ids, id_column
+                write_kept, source, out / "kept.parquet", plan, generated, id_column
             )
-            nodes = node_dup_rates(tax, plan, ids)
+            nodes = node_dup_rates_of(source, plan)
             clusters = write_parquet_atomic(plan.clusters, out / "clusters.parquet")
             extra: dict[str, Path] = {}
             if save_signatures:
@@ -543,7 +568,8 @@ def dedup_files(
                 extra["signatures"] = store.write_all(out / "signatures.npy")
             report = None
             if diversity:
-                report = _diversity(signed, ids, tax, plan, settings)
+                assert signed.openers is not None
+                report = diversity_of(signed.openers, source, id_column, generated, plan, settings)
                 extra.update({f"diversity_{k}": v for k, v in report.write(out).items()})
             paths = {"kept": kept.result(), "clusters": clusters, **extra}
         write_seconds = time.perf_counter() - t_write
@@ -567,34 +593,3 @@ def dedup_files(
         diversity=report,
         scan_hits=scan_hits,
     )
-
-
-def _diversity(
-    signed: _Signed, ids: pl.Series, tax: pl.Series | None, plan: Plan, settings: DedupSettings
-) -> DiversityReport:
-    """The openers were computed by the signature tasks from the texts they already had, so
-    the report never reads the texts again."""
-    assert signed.openers is not None
-    base = signed.openers.with_columns(ids.alias("id"))
-    if tax is not None:
-        base = base.with_columns(tax.alias("taxonomy_path"))
-    return diversity_from_openers(
-        base, plan.clusters, None, id_column="id", opener_words=settings.opener_words
-    )
-
-
-def _settings_dict(settings: DedupSettings) -> dict[str, Any]:
-    keys = (
-        "exact",
-        "near",
-        "mode",
-        "scheme",
-        "num_perm",
-        "bands",
-        "rows",
-        "shingle_size",
-        "threshold",
-        "seed",
-        "max_bucket",
-    )
-    return {k: getattr(settings, k) for k in keys}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +11,16 @@ import polars as pl
 import pyarrow as pa
 
 from builder.dedup.plan import Plan
-from builder.diversity import node_rates
-from builder.io_tables import ParquetSink, TableSource, arrow_mask
+from builder.dedup.rowids import column_batches
+from builder.dedup.source import ArrowFilesSource
+from builder.diversity import (
+    DiversityReport,
+    diversity_from_openers,
+    node_rates,
+    node_rates_batches,
+)
+from builder.io_tables import ParquetSink, RowFiles, TableSource, arrow_mask
+from builder.settings.dedup import DedupSettings
 from builder.util.ahead import read_ahead
 
 
@@ -23,25 +33,44 @@ def with_dup_cluster(frame: pl.DataFrame, plan: Plan, offset: int = 0) -> pl.Dat
     return frame.with_columns(joined["cluster_id"].alias("dup_cluster"))
 
 
-def node_dup_rates(paths: pl.Series | None, plan: Plan, ids: pl.Series) -> pl.DataFrame | None:
+def _dup_flags(plan: Plan, lo: int, hi: int) -> dict[str, np.ndarray]:
+    """``exact_dup``, ``near_dup`` and ``dup`` of rows ``lo..hi`` (from the removed rows)."""
+    a, b = np.searchsorted(plan.removed_rows, [lo, hi])
+    exact = np.zeros(hi - lo, dtype=bool)
+    near = np.zeros(hi - lo, dtype=bool)
+    rows = plan.removed_rows[a:b] - lo
+    is_exact = plan.removed_exact[a:b]
+    exact[rows[is_exact]] = True
+    near[rows[~is_exact]] = True
+    return {"exact_dup": exact, "near_dup": near, "dup": exact | near}
+
+
+_DUP_FLAGS = ["exact_dup", "near_dup", "dup"]
+
+
+def node_dup_rates(paths: pl.Series | None, plan: Plan) -> pl.DataFrame | None:
     """Duplicate rates per taxonomy node, from each row's taxonomy_path."""
     if paths is None:
         return None
-    n = len(ids)
-    exact = np.zeros(n, dtype=bool)
-    near = np.zeros(n, dtype=bool)
-    if plan.removed.height:
-        rows = pl.DataFrame({"id": ids, "_row": np.arange(n)}).join(
-            plan.removed.select("id", "kind"), on="id", how="inner"
-        )
-        r = rows["_row"].to_numpy()
-        k = rows["kind"].to_numpy()
-        exact[r[k == "exact"]] = True
-        near[r[k == "near"]] = True
-    frame = pl.DataFrame(
-        {"taxonomy_path": paths, "exact_dup": exact, "near_dup": near, "dup": exact | near}
+    return node_rates(
+        pl.DataFrame({"taxonomy_path": paths, **_dup_flags(plan, 0, len(paths))}), _DUP_FLAGS
     )
-    return node_rates(frame, ["exact_dup", "near_dup", "dup"])
+
+
+def node_dup_rates_of(source: RowFiles, plan: Plan) -> pl.DataFrame | None:
+    """``node_dup_rates`` of a table source's paths, read a batch at a time (None without a
+    ``taxonomy_path`` column)."""
+    if "taxonomy_path" not in source.columns:
+        return None
+
+    def batches() -> Iterator[pl.DataFrame]:
+        offset = 0
+        for paths in column_batches(source, "taxonomy_path"):  # type: ignore[arg-type]
+            flags = _dup_flags(plan, offset, offset + len(paths))
+            offset += len(paths)
+            yield pl.DataFrame({"taxonomy_path": paths, **flags})
+
+    return node_rates_batches(batches(), _DUP_FLAGS)
 
 
 # -- Public API -------------------------------------------------------------------------------
@@ -53,22 +82,20 @@ def plan_kept_rows(plan: Plan) -> Plan:
     rep = plan.rep_cluster.with_columns(
         pl.Series("row", kept_pos[plan.rep_cluster["row"].to_numpy()], dtype=pl.Int64)
     )
-    return Plan(
-        plan.keep, plan.clusters, plan.removed, rep, plan.candidate_pairs, plan.verified_pairs
-    )
+    return replace(plan, rep_cluster=rep)
 
 
 def write_kept(
     source: TableSource,
     path: Path,
     plan: Plan,
-    ids: pl.Series,
-    has_ids: bool,
+    generated: pl.Series | None,
     id_column: str,
 ) -> Path:
-    """Stream the input again and write the kept rows with every column."""
+    """Stream the input again and write the kept rows with every column (``generated``: the
+    ids made for an input without any, added as its first column)."""
     schema = source.schema
-    if not has_ids:
+    if generated is not None:
         schema = schema.insert(0, pa.field(id_column, pa.string()))
     dup_idx = schema.get_field_index("dup_cluster")
     if dup_idx >= 0:
@@ -78,7 +105,7 @@ def write_kept(
             plan.rep_cluster["row"].to_list(), plan.rep_cluster["cluster_id"].to_list(), strict=True
         )
     )
-    id_arrow = ids.to_arrow() if not has_ids else None
+    id_arrow = generated.to_arrow() if generated is not None else None
     offset = 0
     with ParquetSink(path, schema) as sink:
         # the next batches are read and decoded while this one is compressed
@@ -102,3 +129,24 @@ def write_kept(
                 )
             sink.write(table.filter(arrow_mask(mask)))
     return path
+
+
+def diversity_of(
+    openers: pl.DataFrame,
+    source: TableSource | ArrowFilesSource,
+    id_column: str,
+    generated: pl.Series | None,
+    plan: Plan,
+    settings: DedupSettings,
+) -> DiversityReport:
+    """The diversity report of a dedup run: ``openers`` (per row) were computed by the
+    signature tasks from the texts they already had, so the report never reads the texts
+    again (it holds every row's opener, id and path)."""
+    small = source.read_columns([c for c in (id_column, "taxonomy_path") if c in source.columns])
+    ids = generated if generated is not None else small[id_column]
+    base = openers.with_columns(ids.alias("id"))
+    if "taxonomy_path" in small.columns:
+        base = base.with_columns(small["taxonomy_path"])
+    return diversity_from_openers(
+        base, plan.clusters, None, id_column="id", opener_words=settings.opener_words
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -82,8 +82,22 @@ def check_ids(ids: pl.Series, *, column: str, file: str | os.PathLike[str] | Non
         )
 
 
+#: ``rows (sorted, unique) -> (their ids, their verified flags or None)``: what the plan asks
+#: of the rows it names. A table on disk answers with a pass over its columns
+#: (``rowids.take``): only rows in duplicate groups are ever asked for.
+RowNames = Callable[[np.ndarray], tuple[pl.Series, "pl.Series | None"]]
+
+
+def names_of(ids: pl.Series, verified: pl.Series | None) -> RowNames:
+    """``RowNames`` of columns held in memory."""
+    return lambda rows: (ids.gather(rows), None if verified is None else verified.gather(rows))
+
+
 def rank_rows(ids: pl.Series, lengths: np.ndarray, verified: pl.Series | None) -> np.ndarray:
-    """Position of each row in the representative order (lower = preferred)."""
+    """Position of each row in the representative order (lower = preferred): verified
+    first, then the longest text, then the smallest id, then the first row. Any subset of
+    rows ranked on its own keeps their order (rows are numbered by position in the given
+    columns)."""
     n = len(ids)
     if verified is not None and verified.dtype == pl.Boolean:
         vrank = (~verified.fill_null(False)).cast(pl.Int8)
@@ -106,18 +120,36 @@ def _run_starts(new: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(idx)
 
 
-def _exact_reps(exact: np.ndarray, rank: np.ndarray) -> np.ndarray:
-    n = len(rank)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    order = np.lexsort((rank, exact[:, 1], exact[:, 0]))
+def _exact_groups(exact: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows whose exact key another row shares (sorted) and a group number for each."""
+    n = len(exact)
+    if n < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    order = np.lexsort((exact[:, 1], exact[:, 0]))
     k = exact[order]
-    new = np.empty(n, dtype=bool)
-    new[0] = True
-    new[1:] = (k[1:] != k[:-1]).any(axis=1)
-    reps = np.empty(n, dtype=np.int64)
-    reps[order] = order[_run_starts(new)]
-    return reps
+    same = (k[1:] == k[:-1]).all(axis=1)  # position i+1 repeats position i's key
+    del k
+    in_group = np.zeros(n, dtype=bool)
+    in_group[1:] = same
+    in_group[:-1] |= same
+    new = np.ones(n, dtype=bool)
+    new[1:] = ~same
+    group = np.cumsum(new)[in_group] - 1
+    rows = order[in_group]
+    del order, new, in_group
+    by_row = np.argsort(rows, kind="stable")
+    return rows[by_row], group[by_row]
+
+
+def _first_of_each(groups: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """For each position, the position with the lowest rank among those of its group."""
+    order = np.lexsort((rank, groups))
+    g = groups[order]
+    first = np.ones(len(g), dtype=bool)
+    first[1:] = g[1:] != g[:-1]
+    best = np.empty(len(g), dtype=np.int64)
+    best[order] = order[_run_starts(first)]
+    return best
 
 
 @dataclass
@@ -128,6 +160,9 @@ class Plan:
     rep_cluster: pl.DataFrame  # row, cluster_id of kept representatives
     candidate_pairs: int
     verified_pairs: int
+    #: The removed rows (sorted) and whether each is an exact duplicate (else near).
+    removed_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    removed_exact: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
 def components(n: int, edges: np.ndarray) -> np.ndarray:
@@ -160,8 +195,7 @@ def components(n: int, edges: np.ndarray) -> np.ndarray:
 
 def make_plan(
     rows: RowArrays,
-    ids: pl.Series,
-    verified: pl.Series | None,
+    names: RowNames,
     signatures: Any,
     settings: DedupSettings,
     find_pairs: FindPairs,
@@ -170,69 +204,77 @@ def make_plan(
 
     ``find_pairs(candidates)`` returns the candidate pairs among the rows marked in the
     boolean mask (exact representatives with words), sorted by (a, b), with their estimated
-    Jaccard; ``signatures[rows]`` gives signature rows (an array or a ``SignatureStore``).
+    Jaccard; ``signatures[rows]`` gives signature rows (an array or a ``SignatureStore``);
+    ``names`` gives the ids and verified flags of the rows in duplicate groups, the only
+    rows whose representative order matters. Besides a boolean per row (``keep``, the
+    candidates), every array here holds only the rows of duplicate groups ("members",
+    numbered 0..m-1 in row order): memory follows the duplicates, not the corpus.
     """
     n = rows.n
-    arange = np.arange(n, dtype=np.int64)
-    rank = rank_rows(ids, rows.lengths, verified)
-    exact_rep = _exact_reps(rows.exact, rank) if settings.exact else arange.copy()
+    if settings.exact:
+        ex_rows, ex_group = _exact_groups(rows.exact)
+    else:
+        ex_rows, ex_group = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    ex_ids, ex_ver = names(ex_rows)
+    ex_best = _first_of_each(ex_group, rank_rows(ex_ids, rows.lengths[ex_rows], ex_ver))
+    ex_rep = ex_rows[ex_best]  # each grouped row's exact representative (a row)
+    del ex_ids, ex_ver
 
     edges = np.zeros((0, 2), dtype=np.int64)
     edge_j = np.zeros(0, dtype=np.float64)
     n_candidates = 0
     if settings.near:
-        cand = (exact_rep == arange) & (rows.shingles > 0)
+        cand = rows.shingles > 0
+        cand[ex_rows[ex_rep != ex_rows]] = False
         pairs, jac = find_pairs(cand)
+        del cand
         n_candidates = len(pairs)
         if n_candidates:
             ok = verified_mask(jac, settings)
-            edges, edge_j = pairs[ok], jac[ok]
+            edges, edge_j = pairs[ok].astype(np.int64), jac[ok]
 
-    labels = components(n, edges)
-    label = labels[exact_rep]
-
-    sizes = np.bincount(label, minlength=n)
-    members = np.flatnonzero(sizes[label] >= 2)
     keep = np.ones(n, dtype=bool)
-    if len(members) == 0:
+    members = np.union1d(ex_rows, edges.ravel()).astype(np.int64)
+    m = len(members)
+    if m == 0:
+        id_dtype = names(members)[0].dtype
         return Plan(
             keep,
-            _empty_clusters(ids.dtype),
-            _empty_removed(ids.dtype),
+            _empty_clusters(id_dtype),
+            _empty_removed(id_dtype),
             pl.DataFrame(
                 {"row": [], "cluster_id": []}, schema={"row": pl.Int64, "cluster_id": pl.String}
             ),
             n_candidates,
             len(edges),
         )
+    at = np.arange(m, dtype=np.int64)
+    ex = at.copy()  # each member's exact representative, as a member
+    ex[np.searchsorted(members, ex_rows)] = np.searchsorted(members, ex_rep)
+    near = np.searchsorted(members, edges)
+    # A member's cluster: its exact twins and everything joined to them by verified edges.
+    label = components(m, np.concatenate([near, np.stack([at, ex], axis=1)]))
+    sizes = np.bincount(label, minlength=m)
+    ids, verified = names(members)
+    rank = rank_rows(ids, rows.lengths[members], verified)
+    rep = _first_of_each(label, rank)  # the member with the lowest rank of each cluster
+    is_rep = at == rep
+    keep[members] = is_rep
 
-    # Representative of each cluster: the member with the lowest rank.
-    order = members[np.lexsort((rank[members], label[members]))]
-    lab_sorted = label[order]
-    first = np.empty(len(order), dtype=bool)
-    first[0] = True
-    first[1:] = lab_sorted[1:] != lab_sorted[:-1]
-    rep_sorted = order[_run_starts(first)]
-    rep = np.empty(n, dtype=np.int64)
-    rep[order] = rep_sorted
-    m_rep = rep[members]
-    keep[members] = members == m_rep
-
-    same_text = (rows.exact[members] == rows.exact[m_rep]).all(axis=1)
-    is_rep = members == m_rep
-    jac_rep = np.ones(len(members), dtype=np.float64)
+    same_text = (rows.exact[members] == rows.exact[members[rep]]).all(axis=1)
+    jac_rep = np.ones(m, dtype=np.float64)
     need_j = ~same_text
     if need_j.any():
         jac_rep[need_j] = pair_jaccard(
-            signatures, np.stack([members[need_j], m_rep[need_j]], axis=1)
+            signatures, np.stack([members[need_j], members[rep[need_j]]], axis=1)
         )
 
-    # The row each member was matched to: its exact twin, else its best verified edge.
-    best_partner = np.full(n, -1, dtype=np.int64)
-    best_j = np.zeros(n, dtype=np.float64)
-    if len(edges):
-        u = np.concatenate([edges[:, 0], edges[:, 1]])
-        v = np.concatenate([edges[:, 1], edges[:, 0]])
+    # The member each member was matched to: its exact twin, else its best verified edge.
+    best_partner = np.full(m, -1, dtype=np.int64)
+    best_j = np.zeros(m, dtype=np.float64)
+    if len(near):
+        u = np.concatenate([near[:, 0], near[:, 1]])
+        v = np.concatenate([near[:, 1], near[:, 0]])
         j = np.concatenate([edge_j, edge_j])
         o = np.lexsort((rank[v], -j, u))
         u_s = u[o]
@@ -241,18 +283,10 @@ def make_plan(
         f[1:] = u_s[1:] != u_s[:-1]
         best_partner[u_s[f]] = v[o][f]
         best_j[u_s[f]] = j[o][f]
-    ex = exact_rep[members]
-    matched = np.where(
-        is_rep,
-        -1,
-        np.where(same_text, m_rep, np.where(ex != members, ex, best_partner[members])),
-    )
-    matched_j = np.where(
-        is_rep, np.nan, np.where(same_text | (ex != members), 1.0, best_j[members])
-    )
+    matched = np.where(is_rep, -1, np.where(same_text, rep, np.where(ex != at, ex, best_partner)))
+    matched_j = np.where(is_rep, np.nan, np.where(same_text | (ex != at), 1.0, best_j))
 
-    cluster_sizes = sizes[label[members]]
-    rep_ids = ids.gather(m_rep)
+    rep_ids = ids.gather(rep)
     cluster_ids = pl.Series(
         "cluster_id",
         [f"dup-{xxhash.xxh3_64_hexdigest(str(v).encode())}" for v in rep_ids.to_list()],
@@ -260,25 +294,23 @@ def make_plan(
     )
     member_kind = np.where(same_text, "exact", "near")
     # A representative's kind is its cluster's: exact when every member has its text.
-    lab_m = label[members]
-    near_labels = np.unique(lab_m[~same_text])
-    rep_kind = np.where(np.isin(lab_m, near_labels), "near", "exact")
+    near_labels = np.unique(label[~same_text])
+    rep_kind = np.where(np.isin(label, near_labels), "near", "exact")
     kind = np.where(is_rep, rep_kind, member_kind)
-    matched_ids = ids.gather(np.where(matched < 0, 0, matched))
 
     clusters = pl.DataFrame(
         {
-            "id": ids.gather(members),
+            "id": ids,
             "cluster_id": cluster_ids,
             "representative_id": rep_ids,
             "kind": pl.Series(kind, dtype=pl.String),
             "removed": ~is_rep,
-            "cluster_size": cluster_sizes.astype(np.int64),
+            "cluster_size": sizes[label].astype(np.int64),
             "jaccard": np.round(jac_rep, 4),
-            "matched_id": matched_ids,
+            "matched_id": ids.gather(np.where(matched < 0, 0, matched)),
             "matched_jaccard": np.round(matched_j, 4),
             "_row": members,
-            "_order": rank[m_rep] * (n + 1) + np.where(is_rep, -1, rank[members]),
+            "_order": rank[rep] * (m + 1) + np.where(is_rep, -1, rank),
         }
     ).with_columns(
         pl.when(pl.col("removed")).then(pl.col("matched_id")).otherwise(None).alias("matched_id"),
@@ -293,7 +325,17 @@ def make_plan(
     )
     removed = _removed_records(clusters.filter(pl.col("removed")))
     clusters = clusters.drop("_row", "_order")
-    return Plan(keep, clusters, removed, rep_cluster, n_candidates, len(edges))
+    gone = ~is_rep
+    return Plan(
+        keep,
+        clusters,
+        removed,
+        rep_cluster,
+        n_candidates,
+        len(edges),
+        removed_rows=members[gone],
+        removed_exact=same_text[gone],
+    )
 
 
 def _removed_records(members: pl.DataFrame) -> pl.DataFrame:

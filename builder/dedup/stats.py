@@ -9,6 +9,7 @@ from typing import Any
 import polars as pl
 
 from builder.diversity import DiversityReport
+from builder.settings.dedup import DedupSettings
 
 CLUSTER_COLUMNS = (
     "id",
@@ -105,3 +106,21 @@ class DedupResult:
     # Decontamination hits of every input row, by id, when asked for (dedup_files(...,
     # scan=IndexSpec)): builder.decontam_index.HIT_COLUMNS.
     scan_hits: pl.DataFrame | None = None
+
+
+def settings_dict(settings: DedupSettings) -> dict[str, Any]:
+    """The settings a run's stats record (what decides its clusters)."""
+    keys = (
+        "exact",
+        "near",
+        "mode",
+        "scheme",
+        "num_perm",
+        "bands",
+        "rows",
+        "shingle_size",
+        "threshold",
+        "seed",
+        "max_bucket",
+    )
+    return {k: getattr(settings, k) for k in keys}
