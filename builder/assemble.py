@@ -477,20 +477,35 @@ def _manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
 
 
 def _check_ids(lf: pl.LazyFrame) -> None:
-    ids = lf.select("id", pl.col("text").is_null().alias("no_text")).collect()
-    nulls = ids["id"].null_count()
+    """Every document has an id and a text, and no id repeats. One streaming pass keeps 10
+    bytes a document (a 64-bit hash of its id, two flags), never the ids themselves; the
+    ids are read again only where two hashes meet (``rowids.shared_hashes``)."""
+    from builder.dedup.rowids import HASH_SEED, shared_hashes
+
+    key = pl.col("id").hash(seed=HASH_SEED)
+    flags = lf.select(
+        key.alias("h"), pl.col("id").is_null().alias("no_id"), pl.col("text").is_null()
+    ).collect(engine="streaming")
+    nulls = int(flags["no_id"].sum())
     if nulls:
         raise InputError(
             f"{nulls} document row(s) have no id",
             hint="every document needs its stable id (a hash of unit, template and sample)",
         )
-    no_text = ids.filter("no_text")["id"].head(5).to_list()
-    if no_text:
+    if flags["text"].any():
+        no_text = (
+            lf.filter(pl.col("text").is_null()).select("id").head(5).collect(engine="streaming")
+        )
         raise InputError(
-            f"document(s) without text: {', '.join(no_text)}",
+            f"document(s) without text: {', '.join(no_text['id'].to_list())}",
             hint="drop them in the filter stage (they belong in rejected.parquet)",
         )
-    dups = ids.filter(pl.col("id").is_duplicated())["id"].unique().sort().head(5).to_list()
+    twins = shared_hashes(flags["h"].to_numpy().copy())
+    del flags
+    if len(twins) == 0:
+        return
+    met = lf.filter(key.is_in(pl.Series(twins).implode())).select("id").collect()
+    dups = met.filter(pl.col("id").is_duplicated())["id"].unique().sort().head(5).to_list()
     if dups:
         raise InputError(
             f"duplicate document id(s): {', '.join(dups)}",

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
@@ -350,6 +351,11 @@ def test_timestamps_normalised_to_utc(tmp_path: Path) -> None:
     [
         ([{"text": "no id"}], "no 'id' column"),
         ([{"id": "a", "text": "x"}, {"id": "a", "text": "y"}], "duplicate document id.*a"),
+        (
+            [{"id": i, "text": "t"} for i in ["c", "a", "b", "c", "d", "a", "c"]],
+            r"^duplicate document id\(s\): a, c \(",
+        ),
+        ([{"id": None, "text": "x"}, {"id": "b", "text": "y"}], r"^1 document row\(s\) have no id"),
         ([{"id": "a", "text": None}, {"id": "b", "text": "ok"}], "without text: a"),
         ([{"id": "a", "text": "x", "seed": "seven"}], "column 'seed' has type String"),
         ([{"id": "a", "text": "x", "verified": "yes"}], "column 'verified'"),
@@ -361,6 +367,19 @@ def test_bad_input_is_an_input_error(tmp_path: Path, rows, message: str) -> None
         assemble(rows, None, tmp_path / "run", config=config())
     assert info.value.problem.hint
     assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_ids_whose_hashes_meet_are_compared_as_ids(tmp_path: Path, monkeypatch) -> None:
+    """The id check keeps a hash per document; where hashes meet (here: every one, as if
+    all collided) the ids themselves decide, so distinct ids pass and a repeat is named."""
+    from builder.dedup import rowids
+
+    monkeypatch.setattr(rowids, "shared_hashes", lambda hashes: np.unique(hashes))
+    rows = [{"id": i, "text": f"text {i}"} for i in ["b", "a", "c"]]
+    result = assemble(rows, None, tmp_path / "ok", config=config())
+    assert result.documents == 3
+    with pytest.raises(InputError, match=r"^duplicate document id\(s\): b \("):
+        assemble([*rows, {"id": "b", "text": "again"}], None, tmp_path / "bad", config=config())
 
 
 def test_bad_rejected_and_paths(tmp_path: Path) -> None:

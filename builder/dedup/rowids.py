@@ -43,8 +43,18 @@ def column_batches(
         yield pl.Series(column, batch.column(0))
 
 
+#: The seed of the ids' 64-bit hashes (Polars' ``hash``: the same within a process).
+HASH_SEED = 0x5EED
+
+
 def _hash(ids: pl.Series) -> np.ndarray:
-    return ids.hash(seed=0x5EED).to_numpy()
+    return ids.hash(seed=HASH_SEED).to_numpy()
+
+
+def shared_hashes(hashes: np.ndarray) -> np.ndarray:
+    """The values met more than once in ``hashes`` (sorted; ``hashes`` is sorted in place)."""
+    hashes.sort()
+    return np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
 
 
 class IdCheck:
@@ -91,8 +101,7 @@ class IdCheck:
             )
         hashes = np.concatenate(self._hashes) if self._hashes else np.zeros(0, np.uint64)
         self._hashes = []
-        hashes.sort()
-        twins = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+        twins = shared_hashes(hashes)
         del hashes
         if len(twins) == 0:
             return
