@@ -225,6 +225,26 @@ def test_semantic_clusters_find_planted_near_duplicates() -> None:
     assert rec.filter(pl.col("id") == "d000")["representative_id"].to_list() == ["d200"]
 
 
+def test_semantic_pairs_are_the_same_whatever_the_block_of_cosines(monkeypatch) -> None:
+    """Cosines are computed a block of rows at a time, sized so a block holds about
+    ``_BLOCK_CELLS`` cosines whatever the cluster's size: any block gives the same pairs
+    (their cosines equal up to the matrix product's float32 rounding)."""
+    from builder.quality import semdedup
+
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(60, 16))
+    x = np.vstack([base, base[:25] + 0.02 * rng.normal(size=(25, 16))])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    members = np.arange(len(x))[::-1].copy()
+    want = semdedup._pairs(x, members, 0.95)
+    assert len(want[0]) >= 25
+    for cells in (1, 7, 85, 86 * 85):
+        monkeypatch.setattr(semdedup, "_BLOCK_CELLS", cells)
+        i, j, cos = semdedup._pairs(x, members, 0.95)
+        assert np.array_equal(i, want[0]) and np.array_equal(j, want[1])
+        np.testing.assert_allclose(cos, want[2], rtol=0, atol=1e-6)  # BLAS rounding only
+
+
 def test_diversity_metrics_rank_paraphrases_below_a_varied_set(
     embedder: WordLlamaEmbedder,
 ) -> None:

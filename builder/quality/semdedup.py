@@ -28,7 +28,10 @@ import polars as pl
 
 KIND = "semantic"
 REASON = "semantic_dup"
-_BLOCK = 2048
+#: Cosines computed at once within a cluster (a block of rows against all its members):
+#: 4M float32 = 16 MB, whatever the cluster's size. Rows per block were fixed (2,048), so a
+#: cluster of 20k documents held 160 MB of cosines per thread.
+_BLOCK_CELLS = 4 << 20
 
 
 def kmeans(
@@ -119,8 +122,9 @@ def _pairs(x: np.ndarray, members: np.ndarray, threshold: float):
     """(i, j, cosine) with i < j, both in ``members``, cosine >= threshold (row blocks)."""
     sub = x[members]
     out_i, out_j, out_s = [], [], []
-    for s in range(0, len(members), _BLOCK):
-        sims = sub[s : s + _BLOCK] @ sub.T
+    block = max(1, _BLOCK_CELLS // len(members))
+    for s in range(0, len(members), block):
+        sims = sub[s : s + block] @ sub.T
         a, b = np.nonzero(sims >= threshold)
         a_global = a + s
         keep = a_global < b
