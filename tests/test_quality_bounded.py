@@ -180,3 +180,22 @@ def test_nodes_with_fewer_documents_than_dimensions_get_the_same_vendi_from_thei
     lean, ours = _lean_nodes_equal_whole(frame, x, batch=70)
     assert ours.height == 32 and ours["vendi"].null_count() == 0  # 30 topics, math, (all)
     assert lean.max_grams_held > 2  # kernels of ~10 x 10: cheaper than a 64 x 64 Gram each
+
+
+def test_clusters_go_to_buckets_by_size_not_by_label() -> None:
+    """Semantic dedup's buckets hold whole clusters; sized from the k-means sample, the
+    largest first into the emptiest bucket, no bucket passes the mean by more than one
+    cluster, where ``label % buckets`` piled the large ones together."""
+    from builder.quality.buckets import balanced_buckets
+
+    rng = np.random.default_rng(2)
+    counts = np.where(np.arange(400) % 8 == 0, 200, 1) * rng.integers(1, 4, size=400)
+    buckets = 8
+    got = balanced_buckets(counts, buckets)
+    assert got.min() >= 0 and got.max() < buckets and len(got) == len(counts)
+    loads = np.bincount(got, weights=counts, minlength=buckets)
+    assert loads.max() <= counts.sum() / buckets + counts.max()
+    by_label = np.bincount(np.arange(400) % buckets, weights=counts, minlength=buckets)
+    assert loads.max() < by_label.max() / 4  # every large cluster had label % 8 == 0
+    assert np.array_equal(balanced_buckets(counts, buckets), got)  # deterministic
+    assert balanced_buckets(np.array([5, 0, 3]), 1).tolist() == [0, 0, 0]

@@ -343,7 +343,7 @@ def streamed_semantic_clusters(
     (None when any is missing), in memory bounded by a bucket and the k-means sample: up to
     ``sample_rows`` documents it is exactly ``semantic_clusters`` of the whole corpus; above,
     k-means is trained on the sample, every document goes to its nearest centre, the
-    documents are written to disk by cluster (``label % buckets``), and the near-duplicate
+    documents are written to disk by cluster (``balanced_buckets``), and the near-duplicate
     pairs, groups and representatives are found one bucket of whole clusters at a time
     (pairs never cross clusters, so that is the same computation)."""
     from builder.quality.semdedup import (
@@ -384,8 +384,11 @@ def streamed_semantic_clusters(
         if x is None:
             return None
         k = max(1, -(-corpus.rows // cluster_size))
-        _, centres = kmeans_fit(x, min(k, sample), seed=seed)
+        sample_labels, centres = kmeans_fit(x, min(k, sample), seed=seed)
         del x
+        bucket_of = balanced_buckets(
+            np.bincount(sample_labels, minlength=len(centres)), corpus.buckets
+        )
         # Pass 2: every document to its nearest centre, written by cluster bucket.
         out = corpus.tmp / "clusters"
         with _BucketFiles(out) as files:
@@ -404,7 +407,7 @@ def streamed_semantic_clusters(
                         ),
                     }
                 )
-                files.append(table, labels % corpus.buckets)
+                files.append(table, bucket_of[labels])
 
         # Pass 3: groups within each bucket of whole clusters, two buckets at a time.
         def bucket_groups(b: int) -> tuple[list[dict], int]:
@@ -425,6 +428,23 @@ def streamed_semantic_clusters(
                 all_rows += rows
                 groups += found
         return clusters_result(all_rows, groups, min(k, sample))
+
+
+def balanced_buckets(counts: np.ndarray, buckets: int) -> np.ndarray:
+    """The bucket of each cluster, from its size (here: its members in the k-means
+    sample, which stand for the corpus in proportion): largest first, each into the bucket
+    holding the fewest so far, so no bucket passes the mean by more than one cluster.
+    ``label % buckets`` let buckets grow with the corpus as clusters grew uneven (the
+    largest bucket: 22k rows at 200k documents, 34.6k at 1M, for 20k on average)."""
+    import heapq
+
+    out = np.zeros(len(counts), dtype=np.int64)
+    loads = [(0, b) for b in range(max(1, buckets))]
+    for c in np.argsort(-np.asarray(counts), kind="stable").tolist():
+        load, b = heapq.heappop(loads)
+        out[c] = b
+        heapq.heappush(loads, (load + int(counts[c]), b))
+    return out
 
 
 def _id_keys(ids: pl.Series) -> np.ndarray:
