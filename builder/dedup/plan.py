@@ -270,40 +270,19 @@ def make_plan(
         )
 
     # The member each member was matched to: its exact twin, else its best verified edge.
-    best_partner = np.full(m, -1, dtype=np.int64)
-    best_j = np.zeros(m, dtype=np.float64)
-    if len(near):
-        u = np.concatenate([near[:, 0], near[:, 1]])
-        v = np.concatenate([near[:, 1], near[:, 0]])
-        j = np.concatenate([edge_j, edge_j])
-        o = np.lexsort((rank[v], -j, u))
-        u_s = u[o]
-        f = np.empty(len(u_s), dtype=bool)
-        f[0] = True
-        f[1:] = u_s[1:] != u_s[:-1]
-        best_partner[u_s[f]] = v[o][f]
-        best_j[u_s[f]] = j[o][f]
+    best_partner, best_j = best_partners(near, edge_j, rank, m)
     matched = np.where(is_rep, -1, np.where(same_text, rep, np.where(ex != at, ex, best_partner)))
     matched_j = np.where(is_rep, np.nan, np.where(same_text | (ex != at), 1.0, best_j))
-
-    rep_ids = ids.gather(rep)
-    cluster_ids = pl.Series(
-        "cluster_id",
-        [f"dup-{xxhash.xxh3_64_hexdigest(str(v).encode())}" for v in rep_ids.to_list()],
-        dtype=pl.String,
-    )
-    member_kind = np.where(same_text, "exact", "near")
     # A representative's kind is its cluster's: exact when every member has its text.
     near_labels = np.unique(label[~same_text])
     rep_kind = np.where(np.isin(label, near_labels), "near", "exact")
-    kind = np.where(is_rep, rep_kind, member_kind)
-
-    clusters = pl.DataFrame(
+    clusters, rep_cluster, removed = cluster_tables(
         {
             "id": ids,
-            "cluster_id": cluster_ids,
-            "representative_id": rep_ids,
-            "kind": pl.Series(kind, dtype=pl.String),
+            "representative_id": ids.gather(rep),
+            "kind": pl.Series(
+                np.where(is_rep, rep_kind, np.where(same_text, "exact", "near")), dtype=pl.String
+            ),
             "removed": ~is_rep,
             "cluster_size": sizes[label].astype(np.int64),
             "jaccard": np.round(jac_rep, 4),
@@ -312,19 +291,7 @@ def make_plan(
             "_row": members,
             "_order": rank[rep] * (m + 1) + np.where(is_rep, -1, rank),
         }
-    ).with_columns(
-        pl.when(pl.col("removed")).then(pl.col("matched_id")).otherwise(None).alias("matched_id"),
-        pl.when(pl.col("removed"))
-        .then(pl.col("matched_jaccard"))
-        .otherwise(None)
-        .alias("matched_jaccard"),
     )
-    clusters = clusters.sort("_order")
-    rep_cluster = clusters.filter(~pl.col("removed")).select(
-        pl.col("_row").alias("row"), "cluster_id"
-    )
-    removed = _removed_records(clusters.filter(pl.col("removed")))
-    clusters = clusters.drop("_row", "_order")
     gone = ~is_rep
     return Plan(
         keep,
@@ -336,6 +303,65 @@ def make_plan(
         removed_rows=members[gone],
         removed_exact=same_text[gone],
     )
+
+
+def best_partners(
+    edges: np.ndarray, edge_j: np.ndarray, rank: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``size`` nodes: the other end of its edge with the highest Jaccard (ties:
+    the lowest rank) and that Jaccard; -1 and 0 for a node without edges."""
+    partner = np.full(size, -1, dtype=np.int64)
+    best = np.zeros(size, dtype=np.float64)
+    if len(edges):
+        u = np.concatenate([edges[:, 0], edges[:, 1]])
+        v = np.concatenate([edges[:, 1], edges[:, 0]])
+        j = np.concatenate([edge_j, edge_j])
+        o = np.lexsort((rank[v], -j, u))
+        u_s = u[o]
+        f = np.empty(len(u_s), dtype=bool)
+        f[0] = True
+        f[1:] = u_s[1:] != u_s[:-1]
+        partner[u_s[f]] = v[o][f]
+        best[u_s[f]] = j[o][f]
+    return partner, best
+
+
+def cluster_tables(
+    columns: dict[str, Any],
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """The clusters table, the kept representatives' (row, cluster_id) and the removal
+    records, from one entry per member: ``id``, ``representative_id``, ``kind``, ``removed``,
+    ``cluster_size``, ``jaccard``, ``matched_id``, ``matched_jaccard`` (both kept only for
+    removed members), ``_row`` and ``_order`` (the clusters' order)."""
+    cluster_ids = pl.Series(
+        "cluster_id",
+        [
+            f"dup-{xxhash.xxh3_64_hexdigest(str(v).encode())}"
+            for v in columns["representative_id"].to_list()
+        ],
+        dtype=pl.String,
+    )
+    clusters = (
+        pl.DataFrame(columns)
+        .with_columns(cluster_ids)
+        .select("id", "cluster_id", *[c for c in columns if c != "id"])
+        .with_columns(
+            pl.when(pl.col("removed"))
+            .then(pl.col("matched_id"))
+            .otherwise(None)
+            .alias("matched_id"),
+            pl.when(pl.col("removed"))
+            .then(pl.col("matched_jaccard"))
+            .otherwise(None)
+            .alias("matched_jaccard"),
+        )
+        .sort("_order")
+    )
+    rep_cluster = clusters.filter(~pl.col("removed")).select(
+        pl.col("_row").alias("row"), "cluster_id"
+    )
+    removed = _removed_records(clusters.filter(pl.col("removed")))
+    return clusters.drop("_row", "_order"), rep_cluster, removed
 
 
 def _removed_records(members: pl.DataFrame) -> pl.DataFrame:

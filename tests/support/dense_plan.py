@@ -1,5 +1,7 @@
 """Dedup's plan as first written, over every row (``builder.dedup.plan.make_plan`` before it
-named only the rows of duplicate groups): the reference the sparse plan must equal."""
+named only the rows of duplicate groups): the reference the sparse plan must equal. It
+shares with the plan only the last steps (``best_partners`` and the tables' formatting),
+not which rows are ranked, grouped or named."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import xxhash
 
 from builder.dedup.lsh import pair_jaccard
 from builder.dedup.plan import (
@@ -16,7 +17,8 @@ from builder.dedup.plan import (
     RowArrays,
     _empty_clusters,
     _empty_removed,
-    _removed_records,
+    best_partners,
+    cluster_tables,
     components,
     rank_rows,
     verified_mask,
@@ -52,12 +54,7 @@ def dense_plan(
     settings: DedupSettings,
     find_pairs: FindPairs,
 ) -> Plan:
-    """Decide clusters, representatives and removals from the per-row arrays.
-
-    ``find_pairs(candidates)`` returns the candidate pairs among the rows marked in the
-    boolean mask (exact representatives with words), sorted by (a, b), with their estimated
-    Jaccard; ``signatures[rows]`` gives signature rows (an array or a ``SignatureStore``).
-    """
+    """``make_plan`` given every row's id and verified flag (ranked all together)."""
     n = rows.n
     arange = np.arange(n, dtype=np.int64)
     rank = rank_rows(ids, rows.lengths, verified)
@@ -114,19 +111,7 @@ def dense_plan(
         )
 
     # The row each member was matched to: its exact twin, else its best verified edge.
-    best_partner = np.full(n, -1, dtype=np.int64)
-    best_j = np.zeros(n, dtype=np.float64)
-    if len(edges):
-        u = np.concatenate([edges[:, 0], edges[:, 1]])
-        v = np.concatenate([edges[:, 1], edges[:, 0]])
-        j = np.concatenate([edge_j, edge_j])
-        o = np.lexsort((rank[v], -j, u))
-        u_s = u[o]
-        f = np.empty(len(u_s), dtype=bool)
-        f[0] = True
-        f[1:] = u_s[1:] != u_s[:-1]
-        best_partner[u_s[f]] = v[o][f]
-        best_j[u_s[f]] = j[o][f]
+    best_partner, best_j = best_partners(edges, edge_j, rank, n)
     ex = exact_rep[members]
     matched = np.where(
         is_rep,
@@ -136,47 +121,23 @@ def dense_plan(
     matched_j = np.where(
         is_rep, np.nan, np.where(same_text | (ex != members), 1.0, best_j[members])
     )
-
-    cluster_sizes = sizes[label[members]]
-    rep_ids = ids.gather(m_rep)
-    cluster_ids = pl.Series(
-        "cluster_id",
-        [f"dup-{xxhash.xxh3_64_hexdigest(str(v).encode())}" for v in rep_ids.to_list()],
-        dtype=pl.String,
-    )
-    member_kind = np.where(same_text, "exact", "near")
     # A representative's kind is its cluster's: exact when every member has its text.
     lab_m = label[members]
     near_labels = np.unique(lab_m[~same_text])
     rep_kind = np.where(np.isin(lab_m, near_labels), "near", "exact")
-    kind = np.where(is_rep, rep_kind, member_kind)
-    matched_ids = ids.gather(np.where(matched < 0, 0, matched))
-
-    clusters = pl.DataFrame(
+    kind = np.where(is_rep, rep_kind, np.where(same_text, "exact", "near"))
+    clusters, rep_cluster, removed = cluster_tables(
         {
             "id": ids.gather(members),
-            "cluster_id": cluster_ids,
-            "representative_id": rep_ids,
+            "representative_id": ids.gather(m_rep),
             "kind": pl.Series(kind, dtype=pl.String),
             "removed": ~is_rep,
-            "cluster_size": cluster_sizes.astype(np.int64),
+            "cluster_size": sizes[label[members]].astype(np.int64),
             "jaccard": np.round(jac_rep, 4),
-            "matched_id": matched_ids,
+            "matched_id": ids.gather(np.where(matched < 0, 0, matched)),
             "matched_jaccard": np.round(matched_j, 4),
             "_row": members,
             "_order": rank[m_rep] * (n + 1) + np.where(is_rep, -1, rank[members]),
         }
-    ).with_columns(
-        pl.when(pl.col("removed")).then(pl.col("matched_id")).otherwise(None).alias("matched_id"),
-        pl.when(pl.col("removed"))
-        .then(pl.col("matched_jaccard"))
-        .otherwise(None)
-        .alias("matched_jaccard"),
     )
-    clusters = clusters.sort("_order")
-    rep_cluster = clusters.filter(~pl.col("removed")).select(
-        pl.col("_row").alias("row"), "cluster_id"
-    )
-    removed = _removed_records(clusters.filter(pl.col("removed")))
-    clusters = clusters.drop("_row", "_order")
     return Plan(keep, clusters, removed, rep_cluster, n_candidates, len(edges))
