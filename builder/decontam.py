@@ -55,7 +55,7 @@ from builder.decontam_index import (
     scan_texts,
 )
 from builder.dedup.engine import TaskMap, _generated_ids, _init_worker, _task_size, check_ids
-from builder.dedup.rowids import IdCheck, check_source_ids, column_batches, take
+from builder.dedup.rowids import IdCheck, check_source_ids, column_batches, node_rates_of, take
 from builder.errors import InputError
 from builder.io_tables import (
     ParquetSink,
@@ -231,10 +231,6 @@ def _stats(
     )
 
 
-#: Rows of taxonomy paths read at once for the contamination rates per node.
-_NODE_BATCH_ROWS = 65_536
-
-
 def _nodes(paths: pl.Series | None, bad: np.ndarray) -> pl.DataFrame | None:
     if paths is None:
         return None
@@ -244,26 +240,11 @@ def _nodes(paths: pl.Series | None, bad: np.ndarray) -> pl.DataFrame | None:
 
 
 def _file_nodes(source: TableSource, bad: np.ndarray) -> pl.DataFrame | None:
-    """``_nodes`` of a file source's paths, read a batch at a time: never a path per
-    document at once (None without a ``taxonomy_path`` column)."""
+    """``_nodes`` of a file source's paths, read a batch at a time (``rowids.node_rates_of``;
+    None without a ``taxonomy_path`` column)."""
     if "taxonomy_path" not in source.columns:
         return None
-    from builder.diversity import node_rates_batches
-
-    def batches() -> Iterator[pl.DataFrame]:
-        offset = 0
-        for batch in source.iter_batches(["taxonomy_path"], batch_rows=_NODE_BATCH_ROWS):
-            rows: pl.DataFrame = pl.from_arrow(batch)  # type: ignore[assignment]
-            flags = bad[offset : offset + rows.height]
-            offset += rows.height
-            yield rows.with_columns(pl.Series("contaminated", flags, dtype=pl.Boolean))
-        if offset == 0:  # no rows: the empty table's rates
-            yield pl.DataFrame(
-                {"taxonomy_path": [], "contaminated": []},
-                schema={"taxonomy_path": pl.String, "contaminated": pl.Boolean},
-            )
-
-    return node_rates_batches(batches(), ["contaminated"])
+    return node_rates_of(source, lambda lo, hi: {"contaminated": bad[lo:hi]}, ["contaminated"])
 
 
 def _settings_dict(s: DecontamSettings) -> dict[str, Any]:
@@ -452,7 +433,7 @@ def decontaminate_files(
         generated = None
         if has_ids:  # checked, and read at the hits' rows only: a batch at a time
             id_dtype = check_source_ids(source, id_column, source.label)
-            hits = hits_with_ids(raw, take(source, id_column, rows))
+            hits = hits_with_ids(raw, take(source, [id_column], rows)[id_column])
         else:
             generated = _generated_ids(hashes).rename(id_column)
             id_dtype = generated.dtype

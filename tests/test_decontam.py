@@ -270,6 +270,7 @@ def test_file_rates_per_node_read_the_paths_a_batch_at_a_time(tmp_path, monkeypa
     import pyarrow.parquet as pq
 
     from builder import decontam
+    from builder.dedup import rowids
     from builder.diversity import node_rates
 
     bench = tmp_path / "bench.jsonl"
@@ -289,7 +290,7 @@ def test_file_rates_per_node_read_the_paths_a_batch_at_a_time(tmp_path, monkeypa
     )
     src = tmp_path / "in.parquet"
     pq.write_table(table, src, row_group_size=16)
-    monkeypatch.setattr(decontam, "_NODE_BATCH_ROWS", 8)
+    monkeypatch.setattr(rowids, "BATCH_ROWS", 8)
     seen: list[int] = []
     batches = decontam.TableSource.iter_batches
 

@@ -547,7 +547,8 @@ def dedup_files(
 
             raw = read_scan_hits(work, signed.offsets.tolist())
             if generated is None:
-                scan_hits = hits_with_ids(raw, take(source, id_column, raw["row"].to_numpy()))
+                at = take(source, [id_column], raw["row"].to_numpy())
+                scan_hits = hits_with_ids(raw, at[id_column])
             else:
                 scan_hits = attach_ids(raw, generated)
         plan_seconds = time.perf_counter() - t_plan

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,13 +10,12 @@ import polars as pl
 import pyarrow as pa
 
 from builder.dedup.plan import Plan
-from builder.dedup.rowids import column_batches
+from builder.dedup.rowids import node_rates_of
 from builder.dedup.source import ArrowFilesSource
 from builder.diversity import (
     DiversityReport,
     diversity_from_openers,
     node_rates,
-    node_rates_batches,
 )
 from builder.io_tables import ParquetSink, RowFiles, TableSource, arrow_mask
 from builder.settings.dedup import DedupSettings
@@ -62,15 +60,7 @@ def node_dup_rates_of(source: RowFiles, plan: Plan) -> pl.DataFrame | None:
     ``taxonomy_path`` column)."""
     if "taxonomy_path" not in source.columns:
         return None
-
-    def batches() -> Iterator[pl.DataFrame]:
-        offset = 0
-        for paths in column_batches(source, "taxonomy_path"):  # type: ignore[arg-type]
-            flags = _dup_flags(plan, offset, offset + len(paths))
-            offset += len(paths)
-            yield pl.DataFrame({"taxonomy_path": paths, **flags})
-
-    return node_rates_batches(batches(), _DUP_FLAGS)
+    return node_rates_of(source, lambda lo, hi: _dup_flags(plan, lo, hi), _DUP_FLAGS)  # type: ignore[arg-type]
 
 
 # -- Public API -------------------------------------------------------------------------------

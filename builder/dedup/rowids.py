@@ -34,13 +34,21 @@ class BatchSource(Protocol):
     ) -> Iterator[pa.RecordBatch]: ...
 
 
+def frame_batches(
+    source: BatchSource, columns: list[str], batch_rows: int | None = None
+) -> Iterator[pl.DataFrame]:
+    """``columns`` of every row in order, ``batch_rows`` (default ``BATCH_ROWS``) rows at a
+    time."""
+    for batch in source.iter_batches(columns, batch_rows=batch_rows or BATCH_ROWS):
+        yield pl.DataFrame([pl.Series(c, batch.column(i)) for i, c in enumerate(columns)])
+
+
 def column_batches(
     source: BatchSource, column: str, batch_rows: int | None = None
 ) -> Iterator[pl.Series]:
-    """``column`` of every row in order, ``batch_rows`` (default ``BATCH_ROWS``) rows at a
-    time."""
-    for batch in source.iter_batches([column], batch_rows=batch_rows or BATCH_ROWS):
-        yield pl.Series(column, batch.column(0))
+    """``frame_batches`` of one column, as Series."""
+    for frame in frame_batches(source, [column], batch_rows):
+        yield frame.to_series()
 
 
 #: The seed of the ids' 64-bit hashes (Polars' ``hash``: the same within a process).
@@ -139,41 +147,58 @@ def check_source_ids(
     return dtype
 
 
-def take(source: BatchSource, column: str, rows: np.ndarray) -> pl.Series:
-    """``column``'s values at positions ``rows`` (any order, repeats allowed), reading the
-    column a batch at a time and keeping only those values."""
+def take(source: BatchSource, columns: list[str], rows: np.ndarray) -> pl.DataFrame:
+    """``columns``' values at positions ``rows`` (any order, repeats allowed), in one pass
+    over the columns a batch at a time, keeping only those rows."""
     rows = np.asarray(rows, dtype=np.int64)
     order = np.argsort(rows, kind="stable")
     wanted = rows[order]
-    parts: list[pl.Series] = []
+    parts: list[pl.DataFrame] = []
     offset = 0
-    dtype: pl.DataType | None = None
-    for values in column_batches(source, column):
-        dtype = values.dtype
-        lo, hi = np.searchsorted(wanted, [offset, offset + len(values)])
-        if hi > lo:
-            parts.append(values.gather(wanted[lo:hi] - offset))
-        offset += len(values)
+    for frame in frame_batches(source, columns):
+        lo, hi = np.searchsorted(wanted, [offset, offset + frame.height])
+        parts.append(frame[wanted[lo:hi] - offset] if hi > lo else frame.clear())
+        offset += frame.height
         if hi == len(wanted):
             break
-    if sum(len(p) for p in parts) != len(rows):
+    if sum(p.height for p in parts) != len(rows):
         raise IndexError(f"take: rows beyond the table's {offset} rows")
-    if len(parts) == 0:
-        return pl.Series(column, [], dtype=dtype or pl.String)
-    got = pl.concat(parts)
+    if len(parts) == 0:  # a table without rows, asked for none
+        return pl.DataFrame({c: pl.Series(c, [], dtype=pl.String) for c in columns})
     inverse = np.empty(len(rows), dtype=np.int64)
     inverse[order] = np.arange(len(rows), dtype=np.int64)
-    return got.gather(inverse)
+    return pl.concat(parts)[inverse]
 
 
 def names_on_disk(
     source: BatchSource, id_column: str, verified: str | None = "verified"
 ) -> Callable[[np.ndarray], tuple[pl.Series, pl.Series | None]]:
     """What dedup's plan asks of the rows it names (``plan.RowNames``): their ids and
-    ``verified`` flags (when the table has that column), read at those rows only."""
+    ``verified`` flags (when the table has that column), read together at those rows only."""
     flags = verified if verified in getattr(source, "columns", []) else None
 
     def names(rows: np.ndarray) -> tuple[pl.Series, pl.Series | None]:
-        return take(source, id_column, rows), None if flags is None else take(source, flags, rows)
+        got = take(source, [id_column] if flags is None else [id_column, flags], rows)
+        return got[id_column], None if flags is None else got[flags]
 
     return names
+
+
+def node_rates_of(
+    source: BatchSource, flags_of: Callable[[int, int], dict[str, np.ndarray]], flags: list[str]
+) -> pl.DataFrame:
+    """``diversity.node_rates`` of a table's ``taxonomy_path`` column, read a batch at a
+    time, with ``flags_of(lo, hi)``: the flags (by name) of rows ``lo..hi``. Never a path per
+    document at once."""
+    from builder.diversity import node_rates_batches
+
+    def batches() -> Iterator[pl.DataFrame]:
+        offset = 0
+        for paths in column_batches(source, "taxonomy_path"):
+            yield pl.DataFrame({"taxonomy_path": paths, **flags_of(offset, offset + len(paths))})
+            offset += len(paths)
+        if offset == 0:  # no rows: the empty table's rates
+            empty = pl.Series("taxonomy_path", [], dtype=pl.String)
+            yield pl.DataFrame({"taxonomy_path": empty, **flags_of(0, 0)})
+
+    return node_rates_batches(batches(), flags)
