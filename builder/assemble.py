@@ -477,35 +477,45 @@ def _manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
 
 
 def _check_ids(lf: pl.LazyFrame) -> None:
-    """Every document has an id and a text, and no id repeats. One streaming pass keeps 10
-    bytes a document (a 64-bit hash of its id, two flags), never the ids themselves; the
-    ids are read again only where two hashes meet (``rowids.shared_hashes``)."""
-    from builder.dedup.rowids import HASH_SEED, shared_hashes
+    """Every document has an id and a text, and no id repeats. One streaming pass, a batch at
+    a time, gives each id's 64-bit hash to ``keygroups.EqualKeys`` (held up to its budget,
+    spilled to a temporary folder past it), never the ids themselves; the ids are read again
+    only at the rows whose hash another row shares."""
+    from builder.dedup.keygroups import EqualKeys
+    from builder.dedup.rowids import BATCH_ROWS, id_key
 
-    key = pl.col("id").hash(seed=HASH_SEED)
     flags = lf.select(
-        key.alias("h"), pl.col("id").is_null().alias("no_id"), pl.col("text").is_null()
-    ).collect(engine="streaming")
-    nulls = int(flags["no_id"].sum())
-    if nulls:
-        raise InputError(
-            f"{nulls} document row(s) have no id",
-            hint="every document needs its stable id (a hash of unit, template and sample)",
-        )
-    if flags["text"].any():
-        no_text = (
-            lf.filter(pl.col("text").is_null()).select("id").head(5).collect(engine="streaming")
-        )
-        raise InputError(
-            f"document(s) without text: {', '.join(no_text['id'].to_list())}",
-            hint="drop them in the filter stage (they belong in rejected.parquet)",
-        )
-    twins = shared_hashes(flags["h"].to_numpy().copy())
-    del flags
-    if len(twins) == 0:
+        id_key("id").alias("h"), pl.col("id").is_null().alias("no_id"), pl.col("text").is_null()
+    )
+    keys = EqualKeys(1)
+    nulls = no_text = 0
+    try:
+        for batch in flags.collect_batches(chunk_size=BATCH_ROWS):
+            nulls += int(batch["no_id"].sum())
+            no_text += int(batch["text"].sum())
+            if not (nulls or no_text):
+                keys.add(batch["h"].to_numpy())
+        if nulls:
+            raise InputError(
+                f"{nulls} document row(s) have no id",
+                hint="every document needs its stable id (a hash of unit, template and sample)",
+            )
+        if no_text:
+            no_text_ids = (
+                lf.filter(pl.col("text").is_null()).select("id").head(5).collect(engine="streaming")
+            )
+            raise InputError(
+                f"document(s) without text: {', '.join(no_text_ids['id'].to_list())}",
+                hint="drop them in the filter stage (they belong in rejected.parquet)",
+            )
+        met, _ = keys.groups()
+    finally:
+        keys.close()
+    if len(met) == 0:
         return
-    met = lf.filter(key.is_in(pl.Series(twins).implode())).select("id").collect()
-    dups = met.filter(pl.col("id").is_duplicated())["id"].unique().sort().head(5).to_list()
+    rows = pl.Series("r", met, dtype=pl.UInt32).implode()
+    at = lf.with_row_index("_r").filter(pl.col("_r").is_in(rows)).select("id").collect()
+    dups = at.filter(pl.col("id").is_duplicated())["id"].unique().sort().head(5).to_list()
     if dups:
         raise InputError(
             f"duplicate document id(s): {', '.join(dups)}",

@@ -54,7 +54,9 @@ from builder.decontam_index import (
     remember_index,
     scan_texts,
 )
-from builder.dedup.engine import TaskMap, _generated_ids, _init_worker, _task_size, check_ids
+from builder.dedup.engine import TaskMap, _task_size
+from builder.dedup.plan import check_ids, generated_ids
+from builder.dedup.pool import init_worker
 from builder.dedup.rowids import IdCheck, check_source_ids, column_batches, node_rates_of, take
 from builder.errors import InputError
 from builder.io_tables import (
@@ -92,7 +94,7 @@ __all__ = [
 
 def _init_decontam_worker(index: BenchmarkIndex) -> None:
     global _INDEX
-    _init_worker()
+    init_worker()
     _INDEX = index
 
 
@@ -325,7 +327,7 @@ def decontaminate(
         ids = data[id_column]
         frame = data
     else:
-        ids = _generated_ids(hashes).rename(id_column)
+        ids = generated_ids(hashes).rename(id_column)
         frame = data.with_columns(ids).select([id_column, *data.columns])
     raw = pl.concat(hits_parts) if hits_parts else _empty_hits(with_row=True)
     bad = np.zeros(n, dtype=bool)
@@ -397,7 +399,7 @@ def decontaminate_files(
         if hits is not None:
             if not has_ids:
                 raise ValueError("decontaminate_files: hits by id need an input with ids")
-            bad, present, id_dtype = _flag_ids(source, id_column, hits["id"])
+            bad, present, id_dtype = _flag_ids(source, id_column, hits["id"], work)
             return _finish_files(
                 source, out, settings, index, t0, hits.filter(pl.col("id").is_in(present)),
                 bad, None, id_dtype, id_column, 0,
@@ -432,10 +434,10 @@ def decontaminate_files(
         bad[rows] = True
         generated = None
         if has_ids:  # checked, and read at the hits' rows only: a batch at a time
-            id_dtype = check_source_ids(source, id_column, source.label)
+            id_dtype = check_source_ids(source, id_column, source.label, work)
             hits = hits_with_ids(raw, take(source, [id_column], rows)[id_column])
         else:
-            generated = _generated_ids(hashes).rename(id_column)
+            generated = generated_ids(hashes).rename(id_column)
             id_dtype = generated.dtype
             hits = attach_ids(raw, generated)
         return _finish_files(
@@ -446,12 +448,12 @@ def decontaminate_files(
 
 
 def _flag_ids(
-    source: TableSource, id_column: str, wanted: pl.Series
+    source: TableSource, id_column: str, wanted: pl.Series, work: Path
 ) -> tuple[np.ndarray, pl.Series, pl.DataType]:
     """One pass over ``source``'s ids, a batch at a time: checked (present, unique), which
     rows have an id in ``wanted`` (the few hit ids), those of ``wanted`` found, and the ids'
     type."""
-    check = IdCheck(id_column, source.label)
+    check = IdCheck(id_column, source.label, spill_dir=work)
     want = wanted.unique().implode()
     flags: list[np.ndarray] = [np.zeros(0, dtype=bool)]
     present: list[pl.Series] = []

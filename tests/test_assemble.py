@@ -11,7 +11,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
@@ -370,11 +369,11 @@ def test_bad_input_is_an_input_error(tmp_path: Path, rows, message: str) -> None
 
 
 def test_ids_whose_hashes_meet_are_compared_as_ids(tmp_path: Path, monkeypatch) -> None:
-    """The id check keeps a hash per document; where hashes meet (here: every one, as if
+    """The id check compares a hash per document; where hashes meet (here: every one, as if
     all collided) the ids themselves decide, so distinct ids pass and a repeat is named."""
     from builder.dedup import rowids
 
-    monkeypatch.setattr(rowids, "shared_hashes", lambda hashes: np.unique(hashes))
+    monkeypatch.setattr(rowids, "id_key", lambda column: pl.lit(42, dtype=pl.UInt64))
     rows = [{"id": i, "text": f"text {i}"} for i in ["b", "a", "c"]]
     result = assemble(rows, None, tmp_path / "ok", config=config())
     assert result.documents == 3

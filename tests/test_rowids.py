@@ -36,14 +36,20 @@ def _verdict(check: object) -> str | None:
     return None
 
 
-def _batched_verdict(ids: list[str | None], batch: int, hasher=None) -> str | None:
+def _batched_verdict(
+    ids: list[str | None], batch: int, hasher=None, budget: int | None = None
+) -> str | None:
     series = pl.Series("id", ids, dtype=pl.String)
 
     def batches():
         return (series.slice(lo, batch) for lo in range(0, len(series), batch))
 
     def run() -> None:
-        check = IdCheck("id", None) if hasher is None else IdCheck("id", None, hasher)
+        check = (
+            IdCheck("id", None, budget_rows=budget)
+            if hasher is None
+            else IdCheck("id", None, hasher, budget_rows=budget)
+        )
         for b in batches():
             check.add(b)
         check.finish(batches)
@@ -61,11 +67,15 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("batch", [1, 3, 1000])
-def test_id_check_over_batches_agrees_with_the_whole_column(case: str, batch: int) -> None:
-    """Present and unique, or the error naming the first repeated id and two of its rows."""
+@pytest.mark.parametrize("budget", [None, 2])
+def test_id_check_over_batches_agrees_with_the_whole_column(
+    case: str, batch: int, budget: int | None
+) -> None:
+    """Present and unique, or the error naming the first repeated id and two of its rows,
+    whether the hashes stay in memory or spill (a budget of 2)."""
     ids = CASES[case]
     whole = _verdict(lambda: check_ids(pl.Series("id", ids), column="id", file=None))
-    got = _batched_verdict(ids, batch)
+    got = _batched_verdict(ids, batch, budget=budget)
     assert (got is None) == (whole is None)
     if case == "empty ids":
         assert got == "id column 'id' is empty in 2 row(s), first at row 1"
@@ -82,6 +92,7 @@ def test_equal_hashes_of_different_ids_are_not_a_repeat() -> None:
         return np.full(len(ids), 42, dtype=np.uint64)
 
     assert _batched_verdict(CASES["unique"], 4, same) is None
+    assert _batched_verdict(CASES["unique"], 4, same, budget=3) is None
     assert _batched_verdict(CASES["two repeats"], 4, same) == (
         "id column 'id' has 5 rows with repeated ids (e.g. 'a' at rows 0 and 5)"
     )

@@ -7,7 +7,10 @@ band keys live in files, not in memory):
    input, ``source.py``): normalise each text, hash its exact key (xxh3-128), compute its
    MinHash signature and band keys, and write them to the work directory, one set of files
    per piece, atomically, with a marker last. A rerun after a kill reuses finished pieces.
-2. **Exact groups** (``plan.py``): rows with equal exact keys; one representative each.
+2. **Exact groups** (``plan.py``): rows with equal exact keys, found from the pieces' files
+   in bounded memory (``keygroups.EqualKeys``: a hash partition spilled to the work
+   directory past ``KEY_ROWS`` keys); one representative each. What is held per row is one
+   flag (the text has words) and the plan's ``keep``.
    From here on only the rows of duplicate groups are named: their ids (and ``verified``)
    are read from the input at those rows (``rowids.take``), after one pass that checks every
    id a batch at a time, so no column of the whole corpus is held.
@@ -53,21 +56,20 @@ from builder.dedup.output import (
 )
 from builder.dedup.plan import (
     Plan,
-    RowArrays,
     RowNames,
     check_ids,
     generated_ids,
     make_plan,
     names_of,
 )
-from builder.dedup.pool import WorkerPool, init_worker
+from builder.dedup.pool import WorkerPool
 from builder.dedup.rowids import check_source_ids, names_on_disk, take
 from builder.dedup.signatures import (
     PieceDone,
+    PieceRows,
     PieceTask,
     SignatureStore,
     Spec,
-    iter_rows_frames,
     piece_path,
     read_scan_hits,
     run_piece,
@@ -118,10 +120,6 @@ TaskMap = Callable[[Callable[[Any], Any], Sequence[Any]], Iterator[Any]]
 
 #: The folder (inside the output directory) holding the intermediates until the run ends.
 WORK_DIR = "dedup-partial"
-
-# Kept importable under their former names (decontamination shares them).
-_generated_ids = generated_ids
-_init_worker = init_worker
 
 
 def _task_size(n: int, partition_size: int, workers: int | None) -> int:
@@ -255,11 +253,12 @@ def _jsonl_source(originals: list[Path], work: Path, done: list[PieceDone]) -> A
 
 @dataclass
 class _Signed:
-    """The signature phase's outcome: per-row arrays in row order, where the files are."""
+    """The signature phase's outcome: where the files are, the rows' facts read from them
+    (``PieceRows``), and the whole columns asked for (text hashes, openers)."""
 
     work: Path
     offsets: np.ndarray
-    rows: RowArrays
+    rows: PieceRows
     text_hash: np.ndarray | None
     openers: pl.DataFrame | None
     pieces: int
@@ -289,15 +288,20 @@ def _sign(
     done = _run_pieces(tasks, task_map, progress, total)
     offsets = np.zeros(len(done) + 1, dtype=np.int64)
     np.cumsum([d.rows for d in done], out=offsets[1:])
-    frame = pl.concat(list(iter_rows_frames(work, len(done))))
-    exact = np.stack([frame["exact_hi"].to_numpy(), frame["exact_lo"].to_numpy()], axis=1)
-    rows = RowArrays(exact, frame["length"].to_numpy(), frame["shingles"].to_numpy())
+    rows = PieceRows(work, offsets)
+    # Whole columns only where asked for: ids made from the texts, the diversity report.
+    wanted = (["text_hash"] if want_text_hash else []) + (
+        ["first_words", "first_sentence"] if opener_words else []
+    )
+    frame = pl.concat(list(rows.columns(wanted))) if wanted else None
     signed = _Signed(
         work=work,
         offsets=offsets,
         rows=rows,
-        text_hash=frame["text_hash"].to_numpy() if want_text_hash else None,
-        openers=frame.select("first_words", "first_sentence") if opener_words else None,
+        text_hash=frame["text_hash"].to_numpy() if frame is not None and want_text_hash else None,
+        openers=frame.select("first_words", "first_sentence")
+        if frame is not None and opener_words
+        else None,
         pieces=len(done),
         reused=sum(not d.computed for d in done),
         seconds=time.perf_counter() - t0,
@@ -346,7 +350,7 @@ def _stats(
     stats.largest_cluster = (
         int(plan.clusters["cluster_size"].max()) if plan.clusters.height else 0  # type: ignore[arg-type]
     )
-    stats.empty_texts = int((signed.rows.shingles == 0).sum())
+    stats.empty_texts = int((~signed.rows.words()).sum())
     stats.candidate_pairs = plan.candidate_pairs
     stats.verified_pairs = plan.verified_pairs
     stats.signature_seconds = signed.seconds
@@ -528,7 +532,7 @@ def dedup_files(
         # from the texts, or the diversity report wants every row's).
         generated = None
         if has_ids:
-            check_source_ids(source, id_column, source.label)
+            check_source_ids(source, id_column, source.label, work)
             names = names_on_disk(source, id_column)
         else:
             assert signed.text_hash is not None

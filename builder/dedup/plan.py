@@ -1,10 +1,11 @@
-"""Deciding clusters from per-row arrays: representatives, removals, provenance.
+"""Deciding clusters from the rows' facts: representatives, removals, provenance.
 
-Pure logic over numpy/Polars arrays (no I/O): the exact groups (equal exact keys), the near
+Logic over numpy/Polars arrays: the exact groups (equal exact keys), the near
 groups (verified candidate pairs joined by union-find), each cluster's representative (first
 by ``verified``, then longest text, then smallest id) and the records of what was removed.
 Candidate pairs come from a callable, so the band grouping can run anywhere (in memory, in
-bucket tasks over files, on Ray) without this module knowing.
+bucket tasks over files, on Ray) without this module knowing; the rows' keys and lengths
+come from a ``RowFacts`` (arrays in memory, or the signature pieces' files).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
 import xxhash
 
+from builder.dedup.keygroups import EqualKeys
 from builder.dedup.lsh import pair_jaccard
 from builder.errors import InputError
 from builder.settings.dedup import DedupSettings
@@ -26,9 +28,30 @@ from builder.settings.dedup import DedupSettings
 FindPairs = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
+class RowFacts(Protocol):
+    """What the plan needs of the rows besides their names: one flag per row, the groups of
+    equal exact keys, and the keys and lengths of the few rows it asks for. Rows held in
+    files answer from them (``signatures.PieceRows``), so nothing else is held per row."""
+
+    @property
+    def n(self) -> int: ...
+
+    def words(self) -> np.ndarray:
+        """A boolean per row: the text has words (it can be a near duplicate)."""
+        ...
+
+    def exact_groups(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rows whose exact key another row shares (ascending), a group number each."""
+        ...
+
+    def at(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The exact keys ((k, 2) uint64) and lengths (characters) of ``rows``."""
+        ...
+
+
 @dataclass
 class RowArrays:
-    """What the plan needs per row, in global row order (small: ~40 bytes a row)."""
+    """``RowFacts`` of arrays held in memory, in row order (tests, small tables)."""
 
     exact: np.ndarray  # (n, 2) uint64 exact keys
     lengths: np.ndarray  # int64 characters
@@ -37,6 +60,17 @@ class RowArrays:
     @property
     def n(self) -> int:
         return len(self.lengths)
+
+    def words(self) -> np.ndarray:
+        return np.asarray(self.shingles) > 0
+
+    def exact_groups(self) -> tuple[np.ndarray, np.ndarray]:
+        keys = EqualKeys(2, budget_rows=max(1, self.n))
+        keys.add(self.exact)
+        return keys.groups()
+
+    def at(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.exact[rows], self.lengths[rows]
 
 
 def verified_mask(jac: np.ndarray, settings: DedupSettings) -> np.ndarray:
@@ -120,27 +154,6 @@ def _run_starts(new: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(idx)
 
 
-def _exact_groups(exact: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The rows whose exact key another row shares (sorted) and a group number for each."""
-    n = len(exact)
-    if n < 2:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    order = np.lexsort((exact[:, 1], exact[:, 0]))
-    k = exact[order]
-    same = (k[1:] == k[:-1]).all(axis=1)  # position i+1 repeats position i's key
-    del k
-    in_group = np.zeros(n, dtype=bool)
-    in_group[1:] = same
-    in_group[:-1] |= same
-    new = np.ones(n, dtype=bool)
-    new[1:] = ~same
-    group = np.cumsum(new)[in_group] - 1
-    rows = order[in_group]
-    del order, new, in_group
-    by_row = np.argsort(rows, kind="stable")
-    return rows[by_row], group[by_row]
-
-
 def _first_of_each(groups: np.ndarray, rank: np.ndarray) -> np.ndarray:
     """For each position, the position with the lowest rank among those of its group."""
     order = np.lexsort((rank, groups))
@@ -194,29 +207,30 @@ def components(n: int, edges: np.ndarray) -> np.ndarray:
 
 
 def make_plan(
-    rows: RowArrays,
+    rows: RowFacts,
     names: RowNames,
     signatures: Any,
     settings: DedupSettings,
     find_pairs: FindPairs,
 ) -> Plan:
-    """Decide clusters, representatives and removals from the per-row arrays.
+    """Decide clusters, representatives and removals from the rows' facts.
 
     ``find_pairs(candidates)`` returns the candidate pairs among the rows marked in the
     boolean mask (exact representatives with words), sorted by (a, b), with their estimated
     Jaccard; ``signatures[rows]`` gives signature rows (an array or a ``SignatureStore``);
     ``names`` gives the ids and verified flags of the rows in duplicate groups, the only
-    rows whose representative order matters. Besides a boolean per row (``keep``, the
-    candidates), every array here holds only the rows of duplicate groups ("members",
+    rows whose representative order matters; ``rows`` gives their exact keys and lengths
+    likewise (``RowFacts.at``). Besides a boolean per row (``keep``, the candidates, the
+    words flags), every array here holds only the rows of duplicate groups ("members",
     numbered 0..m-1 in row order): memory follows the duplicates, not the corpus.
     """
     n = rows.n
     if settings.exact:
-        ex_rows, ex_group = _exact_groups(rows.exact)
+        ex_rows, ex_group = rows.exact_groups()
     else:
         ex_rows, ex_group = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     ex_ids, ex_ver = names(ex_rows)
-    ex_best = _first_of_each(ex_group, rank_rows(ex_ids, rows.lengths[ex_rows], ex_ver))
+    ex_best = _first_of_each(ex_group, rank_rows(ex_ids, rows.at(ex_rows)[1], ex_ver))
     ex_rep = ex_rows[ex_best]  # each grouped row's exact representative (a row)
     del ex_ids, ex_ver
 
@@ -224,7 +238,7 @@ def make_plan(
     edge_j = np.zeros(0, dtype=np.float64)
     n_candidates = 0
     if settings.near:
-        cand = rows.shingles > 0
+        cand = rows.words()
         cand[ex_rows[ex_rep != ex_rows]] = False
         pairs, jac = find_pairs(cand)
         del cand
@@ -256,12 +270,14 @@ def make_plan(
     label = components(m, np.concatenate([near, np.stack([at, ex], axis=1)]))
     sizes = np.bincount(label, minlength=m)
     ids, verified = names(members)
-    rank = rank_rows(ids, rows.lengths[members], verified)
+    m_exact, m_lengths = rows.at(members)
+    rank = rank_rows(ids, m_lengths, verified)
     rep = _first_of_each(label, rank)  # the member with the lowest rank of each cluster
     is_rep = at == rep
     keep[members] = is_rep
 
-    same_text = (rows.exact[members] == rows.exact[members[rep]]).all(axis=1)
+    same_text = (m_exact == m_exact[rep]).all(axis=1)
+    del m_exact, m_lengths
     jac_rep = np.ones(m, dtype=np.float64)
     need_j = ~same_text
     if need_j.any():

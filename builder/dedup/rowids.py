@@ -5,8 +5,9 @@ unique, to flag the rows whose ids are in a small set (the rows that hit a bench
 name a few rows by position (the members of duplicate clusters, the rows of hits). Reading the
 whole id column for that held ~30-60 bytes a document in the main process (plus a hash table
 as large for the uniqueness check), so memory grew with the corpus. Here each is one pass over
-batches of ``batch_rows`` rows; what stays is 8 bytes a row (a 64-bit hash of each id, sorted
-for the uniqueness check) and what the caller asked for.
+batches of ``batch_rows`` rows; what stays is what the caller asked for, and for the
+uniqueness check a 64-bit hash of each id, held up to ``keygroups.KEY_ROWS`` of them and
+spilled to disk past that (``keygroups.EqualKeys``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from builder.dedup.keygroups import EqualKeys
 from builder.errors import InputError
 
 #: Rows of a column read at once.
@@ -55,22 +57,24 @@ def column_batches(
 HASH_SEED = 0x5EED
 
 
+def id_key(column: str) -> pl.Expr:
+    """The 64-bit hash of each id that the uniqueness checks compare (equal ids, equal
+    hashes; equal hashes are then compared as ids)."""
+    return pl.col(column).hash(seed=HASH_SEED)
+
+
 def _hash(ids: pl.Series) -> np.ndarray:
-    return ids.hash(seed=HASH_SEED).to_numpy()
-
-
-def shared_hashes(hashes: np.ndarray) -> np.ndarray:
-    """The values met more than once in ``hashes`` (sorted; ``hashes`` is sorted in place)."""
-    hashes.sort()
-    return np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+    return ids.to_frame().select(id_key(ids.name)).to_series().to_numpy()
 
 
 class IdCheck:
     """``plan.check_ids`` over batches of ids: present in every row, and unique.
 
-    Empty ids are counted as the batches come. For uniqueness each id keeps a 64-bit hash;
-    ``finish`` sorts them, and only when two are equal (a repeated id, or by chance two ids
-    with one hash) reads the ids again to tell which (``again``: the same batches anew).
+    Empty ids are counted as the batches come. For uniqueness each id gives a 64-bit hash to
+    ``keygroups.EqualKeys`` (bounded memory: past ``KEY_ROWS`` hashes they spill to
+    ``spill_dir``); only the rows whose hash another row shares (a repeated id, or by chance
+    two ids with one hash) have their ids read again to tell which (``again``: the same
+    batches anew).
     """
 
     def __init__(
@@ -78,12 +82,15 @@ class IdCheck:
         column: str,
         file: str | os.PathLike[str] | None,
         hasher: Callable[[pl.Series], np.ndarray] = _hash,
+        *,
+        spill_dir: str | os.PathLike[str] | None = None,
+        budget_rows: int | None = None,
     ) -> None:
         self.column = column
         self.file = file
         self.hasher = hasher
         self.rows = 0
-        self._hashes: list[np.ndarray] = []
+        self.keys = EqualKeys(1, spill_dir=spill_dir, budget_rows=budget_rows)
         self._nulls = 0
         self._first_null: int | None = None
 
@@ -94,12 +101,13 @@ class IdCheck:
                 self._first_null = self.rows + int(ids.is_null().arg_true()[0])
             self._nulls += nulls
         elif self._first_null is None:
-            self._hashes.append(np.asarray(self.hasher(ids), dtype=np.uint64))
+            self.keys.add(np.asarray(self.hasher(ids), dtype=np.uint64))
         self.rows += len(ids)
 
     def finish(self, again: Callable[[], Iterator[pl.Series]]) -> None:
         """Raise ``InputError`` for the first problem: empty ids, else a repeated one."""
         if self._first_null is not None:
+            self.keys.close()
             raise InputError(
                 f"id column '{self.column}' is empty in {self._nulls} row(s), first at row "
                 f"{self._first_null}",
@@ -107,19 +115,18 @@ class IdCheck:
                 hint="fill the ids, or pass --id-column of another column (a missing id column "
                 "gets ids from the text)",
             )
-        hashes = np.concatenate(self._hashes) if self._hashes else np.zeros(0, np.uint64)
-        self._hashes = []
-        twins = shared_hashes(hashes)
-        del hashes
-        if len(twins) == 0:
+        met, _ = self.keys.groups()
+        if len(met) == 0:
             return
         # The rows whose hash is shared, with their ids: the only ones that can repeat.
         found: list[pl.DataFrame] = []
         offset = 0
         for ids in again():
-            hit = np.flatnonzero(np.isin(np.asarray(self.hasher(ids), dtype=np.uint64), twins))
-            if len(hit):
-                found.append(pl.DataFrame({"row": hit + offset, "id": ids.gather(hit)}))
+            lo, hi = np.searchsorted(met, [offset, offset + len(ids)])
+            if hi > lo:
+                found.append(
+                    pl.DataFrame({"row": met[lo:hi], "id": ids.gather(met[lo:hi] - offset)})
+                )
             offset += len(ids)
         rows = pl.concat(found).filter(pl.col("id").is_duplicated()).sort("row")
         if rows.height == 0:  # only hashes met: the ids differ
@@ -135,10 +142,13 @@ class IdCheck:
 
 
 def check_source_ids(
-    source: BatchSource, column: str, file: str | os.PathLike[str] | None
+    source: BatchSource,
+    column: str,
+    file: str | os.PathLike[str] | None,
+    spill_dir: str | os.PathLike[str] | None = None,
 ) -> pl.DataType:
     """Check ``source``'s ids a batch at a time (``IdCheck``); their Polars type."""
-    check = IdCheck(column, file)
+    check = IdCheck(column, file, spill_dir=spill_dir)
     dtype: pl.DataType = pl.String
     for ids in column_batches(source, column):
         check.add(ids)

@@ -32,6 +32,7 @@ import numpy as np
 import polars as pl
 import xxhash
 
+from builder.dedup.keygroups import EqualKeys
 from builder.dedup.lsh import band_keys
 from builder.dedup.minhash import MinHasher
 from builder.dedup.normalize import Tokens, ngram_offsets, tokenize
@@ -324,7 +325,50 @@ class SignatureStore:
         return atomic_write(dest, fill)
 
 
-def iter_rows_frames(workdir: str | Path, count: int) -> Iterator[pl.DataFrame]:
-    """Every piece's per-row frame, in piece order."""
-    for k in range(count):
-        yield pl.read_parquet(piece_path(workdir, k, "rows.parquet"))
+class PieceRows:
+    """The pieces' per-row files (``pNNNNN.rows.parquet``) as the plan's ``RowFacts``: one
+    boolean per row is held (``words``); the exact groups and the keys and lengths of the
+    rows the plan names are read from the files when asked for."""
+
+    def __init__(self, workdir: str | Path, offsets: Sequence[int]) -> None:
+        self.workdir = Path(workdir)
+        self.offsets = np.asarray(offsets, dtype=np.int64)  # len(pieces) + 1
+        self._words: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.offsets[-1])
+
+    def _read(self, k: int, columns: list[str]) -> pl.DataFrame:
+        return pl.read_parquet(piece_path(self.workdir, k, "rows.parquet"), columns=columns)
+
+    def columns(self, columns: list[str]) -> Iterator[pl.DataFrame]:
+        """``columns`` of every piece's rows, a piece at a time, in row order."""
+        for k in range(len(self.offsets) - 1):
+            yield self._read(k, columns)
+
+    def words(self) -> np.ndarray:
+        if self._words is None:
+            parts = [f["shingles"].to_numpy() > 0 for f in self.columns(["shingles"])]
+            self._words = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+        return self._words.copy()
+
+    def exact_groups(self) -> tuple[np.ndarray, np.ndarray]:
+        keys = EqualKeys(2, spill_dir=self.workdir)
+        for f in self.columns(["exact_hi", "exact_lo"]):
+            keys.add(np.stack([f["exact_hi"].to_numpy(), f["exact_lo"].to_numpy()], axis=1))
+        return keys.groups()
+
+    def at(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(rows, dtype=np.int64)
+        exact = np.empty((len(rows), 2), dtype=np.uint64)
+        lengths = np.empty(len(rows), dtype=np.int64)
+        which = np.searchsorted(self.offsets, rows, side="right") - 1
+        for k in np.unique(which).tolist():
+            sel = which == k
+            f = self._read(k, ["exact_hi", "exact_lo", "length"])
+            local = rows[sel] - self.offsets[k]
+            exact[sel, 0] = f["exact_hi"].to_numpy()[local]
+            exact[sel, 1] = f["exact_lo"].to_numpy()[local]
+            lengths[sel] = f["length"].to_numpy()[local]
+        return exact, lengths
