@@ -245,6 +245,35 @@ def test_semantic_pairs_are_the_same_whatever_the_block_of_cosines(monkeypatch) 
         np.testing.assert_allclose(cos, want[2], rtol=0, atol=1e-6)  # BLAS rounding only
 
 
+def test_assignment_to_centres_holds_a_block_of_cosines_whatever_the_centres(
+    monkeypatch,
+) -> None:
+    """Each row goes to its nearest centre in blocks of at most ``_BLOCK_CELLS`` cosines
+    (the centres grow with the corpus): the labels are those of the whole product, and no
+    block of rows times centres passes the cells."""
+    from builder.quality import semdedup
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(97, 8)).astype(np.float32)
+    centres = rng.normal(size=(13, 8)).astype(np.float32)
+    want = np.argmax(x @ centres.T, axis=1)
+    blocks: list[int] = []
+
+    class Rows(np.ndarray):
+        def __getitem__(self, key):
+            got = super().__getitem__(key)
+            blocks.append(len(got))
+            return np.asarray(got)
+
+    for cells in (1, 40, 13 * 97, 10**9):
+        monkeypatch.setattr(semdedup, "_BLOCK_CELLS", cells)
+        blocks.clear()
+        assert np.array_equal(semdedup.assign(x.view(Rows), centres), want)
+        assert max(blocks) * 13 <= max(cells, 13)
+        assert sum(blocks) == 97
+    assert max(blocks) == 97 and len(blocks) == 1  # the default 8,192 rows, when they fit
+
+
 def test_diversity_metrics_rank_paraphrases_below_a_varied_set(
     embedder: WordLlamaEmbedder,
 ) -> None:
