@@ -9,8 +9,8 @@ numbers) to ``FANOUT`` files by a few bits of the key. Equal keys land in one fi
 file is grouped on its own, and a file still over the budget is split again by the next bits.
 What is held at once is one budget's worth of keys, plus the answer: the rows of the groups.
 
-The keys must be hashes (their bits uniform): the files are chosen by the bits of the first
-key word.
+The files are chosen by bits of the first key word, so the keys should be hashes (uniform
+bits) for the files to be even; which rows are grouped never depends on it.
 """
 
 from __future__ import annotations
