@@ -147,13 +147,12 @@ class EqualKeys:
         # Too many for the budget: split again by the next bits, a budget's worth at a time.
         sub = path.parent / f"{path.name}-split"
         sub.mkdir()
-        split_level = level
         with path.open("rb") as f:
             while chunk := f.read(self.budget_rows * 8 * (self.width + 1)):
                 records = np.frombuffer(chunk, dtype=np.uint64).reshape(-1, self.width + 1)
-                _append_split(records, sub, level=split_level)
+                _append_split(records, sub, level=level)
         path.unlink()
-        parts = [sub / f"{split_level}-{p}" for p in range(FANOUT)]
+        parts = [sub / f"{level}-{p}" for p in range(FANOUT)]
         parts = [p for p in parts if p.exists()]
         out: list[tuple[np.ndarray, np.ndarray]] = []
         for p in parts:

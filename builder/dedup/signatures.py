@@ -280,6 +280,18 @@ def read_scan_hits(workdir: str | Path, offsets: Sequence[int]) -> pl.DataFrame:
     return pl.concat(frames) if frames else _no_hits()
 
 
+def rows_by_piece(
+    offsets: np.ndarray, rows: np.ndarray
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """For each piece holding some of ``rows`` (global row numbers; ``offsets``: each
+    piece's first row, then the total): the piece, a mask of the ``rows`` it holds, and
+    their rows within it."""
+    which = np.searchsorted(offsets, rows, side="right") - 1
+    for k in np.unique(which).tolist():
+        sel = which == k
+        yield k, sel, rows[sel] - offsets[k]
+
+
 class SignatureStore:
     """Signature rows by global row number, read from the pieces' files (memory-mapped).
 
@@ -301,10 +313,8 @@ class SignatureStore:
     def __getitem__(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.num_perm), dtype=np.uint32)
-        which = np.searchsorted(self.offsets, rows, side="right") - 1
-        for k in np.unique(which).tolist():
-            sel = which == k
-            out[sel] = self._map(k)[rows[sel] - self.offsets[k]]
+        for k, sel, local in rows_by_piece(self.offsets, rows):
+            out[sel] = self._map(k)[local]
         return out
 
     def write_all(self, dest: Path) -> Path:
@@ -363,11 +373,8 @@ class PieceRows:
         rows = np.asarray(rows, dtype=np.int64)
         exact = np.empty((len(rows), 2), dtype=np.uint64)
         lengths = np.empty(len(rows), dtype=np.int64)
-        which = np.searchsorted(self.offsets, rows, side="right") - 1
-        for k in np.unique(which).tolist():
-            sel = which == k
+        for k, sel, local in rows_by_piece(self.offsets, rows):
             f = self._read(k, ["exact_hi", "exact_lo", "length"])
-            local = rows[sel] - self.offsets[k]
             exact[sel, 0] = f["exact_hi"].to_numpy()[local]
             exact[sel, 1] = f["exact_lo"].to_numpy()[local]
             lengths[sel] = f["length"].to_numpy()[local]
